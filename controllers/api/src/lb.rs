@@ -1,0 +1,190 @@
+//! `lb.ferrite.dev/v1alpha1`: the load balancer's API and annotation keys.
+//!
+//! An [`IPPool`] is a set of addresses the allocator may hand to `type: LoadBalancer` Services, and the
+//! rules for which Services may get them (`serviceAllocation`) and where they are announced (`l2`).
+//! Field names follow MetalLB's `IPAddressPool` + `L2Advertisement` so a migration is a rename.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the load balancer.
+pub const GROUP: &str = "lb.ferrite.dev";
+
+/// The `loadBalancerClass` Ferrite serves by default (Services with no class are served too).
+pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "ferrite.dev/lb";
+
+/// Annotation keys on Services. Each own key has the MetalLB keys as aliases, read in this order.
+pub mod annotations {
+    /// Requested addresses, comma separated (one per family for dual-stack).
+    pub const IPS: &str = "lb.ferrite.dev/ips";
+    /// MetalLB's current key for requested addresses.
+    pub const METALLB_IPS: &str = "metallb.io/loadBalancerIPs";
+    /// MetalLB's legacy key for requested addresses; honored with a Warning Event.
+    pub const METALLB_LEGACY_IPS: &str = "metallb.universe.tf/loadBalancerIPs";
+    /// Pool to allocate from.
+    pub const POOL: &str = "lb.ferrite.dev/pool";
+    /// MetalLB's key for the pool.
+    pub const METALLB_POOL: &str = "metallb.io/address-pool";
+    /// MetalLB's legacy key for the pool; honored with a Warning Event.
+    pub const METALLB_LEGACY_POOL: &str = "metallb.universe.tf/address-pool";
+    /// Sharing key: Services with the same key and no port conflict share one address.
+    pub const ALLOW_SHARED_IP: &str = "lb.ferrite.dev/allow-shared-ip";
+    /// MetalLB's sharing key.
+    pub const METALLB_ALLOW_SHARED_IP: &str = "metallb.io/allow-shared-ip";
+    /// MetalLB's legacy sharing key; honored with a Warning Event.
+    pub const METALLB_LEGACY_ALLOW_SHARED_IP: &str = "metallb.universe.tf/allow-shared-ip";
+}
+
+/// A pool of addresses for `type: LoadBalancer` Services.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "lb.ferrite.dev",
+    version = "v1alpha1",
+    kind = "IPPool",
+    plural = "ippools",
+    shortname = "ipp",
+    category = "ferrite",
+    status = "IPPoolStatus",
+    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses","description":"CIDRs and ranges in the pool"}"#,
+    printcolumn = r#"{"name":"Auto","type":"boolean","jsonPath":".spec.autoAssign","description":"Whether Services get addresses from this pool without asking for it"}"#,
+    printcolumn = r#"{"name":"Assigned v4","type":"integer","jsonPath":".status.assignedIPv4"}"#,
+    printcolumn = r#"{"name":"Available v4","type":"integer","jsonPath":".status.availableIPv4"}"#,
+    printcolumn = r#"{"name":"Assigned v6","type":"integer","jsonPath":".status.assignedIPv6","priority":1}"#,
+    printcolumn = r#"{"name":"Available v6","type":"integer","jsonPath":".status.availableIPv6","priority":1}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolSpec {
+    /// Addresses in the pool: IPv4 or IPv6 CIDRs (`192.0.2.0/28`, `2001:db8::/120`) or inclusive ranges
+    /// (`192.0.2.10-192.0.2.20`). A pool may mix families.
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 100)))]
+    pub addresses: Vec<String>,
+
+    /// Whether Services that do not name a pool may get addresses from this pool. Default true.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    #[schemars(default = "default_true")]
+    pub auto_assign: bool,
+
+    /// Skip IPv4 addresses ending in `.0` or `.255`, which some old network equipment drops.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub avoid_buggy_ips: bool,
+
+    /// Which Services may get addresses from this pool, and with which priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_allocation: Option<ServiceAllocation>,
+
+    /// Where the pool's addresses are announced on layer 2 (ARP/NDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<L2Announcement>,
+}
+
+/// Which Services a pool serves. All given criteria must match; an empty criterion matches everything.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAllocation {
+    /// Among matching auto-assign pools the one with the highest priority is used first. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub priority: Option<i32>,
+
+    /// Namespaces whose Services may use this pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+
+    /// Labels of the namespaces whose Services may use this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Labels of the Services that may use this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<LabelSelector>,
+}
+
+/// Layer-2 announcement of a pool's addresses.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct L2Announcement {
+    /// Interfaces to answer on: exact names (`eth0`) or regular expressions written `/regex/`
+    /// (`/^enp.*/`). Empty means every eligible interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+
+    /// Nodes that may announce the pool's addresses. Empty means every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+}
+
+/// Observed state of an [`IPPool`].
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolStatus {
+    /// IPv4 addresses of the pool held by Services.
+    #[serde(rename = "assignedIPv4", default)]
+    pub assigned_ipv4: i64,
+    /// IPv4 addresses of the pool still free.
+    #[serde(rename = "availableIPv4", default)]
+    pub available_ipv4: i64,
+    /// IPv6 addresses of the pool held by Services.
+    #[serde(rename = "assignedIPv6", default)]
+    pub assigned_ipv6: i64,
+    /// IPv6 addresses of the pool still free (saturates at 2^63-1 for large prefixes).
+    #[serde(rename = "availableIPv6", default)]
+    pub available_ipv6: i64,
+    /// `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Invalid` (an address entry cannot be parsed) and `Overlapping` (another pool shares
+    /// addresses with this one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl IPPool {
+    /// The pool's priority among auto-assign pools (higher wins).
+    pub fn priority(&self) -> i32 {
+        self.spec.service_allocation.as_ref().and_then(|a| a.priority).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn auto_assign_defaults_to_true() {
+        let spec: IPPoolSpec = serde_json::from_value(serde_json::json!({"addresses": ["192.0.2.0/28"]}))
+            .expect("minimal spec parses");
+        assert!(spec.auto_assign);
+        assert!(!spec.avoid_buggy_ips);
+    }
+
+    #[test]
+    fn status_uses_metallb_field_names() {
+        let status = IPPoolStatus { assigned_ipv4: 2, available_ipv6: 5, ..Default::default() };
+        let v = serde_json::to_value(&status).expect("serializes");
+        assert_eq!(v["assignedIPv4"], 2);
+        assert_eq!(v["availableIPv6"], 5);
+    }
+
+    #[test]
+    fn crd_has_status_subresource_and_short_name() {
+        let crd = IPPool::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("ippools.lb.ferrite.dev"));
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["ipp".to_string()]));
+        let v = &crd.spec.versions[0];
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    }
+}

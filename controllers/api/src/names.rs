@@ -1,0 +1,17 @@
+//! Names shared across controllers: field managers, condition types and reasons.
+//!
+//! Field managers are named like a domain, one per controller, so `kubectl get -o yaml --show-managed-fields`
+//! tells who owns which field.
+
+/// Condition type every Ferrite object reports: the object is accepted and in effect.
+pub const CONDITION_READY: &str = "Ready";
+
+/// Field manager of the load-balancer allocator (Service status, IPPool status).
+pub const LB_CONTROLLER_MANAGER: &str = "lb.ferrite.dev/controller";
+/// Field manager of the load-balancer speaker.
+pub const LB_SPEAKER_MANAGER: &str = "lb.ferrite.dev/speaker";
+
+/// `reportingController` of Events written by the allocator.
+pub const LB_CONTROLLER_REPORTER: &str = "lb.ferrite.dev/controller";
+/// `reportingController` of Events written by the speaker.
+pub const LB_SPEAKER_REPORTER: &str = "lb.ferrite.dev/speaker";

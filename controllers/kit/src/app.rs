@@ -1,0 +1,129 @@
+//! Process setup shared by every controller binary.
+
+use crate::{
+    Result,
+    admin::{AdminServer, Readiness},
+    cli::CommonArgs,
+    leader::{self, LeaseConfig, Leadership},
+    metrics::ReconcileMetrics,
+    runner::RunOptions,
+};
+use kube::Client;
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// A started controller process: client, admin server, leadership and shutdown, ready for controllers.
+pub struct App {
+    /// Client for the API server.
+    pub client: Client,
+    /// Metrics registry served on `/metrics`.
+    pub registry: Registry,
+    /// Readiness gates served on `/readyz`.
+    pub readiness: Readiness,
+    /// Whether this replica may write.
+    pub leadership: Leadership,
+    /// Cancelled on SIGTERM/SIGINT.
+    pub shutdown: CancellationToken,
+    /// Reconcile metrics of this controller.
+    pub metrics: ReconcileMetrics,
+    /// Address the admin server is bound to.
+    pub admin_addr: std::net::SocketAddr,
+    args: CommonArgs,
+    leader_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("admin_addr", &self.admin_addr).field("leadership", &self.leadership).finish()
+    }
+}
+
+impl App {
+    /// Sets up logging, the client, the admin server and leader election for controller `name` (`lb`,
+    /// `dns`, ...). `lease_default` names the Lease when `--lease-name` is not given.
+    pub async fn start(args: &CommonArgs, name: &str, lease_default: &str) -> Result<Self> {
+        args.validate()?;
+        crate::telemetry::init(args.log_format, &args.log_level)?;
+        let shutdown = crate::shutdown::on_signals()?;
+        Self::start_with(args, name, lease_default, shutdown).await
+    }
+
+    /// Like [`App::start`] with a caller-provided shutdown token (tests; embedding).
+    pub async fn start_with(
+        args: &CommonArgs,
+        name: &str,
+        lease_default: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        args.validate()?;
+        let client = crate::client::connect().await?;
+        let registry = crate::admin::registry();
+        let metrics = ReconcileMetrics::register(&registry, name)
+            .map_err(|e| crate::Error::Setup(format!("registering metrics: {e}")))?;
+        let readiness = Readiness::default();
+        let admin = AdminServer::bind(args.admin_addr).await?;
+        let admin_addr = admin.local_addr();
+        tokio::spawn(admin.serve(registry.clone(), readiness.clone(), shutdown.clone()));
+
+        let identity = args.identity();
+        let (leadership, leader_task) = if args.leader_elect {
+            let config = LeaseConfig {
+                name: args.lease_name.clone().unwrap_or_else(|| lease_default.to_string()),
+                namespace: args.lease_namespace(),
+                identity: identity.clone(),
+                lease_duration: args.lease_duration,
+                renew_deadline: args.lease_renew_deadline,
+                retry_period: args.lease_retry_period,
+            };
+            tracing::info!(lease = %config.name, namespace = %config.namespace, identity = %identity, "leader election on");
+            let (l, task) = leader::start(client.clone(), config, shutdown.clone());
+            (l, Some(task))
+        } else {
+            (Leadership::always(identity), None)
+        };
+        let gauge = metrics.leader.clone();
+        let mut rx = leadership.subscribe();
+        gauge.set(i64::from(*rx.borrow()));
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                gauge.set(i64::from(*rx.borrow_and_update()));
+            }
+        });
+        Ok(Self {
+            client,
+            registry,
+            readiness,
+            leadership,
+            shutdown,
+            metrics,
+            admin_addr,
+            args: args.clone(),
+            leader_task,
+        })
+    }
+
+    /// Options for [`crate::runner::run`].
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            metrics: self.metrics.clone(),
+            leadership: self.leadership.clone(),
+            readiness: self.readiness.clone(),
+            shutdown: self.shutdown.clone(),
+            resync: self.args.resync_interval,
+            backoff: Default::default(),
+        }
+    }
+
+    /// Events publisher reporting as `controller`.
+    pub fn events(&self, controller: &str) -> crate::events::Events {
+        crate::events::Events::new(self.client.clone(), controller, self.leadership.clone())
+    }
+
+    /// Waits for shutdown, then for the lease to be released.
+    pub async fn finish(mut self) {
+        self.shutdown.cancelled().await;
+        if let Some(task) = self.leader_task.take() {
+            let _ = task.await;
+        }
+    }
+}

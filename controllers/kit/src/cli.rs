@@ -1,0 +1,173 @@
+//! Command-line and environment options every controller accepts.
+//!
+//! Each flag has an environment variable (`FERRITE_*`) so the chart can set it either way.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// Log output format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Options common to every Ferrite controller. Flatten into a controller's own clap struct.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Address of the admin server (/metrics, /livez, /readyz).
+    #[arg(long, env = "FERRITE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "FERRITE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `info,ferrite_lb=debug`.
+    #[arg(long, env = "FERRITE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Elect a leader among replicas with a Lease; only the leader writes. Off: this process always writes.
+    #[arg(long, env = "FERRITE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the coordination.k8s.io/v1 Lease used for leader election.
+    #[arg(long, env = "FERRITE_LEASE_NAME")]
+    pub lease_name: Option<String>,
+
+    /// Namespace of the Lease (defaults to the pod's namespace, then `ferrite-system`).
+    #[arg(long, env = "FERRITE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a lease is valid without renewal.
+    #[arg(long, env = "FERRITE_LEASE_DURATION", value_parser = parse_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+
+    /// The leader stops writing when it could not renew for this long (must be below the lease duration).
+    #[arg(long, env = "FERRITE_LEASE_RENEW_DEADLINE", value_parser = parse_duration, default_value = "10s")]
+    pub lease_renew_deadline: Duration,
+
+    /// How often the lease is renewed or, by a follower, tried.
+    #[arg(long, env = "FERRITE_LEASE_RETRY_PERIOD", value_parser = parse_duration, default_value = "2s")]
+    pub lease_retry_period: Duration,
+
+    /// Identity of this replica in the lease (defaults to the pod name, then the hostname).
+    #[arg(long, env = "FERRITE_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// Every object is reconciled again at least this often, even without a change.
+    #[arg(long, env = "FERRITE_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "5m")]
+    pub resync_interval: Duration,
+}
+
+impl CommonArgs {
+    /// The identity this replica uses in leases and Events.
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("ferrite-{}", std::process::id()))
+    }
+
+    /// The namespace of the lease.
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+            })
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "ferrite-system".to_string())
+    }
+
+    /// Checks relations between options that clap cannot.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.leader_elect {
+            if self.lease_renew_deadline >= self.lease_duration {
+                return Err(crate::Error::Option(format!(
+                    "--lease-renew-deadline ({:?}) must be shorter than --lease-duration ({:?})",
+                    self.lease_renew_deadline, self.lease_duration
+                )));
+            }
+            if self.lease_retry_period >= self.lease_renew_deadline {
+                return Err(crate::Error::Option(format!(
+                    "--lease-retry-period ({:?}) must be shorter than --lease-renew-deadline ({:?})",
+                    self.lease_retry_period, self.lease_renew_deadline
+                )));
+            }
+        }
+        if self.resync_interval < Duration::from_secs(1) {
+            return Err(crate::Error::Option("--resync-interval must be at least 1s".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `250ms`, `15s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 5m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?} has unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 365.0 * 24.0 * 3600.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("500ms", Some(Duration::from_millis(500))),
+            ("15s", Some(Duration::from_secs(15))),
+            ("5m", Some(Duration::from_secs(300))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("7", Some(Duration::from_secs(7))),
+            ("1.5s", Some(Duration::from_millis(1500))),
+            ("", None),
+            ("5d", None),
+            ("s", None),
+            ("-1s", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_duration(input).ok(), want, "input {input:?}");
+        }
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn lease_timings_must_nest() {
+        use clap::Parser;
+        let ok = Cli::try_parse_from(["x"]).expect("defaults parse");
+        assert!(ok.common.validate().is_ok());
+        let bad = Cli::try_parse_from(["x", "--lease-duration", "5s", "--lease-renew-deadline", "10s"])
+            .expect("parses");
+        let err = bad.common.validate().expect_err("renew deadline above duration is refused");
+        assert!(err.to_string().contains("--lease-renew-deadline"), "{err}");
+    }
+}

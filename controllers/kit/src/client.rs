@@ -1,0 +1,43 @@
+//! The Kubernetes client: from `KUBECONFIG`/`~/.kube/config` or the in-cluster service account, checked
+//! against the server before a controller starts so a wrong setup fails at once with a clear message.
+
+use crate::{Error, Result};
+use kube::{Api, Client, Resource, api::ListParams};
+use std::time::Duration;
+
+/// How long the first contact with the API server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Installs aws-lc-rs as the process-wide rustls provider. Every binary calls this first (App::start does).
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Builds a client from the environment and checks that the API server answers.
+pub async fn connect() -> Result<Client> {
+    install_crypto_provider();
+    let config = kube::Config::infer().await.map_err(Error::NoConfig)?;
+    let url = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(Error::BadConfig)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(source)) => Err(Error::Unreachable { url, source }),
+        Err(_) => Err(Error::Timeout { url, secs: CONNECT_TIMEOUT.as_secs() }),
+    }
+}
+
+/// Fails with [`Error::MissingCrd`] when the CRD of `K` is not installed.
+pub async fn require_crd<K>(client: &Client) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(e) if crate::error::is_not_found(&e) => {
+            Err(Error::MissingCrd { crd: format!("{}.{}", K::plural(&()), K::group(&())) })
+        }
+        Err(e) => Err(Error::Kube(e)),
+    }
+}

@@ -1,0 +1,37 @@
+//! ferrite-kit: what every Ferrite controller needs, written once.
+//!
+//! ```text
+//!   cli::CommonArgs ──> App::start ──┬─ client      (kubeconfig or in-cluster; aws-lc-rs crypto provider)
+//!                                    ├─ telemetry   (tracing, json | plain)
+//!                                    ├─ admin       (/metrics, /livez, /readyz on hyper)
+//!                                    ├─ leader      (coordination.k8s.io/v1 Lease; only the holder writes)
+//!                                    └─ shutdown    (SIGTERM/SIGINT -> graceful stop, lease released)
+//!   runner::run(Controller, reconcile) ── reconcile metrics, per-object backoff, resync, leader gating
+//!   status / conditions / events        ── SSA status patches, API-convention conditions, Events
+//!   endpointslice                       ── discovery.k8s.io/v1 with a v1beta1 fallback
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod conditions;
+pub mod endpointslice;
+pub mod error;
+pub mod events;
+pub mod leader;
+pub mod metrics;
+pub mod runner;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+
+pub use app::App;
+pub use error::{Error, ReasonedError, Result};
+
+// Re-exported so controllers use exactly the versions the kit was built with.
+pub use k8s_openapi;
+pub use kube;
+pub use prometheus;

@@ -1,0 +1,66 @@
+//! Standard reconcile metrics, one set per controller:
+//!
+//! - `ferrite_<controller>_reconcile_total{result="success|error|skipped"}`
+//! - `ferrite_<controller>_reconcile_errors_total{reason}`
+//! - `ferrite_<controller>_reconcile_duration_seconds` (histogram)
+//! - `ferrite_<controller>_leader` (1 while this replica holds the lease)
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use std::time::Duration;
+
+/// Reconcile metrics of one controller.
+#[derive(Clone, Debug)]
+pub struct ReconcileMetrics {
+    total: IntCounterVec,
+    errors: IntCounterVec,
+    duration: Histogram,
+    /// 1 while this replica is the leader.
+    pub leader: IntGauge,
+}
+
+impl ReconcileMetrics {
+    /// Registers the metrics of `controller` (e.g. `lb`) in `registry`.
+    pub fn register(registry: &Registry, controller: &str) -> prometheus::Result<Self> {
+        let p = format!("ferrite_{controller}");
+        let total = IntCounterVec::new(
+            Opts::new(format!("{p}_reconcile_total"), "Reconciles by result (success, error, skipped)."),
+            &["result"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(format!("{p}_reconcile_errors_total"), "Failed reconciles by reason."),
+            &["reason"],
+        )?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(format!("{p}_reconcile_duration_seconds"), "Time spent in one reconcile.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )?;
+        let leader = IntGauge::new(format!("{p}_leader"), "1 while this replica holds the leader lease.")?;
+        registry.register(Box::new(total.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        // Make the families visible from the first scrape, before any reconcile.
+        for r in ["success", "error", "skipped"] {
+            total.with_label_values(&[r]);
+        }
+        Ok(Self { total, errors, duration, leader })
+    }
+
+    /// Records a successful reconcile.
+    pub fn success(&self, took: Duration) {
+        self.total.with_label_values(&["success"]).inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Records a failed reconcile.
+    pub fn error(&self, reason: &str, took: Duration) {
+        self.total.with_label_values(&["error"]).inc();
+        self.errors.with_label_values(&[reason]).inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Records a reconcile skipped because this replica is not the leader.
+    pub fn skipped(&self) {
+        self.total.with_label_values(&["skipped"]).inc();
+    }
+}
