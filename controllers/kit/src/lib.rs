@@ -24,6 +24,7 @@ pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod runner;
+pub mod selector;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
