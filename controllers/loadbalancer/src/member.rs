@@ -1,1 +1,770 @@
-//! (being written)
+//! Member: which speakers are alive, by SWIM gossip between the speakers (the `foca` crate).
+//!
+//! ```text
+//!   Node list (speaker) ──join(addrs)──┐                      ┌──> alive(): watch<BTreeSet<node>>
+//!                                      v                      │      (election::NodeInfo::speaker_alive)
+//!   UDP :7946 ──> [v1 | HMAC | foca] ──> verify ──> Foca ──────┼──> ferrite_lb_members
+//!        ^         bad MAC / too big      (SWIM state)        │
+//!        └──────── frame + HMAC <─── sends ┘  timers <─> queue └──> ferrite_lb_gossip_rejected_total{reason}
+//! ```
+//!
+//! One tokio task owns the socket, the `Foca` instance and its timer queue; [`Membership`] is a handle
+//! that talks to it over a channel. Speakers find each other through the Node objects: the caller
+//! passes the gossip address of every Node to [`Membership::join`] whenever the Node list changes,
+//! and the task re-announces every `rejoin_period` to listed peers that are not members, so a healed
+//! partition or a late speaker converges without help.
+//!
+//! # Wire format and authentication
+//! Every datagram is `[0x01 version][HMAC-SHA256(key, version || payload), 32 bytes][foca payload]`,
+//! at most [`MAX_DATAGRAM`] bytes (under a 1500-byte Ethernet MTU, RFC 8085 §3.2). The key comes from a
+//! Secret (read by the caller). Datagrams that are too short, too long, of another version or with a bad
+//! MAC are dropped before foca parses anything and counted in
+//! `ferrite_lb_gossip_rejected_total{reason}`; so a speaker with another key never joins. The MAC
+//! gives authenticity, not secrecy (membership is not secret) and no replay window of its own: a
+//! replayed datagram can only repeat a SWIM claim that foca's incarnation numbers already order.
+//!
+//! # Identity
+//! [`SpeakerId`] = node name + advertised address + `boot` (milliseconds since the epoch when the
+//! speaker started). Foca keys members by address; when two identities share one, the higher
+//! `boot` wins, so a restarted speaker is a new member that replaces its previous life at once instead
+//! of waiting for the old one to be forgotten. If the cluster wrongly declares us down,
+//! [`foca::Identity::renew`] bumps `boot` and we rejoin immediately.
+//!
+//! # Timings (why these numbers)
+//! The goal is "a dead node is detected in about a second" so that traffic moves in under 2 s.
+//! Foca's `Config::simple()` (probe 1.5 s, suspect→down 3 s) and `Config::new_lan()` (memberlist's
+//! DefaultLANConfig: probe 1 s, suspect→down 4·max(1, log10 n) s) detect in 3–6 s: they are tuned
+//! for large, WAN-ish memberlist deployments. A speaker fleet is a few to a few hundred nodes on one
+//! L2 segment with sub-millisecond RTT, so (see [`Timings::default`]):
+//! - `probe_period` 300 ms: each speaker pings one member (foca walks a shuffled round-robin list)
+//!   every 300 ms; with n speakers a dead one is probed by somebody within ~300 ms on average.
+//! - `probe_rtt` 100 ms: the wait for a direct ack before asking 3 others to ping indirectly; 100×
+//!   a LAN RTT, and leaves 200 ms for the indirect round inside the period.
+//! - `suspect_to_down_after` 700 ms: more than two probe periods and several gossip rounds for a
+//!   falsely suspected speaker (busy node, lost datagram) to hear the suspicion and refute it. A
+//!   false "down" is expensive here: with no flip-back the IP moves for good and connections break.
+//! - `gossip_period` 100 ms to 3 members: spreads Suspect/Down/Alive updates in a few hops;
+//!   datagrams are small (one member ≈ 40 bytes), so ~10 pps per speaker.
+//!
+//! Expected detection: up to one period until somebody probes it, one period for the failed probe,
+//! then suspicion: ≈ 0.3 + 0.3 + 0.7 ≈ 1.0–1.3 s. Suspect members still count as alive; only Down
+//! removes a node from [`Membership::alive`]. A graceful stop announces the leave (foca's
+//! `leave_cluster`) and peers drop the node at once.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use foca::{
+    Config, Foca, Identity, NoCustomBroadcast, OwnedNotification, PeriodicParams, PostcardCodec, Timer,
+};
+use hmac::{Hmac, Mac};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Default gossip port: the port MetalLB's memberlist uses, so firewall rules carry over.
+pub const DEFAULT_PORT: u16 = 7946;
+/// Largest datagram sent or accepted, header included.
+pub const MAX_DATAGRAM: usize = 1400;
+/// Shortest accepted key. 16 random bytes = 128 bits.
+pub const MIN_KEY_LEN: usize = 16;
+
+const WIRE_VERSION: u8 = 1;
+const MAC_LEN: usize = 32;
+const HEADER_LEN: usize = 1 + MAC_LEN;
+
+type HmacSha256 = Hmac<Sha256>;
+type Swim = Foca<SpeakerId, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+/// SWIM timings. Defaults and the reasoning behind them are in the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timings {
+    /// How often each speaker probes one member.
+    pub probe_period: Duration,
+    /// How long to wait for a direct ack before indirect probes; must be below `probe_period`.
+    pub probe_rtt: Duration,
+    /// How long a suspected member may refute before it is declared down.
+    pub suspect_to_down_after: Duration,
+    /// How often updates are pushed to 3 random members outside the probe cycle.
+    pub gossip_period: Duration,
+    /// How often listed peers that are not members are announced to again.
+    pub rejoin_period: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            probe_period: Duration::from_millis(300),
+            probe_rtt: Duration::from_millis(100),
+            suspect_to_down_after: Duration::from_millis(700),
+            gossip_period: Duration::from_millis(100),
+            rejoin_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How to run gossip on this node.
+#[derive(Clone)]
+pub struct MemberConfig {
+    /// This node's name (`spec.nodeName` of the speaker pod).
+    pub node: String,
+    /// Local UDP address to bind, e.g. `0.0.0.0:7946` (host network).
+    pub bind: SocketAddr,
+    /// Address peers reach us at (the Node's InternalIP and the gossip port). Port 0 means "the port
+    /// actually bound" (useful with `bind` port 0 in tests). Must not be unspecified (`0.0.0.0`).
+    pub advertise: SocketAddr,
+    /// Shared HMAC key, from a Secret; at least [`MIN_KEY_LEN`] bytes.
+    pub key: Vec<u8>,
+    /// SWIM timings.
+    pub timings: Timings,
+}
+
+impl MemberConfig {
+    /// Default timings, advertising the bind address.
+    pub fn new(node: impl Into<String>, bind: SocketAddr, key: Vec<u8>) -> Self {
+        Self {
+            node: node.into(),
+            bind,
+            advertise: bind,
+            key,
+            timings: Timings::default(),
+        }
+    }
+}
+
+// The key stays out of logs.
+impl fmt::Debug for MemberConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemberConfig")
+            .field("node", &self.node)
+            .field("bind", &self.bind)
+            .field("advertise", &self.advertise)
+            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .field("timings", &self.timings)
+            .finish()
+    }
+}
+
+/// Errors starting gossip. Each has a stable [`MemberError::reason`].
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error(
+        "gossip key is empty: put at least {MIN_KEY_LEN} random bytes in the gossip Secret (e.g. `openssl rand 32`)"
+    )]
+    EmptyKey,
+    #[error(
+        "gossip key is {len} bytes: at least {MIN_KEY_LEN} random bytes are required (e.g. `openssl rand 32`)"
+    )]
+    ShortKey { len: usize },
+    #[error("node name is empty: pass the node name (spec.nodeName via the downward API)")]
+    EmptyNodeName,
+    #[error("advertise address {0} is unspecified: peers need a reachable IP (the Node's InternalIP)")]
+    UnspecifiedAdvertise(SocketAddr),
+    #[error("invalid gossip timings: {0}")]
+    InvalidTimings(String),
+    #[error(
+        "cannot bind gossip UDP socket {addr}: {source} (is port {port} in use, e.g. by MetalLB's \
+         memberlist or another speaker? choose another gossip port)",
+        port = addr.port()
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("registering gossip metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+}
+
+impl MemberError {
+    /// Short, stable reason string for metrics and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::EmptyKey | Self::ShortKey { .. } => "InvalidGossipKey",
+            Self::EmptyNodeName | Self::UnspecifiedAdvertise(_) | Self::InvalidTimings(_) => {
+                "InvalidGossipConfig"
+            }
+            Self::Bind { .. } => "GossipBindFailed",
+            Self::Metrics(_) => "MetricsRegistration",
+        }
+    }
+}
+
+/// A speaker's identity in the gossip cluster. See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SpeakerId {
+    /// Node name.
+    pub node: String,
+    /// Advertised gossip address; foca's member key.
+    pub addr: SocketAddr,
+    /// Milliseconds since the epoch at start, bumped by one on each renewal.
+    pub boot: u64,
+}
+
+impl Identity for SpeakerId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Self {
+            boot: self.boot.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        (self.boot, &self.node) > (adversary.boot, &adversary.node)
+    }
+}
+
+/// Handle on the gossip task. Cancel the `shutdown` token given to [`Membership::start`] to leave
+/// the cluster gracefully; [`Membership::crash`] stops without telling anyone.
+#[derive(Debug)]
+pub struct Membership {
+    id: SpeakerId,
+    commands: mpsc::UnboundedSender<Command>,
+    alive: watch::Receiver<BTreeSet<String>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Join(BTreeSet<SocketAddr>),
+}
+
+impl Membership {
+    /// Validates `cfg`, binds the UDP socket, registers the metrics and starts the gossip task.
+    pub async fn start(
+        cfg: MemberConfig,
+        registry: &Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Membership, MemberError> {
+        if cfg.key.is_empty() {
+            return Err(MemberError::EmptyKey);
+        }
+        if cfg.key.len() < MIN_KEY_LEN {
+            return Err(MemberError::ShortKey { len: cfg.key.len() });
+        }
+        if cfg.node.is_empty() {
+            return Err(MemberError::EmptyNodeName);
+        }
+        if cfg.advertise.ip().is_unspecified() {
+            return Err(MemberError::UnspecifiedAdvertise(cfg.advertise));
+        }
+        let config = foca_config(&cfg.timings)?;
+        // HMAC accepts keys of any length; the error arm cannot happen with a non-empty key.
+        let mac = HmacSha256::new_from_slice(&cfg.key).map_err(|_| MemberError::EmptyKey)?;
+        let metrics = Metrics::register(registry)?;
+
+        let socket = UdpSocket::bind(cfg.bind)
+            .await
+            .map_err(|source| MemberError::Bind {
+                addr: cfg.bind,
+                source,
+            })?;
+        let mut advertise = cfg.advertise;
+        if advertise.port() == 0 {
+            let bound = socket.local_addr().map_err(|source| MemberError::Bind {
+                addr: cfg.bind,
+                source,
+            })?;
+            advertise.set_port(bound.port());
+        }
+
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let id = SpeakerId {
+            node: cfg.node.clone(),
+            addr: advertise,
+            boot,
+        };
+        let foca = Foca::new(id.clone(), config, rand::make_rng::<StdRng>(), PostcardCodec);
+        let (alive_tx, alive) = watch::channel(BTreeSet::from([cfg.node.clone()]));
+        metrics.members.set(1);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+
+        info!(node = %id.node, addr = %advertise, boot = id.boot, "gossip started");
+        let gossip = Gossip {
+            foca,
+            runtime: foca::AccumulatingRuntime::new(),
+            socket,
+            mac,
+            metrics,
+            timers: TimerQueue::default(),
+            peers: BTreeSet::new(),
+            alive: alive_tx,
+            timings: cfg.timings,
+            frame: Vec::with_capacity(MAX_DATAGRAM),
+        };
+        let task = tokio::spawn(gossip.run(commands_rx, shutdown));
+        Ok(Membership {
+            id,
+            commands,
+            alive,
+            task,
+        })
+    }
+
+    /// Sets the gossip addresses of all speakers (from the Node list; our own address may be in it)
+    /// and announces to those that are not members yet. Call it again whenever the Node list changes.
+    pub fn join(&self, peers: impl IntoIterator<Item = SocketAddr>) {
+        let peers = peers.into_iter().filter(|p| *p != self.id.addr).collect();
+        // Fails only when the task has stopped, and then there is nothing to join.
+        let _ = self.commands.send(Command::Join(peers));
+    }
+
+    /// Names of the nodes whose speaker is alive, this node included. Changes as soon as a member
+    /// joins, leaves or is declared down.
+    pub fn alive(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.alive.clone()
+    }
+
+    /// Our identity (node, advertised address, boot).
+    pub fn identity(&self) -> &SpeakerId {
+        &self.id
+    }
+
+    /// Stops at once without announcing the leave, as if the process had died: peers find out by
+    /// failed probes. For failure-detection tests and benchmarks.
+    pub fn crash(self) {
+        self.task.abort();
+    }
+
+    /// Waits for the task to end (after the shutdown token is cancelled and the leave was sent).
+    pub async fn finished(self) {
+        // A JoinError here means the task panicked or was aborted; either way it has stopped.
+        let _ = self.task.await;
+    }
+}
+
+/// Foca's LAN configuration with Ferrite's timings (module docs explain the numbers).
+fn foca_config(t: &Timings) -> Result<Config, MemberError> {
+    let bad = |m: &str| Err(MemberError::InvalidTimings(m.to_owned()));
+    if t.probe_rtt.is_zero() || t.probe_period <= t.probe_rtt {
+        return bad("probe_rtt must be non-zero and shorter than probe_period");
+    }
+    if t.suspect_to_down_after.is_zero() || t.gossip_period.is_zero() || t.rejoin_period.is_zero() {
+        return bad("suspect_to_down_after, gossip_period and rejoin_period must be non-zero");
+    }
+    // The cluster-size hint only sets max_transmissions (4·log10(n+1) = 6 for 32 speakers): how many
+    // times each update piggybacks; plenty for clusters a few times larger with 100 ms gossip.
+    let mut c = Config::new_lan(NonZeroU32::MIN.saturating_add(31));
+    c.probe_period = t.probe_period;
+    c.probe_rtt = t.probe_rtt;
+    c.suspect_to_down_after = t.suspect_to_down_after;
+    c.max_packet_size = NonZeroUsize::MIN.saturating_add(MAX_DATAGRAM - HEADER_LEN - 1);
+    c.periodic_gossip = Some(PeriodicParams {
+        frequency: t.gossip_period,
+        num_members: NonZeroUsize::MIN.saturating_add(2),
+    });
+    // Members we saw die are asked again every 10 s (new_lan: 65 s) so a healed partition rejoins fast.
+    c.periodic_announce_to_down_members = Some(PeriodicParams {
+        frequency: Duration::from_secs(10),
+        num_members: NonZeroUsize::MIN.saturating_add(1),
+    });
+    Ok(c)
+}
+
+// === impl Metrics ===
+
+#[derive(Clone, Debug)]
+struct Metrics {
+    members: IntGauge,
+    rejected: IntCounterVec,
+}
+
+impl Metrics {
+    fn register(registry: &Registry) -> Result<Self, MemberError> {
+        let members = IntGauge::new(
+            "ferrite_lb_members",
+            "Speakers this speaker sees alive, itself included.",
+        )
+        .map_err(MemberError::Metrics)?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "ferrite_lb_gossip_rejected_total",
+                "Gossip datagrams dropped, by reason (bad_mac, oversize, truncated, bad_version, malformed).",
+            ),
+            &["reason"],
+        )
+        .map_err(MemberError::Metrics)?;
+        registry
+            .register(Box::new(members.clone()))
+            .map_err(MemberError::Metrics)?;
+        registry
+            .register(Box::new(rejected.clone()))
+            .map_err(MemberError::Metrics)?;
+        for reason in ["bad_mac", "oversize", "truncated", "bad_version", "malformed"] {
+            // Export zeros so dashboards and alerts see the series before the first rejection.
+            rejected.with_label_values(&[reason]);
+        }
+        Ok(Self { members, rejected })
+    }
+
+    fn reject(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+}
+
+// === impl TimerQueue ===
+
+/// Foca's timers, earliest first (a min-heap on deadline, then insertion order).
+#[derive(Default)]
+struct TimerQueue {
+    heap: BinaryHeap<Scheduled>,
+    seq: u64,
+}
+
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    timer: Timer<SpeakerId>,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl TimerQueue {
+    fn push(&mut self, at: Instant, timer: Timer<SpeakerId>) {
+        self.seq = self.seq.wrapping_add(1);
+        self.heap.push(Scheduled {
+            at,
+            seq: self.seq,
+            timer,
+        });
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|s| s.at)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Vec<Timer<SpeakerId>> {
+        let mut due = Vec::new();
+        while self.heap.peek().is_some_and(|s| s.at <= now) {
+            if let Some(s) = self.heap.pop() {
+                due.push(s.timer);
+            }
+        }
+        // When the loop lagged, foca wants SendIndirectProbe before ProbeRandomMember (Timer's Ord).
+        due.sort();
+        due
+    }
+}
+
+// === impl Gossip ===
+
+/// The task: owns the socket and the SWIM state.
+struct Gossip {
+    foca: Swim,
+    runtime: foca::AccumulatingRuntime<SpeakerId>,
+    socket: UdpSocket,
+    mac: HmacSha256,
+    metrics: Metrics,
+    timers: TimerQueue,
+    peers: BTreeSet<SocketAddr>,
+    alive: watch::Sender<BTreeSet<String>>,
+    timings: Timings,
+    frame: Vec<u8>,
+}
+
+impl Gossip {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut rejoin = tokio::time::interval(self.timings.rejoin_period);
+        rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = self.timers.next_deadline();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
+                        warn!(error = %e, "gossip: leaving the cluster failed");
+                    }
+                    self.drain().await;
+                    info!("gossip stopped: left the cluster");
+                    return;
+                }
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
+                    Err(e) => debug!(error = %e, "gossip: receive failed"),
+                },
+                () = sleep_until_opt(next) => {
+                    for timer in self.timers.pop_due(Instant::now()) {
+                        if let Err(e) = self.foca.handle_timer(timer, &mut self.runtime) {
+                            debug!(error = %e, "gossip: timer");
+                        }
+                    }
+                }
+                Some(Command::Join(peers)) = commands.recv() => {
+                    self.peers = peers;
+                    self.announce_to_strangers();
+                }
+                _ = rejoin.tick() => self.announce_to_strangers(),
+            }
+            self.drain().await;
+        }
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        let payload = match open(&self.mac, datagram) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.metrics.reject(reason);
+                debug!(%from, reason, len = datagram.len(), "gossip: datagram dropped");
+                return;
+            }
+        };
+        match self.foca.handle_data(payload, &mut self.runtime) {
+            Ok(()) => {}
+            Err(foca::Error::DataFromOurselves) => {}
+            Err(e) => {
+                self.metrics.reject("malformed");
+                debug!(%from, error = %e, "gossip: authenticated datagram not understood");
+            }
+        }
+    }
+
+    /// Announce to listed peers that are not active members (new, restarted, or partitioned away).
+    fn announce_to_strangers(&mut self) {
+        let members: BTreeSet<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        let strangers: Vec<SocketAddr> = self.peers.difference(&members).copied().collect();
+        for addr in strangers {
+            // Foca accepts an Announce addressed to any identity with its address; node and boot
+            // are learnt from the reply.
+            let probe = SpeakerId {
+                node: String::new(),
+                addr,
+                boot: 0,
+            };
+            if let Err(e) = self.foca.announce(probe, &mut self.runtime) {
+                debug!(%addr, error = %e, "gossip: announce");
+            }
+        }
+    }
+
+    /// Sends what foca produced, schedules its timers and publishes membership changes.
+    async fn drain(&mut self) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            seal(&self.mac, &data, &mut self.frame);
+            if let Err(e) = self.socket.send_to(&self.frame, to.addr).await {
+                debug!(to = %to.addr, error = %e, "gossip: send failed");
+            }
+        }
+        let now = Instant::now();
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.timers.push(now + after, timer);
+        }
+        let mut changed = false;
+        while let Some(n) = self.runtime.to_notify() {
+            match n {
+                OwnedNotification::MemberUp(id) => {
+                    info!(node = %id.node, addr = %id.addr, "gossip: speaker up");
+                    changed = true;
+                }
+                OwnedNotification::MemberDown(id) => {
+                    info!(node = %id.node, addr = %id.addr, "gossip: speaker down");
+                    changed = true;
+                }
+                OwnedNotification::Rename(old, new) => {
+                    debug!(node = %new.node, old_boot = old.boot, new_boot = new.boot, "gossip: speaker restarted");
+                    changed = true;
+                }
+                OwnedNotification::Rejoin(id) => {
+                    warn!(
+                        boot = id.boot,
+                        "gossip: peers declared this speaker down; rejoined with a new identity"
+                    );
+                }
+                OwnedNotification::Defunct => warn!("gossip: this speaker was declared down"),
+                other => debug!(notification = ?other, "gossip"),
+            }
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let own = self.foca.identity().node.clone();
+        let alive: BTreeSet<String> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id().node.clone())
+            .chain([own])
+            .collect();
+        self.metrics
+            .members
+            .set(i64::try_from(alive.len()).unwrap_or(i64::MAX));
+        self.alive.send_if_modified(|cur| {
+            if *cur == alive {
+                false
+            } else {
+                *cur = alive;
+                true
+            }
+        });
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Frames `payload` into `out`: version, MAC over version and payload, payload.
+fn seal(key: &HmacSha256, payload: &[u8], out: &mut Vec<u8>) {
+    let mut mac = key.clone();
+    mac.update(&[WIRE_VERSION]);
+    mac.update(payload);
+    out.clear();
+    out.push(WIRE_VERSION);
+    out.extend_from_slice(&mac.finalize().into_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Checks a datagram and returns its foca payload, or the rejection reason (a metric label).
+fn open<'a>(key: &HmacSha256, datagram: &'a [u8]) -> Result<&'a [u8], &'static str> {
+    if datagram.len() > MAX_DATAGRAM {
+        return Err("oversize");
+    }
+    if datagram.len() <= HEADER_LEN {
+        return Err("truncated");
+    }
+    let (header, payload) = datagram.split_at(HEADER_LEN);
+    let (version, tag) = header.split_at(1);
+    if version != [WIRE_VERSION] {
+        return Err("bad_version");
+    }
+    let mut mac = key.clone();
+    mac.update(version);
+    mac.update(payload);
+    // Constant-time comparison.
+    mac.verify_slice(tag).map_err(|_| "bad_mac")?;
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &[u8]) -> HmacSha256 {
+        HmacSha256::new_from_slice(k).unwrap()
+    }
+
+    #[test]
+    fn frames_round_trip_and_rejections() {
+        let k = key(b"0123456789abcdef");
+        let mut frame = Vec::new();
+        seal(&k, b"hello swim", &mut frame);
+        assert_eq!(frame.len(), HEADER_LEN + 10);
+        assert_eq!(open(&k, &frame), Ok(&b"hello swim"[..]));
+
+        let mut tampered = frame.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        let mut wrong_version = frame.clone();
+        wrong_version[0] = 2;
+        let table: Vec<(&str, Vec<u8>, &HmacSha256, &str)> = vec![
+            ("other key", frame.clone(), &key(b"fedcba9876543210"), "bad_mac"),
+            ("tampered payload", tampered, &k, "bad_mac"),
+            ("version", wrong_version, &k, "bad_version"),
+            ("header only", frame[..HEADER_LEN].to_vec(), &k, "truncated"),
+            ("empty", vec![], &k, "truncated"),
+            ("oversize", vec![WIRE_VERSION; MAX_DATAGRAM + 1], &k, "oversize"),
+        ];
+        for (name, datagram, k, want) in table {
+            assert_eq!(open(k, &datagram), Err(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn newer_boot_wins_the_address() {
+        let addr: SocketAddr = "192.0.2.1:7946".parse().unwrap();
+        let old = SpeakerId {
+            node: "n1".into(),
+            addr,
+            boot: 10,
+        };
+        let new = old.renew().unwrap();
+        assert_eq!(new.boot, 11);
+        assert!(new.win_addr_conflict(&old));
+        assert!(!old.win_addr_conflict(&new));
+    }
+
+    #[test]
+    fn default_timings_make_a_valid_config() {
+        let c = foca_config(&Timings::default()).unwrap();
+        assert_eq!(c.max_packet_size.get() + HEADER_LEN, MAX_DATAGRAM);
+        assert_eq!(c.periodic_gossip.map(|p| p.num_members.get()), Some(3));
+        let bad = Timings {
+            probe_rtt: Duration::from_millis(300),
+            ..Timings::default()
+        };
+        assert!(matches!(foca_config(&bad), Err(MemberError::InvalidTimings(_))));
+    }
+
+    #[tokio::test]
+    async fn bad_config_errors_are_clear() {
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let reg = Registry::new();
+        let tok = CancellationToken::new();
+        let err = Membership::start(MemberConfig::new("n", bind, vec![]), &reg, tok.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "InvalidGossipKey");
+        let err = Membership::start(MemberConfig::new("n", bind, vec![1; 8]), &reg, tok.clone())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("8 bytes"), "{err}");
+
+        let taken = std::net::UdpSocket::bind(bind).unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = Membership::start(MemberConfig::new("n", addr, vec![1; 32]), &reg, tok.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "GossipBindFailed");
+        assert!(
+            err.to_string()
+                .contains(&format!("is port {} in use", addr.port())),
+            "{err}"
+        );
+
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let err = Membership::start(MemberConfig::new("n", any, vec![1; 32]), &reg, tok)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MemberError::UnspecifiedAdvertise(_)), "{err}");
+    }
+}
