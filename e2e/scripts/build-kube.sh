@@ -6,7 +6,8 @@ set -euo pipefail
 
 CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
 VERSION="1.20.5+really1.20.2"
-OUT="$CACHE/kube-$VERSION"
+# -r2: built with reflect2 1.0.2 (see below). Must match KUBE_BUILD in e2e/src/kubebox.rs.
+OUT="$CACHE/kube-$VERSION-r2"
 log() { printf '[build-kube] %s\n' "$*" >&2; }
 
 if [ -n "${KUBE_APISERVER:-}" ]; then log "KUBE_APISERVER=$KUBE_APISERVER given; not building"; exit 0; fi
@@ -33,6 +34,15 @@ log "unpacking"
 orig=$(ls kubernetes_*.orig.tar.* | head -n1)
 mkdir src && tar xf "$orig" -C src --strip-components=1
 cd src
+# Kubernetes 1.20 vendors modern-go/reflect2 1.0.1, which crashes ("unexpected fault address", in
+# mapiterinit) when built with Go >= 1.18, as soon as the API server encodes a map of a custom resource.
+# Debian's Go is 1.19, so swap in reflect2 1.0.2 from Debian's own package, which fixes exactly that.
+r2=/usr/share/gocode/src/github.com/modern-go/reflect2
+if [ ! -d "$r2" ]; then
+  $SUDO apt-get install -y -qq --no-install-recommends golang-github-modern-go-reflect2-dev >/dev/null
+fi
+rm -rf vendor/github.com/modern-go/reflect2
+cp -r "$r2" vendor/github.com/modern-go/reflect2
 mkdir -p .go/src/k8s.io && ln -s ../../.. .go/src/k8s.io/kubernetes
 log "building kube-apiserver and kube-controller-manager (about 5 minutes on 2 cores)"
 start=$(date +%s)

@@ -26,6 +26,8 @@ use std::{
 
 /// Version of the cached kube-apiserver build.
 pub const KUBE_VERSION: &str = "1.20.5+really1.20.2";
+/// Suffix of the cache directory: bumped when build-kube.sh changes how it builds.
+pub const KUBE_BUILD: &str = "r2";
 
 /// A running control plane (or an existing cluster).
 #[derive(Debug)]
@@ -173,7 +175,7 @@ impl KubeBox {
             return Ok(b);
         }
         let etcd = binary("ETCD", PathBuf::from("/usr/bin/etcd"), &[])?;
-        let kdir = cache_dir().join(format!("kube-{KUBE_VERSION}"));
+        let kdir = cache_dir().join(format!("kube-{KUBE_VERSION}-{KUBE_BUILD}"));
         let apiserver = binary("KUBE_APISERVER", kdir.join("kube-apiserver"), &[])?;
         let kcm = binary("KUBE_CONTROLLER_MANAGER", kdir.join("kube-controller-manager"), &[]).ok();
 

@@ -13,11 +13,13 @@ use std::{
     time::Duration,
 };
 
+// SIGTERM, then SIGKILL after 5 s: a kube-apiserver whose etcd is already gone can hang in shutdown.
 const WATCHDOG: &str = r#"owner=$1; shift
 "$@" & c=$!
-trap 'kill -TERM $c 2>/dev/null; wait $c; exit 143' TERM INT
+stop() { kill -TERM $c 2>/dev/null; for _ in $(seq 50); do kill -0 $c 2>/dev/null || return; sleep 0.1; done; kill -KILL $c 2>/dev/null; }
+trap 'stop; wait $c; exit 143' TERM INT
 while kill -0 "$owner" 2>/dev/null && kill -0 "$c" 2>/dev/null; do sleep 0.3; done
-kill -TERM $c 2>/dev/null
+stop
 wait $c"#;
 
 /// A program started under a watchdog.

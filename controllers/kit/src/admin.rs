@@ -68,9 +68,19 @@ impl Gate {
         K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
     {
         tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                tracing::debug!(watch = %self.name, "watch synced");
-                self.open();
+            // kube-runtime's store readiness is a oneshot that remembers only the last waiter's waker,
+            // and the Controller waits on the same store; so poll again every 250 ms instead of waiting
+            // once (a fresh poll sees the value even when our waker was overwritten).
+            loop {
+                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+                    Ok(Ok(())) => {
+                        tracing::debug!(watch = %self.name, "watch synced");
+                        self.open();
+                        return;
+                    }
+                    Ok(Err(_)) => return, // the writer is gone: the controller stopped
+                    Err(_) => {}
+                }
             }
         });
     }
@@ -129,6 +139,7 @@ impl AdminServer {
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(5))
                     .serve_connection(TokioIo::new(stream), svc);
                 // Scrapers and probes: a slow or broken client only costs its own connection.

@@ -56,7 +56,7 @@ impl App {
         shutdown: CancellationToken,
     ) -> Result<Self> {
         args.validate()?;
-        let client = crate::client::connect().await?;
+        let client = crate::client::connect_with(args.kubeconfig.as_deref()).await?;
         let registry = crate::admin::registry();
         let metrics = ReconcileMetrics::register(&registry, name)
             .map_err(|e| crate::Error::Setup(format!("registering metrics: {e}")))?;

@@ -17,6 +17,10 @@ pub enum LogFormat {
 /// Options common to every Ferrite controller. Flatten into a controller's own clap struct.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommonArgs {
+    /// Kubeconfig file; without it `KUBECONFIG`, `~/.kube/config` or the in-cluster account is used.
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
     /// Address of the admin server (/metrics, /livez, /readyz).
     #[arg(long, env = "FERRITE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,

@@ -3,7 +3,7 @@
 
 use crate::{Error, Result};
 use kube::{Api, Client, Resource, api::ListParams};
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 /// How long the first contact with the API server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -14,10 +14,27 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// Builds a client from the environment and checks that the API server answers.
+/// Builds a client from the environment (`KUBECONFIG`, `~/.kube/config` or in-cluster) and checks that
+/// the API server answers.
 pub async fn connect() -> Result<Client> {
+    connect_with(None).await
+}
+
+/// Like [`connect`], with an explicit kubeconfig file when given.
+pub async fn connect_with(kubeconfig: Option<&Path>) -> Result<Client> {
     install_crypto_provider();
-    let config = kube::Config::infer().await.map_err(Error::NoConfig)?;
+    let config = match kubeconfig {
+        None => kube::Config::infer().await.map_err(Error::NoConfig)?,
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| Error::BadKubeconfig {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| {
+                Error::BadKubeconfig { path: path.display().to_string(), message: e.to_string() }
+            })?
+        }
+    };
     let url = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(Error::BadConfig)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {

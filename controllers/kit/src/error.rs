@@ -21,6 +21,15 @@ pub enum Error {
     )]
     NoConfig(#[source] kube::config::InferConfigError),
 
+    /// An explicitly given kubeconfig cannot be used.
+    #[error("cannot use kubeconfig {path}: {message}")]
+    BadKubeconfig {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// The kubeconfig could not be turned into a client.
     #[error("invalid Kubernetes client configuration: {0}")]
     BadConfig(#[source] kube::Error),
@@ -86,7 +95,7 @@ impl ReasonedError for Error {
     fn reason(&self) -> &'static str {
         match self {
             Error::NoConfig(_) => "NoConfig",
-            Error::BadConfig(_) => "BadConfig",
+            Error::BadConfig(_) | Error::BadKubeconfig { .. } => "BadConfig",
             Error::Unreachable { .. } | Error::Timeout { .. } => "Unreachable",
             Error::MissingCrd { .. } => "MissingCrd",
             Error::AdminBind { .. } => "AdminBind",

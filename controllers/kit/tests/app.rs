@@ -1,0 +1,179 @@
+//! A controller built on the kit, against the box: `/readyz` opens only after its watch synced (here:
+//! only once its CRD exists), `/metrics` serves process metrics and the reconcile families, and bad
+//! setups fail with one clear line.
+
+use clap::Parser;
+use ferrite_api::lb::IPPool;
+use ferrite_e2e::KubeBox;
+use ferrite_kit::{App, Error, ReasonedError, cli::CommonArgs, runner};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api,
+    api::{PostParams, ListParams},
+    runtime::{Controller, controller::Action, watcher},
+};
+use std::{sync::Arc, time::Duration};
+
+#[derive(Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+impl ReasonedError for Never {
+    fn reason(&self) -> &'static str {
+        "Never"
+    }
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    // A plain HTTP/1.0 GET, so the test does not depend on the server's own HTTP stack.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin server accepts");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_families() {
+    let kb = KubeBox::shared();
+    let kubeconfig = kb.kubeconfig.display().to_string();
+    let cli = Cli::parse_from([
+        "test",
+        "--kubeconfig",
+        &kubeconfig,
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--leader-elect=false",
+    ]);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let app = App::start_with(&cli.common, "kittest", "kittest", shutdown.clone()).await.expect("app starts");
+
+    // The CRD is not installed yet: the kit says so plainly, and the watch cannot sync.
+    let err = ferrite_kit::client::require_crd::<IPPool>(&app.client).await.expect_err("no CRD yet");
+    assert!(matches!(err, Error::MissingCrd { .. }), "{err}");
+    assert!(err.to_string().contains("ippools.lb.ferrite.dev is not installed"), "{err}");
+    assert_eq!(err.reason(), "MissingCrd");
+
+    let pools: Api<IPPool> = Api::all(app.client.clone());
+    let controller = Controller::new(pools.clone(), watcher::Config::default());
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(runner::run(
+        controller,
+        seen.clone(),
+        |_pool: Arc<IPPool>, seen: Arc<std::sync::atomic::AtomicUsize>| async move {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, Never>(Action::requeue(Duration::from_secs(300)))
+        },
+        app.run_options(),
+    ));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, body) = get(app.admin_addr, "/readyz").await;
+    assert_eq!(code, 503, "not ready before the watch synced: {body}");
+    assert!(body.contains("watch ippools"), "names what it waits for: {body}");
+    assert_eq!(get(app.admin_addr, "/livez").await.0, 200);
+
+    // Install the CRD: the watch syncs and /readyz opens.
+    let crds: Api<CustomResourceDefinition> = Api::all(app.client.clone());
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds/ippools.lb.ferrite.dev.yaml")).expect("crds/ is checked in"))
+            .expect("valid CRD yaml");
+    crds.create(&PostParams::default(), &crd).await.expect("CRD created");
+    let mut last = (0, String::new());
+    for _ in 0..150 {
+        last = get(app.admin_addr, "/readyz").await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 200, "/readyz did not open within 30 s of the CRD being installed: {}", last.1);
+
+    // One object, one reconcile, counted in the metrics.
+    let pool: IPPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
+        "metadata": {"name": "kit-app-test"}, "spec": {"addresses": ["192.0.2.0/28"]}
+    }))
+    .expect("valid pool");
+    // The API server may drop a connection while it starts serving a new CRD; retry like a controller.
+    let mut created = Err(None);
+    for _ in 0..10 {
+        match pools.create(&PostParams::default(), &pool).await {
+            Ok(p) => {
+                created = Ok(p);
+                break;
+            }
+            Err(e) => created = Err(Some(e)),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    created.expect("pool created");
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = get(app.admin_addr, "/metrics").await.1;
+        if metrics.contains("ferrite_kittest_reconcile_total{result=\"success\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for family in [
+        "ferrite_kittest_reconcile_total{result=\"success\"} 1",
+        "ferrite_kittest_reconcile_duration_seconds_count 1",
+        "# TYPE ferrite_kittest_reconcile_errors_total counter",
+        "ferrite_kittest_leader 1",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(metrics.contains(family), "/metrics lacks {family:?}:\n{metrics}");
+    }
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(pools.list(&ListParams::default()).await.expect("list").items.len(), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn bad_setups_fail_with_one_clear_line() {
+    let dir = tempfile_dir();
+    // A kubeconfig that does not exist.
+    let missing = dir.join("nope.kubeconfig");
+    let err = ferrite_kit::client::connect_with(Some(&missing)).await.err().expect("missing kubeconfig fails");
+    assert!(err.to_string().contains("nope.kubeconfig"), "{err}");
+
+    // An API server that is not there.
+    let port = ferrite_e2e::process::free_port().expect("port");
+    let kc = dir.join("unreachable.kubeconfig");
+    let kb = KubeBox::shared();
+    ferrite_e2e::kubebox::write_kubeconfig(
+        &kc,
+        &format!("https://127.0.0.1:{port}"),
+        &kb.dir.join("ca.crt"),
+        "x",
+        "x",
+        "default",
+    )
+    .expect("kubeconfig written");
+    let err = ferrite_kit::client::connect_with(Some(&kc)).await.err().expect("nothing listens there");
+    let msg = err.to_string();
+    assert!(msg.contains("cannot reach the Kubernetes API server") && msg.contains(&port.to_string()), "{msg}");
+    assert!(!msg.contains('\n'), "one line: {msg}");
+
+    // The admin port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let err = ferrite_kit::admin::AdminServer::bind(addr).await.expect_err("port in use");
+    assert!(err.to_string().contains("--admin-addr"), "{err}");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ferrite-kit-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
