@@ -9,7 +9,8 @@
 //!                                └─ yes: NA S+O with target link-layer option to the source (§7.2.4)
 //! ```
 //!
-//! The kernel picks the NA's source address (the interface's link-local address) and its checksum.
+//! The NA's source address is the VIP itself, as the kernel does for addresses it owns (see
+//! `rawsock::Icmpv6Socket::send_to`); the kernel computes the checksum.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
@@ -115,7 +116,7 @@ async fn handle(ctx: &WorkerCtx, sock: &Icmpv6Socket, msg: &[u8], env: &Ipv6Enve
     };
     ctx.count(&ctx.metrics.requests, Family::Ndp);
     let (na, dst) = NeighborAdvertisement::answer(&ns, env.source, mac);
-    match sock.send_to(&na.encode(), dst).await {
+    match sock.send_to(&na.encode(), dst, ns.target).await {
         Ok(()) => {
             ctx.count(&ctx.metrics.responses, Family::Ndp);
             tracing::debug!(interface = %ctx.name, ip = %ns.target, to = %dst, %mac, "Neighbor Advertisement sent");
@@ -131,7 +132,11 @@ async fn unsolicited(ctx: &WorkerCtx, sock: &Icmpv6Socket, ip: Ipv6Addr) {
         return;
     };
     match sock
-        .send_to(&NeighborAdvertisement::unsolicited(ip, mac).encode(), ALL_NODES)
+        .send_to(
+            &NeighborAdvertisement::unsolicited(ip, mac).encode(),
+            ALL_NODES,
+            ip,
+        )
         .await
     {
         Ok(()) => {

@@ -16,11 +16,13 @@
 //! ```
 #![allow(unsafe_code)]
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::{MaybeUninit, size_of};
 use std::net::{Ipv6Addr, SocketAddrV6};
 
-use socket2::{Domain, MaybeUninitSlice, MsgHdrMut, Protocol, SockAddr, SockAddrStorage, Socket, Type};
+use socket2::{
+    Domain, MaybeUninitSlice, MsgHdr, MsgHdrMut, Protocol, SockAddr, SockAddrStorage, Socket, Type,
+};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -184,6 +186,7 @@ impl PacketSocket {
 pub struct Icmpv6Socket {
     fd: AsyncFd<Socket>,
     ifindex: u32,
+    freebind: bool,
 }
 
 impl Icmpv6Socket {
@@ -211,9 +214,22 @@ impl Icmpv6Socket {
         sock.set_multicast_hops_v6(255)?;
         sock.set_multicast_if_v6(ifindex)?;
         sock.set_multicast_loop_v6(false)?;
+        // The NA's source address is the VIP itself, as the kernel does for its own addresses
+        // (ndisc_send_na), and as ndisc6 and other clients expect: they match the NA's source scope
+        // with the target's. The VIP is on no interface, so the kernel accepts it as IPV6_PKTINFO
+        // source only with IPV6_FREEBIND (Linux >= 4.15, no capability needed). Without it we fall
+        // back to the link-local source the kernel picks (what MetalLB sends).
+        let freebind = match sock.set_freebind_v6(true) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "IPV6_FREEBIND unavailable; NAs will come from the link-local address");
+                false
+            }
+        };
         Ok(Icmpv6Socket {
             fd: register(sock)?,
             ifindex,
+            freebind,
         })
     }
 
@@ -264,20 +280,62 @@ impl Icmpv6Socket {
         }
     }
 
-    /// Sends an ICMPv6 message to `dst` on this interface (scope id = ifindex for link-local and multicast).
-    pub async fn send_to(&self, msg: &[u8], dst: Ipv6Addr) -> io::Result<()> {
+    /// Sends an ICMPv6 message to `dst` on this interface (scope id = ifindex for link-local and
+    /// multicast), from `source` when the kernel allows it (see `open`), else from its own choice.
+    pub async fn send_to(&self, msg: &[u8], dst: Ipv6Addr, source: Ipv6Addr) -> io::Result<()> {
         let addr = SockAddr::from(SocketAddrV6::new(dst, 0, 0, self.ifindex));
+        if self.freebind {
+            let control = pktinfo_cmsg(source, self.ifindex);
+            let res = send_with(&self.fd, |s| {
+                let bufs = [IoSlice::new(msg)];
+                s.sendmsg(
+                    &MsgHdr::new()
+                        .with_addr(&addr)
+                        .with_buffers(&bufs)
+                        .with_control(&control),
+                    0,
+                )
+            })
+            .await;
+            match res {
+                // EINVAL/EADDRNOTAVAIL: the source was refused after all; send from the kernel's choice.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EADDRNOTAVAIL)) => {
+                    tracing::debug!(error = %e, %source, "source address refused; using the kernel's choice");
+                }
+                other => return other.map(drop),
+            }
+        }
         send_with(&self.fd, |s| s.send_to(msg, &addr)).await.map(drop)
     }
+}
+
+const CMSG_ALIGN: usize = size_of::<usize>();
+const fn cmsg_align(n: usize) -> usize {
+    n.div_ceil(CMSG_ALIGN) * CMSG_ALIGN
+}
+/// CMSG_ALIGN(sizeof(struct cmsghdr)): {size_t len; int level; int type;}.
+const CMSG_HEADER: usize = cmsg_align(size_of::<usize>() + 2 * size_of::<libc::c_int>());
+
+/// One IPV6_PKTINFO control message (struct in6_pktinfo {in6_addr; unsigned ifindex}) choosing the source
+/// address and interface, laid out as CMSG_SPACE/CMSG_LEN do.
+fn pktinfo_cmsg(source: Ipv6Addr, ifindex: u32) -> Vec<u8> {
+    let data_len = 16 + 4;
+    let mut v = vec![0u8; CMSG_HEADER + cmsg_align(data_len)];
+    let len = CMSG_HEADER + data_len;
+    v[..size_of::<usize>()].copy_from_slice(&len.to_ne_bytes());
+    let o = size_of::<usize>();
+    v[o..o + 4].copy_from_slice(&libc::IPPROTO_IPV6.to_ne_bytes());
+    v[o + 4..o + 8].copy_from_slice(&libc::IPV6_PKTINFO.to_ne_bytes());
+    v[CMSG_HEADER..CMSG_HEADER + 16].copy_from_slice(&source.octets());
+    v[CMSG_HEADER + 16..CMSG_HEADER + 20].copy_from_slice(&ifindex.to_ne_bytes());
+    v
 }
 
 /// Reads IPV6_PKTINFO (destination) and IPV6_HOPLIMIT from the control messages: `struct cmsghdr` is
 /// {size_t len; int level; int type;} followed by data, each header and message aligned to size_t
 /// (CMSG_ALIGN in linux/socket.h).
 fn parse_cmsgs(mut control: &[u8]) -> (Option<Ipv6Addr>, Option<u8>) {
-    const ALIGN: usize = size_of::<usize>();
-    let align = |n: usize| n.div_ceil(ALIGN) * ALIGN;
-    let header = align(size_of::<usize>() + 2 * size_of::<libc::c_int>());
+    let header = CMSG_HEADER;
     let (mut dst, mut hop) = (None, None);
     while control.len() >= header {
         let mut len_bytes = [0u8; size_of::<usize>()];
@@ -302,7 +360,7 @@ fn parse_cmsgs(mut control: &[u8]) -> (Option<Ipv6Addr>, Option<u8>) {
                 hop = u8::try_from(int_at(header)).ok();
             }
         }
-        control = control.get(align(len)..).unwrap_or(&[]);
+        control = control.get(cmsg_align(len)..).unwrap_or(&[]);
     }
     (dst, hop)
 }
@@ -345,5 +403,14 @@ mod tests {
         bad[0] = 0xff;
         assert_eq!(parse_cmsgs(&bad), (None, None));
         assert_eq!(parse_cmsgs(&[]), (None, None));
+    }
+
+    #[test]
+    fn pktinfo_roundtrip() {
+        let src: Ipv6Addr = "2001:db8::10".parse().unwrap();
+        let c = pktinfo_cmsg(src, 7);
+        assert_eq!(c.len() % size_of::<usize>(), 0);
+        assert_eq!(parse_cmsgs(&c), (Some(src), None));
+        assert_eq!(&c[CMSG_HEADER + 16..CMSG_HEADER + 20], &7u32.to_ne_bytes());
     }
 }

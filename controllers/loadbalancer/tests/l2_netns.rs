@@ -1,0 +1,437 @@
+//! Tier-2 component test of the speaker's layer-2 data plane: `ferrite-l2-announce` answers a real
+//! `arping` and `ndisc6` across a veth pair between network namespaces this test creates.
+//!
+//! ```text
+//!   fe-c-XXXX (client)                          fe-n-XXXX (node)
+//!   c0 192.0.2.2/24 2001:db8::2/64  <── veth ──>  n0 ── port of ── br0 192.0.2.1/24 2001:db8::1/64
+//!   arp_accept=1                                 ferrite-l2-announce --ip 192.0.2.100 --ip 2001:db8::100
+//!                                                                    --interface /br[0-9]+/
+//! ```
+//! n0 is a bridge port, so the answer must come from br0 with br0's MAC, which the test sets to differ
+//! from n0's (MetalLB answered from the port, with the port's MAC). Checks, in order: the gratuitous ARP
+//! at start puts the VIP into the client's neighbour table; arping and ndisc6 get br0's MAC; an IP that is
+//! not announced gets no answer; the metrics count what happened; after SIGTERM the VIP gets no answer.
+//!
+//! Needs root (namespaces, raw sockets) and `ip`, `arping`, `ndisc6`: the test fails, saying how to
+//! install them, when they are missing. Namespaces and the announcer are removed even when it fails.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const INSTALL: &str = "apt-get install arping ndisc6 iproute2";
+const VIP4: &str = "192.0.2.100";
+const VIP6: &str = "2001:db8::100";
+const NOT_ANNOUNCED4: &str = "192.0.2.200";
+const NOT_ANNOUNCED6: &str = "2001:db8::200";
+const BRIDGE_MAC: &str = "02:fe:00:00:00:01";
+const METRICS_PORT: u16 = 9473;
+
+fn run(program: &str, args: &[&str]) -> Output {
+    match Command::new(program).args(args).stdin(Stdio::null()).output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run {program}: {e}; this test needs root and `{INSTALL}`"),
+    }
+}
+
+/// Runs a setup command that must succeed.
+fn sh(args: &[&str]) {
+    let out = run(args[0], &args[1..]);
+    assert!(
+        out.status.success(),
+        "{} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn first_mac(s: &str) -> Option<String> {
+    let re = regex::Regex::new(r"(?i)\b([0-9a-f]{2}(?::[0-9a-f]{2}){5})\b").ok()?;
+    re.captures(s).map(|c| c[1].to_lowercase())
+}
+
+/// Which arping is installed: Thomas Habets' (Debian `arping`, interface flag `-i`) or iputils' (`-I`).
+fn arping_interface_flag() -> &'static str {
+    let out = run("arping", &["--help"]);
+    if text(&out).contains("Habets") { "-i" } else { "-I" }
+}
+
+/// Namespaces and processes of one test run, removed on drop (also when the test panics).
+struct Lab {
+    client: String,
+    node: String,
+    announcer: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        for (tool, args) in [
+            ("ip", &["-V"][..]),
+            ("arping", &["--help"][..]),
+            ("ndisc6", &["-V"][..]),
+        ] {
+            if let Err(e) = Command::new(tool)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+            {
+                panic!("`{tool}` is missing ({e}): run `{INSTALL}`");
+            }
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let suffix = format!("{:06x}", (std::process::id() ^ nanos) & 0xff_ffff);
+        let lab = Lab {
+            client: format!("fe-c-{suffix}"),
+            node: format!("fe-n-{suffix}"),
+            announcer: None,
+            log: std::env::temp_dir().join(format!("fe-l2-announce-{suffix}.log")),
+        };
+        sh(&["ip", "netns", "add", &lab.client]);
+        sh(&["ip", "netns", "add", &lab.node]);
+        for ns in [&lab.client, &lab.node] {
+            // No duplicate address detection: addresses are usable at once, the test stays fast.
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        // Learn neighbours from gratuitous ARP (that is what the test checks).
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.client,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.arp_accept=1",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.client,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.default.arp_accept=1",
+        ]);
+        let (c, n) = (lab.client.as_str(), lab.node.as_str());
+        sh(&[
+            "ip", "-n", c, "link", "add", "c0", "type", "veth", "peer", "name", "n0", "netns", n,
+        ]);
+        sh(&[
+            "ip", "-n", n, "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge",
+        ]);
+        sh(&["ip", "-n", n, "link", "set", "n0", "master", "br0"]);
+        sh(&["ip", "-n", n, "addr", "add", "192.0.2.1/24", "dev", "br0"]);
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            "2001:db8::1/64",
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        sh(&["ip", "-n", c, "addr", "add", "192.0.2.2/24", "dev", "c0"]);
+        sh(&[
+            "ip",
+            "-n",
+            c,
+            "addr",
+            "add",
+            "2001:db8::2/64",
+            "dev",
+            "c0",
+            "nodad",
+        ]);
+        for (ns, dev) in [(n, "n0"), (n, "br0"), (c, "c0")] {
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        lab
+    }
+
+    fn mac(&self, ns: &str, dev: &str) -> String {
+        let out = run("ip", &["-n", ns, "-o", "link", "show", "dev", dev]);
+        let s = text(&out);
+        let ether = s.split("link/ether").nth(1).unwrap_or("");
+        first_mac(ether).unwrap_or_else(|| panic!("no MAC for {dev} in {ns}: {s}"))
+    }
+
+    /// Waits until `cond` holds, for at most `limit`.
+    fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the announcer in the node namespace and waits for its "announcing" lines.
+    fn start_announcer(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let port = METRICS_PORT.to_string();
+        let metrics = format!("127.0.0.1:{port}");
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node,
+                env!("CARGO_BIN_EXE_ferrite-l2-announce"),
+            ])
+            .args([
+                "--ip",
+                VIP4,
+                "--ip",
+                VIP6,
+                "--interface",
+                "/br[0-9]+/",
+                "--metrics-addr",
+                &metrics,
+            ])
+            .args(["--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferrite-l2-announce");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // `ip netns exec` execs the command, so this PID is the announcer's.
+        self.announcer = Some(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut announced = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while announced.len() < 2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("announcing ") => announced.push(line),
+                Ok(line) => panic!("announcer: {line}"),
+                Err(e) => panic!("announcer did not report within 5 s ({e}); got {announced:?}"),
+            }
+        }
+        assert_eq!(
+            announced,
+            vec![
+                format!("announcing {VIP4} on br0"),
+                format!("announcing {VIP6} on br0")
+            ]
+        );
+    }
+
+    fn arping(&self, ip: &str) -> Option<String> {
+        let wait = if ip == VIP4 { "2" } else { "1" };
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.client,
+                "arping",
+                "-c",
+                "1",
+                "-w",
+                wait,
+                arping_interface_flag(),
+                "c0",
+                ip,
+            ],
+        );
+        let s = text(&out);
+        // Habets: "42 bytes from 02:fe:00:00:00:01 (192.0.2.100): index=0 ..."
+        // iputils: "Unicast reply from 192.0.2.100 [02:FE:00:00:00:01]  0.6ms"
+        s.lines()
+            .find(|l| l.contains("from") && l.contains(ip))
+            .and_then(first_mac)
+    }
+
+    fn ndisc6(&self, ip: &str) -> Option<String> {
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.client,
+                "ndisc6",
+                "-1",
+                "-r",
+                "2",
+                "-w",
+                "500",
+                ip,
+                "c0",
+            ],
+        );
+        let s = text(&out);
+        s.lines()
+            .find(|l| l.contains("Target link-layer address"))
+            .and_then(first_mac)
+    }
+
+    fn client_neighbour(&self, ip: &str) -> Option<String> {
+        let out = run("ip", &["-n", &self.client, "neigh", "show", ip, "dev", "c0"]);
+        first_mac(&text(&out))
+    }
+
+    /// GET /metrics from inside the node namespace (its loopback is not the host's).
+    fn metrics(&self) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT} && printf 'GET /metrics HTTP/1.0\\r\\nHost: l\\r\\n\\r\\n' >&3 && timeout 2 cat <&3"
+        );
+        text(&run("ip", &["netns", "exec", &self.node, "bash", "-c", &script]))
+    }
+
+    fn stop_announcer(&mut self) {
+        let Some(mut child) = self.announcer.take() else {
+            return;
+        };
+        sh(&["kill", "-TERM", &child.id().to_string()]);
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(status.success(), "announcer exited with {status} after SIGTERM");
+                    return;
+                }
+                Ok(None) if start.elapsed() < Duration::from_secs(3) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => {
+                    let _ = child.kill();
+                    panic!("announcer did not exit within 3 s of SIGTERM: {other:?}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.announcer.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- ferrite-l2-announce log ({}) ---\n{log}", self.log.display());
+        }
+        let _ = std::fs::remove_file(&self.log);
+        for ns in [&self.client, &self.node] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn counter(metrics: &str, name: &str, protocol: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(name)
+                && l.contains(&format!("protocol=\"{protocol}\""))
+                && l.contains("interface=\"br0\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn announcer_answers_arp_and_ndp_from_the_bridge_with_its_mac() {
+    let mut lab = Lab::new();
+    let bridge_mac = lab.mac(&lab.node, "br0");
+    let port_mac = lab.mac(&lab.node, "n0");
+    assert_eq!(bridge_mac, BRIDGE_MAC);
+    assert_ne!(
+        bridge_mac, port_mac,
+        "the test needs the bridge and its port to have different MACs"
+    );
+    assert_eq!(
+        lab.client_neighbour(VIP4),
+        None,
+        "fresh client must not know the VIP"
+    );
+
+    lab.start_announcer();
+
+    // The gratuitous ARP sent at takeover (arp_accept=1 on the client) creates the neighbour entry.
+    Lab::wait_for(
+        "the gratuitous ARP to reach the client's neighbour table",
+        Duration::from_secs(3),
+        || lab.client_neighbour(VIP4).is_some(),
+    );
+    assert_eq!(lab.client_neighbour(VIP4).as_deref(), Some(bridge_mac.as_str()));
+
+    assert_eq!(
+        lab.arping(VIP4).as_deref(),
+        Some(bridge_mac.as_str()),
+        "arping {VIP4}"
+    );
+    assert_eq!(
+        lab.ndisc6(VIP6).as_deref(),
+        Some(bridge_mac.as_str()),
+        "ndisc6 {VIP6}"
+    );
+    assert_eq!(
+        lab.arping(NOT_ANNOUNCED4),
+        None,
+        "{NOT_ANNOUNCED4} is not announced"
+    );
+    assert_eq!(
+        lab.ndisc6(NOT_ANNOUNCED6),
+        None,
+        "{NOT_ANNOUNCED6} is not announced"
+    );
+
+    let m = lab.metrics();
+    assert!(
+        counter(&m, "ferrite_lb_requests_received_total", "arp") >= 1,
+        "{m}"
+    );
+    assert!(counter(&m, "ferrite_lb_responses_sent_total", "arp") >= 1, "{m}");
+    assert!(counter(&m, "ferrite_lb_responses_sent_total", "ndp") >= 1, "{m}");
+    assert!(counter(&m, "ferrite_lb_gratuitous_sent_total", "arp") >= 2, "{m}");
+    assert!(counter(&m, "ferrite_lb_gratuitous_sent_total", "ndp") >= 1, "{m}");
+
+    lab.stop_announcer();
+    assert_eq!(lab.arping(VIP4), None, "no ARP answer after SIGTERM");
+    assert_eq!(lab.ndisc6(VIP6), None, "no NDP answer after SIGTERM");
+}
