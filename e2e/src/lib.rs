@@ -8,6 +8,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod kubebox;
 pub mod process;
 
