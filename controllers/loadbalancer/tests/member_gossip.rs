@@ -46,7 +46,7 @@ async fn start_at(name: &'static str, bind: SocketAddr, key: &[u8]) -> Member {
 }
 
 async fn start(name: &'static str, key: &[u8]) -> Member {
-    start_at(name, "127.0.0.1:0".parse().unwrap(), key).await
+    start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)), key).await
 }
 
 fn join_all(members: &[&Member]) {
