@@ -335,7 +335,8 @@ impl Membership {
     }
 
     /// Names of the nodes whose speaker is alive, this node included. Changes as soon as a member
-    /// joins, leaves or is declared down.
+    /// joins, leaves or is declared down (Suspect members still count as alive). The channel closes
+    /// (`changed()` returns an error) once the gossip task has stopped; stop announcing then.
     pub fn alive(&self) -> watch::Receiver<BTreeSet<String>> {
         self.alive.clone()
     }
