@@ -35,6 +35,9 @@ pub mod annotations {
     pub const METALLB_ALLOW_SHARED_IP: &str = "metallb.io/allow-shared-ip";
     /// MetalLB's legacy sharing key; honored with a Warning Event.
     pub const METALLB_LEGACY_ALLOW_SHARED_IP: &str = "metallb.universe.tf/allow-shared-ip";
+    /// Written by the speaker that announces the Service's addresses: the node name. The election keeps
+    /// this node while it stays eligible (no flip-back).
+    pub const ANNOUNCING_NODE: &str = "lb.ferrite.dev/announcing-node";
 }
 
 /// A pool of addresses for `type: LoadBalancer` Services.

@@ -68,21 +68,30 @@ impl Gate {
         K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
     {
         tokio::spawn(async move {
-            // kube-runtime's store readiness is a oneshot that remembers only the last waiter's waker,
-            // and the Controller waits on the same store; so poll again every 250 ms instead of waiting
-            // once (a fresh poll sees the value even when our waker was overwritten).
-            loop {
-                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
-                    Ok(Ok(())) => {
-                        tracing::debug!(watch = %self.name, "watch synced");
-                        self.open();
-                        return;
-                    }
-                    Ok(Err(_)) => return, // the writer is gone: the controller stopped
-                    Err(_) => {}
-                }
+            if wait_synced(&store).await {
+                tracing::debug!(watch = %self.name, "watch synced");
+                self.open();
             }
         });
+    }
+}
+
+/// Waits until a reflector store has its first full list; false if its writer is gone.
+///
+/// kube-runtime's store readiness is a oneshot that remembers only the last waiter's waker, and a
+/// Controller waits on its own store; so this polls again every 250 ms instead of waiting once (a fresh
+/// poll sees the value even when our waker was overwritten).
+pub async fn wait_synced<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) => {}
+        }
     }
 }
 

@@ -15,6 +15,8 @@
 
 pub mod addr;
 pub mod alloc;
+pub mod controller;
 pub mod election;
 pub mod l2;
 pub mod member;
+pub mod service;

@@ -1,0 +1,40 @@
+//! ferrite-lb: `controller` (address allocation, Deployment) and `speaker` (ARP/NDP, DaemonSet).
+use clap::{Parser, Subcommand};
+use ferrite_kit::cli::CommonArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferrite-lb", version, about = "LoadBalancer Services on bare metal")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Allocate addresses from IPPools to LoadBalancer Services (leader-elected).
+    Controller {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        args: ferrite_lb::controller::ControllerArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Controller { common, args } => async {
+            let app = ferrite_kit::App::start(&common, "lb", "ferrite-lb-controller").await?;
+            ferrite_lb::controller::run(app, args).await
+        }
+        .await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrite-lb: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

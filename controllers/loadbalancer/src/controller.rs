@@ -1,0 +1,465 @@
+//! The allocator controller: gives `type: LoadBalancer` Services addresses from IPPools.
+//!
+//! ```text
+//!   IPPool watch ──> pool reconcile ──> set_pools (when the pools changed) ──> reconcile all Services
+//!                         │                └─> IPPool status: counts, Ready / Overlapping conditions
+//!   Service watch ─> service reconcile ──> service::parse ──> Allocator::assign ──> status.loadBalancer
+//!                         │                                        └─> Events, "pools need a refresh"
+//!   Namespace watch (labels for namespaceSelector)
+//! ```
+//! One [`Allocator`] in memory is the source of truth while this replica leads. It is rebuilt from the
+//! Services' status every time this replica becomes leader, before anything is assigned (so a restart or
+//! failover never hands out an address that a Service already shows). Only the leader reconciles; all
+//! replicas keep their caches warm.
+
+use crate::{
+    alloc::{AllocError, Allocator, PoolConfig, PoolError, PoolProblem, PoolStats, ServiceKey},
+    service::{self, ClassPolicy, RequestError},
+};
+use ferrite_api::{
+    lb::IPPool,
+    names,
+};
+use ferrite_kit::{
+    App, ReasonedError,
+    conditions::{self, NewCondition, Status},
+    events::Events,
+    kube::{
+        Api, Client, Resource, ResourceExt,
+        runtime::{
+            Controller, WatchStreamExt,
+            controller::{Action, Config as ControllerConfig},
+            reflector::{self, Store},
+            watcher,
+        },
+    },
+    leader::Leadership,
+    status::apply_status,
+};
+use futures::{StreamExt, stream};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Service},
+    jiff::Timestamp,
+};
+use prometheus::{GaugeVec, IntGauge, Opts, Registry};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::watch;
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Service asks for something that cannot be given.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// The Service's annotations or spec cannot be read.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The IPPool is invalid.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// Writing to the API failed.
+    #[error(transparent)]
+    Kit(#[from] ferrite_kit::Error),
+}
+
+impl ReasonedError for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Alloc(e) => e.reason(),
+            Error::Request(e) => e.reason(),
+            Error::Pool(e) => e.reason(),
+            Error::Kit(e) => e.reason(),
+        }
+    }
+}
+
+/// Allocator metrics (MetalLB: `metallb_allocator_addresses_total`, `..._in_use_total`).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    addresses: GaugeVec,
+    in_use: GaugeVec,
+    out_of_pool: IntGauge,
+}
+
+impl Metrics {
+    /// Registers the allocator metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let addresses = GaugeVec::new(
+            Opts::new("ferrite_lb_pool_addresses", "Addresses a pool can hand out, by family."),
+            &["pool", "family"],
+        )?;
+        let in_use = GaugeVec::new(
+            Opts::new("ferrite_lb_pool_addresses_in_use", "Addresses of a pool held by Services, by family."),
+            &["pool", "family"],
+        )?;
+        let out_of_pool = IntGauge::new(
+            "ferrite_lb_addresses_out_of_pool",
+            "Addresses still held by Services that are no longer inside any IPPool (kept, see docs).",
+        )?;
+        registry.register(Box::new(addresses.clone()))?;
+        registry.register(Box::new(in_use.clone()))?;
+        registry.register(Box::new(out_of_pool.clone()))?;
+        Ok(Self { addresses, in_use, out_of_pool })
+    }
+
+    fn set_pool(&self, pool: &str, stats: &PoolStats) {
+        for (family, total, used) in
+            [("IPv4", stats.total_v4, stats.assigned_v4), ("IPv6", stats.total_v6, stats.assigned_v6)]
+        {
+            self.addresses.with_label_values(&[pool, family]).set(total as f64);
+            self.in_use.with_label_values(&[pool, family]).set(used as f64);
+        }
+    }
+
+    fn forget_pool(&self, pool: &str) {
+        for family in ["IPv4", "IPv6"] {
+            let _ = self.addresses.remove_label_values(&[pool, family]);
+            let _ = self.in_use.remove_label_values(&[pool, family]);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    alloc: Allocator,
+    /// Leadership epoch the allocator was rebuilt in; a new epoch means rebuild first.
+    epoch: Option<u64>,
+    /// (name, resourceVersion) of every pool last given to the allocator.
+    pools_seen: Vec<(String, String)>,
+    pool_errors: BTreeMap<String, PoolError>,
+    problems: BTreeMap<String, Vec<PoolProblem>>,
+    /// Services that lost an address to an older Service in the last rebuild, with the address.
+    rebuild_losers: BTreeMap<ServiceKey, IpAddr>,
+    /// Out-of-pool addresses already warned about.
+    warned_out_of_pool: BTreeSet<(ServiceKey, IpAddr)>,
+}
+
+/// Shared by both reconcilers.
+pub struct Context {
+    client: Client,
+    events: Events,
+    leadership: Leadership,
+    policy: ClassPolicy,
+    metrics: Metrics,
+    state: Mutex<State>,
+    pools: Store<IPPool>,
+    namespaces: Store<Namespace>,
+    services: Store<Service>,
+    epoch: watch::Receiver<u64>,
+    /// Bumped when allocations change: pool statuses need a refresh.
+    pools_dirty: watch::Sender<u64>,
+    /// Bumped when the pool set changes: every Service needs a look.
+    services_dirty: watch::Sender<u64>,
+    resync: Duration,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("policy", &self.policy).finish()
+    }
+}
+
+fn bump(tx: &watch::Sender<u64>) {
+    tx.send_modify(|v| *v = v.wrapping_add(1));
+}
+
+fn changes(rx: watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        rx.borrow_and_update();
+        Some(((), rx))
+    })
+}
+
+/// Options of the allocator controller.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ControllerArgs {
+    /// `loadBalancerClass` served besides Services without a class.
+    #[arg(long, env = "FERRITE_LB_CLASS", default_value = ferrite_api::lb::DEFAULT_LOAD_BALANCER_CLASS)]
+    pub lb_class: String,
+}
+
+/// Runs the allocator until shutdown.
+pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
+    let client = app.client.clone();
+    ferrite_kit::client::require_crd::<IPPool>(&client).await?;
+    let metrics = Metrics::register(&app.registry)?;
+
+    // Pools and namespaces: reflectors whose stores the reconcilers read.
+    let pools_ctl = Controller::new(Api::<IPPool>::all(client.clone()), watcher::Config::default());
+    let pools = pools_ctl.store();
+    let (namespaces, ns_writer) = reflector::store();
+    let ns_stream = reflector::reflector(ns_writer, watcher(Api::<Namespace>::all(client.clone()), Default::default()))
+        .default_backoff()
+        .touched_objects();
+    app.readiness.gate("watch namespaces").open_when_synced(namespaces.clone());
+    tokio::spawn(ns_stream.for_each(|_| async {}));
+
+    let services_ctl = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
+    let services = services_ctl.store();
+
+    // Leadership epochs: every time this replica becomes leader the allocator is rebuilt.
+    let (epoch_tx, epoch) = watch::channel(0u64);
+    let mut lead = app.leadership.subscribe();
+    tokio::spawn(async move {
+        while lead.changed().await.is_ok() {
+            if *lead.borrow_and_update() {
+                bump(&epoch_tx);
+            }
+        }
+    });
+
+    let (pools_dirty, pools_dirty_rx) = watch::channel(0u64);
+    let (services_dirty, services_dirty_rx) = watch::channel(0u64);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        events: app.events(names::LB_CONTROLLER_REPORTER),
+        leadership: app.leadership.clone(),
+        policy: ClassPolicy { class: args.lb_class },
+        metrics,
+        state: Mutex::new(State::default()),
+        pools: pools.clone(),
+        namespaces: namespaces.clone(),
+        services,
+        epoch,
+        pools_dirty,
+        services_dirty,
+        resync: app.run_options().resync,
+    });
+
+    let pools_ctl = pools_ctl
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
+        .reconcile_all_on(changes(pools_dirty_rx));
+    let services_ctl = services_ctl.reconcile_all_on(changes(services_dirty_rx));
+
+    let opts = app.run_options();
+    tracing::info!(class = %ctx.policy.class, "allocator starting");
+    let pool_runner = tokio::spawn(ferrite_kit::runner::run(pools_ctl, ctx.clone(), reconcile_pool, opts.clone()));
+    // Services are looked at only once the pools and namespaces are known, so the first rebuild sees
+    // every pool and no Service is told "no pool" while the pools are still loading.
+    ferrite_kit::admin::wait_synced(&pools).await;
+    ferrite_kit::admin::wait_synced(&namespaces).await;
+    ferrite_kit::runner::run(services_ctl, ctx.clone(), reconcile_service, opts).await;
+    let _ = pool_runner.await;
+    app.finish().await;
+    Ok(())
+}
+
+impl Context {
+    /// Brings the allocator up to date: rebuilt once per leadership epoch, pools re-read when they change.
+    fn sync(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = *self.epoch.borrow();
+        let mut pools: Vec<Arc<IPPool>> = self.pools.state();
+        pools.sort_by_key(|p| p.name_any());
+        let seen: Vec<(String, String)> =
+            pools.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect();
+        let rebuild = st.epoch != Some(epoch);
+        if rebuild || st.pools_seen != seen {
+            let mut configs = vec![];
+            st.pool_errors.clear();
+            for p in &pools {
+                match PoolConfig::from_pool(p) {
+                    Ok(c) => configs.push(c),
+                    Err(e) => {
+                        st.pool_errors.insert(p.name_any(), e);
+                    }
+                }
+            }
+            if rebuild {
+                st.alloc = Allocator::new();
+            }
+            let problems = st.alloc.set_pools(configs);
+            st.problems.clear();
+            for pr in problems {
+                let PoolProblem::Overlapping { pool, .. } = &pr;
+                st.problems.entry(pool.clone()).or_default().push(pr);
+            }
+            st.pools_seen = seen;
+            if rebuild {
+                let requests: Vec<_> = self
+                    .services
+                    .state()
+                    .iter()
+                    .filter(|s| self.policy.serves(s) && s.meta().deletion_timestamp.is_none())
+                    .filter_map(|s| service::parse(s, &self.namespace_labels(s)).ok())
+                    .map(|p| p.request)
+                    .collect();
+                let n = requests.len();
+                st.rebuild_losers.clear();
+                for (key, err) in st.alloc.rebuild(requests) {
+                    if let AllocError::IpInUse { ip, .. } = err {
+                        st.rebuild_losers.insert(key, ip);
+                    }
+                }
+                st.epoch = Some(epoch);
+                st.warned_out_of_pool.clear();
+                tracing::info!(services = n, conflicts = st.rebuild_losers.len(), "allocations rebuilt from Service status");
+            }
+            bump(&self.services_dirty);
+            bump(&self.pools_dirty);
+        }
+        st
+    }
+
+    fn namespace_labels(&self, svc: &Service) -> BTreeMap<String, String> {
+        let ns = svc.namespace().unwrap_or_default();
+        self.namespaces
+            .get(&reflector::ObjectRef::new(&ns))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn ingress_status(ips: &[IpAddr]) -> serde_json::Value {
+    let ingress: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip.to_string()})).collect();
+    serde_json::json!({"loadBalancer": {"ingress": ingress}})
+}
+
+async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let oref = svc.object_ref(&());
+    let current = service::current_ips(&svc);
+    let requeue = Action::requeue(ctx.resync);
+
+    if !ctx.policy.serves(&svc) || svc.meta().deletion_timestamp.is_some() {
+        let held = {
+            let mut st = ctx.sync();
+            let held = st.alloc.assigned(&key).is_some();
+            st.alloc.release(&key);
+            held
+        };
+        if held {
+            bump(&ctx.pools_dirty);
+            // A Service that stopped being a LoadBalancer loses its address; one handed to another
+            // class is that class's business.
+            let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+            if !is_lb && !current.is_empty() && svc.meta().deletion_timestamp.is_none() {
+                apply_status(&api, &key.name, names::LB_CONTROLLER_MANAGER, serde_json::json!({"loadBalancer": {}}), &ctx.leadership).await?;
+            }
+            tracing::info!(service = %key, "released");
+        }
+        return Ok(requeue);
+    }
+
+    let parsed = match service::parse(&svc, &ctx.namespace_labels(&svc)) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.events.warning(&oref, e.reason(), "Allocate", e.to_string()).await;
+            return Err(e.into());
+        }
+    };
+    for key in &parsed.legacy_keys {
+        let new = key.replace("metallb.universe.tf/", "metallb.io/");
+        ctx.events
+            .warning(&oref, "DeprecatedAnnotation", "Allocate", format!("annotation {key} is deprecated; use {new} or the lb.ferrite.dev/ key"))
+            .await;
+    }
+
+    let (result, lost) = {
+        let mut st = ctx.sync();
+        let lost = st.rebuild_losers.remove(&key);
+        (st.alloc.assign(&parsed.request), lost)
+    };
+    if let Some(ip) = lost {
+        let holders = ctx.sync().alloc.holders(ip);
+        let by = holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        ctx.events
+            .warning(&oref, "IPConflict", "Allocate", format!("IP {ip} is also held by {by}, which is older and keeps it; this Service gets another address"))
+            .await;
+    }
+    match result {
+        Ok(assignment) => {
+            if assignment.ips != current {
+                apply_status(&api, &key.name, names::LB_CONTROLLER_MANAGER, ingress_status(&assignment.ips), &ctx.leadership).await?;
+            }
+            if assignment.changed || assignment.ips != current {
+                let ips = assignment.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                let from = if assignment.pools.is_empty() { "outside every pool (kept)".to_string() } else { format!("from pool {}", assignment.pools.join(", ")) };
+                ctx.events.normal(&oref, "IPAllocated", "Allocate", format!("Assigned IP {ips} {from}")).await;
+                tracing::info!(service = %key, ips = %ips, "assigned");
+                bump(&ctx.pools_dirty);
+            }
+            Ok(requeue)
+        }
+        Err(e) => {
+            let holds_nothing = ctx.sync().alloc.assigned(&key).is_none();
+            if holds_nothing && !current.is_empty() {
+                // Its status shows an address it does not hold (it lost it to an older Service): take it
+                // back off the status so one address is never advertised for two Services.
+                apply_status(&api, &key.name, names::LB_CONTROLLER_MANAGER, ingress_status(&[]), &ctx.leadership).await?;
+            }
+            ctx.events.warning(&oref, "AllocationFailed", "Allocate", e.to_string()).await;
+            Err(e.into())
+        }
+    }
+}
+
+async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = pool.name_any();
+    let (pool_error, problems, stats, out_of_pool) = {
+        let mut st = ctx.sync();
+        let out: Vec<(ServiceKey, IpAddr)> = st.alloc.out_of_pool();
+        let fresh: Vec<_> = out.iter().filter(|o| !st.warned_out_of_pool.contains(*o)).cloned().collect();
+        st.warned_out_of_pool = out.iter().cloned().collect();
+        ctx.metrics.out_of_pool.set(out.len() as i64);
+        (st.pool_errors.get(&name).cloned(), st.problems.get(&name).cloned().unwrap_or_default(), st.alloc.stats(&name), fresh)
+    };
+
+    // Addresses that fell out of every pool stay with their Services; say so, once.
+    for (svc_key, ip) in out_of_pool {
+        if let Some(svc) = ctx.services.get(&reflector::ObjectRef::new(&svc_key.name).within(&svc_key.namespace)) {
+            ctx.events
+                .warning(&svc.object_ref(&()), "IPOutOfPool", "Allocate", format!("IP {ip} is no longer in any IPPool; the Service keeps it until it is deleted or asks for another address"))
+                .await;
+        }
+    }
+
+    let mut status = pool.status.clone().unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let now = Timestamp::now();
+    match &pool_error {
+        Some(e) => {
+            conditions::set(&mut status.conditions, NewCondition { type_: names::CONDITION_READY, status: Status::False, reason: e.reason(), message: e.to_string() }, generation, now);
+        }
+        None => {
+            conditions::set(&mut status.conditions, NewCondition { type_: names::CONDITION_READY, status: Status::True, reason: "Ready", message: "addresses are parsed and in use".into() }, generation, now);
+        }
+    }
+    match problems.first() {
+        Some(_) => {
+            let message = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            conditions::set(&mut status.conditions, NewCondition { type_: "Overlapping", status: Status::True, reason: "Overlapping", message }, generation, now);
+        }
+        None => {
+            conditions::set(&mut status.conditions, NewCondition { type_: "Overlapping", status: Status::False, reason: "NoOverlap", message: "no other pool shares addresses with this one".into() }, generation, now);
+        }
+    }
+    let stats = stats.unwrap_or_default();
+    let sat = |v: u128| i64::try_from(v).unwrap_or(i64::MAX);
+    status.assigned_ipv4 = sat(stats.assigned_v4);
+    status.available_ipv4 = sat(stats.available_v4);
+    status.assigned_ipv6 = sat(stats.assigned_v6);
+    status.available_ipv6 = sat(stats.available_v6);
+    status.observed_generation = generation;
+    if pool_error.is_some() {
+        ctx.metrics.forget_pool(&name);
+    } else {
+        ctx.metrics.set_pool(&name, &stats);
+    }
+
+    if pool.status.as_ref() != Some(&status) {
+        let api: Api<IPPool> = Api::all(ctx.client.clone());
+        apply_status(&api, &name, names::LB_CONTROLLER_MANAGER, serde_json::to_value(&status).map_err(|e| ferrite_kit::Error::Setup(e.to_string()))?, &ctx.leadership).await?;
+        if let Some(e) = &pool_error {
+            ctx.events.warning(&pool.object_ref(&()), e.reason(), "Validate", e.to_string()).await;
+        }
+    }
+    Ok(Action::requeue(ctx.resync))
+}

@@ -1,0 +1,327 @@
+//! Reading a Service: whether ferrite-lb serves it, and the allocation [`Request`] its spec and
+//! annotations make. Pure: the controller passes the Service and its namespace's labels.
+//!
+//! Annotation keys are read in order of preference — Ferrite's own, then MetalLB's current key, then
+//! MetalLB's legacy `metallb.universe.tf/*` key (which still works but earns a Warning Event) — and the
+//! deprecated `spec.loadBalancerIP` last. Every value is parsed; a bad one is an error naming the key,
+//! the value and what is wrong, never a guess.
+
+use crate::{
+    addr::Family,
+    alloc::{Port, Protocol, Request, ServiceKey},
+};
+use ferrite_api::lb::annotations as ann;
+use k8s_openapi::api::core::v1::Service;
+use std::{collections::BTreeMap, net::IpAddr};
+
+/// Which Services this allocator serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassPolicy {
+    /// The `loadBalancerClass` served besides "no class" (default `ferrite.dev/lb`).
+    pub class: String,
+}
+
+impl ClassPolicy {
+    /// Whether `svc` is a LoadBalancer Service of our class (or of no class).
+    pub fn serves(&self, svc: &Service) -> bool {
+        let Some(spec) = &svc.spec else { return false };
+        spec.type_.as_deref() == Some("LoadBalancer")
+            && spec.load_balancer_class.as_deref().is_none_or(|c| c == self.class)
+    }
+}
+
+/// A Service annotation or field Ferrite cannot use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// An annotation value does not parse.
+    #[error("annotation {key}={value:?}: {why}")]
+    BadAnnotation {
+        /// The annotation key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `spec.loadBalancerIP` does not parse.
+    #[error("spec.loadBalancerIP {value:?} is not an IP address")]
+    BadLoadBalancerIP {
+        /// Its value.
+        value: String,
+    },
+    /// A port has a protocol the API does not define.
+    #[error("spec.ports: protocol {0:?} is not TCP, UDP or SCTP")]
+    BadProtocol(String),
+}
+
+impl RequestError {
+    /// Short reason for Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RequestError::BadAnnotation { .. } => "InvalidAnnotation",
+            RequestError::BadLoadBalancerIP { .. } => "InvalidLoadBalancerIP",
+            RequestError::BadProtocol(_) => "InvalidProtocol",
+        }
+    }
+}
+
+/// A request plus the notes the controller turns into Warning Events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedService {
+    /// What to ask the allocator.
+    pub request: Request,
+    /// Legacy annotation keys in use (each earns a Warning Event).
+    pub legacy_keys: Vec<&'static str>,
+}
+
+/// The first of `keys` present on the Service: (key, value).
+fn annotation<'a>(
+    annotations: &'a BTreeMap<String, String>,
+    keys: &[&'static str],
+) -> Option<(&'static str, &'a str)> {
+    keys.iter().find_map(|k| annotations.get(*k).map(|v| (*k, v.trim())))
+}
+
+fn is_legacy(key: &str) -> bool {
+    key.starts_with("metallb.universe.tf/")
+}
+
+/// Reads `svc` into a [`Request`]. Call only for Services the [`ClassPolicy`] serves.
+pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Result<ParsedService, RequestError> {
+    let meta = &svc.metadata;
+    let empty = BTreeMap::new();
+    let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut legacy_keys = vec![];
+
+    let mut requested = vec![];
+    if let Some((key, value)) =
+        annotation(annotations, &[ann::IPS, ann::METALLB_IPS, ann::METALLB_LEGACY_IPS])
+    {
+        if is_legacy(key) {
+            legacy_keys.push(key);
+        }
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let ip: IpAddr = part.parse().map_err(|_| RequestError::BadAnnotation {
+                key,
+                value: value.to_string(),
+                why: format!("{part:?} is not an IP address"),
+            })?;
+            if requested.contains(&ip) {
+                return Err(RequestError::BadAnnotation {
+                    key,
+                    value: value.to_string(),
+                    why: format!("{ip} is listed twice"),
+                });
+            }
+            requested.push(ip);
+        }
+        if requested.is_empty() {
+            return Err(RequestError::BadAnnotation {
+                key,
+                value: value.to_string(),
+                why: "no address given; remove the annotation or list addresses separated by commas".into(),
+            });
+        }
+    } else if let Some(v) = spec.load_balancer_ip.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        requested.push(v.parse().map_err(|_| RequestError::BadLoadBalancerIP { value: v.to_string() })?);
+    }
+
+    let mut text = |keys: &[&'static str]| -> Result<Option<String>, RequestError> {
+        match annotation(annotations, keys) {
+            None => Ok(None),
+            Some((key, value)) => {
+                if is_legacy(key) {
+                    legacy_keys.push(key);
+                }
+                if value.is_empty() {
+                    return Err(RequestError::BadAnnotation {
+                        key,
+                        value: value.into(),
+                        why: "empty value".into(),
+                    });
+                }
+                if value.len() > 253 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(RequestError::BadAnnotation {
+                        key,
+                        value: value.into(),
+                        why: "must be at most 253 characters without spaces".into(),
+                    });
+                }
+                Ok(Some(value.to_string()))
+            }
+        }
+    };
+    let pool = text(&[ann::POOL, ann::METALLB_POOL, ann::METALLB_LEGACY_POOL])?;
+    let sharing_key =
+        text(&[ann::ALLOW_SHARED_IP, ann::METALLB_ALLOW_SHARED_IP, ann::METALLB_LEGACY_ALLOW_SHARED_IP])?;
+
+    let families: Vec<Family> = spec
+        .ip_families
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| match f.as_str() {
+            "IPv4" => Some(Family::V4),
+            "IPv6" => Some(Family::V6),
+            _ => None,
+        })
+        .collect();
+    let policy = spec.ip_family_policy.as_deref().unwrap_or("SingleStack");
+    let families = match policy {
+        "RequireDualStack" | "PreferDualStack" => {
+            let mut f = families;
+            // The API server fills both families for dual-stack Services on a dual-stack cluster; on a
+            // single-stack cluster a PreferDualStack Service has one, and we serve just that.
+            if policy == "RequireDualStack" && f.len() < 2 {
+                for fam in Family::ALL {
+                    if !f.contains(&fam) {
+                        f.push(fam);
+                    }
+                }
+            }
+            f
+        }
+        _ => families.into_iter().take(1).collect(),
+    };
+
+    let mut ports = vec![];
+    for p in spec.ports.unwrap_or_default() {
+        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            "SCTP" => Protocol::Sctp,
+            other => return Err(RequestError::BadProtocol(other.to_string())),
+        };
+        ports.push(Port { protocol, port: u16::try_from(p.port).unwrap_or(0) });
+    }
+
+    let current = current_ips(svc);
+    let created = meta.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(i64::MAX);
+    Ok(ParsedService {
+        request: Request {
+            key: ServiceKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default()),
+            created,
+            labels: meta.labels.clone().unwrap_or_default(),
+            namespace_labels: namespace_labels.clone(),
+            dual_stack_required: policy == "RequireDualStack",
+            families,
+            requested,
+            pool,
+            sharing_key,
+            ports,
+            current,
+        },
+        legacy_keys,
+    })
+}
+
+/// The IPs in `status.loadBalancer.ingress` (entries that are not IPs are ignored).
+pub fn current_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| ing.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).expect("valid Service")
+    }
+
+    fn lb(annotations: serde_json::Value, spec: serde_json::Value) -> Service {
+        let mut s = json!({"type": "LoadBalancer", "ports": [{"port": 80}]});
+        if let (Some(base), Some(extra)) = (s.as_object_mut(), spec.as_object()) {
+            base.extend(extra.clone());
+        }
+        svc(json!({
+            "metadata": {"name": "web", "namespace": "app", "annotations": annotations,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": s
+        }))
+    }
+
+    #[test]
+    fn class_policy() {
+        let p = ClassPolicy { class: "ferrite.dev/lb".into() };
+        let cases = [
+            ("no class", json!({"type": "LoadBalancer"}), true),
+            ("our class", json!({"type": "LoadBalancer", "loadBalancerClass": "ferrite.dev/lb"}), true),
+            ("other class", json!({"type": "LoadBalancer", "loadBalancerClass": "metallb.io/x"}), false),
+            ("ClusterIP", json!({"type": "ClusterIP"}), false),
+            ("NodePort", json!({"type": "NodePort"}), false),
+        ];
+        for (name, spec, want) in cases {
+            assert_eq!(p.serves(&svc(json!({"metadata": {"name": "x"}, "spec": spec}))), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn requested_ips_in_order_of_preference() {
+        let cases: [(&str, serde_json::Value, serde_json::Value, Vec<&str>, Vec<&str>); 6] = [
+            ("own key", json!({"lb.ferrite.dev/ips": "192.0.2.10"}), json!({}), vec!["192.0.2.10"], vec![]),
+            ("own key wins over metallb", json!({"lb.ferrite.dev/ips": "192.0.2.10", "metallb.io/loadBalancerIPs": "192.0.2.11"}), json!({}), vec!["192.0.2.10"], vec![]),
+            ("metallb key, dual-stack list", json!({"metallb.io/loadBalancerIPs": "192.0.2.11, 2001:db8::11"}), json!({}), vec!["192.0.2.11", "2001:db8::11"], vec![]),
+            ("legacy key is flagged", json!({"metallb.universe.tf/loadBalancerIPs": "192.0.2.12"}), json!({}), vec!["192.0.2.12"], vec!["metallb.universe.tf/loadBalancerIPs"]),
+            ("spec.loadBalancerIP", json!({}), json!({"loadBalancerIP": "192.0.2.13"}), vec!["192.0.2.13"], vec![]),
+            ("nothing requested", json!({}), json!({}), vec![], vec![]),
+        ];
+        for (name, annotations, spec, want, legacy) in cases {
+            let p = parse(&lb(annotations, spec), &BTreeMap::new()).expect(name);
+            let want: Vec<IpAddr> = want.iter().map(|s| s.parse().expect("ip")).collect();
+            assert_eq!(p.request.requested, want, "{name}");
+            assert_eq!(p.legacy_keys, legacy, "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_errors_that_name_the_key() {
+        let cases = [
+            ("not an ip", json!({"lb.ferrite.dev/ips": "192.0.2.300"}), json!({}), "lb.ferrite.dev/ips"),
+            ("duplicate", json!({"lb.ferrite.dev/ips": "192.0.2.1,192.0.2.1"}), json!({}), "listed twice"),
+            ("empty list", json!({"metallb.io/loadBalancerIPs": " , "}), json!({}), "no address given"),
+            ("empty pool", json!({"lb.ferrite.dev/pool": ""}), json!({}), "lb.ferrite.dev/pool"),
+            ("pool with spaces", json!({"metallb.io/address-pool": "a b"}), json!({}), "metallb.io/address-pool"),
+            ("bad loadBalancerIP", json!({}), json!({"loadBalancerIP": "nope"}), "spec.loadBalancerIP"),
+            ("bad protocol", json!({}), json!({"ports": [{"port": 80, "protocol": "ICMP"}]}), "ICMP"),
+        ];
+        for (name, annotations, spec, needle) in cases {
+            let err = parse(&lb(annotations, spec), &BTreeMap::new()).expect_err(name);
+            assert!(err.to_string().contains(needle), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn families_ports_pool_sharing_and_status() {
+        let s = svc(json!({
+            "metadata": {"name": "dns", "namespace": "infra", "labels": {"app": "dns"},
+                         "annotations": {"metallb.io/address-pool": "lan", "lb.ferrite.dev/allow-shared-ip": "dns"},
+                         "creationTimestamp": "2026-01-01T00:00:10Z"},
+            "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack",
+                     "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "2001:db8::5"}, {"hostname": "x.example"}, {"ip": "192.0.2.5"}]}}
+        }));
+        let r = parse(&s, &BTreeMap::from([("team".to_string(), "infra".to_string())])).expect("parses").request;
+        assert_eq!(r.key, ServiceKey::new("infra", "dns"));
+        assert_eq!(r.families, vec![Family::V6, Family::V4]);
+        assert!(r.dual_stack_required);
+        assert_eq!(r.pool.as_deref(), Some("lan"));
+        assert_eq!(r.sharing_key.as_deref(), Some("dns"));
+        assert_eq!(
+            r.ports,
+            vec![Port { protocol: Protocol::Udp, port: 53 }, Port { protocol: Protocol::Tcp, port: 53 }]
+        );
+        assert_eq!(r.current, vec!["2001:db8::5".parse::<IpAddr>().unwrap(), "192.0.2.5".parse().unwrap()]);
+        assert_eq!(r.namespace_labels.get("team").map(String::as_str), Some("infra"));
+        assert_eq!(r.created, 1767225610);
+
+        // SingleStack serves only the primary family, whatever ipFamilies lists.
+        let single = lb(json!({}), json!({"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "SingleStack"}));
+        assert_eq!(parse(&single, &BTreeMap::new()).expect("parses").request.families, vec![Family::V4]);
+    }
+}
