@@ -609,7 +609,8 @@ mod tests {
 
     #[test]
     fn overlaps_table() {
-        let cases: &[(&str, &[&str], &[&str], Option<&str>)] = &[
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], Option<&'a str>);
+        let cases: &[Case<'_>] = &[
             ("disjoint", &["192.0.2.0/28"], &["192.0.2.16/28"], None),
             (
                 "adjacent is not overlapping",

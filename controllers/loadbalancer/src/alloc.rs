@@ -1140,7 +1140,7 @@ mod tests {
             self.requested = ips(v);
             self
         }
-        fn from_pool(mut self, p: &str) -> Self {
+        fn in_pool(mut self, p: &str) -> Self {
             self.pool = Some(p.to_string());
             self
         }
@@ -1267,21 +1267,21 @@ mod tests {
                 name: "unknown named pool",
                 pools: vec![v4()],
                 before: vec![],
-                req: svc("s").from_pool("nope"),
+                req: svc("s").in_pool("nope"),
                 want: Err("UnknownPool"),
             },
             Case {
                 name: "named pool does not allow the namespace",
                 pools: vec![v4().only_ns(&["prod"])],
                 before: vec![],
-                req: svc("s").from_pool("v4"),
+                req: svc("s").in_pool("v4"),
                 want: Err("PoolNotAllowed"),
             },
             Case {
                 name: "named pool allows the namespace",
                 pools: vec![v4().only_ns(&["prod"])],
                 before: vec![],
-                req: svc("s").ns("prod").from_pool("v4"),
+                req: svc("s").ns("prod").in_pool("v4"),
                 want: Ok(&["192.0.2.0"]),
             },
             Case {
@@ -1295,14 +1295,14 @@ mod tests {
                 name: "requested IP outside the named pool",
                 pools: vec![v4(), pool("other", &["198.51.100.0/30"])],
                 before: vec![],
-                req: svc("s").from_pool("other").want(&["192.0.2.1"]),
+                req: svc("s").in_pool("other").want(&["192.0.2.1"]),
                 want: Err("IPNotInPool"),
             },
             Case {
                 name: "named pool with the requested IP",
                 pools: vec![v4(), pool("other", &["198.51.100.0/30"])],
                 before: vec![],
-                req: svc("s").from_pool("other").want(&["198.51.100.3"]),
+                req: svc("s").in_pool("other").want(&["198.51.100.3"]),
                 want: Ok(&["198.51.100.3"]),
             },
             Case {
@@ -1316,7 +1316,7 @@ mod tests {
                 name: "autoAssign off is used when named",
                 pools: vec![v4().manual(), pool("auto", &["198.51.100.0/30"])],
                 before: vec![],
-                req: svc("s").from_pool("v4"),
+                req: svc("s").in_pool("v4"),
                 want: Ok(&["192.0.2.0"]),
             },
             Case {
@@ -1531,7 +1531,7 @@ mod tests {
                 name: "named pool without the family",
                 pools: vec![v4(), v6()],
                 before: vec![],
-                req: svc("s").fam(&[V6], false).from_pool("v4"),
+                req: svc("s").fam(&[V6], false).in_pool("v4"),
                 want: Err("PoolLacksFamily"),
             },
             Case {
@@ -1606,10 +1606,10 @@ mod tests {
                 "already uses port 80/TCP",
             ),
             (
-                svc("x").from_pool("lan"),
+                svc("x").in_pool("lan"),
                 "pool \"lan\" does not serve this Service: namespace \"default\"",
             ),
-            (svc("x").from_pool("wan"), "pool \"wan\" does not exist"),
+            (svc("x").in_pool("wan"), "pool \"wan\" does not exist"),
             (
                 svc("x").ns("prod").share("j", &[]),
                 "no free IPv4 address in pool \"lan\"",
@@ -1677,7 +1677,7 @@ mod tests {
         assert_eq!((r.ips, r.changed), (ips(&["192.0.2.5"]), true));
         assert!(a.holders(ip("192.0.2.0")).is_empty());
         // Naming another pool moves it again.
-        let r = a.assign(&s.clone().from_pool("b")).unwrap();
+        let r = a.assign(&s.clone().in_pool("b")).unwrap();
         assert_eq!((r.ips, r.pools), (ips(&["203.0.113.0"]), vec!["b".to_string()]));
         assert_eq!(a.stats("a").unwrap().assigned_v4, 0);
         // A pool that stops allowing the Service moves it on its next assign (the admin said so).
@@ -1702,7 +1702,7 @@ mod tests {
         let mut a = Allocator::new();
         a.set_pools(vec![pool("p", &["192.0.2.0/29"])]);
         let s = svc("s").want(&["192.0.2.6"]);
-        let auto = svc("auto").from_pool("p");
+        let auto = svc("auto").in_pool("p");
         a.assign(&s).unwrap();
         a.assign(&auto).unwrap();
         // Shrink the pool: 192.0.2.6 leaves it.
@@ -1914,13 +1914,13 @@ mod tests {
         // Fill "a" (its upper half is shared with "b"), then "b" skips what "a" handed out.
         let mut seen = BTreeSet::new();
         for i in 0..8 {
-            assert!(seen.insert(a.assign(&svc(&format!("a{i}")).from_pool("a")).unwrap().ips[0]));
+            assert!(seen.insert(a.assign(&svc(&format!("a{i}")).in_pool("a")).unwrap().ips[0]));
         }
         for i in 0..13 {
-            assert!(seen.insert(a.assign(&svc(&format!("b{i}")).from_pool("b")).unwrap().ips[0]));
+            assert!(seen.insert(a.assign(&svc(&format!("b{i}")).in_pool("b")).unwrap().ips[0]));
         }
         assert_eq!(
-            a.assign(&svc("b13").from_pool("b")).unwrap_err().reason(),
+            a.assign(&svc("b13").in_pool("b")).unwrap_err().reason(),
             "PoolExhausted"
         );
         assert_eq!(a.stats("b").unwrap().assigned_v4, 17);
