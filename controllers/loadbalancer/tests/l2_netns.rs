@@ -225,16 +225,22 @@ impl Lab {
             .args(["--log-level", "debug"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(log.try_clone().expect("log file"))
             .spawn()
             .expect("spawn ferrite-l2-announce");
         let stdout = child.stdout.take().expect("piped stdout");
         // `ip netns exec` execs the command, so this PID is the announcer's.
         self.announcer = Some(child);
+        // The announcer logs to stdout too: keep every line in the log file (shown if the test fails)
+        // and pass on its "announcing"/"not announcing" reports.
         let (tx, rx) = mpsc::channel();
+        let mut log = log;
         std::thread::spawn(move || {
+            use std::io::Write as _;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
+                let _ = writeln!(log, "{line}");
+                let report = line.starts_with("announcing ") || line.starts_with("not announcing ");
+                if report && tx.send(line).is_err() {
                     break;
                 }
             }
