@@ -20,3 +20,4 @@ pub mod election;
 pub mod l2;
 pub mod member;
 pub mod service;
+pub mod speaker;

@@ -18,6 +18,13 @@ enum Command {
         #[command(flatten)]
         args: ferrite_lb::controller::ControllerArgs,
     },
+    /// Answer ARP/NDP for the addresses this node is elected for (DaemonSet, host network, NET_RAW).
+    Speaker {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        args: ferrite_lb::speaker::SpeakerArgs,
+    },
 }
 
 #[tokio::main]
@@ -27,6 +34,13 @@ async fn main() -> std::process::ExitCode {
         Command::Controller { common, args } => async {
             let app = ferrite_kit::App::start(&common, "lb", "ferrite-lb-controller").await?;
             ferrite_lb::controller::run(app, args).await
+        }
+        .await,
+        Command::Speaker { mut common, args } => async {
+            // Every speaker decides for itself; there is nothing to elect.
+            common.leader_elect = false;
+            let app = ferrite_kit::App::start(&common, "lb_speaker", "unused").await?;
+            ferrite_lb::speaker::run(app, args).await
         }
         .await,
     };

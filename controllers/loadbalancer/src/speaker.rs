@@ -1,0 +1,365 @@
+//! The speaker: decides which VIPs this node announces and hands them to the layer-2 announcer.
+//!
+//! ```text
+//!   Services ─┐                                         ┌─> l2::Announcer::set(ip -> interfaces)
+//!   Nodes ────┤                                         │     (answers ARP/NDP, GARP/NA on takeover)
+//!   EndpointSlices (v1 | v1beta1) ──> recompute ──> election::elect per Service
+//!   IPPools (l2.interfaces, l2.nodeSelector) ┘   ^      └─> annotation lb.ferrite.dev/announcing-node,
+//!   member::Membership (SWIM gossip: live speakers) ┘        Event "Announcing", ferrite_lb_announced
+//! ```
+//! Every input change (or a tick every few seconds, as a safety net) recomputes the whole desired set;
+//! the computation is pure and cheap (one sha256 per Service and node). The speaker is not
+//! leader-elected: every node decides for itself, and all decide alike because they see the same
+//! objects and the same gossip view. The owner recorded in the annotation keeps the IP while it stays
+//! eligible, so a recovered node does not take it back (no flip-back).
+
+use crate::{
+    addr::PoolAddresses,
+    election::{self, NodeInfo, ServiceView},
+    l2::{Announcer, InterfaceFilter},
+    member::{MemberConfig, Membership},
+    service::{self, ClassPolicy},
+};
+use anyhow::Context as _;
+use ferrite_api::{
+    lb::{IPPool, annotations::ANNOUNCING_NODE},
+    names,
+};
+use ferrite_kit::{
+    App,
+    endpointslice::{Slice, SliceVersion},
+    events::Events,
+    kube::{
+        Api, Client, Resource, ResourceExt,
+        api::{DynamicObject, Patch, PatchParams},
+        runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
+    },
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use prometheus::{IntGaugeVec, Opts};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::sync::Notify;
+
+/// Options of the speaker.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SpeakerArgs {
+    /// Name of this node (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// `loadBalancerClass` served besides Services without a class.
+    #[arg(long, env = "FERRITE_LB_CLASS", default_value = ferrite_api::lb::DEFAULT_LOAD_BALANCER_CLASS)]
+    pub lb_class: String,
+
+    /// UDP port of the gossip between speakers.
+    #[arg(long, env = "FERRITE_GOSSIP_PORT", default_value_t = 7946)]
+    pub gossip_port: u16,
+
+    /// Address to bind the gossip socket to (defaults to the node's InternalIP).
+    #[arg(long, env = "FERRITE_GOSSIP_BIND")]
+    pub gossip_bind: Option<IpAddr>,
+
+    /// Secret (in the speaker's namespace) whose key `key` authenticates gossip.
+    #[arg(long, env = "FERRITE_GOSSIP_SECRET", default_value = "ferrite-lb-gossip")]
+    pub gossip_secret: String,
+
+    /// Namespace of the gossip Secret (defaults to the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferrite-system")]
+    pub namespace: String,
+}
+
+/// Runs the speaker until shutdown.
+pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
+    let client = app.client.clone();
+    let me = args.node_name.clone();
+    anyhow::ensure!(!me.is_empty(), "--node-name (NODE_NAME) is empty: set it from spec.nodeName");
+
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let my_node = nodes_api
+        .get_opt(&me)
+        .await?
+        .with_context(|| format!("Node {me:?} does not exist: --node-name must be this node's name"))?;
+    let my_ip = args
+        .gossip_bind
+        .or_else(|| internal_ip(&my_node))
+        .with_context(|| format!("Node {me} has no InternalIP address; pass --gossip-bind"))?;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    let secret = secrets.get_opt(&args.gossip_secret).await?.with_context(|| {
+        format!("gossip Secret {}/{} does not exist (the chart creates it)", args.namespace, args.gossip_secret)
+    })?;
+    let key = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("key"))
+        .map(|b| b.0.clone())
+        .with_context(|| format!("gossip Secret {}/{} has no key \"key\"", args.namespace, args.gossip_secret))?;
+
+    let bind = SocketAddr::new(my_ip, args.gossip_port);
+    let membership = Membership::start(MemberConfig::new(me.clone(), bind, key), &app.registry, app.shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let announcer = Announcer::start_with_shutdown(&app.registry, app.shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let announced_metric = IntGaugeVec::new(
+        Opts::new("ferrite_lb_announced", "1 for each address this node announces."),
+        &["ip", "node"],
+    )?;
+    app.registry.register(Box::new(announced_metric.clone()))?;
+
+    let wake = Arc::new(Notify::new());
+    let services = watch_store::<Service>(&app, Api::all(client.clone()), "services", wake.clone());
+    let nodes = watch_store::<Node>(&app, nodes_api, "nodes", wake.clone());
+    let pools = watch_store::<IPPool>(&app, Api::all(client.clone()), "ippools", wake.clone());
+    let version = SliceVersion::detect(&client).await?;
+    let ar = version.api_resource();
+    let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+    let slices = writer.as_reader();
+    {
+        let wake = wake.clone();
+        let stream = reflector::reflector(writer, watcher(version.api_all(client.clone()), Default::default()))
+            .default_backoff()
+            .touched_objects();
+        app.readiness.gate("watch endpointslices").open_when_synced(slices.clone());
+        tokio::spawn(stream.for_each(move |_| {
+            wake.notify_one();
+            async {}
+        }));
+    }
+    {
+        let wake = wake.clone();
+        let mut alive = membership.alive();
+        tokio::spawn(async move {
+            while alive.changed().await.is_ok() {
+                wake.notify_one();
+            }
+        });
+    }
+
+    let speaker = Speaker {
+        me: me.clone(),
+        client: client.clone(),
+        policy: ClassPolicy { class: args.lb_class },
+        events: app.events(names::LB_SPEAKER_REPORTER),
+        announcer,
+        membership,
+        announced_metric,
+        services,
+        nodes,
+        pools,
+        slices,
+        gossip_port: args.gossip_port,
+    };
+    tracing::info!(node = %me, gossip = %bind, "speaker starting");
+    let mut state = Announced::default();
+    loop {
+        ferrite_kit::admin::wait_synced(&speaker.services).await;
+        speaker.step(&mut state).await;
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    // Stop answering before the process goes away; the gossip task sends its leave on the same token.
+    speaker.announcer.set(BTreeMap::new());
+    app.finish().await;
+    Ok(())
+}
+
+fn watch_store<K>(app: &App, api: Api<K>, name: &str, wake: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, Default::default())).default_backoff().touched_objects();
+    app.readiness.gate(format!("watch {name}")).open_when_synced(store.clone());
+    tokio::spawn(stream.for_each(move |_| {
+        wake.notify_one();
+        async {}
+    }));
+    store
+}
+
+fn internal_ip(node: &Node) -> Option<IpAddr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .and_then(|a| a.address.parse().ok())
+}
+
+struct Speaker {
+    me: String,
+    client: Client,
+    policy: ClassPolicy,
+    events: Events,
+    announcer: Announcer,
+    membership: Membership,
+    announced_metric: IntGaugeVec,
+    services: Store<Service>,
+    nodes: Store<Node>,
+    pools: Store<IPPool>,
+    slices: Store<DynamicObject>,
+    gossip_port: u16,
+}
+
+/// What this node announced after the last step: Service -> its IPs.
+#[derive(Default, Debug)]
+struct Announced {
+    services: BTreeMap<(String, String), Vec<IpAddr>>,
+    peers: BTreeSet<SocketAddr>,
+}
+
+/// A parsed pool: its addresses and layer-2 settings.
+struct PoolL2 {
+    addresses: PoolAddresses,
+    filter: InterfaceFilter,
+    node_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+impl Speaker {
+    async fn step(&self, prev: &mut Announced) {
+        // Speakers find each other through the Nodes' InternalIPs.
+        let peers: BTreeSet<SocketAddr> = self
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| internal_ip(n).map(|ip| SocketAddr::new(ip, self.gossip_port)))
+            .collect();
+        if peers != prev.peers {
+            self.membership.join(peers.iter().copied());
+            prev.peers = peers;
+        }
+
+        let alive = self.membership.alive().borrow().clone();
+        let nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| node_info(n, &alive)).collect();
+        let pools: Vec<PoolL2> = self
+            .pools
+            .state()
+            .iter()
+            .filter_map(|p| {
+                let addresses = PoolAddresses::parse(&p.spec.addresses).ok()?;
+                let l2 = p.spec.l2.clone().unwrap_or_default();
+                let filter = match InterfaceFilter::new(l2.interfaces.iter()) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(pool = %p.name_any(), error = %e, "IPPool l2.interfaces is invalid; not announcing its addresses");
+                        return None;
+                    }
+                };
+                Some(PoolL2 { addresses, filter, node_selector: l2.node_selector })
+            })
+            .collect();
+        let mut slices_by_service: BTreeMap<(String, String), Vec<Slice>> = BTreeMap::new();
+        for obj in self.slices.state() {
+            let s = Slice::from_dynamic(&obj);
+            if let Some(svc) = s.service.clone() {
+                slices_by_service.entry((s.namespace.clone(), svc)).or_default().push(s);
+            }
+        }
+
+        let mut desired: BTreeMap<IpAddr, InterfaceFilter> = BTreeMap::new();
+        let mut mine: BTreeMap<(String, String), (Arc<Service>, Vec<IpAddr>)> = BTreeMap::new();
+        for svc in self.services.state() {
+            if !self.policy.serves(&svc) {
+                continue;
+            }
+            let ips = service::current_ips(&svc);
+            let Some(first) = ips.first().copied() else { continue };
+            // Addresses outside every pool (pool shrunk) keep being announced on every interface.
+            let pool = pools.iter().find(|p| p.addresses.contains(first));
+            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+            let slices = slices_by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let view = ServiceView {
+                ips: ips.clone(),
+                local_traffic_policy: svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
+                ready_endpoint_nodes: slices.iter().flat_map(|s| s.ready_nodes().map(String::from)).collect(),
+                has_serving_endpoint: slices.iter().any(|s| s.endpoints.iter().any(|e| e.ready)),
+                current_owner: svc.annotations().get(ANNOUNCING_NODE).cloned(),
+                pool_node_selector: pool.and_then(|p| p.node_selector.clone()),
+            };
+            match election::elect(&view, &nodes) {
+                Ok(Some(winner)) if winner == self.me => {
+                    let filter = pool.map(|p| p.filter.clone()).unwrap_or_else(InterfaceFilter::all);
+                    for ip in &ips {
+                        desired.insert(*ip, filter.clone());
+                    }
+                    mine.insert(key, (svc.clone(), ips));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(service = %key.0, name = %key.1, error = %e, "IPPool l2.nodeSelector is invalid"),
+            }
+        }
+        self.announcer.set(desired);
+
+        // Record ownership, tell people, keep the metric.
+        let announced_on = self.announcer.announced();
+        for (key, (svc, ips)) in &mine {
+            let newly = prev.services.get(key) != Some(ips);
+            if svc.annotations().get(ANNOUNCING_NODE) != Some(&self.me) {
+                self.claim(svc).await;
+            }
+            if newly {
+                let ifaces: BTreeSet<&String> = ips.iter().filter_map(|ip| announced_on.get(ip)).flatten().collect();
+                let ip_list = ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                let note = if ifaces.is_empty() {
+                    format!("node {} is elected for {ip_list} but has no eligible interface (see the speaker log)", self.me)
+                } else {
+                    let names: Vec<&str> = ifaces.iter().map(|s| s.as_str()).collect();
+                    format!("node {} announces {ip_list} on {}", self.me, names.join(", "))
+                };
+                self.events.normal(&svc.object_ref(&()), "Announcing", "Announce", note).await;
+                tracing::info!(service = %key.1, namespace = %key.0, ips = %ip_list, "announcing");
+                for ip in ips {
+                    self.announced_metric.with_label_values(&[&ip.to_string(), &self.me]).set(1);
+                }
+            }
+        }
+        for (key, ips) in &prev.services {
+            let still: BTreeSet<IpAddr> = mine.get(key).map(|(_, v)| v.iter().copied().collect()).unwrap_or_default();
+            for ip in ips.iter().filter(|ip| !still.contains(ip)) {
+                let _ = self.announced_metric.remove_label_values(&[&ip.to_string(), &self.me]);
+                tracing::info!(service = %key.1, namespace = %key.0, ip = %ip, "stopped announcing");
+            }
+        }
+        prev.services = mine.into_iter().map(|(k, (_, ips))| (k, ips)).collect();
+    }
+
+    /// Records this node as the announcer, so it keeps the IP while eligible (no flip-back).
+    async fn claim(&self, svc: &Service) {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
+        let patch = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": svc.name_any(), "annotations": {ANNOUNCING_NODE: self.me}},
+        });
+        let params = PatchParams::apply(names::LB_SPEAKER_MANAGER).force();
+        if let Err(e) = api.patch(&svc.name_any(), &params, &Patch::Apply(&patch)).await {
+            tracing::warn!(service = %svc.name_any(), error = %e, "could not record the announcing node");
+        }
+    }
+}
+
+fn node_info(n: &Node, alive: &BTreeSet<String>) -> NodeInfo {
+    let name = n.name_any();
+    let network_unavailable = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "NetworkUnavailable" && c.status == "True"));
+    NodeInfo {
+        speaker_alive: alive.contains(&name),
+        name,
+        labels: n.labels().clone(),
+        network_unavailable,
+    }
+}
