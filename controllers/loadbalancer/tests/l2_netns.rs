@@ -10,19 +10,22 @@
 //! n0 is a bridge port, so the answer must come from br0 with br0's MAC, which the test sets to differ
 //! from n0's (MetalLB answered from the port, with the port's MAC). Checks, in order: the gratuitous ARP
 //! at start puts the VIP into the client's neighbour table; arping and ndisc6 get br0's MAC; an IP that is
-//! not announced gets no answer; the metrics count what happened; after SIGTERM the VIP gets no answer.
+//! not announced gets no answer; the metrics count what happened; replacing the set (`--stdin`) stops the
+//! answers for the removed IP at once and the new IP's gratuitous ARP reaches the client; after SIGTERM
+//! nothing is answered.
 //!
 //! Needs root (namespaces, raw sockets) and `ip`, `arping`, `ndisc6`: the test fails, saying how to
 //! install them, when they are missing. Namespaces and the announcer are removed even when it fails.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const INSTALL: &str = "apt-get install arping ndisc6 iproute2";
 const VIP4: &str = "192.0.2.100";
 const VIP6: &str = "2001:db8::100";
+const TAKEOVER4: &str = "192.0.2.101";
 const NOT_ANNOUNCED4: &str = "192.0.2.200";
 const NOT_ANNOUNCED6: &str = "2001:db8::200";
 const BRIDGE_MAC: &str = "02:fe:00:00:00:01";
@@ -71,6 +74,8 @@ struct Lab {
     client: String,
     node: String,
     announcer: Option<Child>,
+    stdin: Option<ChildStdin>,
+    reports: Option<mpsc::Receiver<String>>,
     log: std::path::PathBuf,
 }
 
@@ -98,6 +103,8 @@ impl Lab {
             client: format!("fe-c-{suffix}"),
             node: format!("fe-n-{suffix}"),
             announcer: None,
+            stdin: None,
+            reports: None,
             log: std::env::temp_dir().join(format!("fe-l2-announce-{suffix}.log")),
         };
         sh(&["ip", "netns", "add", &lab.client]);
@@ -222,13 +229,14 @@ impl Lab {
                 "--metrics-addr",
                 &metrics,
             ])
-            .args(["--log-level", "debug"])
-            .stdin(Stdio::null())
+            .args(["--log-level", "debug", "--stdin"])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log.try_clone().expect("log file"))
             .spawn()
             .expect("spawn ferrite-l2-announce");
         let stdout = child.stdout.take().expect("piped stdout");
+        self.stdin = child.stdin.take();
         // `ip netns exec` execs the command, so this PID is the announcer's.
         self.announcer = Some(child);
         // The announcer logs to stdout too: keep every line in the log file (shown if the test fails)
@@ -245,27 +253,41 @@ impl Lab {
                 }
             }
         });
-        let mut announced = Vec::new();
+        self.reports = Some(rx);
+        self.expect_reports(&[
+            format!("announcing {VIP4} on br0"),
+            format!("announcing {VIP6} on br0"),
+        ]);
+    }
+
+    /// Waits (at most 5 s) for the announcer's next reports and checks them.
+    fn expect_reports(&self, want: &[String]) {
+        let rx = self.reports.as_ref().expect("announcer started");
+        let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while announced.len() < 2 {
+        while got.len() < want.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("announcing ") => announced.push(line),
-                Ok(line) => panic!("announcer: {line}"),
-                Err(e) => panic!("announcer did not report within 5 s ({e}); got {announced:?}"),
+                Ok(line) => got.push(line),
+                Err(e) => panic!("announcer did not report within 5 s ({e}); got {got:?}, want {want:?}"),
             }
         }
-        assert_eq!(
-            announced,
-            vec![
-                format!("announcing {VIP4} on br0"),
-                format!("announcing {VIP6} on br0")
-            ]
-        );
+        assert_eq!(got, want);
+    }
+
+    /// Replaces the announced set through the announcer's stdin (`--stdin`) and waits for its report.
+    fn replace_set(&mut self, ips: &[&str]) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("announcer stdin");
+        writeln!(stdin, "{}", ips.join(" ")).expect("write to announcer");
+        stdin.flush().expect("flush announcer stdin");
+        let want: Vec<String> = ips.iter().map(|ip| format!("announcing {ip} on br0")).collect();
+        self.expect_reports(&want);
     }
 
     fn arping(&self, ip: &str) -> Option<String> {
-        let wait = if ip == VIP4 { "2" } else { "1" };
+        // An answer takes a millisecond; one second is plenty and keeps the no-answer cases fast.
+        let wait = "1";
         let out = run(
             "ip",
             &[
@@ -437,7 +459,24 @@ fn announcer_answers_arp_and_ndp_from_the_bridge_with_its_mac() {
     assert!(counter(&m, "ferrite_lb_gratuitous_sent_total", "arp") >= 2, "{m}");
     assert!(counter(&m, "ferrite_lb_gratuitous_sent_total", "ndp") >= 1, "{m}");
 
+    // Takeover of a new IP and loss of an old one: VIP4 is answered no more the moment the new set is
+    // reported; the new IP's gratuitous ARP reaches the client's neighbour table at once.
+    lab.replace_set(&[TAKEOVER4, VIP6]);
+    assert_eq!(lab.arping(VIP4), None, "{VIP4} was removed from the set");
+    Lab::wait_for("the takeover's gratuitous ARP", Duration::from_secs(2), || {
+        lab.client_neighbour(TAKEOVER4).is_some()
+    });
+    assert_eq!(
+        lab.client_neighbour(TAKEOVER4).as_deref(),
+        Some(bridge_mac.as_str())
+    );
+    assert_eq!(
+        lab.arping(TAKEOVER4).as_deref(),
+        Some(bridge_mac.as_str()),
+        "arping {TAKEOVER4}"
+    );
+
     lab.stop_announcer();
-    assert_eq!(lab.arping(VIP4), None, "no ARP answer after SIGTERM");
+    assert_eq!(lab.arping(TAKEOVER4), None, "no ARP answer after SIGTERM");
     assert_eq!(lab.ndisc6(VIP6), None, "no NDP answer after SIGTERM");
 }

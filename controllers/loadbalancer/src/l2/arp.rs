@@ -87,6 +87,16 @@ async fn handle(ctx: &WorkerCtx, sock: &PacketSocket, frame: &[u8], meta: Packet
             return;
         }
     };
+    // Someone else claims a VIP we announce (a reply or gratuitous ARP with it as sender): two nodes
+    // announcing one IP, or a host configured with it. Worth a warning, never an answer.
+    if let Some(mac) = ctx.answers(IpAddr::V4(req.sender_ip))
+        && req.sender_mac != mac
+    {
+        tracing::warn!(
+            interface = %ctx.name, ip = %req.sender_ip, other_mac = %req.sender_mac, our_mac = %mac,
+            "another host claims an IP we announce (duplicate VIP on the LAN?)"
+        );
+    }
     // Only questions: not replies, not announcements (ours or anyone's).
     if req.op != ArpOp::Request || req.is_gratuitous() || !req.sender_mac.is_unicast() {
         return;
