@@ -3,7 +3,8 @@
 //! it answers with) and for the layer-2 component test.
 //!
 //! ```text
-//! ferrite-l2-announce --ip 192.0.2.10 [--ip 2001:db8::10] [--interface eth0|/regex/]... [--metrics-addr 127.0.0.1:9473] [--stdin]
+//! ferrite-l2-announce --ip 192.0.2.10 [--ip 2001:db8::10] [--interface eth0|/regex/]...
+//!                     [--metrics-addr 127.0.0.1:9473] [--stdin] [--log-level debug]
 //! ```
 //! Prints one `announcing <ip> on <interfaces>` line per IP to stdout once the set is in place (logs go
 //! to stdout too). With `--stdin`, each line read replaces the set (`192.0.2.11 2001:db8::11`).

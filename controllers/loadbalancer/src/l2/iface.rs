@@ -1,9 +1,9 @@
-//! Interfaces: the model, the eligibility rule and the interface filter (pure), the announcement plan
-//! (pure), and the rtnetlink follower that keeps the model current (I/O).
+//! Interfaces: the model, the eligibility rule, the interface filter and the announcement plan, all pure
+//! (the rtnetlink follower that keeps the model current is `netlink.rs`).
 //!
 //! ```text
-//!   rtnetlink dump + RTNLGRP_LINK events ──> Interface (per ifindex) ──┐
-//!   Announcer::set(ip -> InterfaceFilter) ─────────────────────────────┴─> Plan::compute
+//!   rtnetlink dump + RTNLGRP_LINK ──> interface_from_link ──> Interface per ifindex ──┐
+//!   Announcer::set(ip -> InterfaceFilter) ────────────────────────────────────────────┴─> Plan::compute
 //!        Plan: ifindex -> {name, MAC, IPs answered there}   (read by every packet before replying)
 //! ```
 //!
