@@ -192,14 +192,31 @@ impl Plan {
         interfaces: &BTreeMap<u32, Interface>,
         desired: &BTreeMap<IpAddr, InterfaceFilter>,
     ) -> Plan {
+        // Thousands of IPs share a handful of filters (one per pool): decide eligibility once per
+        // (filter, interface), not per (IP, interface).
+        let mut filters: Vec<(&InterfaceFilter, Vec<u32>)> = Vec::new();
+        let mut ips_of: BTreeMap<u32, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (ip, filter) in desired {
+            let i = match filters.iter().position(|(f, _)| *f == filter) {
+                Some(i) => i,
+                None => {
+                    let eligible = interfaces
+                        .values()
+                        .filter(|iface| eligibility(iface, filter).is_ok())
+                        .map(|iface| iface.index)
+                        .collect();
+                    filters.push((filter, eligible));
+                    filters.len() - 1
+                }
+            };
+            for ix in &filters[i].1 {
+                ips_of.entry(*ix).or_default().insert(*ip);
+            }
+        }
         let mut by_ifindex = BTreeMap::new();
         for iface in interfaces.values() {
             let Some(mac) = iface.mac else { continue };
-            let ips: BTreeSet<IpAddr> = desired
-                .iter()
-                .filter(|(_, filter)| eligibility(iface, filter).is_ok())
-                .map(|(ip, _)| *ip)
-                .collect();
+            let ips = ips_of.remove(&iface.index).unwrap_or_default();
             if !ips.is_empty() {
                 by_ifindex.insert(
                     iface.index,
