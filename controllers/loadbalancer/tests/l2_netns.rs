@@ -11,8 +11,8 @@
 //! from n0's (MetalLB answered from the port, with the port's MAC). Checks, in order: the gratuitous ARP
 //! at start puts the VIP into the client's neighbour table; arping and ndisc6 get br0's MAC; an IP that is
 //! not announced gets no answer; the metrics count what happened; replacing the set (`--stdin`) stops the
-//! answers for the removed IP at once and the new IP's gratuitous ARP reaches the client; after SIGTERM
-//! nothing is answered.
+//! answers for the removed IP at once and the new IP's gratuitous ARP reaches the client; br0 going down
+//! and up is followed; after SIGTERM nothing is answered.
 //!
 //! Needs root (namespaces, raw sockets) and `ip`, `arping`, `ndisc6`: the test fails, saying how to
 //! install them, when they are missing. Namespaces and the announcer are removed even when it fails.
@@ -64,9 +64,14 @@ fn first_mac(s: &str) -> Option<String> {
 }
 
 /// Which arping is installed: Thomas Habets' (Debian `arping`, interface flag `-i`) or iputils' (`-I`).
-fn arping_interface_flag() -> &'static str {
+/// Returns its interface flag and a deadline: Habets' takes fractional seconds, iputils' whole ones.
+fn arping_flavour() -> (&'static str, &'static str) {
     let out = run("arping", &["--help"]);
-    if text(&out).contains("Habets") { "-i" } else { "-I" }
+    if text(&out).contains("Habets") {
+        ("-i", "0.5")
+    } else {
+        ("-I", "1")
+    }
 }
 
 /// Namespaces and processes of one test run, removed on drop (also when the test panics).
@@ -185,6 +190,21 @@ impl Lab {
         for (ns, dev) in [(n, "n0"), (n, "br0"), (c, "c0")] {
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
+        // Carrier changes reach IPv6 through linkwatch, which may take up to a second; until then c0
+        // has no link-local address and no multicast route ("Network is unreachable" for ndisc6).
+        for (ns, dev) in [(c, "c0"), (n, "br0")] {
+            Lab::wait_for(
+                &format!("an IPv6 link-local address on {dev}"),
+                Duration::from_secs(5),
+                || {
+                    let out = text(&run(
+                        "ip",
+                        &["-n", ns, "-6", "addr", "show", "dev", dev, "scope", "link"],
+                    ));
+                    out.contains("fe80::") && !out.contains("tentative")
+                },
+            );
+        }
         lab
     }
 
@@ -286,8 +306,8 @@ impl Lab {
     }
 
     fn arping(&self, ip: &str) -> Option<String> {
-        // An answer takes a millisecond; one second is plenty and keeps the no-answer cases fast.
-        let wait = "1";
+        // An answer takes a millisecond here; a short deadline keeps the no-answer cases fast.
+        let (interface_flag, wait) = arping_flavour();
         let out = run(
             "ip",
             &[
@@ -299,12 +319,13 @@ impl Lab {
                 "1",
                 "-w",
                 wait,
-                arping_interface_flag(),
+                interface_flag,
                 "c0",
                 ip,
             ],
         );
         let s = text(&out);
+        println!("arping {ip}:\n{s}"); // shown when the test fails
         // Habets: "42 bytes from 02:fe:00:00:00:01 (192.0.2.100): index=0 ..."
         // iputils: "Unicast reply from 192.0.2.100 [02:FE:00:00:00:01]  0.6ms"
         s.lines()
@@ -322,7 +343,7 @@ impl Lab {
                 "ndisc6",
                 "-1",
                 "-r",
-                "2",
+                "1",
                 "-w",
                 "500",
                 ip,
@@ -330,6 +351,7 @@ impl Lab {
             ],
         );
         let s = text(&out);
+        println!("ndisc6 {ip}:\n{s}"); // shown when the test fails
         s.lines()
             .find(|l| l.contains("Target link-layer address"))
             .and_then(first_mac)
@@ -346,6 +368,10 @@ impl Lab {
             "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT} && printf 'GET /metrics HTTP/1.0\\r\\nHost: l\\r\\n\\r\\n' >&3 && timeout 2 cat <&3"
         );
         text(&run("ip", &["netns", "exec", &self.node, "bash", "-c", &script]))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn stop_announcer(&mut self) {
@@ -474,6 +500,21 @@ fn announcer_answers_arp_and_ndp_from_the_bridge_with_its_mac() {
         lab.arping(TAKEOVER4).as_deref(),
         Some(bridge_mac.as_str()),
         "arping {TAKEOVER4}"
+    );
+
+    // Link changes are followed over rtnetlink: br0 down drops its workers (and sockets); br0 up brings
+    // the answers back without a restart.
+    sh(&["ip", "-n", &lab.node, "link", "set", "br0", "down"]);
+    Lab::wait_for(
+        "the announcer to stop answering on br0",
+        Duration::from_secs(3),
+        || lab.log_text().contains("stopped answering on interface"),
+    );
+    sh(&["ip", "-n", &lab.node, "link", "set", "br0", "up"]);
+    Lab::wait_for(
+        "answers on br0 after it came back up",
+        Duration::from_secs(5),
+        || lab.arping(TAKEOVER4).as_deref() == Some(bridge_mac.as_str()),
     );
 
     lab.stop_announcer();
