@@ -12,6 +12,11 @@ log() { printf '[build-kube] %s\n' "$*" >&2; }
 
 if [ -n "${KUBE_APISERVER:-}" ]; then log "KUBE_APISERVER=$KUBE_APISERVER given; not building"; exit 0; fi
 if [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/kube-controller-manager" ]; then exit 0; fi
+# One build at a time per cache (a second `make test` waits instead of deleting the first one's tree).
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build-kube.lock"
+flock 9
+if [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/kube-controller-manager" ]; then exit 0; fi
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -21,6 +21,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![lb::IPPool::crd()]
 }
 
+/// Which subchart of `charts/ferrite` installs the CRDs of each API group.
+pub const CHARTS: &[(&str, &str)] = &[(lb::GROUP, "loadbalancer")];
+
 /// The file name a CRD is written to under `crds/`: `<plural>.<group>.yaml`.
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))

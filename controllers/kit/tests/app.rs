@@ -21,11 +21,11 @@ struct Cli {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("never")]
-struct Never;
-impl ReasonedError for Never {
+#[error("this test refuses pools named *-fail")]
+struct Refused;
+impl ReasonedError for Refused {
     fn reason(&self) -> &'static str {
-        "Never"
+        "Refused"
     }
 }
 
@@ -68,9 +68,12 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
     tokio::spawn(runner::run(
         controller,
         seen.clone(),
-        |_pool: Arc<IPPool>, seen: Arc<std::sync::atomic::AtomicUsize>| async move {
+        |pool: Arc<IPPool>, seen: Arc<std::sync::atomic::AtomicUsize>| async move {
             seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok::<_, Never>(Action::requeue(Duration::from_secs(300)))
+            if pool.metadata.name.as_deref().is_some_and(|n| n.ends_with("-fail")) {
+                return Err(Refused);
+            }
+            Ok(Action::requeue(Duration::from_secs(300)))
         },
         app.run_options(),
     ));
@@ -116,18 +119,24 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     created.expect("pool created");
+    let mut failing = pool.clone();
+    failing.metadata.name = Some("kit-app-fail".into());
+    pools.create(&PostParams::default(), &failing).await.expect("second pool created");
     let mut metrics = String::new();
     for _ in 0..50 {
         metrics = get(app.admin_addr, "/metrics").await.1;
-        if metrics.contains("ferrite_kittest_reconcile_total{result=\"success\"} 1") {
+        if metrics.contains("ferrite_kittest_reconcile_total{result=\"success\"} 1")
+            && metrics.contains("ferrite_kittest_reconcile_errors_total{reason=\"Refused\"}")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for family in [
         "ferrite_kittest_reconcile_total{result=\"success\"} 1",
-        "ferrite_kittest_reconcile_duration_seconds_count 1",
-        "# TYPE ferrite_kittest_reconcile_errors_total counter",
+        "# TYPE ferrite_kittest_reconcile_duration_seconds histogram",
+        "ferrite_kittest_reconcile_duration_seconds_count",
+        "ferrite_kittest_reconcile_errors_total{reason=\"Refused\"}",
         "ferrite_kittest_leader 1",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
@@ -135,7 +144,7 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         assert!(metrics.contains(family), "/metrics lacks {family:?}:\n{metrics}");
     }
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
-    assert_eq!(pools.list(&ListParams::default()).await.expect("list").items.len(), 1);
+    assert_eq!(pools.list(&ListParams::default()).await.expect("list").items.len(), 2);
     shutdown.cancel();
 }
 

@@ -1,7 +1,8 @@
-//! Writes every CRD to `crds/<plural>.<group>.yaml`, or with `--check` fails when crds/ is stale.
+//! Writes every CRD to `crds/<plural>.<group>.yaml` and into the `crds/` folder of the chart that
+//! installs it, or with `--check` fails when any of them is stale.
 //!
 //! ```text
-//! cargo run -p ferrite-api --bin crdgen               # write crds/
+//! cargo run -p ferrite-api --bin crdgen               # write crds/ and charts/.../crds/
 //! cargo run -p ferrite-api --bin crdgen -- --check    # CI: exit 1 with the stale files named
 //! ```
 use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
@@ -20,11 +21,23 @@ fn main() -> ExitCode {
             other => return fail(&format!("unknown argument {other:?}; usage: crdgen [--check] [--dir DIR]")),
         }
     }
-    match run(&dir, check) {
+    let root = dir.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let mut stale = BTreeSet::new();
+    let mut targets = vec![(dir.clone(), None)];
+    for (group, chart) in ferrite_api::CHARTS {
+        targets.push((root.join("charts/ferrite/charts").join(chart).join("crds"), Some(*group)));
+    }
+    for (dir, group) in targets {
+        match run(&dir, group, check) {
+            Ok(s) => stale.extend(s.into_iter().map(|f| format!("{}/{f}", dir.display()))),
+            Err(e) => return fail(&format!("{e:#}")),
+        }
+    }
+    match Ok::<_, anyhow::Error>(stale) {
         Ok(stale) if stale.is_empty() => ExitCode::SUCCESS,
         Ok(stale) => {
             eprintln!(
-                "crds/ is stale ({}): run `make generate` and commit the result",
+                "generated CRDs are stale ({}): run `make generate` and commit the result",
                 stale.into_iter().collect::<Vec<_>>().join(", ")
             );
             ExitCode::FAILURE
@@ -39,14 +52,15 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 /// Returns the names of files that differ (check mode) or an empty set after writing.
-fn run(dir: &std::path::Path, check: bool) -> anyhow::Result<BTreeSet<String>> {
+/// `group`: only the CRDs of this API group (a chart's crds/), or all (None).
+fn run(dir: &std::path::Path, group: Option<&str>, check: bool) -> anyhow::Result<BTreeSet<String>> {
     use anyhow::Context;
     let mut stale = BTreeSet::new();
     let mut expected = BTreeSet::new();
     if !check {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    for crd in ferrite_api::crds() {
+    for crd in ferrite_api::crds().into_iter().filter(|c| group.is_none_or(|g| c.spec.group == g)) {
         let name = ferrite_api::crd_file_name(&crd);
         let yaml = ferrite_api::crd_yaml(&crd)?;
         let path = dir.join(&name);
