@@ -48,7 +48,18 @@ impl Events {
         // The API limits an Event note to 1 KiB.
         let note = truncate(note, 1024);
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&ev, on).await {
+        let res = match self.recorder.publish(&ev, on).await {
+            // Kubernetes 1.20 validates events.k8s.io/v1 strictly: the regarding object's namespace must
+            // equal the Event's, which for a cluster-scoped object ("" vs "default") cannot hold. Name the
+            // Event's namespace in the reference there; newer servers accept the first form.
+            Err(kube::Error::Api(s)) if s.code == 422 && on.namespace.is_none() => {
+                let mut on = on.clone();
+                on.namespace = Some("default".into());
+                self.recorder.publish(&ev, &on).await
+            }
+            other => other,
+        };
+        if let Err(e) = res {
             tracing::warn!(reason, object = ?on.name, error = %e, "could not publish Event");
         }
     }
