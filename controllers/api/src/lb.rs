@@ -156,7 +156,11 @@ fn is_true(b: &bool) -> bool {
 impl IPPool {
     /// The pool's priority among auto-assign pools (higher wins).
     pub fn priority(&self) -> i32 {
-        self.spec.service_allocation.as_ref().and_then(|a| a.priority).unwrap_or(0)
+        self.spec
+            .service_allocation
+            .as_ref()
+            .and_then(|a| a.priority)
+            .unwrap_or(0)
     }
 }
 
@@ -175,7 +179,11 @@ mod tests {
 
     #[test]
     fn status_uses_metallb_field_names() {
-        let status = IPPoolStatus { assigned_ipv4: 2, available_ipv6: 5, ..Default::default() };
+        let status = IPPoolStatus {
+            assigned_ipv4: 2,
+            available_ipv6: 5,
+            ..Default::default()
+        };
         let v = serde_json::to_value(&status).expect("serializes");
         assert_eq!(v["assignedIPv4"], 2);
         assert_eq!(v["availableIPv6"], 5);

@@ -36,12 +36,19 @@ impl Readiness {
     pub fn gate(&self, name: impl Into<String>) -> Gate {
         let name = name.into();
         self.lock().insert(name.clone(), false);
-        Gate { name, readiness: self.clone() }
+        Gate {
+            name,
+            readiness: self.clone(),
+        }
     }
 
     /// Names of the gates still closed; empty means ready.
     pub fn waiting_for(&self) -> Vec<String> {
-        self.lock().iter().filter(|(_, open)| !**open).map(|(n, _)| n.clone()).collect()
+        self.lock()
+            .iter()
+            .filter(|(_, open)| !**open)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// True when there is at least one gate and every gate is open.
@@ -101,7 +108,9 @@ pub fn registry() -> Registry {
     #[cfg(target_os = "linux")]
     {
         // Registering a fresh collector in a fresh registry cannot collide.
-        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
     }
     registry
 }
@@ -116,8 +125,12 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` (port 0 picks a free port; see [`AdminServer::local_addr`]).
     pub async fn bind(addr: SocketAddr) -> Result<Self> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| Error::AdminBind { addr, source })?;
-        let local = listener.local_addr().map_err(|source| Error::AdminBind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::AdminBind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| Error::AdminBind { addr, source })?;
         Ok(Self { listener, local })
     }
 
@@ -170,7 +183,10 @@ fn handle<B>(req: &Request<B>, registry: &Registry, readiness: &Readiness) -> Re
                     .header("content-type", prometheus::TEXT_FORMAT)
                     .body(Full::new(Bytes::from(buf)))
                     .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n".into())),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding metrics failed: {e}\n"),
+                ),
             }
         }
         "/livez" => text(StatusCode::OK, "ok\n".into()),
@@ -179,8 +195,15 @@ fn handle<B>(req: &Request<B>, registry: &Registry, readiness: &Readiness) -> Re
                 text(StatusCode::OK, "ok\n".into())
             } else {
                 let waiting = readiness.waiting_for();
-                let what = if waiting.is_empty() { "nothing registered yet".into() } else { waiting.join(", ") };
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for {what}\n"))
+                let what = if waiting.is_empty() {
+                    "nothing registered yet".into()
+                } else {
+                    waiting.join(", ")
+                };
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: waiting for {what}\n"),
+                )
             }
         }
         _ => text(StatusCode::NOT_FOUND, "try /metrics, /livez or /readyz\n".into()),
@@ -190,7 +213,10 @@ fn handle<B>(req: &Request<B>, registry: &Registry, readiness: &Readiness) -> Re
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -206,12 +232,21 @@ mod tests {
     fn readyz_waits_for_every_gate() {
         let reg = registry();
         let r = Readiness::default();
-        assert_eq!(handle(&get("/readyz"), &reg, &r).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            handle(&get("/readyz"), &reg, &r).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         let a = r.gate("watch ippools");
         let b = r.gate("watch services");
-        assert_eq!(r.waiting_for(), vec!["watch ippools".to_string(), "watch services".to_string()]);
+        assert_eq!(
+            r.waiting_for(),
+            vec!["watch ippools".to_string(), "watch services".to_string()]
+        );
         a.open();
-        assert_eq!(handle(&get("/readyz"), &reg, &r).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            handle(&get("/readyz"), &reg, &r).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         b.open();
         assert_eq!(handle(&get("/readyz"), &reg, &r).status(), StatusCode::OK);
         assert_eq!(handle(&get("/livez"), &reg, &r).status(), StatusCode::OK);

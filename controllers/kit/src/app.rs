@@ -4,7 +4,7 @@ use crate::{
     Result,
     admin::{AdminServer, Readiness},
     cli::CommonArgs,
-    leader::{self, LeaseConfig, Leadership},
+    leader::{self, Leadership, LeaseConfig},
     metrics::ReconcileMetrics,
     runner::RunOptions,
 };
@@ -34,7 +34,10 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("admin_addr", &self.admin_addr).field("leadership", &self.leadership).finish()
+        f.debug_struct("App")
+            .field("admin_addr", &self.admin_addr)
+            .field("leadership", &self.leadership)
+            .finish()
     }
 }
 
@@ -68,7 +71,10 @@ impl App {
         let identity = args.identity();
         let (leadership, leader_task) = if args.leader_elect {
             let config = LeaseConfig {
-                name: args.lease_name.clone().unwrap_or_else(|| lease_default.to_string()),
+                name: args
+                    .lease_name
+                    .clone()
+                    .unwrap_or_else(|| lease_default.to_string()),
                 namespace: args.lease_namespace(),
                 identity: identity.clone(),
                 lease_duration: args.lease_duration,

@@ -16,7 +16,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base: Duration::from_millis(500), max: Duration::from_secs(300) }
+        Self {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+        }
     }
 }
 
@@ -24,7 +27,9 @@ impl Backoff {
     /// Delay before the next try after `failures` consecutive failures (1 = first failure).
     pub fn delay(&self, failures: u32) -> Duration {
         let exp = failures.saturating_sub(1).min(31);
-        self.base.checked_mul(1u32 << exp).map_or(self.max, |d| d.min(self.max))
+        self.base
+            .checked_mul(1u32 << exp)
+            .map_or(self.max, |d| d.min(self.max))
     }
 }
 
@@ -38,7 +43,10 @@ pub struct BackoffTracker<K> {
 impl<K: Eq + Hash> BackoffTracker<K> {
     /// A tracker with the given policy.
     pub fn new(policy: Backoff) -> Self {
-        Self { policy, failures: Mutex::new(HashMap::new()) }
+        Self {
+            policy,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records a failure of `key` and returns how long to wait before retrying it.
@@ -51,12 +59,20 @@ impl<K: Eq + Hash> BackoffTracker<K> {
 
     /// Forgets the failures of `key` after a success.
     pub fn succeeded(&self, key: &K) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     /// Consecutive failures of `key` so far.
     pub fn failures(&self, key: &K) -> u32 {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or(0)
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -66,16 +82,35 @@ mod tests {
 
     #[test]
     fn delay_doubles_and_caps() {
-        let b = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(10) };
-        let cases = [(0, 1), (1, 1), (2, 2), (3, 4), (4, 8), (5, 10), (40, 10), (u32::MAX, 10)];
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+        };
+        let cases = [
+            (0, 1),
+            (1, 1),
+            (2, 2),
+            (3, 4),
+            (4, 8),
+            (5, 10),
+            (40, 10),
+            (u32::MAX, 10),
+        ];
         for (failures, secs) in cases {
-            assert_eq!(b.delay(failures), Duration::from_secs(secs), "failures={failures}");
+            assert_eq!(
+                b.delay(failures),
+                Duration::from_secs(secs),
+                "failures={failures}"
+            );
         }
     }
 
     #[test]
     fn tracker_is_per_object_and_resets_on_success() {
-        let t = BackoffTracker::new(Backoff { base: Duration::from_secs(1), max: Duration::from_secs(60) });
+        let t = BackoffTracker::new(Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        });
         assert_eq!(t.failed("a"), Duration::from_secs(1));
         assert_eq!(t.failed("a"), Duration::from_secs(2));
         assert_eq!(t.failed("b"), Duration::from_secs(1), "b is not slowed down by a");

@@ -73,7 +73,11 @@ impl CommonArgs {
             .clone()
             .or_else(|| std::env::var("POD_NAME").ok())
             .or_else(|| std::env::var("HOSTNAME").ok())
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("ferrite-{}", std::process::id()))
     }
@@ -108,7 +112,9 @@ impl CommonArgs {
             }
         }
         if self.resync_interval < Duration::from_secs(1) {
-            return Err(crate::Error::Option("--resync-interval must be at least 1s".into()));
+            return Err(crate::Error::Option(
+                "--resync-interval must be at least 1s".into(),
+            ));
         }
         Ok(())
     }
@@ -121,7 +127,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 5m or 1h"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 5m or 1h"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -129,7 +137,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("{s:?} has unknown unit {unit:?}; use ms, s, m or h")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 365.0 * 24.0 * 3600.0 {
+    if !secs.is_finite() || !(0.0..=365.0 * 24.0 * 3600.0).contains(&secs) {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -171,7 +179,10 @@ mod tests {
         assert!(ok.common.validate().is_ok());
         let bad = Cli::try_parse_from(["x", "--lease-duration", "5s", "--lease-renew-deadline", "10s"])
             .expect("parses");
-        let err = bad.common.validate().expect_err("renew deadline above duration is refused");
+        let err = bad
+            .common
+            .validate()
+            .expect_err("renew deadline above duration is refused");
         assert!(err.to_string().contains("--lease-renew-deadline"), "{err}");
     }
 }

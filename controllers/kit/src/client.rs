@@ -30,9 +30,12 @@ pub async fn connect_with(kubeconfig: Option<&Path>) -> Result<Client> {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| {
-                Error::BadKubeconfig { path: path.display().to_string(), message: e.to_string() }
-            })?
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| Error::BadKubeconfig {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
         }
     };
     let url = config.cluster_url.to_string();
@@ -40,7 +43,10 @@ pub async fn connect_with(kubeconfig: Option<&Path>) -> Result<Client> {
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(client),
         Ok(Err(source)) => Err(Error::Unreachable { url, source }),
-        Err(_) => Err(Error::Timeout { url, secs: CONNECT_TIMEOUT.as_secs() }),
+        Err(_) => Err(Error::Timeout {
+            url,
+            secs: CONNECT_TIMEOUT.as_secs(),
+        }),
     }
 }
 
@@ -52,9 +58,9 @@ where
     let api: Api<K> = Api::all(client.clone());
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
-        Err(e) if crate::error::is_not_found(&e) => {
-            Err(Error::MissingCrd { crd: format!("{}.{}", K::plural(&()), K::group(&())) })
-        }
+        Err(e) if crate::error::is_not_found(&e) => Err(Error::MissingCrd {
+            crd: format!("{}.{}", K::plural(&()), K::group(&())),
+        }),
         Err(e) => Err(Error::Kube(e)),
     }
 }

@@ -50,7 +50,12 @@ pub struct NewCondition<'a> {
 }
 
 /// Sets `new` in `conditions`. Returns true when anything changed.
-pub fn set(conditions: &mut Vec<Condition>, new: NewCondition<'_>, generation: Option<i64>, now: Timestamp) -> bool {
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    new: NewCondition<'_>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> bool {
     let status = new.status.as_str();
     if let Some(c) = conditions.iter_mut().find(|c| c.type_ == new.type_) {
         let mut changed = false;
@@ -111,28 +116,53 @@ mod tests {
     }
 
     fn ready(status: Status, reason: &'static str, msg: &str) -> NewCondition<'static> {
-        NewCondition { type_: "Ready", status, reason, message: msg.to_string() }
+        NewCondition {
+            type_: "Ready",
+            status,
+            reason,
+            message: msg.to_string(),
+        }
     }
 
     #[test]
     fn transition_time_changes_only_with_status() {
         let mut conds = vec![];
-        assert!(set(&mut conds, ready(Status::False, "Invalid", "bad"), Some(1), at(100)));
+        assert!(set(
+            &mut conds,
+            ready(Status::False, "Invalid", "bad"),
+            Some(1),
+            at(100)
+        ));
         assert_eq!(conds[0].last_transition_time, Time(at(100)));
 
         // Same status, new reason/message/generation: updated, transition time kept.
-        assert!(set(&mut conds, ready(Status::False, "Overlapping", "worse"), Some(2), at(200)));
+        assert!(set(
+            &mut conds,
+            ready(Status::False, "Overlapping", "worse"),
+            Some(2),
+            at(200)
+        ));
         assert_eq!(conds[0].last_transition_time, Time(at(100)));
         assert_eq!(conds[0].reason, "Overlapping");
         assert_eq!(conds[0].message, "worse");
         assert_eq!(conds[0].observed_generation, Some(2));
 
         // Nothing new: no change reported, nothing touched.
-        assert!(!set(&mut conds, ready(Status::False, "Overlapping", "worse"), Some(2), at(300)));
+        assert!(!set(
+            &mut conds,
+            ready(Status::False, "Overlapping", "worse"),
+            Some(2),
+            at(300)
+        ));
         assert_eq!(conds[0].last_transition_time, Time(at(100)));
 
         // Status flips: transition time moves.
-        assert!(set(&mut conds, ready(Status::True, "Ready", "ok"), Some(2), at(400)));
+        assert!(set(
+            &mut conds,
+            ready(Status::True, "Ready", "ok"),
+            Some(2),
+            at(400)
+        ));
         assert_eq!(conds[0].last_transition_time, Time(at(400)));
         assert!(is_true(&conds, "Ready"));
         assert_eq!(conds.len(), 1);
@@ -144,7 +174,12 @@ mod tests {
         set(&mut conds, ready(Status::True, "Ready", "ok"), None, at(1));
         set(
             &mut conds,
-            NewCondition { type_: "Overlapping", status: Status::True, reason: "Overlap", message: "x".into() },
+            NewCondition {
+                type_: "Overlapping",
+                status: Status::True,
+                reason: "Overlap",
+                message: "x".into(),
+            },
             None,
             at(2),
         );

@@ -90,15 +90,27 @@ impl Slice {
         Slice {
             namespace: obj.metadata.namespace.clone().unwrap_or_default(),
             name: obj.metadata.name.clone().unwrap_or_default(),
-            service: obj.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned(),
-            address_type: d.get("addressType").and_then(Value::as_str).unwrap_or_default().to_string(),
+            service: obj
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .cloned(),
+            address_type: d
+                .get("addressType")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             endpoints,
         }
     }
 
     /// Nodes with at least one ready endpoint.
     pub fn ready_nodes(&self) -> impl Iterator<Item = &str> {
-        self.endpoints.iter().filter(|e| e.ready).filter_map(|e| e.node_name.as_deref())
+        self.endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter_map(|e| e.node_name.as_deref())
     }
 }
 
@@ -108,13 +120,23 @@ fn endpoint(v: &Value) -> Endpoint {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
         .unwrap_or_default();
-    let ready = v.pointer("/conditions/ready").and_then(Value::as_bool).unwrap_or(true);
+    let ready = v
+        .pointer("/conditions/ready")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let node_name = v
         .get("nodeName")
         .and_then(Value::as_str)
-        .or_else(|| v.pointer("/topology/kubernetes.io~1hostname").and_then(Value::as_str))
+        .or_else(|| {
+            v.pointer("/topology/kubernetes.io~1hostname")
+                .and_then(Value::as_str)
+        })
         .map(String::from);
-    Endpoint { addresses, ready, node_name }
+    Endpoint {
+        addresses,
+        ready,
+        node_name,
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +174,11 @@ mod tests {
         let b = Slice::from_dynamic(&beta);
         assert_eq!(a, b);
         assert_eq!(a.service.as_deref(), Some("web"));
-        assert_eq!(a.ready_nodes().collect::<Vec<_>>(), vec!["node-a", "node-c"], "absent ready means ready");
+        assert_eq!(
+            a.ready_nodes().collect::<Vec<_>>(),
+            vec!["node-a", "node-c"],
+            "absent ready means ready"
+        );
     }
 
     #[test]

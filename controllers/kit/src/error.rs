@@ -58,7 +58,9 @@ pub enum Error {
     },
 
     /// A CRD the controller needs is not installed.
-    #[error("the CustomResourceDefinition {crd} is not installed: apply crds/ (kubectl apply -f crds/) or install the chart")]
+    #[error(
+        "the CustomResourceDefinition {crd} is not installed: apply crds/ (kubectl apply -f crds/) or install the chart"
+    )]
     MissingCrd {
         /// `<plural>.<group>`
         crd: String,

@@ -19,35 +19,57 @@ pub struct Events {
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Events").field("identity", &self.leadership.identity()).finish()
+        f.debug_struct("Events")
+            .field("identity", &self.leadership.identity())
+            .finish()
     }
 }
 
 impl Events {
     /// A publisher reporting as `controller` (e.g. `lb.ferrite.dev/controller`), instance = identity.
     pub fn new(client: Client, controller: &str, leadership: Leadership) -> Self {
-        let reporter =
-            Reporter { controller: controller.to_string(), instance: Some(leadership.identity().to_string()) };
-        Self { recorder: Recorder::new(client, reporter), leadership }
+        let reporter = Reporter {
+            controller: controller.to_string(),
+            instance: Some(leadership.identity().to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client, reporter),
+            leadership,
+        }
     }
 
     /// A Normal Event.
     pub async fn normal(&self, on: &ObjectReference, reason: &str, action: &str, note: impl Into<String>) {
-        self.publish(on, EventType::Normal, reason, action, note.into()).await
+        self.publish(on, EventType::Normal, reason, action, note.into())
+            .await
     }
 
     /// A Warning Event.
     pub async fn warning(&self, on: &ObjectReference, reason: &str, action: &str, note: impl Into<String>) {
-        self.publish(on, EventType::Warning, reason, action, note.into()).await
+        self.publish(on, EventType::Warning, reason, action, note.into())
+            .await
     }
 
-    async fn publish(&self, on: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
+    async fn publish(
+        &self,
+        on: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         if !self.leadership.is_leader() {
             return;
         }
         // The API limits an Event note to 1 KiB.
         let note = truncate(note, 1024);
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
         let res = match self.recorder.publish(&ev, on).await {
             // Kubernetes 1.20 validates events.k8s.io/v1 strictly: the regarding object's namespace must
             // equal the Event's, which for a cluster-scoped object ("" vs "default") cannot hold. Name the

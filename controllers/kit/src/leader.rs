@@ -69,25 +69,44 @@ impl Leadership {
     /// Leadership for a process that does not elect (single replica or `--leader-elect=false`).
     pub fn always(identity: impl Into<String>) -> Self {
         let (tx, _) = watch::channel(true);
-        Self { inner: Arc::new(Inner { identity: identity.into(), fence: None, tx }) }
+        Self {
+            inner: Arc::new(Inner {
+                identity: identity.into(),
+                fence: None,
+                tx,
+            }),
+        }
     }
 
     fn elected(identity: String) -> Self {
         let (tx, _) = watch::channel(false);
-        Self { inner: Arc::new(Inner { identity, fence: Some(Mutex::new(None)), tx }) }
+        Self {
+            inner: Arc::new(Inner {
+                identity,
+                fence: Some(Mutex::new(None)),
+                tx,
+            }),
+        }
     }
 
     /// True while this replica may write. Checked before every write.
     pub fn is_leader(&self) -> bool {
         match &self.inner.fence {
             None => true,
-            Some(f) => f.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| Instant::now() < until),
+            Some(f) => f
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|until| Instant::now() < until),
         }
     }
 
     /// `Ok(())` while this replica may write, else [`Error::NotLeader`].
     pub fn ensure(&self) -> Result<()> {
-        if self.is_leader() { Ok(()) } else { Err(Error::NotLeader) }
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
     }
 
     /// A channel that changes when leadership is gained or lost.
@@ -131,7 +150,10 @@ pub(crate) enum Step {
 
 /// Decides what to do with a lease record. `expired` is judged on our own clock by [`Observed`].
 pub(crate) fn decide(spec: Option<&LeaseSpec>, me: &str, expired: bool) -> Step {
-    match spec.and_then(|s| s.holder_identity.as_deref()).filter(|h| !h.is_empty()) {
+    match spec
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
+    {
         Some(h) if h == me => Step::Renew,
         None => Step::Acquire,
         Some(_) if expired => Step::Acquire,
@@ -149,13 +171,20 @@ pub(crate) struct Observed {
 impl Observed {
     /// Notes `spec` seen at `now`; returns whether the record is expired.
     pub(crate) fn observe(&mut self, spec: Option<&LeaseSpec>, now: Instant) -> bool {
-        let record = spec.map(|s| (s.holder_identity.clone(), s.renew_time.clone(), s.lease_transitions));
+        let record = spec.map(|s| {
+            (
+                s.holder_identity.clone(),
+                s.renew_time.clone(),
+                s.lease_transitions,
+            )
+        });
         if self.record != record || self.at.is_none() {
             self.record = record;
             self.at = Some(now);
         }
         let duration = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(15).max(1) as u64;
-        self.at.is_some_and(|at| now.duration_since(at) >= Duration::from_secs(duration))
+        self.at
+            .is_some_and(|at| now.duration_since(at) >= Duration::from_secs(duration))
     }
 }
 
@@ -213,13 +242,20 @@ fn now_micro() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
-async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig, observed: &mut Observed) -> Result<bool> {
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observed: &mut Observed,
+) -> Result<bool> {
     let duration_secs = config.lease_duration.as_secs().max(1) as i32;
     let existing = match api.get_opt(&config.name).await? {
         Some(l) => l,
         None => {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(config.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(config.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(config.identity.clone()),
                     lease_duration_seconds: Some(duration_secs),
@@ -266,7 +302,9 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig, observed: 
 }
 
 async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<()> {
-    let Some(mut lease) = api.get_opt(&config.name).await? else { return Ok(()) };
+    let Some(mut lease) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
     let spec = lease.spec.get_or_insert_with(Default::default);
     if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
         return Ok(());
@@ -300,11 +338,31 @@ mod tests {
         let cases = [
             ("no lease record", None, false, Step::Acquire),
             ("held by me", Some(spec(Some("me"), 1)), false, Step::Renew),
-            ("held by me, looks expired: still renew", Some(spec(Some("me"), 1)), true, Step::Renew),
+            (
+                "held by me, looks expired: still renew",
+                Some(spec(Some("me"), 1)),
+                true,
+                Step::Renew,
+            ),
             ("released (no holder)", Some(spec(None, 1)), false, Step::Acquire),
-            ("released (empty holder)", Some(spec(Some(""), 1)), false, Step::Acquire),
-            ("held by other, fresh", Some(spec(Some("other"), 1)), false, Step::Wait),
-            ("held by other, expired", Some(spec(Some("other"), 1)), true, Step::Acquire),
+            (
+                "released (empty holder)",
+                Some(spec(Some(""), 1)),
+                false,
+                Step::Acquire,
+            ),
+            (
+                "held by other, fresh",
+                Some(spec(Some("other"), 1)),
+                false,
+                Step::Wait,
+            ),
+            (
+                "held by other, expired",
+                Some(spec(Some("other"), 1)),
+                true,
+                Step::Acquire,
+            ),
         ];
         for (name, s, expired, want) in cases {
             assert_eq!(decide(s.as_ref(), "me", expired), want, "{name}");

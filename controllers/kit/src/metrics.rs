@@ -23,18 +23,32 @@ impl ReconcileMetrics {
     pub fn register(registry: &Registry, controller: &str) -> prometheus::Result<Self> {
         let p = format!("ferrite_{controller}");
         let total = IntCounterVec::new(
-            Opts::new(format!("{p}_reconcile_total"), "Reconciles by result (success, error, skipped)."),
+            Opts::new(
+                format!("{p}_reconcile_total"),
+                "Reconciles by result (success, error, skipped).",
+            ),
             &["result"],
         )?;
         let errors = IntCounterVec::new(
-            Opts::new(format!("{p}_reconcile_errors_total"), "Failed reconciles by reason."),
+            Opts::new(
+                format!("{p}_reconcile_errors_total"),
+                "Failed reconciles by reason.",
+            ),
             &["reason"],
         )?;
         let duration = Histogram::with_opts(
-            HistogramOpts::new(format!("{p}_reconcile_duration_seconds"), "Time spent in one reconcile.")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                format!("{p}_reconcile_duration_seconds"),
+                "Time spent in one reconcile.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )?;
-        let leader = IntGauge::new(format!("{p}_leader"), "1 while this replica holds the leader lease.")?;
+        let leader = IntGauge::new(
+            format!("{p}_leader"),
+            "1 while this replica holds the leader lease.",
+        )?;
         registry.register(Box::new(total.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -43,7 +57,12 @@ impl ReconcileMetrics {
         for r in ["success", "error", "skipped"] {
             total.with_label_values(&[r]);
         }
-        Ok(Self { total, errors, duration, leader })
+        Ok(Self {
+            total,
+            errors,
+            duration,
+            leader,
+        })
     }
 
     /// Records a successful reconcile.

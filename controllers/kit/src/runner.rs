@@ -50,7 +50,11 @@ struct State<Ctx, R> {
 }
 
 fn key<K: Resource>(obj: &K) -> String {
-    format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or(""),
+        obj.meta().name.as_deref().unwrap_or("")
+    )
 }
 
 /// Runs `controller` until `opts.shutdown` is cancelled.
@@ -64,7 +68,9 @@ where
     E: ReasonedError,
 {
     let plural = K::plural(&K::DynamicType::default()).to_string();
-    opts.readiness.gate(format!("watch {plural}")).open_when_synced(controller.store());
+    opts.readiness
+        .gate(format!("watch {plural}"))
+        .open_when_synced(controller.store());
 
     let triggers = stream::select(resync_ticks(opts.resync), became_leader(opts.leadership.clone()));
     let state = Arc::new(State {
@@ -78,17 +84,22 @@ where
     controller
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile_wrapped::<K, Ctx, R, Fut, E>, error_policy::<K, Ctx, R, E>, state)
+        .run(
+            reconcile_wrapped::<K, Ctx, R, Fut, E>,
+            error_policy::<K, Ctx, R, E>,
+            state,
+        )
         .for_each(|res| {
             let plural = plural.clone();
             async move {
-            match res {
-                Ok(_) => {}
-                // Reconcile errors are logged by error_policy; these are watch/queue errors.
-                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                Err(e) => tracing::warn!(controller = %plural, error = %e, "controller stream error"),
+                match res {
+                    Ok(_) => {}
+                    // Reconcile errors are logged by error_policy; these are watch/queue errors.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                    Err(e) => tracing::warn!(controller = %plural, error = %e, "controller stream error"),
+                }
             }
-        }})
+        })
         .await;
 }
 

@@ -6,7 +6,8 @@ use tokio_util::sync::CancellationToken;
 pub fn on_signals() -> crate::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).map_err(|e| crate::Error::Setup(format!("SIGTERM: {e}")))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| crate::Error::Setup(format!("SIGTERM: {e}")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| crate::Error::Setup(format!("SIGINT: {e}")))?;
     let t = token.clone();
     tokio::spawn(async move {

@@ -9,7 +9,7 @@ use ferrite_kit::{App, Error, ReasonedError, cli::CommonArgs, runner};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api,
-    api::{PostParams, ListParams},
+    api::{ListParams, PostParams},
     runtime::{Controller, controller::Action, watcher},
 };
 use std::{sync::Arc, time::Duration};
@@ -32,12 +32,23 @@ impl ReasonedError for Refused {
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     // A plain HTTP/1.0 GET, so the test does not depend on the server's own HTTP stack.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin server accepts");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin server accepts");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.expect("read");
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -54,12 +65,20 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         "--leader-elect=false",
     ]);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let app = App::start_with(&cli.common, "kittest", "kittest", shutdown.clone()).await.expect("app starts");
+    let app = App::start_with(&cli.common, "kittest", "kittest", shutdown.clone())
+        .await
+        .expect("app starts");
 
     // The CRD is not installed yet: the kit says so plainly, and the watch cannot sync.
-    let err = ferrite_kit::client::require_crd::<IPPool>(&app.client).await.expect_err("no CRD yet");
+    let err = ferrite_kit::client::require_crd::<IPPool>(&app.client)
+        .await
+        .expect_err("no CRD yet");
     assert!(matches!(err, Error::MissingCrd { .. }), "{err}");
-    assert!(err.to_string().contains("ippools.lb.ferrite.dev is not installed"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("ippools.lb.ferrite.dev is not installed"),
+        "{err}"
+    );
     assert_eq!(err.reason(), "MissingCrd");
 
     let pools: Api<IPPool> = Api::all(app.client.clone());
@@ -70,7 +89,12 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         seen.clone(),
         |pool: Arc<IPPool>, seen: Arc<std::sync::atomic::AtomicUsize>| async move {
             seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if pool.metadata.name.as_deref().is_some_and(|n| n.ends_with("-fail")) {
+            if pool
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.ends_with("-fail"))
+            {
                 return Err(Refused);
             }
             Ok(Action::requeue(Duration::from_secs(300)))
@@ -86,10 +110,17 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
 
     // Install the CRD: the watch syncs and /readyz opens.
     let crds: Api<CustomResourceDefinition> = Api::all(app.client.clone());
-    let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds/ippools.lb.ferrite.dev.yaml")).expect("crds/ is checked in"))
-            .expect("valid CRD yaml");
-    crds.create(&PostParams::default(), &crd).await.expect("CRD created");
+    let crd: CustomResourceDefinition = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../crds/ippools.lb.ferrite.dev.yaml"
+        ))
+        .expect("crds/ is checked in"),
+    )
+    .expect("valid CRD yaml");
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("CRD created");
     let mut last = (0, String::new());
     for _ in 0..150 {
         last = get(app.admin_addr, "/readyz").await;
@@ -98,7 +129,11 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(last.0, 200, "/readyz did not open within 30 s of the CRD being installed: {}", last.1);
+    assert_eq!(
+        last.0, 200,
+        "/readyz did not open within 30 s of the CRD being installed: {}",
+        last.1
+    );
 
     // One object, one reconcile, counted in the metrics.
     let pool: IPPool = serde_json::from_value(serde_json::json!({
@@ -121,7 +156,10 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
     created.expect("pool created");
     let mut failing = pool.clone();
     failing.metadata.name = Some("kit-app-fail".into());
-    pools.create(&PostParams::default(), &failing).await.expect("second pool created");
+    pools
+        .create(&PostParams::default(), &failing)
+        .await
+        .expect("second pool created");
     let mut metrics = String::new();
     for _ in 0..50 {
         metrics = get(app.admin_addr, "/metrics").await.1;
@@ -144,7 +182,15 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         assert!(metrics.contains(family), "/metrics lacks {family:?}:\n{metrics}");
     }
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
-    assert_eq!(pools.list(&ListParams::default()).await.expect("list").items.len(), 2);
+    assert_eq!(
+        pools
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
     shutdown.cancel();
 }
 
@@ -153,7 +199,10 @@ async fn bad_setups_fail_with_one_clear_line() {
     let dir = tempfile_dir();
     // A kubeconfig that does not exist.
     let missing = dir.join("nope.kubeconfig");
-    let err = ferrite_kit::client::connect_with(Some(&missing)).await.err().expect("missing kubeconfig fails");
+    let err = ferrite_kit::client::connect_with(Some(&missing))
+        .await
+        .err()
+        .expect("missing kubeconfig fails");
     assert!(err.to_string().contains("nope.kubeconfig"), "{err}");
 
     // An API server that is not there.
@@ -169,15 +218,23 @@ async fn bad_setups_fail_with_one_clear_line() {
         "default",
     )
     .expect("kubeconfig written");
-    let err = ferrite_kit::client::connect_with(Some(&kc)).await.err().expect("nothing listens there");
+    let err = ferrite_kit::client::connect_with(Some(&kc))
+        .await
+        .err()
+        .expect("nothing listens there");
     let msg = err.to_string();
-    assert!(msg.contains("cannot reach the Kubernetes API server") && msg.contains(&port.to_string()), "{msg}");
+    assert!(
+        msg.contains("cannot reach the Kubernetes API server") && msg.contains(&port.to_string()),
+        "{msg}"
+    );
     assert!(!msg.contains('\n'), "one line: {msg}");
 
     // The admin port is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
-    let err = ferrite_kit::admin::AdminServer::bind(addr).await.expect_err("port in use");
+    let err = ferrite_kit::admin::AdminServer::bind(addr)
+        .await
+        .expect_err("port in use");
     assert!(err.to_string().contains("--admin-addr"), "{err}");
 }
 

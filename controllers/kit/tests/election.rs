@@ -27,9 +27,13 @@ struct ReplicaCli {
 #[tokio::test]
 #[ignore = "entry point of the replica processes started by the election tests"]
 async fn replica() {
-    let Ok(args) = std::env::var("FERRITE_REPLICA_ARGS") else { return };
+    let Ok(args) = std::env::var("FERRITE_REPLICA_ARGS") else {
+        return;
+    };
     let cli = ReplicaCli::parse_from(std::iter::once("replica").chain(args.split(' ')));
-    let app = App::start(&cli.common, "kittest", "kittest").await.expect("app starts");
+    let app = App::start(&cli.common, "kittest", "kittest")
+        .await
+        .expect("app starts");
     println!("PID {}", std::process::id());
     let mut rx = app.leadership.subscribe();
     let parent = std::os::unix::process::parent_id();
@@ -60,7 +64,13 @@ impl Replica {
              --lease-duration {duration} --lease-renew-deadline {deadline} --lease-retry-period 250ms"
         );
         let mut child = Command::new(std::env::current_exe().expect("test binary path"))
-            .args(["--ignored", "--exact", "replica", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "replica",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("FERRITE_REPLICA_ARGS", args)
             .env("KUBECONFIG", &kb.kubeconfig)
             .env("FERRITE_LOG_LEVEL", "info")
@@ -77,7 +87,11 @@ impl Replica {
                 }
             }
         });
-        Replica { id: id.to_string(), child, lines }
+        Replica {
+            id: id.to_string(),
+            child,
+            lines,
+        }
     }
 
     /// Waits until the replica reports `LEADER <want>`; returns how long it took.
@@ -95,7 +109,11 @@ impl Replica {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(sig).arg(self.child.id().to_string()).status().expect("kill runs");
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
         assert!(ok.success(), "kill {sig} {}", self.child.id());
     }
 }
@@ -109,7 +127,13 @@ impl Drop for Replica {
 
 async fn holder(kb: &KubeBox, ns: &str, lease: &str) -> Option<String> {
     let api: Api<Lease> = Api::namespaced(kb.client().await, ns);
-    api.get_opt(lease).await.ok().flatten()?.spec?.holder_identity.filter(|h| !h.is_empty())
+    api.get_opt(lease)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
 }
 
 fn first_leader<'a>(a: &'a Replica, b: &'a Replica) -> (&'a Replica, &'a Replica) {
@@ -135,7 +159,10 @@ async fn one_leader_and_failover_within_the_lease_duration_after_a_kill() {
     let (leader, follower) = first_leader(&a, &b);
     assert_eq!(holder(kb, &ns, "kill").await.as_deref(), Some(leader.id.as_str()));
     // Exactly one leader: the follower stays a follower through several renewals.
-    assert!(follower.wait_leader(true, Duration::from_secs(2)).is_none(), "two leaders at once");
+    assert!(
+        follower.wait_leader(true, Duration::from_secs(2)).is_none(),
+        "two leaders at once"
+    );
 
     leader.signal("-KILL");
     let took = follower
@@ -144,8 +171,14 @@ async fn one_leader_and_failover_within_the_lease_duration_after_a_kill() {
     eprintln!("takeover after SIGKILL: {took:?} (lease duration 3 s, retry period 250 ms)");
     // The follower may take the lease once it has seen no renewal for a whole lease duration; it tries
     // every retry period, so the bound is duration + one retry period (+ scheduling slack).
-    assert!(took < Duration::from_millis(3000 + 250 + 750), "takeover took {took:?}");
-    assert_eq!(holder(kb, &ns, "kill").await.as_deref(), Some(follower.id.as_str()));
+    assert!(
+        took < Duration::from_millis(3000 + 250 + 750),
+        "takeover took {took:?}"
+    );
+    assert_eq!(
+        holder(kb, &ns, "kill").await.as_deref(),
+        Some(follower.id.as_str())
+    );
 }
 
 #[tokio::test]
@@ -157,8 +190,16 @@ async fn sigterm_releases_the_lease_at_once() {
     let b = Replica::start(kb, &ns, "term", "replica-b", "10s", "6s");
     let (leader, follower) = first_leader(&a, &b);
     leader.signal("-TERM");
-    let took = follower.wait_leader(true, Duration::from_secs(15)).expect("the follower takes over");
+    let took = follower
+        .wait_leader(true, Duration::from_secs(15))
+        .expect("the follower takes over");
     eprintln!("takeover after SIGTERM: {took:?} (lease duration 10 s)");
-    assert!(took < Duration::from_secs(3), "lease was not released on SIGTERM: takeover took {took:?}");
-    assert_eq!(holder(kb, &ns, "term").await.as_deref(), Some(follower.id.as_str()));
+    assert!(
+        took < Duration::from_secs(3),
+        "lease was not released on SIGTERM: takeover took {took:?}"
+    );
+    assert_eq!(
+        holder(kb, &ns, "term").await.as_deref(),
+        Some(follower.id.as_str())
+    );
 }

@@ -16,10 +16,7 @@ use crate::{
     alloc::{AllocError, Allocator, PoolConfig, PoolError, PoolProblem, PoolStats, ServiceKey},
     service::{self, ClassPolicy, RequestError},
 };
-use ferrite_api::{
-    lb::IPPool,
-    names,
-};
+use ferrite_api::{lb::IPPool, names};
 use ferrite_kit::{
     App, ReasonedError,
     conditions::{self, NewCondition, Status},
@@ -90,11 +87,17 @@ impl Metrics {
     /// Registers the allocator metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let addresses = GaugeVec::new(
-            Opts::new("ferrite_lb_pool_addresses", "Addresses a pool can hand out, by family."),
+            Opts::new(
+                "ferrite_lb_pool_addresses",
+                "Addresses a pool can hand out, by family.",
+            ),
             &["pool", "family"],
         )?;
         let in_use = GaugeVec::new(
-            Opts::new("ferrite_lb_pool_addresses_in_use", "Addresses of a pool held by Services, by family."),
+            Opts::new(
+                "ferrite_lb_pool_addresses_in_use",
+                "Addresses of a pool held by Services, by family.",
+            ),
             &["pool", "family"],
         )?;
         let out_of_pool = IntGauge::new(
@@ -104,14 +107,21 @@ impl Metrics {
         registry.register(Box::new(addresses.clone()))?;
         registry.register(Box::new(in_use.clone()))?;
         registry.register(Box::new(out_of_pool.clone()))?;
-        Ok(Self { addresses, in_use, out_of_pool })
+        Ok(Self {
+            addresses,
+            in_use,
+            out_of_pool,
+        })
     }
 
     fn set_pool(&self, pool: &str, stats: &PoolStats) {
-        for (family, total, used) in
-            [("IPv4", stats.total_v4, stats.assigned_v4), ("IPv6", stats.total_v6, stats.assigned_v6)]
-        {
-            self.addresses.with_label_values(&[pool, family]).set(total as f64);
+        for (family, total, used) in [
+            ("IPv4", stats.total_v4, stats.assigned_v4),
+            ("IPv6", stats.total_v6, stats.assigned_v6),
+        ] {
+            self.addresses
+                .with_label_values(&[pool, family])
+                .set(total as f64);
             self.in_use.with_label_values(&[pool, family]).set(used as f64);
         }
     }
@@ -194,10 +204,15 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     let pools_ctl = Controller::new(Api::<IPPool>::all(client.clone()), watcher::Config::default());
     let pools = pools_ctl.store();
     let (namespaces, ns_writer) = reflector::store();
-    let ns_stream = reflector::reflector(ns_writer, watcher(Api::<Namespace>::all(client.clone()), Default::default()))
-        .default_backoff()
-        .touched_objects();
-    app.readiness.gate("watch namespaces").open_when_synced(namespaces.clone());
+    let ns_stream = reflector::reflector(
+        ns_writer,
+        watcher(Api::<Namespace>::all(client.clone()), Default::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    app.readiness
+        .gate("watch namespaces")
+        .open_when_synced(namespaces.clone());
     tokio::spawn(ns_stream.for_each(|_| async {}));
 
     let services_ctl = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
@@ -239,7 +254,12 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
 
     let opts = app.run_options();
     tracing::info!(class = %ctx.policy.class, "allocator starting");
-    let pool_runner = tokio::spawn(ferrite_kit::runner::run(pools_ctl, ctx.clone(), reconcile_pool, opts.clone()));
+    let pool_runner = tokio::spawn(ferrite_kit::runner::run(
+        pools_ctl,
+        ctx.clone(),
+        reconcile_pool,
+        opts.clone(),
+    ));
     // Services are looked at only once the pools and namespaces are known, so the first rebuild sees
     // every pool and no Service is told "no pool" while the pools are still loading.
     ferrite_kit::admin::wait_synced(&pools).await;
@@ -257,8 +277,10 @@ impl Context {
         let epoch = *self.epoch.borrow();
         let mut pools: Vec<Arc<IPPool>> = self.pools.state();
         pools.sort_by_key(|p| p.name_any());
-        let seen: Vec<(String, String)> =
-            pools.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect();
+        let seen: Vec<(String, String)> = pools
+            .iter()
+            .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
+            .collect();
         let rebuild = st.epoch != Some(epoch);
         if rebuild || st.pools_seen != seen {
             let mut configs = vec![];
@@ -299,7 +321,11 @@ impl Context {
                 }
                 st.epoch = Some(epoch);
                 st.warned_out_of_pool.clear();
-                tracing::info!(services = n, conflicts = st.rebuild_losers.len(), "allocations rebuilt from Service status");
+                tracing::info!(
+                    services = n,
+                    conflicts = st.rebuild_losers.len(),
+                    "allocations rebuilt from Service status"
+                );
             }
             bump(&self.services_dirty);
             bump(&self.pools_dirty);
@@ -317,7 +343,10 @@ impl Context {
 }
 
 fn ingress_status(ips: &[IpAddr]) -> serde_json::Value {
-    let ingress: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip.to_string()})).collect();
+    let ingress: Vec<_> = ips
+        .iter()
+        .map(|ip| serde_json::json!({"ip": ip.to_string()}))
+        .collect();
     serde_json::json!({"loadBalancer": {"ingress": ingress}})
 }
 
@@ -341,7 +370,14 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             // class is that class's business.
             let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
             if !is_lb && !current.is_empty() && svc.meta().deletion_timestamp.is_none() {
-                apply_status(&api, &key.name, names::LB_CONTROLLER_MANAGER, serde_json::json!({"loadBalancer": {}}), &ctx.leadership).await?;
+                apply_status(
+                    &api,
+                    &key.name,
+                    names::LB_CONTROLLER_MANAGER,
+                    serde_json::json!({"loadBalancer": {}}),
+                    &ctx.leadership,
+                )
+                .await?;
             }
             tracing::info!(service = %key, "released");
         }
@@ -351,14 +387,21 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     let parsed = match service::parse(&svc, &ctx.namespace_labels(&svc)) {
         Ok(p) => p,
         Err(e) => {
-            ctx.events.warning(&oref, e.reason(), "Allocate", e.to_string()).await;
+            ctx.events
+                .warning(&oref, e.reason(), "Allocate", e.to_string())
+                .await;
             return Err(e.into());
         }
     };
     for key in &parsed.legacy_keys {
         let new = key.replace("metallb.universe.tf/", "metallb.io/");
         ctx.events
-            .warning(&oref, "DeprecatedAnnotation", "Allocate", format!("annotation {key} is deprecated; use {new} or the lb.ferrite.dev/ key"))
+            .warning(
+                &oref,
+                "DeprecatedAnnotation",
+                "Allocate",
+                format!("annotation {key} is deprecated; use {new} or the lb.ferrite.dev/ key"),
+            )
             .await;
     }
 
@@ -369,7 +412,11 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     };
     if let Some(ip) = lost {
         let holders = ctx.sync().alloc.holders(ip);
-        let by = holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let by = holders
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         ctx.events
             .warning(&oref, "IPConflict", "Allocate", format!("IP {ip} is also held by {by}, which is older and keeps it; this Service gets another address"))
             .await;
@@ -377,12 +424,35 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     match result {
         Ok(assignment) => {
             if assignment.ips != current {
-                apply_status(&api, &key.name, names::LB_CONTROLLER_MANAGER, ingress_status(&assignment.ips), &ctx.leadership).await?;
+                apply_status(
+                    &api,
+                    &key.name,
+                    names::LB_CONTROLLER_MANAGER,
+                    ingress_status(&assignment.ips),
+                    &ctx.leadership,
+                )
+                .await?;
             }
             if assignment.changed || assignment.ips != current {
-                let ips = assignment.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                let from = if assignment.pools.is_empty() { "outside every pool (kept)".to_string() } else { format!("from pool {}", assignment.pools.join(", ")) };
-                ctx.events.normal(&oref, "IPAllocated", "Allocate", format!("Assigned IP {ips} {from}")).await;
+                let ips = assignment
+                    .ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let from = if assignment.pools.is_empty() {
+                    "outside every pool (kept)".to_string()
+                } else {
+                    format!("from pool {}", assignment.pools.join(", "))
+                };
+                ctx.events
+                    .normal(
+                        &oref,
+                        "IPAllocated",
+                        "Allocate",
+                        format!("Assigned IP {ips} {from}"),
+                    )
+                    .await;
                 tracing::info!(service = %key, ips = %ips, "assigned");
                 bump(&ctx.pools_dirty);
             }
@@ -393,9 +463,18 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             if holds_nothing && !current.is_empty() {
                 // Its status shows an address it does not hold (it lost it to an older Service): take it
                 // back off the status so one address is never advertised for two Services.
-                apply_status(&api, &key.name, names::LB_CONTROLLER_MANAGER, ingress_status(&[]), &ctx.leadership).await?;
+                apply_status(
+                    &api,
+                    &key.name,
+                    names::LB_CONTROLLER_MANAGER,
+                    ingress_status(&[]),
+                    &ctx.leadership,
+                )
+                .await?;
             }
-            ctx.events.warning(&oref, "AllocationFailed", "Allocate", e.to_string()).await;
+            ctx.events
+                .warning(&oref, "AllocationFailed", "Allocate", e.to_string())
+                .await;
             Err(e.into())
         }
     }
@@ -406,15 +485,27 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
     let (pool_error, problems, stats, out_of_pool) = {
         let mut st = ctx.sync();
         let out: Vec<(ServiceKey, IpAddr)> = st.alloc.out_of_pool();
-        let fresh: Vec<_> = out.iter().filter(|o| !st.warned_out_of_pool.contains(*o)).cloned().collect();
+        let fresh: Vec<_> = out
+            .iter()
+            .filter(|o| !st.warned_out_of_pool.contains(*o))
+            .cloned()
+            .collect();
         st.warned_out_of_pool = out.iter().cloned().collect();
         ctx.metrics.out_of_pool.set(out.len() as i64);
-        (st.pool_errors.get(&name).cloned(), st.problems.get(&name).cloned().unwrap_or_default(), st.alloc.stats(&name), fresh)
+        (
+            st.pool_errors.get(&name).cloned(),
+            st.problems.get(&name).cloned().unwrap_or_default(),
+            st.alloc.stats(&name),
+            fresh,
+        )
     };
 
     // Addresses that fell out of every pool stay with their Services; say so, once.
     for (svc_key, ip) in out_of_pool {
-        if let Some(svc) = ctx.services.get(&reflector::ObjectRef::new(&svc_key.name).within(&svc_key.namespace)) {
+        if let Some(svc) = ctx
+            .services
+            .get(&reflector::ObjectRef::new(&svc_key.name).within(&svc_key.namespace))
+        {
             ctx.events
                 .warning(&svc.object_ref(&()), "IPOutOfPool", "Allocate", format!("IP {ip} is no longer in any IPPool; the Service keeps it until it is deleted or asks for another address"))
                 .await;
@@ -426,19 +517,63 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
     let now = Timestamp::now();
     match &pool_error {
         Some(e) => {
-            conditions::set(&mut status.conditions, NewCondition { type_: names::CONDITION_READY, status: Status::False, reason: e.reason(), message: e.to_string() }, generation, now);
+            conditions::set(
+                &mut status.conditions,
+                NewCondition {
+                    type_: names::CONDITION_READY,
+                    status: Status::False,
+                    reason: e.reason(),
+                    message: e.to_string(),
+                },
+                generation,
+                now,
+            );
         }
         None => {
-            conditions::set(&mut status.conditions, NewCondition { type_: names::CONDITION_READY, status: Status::True, reason: "Ready", message: "addresses are parsed and in use".into() }, generation, now);
+            conditions::set(
+                &mut status.conditions,
+                NewCondition {
+                    type_: names::CONDITION_READY,
+                    status: Status::True,
+                    reason: "Ready",
+                    message: "addresses are parsed and in use".into(),
+                },
+                generation,
+                now,
+            );
         }
     }
     match problems.first() {
         Some(_) => {
-            let message = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-            conditions::set(&mut status.conditions, NewCondition { type_: "Overlapping", status: Status::True, reason: "Overlapping", message }, generation, now);
+            let message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            conditions::set(
+                &mut status.conditions,
+                NewCondition {
+                    type_: "Overlapping",
+                    status: Status::True,
+                    reason: "Overlapping",
+                    message,
+                },
+                generation,
+                now,
+            );
         }
         None => {
-            conditions::set(&mut status.conditions, NewCondition { type_: "Overlapping", status: Status::False, reason: "NoOverlap", message: "no other pool shares addresses with this one".into() }, generation, now);
+            conditions::set(
+                &mut status.conditions,
+                NewCondition {
+                    type_: "Overlapping",
+                    status: Status::False,
+                    reason: "NoOverlap",
+                    message: "no other pool shares addresses with this one".into(),
+                },
+                generation,
+                now,
+            );
         }
     }
     let stats = stats.unwrap_or_default();
@@ -456,9 +591,18 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
 
     if pool.status.as_ref() != Some(&status) {
         let api: Api<IPPool> = Api::all(ctx.client.clone());
-        apply_status(&api, &name, names::LB_CONTROLLER_MANAGER, serde_json::to_value(&status).map_err(|e| ferrite_kit::Error::Setup(e.to_string()))?, &ctx.leadership).await?;
+        apply_status(
+            &api,
+            &name,
+            names::LB_CONTROLLER_MANAGER,
+            serde_json::to_value(&status).map_err(|e| ferrite_kit::Error::Setup(e.to_string()))?,
+            &ctx.leadership,
+        )
+        .await?;
         if let Some(e) = &pool_error {
-            ctx.events.warning(&pool.object_ref(&()), e.reason(), "Validate", e.to_string()).await;
+            ctx.events
+                .warning(&pool.object_ref(&()), e.reason(), "Validate", e.to_string())
+                .await;
         }
     }
     Ok(Action::requeue(ctx.resync))

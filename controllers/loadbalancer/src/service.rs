@@ -26,7 +26,10 @@ impl ClassPolicy {
     pub fn serves(&self, svc: &Service) -> bool {
         let Some(spec) = &svc.spec else { return false };
         spec.type_.as_deref() == Some("LoadBalancer")
-            && spec.load_balancer_class.as_deref().is_none_or(|c| c == self.class)
+            && spec
+                .load_balancer_class
+                .as_deref()
+                .is_none_or(|c| c == self.class)
     }
 }
 
@@ -79,7 +82,8 @@ fn annotation<'a>(
     annotations: &'a BTreeMap<String, String>,
     keys: &[&'static str],
 ) -> Option<(&'static str, &'a str)> {
-    keys.iter().find_map(|k| annotations.get(*k).map(|v| (*k, v.trim())))
+    keys.iter()
+        .find_map(|k| annotations.get(*k).map(|v| (*k, v.trim())))
 }
 
 fn is_legacy(key: &str) -> bool {
@@ -87,7 +91,10 @@ fn is_legacy(key: &str) -> bool {
 }
 
 /// Reads `svc` into a [`Request`]. Call only for Services the [`ClassPolicy`] serves.
-pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Result<ParsedService, RequestError> {
+pub fn parse(
+    svc: &Service,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Result<ParsedService, RequestError> {
     let meta = &svc.metadata;
     let empty = BTreeMap::new();
     let annotations = meta.annotations.as_ref().unwrap_or(&empty);
@@ -95,9 +102,10 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
     let mut legacy_keys = vec![];
 
     let mut requested = vec![];
-    if let Some((key, value)) =
-        annotation(annotations, &[ann::IPS, ann::METALLB_IPS, ann::METALLB_LEGACY_IPS])
-    {
+    if let Some((key, value)) = annotation(
+        annotations,
+        &[ann::IPS, ann::METALLB_IPS, ann::METALLB_LEGACY_IPS],
+    ) {
         if is_legacy(key) {
             legacy_keys.push(key);
         }
@@ -123,8 +131,16 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
                 why: "no address given; remove the annotation or list addresses separated by commas".into(),
             });
         }
-    } else if let Some(v) = spec.load_balancer_ip.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
-        requested.push(v.parse().map_err(|_| RequestError::BadLoadBalancerIP { value: v.to_string() })?);
+    } else if let Some(v) = spec
+        .load_balancer_ip
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        requested.push(
+            v.parse()
+                .map_err(|_| RequestError::BadLoadBalancerIP { value: v.to_string() })?,
+        );
     }
 
     let mut text = |keys: &[&'static str]| -> Result<Option<String>, RequestError> {
@@ -153,8 +169,11 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
         }
     };
     let pool = text(&[ann::POOL, ann::METALLB_POOL, ann::METALLB_LEGACY_POOL])?;
-    let sharing_key =
-        text(&[ann::ALLOW_SHARED_IP, ann::METALLB_ALLOW_SHARED_IP, ann::METALLB_LEGACY_ALLOW_SHARED_IP])?;
+    let sharing_key = text(&[
+        ann::ALLOW_SHARED_IP,
+        ann::METALLB_ALLOW_SHARED_IP,
+        ann::METALLB_LEGACY_ALLOW_SHARED_IP,
+    ])?;
 
     let families: Vec<Family> = spec
         .ip_families
@@ -192,14 +211,24 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
             "SCTP" => Protocol::Sctp,
             other => return Err(RequestError::BadProtocol(other.to_string())),
         };
-        ports.push(Port { protocol, port: u16::try_from(p.port).unwrap_or(0) });
+        ports.push(Port {
+            protocol,
+            port: u16::try_from(p.port).unwrap_or(0),
+        });
     }
 
     let current = current_ips(svc);
-    let created = meta.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(i64::MAX);
+    let created = meta
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX);
     Ok(ParsedService {
         request: Request {
-            key: ServiceKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default()),
+            key: ServiceKey::new(
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            ),
             created,
             labels: meta.labels.clone().unwrap_or_default(),
             namespace_labels: namespace_labels.clone(),
@@ -248,27 +277,79 @@ mod tests {
 
     #[test]
     fn class_policy() {
-        let p = ClassPolicy { class: "ferrite.dev/lb".into() };
+        let p = ClassPolicy {
+            class: "ferrite.dev/lb".into(),
+        };
         let cases = [
             ("no class", json!({"type": "LoadBalancer"}), true),
-            ("our class", json!({"type": "LoadBalancer", "loadBalancerClass": "ferrite.dev/lb"}), true),
-            ("other class", json!({"type": "LoadBalancer", "loadBalancerClass": "metallb.io/x"}), false),
+            (
+                "our class",
+                json!({"type": "LoadBalancer", "loadBalancerClass": "ferrite.dev/lb"}),
+                true,
+            ),
+            (
+                "other class",
+                json!({"type": "LoadBalancer", "loadBalancerClass": "metallb.io/x"}),
+                false,
+            ),
             ("ClusterIP", json!({"type": "ClusterIP"}), false),
             ("NodePort", json!({"type": "NodePort"}), false),
         ];
         for (name, spec, want) in cases {
-            assert_eq!(p.serves(&svc(json!({"metadata": {"name": "x"}, "spec": spec}))), want, "{name}");
+            assert_eq!(
+                p.serves(&svc(json!({"metadata": {"name": "x"}, "spec": spec}))),
+                want,
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn requested_ips_in_order_of_preference() {
-        let cases: [(&str, serde_json::Value, serde_json::Value, Vec<&str>, Vec<&str>); 6] = [
-            ("own key", json!({"lb.ferrite.dev/ips": "192.0.2.10"}), json!({}), vec!["192.0.2.10"], vec![]),
-            ("own key wins over metallb", json!({"lb.ferrite.dev/ips": "192.0.2.10", "metallb.io/loadBalancerIPs": "192.0.2.11"}), json!({}), vec!["192.0.2.10"], vec![]),
-            ("metallb key, dual-stack list", json!({"metallb.io/loadBalancerIPs": "192.0.2.11, 2001:db8::11"}), json!({}), vec!["192.0.2.11", "2001:db8::11"], vec![]),
-            ("legacy key is flagged", json!({"metallb.universe.tf/loadBalancerIPs": "192.0.2.12"}), json!({}), vec!["192.0.2.12"], vec!["metallb.universe.tf/loadBalancerIPs"]),
-            ("spec.loadBalancerIP", json!({}), json!({"loadBalancerIP": "192.0.2.13"}), vec!["192.0.2.13"], vec![]),
+        // (case, annotations, spec, requested IPs, legacy keys flagged)
+        type Case = (
+            &'static str,
+            serde_json::Value,
+            serde_json::Value,
+            Vec<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: [Case; 6] = [
+            (
+                "own key",
+                json!({"lb.ferrite.dev/ips": "192.0.2.10"}),
+                json!({}),
+                vec!["192.0.2.10"],
+                vec![],
+            ),
+            (
+                "own key wins over metallb",
+                json!({"lb.ferrite.dev/ips": "192.0.2.10", "metallb.io/loadBalancerIPs": "192.0.2.11"}),
+                json!({}),
+                vec!["192.0.2.10"],
+                vec![],
+            ),
+            (
+                "metallb key, dual-stack list",
+                json!({"metallb.io/loadBalancerIPs": "192.0.2.11, 2001:db8::11"}),
+                json!({}),
+                vec!["192.0.2.11", "2001:db8::11"],
+                vec![],
+            ),
+            (
+                "legacy key is flagged",
+                json!({"metallb.universe.tf/loadBalancerIPs": "192.0.2.12"}),
+                json!({}),
+                vec!["192.0.2.12"],
+                vec!["metallb.universe.tf/loadBalancerIPs"],
+            ),
+            (
+                "spec.loadBalancerIP",
+                json!({}),
+                json!({"loadBalancerIP": "192.0.2.13"}),
+                vec!["192.0.2.13"],
+                vec![],
+            ),
             ("nothing requested", json!({}), json!({}), vec![], vec![]),
         ];
         for (name, annotations, spec, want, legacy) in cases {
@@ -282,13 +363,48 @@ mod tests {
     #[test]
     fn bad_values_are_errors_that_name_the_key() {
         let cases = [
-            ("not an ip", json!({"lb.ferrite.dev/ips": "192.0.2.300"}), json!({}), "lb.ferrite.dev/ips"),
-            ("duplicate", json!({"lb.ferrite.dev/ips": "192.0.2.1,192.0.2.1"}), json!({}), "listed twice"),
-            ("empty list", json!({"metallb.io/loadBalancerIPs": " , "}), json!({}), "no address given"),
-            ("empty pool", json!({"lb.ferrite.dev/pool": ""}), json!({}), "lb.ferrite.dev/pool"),
-            ("pool with spaces", json!({"metallb.io/address-pool": "a b"}), json!({}), "metallb.io/address-pool"),
-            ("bad loadBalancerIP", json!({}), json!({"loadBalancerIP": "nope"}), "spec.loadBalancerIP"),
-            ("bad protocol", json!({}), json!({"ports": [{"port": 80, "protocol": "ICMP"}]}), "ICMP"),
+            (
+                "not an ip",
+                json!({"lb.ferrite.dev/ips": "192.0.2.300"}),
+                json!({}),
+                "lb.ferrite.dev/ips",
+            ),
+            (
+                "duplicate",
+                json!({"lb.ferrite.dev/ips": "192.0.2.1,192.0.2.1"}),
+                json!({}),
+                "listed twice",
+            ),
+            (
+                "empty list",
+                json!({"metallb.io/loadBalancerIPs": " , "}),
+                json!({}),
+                "no address given",
+            ),
+            (
+                "empty pool",
+                json!({"lb.ferrite.dev/pool": ""}),
+                json!({}),
+                "lb.ferrite.dev/pool",
+            ),
+            (
+                "pool with spaces",
+                json!({"metallb.io/address-pool": "a b"}),
+                json!({}),
+                "metallb.io/address-pool",
+            ),
+            (
+                "bad loadBalancerIP",
+                json!({}),
+                json!({"loadBalancerIP": "nope"}),
+                "spec.loadBalancerIP",
+            ),
+            (
+                "bad protocol",
+                json!({}),
+                json!({"ports": [{"port": 80, "protocol": "ICMP"}]}),
+                "ICMP",
+            ),
         ];
         for (name, annotations, spec, needle) in cases {
             let err = parse(&lb(annotations, spec), &BTreeMap::new()).expect_err(name);
@@ -306,7 +422,9 @@ mod tests {
                      "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "2001:db8::5"}, {"hostname": "x.example"}, {"ip": "192.0.2.5"}]}}
         }));
-        let r = parse(&s, &BTreeMap::from([("team".to_string(), "infra".to_string())])).expect("parses").request;
+        let r = parse(&s, &BTreeMap::from([("team".to_string(), "infra".to_string())]))
+            .expect("parses")
+            .request;
         assert_eq!(r.key, ServiceKey::new("infra", "dns"));
         assert_eq!(r.families, vec![Family::V6, Family::V4]);
         assert!(r.dual_stack_required);
@@ -314,14 +432,35 @@ mod tests {
         assert_eq!(r.sharing_key.as_deref(), Some("dns"));
         assert_eq!(
             r.ports,
-            vec![Port { protocol: Protocol::Udp, port: 53 }, Port { protocol: Protocol::Tcp, port: 53 }]
+            vec![
+                Port {
+                    protocol: Protocol::Udp,
+                    port: 53
+                },
+                Port {
+                    protocol: Protocol::Tcp,
+                    port: 53
+                }
+            ]
         );
-        assert_eq!(r.current, vec!["2001:db8::5".parse::<IpAddr>().unwrap(), "192.0.2.5".parse().unwrap()]);
+        assert_eq!(
+            r.current,
+            vec![
+                "2001:db8::5".parse::<IpAddr>().unwrap(),
+                "192.0.2.5".parse().unwrap()
+            ]
+        );
         assert_eq!(r.namespace_labels.get("team").map(String::as_str), Some("infra"));
         assert_eq!(r.created, 1767225610);
 
         // SingleStack serves only the primary family, whatever ipFamilies lists.
-        let single = lb(json!({}), json!({"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "SingleStack"}));
-        assert_eq!(parse(&single, &BTreeMap::new()).expect("parses").request.families, vec![Family::V4]);
+        let single = lb(
+            json!({}),
+            json!({"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "SingleStack"}),
+        );
+        assert_eq!(
+            parse(&single, &BTreeMap::new()).expect("parses").request.families,
+            vec![Family::V4]
+        );
     }
 }

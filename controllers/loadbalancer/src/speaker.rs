@@ -78,7 +78,10 @@ pub struct SpeakerArgs {
 pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     let client = app.client.clone();
     let me = args.node_name.clone();
-    anyhow::ensure!(!me.is_empty(), "--node-name (NODE_NAME) is empty: set it from spec.nodeName");
+    anyhow::ensure!(
+        !me.is_empty(),
+        "--node-name (NODE_NAME) is empty: set it from spec.nodeName"
+    );
 
     let nodes_api: Api<Node> = Api::all(client.clone());
     let my_node = nodes_api
@@ -92,19 +95,31 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let secret = secrets.get_opt(&args.gossip_secret).await?.with_context(|| {
-        format!("gossip Secret {}/{} does not exist (the chart creates it)", args.namespace, args.gossip_secret)
+        format!(
+            "gossip Secret {}/{} does not exist (the chart creates it)",
+            args.namespace, args.gossip_secret
+        )
     })?;
     let key = secret
         .data
         .as_ref()
         .and_then(|d| d.get("key"))
         .map(|b| b.0.clone())
-        .with_context(|| format!("gossip Secret {}/{} has no key \"key\"", args.namespace, args.gossip_secret))?;
+        .with_context(|| {
+            format!(
+                "gossip Secret {}/{} has no key \"key\"",
+                args.namespace, args.gossip_secret
+            )
+        })?;
 
     let bind = SocketAddr::new(my_ip, args.gossip_port);
-    let membership = Membership::start(MemberConfig::new(me.clone(), bind, key), &app.registry, app.shutdown.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let membership = Membership::start(
+        MemberConfig::new(me.clone(), bind, key),
+        &app.registry,
+        app.shutdown.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let announcer = Announcer::start_with_shutdown(&app.registry, app.shutdown.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -124,10 +139,15 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     let slices = writer.as_reader();
     {
         let wake = wake.clone();
-        let stream = reflector::reflector(writer, watcher(version.api_all(client.clone()), Default::default()))
-            .default_backoff()
-            .touched_objects();
-        app.readiness.gate("watch endpointslices").open_when_synced(slices.clone());
+        let stream = reflector::reflector(
+            writer,
+            watcher(version.api_all(client.clone()), Default::default()),
+        )
+        .default_backoff()
+        .touched_objects();
+        app.readiness
+            .gate("watch endpointslices")
+            .open_when_synced(slices.clone());
         tokio::spawn(stream.for_each(move |_| {
             wake.notify_one();
             async {}
@@ -176,11 +196,21 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
 
 fn watch_store<K>(app: &App, api: Api<K>, name: &str, wake: Arc<Notify>) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, Default::default())).default_backoff().touched_objects();
-    app.readiness.gate(format!("watch {name}")).open_when_synced(store.clone());
+    let stream = reflector::reflector(writer, watcher(api, Default::default()))
+        .default_backoff()
+        .touched_objects();
+    app.readiness
+        .gate(format!("watch {name}"))
+        .open_when_synced(store.clone());
     tokio::spawn(stream.for_each(move |_| {
         wake.notify_one();
         async {}
@@ -264,7 +294,10 @@ impl Speaker {
         for obj in self.slices.state() {
             let s = Slice::from_dynamic(&obj);
             if let Some(svc) = s.service.clone() {
-                slices_by_service.entry((s.namespace.clone(), svc)).or_default().push(s);
+                slices_by_service
+                    .entry((s.namespace.clone(), svc))
+                    .or_default()
+                    .push(s);
             }
         }
 
@@ -275,29 +308,42 @@ impl Speaker {
                 continue;
             }
             let ips = service::current_ips(&svc);
-            let Some(first) = ips.first().copied() else { continue };
+            let Some(first) = ips.first().copied() else {
+                continue;
+            };
             // Addresses outside every pool (pool shrunk) keep being announced on every interface.
             let pool = pools.iter().find(|p| p.addresses.contains(first));
             let key = (svc.namespace().unwrap_or_default(), svc.name_any());
             let slices = slices_by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
             let view = ServiceView {
                 ips: ips.clone(),
-                local_traffic_policy: svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
-                ready_endpoint_nodes: slices.iter().flat_map(|s| s.ready_nodes().map(String::from)).collect(),
+                local_traffic_policy: svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.external_traffic_policy.as_deref())
+                    == Some("Local"),
+                ready_endpoint_nodes: slices
+                    .iter()
+                    .flat_map(|s| s.ready_nodes().map(String::from))
+                    .collect(),
                 has_serving_endpoint: slices.iter().any(|s| s.endpoints.iter().any(|e| e.ready)),
                 current_owner: svc.annotations().get(ANNOUNCING_NODE).cloned(),
                 pool_node_selector: pool.and_then(|p| p.node_selector.clone()),
             };
             match election::elect(&view, &nodes) {
                 Ok(Some(winner)) if winner == self.me => {
-                    let filter = pool.map(|p| p.filter.clone()).unwrap_or_else(InterfaceFilter::all);
+                    let filter = pool
+                        .map(|p| p.filter.clone())
+                        .unwrap_or_else(InterfaceFilter::all);
                     for ip in &ips {
                         desired.insert(*ip, filter.clone());
                     }
                     mine.insert(key, (svc.clone(), ips));
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(service = %key.0, name = %key.1, error = %e, "IPPool l2.nodeSelector is invalid"),
+                Err(e) => {
+                    tracing::warn!(service = %key.0, name = %key.1, error = %e, "IPPool l2.nodeSelector is invalid")
+                }
             }
         }
         self.announcer.set(desired);
@@ -310,25 +356,41 @@ impl Speaker {
                 self.claim(svc).await;
             }
             if newly {
-                let ifaces: BTreeSet<&String> = ips.iter().filter_map(|ip| announced_on.get(ip)).flatten().collect();
+                let ifaces: BTreeSet<&String> = ips
+                    .iter()
+                    .filter_map(|ip| announced_on.get(ip))
+                    .flatten()
+                    .collect();
                 let ip_list = ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
                 let note = if ifaces.is_empty() {
-                    format!("node {} is elected for {ip_list} but has no eligible interface (see the speaker log)", self.me)
+                    format!(
+                        "node {} is elected for {ip_list} but has no eligible interface (see the speaker log)",
+                        self.me
+                    )
                 } else {
                     let names: Vec<&str> = ifaces.iter().map(|s| s.as_str()).collect();
                     format!("node {} announces {ip_list} on {}", self.me, names.join(", "))
                 };
-                self.events.normal(&svc.object_ref(&()), "Announcing", "Announce", note).await;
+                self.events
+                    .normal(&svc.object_ref(&()), "Announcing", "Announce", note)
+                    .await;
                 tracing::info!(service = %key.1, namespace = %key.0, ips = %ip_list, "announcing");
                 for ip in ips {
-                    self.announced_metric.with_label_values(&[&ip.to_string(), &self.me]).set(1);
+                    self.announced_metric
+                        .with_label_values(&[&ip.to_string(), &self.me])
+                        .set(1);
                 }
             }
         }
         for (key, ips) in &prev.services {
-            let still: BTreeSet<IpAddr> = mine.get(key).map(|(_, v)| v.iter().copied().collect()).unwrap_or_default();
+            let still: BTreeSet<IpAddr> = mine
+                .get(key)
+                .map(|(_, v)| v.iter().copied().collect())
+                .unwrap_or_default();
             for ip in ips.iter().filter(|ip| !still.contains(ip)) {
-                let _ = self.announced_metric.remove_label_values(&[&ip.to_string(), &self.me]);
+                let _ = self
+                    .announced_metric
+                    .remove_label_values(&[&ip.to_string(), &self.me]);
                 tracing::info!(service = %key.1, namespace = %key.0, ip = %ip, "stopped announcing");
             }
         }
@@ -355,7 +417,10 @@ fn node_info(n: &Node, alive: &BTreeSet<String>) -> NodeInfo {
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "NetworkUnavailable" && c.status == "True"));
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+        });
     NodeInfo {
         speaker_alive: alive.contains(&name),
         name,

@@ -31,7 +31,12 @@ async fn controller() -> &'static KubeBox {
 
 async fn admin_addr() -> std::net::SocketAddr {
     controller().await;
-    RUNNING.get().expect("started").lock().unwrap_or_else(|p| p.into_inner()).admin
+    RUNNING
+        .get()
+        .expect("started")
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admin
 }
 
 /// A pool that serves only `ns`, so tests running side by side do not take each other's addresses.
@@ -56,7 +61,11 @@ async fn a_service_gets_an_ip_from_its_pool_within_a_second() {
     let ns = kb.namespace("alloc").await;
     let client = kb.client().await;
     let pools: Api<IPPool> = Api::all(client.clone());
-    create(&pools, pool(&format!("{ns}-a"), &ns, &["198.51.100.0/30"], json!({}))).await;
+    create(
+        &pools,
+        pool(&format!("{ns}-a"), &ns, &["198.51.100.0/30"], json!({})),
+    )
+    .await;
     let svcs: Api<Service> = Api::namespaced(client, &ns);
     create(&svcs, lb_service("web", json!({}), json!([{"port": 80}]))).await;
     let (ips, took) = wait_ips(&svcs, "web", Duration::from_secs(10)).await;
@@ -65,7 +74,10 @@ async fn a_service_gets_an_ip_from_its_pool_within_a_second() {
     assert!(ips[0].starts_with("198.51.100."), "{ips:?}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
     let note = wait_event(kb, &ns, "web", "IPAllocated").await;
-    assert!(note.contains(&ips[0]) && note.contains(&format!("{ns}-a")), "{note}");
+    assert!(
+        note.contains(&ips[0]) && note.contains(&format!("{ns}-a")),
+        "{note}"
+    );
 
     // The pool's status counts it.
     let p = eventually(Duration::from_secs(10), "pool status", || async {
@@ -76,7 +88,13 @@ async fn a_service_gets_an_ip_from_its_pool_within_a_second() {
     .await;
     let st = p.status.expect("status");
     assert_eq!(st.available_ipv4, 3);
-    assert!(st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{:?}", st.conditions);
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+        "{:?}",
+        st.conditions
+    );
 }
 
 #[tokio::test]
@@ -85,15 +103,65 @@ async fn annotations_choose_pool_and_address_including_metallb_aliases() {
     let ns = kb.namespace("annot").await;
     let client = kb.client().await;
     let pools: Api<IPPool> = Api::all(client.clone());
-    create(&pools, pool(&format!("{ns}-auto"), &ns, &["198.51.100.16/30"], json!({"serviceAllocation": {"namespaces": [ns], "priority": 10}}))).await;
-    create(&pools, pool(&format!("{ns}-manual"), &ns, &["198.51.100.20-198.51.100.23"], json!({"autoAssign": false}))).await;
+    create(
+        &pools,
+        pool(
+            &format!("{ns}-auto"),
+            &ns,
+            &["198.51.100.16/30"],
+            json!({"serviceAllocation": {"namespaces": [ns], "priority": 10}}),
+        ),
+    )
+    .await;
+    create(
+        &pools,
+        pool(
+            &format!("{ns}-manual"),
+            &ns,
+            &["198.51.100.20-198.51.100.23"],
+            json!({"autoAssign": false}),
+        ),
+    )
+    .await;
     let svcs: Api<Service> = Api::namespaced(client, &ns);
 
     // Named pool (own key), named pool (MetalLB key), requested IP (MetalLB key), legacy key.
-    create(&svcs, lb_service("own-pool", json!({"lb.ferrite.dev/pool": format!("{ns}-manual")}), json!([{"port": 80}]))).await;
-    create(&svcs, lb_service("metallb-pool", json!({"metallb.io/address-pool": format!("{ns}-manual")}), json!([{"port": 80}]))).await;
-    create(&svcs, lb_service("requested", json!({"metallb.io/loadBalancerIPs": "198.51.100.22"}), json!([{"port": 80}]))).await;
-    create(&svcs, lb_service("legacy", json!({"metallb.universe.tf/loadBalancerIPs": "198.51.100.18"}), json!([{"port": 80}]))).await;
+    create(
+        &svcs,
+        lb_service(
+            "own-pool",
+            json!({"lb.ferrite.dev/pool": format!("{ns}-manual")}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
+    create(
+        &svcs,
+        lb_service(
+            "metallb-pool",
+            json!({"metallb.io/address-pool": format!("{ns}-manual")}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
+    create(
+        &svcs,
+        lb_service(
+            "requested",
+            json!({"metallb.io/loadBalancerIPs": "198.51.100.22"}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
+    create(
+        &svcs,
+        lb_service(
+            "legacy",
+            json!({"metallb.universe.tf/loadBalancerIPs": "198.51.100.18"}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
     create(&svcs, lb_service("auto", json!({}), json!([{"port": 80}]))).await;
 
     let (own, _) = wait_ips(&svcs, "own-pool", Duration::from_secs(10)).await;
@@ -101,13 +169,17 @@ async fn annotations_choose_pool_and_address_including_metallb_aliases() {
     let (requested, _) = wait_ips(&svcs, "requested", Duration::from_secs(10)).await;
     let (legacy, _) = wait_ips(&svcs, "legacy", Duration::from_secs(10)).await;
     let (auto, _) = wait_ips(&svcs, "auto", Duration::from_secs(10)).await;
-    let in_manual = |ip: &str| ["198.51.100.20", "198.51.100.21", "198.51.100.22", "198.51.100.23"].contains(&ip);
+    let in_manual =
+        |ip: &str| ["198.51.100.20", "198.51.100.21", "198.51.100.22", "198.51.100.23"].contains(&ip);
     assert!(in_manual(&own[0]), "{own:?}");
     assert!(in_manual(&metallb[0]), "{metallb:?}");
     assert_ne!(own, metallb);
     assert_eq!(requested, vec!["198.51.100.22"]);
     assert_eq!(legacy, vec!["198.51.100.18"]);
-    assert!(auto[0].starts_with("198.51.100.1"), "auto-assign pool only: {auto:?}");
+    assert!(
+        auto[0].starts_with("198.51.100.1"),
+        "auto-assign pool only: {auto:?}"
+    );
     let note = wait_event(kb, &ns, "legacy", "DeprecatedAnnotation").await;
     assert!(note.contains("metallb.io/loadBalancerIPs"), "{note}");
 }
@@ -122,7 +194,13 @@ async fn bad_input_gets_clear_conditions_and_events() {
     create(&pools, pool(&bad, &ns, &["10.0.0.300/24"], json!({}))).await;
     let p = eventually(Duration::from_secs(10), "Ready=False on the bad pool", || async {
         let p = pools.get(&bad).await.ok()?;
-        let c = p.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready" && c.status == "False")?.clone();
+        let c = p
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "False")?
+            .clone();
         Some(c)
     })
     .await;
@@ -132,31 +210,80 @@ async fn bad_input_gets_clear_conditions_and_events() {
     assert!(note.contains("10.0.0.300/24"), "{note}");
 
     // Overlapping pools are flagged on both.
-    create(&pools, pool(&format!("{ns}-o1"), &ns, &["198.51.100.32/30"], json!({}))).await;
-    create(&pools, pool(&format!("{ns}-o2"), &ns, &["198.51.100.34-198.51.100.40"], json!({}))).await;
+    create(
+        &pools,
+        pool(&format!("{ns}-o1"), &ns, &["198.51.100.32/30"], json!({})),
+    )
+    .await;
+    create(
+        &pools,
+        pool(
+            &format!("{ns}-o2"),
+            &ns,
+            &["198.51.100.34-198.51.100.40"],
+            json!({}),
+        ),
+    )
+    .await;
     for name in [format!("{ns}-o1"), format!("{ns}-o2")] {
         let c = eventually(Duration::from_secs(10), "Overlapping=True", || async {
             let p = pools.get(&name).await.ok()?;
-            p.status?.conditions.into_iter().find(|c| c.type_ == "Overlapping" && c.status == "True")
+            p.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Overlapping" && c.status == "True")
         })
         .await;
         assert!(c.message.contains("198.51.100.3"), "{}", c.message);
     }
 
     let svcs: Api<Service> = Api::namespaced(client, &ns);
-    create(&svcs, lb_service("bad-ip", json!({"lb.ferrite.dev/ips": "198.51.100.300"}), json!([{"port": 80}]))).await;
+    create(
+        &svcs,
+        lb_service(
+            "bad-ip",
+            json!({"lb.ferrite.dev/ips": "198.51.100.300"}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
     let note = wait_event(kb, &ns, "bad-ip", "InvalidAnnotation").await;
-    assert!(note.contains("lb.ferrite.dev/ips") && note.contains("198.51.100.300"), "{note}");
+    assert!(
+        note.contains("lb.ferrite.dev/ips") && note.contains("198.51.100.300"),
+        "{note}"
+    );
 
-    create(&svcs, lb_service("outside", json!({"lb.ferrite.dev/ips": "203.0.113.200"}), json!([{"port": 80}]))).await;
+    create(
+        &svcs,
+        lb_service(
+            "outside",
+            json!({"lb.ferrite.dev/ips": "203.0.113.200"}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
     let note = wait_event(kb, &ns, "outside", "AllocationFailed").await;
-    assert!(note.contains("203.0.113.200") && note.contains("not in any IPPool"), "{note}");
+    assert!(
+        note.contains("203.0.113.200") && note.contains("not in any IPPool"),
+        "{note}"
+    );
 
-    create(&svcs, lb_service("no-pool", json!({"lb.ferrite.dev/pool": "does-not-exist"}), json!([{"port": 80}]))).await;
+    create(
+        &svcs,
+        lb_service(
+            "no-pool",
+            json!({"lb.ferrite.dev/pool": "does-not-exist"}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
     let note = wait_event(kb, &ns, "no-pool", "AllocationFailed").await;
     assert!(note.contains("does-not-exist"), "{note}");
     for name in ["bad-ip", "outside", "no-pool"] {
-        assert!(ips(&svcs.get(name).await.expect("get")).is_empty(), "{name} must not get an address");
+        assert!(
+            ips(&svcs.get(name).await.expect("get")).is_empty(),
+            "{name} must not get an address"
+        );
     }
 }
 
@@ -166,21 +293,51 @@ async fn sharing_a_key_shares_the_ip_and_port_conflicts_are_refused() {
     let ns = kb.namespace("share").await;
     let client = kb.client().await;
     let pools: Api<IPPool> = Api::all(client.clone());
-    create(&pools, pool(&format!("{ns}-p"), &ns, &["198.51.100.48/30"], json!({}))).await;
+    create(
+        &pools,
+        pool(&format!("{ns}-p"), &ns, &["198.51.100.48/30"], json!({})),
+    )
+    .await;
     let svcs: Api<Service> = Api::namespaced(client, &ns);
-    create(&svcs, lb_service("dns-udp", json!({"metallb.io/allow-shared-ip": "dns"}), json!([{"port": 53, "protocol": "UDP"}]))).await;
+    create(
+        &svcs,
+        lb_service(
+            "dns-udp",
+            json!({"metallb.io/allow-shared-ip": "dns"}),
+            json!([{"port": 53, "protocol": "UDP"}]),
+        ),
+    )
+    .await;
     let (udp, _) = wait_ips(&svcs, "dns-udp", Duration::from_secs(10)).await;
-    create(&svcs, lb_service("dns-tcp", json!({"lb.ferrite.dev/allow-shared-ip": "dns", "lb.ferrite.dev/ips": udp[0]}), json!([{"port": 53, "protocol": "TCP"}]))).await;
+    create(
+        &svcs,
+        lb_service(
+            "dns-tcp",
+            json!({"lb.ferrite.dev/allow-shared-ip": "dns", "lb.ferrite.dev/ips": udp[0]}),
+            json!([{"port": 53, "protocol": "TCP"}]),
+        ),
+    )
+    .await;
     let (tcp, _) = wait_ips(&svcs, "dns-tcp", Duration::from_secs(10)).await;
     assert_eq!(udp, tcp, "same key, different ports: one address");
 
-    create(&svcs, lb_service("clash", json!({"lb.ferrite.dev/allow-shared-ip": "dns", "lb.ferrite.dev/ips": udp[0]}), json!([{"port": 53, "protocol": "UDP"}]))).await;
+    create(
+        &svcs,
+        lb_service(
+            "clash",
+            json!({"lb.ferrite.dev/allow-shared-ip": "dns", "lb.ferrite.dev/ips": udp[0]}),
+            json!([{"port": 53, "protocol": "UDP"}]),
+        ),
+    )
+    .await;
     let note = wait_event(kb, &ns, "clash", "AllocationFailed").await;
     assert!(note.contains("dns-udp") && note.contains("53/UDP"), "{note}");
 
     // No longer a LoadBalancer: the address is released and its status cleared.
     let patch = json!({"spec": {"type": "ClusterIP"}});
-    svcs.patch("dns-udp", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patched");
+    svcs.patch("dns-udp", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patched");
     eventually(Duration::from_secs(10), "status cleared", || async {
         ips(&svcs.get("dns-udp").await.ok()?).is_empty().then_some(())
     })
@@ -207,7 +364,15 @@ async fn metrics_report_pool_usage_and_reconciles() {
         body.contains(&want).then_some(body)
     })
     .await;
-    assert!(body.contains(&format!("ferrite_lb_pool_addresses{{family=\"IPv4\",pool=\"{name}\"}} 8")), "{body}");
-    assert!(body.contains("ferrite_lb_reconcile_total{result=\"success\"}"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "ferrite_lb_pool_addresses{{family=\"IPv4\",pool=\"{name}\"}} 8"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("ferrite_lb_reconcile_total{result=\"success\"}"),
+        "{body}"
+    );
     assert!(body.contains("process_resident_memory_bytes"), "{body}");
 }

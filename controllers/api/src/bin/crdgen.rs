@@ -18,14 +18,21 @@ fn main() -> ExitCode {
                 Some(d) => dir = PathBuf::from(d),
                 None => return fail("--dir needs a directory"),
             },
-            other => return fail(&format!("unknown argument {other:?}; usage: crdgen [--check] [--dir DIR]")),
+            other => {
+                return fail(&format!(
+                    "unknown argument {other:?}; usage: crdgen [--check] [--dir DIR]"
+                ));
+            }
         }
     }
     let root = dir.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let mut stale = BTreeSet::new();
     let mut targets = vec![(dir.clone(), None)];
     for (group, chart) in ferrite_api::CHARTS {
-        targets.push((root.join("charts/ferrite/charts").join(chart).join("crds"), Some(*group)));
+        targets.push((
+            root.join("charts/ferrite/charts").join(chart).join("crds"),
+            Some(*group),
+        ));
     }
     for (dir, group) in targets {
         match run(&dir, group, check) {
@@ -60,7 +67,10 @@ fn run(dir: &std::path::Path, group: Option<&str>, check: bool) -> anyhow::Resul
     if !check {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    for crd in ferrite_api::crds().into_iter().filter(|c| group.is_none_or(|g| c.spec.group == g)) {
+    for crd in ferrite_api::crds()
+        .into_iter()
+        .filter(|c| group.is_none_or(|g| c.spec.group == g))
+    {
         let name = ferrite_api::crd_file_name(&crd);
         let yaml = ferrite_api::crd_yaml(&crd)?;
         let path = dir.join(&name);

@@ -31,18 +31,22 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Controller { common, args } => async {
-            let app = ferrite_kit::App::start(&common, "lb", "ferrite-lb-controller").await?;
-            ferrite_lb::controller::run(app, args).await
+        Command::Controller { common, args } => {
+            async {
+                let app = ferrite_kit::App::start(&common, "lb", "ferrite-lb-controller").await?;
+                ferrite_lb::controller::run(app, args).await
+            }
+            .await
         }
-        .await,
-        Command::Speaker { mut common, args } => async {
-            // Every speaker decides for itself; there is nothing to elect.
-            common.leader_elect = false;
-            let app = ferrite_kit::App::start(&common, "lb_speaker", "unused").await?;
-            ferrite_lb::speaker::run(app, args).await
+        Command::Speaker { mut common, args } => {
+            async {
+                // Every speaker decides for itself; there is nothing to elect.
+                common.leader_elect = false;
+                let app = ferrite_kit::App::start(&common, "lb_speaker", "unused").await?;
+                ferrite_lb::speaker::run(app, args).await
+            }
+            .await
         }
-        .await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

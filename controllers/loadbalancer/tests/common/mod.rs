@@ -9,7 +9,7 @@ use kube::{
 };
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -25,7 +25,7 @@ pub async fn crds(kb: &KubeBox) {
 }
 
 /// Starts `ferrite-lb controller` against the box with `kubeconfig`, waits for /readyz.
-pub async fn start_controller(kb: &KubeBox, kubeconfig: &PathBuf, extra: &[&str]) -> Running {
+pub async fn start_controller(kb: &KubeBox, kubeconfig: &Path, extra: &[&str]) -> Running {
     let port = free_port().expect("free port");
     let admin: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut args: Vec<String> = vec![
@@ -64,11 +64,21 @@ pub async fn start_controller(kb: &KubeBox, kubeconfig: &PathBuf, extra: &[&str]
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        code,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
 }
 
 /// Creates an object from JSON, retrying connection hiccups.
@@ -132,12 +142,16 @@ pub async fn wait_ips(api: &Api<Service>, name: &str, limit: Duration) -> (Vec<S
 /// Waits for an Event with `reason` on object `name` in `ns`; returns its note.
 pub async fn wait_event(kb: &KubeBox, ns: &str, name: &str, reason: &str) -> String {
     let api: Api<Event> = Api::namespaced(kb.client().await, ns);
-    eventually(Duration::from_secs(15), &format!("Event {reason} on {name}"), || async {
-        let list = api.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find_map(|e| {
-            let on = e.regarding.as_ref()?.name.as_deref()? == name;
-            (on && e.reason.as_deref() == Some(reason)).then(|| e.note.unwrap_or_default())
-        })
-    })
+    eventually(
+        Duration::from_secs(15),
+        &format!("Event {reason} on {name}"),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                let on = e.regarding.as_ref()?.name.as_deref()? == name;
+                (on && e.reason.as_deref() == Some(reason)).then(|| e.note.unwrap_or_default())
+            })
+        },
+    )
     .await
 }
