@@ -26,9 +26,13 @@ pub async fn apply_crds(kb: &KubeBox) -> Result<()> {
         }
         let crd: CustomResourceDefinition = serde_yaml_from(&path)?;
         let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(&name, &PatchParams::apply("ferrite-demo").force(), &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("applying {}", path.display()))?;
+        api.patch(
+            &name,
+            &PatchParams::apply("ferrite-demo").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying {}", path.display()))?;
         names.push(name);
     }
     for name in names {
@@ -53,8 +57,29 @@ pub async fn apply_crds(kb: &KubeBox) -> Result<()> {
 
 fn serde_yaml_from<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(serde_json::from_value(value)?)
+}
+
+/// Installs the umbrella chart into `ferrite-system` with a real helm (CRDs from the charts' crds/,
+/// RBAC, the gossip Secret, the Deployments and DaemonSets: nothing runs them in the box, the demo and
+/// the tests start the controllers as processes authenticated as the chart's ServiceAccounts).
+pub async fn install_chart(kb: &KubeBox) -> Result<()> {
+    let out = kb
+        .helm()
+        .args(["upgrade", "--install", "ferrite"])
+        .arg(repo_root().join("charts/ferrite"))
+        .args(["--namespace", "ferrite-system", "--create-namespace"])
+        .output()
+        .context("running helm (e2e/scripts/install-deps.sh installs it)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // helm installs CRDs from crds/ first; wait until they are served.
+    apply_crds(kb).await
 }
 
 /// Processes the demo started, and lines telling the user what to try.

@@ -43,9 +43,11 @@ pub struct KubeBox {
 
 /// Where built tools are cached (`FERRITE_CACHE`, default `~/.cache/ferrite`).
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("FERRITE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/ferrite")
-    })
+    std::env::var_os("FERRITE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/ferrite")
+        })
 }
 
 fn binary(env: &str, cached: PathBuf, fallback: &[&str]) -> Result<PathBuf> {
@@ -62,7 +64,10 @@ fn binary(env: &str, cached: PathBuf, fallback: &[&str]) -> Result<PathBuf> {
     }
     bail!(
         "{} not found (looked at ${env}, {}): run e2e/scripts/install-deps.sh once (or `make deps`)",
-        cached.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        cached
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         cached.display()
     )
 }
@@ -73,9 +78,17 @@ pub fn tool(name: &str) -> PathBuf {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl")?;
     if !out.status.success() {
-        bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -86,9 +99,50 @@ fn write_certs(dir: &Path) -> Result<()> {
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\n",
     )?;
     let steps: [&[&str]; 6] = [
-        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", "/CN=ferrite-box-ca"],
-        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver"],
-        &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "3650", "-extfile", "san.cnf"],
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=ferrite-box-ca",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "3650",
+            "-extfile",
+            "san.cnf",
+        ],
         &["genrsa", "-out", "sa.key", "2048"],
         &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
         &["version"],
@@ -104,14 +158,26 @@ fn token() -> String {
     let mut out = String::new();
     for _ in 0..2 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
         out.push_str(&format!("{:016x}", h.finish()));
     }
     out
 }
 
 /// Writes a kubeconfig for `server` authenticating with `token`.
-pub fn write_kubeconfig(path: &Path, server: &str, ca: &Path, user: &str, token: &str, namespace: &str) -> Result<()> {
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: &str,
+    token: &str,
+    namespace: &str,
+) -> Result<()> {
     let body = format!(
         r#"apiVersion: v1
 kind: Config
@@ -149,7 +215,9 @@ impl KubeBox {
         BOX.get_or_init(|| {
             // Started on a thread with its own runtime: callers may be inside a tokio runtime.
             let started = std::thread::spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 rt.block_on(KubeBox::start())
             })
             .join();
@@ -177,7 +245,12 @@ impl KubeBox {
         let etcd = binary("ETCD", PathBuf::from("/usr/bin/etcd"), &[])?;
         let kdir = cache_dir().join(format!("kube-{KUBE_VERSION}-{KUBE_BUILD}"));
         let apiserver = binary("KUBE_APISERVER", kdir.join("kube-apiserver"), &[])?;
-        let kcm = binary("KUBE_CONTROLLER_MANAGER", kdir.join("kube-controller-manager"), &[]).ok();
+        let kcm = binary(
+            "KUBE_CONTROLLER_MANAGER",
+            kdir.join("kube-controller-manager"),
+            &[],
+        )
+        .ok();
 
         let dir = tempfile::Builder::new().prefix("ferrite-box-").tempdir()?.keep();
         if std::env::var_os("FERRITE_BOX_KEEP").is_none() {
@@ -186,7 +259,10 @@ impl KubeBox {
         // etcd fsyncs on every write; on tmpfs that costs nothing, which keeps tests fast.
         let shm = Path::new("/dev/shm");
         let etcd_dir = if shm.is_dir() {
-            tempfile::Builder::new().prefix("ferrite-etcd-").tempdir_in(shm)?.keep()
+            tempfile::Builder::new()
+                .prefix("ferrite-etcd-")
+                .tempdir_in(shm)?
+                .keep()
         } else {
             dir.join("etcd")
         };
@@ -195,12 +271,22 @@ impl KubeBox {
         }
         write_certs(&dir)?;
         let admin_token = token();
-        std::fs::write(dir.join("tokens.csv"), format!("{admin_token},admin,admin,\"system:masters\"\n"))?;
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{admin_token},admin,admin,\"system:masters\"\n"),
+        )?;
 
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.join("admin.kubeconfig");
-        write_kubeconfig(&kubeconfig, &server, &dir.join("ca.crt"), "admin", &admin_token, "default")?;
+        write_kubeconfig(
+            &kubeconfig,
+            &server,
+            &dir.join("ca.crt"),
+            "admin",
+            &admin_token,
+            "default",
+        )?;
 
         let mut procs = vec![];
         let s = |p: &Path| p.display().to_string();
@@ -245,7 +331,12 @@ impl KubeBox {
             &[],
             &dir.join("kube-apiserver.log"),
         )?);
-        let b = KubeBox { dir: dir.clone(), kubeconfig, server, procs: Mutex::new(procs) };
+        let b = KubeBox {
+            dir: dir.clone(),
+            kubeconfig,
+            server,
+            procs: Mutex::new(procs),
+        };
         b.wait_ready(Duration::from_secs(60)).await?;
         if let Some(kcm) = kcm {
             let p = Supervised::spawn(
@@ -294,14 +385,22 @@ impl KubeBox {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bail!("the API server was not ready within {limit:?} (last error: {last}){}", self.log_tails())
+        bail!(
+            "the API server was not ready within {limit:?} (last error: {last}){}",
+            self.log_tails()
+        )
     }
 
     fn dead_process(&self) -> Option<String> {
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         for p in procs.iter_mut() {
             if !p.is_running() {
-                return Some(format!("{} exited; last lines of {}:\n{}", p.name, p.log.display(), p.log_tail(30)));
+                return Some(format!(
+                    "{} exited; last lines of {}:\n{}",
+                    p.name,
+                    p.log.display(),
+                    p.log_tail(30)
+                ));
             }
         }
         None
@@ -309,7 +408,10 @@ impl KubeBox {
 
     fn log_tails(&self) -> String {
         let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        procs.iter().map(|p| format!("\n--- {} ({}):\n{}", p.name, p.log.display(), p.log_tail(20))).collect()
+        procs
+            .iter()
+            .map(|p| format!("\n--- {} ({}):\n{}", p.name, p.log.display(), p.log_tail(20)))
+            .collect()
     }
 
     async fn try_client(&self) -> Result<Client> {
@@ -358,11 +460,23 @@ impl KubeBox {
             },
             ..Default::default()
         };
-        let tr = sas.create_token_request(name, &PostParams::default(), &req).await?;
-        let token = tr.status.map(|s| s.token).context("TokenRequest returned no token")?;
+        let tr = sas
+            .create_token_request(name, &PostParams::default(), &req)
+            .await?;
+        let token = tr
+            .status
+            .map(|s| s.token)
+            .context("TokenRequest returned no token")?;
         let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
         let (server, ca) = self.server_and_ca()?;
-        write_kubeconfig(&path, &server, &ca, &format!("system:serviceaccount:{namespace}:{name}"), &token, namespace)?;
+        write_kubeconfig(
+            &path,
+            &server,
+            &ca,
+            &format!("system:serviceaccount:{namespace}:{name}"),
+            &token,
+            namespace,
+        )?;
         Ok(path)
     }
 

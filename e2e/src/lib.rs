@@ -10,6 +10,7 @@
 
 pub mod demo;
 pub mod kubebox;
+pub mod netlab;
 pub mod process;
 
 pub use kubebox::{KubeBox, cache_dir, tool};

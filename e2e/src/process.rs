@@ -34,7 +34,13 @@ pub struct Supervised {
 
 impl Supervised {
     /// Starts `program args` with output to `log`.
-    pub fn spawn(name: &str, program: &Path, args: &[String], env: &[(&str, &str)], log: &Path) -> Result<Self> {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new("bash");
@@ -50,13 +56,39 @@ impl Supervised {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self { name: name.to_string(), log: log.to_path_buf(), child })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            child,
+        })
     }
 
     /// PID of the watchdog (the program is its only child).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// PID of the program itself (the watchdog's child), if it is running.
+    pub fn program_pid(&self) -> Option<u32> {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid())).ok()?;
+        // The watchdog's children are the program and, between polls, a short `sleep`.
+        children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() != "sleep")
+            })
+    }
+
+    /// SIGKILL to the program (a crash, not a shutdown: it gets no chance to clean up).
+    pub fn crash(&mut self) {
+        if let Some(pid) = self.program_pid() {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+        self.stop(Duration::from_secs(2));
     }
 
     /// True while the program runs.
@@ -74,7 +106,10 @@ impl Supervised {
         if !self.is_running() {
             return;
         }
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
             if !self.is_running() {

@@ -69,6 +69,12 @@ pub struct SpeakerArgs {
     #[arg(long, env = "FERRITE_GOSSIP_SECRET", default_value = "ferrite-lb-gossip")]
     pub gossip_secret: String,
 
+    /// After start, announce only the Services that already name this node as their announcer, for this
+    /// long: the gossip view needs a moment to fill, and a speaker that saw only itself would claim every
+    /// address (a restarted fleet would flap).
+    #[arg(long, env = "FERRITE_STARTUP_GRACE", value_parser = ferrite_kit::cli::parse_duration, default_value = "3s")]
+    pub startup_grace: Duration,
+
     /// Namespace of the gossip Secret (defaults to the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferrite-system")]
     pub namespace: String,
@@ -176,6 +182,7 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         pools,
         slices,
         gossip_port: args.gossip_port,
+        grace_until: tokio::time::Instant::now() + args.startup_grace,
     };
     tracing::info!(node = %me, gossip = %bind, "speaker starting");
     let mut state = Announced::default();
@@ -185,7 +192,8 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = app.shutdown.cancelled() => break,
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            // Safety net, and the end of the startup grace.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
     // Stop answering before the process goes away; the gossip task sends its leave on the same token.
@@ -241,6 +249,7 @@ struct Speaker {
     pools: Store<IPPool>,
     slices: Store<DynamicObject>,
     gossip_port: u16,
+    grace_until: tokio::time::Instant,
 }
 
 /// What this node announced after the last step: Service -> its IPs.
@@ -330,8 +339,12 @@ impl Speaker {
                 current_owner: svc.annotations().get(ANNOUNCING_NODE).cloned(),
                 pool_node_selector: pool.and_then(|p| p.node_selector.clone()),
             };
+            let converging = tokio::time::Instant::now() < self.grace_until;
             match election::elect(&view, &nodes) {
-                Ok(Some(winner)) if winner == self.me => {
+                Ok(Some(winner))
+                    if winner == self.me
+                        && (!converging || view.current_owner.as_deref() == Some(&self.me)) =>
+                {
                     let filter = pool
                         .map(|p| p.filter.clone())
                         .unwrap_or_else(InterfaceFilter::all);

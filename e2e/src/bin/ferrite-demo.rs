@@ -28,7 +28,10 @@ async fn run() -> Result<()> {
     println!();
     println!("Ferrite is running against the box. In another terminal:");
     println!("  export KUBECONFIG={kubeconfig}");
-    println!("  export PATH={}:$PATH", ferrite_e2e::cache_dir().join("bin").display());
+    println!(
+        "  export PATH={}:$PATH",
+        ferrite_e2e::cache_dir().join("bin").display()
+    );
     println!("  kubectl get crds");
     for hint in &running.hints {
         println!("  {hint}");

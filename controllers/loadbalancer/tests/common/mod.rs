@@ -32,7 +32,6 @@ pub async fn start_controller(kb: &KubeBox, kubeconfig: &Path, extra: &[&str]) -
         "controller".into(),
         format!("--kubeconfig={}", kubeconfig.display()),
         format!("--admin-addr={admin}"),
-        "--lease-namespace=default".into(),
         "--lease-duration=3s".into(),
         "--lease-renew-deadline=2s".into(),
         "--lease-retry-period=250ms".into(),
