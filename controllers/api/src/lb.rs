@@ -52,6 +52,7 @@ pub mod annotations {
     status = "IPPoolStatus",
     printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses","description":"CIDRs and ranges in the pool"}"#,
     printcolumn = r#"{"name":"Auto","type":"boolean","jsonPath":".spec.autoAssign","description":"Whether Services get addresses from this pool without asking for it"}"#,
+    printcolumn = r#"{"name":"Total v4","type":"integer","jsonPath":".status.totalIPv4","priority":1}"#,
     printcolumn = r#"{"name":"Assigned v4","type":"integer","jsonPath":".status.assignedIPv4"}"#,
     printcolumn = r#"{"name":"Available v4","type":"integer","jsonPath":".status.availableIPv4"}"#,
     printcolumn = r#"{"name":"Assigned v6","type":"integer","jsonPath":".status.assignedIPv6","priority":1}"#,
@@ -67,12 +68,12 @@ pub struct IPPoolSpec {
     pub addresses: Vec<String>,
 
     /// Whether Services that do not name a pool may get addresses from this pool. Default true.
-    #[serde(default = "default_true", skip_serializing_if = "is_true")]
-    #[schemars(default = "default_true")]
+    #[serde(default = "default_true")]
     pub auto_assign: bool,
 
     /// Skip IPv4 addresses ending in `.0` or `.255`, which some old network equipment drops.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// (Spelled as MetalLB spells it, so its manifests port unchanged.)
+    #[serde(rename = "avoidBuggyIPs", default, skip_serializing_if = "std::ops::Not::not")]
     pub avoid_buggy_ips: bool,
 
     /// Which Services may get addresses from this pool, and with which priority.
@@ -124,6 +125,12 @@ pub struct L2Announcement {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolStatus {
+    /// IPv4 addresses the pool can hand out (after `avoidBuggyIPs`).
+    #[serde(rename = "totalIPv4", default)]
+    pub total_ipv4: i64,
+    /// IPv6 addresses the pool can hand out (saturates at 2^63-1 for large prefixes).
+    #[serde(rename = "totalIPv6", default)]
+    pub total_ipv6: i64,
     /// IPv4 addresses of the pool held by Services.
     #[serde(rename = "assignedIPv4", default)]
     pub assigned_ipv4: i64,
@@ -139,18 +146,15 @@ pub struct IPPoolStatus {
     /// `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Invalid` (an address entry cannot be parsed) and `Overlapping` (another pool shares
-    /// addresses with this one).
+    /// `Ready` (False with reason InvalidAddress / InvalidSelector when the pool cannot be used),
+    /// `Invalid` (True with the offending entry in the message) and `Overlapping` (True when another
+    /// pool shares addresses with this one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
 
 fn default_true() -> bool {
     true
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
 }
 
 impl IPPool {
@@ -175,6 +179,11 @@ mod tests {
             .expect("minimal spec parses");
         assert!(spec.auto_assign);
         assert!(!spec.avoid_buggy_ips);
+        let spec: IPPoolSpec = serde_json::from_value(
+            serde_json::json!({"addresses": ["192.0.2.0/28"], "avoidBuggyIPs": true, "autoAssign": false}),
+        )
+        .expect("MetalLB spelling parses");
+        assert!(spec.avoid_buggy_ips && !spec.auto_assign);
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Endpoint {
     pub addresses: Vec<String>,
     /// `conditions.ready`; an absent value means ready (API convention).
     pub ready: bool,
+    /// `conditions.serving` (1.20+; true for a terminating endpoint that still serves), falling back to
+    /// `ready` when absent, as MetalLB's `EndpointCanServe` does.
+    pub serving: bool,
     /// Node the endpoint runs on, if known.
     pub node_name: Option<String>,
 }
@@ -105,12 +108,17 @@ impl Slice {
         }
     }
 
-    /// Nodes with at least one ready endpoint.
-    pub fn ready_nodes(&self) -> impl Iterator<Item = &str> {
+    /// Nodes with at least one serving endpoint.
+    pub fn serving_nodes(&self) -> impl Iterator<Item = &str> {
         self.endpoints
             .iter()
-            .filter(|e| e.ready)
+            .filter(|e| e.serving)
             .filter_map(|e| e.node_name.as_deref())
+    }
+
+    /// Whether any endpoint serves (also endpoints without a node name).
+    pub fn has_serving(&self) -> bool {
+        self.endpoints.iter().any(|e| e.serving)
     }
 }
 
@@ -124,6 +132,10 @@ fn endpoint(v: &Value) -> Endpoint {
         .pointer("/conditions/ready")
         .and_then(Value::as_bool)
         .unwrap_or(true);
+    let serving = v
+        .pointer("/conditions/serving")
+        .and_then(Value::as_bool)
+        .unwrap_or(ready);
     let node_name = v
         .get("nodeName")
         .and_then(Value::as_str)
@@ -135,6 +147,7 @@ fn endpoint(v: &Value) -> Endpoint {
     Endpoint {
         addresses,
         ready,
+        serving,
         node_name,
     }
 }
@@ -175,10 +188,23 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.service.as_deref(), Some("web"));
         assert_eq!(
-            a.ready_nodes().collect::<Vec<_>>(),
+            a.serving_nodes().collect::<Vec<_>>(),
             vec!["node-a", "node-c"],
             "absent ready means ready"
         );
+    }
+
+    #[test]
+    fn a_terminating_endpoint_that_still_serves_counts() {
+        let s = Slice::from_dynamic(&dynamic(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "x", "namespace": "y"}, "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["192.0.2.1"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "a"},
+                {"addresses": ["192.0.2.2"], "conditions": {"ready": false, "serving": false}, "nodeName": "b"}
+            ]
+        })));
+        assert_eq!(s.serving_nodes().collect::<Vec<_>>(), vec!["a"]);
     }
 
     #[test]

@@ -2244,3 +2244,53 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod shrink_regression {
+    use super::*;
+
+    fn req(name: &str, created: i64, current: &[&str]) -> Request {
+        Request {
+            key: ServiceKey::new("ns", name),
+            created,
+            current: current.iter().map(|s| s.parse().expect("ip")).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Seen on the box: after a pool shrank, a new Service was given a freed address that was no longer
+    /// in any pool.
+    #[test]
+    fn a_new_service_after_a_shrink_gets_an_address_of_the_shrunk_pool() {
+        let pool = |addrs: &[&str]| PoolConfig {
+            name: "p".into(),
+            addresses: PoolAddresses::parse(addrs).expect("valid"),
+            auto_assign: true,
+            namespaces: vec!["ns".into()],
+            ..Default::default()
+        };
+        let mut a = Allocator::new();
+        a.set_pools(vec![pool(&["198.51.100.128/29"])]);
+        let losers = a.rebuild(vec![
+            req("older", 1, &["198.51.100.130"]),
+            req("newer", 2, &["198.51.100.130"]),
+        ]);
+        assert_eq!(losers.len(), 1);
+        let newer = a
+            .assign(&req("newer", 2, &["198.51.100.130"]))
+            .expect("newer moves");
+        assert_ne!(newer.ips, vec!["198.51.100.130".parse::<IpAddr>().expect("ip")]);
+        a.set_pools(vec![pool(&["198.51.100.132-198.51.100.135"])]);
+        let third = a.assign(&req("third", 3, &[])).expect("third gets one");
+        let n = match third.ips[0] {
+            IpAddr::V4(v4) => v4.octets()[3],
+            IpAddr::V6(_) => 0,
+        };
+        assert!(
+            (132..=135).contains(&n),
+            "{:?} (newer has {:?})",
+            third.ips,
+            newer.ips
+        );
+    }
+}

@@ -166,6 +166,9 @@ pub struct Context {
     /// Bumped when the pool set changes: every Service needs a look.
     services_dirty: watch::Sender<u64>,
     resync: Duration,
+    /// Set once pools, namespaces and Services are all listed: nothing is rebuilt or assigned before,
+    /// or the rebuild would miss Services and hand out their addresses.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Context {
@@ -245,6 +248,7 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         pools_dirty,
         services_dirty,
         resync: app.run_options().resync,
+        ready: std::sync::atomic::AtomicBool::new(false),
     });
 
     let pools_ctl = pools_ctl
@@ -264,6 +268,16 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     // every pool and no Service is told "no pool" while the pools are still loading.
     ferrite_kit::admin::wait_synced(&pools).await;
     ferrite_kit::admin::wait_synced(&namespaces).await;
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if ferrite_kit::admin::wait_synced(&ctx.services).await {
+                ctx.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                bump(&ctx.services_dirty);
+                bump(&ctx.pools_dirty);
+            }
+        });
+    }
     ferrite_kit::runner::run(services_ctl, ctx.clone(), reconcile_service, opts).await;
     let _ = pool_runner.await;
     app.finish().await;
@@ -302,6 +316,14 @@ impl Context {
                 let PoolProblem::Overlapping { pool, .. } = &pr;
                 st.problems.entry(pool.clone()).or_default().push(pr);
             }
+            // Metrics of pools that are gone.
+            for (gone, _) in st
+                .pools_seen
+                .iter()
+                .filter(|(n, _)| !seen.iter().any(|(m, _)| m == n))
+            {
+                self.metrics.forget_pool(gone);
+            }
             st.pools_seen = seen;
             if rebuild {
                 let requests: Vec<_> = self
@@ -309,8 +331,15 @@ impl Context {
                     .state()
                     .iter()
                     .filter(|s| self.policy.serves(s) && s.meta().deletion_timestamp.is_none())
-                    .filter_map(|s| service::parse(s, &self.namespace_labels(s)).ok())
-                    .map(|p| p.request)
+                    // A Service whose annotations no longer parse still holds what its status
+                    // shows: adopt that, so its address is not handed to anyone else.
+                    .map(|s| {
+                        let labels = self.namespace_labels(s);
+                        match service::parse(s, &labels) {
+                            Ok(p) => p.request,
+                            Err(_) => service::status_only_request(s, &labels),
+                        }
+                    })
                     .collect();
                 let n = requests.len();
                 st.rebuild_losers.clear();
@@ -327,6 +356,12 @@ impl Context {
                     "allocations rebuilt from Service status"
                 );
             }
+            let out = st.alloc.out_of_pool();
+            self.metrics
+                .out_of_pool
+                .set(i64::try_from(out.len()).unwrap_or(i64::MAX));
+            // Forget warnings for addresses that are back in a pool, so a later shrink warns again.
+            st.warned_out_of_pool.retain(|w| out.contains(w));
             bump(&self.services_dirty);
             bump(&self.pools_dirty);
         }
@@ -350,7 +385,13 @@ fn ingress_status(ips: &[IpAddr]) -> serde_json::Value {
     serde_json::json!({"loadBalancer": {"ingress": ingress}})
 }
 
+/// Until every watch has listed, reconciles wait (and are triggered again once it has).
+const NOT_READY_RETRY: Duration = Duration::from_millis(500);
+
 async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Action::requeue(NOT_READY_RETRY));
+    }
     let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let oref = svc.object_ref(&());
@@ -423,6 +464,25 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     }
     match result {
         Ok(assignment) => {
+            // Addresses that fell out of every pool stay with their Services; say so, once.
+            let fresh_out: Vec<IpAddr> = {
+                let mut st = ctx.sync();
+                let out: Vec<IpAddr> = st
+                    .alloc
+                    .out_of_pool()
+                    .into_iter()
+                    .filter(|(k, _)| *k == key)
+                    .map(|(_, ip)| ip)
+                    .collect();
+                out.into_iter()
+                    .filter(|ip| st.warned_out_of_pool.insert((key.clone(), *ip)))
+                    .collect()
+            };
+            for ip in fresh_out {
+                ctx.events
+                    .warning(&oref, "IPOutOfPool", "Allocate", format!("IP {ip} is no longer in any IPPool; the Service keeps it until it is deleted or asks for another address"))
+                    .await;
+            }
             if assignment.ips != current {
                 apply_status(
                     &api,
@@ -481,42 +541,35 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Action::requeue(NOT_READY_RETRY));
+    }
     let name = pool.name_any();
-    let (pool_error, problems, stats, out_of_pool) = {
-        let mut st = ctx.sync();
-        let out: Vec<(ServiceKey, IpAddr)> = st.alloc.out_of_pool();
-        let fresh: Vec<_> = out
-            .iter()
-            .filter(|o| !st.warned_out_of_pool.contains(*o))
-            .cloned()
-            .collect();
-        st.warned_out_of_pool = out.iter().cloned().collect();
-        ctx.metrics.out_of_pool.set(out.len() as i64);
+    let (pool_error, problems, stats) = {
+        let st = ctx.sync();
         (
             st.pool_errors.get(&name).cloned(),
             st.problems.get(&name).cloned().unwrap_or_default(),
             st.alloc.stats(&name),
-            fresh,
         )
     };
-
-    // Addresses that fell out of every pool stay with their Services; say so, once.
-    for (svc_key, ip) in out_of_pool {
-        if let Some(svc) = ctx
-            .services
-            .get(&reflector::ObjectRef::new(&svc_key.name).within(&svc_key.namespace))
-        {
-            ctx.events
-                .warning(&svc.object_ref(&()), "IPOutOfPool", "Allocate", format!("IP {ip} is no longer in any IPPool; the Service keeps it until it is deleted or asks for another address"))
-                .await;
-        }
-    }
 
     let mut status = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
     let now = Timestamp::now();
     match &pool_error {
         Some(e) => {
+            conditions::set(
+                &mut status.conditions,
+                NewCondition {
+                    type_: "Invalid",
+                    status: Status::True,
+                    reason: e.reason(),
+                    message: e.to_string(),
+                },
+                generation,
+                now,
+            );
             conditions::set(
                 &mut status.conditions,
                 NewCondition {
@@ -530,6 +583,17 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
             );
         }
         None => {
+            conditions::set(
+                &mut status.conditions,
+                NewCondition {
+                    type_: "Invalid",
+                    status: Status::False,
+                    reason: "Valid",
+                    message: "every entry parses".into(),
+                },
+                generation,
+                now,
+            );
             conditions::set(
                 &mut status.conditions,
                 NewCondition {
@@ -578,6 +642,8 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
     }
     let stats = stats.unwrap_or_default();
     let sat = |v: u128| i64::try_from(v).unwrap_or(i64::MAX);
+    status.total_ipv4 = sat(stats.total_v4);
+    status.total_ipv6 = sat(stats.total_v6);
     status.assigned_ipv4 = sat(stats.assigned_v4);
     status.available_ipv4 = sat(stats.available_v4);
     status.assigned_ipv6 = sat(stats.assigned_v6);

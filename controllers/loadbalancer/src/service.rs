@@ -244,6 +244,36 @@ pub fn parse(
     })
 }
 
+/// A request that only keeps what the Service's status shows, for a Service whose annotations do not
+/// parse: on a rebuild its addresses must stay taken (they are still advertised) until it is fixed.
+pub fn status_only_request(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Request {
+    let current = current_ips(svc);
+    let mut families: Vec<Family> = vec![];
+    for ip in &current {
+        let f = Family::of(*ip);
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+    Request {
+        key: ServiceKey::new(
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default(),
+        ),
+        created: svc
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(i64::MAX),
+        labels: svc.metadata.labels.clone().unwrap_or_default(),
+        namespace_labels: namespace_labels.clone(),
+        families,
+        current,
+        ..Request::default()
+    }
+}
+
 /// The IPs in `status.loadBalancer.ingress` (entries that are not IPs are ignored).
 pub fn current_ips(svc: &Service) -> Vec<IpAddr> {
     svc.status

@@ -36,7 +36,10 @@ use ferrite_kit::{
     },
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::{
+    api::core::v1::{Node, Secret, Service},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
 use prometheus::{IntGaugeVec, Opts};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -257,16 +260,49 @@ struct Speaker {
 struct Announced {
     services: BTreeMap<(String, String), Vec<IpAddr>>,
     peers: BTreeSet<SocketAddr>,
+    /// When this speaker last recorded itself as a Service's announcer. During a partition two speakers
+    /// may both win; this keeps them from rewriting the annotation back and forth on every event.
+    claimed: BTreeMap<(String, String), tokio::time::Instant>,
 }
 
-/// A parsed pool: its addresses and layer-2 settings.
+/// How often a speaker may re-record itself as a Service's announcer.
+const CLAIM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A parsed pool: its addresses and layer-2 settings, or why its addresses are not announced.
 struct PoolL2 {
+    name: String,
     addresses: PoolAddresses,
-    filter: InterfaceFilter,
-    node_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    l2: Result<(InterfaceFilter, Option<LabelSelector>), String>,
+}
+
+/// One address (or one set of addresses) and the Services that use it. Services sharing an address
+/// (allow-shared-ip) are elected together, so one node answers for it.
+struct Group {
+    services: Vec<Arc<Service>>,
+    ips: Vec<IpAddr>,
 }
 
 impl Speaker {
+    fn pools(&self) -> Vec<PoolL2> {
+        self.pools
+            .state()
+            .iter()
+            .filter_map(|p| {
+                // The allocator reports an unparsable pool in its status; it hands out nothing from it.
+                let addresses = PoolAddresses::parse(&p.spec.addresses).ok()?;
+                let l2 = p.spec.l2.clone().unwrap_or_default();
+                let l2 = InterfaceFilter::new(l2.interfaces.iter())
+                    .map(|f| (f, l2.node_selector.clone()))
+                    .map_err(|e| e.to_string());
+                Some(PoolL2 {
+                    name: p.name_any(),
+                    addresses,
+                    l2,
+                })
+            })
+            .collect()
+    }
+
     async fn step(&self, prev: &mut Announced) {
         // Speakers find each other through the Nodes' InternalIPs.
         let peers: BTreeSet<SocketAddr> = self
@@ -282,23 +318,7 @@ impl Speaker {
 
         let alive = self.membership.alive().borrow().clone();
         let nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| node_info(n, &alive)).collect();
-        let pools: Vec<PoolL2> = self
-            .pools
-            .state()
-            .iter()
-            .filter_map(|p| {
-                let addresses = PoolAddresses::parse(&p.spec.addresses).ok()?;
-                let l2 = p.spec.l2.clone().unwrap_or_default();
-                let filter = match InterfaceFilter::new(l2.interfaces.iter()) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(pool = %p.name_any(), error = %e, "IPPool l2.interfaces is invalid; not announcing its addresses");
-                        return None;
-                    }
-                };
-                Some(PoolL2 { addresses, filter, node_selector: l2.node_selector })
-            })
-            .collect();
+        let pools = self.pools();
         let mut slices_by_service: BTreeMap<(String, String), Vec<Slice>> = BTreeMap::new();
         for obj in self.slices.state() {
             let s = Slice::from_dynamic(&obj);
@@ -310,63 +330,112 @@ impl Speaker {
             }
         }
 
-        let mut desired: BTreeMap<IpAddr, InterfaceFilter> = BTreeMap::new();
-        let mut mine: BTreeMap<(String, String), (Arc<Service>, Vec<IpAddr>)> = BTreeMap::new();
-        for svc in self.services.state() {
-            if !self.policy.serves(&svc) {
-                continue;
-            }
+        // Group Services by their first address (the ranking key), oldest first.
+        let mut groups: BTreeMap<IpAddr, Group> = BTreeMap::new();
+        let mut services: Vec<Arc<Service>> = self
+            .services
+            .state()
+            .into_iter()
+            .filter(|s| self.policy.serves(s))
+            .collect();
+        services.sort_by_key(|s| {
+            (
+                s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                s.namespace(),
+                s.name_any(),
+            )
+        });
+        for svc in services {
             let ips = service::current_ips(&svc);
             let Some(first) = ips.first().copied() else {
                 continue;
             };
-            // Addresses outside every pool (pool shrunk) keep being announced on every interface.
-            let pool = pools.iter().find(|p| p.addresses.contains(first));
-            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
-            let slices = slices_by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let g = groups.entry(first).or_insert_with(|| Group {
+                services: vec![],
+                ips: vec![],
+            });
+            for ip in ips {
+                if !g.ips.contains(&ip) {
+                    g.ips.push(ip);
+                }
+            }
+            g.services.push(svc);
+        }
+
+        let converging = tokio::time::Instant::now() < self.grace_until;
+        let mut desired: BTreeMap<IpAddr, InterfaceFilter> = BTreeMap::new();
+        let mut mine: BTreeMap<(String, String), (Arc<Service>, Vec<IpAddr>)> = BTreeMap::new();
+        for (first, group) in &groups {
+            let pool = pools.iter().find(|p| p.addresses.contains(*first));
+            let (filter, node_selector) = match pool.map(|p| &p.l2) {
+                // Addresses outside every pool (pool shrunk or deleted) stay announced everywhere eligible.
+                None => (InterfaceFilter::all(), None),
+                Some(Ok((f, sel))) => (f.clone(), sel.clone()),
+                Some(Err(e)) => {
+                    tracing::warn!(pool = %pool.map(|p| p.name.as_str()).unwrap_or_default(), error = %e, ip = %first, "IPPool l2 is invalid; not announcing its addresses");
+                    continue;
+                }
+            };
+            let slices: Vec<&Slice> = group
+                .services
+                .iter()
+                .filter_map(|s| slices_by_service.get(&(s.namespace().unwrap_or_default(), s.name_any())))
+                .flatten()
+                .collect();
+            let oldest = &group.services[0];
             let view = ServiceView {
-                ips: ips.clone(),
-                local_traffic_policy: svc
+                ips: group.ips.clone(),
+                local_traffic_policy: oldest
                     .spec
                     .as_ref()
                     .and_then(|s| s.external_traffic_policy.as_deref())
                     == Some("Local"),
                 ready_endpoint_nodes: slices
                     .iter()
-                    .flat_map(|s| s.ready_nodes().map(String::from))
+                    .flat_map(|s| s.serving_nodes().map(String::from))
                     .collect(),
-                has_serving_endpoint: slices.iter().any(|s| s.endpoints.iter().any(|e| e.ready)),
-                current_owner: svc.annotations().get(ANNOUNCING_NODE).cloned(),
-                pool_node_selector: pool.and_then(|p| p.node_selector.clone()),
+                has_serving_endpoint: slices.iter().any(|s| s.has_serving()),
+                // The recorded owner of the group: the oldest Service that names one.
+                current_owner: group
+                    .services
+                    .iter()
+                    .find_map(|s| s.annotations().get(ANNOUNCING_NODE).cloned()),
+                pool_node_selector: node_selector,
             };
-            let converging = tokio::time::Instant::now() < self.grace_until;
             match election::elect(&view, &nodes) {
                 Ok(Some(winner))
                     if winner == self.me
                         && (!converging || view.current_owner.as_deref() == Some(&self.me)) =>
                 {
-                    let filter = pool
-                        .map(|p| p.filter.clone())
-                        .unwrap_or_else(InterfaceFilter::all);
-                    for ip in &ips {
+                    for ip in &group.ips {
                         desired.insert(*ip, filter.clone());
                     }
-                    mine.insert(key, (svc.clone(), ips));
+                    for svc in &group.services {
+                        let ips = service::current_ips(svc);
+                        mine.insert(
+                            (svc.namespace().unwrap_or_default(), svc.name_any()),
+                            (svc.clone(), ips),
+                        );
+                    }
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(service = %key.0, name = %key.1, error = %e, "IPPool l2.nodeSelector is invalid")
-                }
+                Err(e) => tracing::warn!(ip = %first, error = %e, "IPPool l2.nodeSelector is invalid"),
             }
         }
         self.announcer.set(desired);
 
         // Record ownership, tell people, keep the metric.
         let announced_on = self.announcer.announced();
+        let now = tokio::time::Instant::now();
         for (key, (svc, ips)) in &mine {
             let newly = prev.services.get(key) != Some(ips);
-            if svc.annotations().get(ANNOUNCING_NODE) != Some(&self.me) {
+            let recent = prev
+                .claimed
+                .get(key)
+                .is_some_and(|t| now.duration_since(*t) < CLAIM_INTERVAL);
+            if svc.annotations().get(ANNOUNCING_NODE) != Some(&self.me) && !recent {
                 self.claim(svc).await;
+                prev.claimed.insert(key.clone(), now);
             }
             if newly {
                 let ifaces: BTreeSet<&String> = ips
@@ -407,6 +476,7 @@ impl Speaker {
                 tracing::info!(service = %key.1, namespace = %key.0, ip = %ip, "stopped announcing");
             }
         }
+        prev.claimed.retain(|k, _| mine.contains_key(k));
         prev.services = mine.into_iter().map(|(k, (_, ips))| (k, ips)).collect();
     }
 
