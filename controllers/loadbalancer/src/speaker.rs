@@ -37,7 +37,10 @@ use ferrite_kit::{
 };
 use futures::StreamExt;
 use k8s_openapi::{
-    api::core::v1::{Node, Secret, Service},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Node, Secret, Service},
+    },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use prometheus::{IntGaugeVec, Opts};
@@ -142,6 +145,12 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     let services = watch_store::<Service>(&app, Api::all(client.clone()), "services", wake.clone());
     let nodes = watch_store::<Node>(&app, nodes_api, "nodes", wake.clone());
     let pools = watch_store::<IPPool>(&app, Api::all(client.clone()), "ippools", wake.clone());
+    let node_leases = watch_store::<Lease>(
+        &app,
+        Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
+        "node leases",
+        wake.clone(),
+    );
     let version = SliceVersion::detect(&client).await?;
     let ar = version.api_resource();
     let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
@@ -183,6 +192,7 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         services,
         nodes,
         pools,
+        node_leases,
         slices,
         gossip_port: args.gossip_port,
         grace_until: tokio::time::Instant::now() + args.startup_grace,
@@ -250,6 +260,7 @@ struct Speaker {
     services: Store<Service>,
     nodes: Store<Node>,
     pools: Store<IPPool>,
+    node_leases: Store<Lease>,
     slices: Store<DynamicObject>,
     gossip_port: u16,
     grace_until: tokio::time::Instant,
@@ -263,6 +274,33 @@ struct Announced {
     /// When this speaker last recorded itself as a Service's announcer. During a partition two speakers
     /// may both win; this keeps them from rewriting the annotation back and forth on every event.
     claimed: BTreeMap<(String, String), tokio::time::Instant>,
+    /// Nodes gossip has shown alive at least once since this speaker started.
+    ever_seen: BTreeSet<String>,
+}
+
+/// Where kubelets keep their node Leases.
+const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// How stale a kubelet Lease may be before the node counts as gone (kube-controller-manager's
+/// node-monitor-grace-period default).
+const NODE_LEASE_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(40);
+
+/// The fallback signal: the Node's Ready condition is True and, when the node has a kubelet Lease, the
+/// Lease was renewed within [`NODE_LEASE_GRACE`].
+fn node_healthy(node: &Node, lease: Option<&Lease>, now: jiff::Timestamp) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let lease_fresh = match lease.and_then(|l| l.spec.as_ref()) {
+        None => true, // no kubelet Lease (old or kubelet-less clusters): Ready alone decides
+        Some(spec) => spec
+            .renew_time
+            .as_ref()
+            .is_some_and(|t| now.duration_since(t.0) <= NODE_LEASE_GRACE),
+    };
+    ready && lease_fresh
 }
 
 /// How often a speaker may re-record itself as a Service's announcer.
@@ -317,7 +355,9 @@ impl Speaker {
         }
 
         let alive = self.membership.alive().borrow().clone();
-        let nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| node_info(n, &alive)).collect();
+        prev.ever_seen.extend(alive.iter().cloned());
+        let node_objs = self.nodes.state();
+        let nodes: Vec<NodeInfo> = node_objs.iter().map(|n| node_info(n, &alive)).collect();
         let pools = self.pools();
         let mut slices_by_service: BTreeMap<(String, String), Vec<Slice>> = BTreeMap::new();
         for obj in self.slices.state() {
@@ -402,7 +442,38 @@ impl Speaker {
                     .find_map(|s| s.annotations().get(ANNOUNCING_NODE).cloned()),
                 pool_node_selector: node_selector,
             };
-            match election::elect(&view, &nodes) {
+            // Fallback liveness for the recorded owner when gossip cannot tell: a node this speaker has
+            // never seen in gossip (UDP blocked between some nodes, or we just restarted) keeps its
+            // addresses while its Node is Ready and its kubelet Lease is fresh. A node gossip has seen
+            // and then lost is dead at once (the fast path).
+            let owner_by_fallback = view.current_owner.as_ref().filter(|o| {
+                !alive.contains(*o)
+                    && !prev.ever_seen.contains(*o)
+                    && node_objs.iter().find(|n| n.name_any() == **o).is_some_and(|n| {
+                        let lease = self
+                            .node_leases
+                            .get(&reflector::ObjectRef::new(o).within(NODE_LEASE_NAMESPACE));
+                        node_healthy(n, lease.as_deref(), jiff::Timestamp::now())
+                    })
+            });
+            let with_fallback: Vec<NodeInfo>;
+            let nodes = match owner_by_fallback {
+                Some(o) => {
+                    with_fallback = nodes
+                        .iter()
+                        .cloned()
+                        .map(|mut n| {
+                            if &n.name == o {
+                                n.speaker_alive = true;
+                            }
+                            n
+                        })
+                        .collect();
+                    &with_fallback
+                }
+                None => &nodes,
+            };
+            match election::elect(&view, nodes) {
                 Ok(Some(winner))
                     if winner == self.me
                         && (!converging || view.current_owner.as_deref() == Some(&self.me)) =>
@@ -509,5 +580,52 @@ fn node_info(n: &Node, alive: &BTreeSet<String>) -> NodeInfo {
         name,
         labels: n.labels().clone(),
         network_unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(ready: &str) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": "n"},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]}}))
+        .expect("node")
+    }
+
+    fn lease(renewed: &str) -> Lease {
+        serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {"renewTime": renewed}}))
+            .expect("lease")
+    }
+
+    #[test]
+    fn fallback_liveness_needs_ready_and_a_fresh_kubelet_lease() {
+        let now: jiff::Timestamp = "2026-11-22T12:00:00Z".parse().expect("time");
+        let cases = [
+            (
+                "ready, fresh lease",
+                node("True"),
+                Some(lease("2026-11-22T11:59:50.000000Z")),
+                true,
+            ),
+            ("ready, no lease (kubelet-less)", node("True"), None, true),
+            (
+                "ready, stale lease",
+                node("True"),
+                Some(lease("2026-11-22T11:59:00.000000Z")),
+                false,
+            ),
+            (
+                "not ready, fresh lease",
+                node("False"),
+                Some(lease("2026-11-22T11:59:59.000000Z")),
+                false,
+            ),
+            ("unknown", node("Unknown"), None, false),
+        ];
+        for (name, n, l, want) in cases {
+            assert_eq!(node_healthy(&n, l.as_ref(), now), want, "{name}");
+        }
     }
 }
