@@ -1,13 +1,25 @@
 //! Steps of `make demo`, kept in the library so the box tests can run the same steps.
 
-use crate::{KubeBox, Supervised};
-use anyhow::{Context, Result};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
+use crate::{
+    KubeBox, Supervised,
+    netlab::NetLab,
+    process::{free_port, tail},
 };
-use std::{path::PathBuf, time::Duration};
+use anyhow::{Context, Result, bail};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Service},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
+use serde_json::json;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 /// The repository root (the demo and tests run from a checkout).
 pub fn repo_root() -> PathBuf {
@@ -92,6 +104,19 @@ pub struct Running {
 }
 
 impl Running {
+    /// The process named `name`.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Supervised> {
+        self.procs.iter_mut().find(|p| p.name == name)
+    }
+
+    /// Replaces the process named `p.name` (or adds it).
+    pub fn replace(&mut self, p: Supervised) {
+        match self.procs.iter().position(|q| q.name == p.name) {
+            Some(i) => self.procs[i] = p,
+            None => self.procs.push(p),
+        }
+    }
+
     /// Stops every process, newest first.
     pub fn stop(&mut self) {
         while let Some(mut p) = self.procs.pop() {
@@ -100,7 +125,288 @@ impl Running {
     }
 }
 
-/// Starts the controllers that exist. (None yet: the load balancer adds itself here.)
-pub async fn start_controllers(_kb: &KubeBox) -> Result<Running> {
-    Ok(Running::default())
+/// Name of the speaker process of `node` in [`Running::procs`].
+pub fn speaker_name(node: &str) -> String {
+    format!("speaker {node}")
+}
+
+/// Name of the controller process in [`Running::procs`].
+pub const CONTROLLER: &str = "ferrite-lb controller";
+
+/// The load balancer's pieces as the demo runs them.
+#[derive(Debug, Clone)]
+pub struct Lb {
+    /// The `ferrite-lb` binary.
+    pub bin: PathBuf,
+    /// Kubeconfig of ServiceAccount `ferrite-system/ferrite-lb-controller`.
+    pub controller_kubeconfig: PathBuf,
+    /// Kubeconfig of ServiceAccount `ferrite-system/ferrite-lb-speaker`.
+    pub speaker_kubeconfig: PathBuf,
+    /// The controller's admin address (metrics, health).
+    pub admin: SocketAddr,
+}
+
+/// A binary of the workspace, found next to the running executable (`cargo build --workspace --bins`
+/// puts them all in one directory).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the demo's own path")?;
+    let path = exe
+        .parent()
+        .context("the demo's path has no directory")?
+        .join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: run `make demo` (it builds the binaries first)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Finds `ferrite-lb` and mints the kubeconfigs of the chart's ServiceAccounts (the chart must be installed).
+pub async fn prepare_lb(kb: &KubeBox) -> Result<Lb> {
+    let bin = sibling_binary("ferrite-lb")?;
+    let controller_kubeconfig = kb
+        .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
+        .await
+        .context("minting the controller's ServiceAccount kubeconfig")?;
+    let speaker_kubeconfig = kb
+        .service_account_kubeconfig("ferrite-system", "ferrite-lb-speaker")
+        .await
+        .context("minting the speaker's ServiceAccount kubeconfig")?;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    Ok(Lb {
+        bin,
+        controller_kubeconfig,
+        speaker_kubeconfig,
+        admin,
+    })
+}
+
+/// Starts the controllers that exist: `ferrite-lb controller` on the host (waits for /readyz) and a
+/// `ferrite-lb speaker` in every node namespace of `lab`, all as the chart's ServiceAccounts.
+pub async fn start_controllers(kb: &KubeBox, lab: &NetLab, lb: &Lb) -> Result<Running> {
+    let mut running = Running::default();
+    let controller = Supervised::spawn(
+        CONTROLLER,
+        &lb.bin,
+        &[
+            "controller".into(),
+            format!("--kubeconfig={}", lb.controller_kubeconfig.display()),
+            format!("--admin-addr={}", lb.admin),
+            "--lease-namespace=ferrite-system".into(),
+        ],
+        &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
+        &kb.dir.join("ferrite-lb-controller.log"),
+    )?;
+    running.procs.push(controller);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = running.get_mut(CONTROLLER).context("controller")?;
+        if !p.is_running() {
+            bail!(
+                "the controller exited; last lines of {}:\n{}",
+                p.log.display(),
+                p.log_tail(20)
+            );
+        }
+        if let Ok((200, _)) = http_get(lb.admin, "/readyz").await {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller was not ready within 30 s; last lines of {}:\n{}",
+                p.log.display(),
+                p.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..lab.nodes.len() {
+        running.procs.push(start_speaker(lab, i, lb)?);
+    }
+    Ok(running)
+}
+
+/// Starts the speaker of node `i` inside its network namespace (as failover.rs does).
+pub fn start_speaker(lab: &NetLab, i: usize, lb: &Lb) -> Result<Supervised> {
+    let n = &lab.nodes[i];
+    lab.spawn_in(
+        &n.ns,
+        &speaker_name(&n.name),
+        &lb.bin,
+        &[
+            "speaker".into(),
+            format!("--kubeconfig={}", lb.speaker_kubeconfig.display()),
+            format!("--node-name={}", n.name),
+            "--admin-addr=127.0.0.1:9091".into(),
+            "--namespace=ferrite-system".into(),
+            "--gossip-secret=ferrite-lb-gossip".into(),
+        ],
+        &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
+    )
+}
+
+/// A plain HTTP/1.0 GET: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    Ok((code, body.unwrap_or_default()))
+}
+
+/// Namespace of the demo's Service.
+pub const DEMO_NAMESPACE: &str = "demo";
+/// Name of the demo's Service.
+pub const DEMO_SERVICE: &str = "web";
+/// Name of the demo's IPPool.
+pub const DEMO_POOL: &str = "demo-lan";
+
+/// The EndpointSlice API the server serves: `discovery.k8s.io/v1` from 1.21, `v1beta1` before (the box).
+pub async fn endpointslice_version(client: &Client) -> Result<&'static str> {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(list) if list.resources.iter().any(|r| r.name == "endpointslices") => Ok("v1"),
+        Ok(_) => Ok("v1beta1"),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok("v1beta1"),
+        Err(e) => Err(e).context("discovering discovery.k8s.io/v1"),
+    }
+}
+
+/// Creates the demo's objects: IPPool `demo-lan` (192.0.2.100-192.0.2.120 on `eth0`), namespace `demo`,
+/// Service `demo/web` (LoadBalancer, port 80) and the EndpointSlice an endpoint controller would write:
+/// one ready endpoint on every lab node. Idempotent (server-side apply).
+pub async fn create_demo_objects(kb: &KubeBox, lab: &NetLab) -> Result<()> {
+    let client = kb.client().await;
+    let pp = PatchParams::apply("ferrite-demo").force();
+    let pool_res = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("lb.ferrite.dev", "v1alpha1", "IPPool"),
+        "ippools",
+    );
+    let pools: Api<DynamicObject> = Api::all_with(client.clone(), &pool_res);
+    let pool = json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
+        "metadata": {"name": DEMO_POOL},
+        "spec": {"addresses": ["192.0.2.100-192.0.2.120"], "l2": {"interfaces": ["eth0"]}}});
+    pools
+        .patch(DEMO_POOL, &pp, &Patch::Apply(&pool))
+        .await
+        .context("creating IPPool demo-lan")?;
+
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}});
+    nss.patch(DEMO_NAMESPACE, &pp, &Patch::Apply(&ns))
+        .await
+        .context("creating namespace demo")?;
+
+    let svcs: Api<Service> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": DEMO_SERVICE},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": "web"}}});
+    svcs.patch(DEMO_SERVICE, &pp, &Patch::Apply(&svc))
+        .await
+        .context("creating Service demo/web")?;
+
+    let version = endpointslice_version(&client).await?;
+    let slice_res = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("discovery.k8s.io", version, "EndpointSlice"),
+        "endpointslices",
+    );
+    let slices: Api<DynamicObject> = Api::namespaced_with(client, DEMO_NAMESPACE, &slice_res);
+    let endpoints: Vec<_> = lab
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut e = json!({
+                "addresses": [format!("198.51.100.{}", 10 + i)], "conditions": {"ready": true},
+                "topology": {"kubernetes.io/hostname": n.name},
+            });
+            // v1beta1 on 1.20 carries the node in topology; nodeName is behind a feature gate there.
+            if version == "v1" {
+                e["nodeName"] = json!(n.name);
+            }
+            e
+        })
+        .collect();
+    let slice = json!({"apiVersion": format!("discovery.k8s.io/{version}"), "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": DEMO_SERVICE}},
+        "addressType": "IPv4", "endpoints": endpoints, "ports": [{"port": 8080, "protocol": "TCP"}]});
+    slices
+        .patch("web-1", &pp, &Patch::Apply(&slice))
+        .await
+        .context("creating EndpointSlice demo/web-1")?;
+    Ok(())
+}
+
+/// The IPs in a Service's status.
+pub fn service_ips(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .map(|i| i.iter().filter_map(|x| x.ip.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The node named by the Service's `lb.ferrite.dev/announcing-node` annotation.
+pub async fn announcing_node(svcs: &Api<Service>, name: &str) -> Option<String> {
+    svcs.get(name)
+        .await
+        .ok()?
+        .metadata
+        .annotations?
+        .get("lb.ferrite.dev/announcing-node")
+        .cloned()
+}
+
+/// Polls `f` every 50 ms until it returns Some; an error naming `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The arping command a user would type in the client namespace (iputils and Habets' arping spell the
+/// interface flag differently).
+pub fn arping_command(lab: &NetLab, ip: &str) -> String {
+    let habets = std::process::Command::new("arping")
+        .arg("--help")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("Habets")
+                || String::from_utf8_lossy(&o.stderr).contains("Habets")
+        })
+        .unwrap_or(false);
+    let flag = if habets { "-i" } else { "-I" };
+    format!(
+        "sudo ip netns exec {} arping -c 3 {flag} eth0 {ip}",
+        lab.client_ns
+    )
+}
+
+/// `what` followed by the last lines of `log`, for error messages.
+pub fn with_log(what: impl std::fmt::Display, log: &Path, lines: usize) -> String {
+    format!(
+        "{what}\n--- last lines of {}:\n{}",
+        log.display(),
+        tail(log, lines)
+    )
 }

@@ -115,7 +115,7 @@ impl NetLab {
                 bail!("{tool} is missing: {INSTALL}");
             }
         }
-        anyhow::ensure!(nodes >= 1 && nodes <= 50, "1 to 50 nodes");
+        anyhow::ensure!((1..=50).contains(&nodes), "1 to 50 nodes");
         let id = format!(
             "{:04x}",
             std::process::id() as u16
