@@ -117,6 +117,11 @@ impl Supervised {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The watchdog did not finish in time: kill the program first (by its own PID), then the
+        // watchdog, so the program is never left running without its watchdog.
+        if let Some(pid) = self.program_pid() {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
