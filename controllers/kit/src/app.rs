@@ -24,8 +24,10 @@ pub struct App {
     pub leadership: Leadership,
     /// Cancelled on SIGTERM/SIGINT.
     pub shutdown: CancellationToken,
-    /// Reconcile metrics of this controller.
-    pub metrics: ReconcileMetrics,
+    /// Reconcile metrics of this controller, registered on first use (a process that runs no
+    /// Controller, like the speaker, exports none).
+    metrics: ReconcileMetrics,
+    metrics_registered: std::sync::Once,
     /// Address the admin server is bound to.
     pub admin_addr: std::net::SocketAddr,
     args: CommonArgs,
@@ -61,8 +63,8 @@ impl App {
         args.validate()?;
         let client = crate::client::connect_with(args.kubeconfig.as_deref()).await?;
         let registry = crate::admin::registry();
-        let metrics = ReconcileMetrics::register(&registry, name)
-            .map_err(|e| crate::Error::Setup(format!("registering metrics: {e}")))?;
+        let metrics = ReconcileMetrics::new(name)
+            .map_err(|e| crate::Error::Setup(format!("metrics of {name:?}: {e}")))?;
         let readiness = Readiness::default();
         let admin = AdminServer::bind(args.admin_addr).await?;
         let admin_addr = admin.local_addr();
@@ -87,14 +89,21 @@ impl App {
         } else {
             (Leadership::always(identity), None)
         };
-        let gauge = metrics.leader.clone();
-        let mut rx = leadership.subscribe();
-        gauge.set(i64::from(*rx.borrow()));
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                gauge.set(i64::from(*rx.borrow_and_update()));
-            }
-        });
+        if args.leader_elect {
+            let gauge = prometheus::IntGauge::new(
+                format!("ferrite_{name}_leader"),
+                "1 while this replica holds the leader lease.",
+            )
+            .and_then(|g| registry.register(Box::new(g.clone())).map(|()| g))
+            .map_err(|e| crate::Error::Setup(format!("registering metrics: {e}")))?;
+            let mut rx = leadership.subscribe();
+            gauge.set(i64::from(*rx.borrow()));
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    gauge.set(i64::from(*rx.borrow_and_update()));
+                }
+            });
+        }
         Ok(Self {
             client,
             registry,
@@ -102,6 +111,7 @@ impl App {
             leadership,
             shutdown,
             metrics,
+            metrics_registered: std::sync::Once::new(),
             admin_addr,
             args: args.clone(),
             leader_task,
@@ -111,13 +121,23 @@ impl App {
     /// Options for [`crate::runner::run`].
     pub fn run_options(&self) -> RunOptions {
         RunOptions {
-            metrics: self.metrics.clone(),
+            metrics: self.reconcile_metrics(),
             leadership: self.leadership.clone(),
             readiness: self.readiness.clone(),
             shutdown: self.shutdown.clone(),
             resync: self.args.resync_interval,
             backoff: Default::default(),
         }
+    }
+
+    /// The `ferrite_<name>_reconcile_*` metrics, registered on first use.
+    pub fn reconcile_metrics(&self) -> ReconcileMetrics {
+        self.metrics_registered.call_once(|| {
+            if let Err(e) = self.metrics.register_in(&self.registry) {
+                tracing::error!(error = %e, "registering reconcile metrics");
+            }
+        });
+        self.metrics.clone()
     }
 
     /// Events publisher reporting as `controller`.

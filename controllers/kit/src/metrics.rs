@@ -3,9 +3,8 @@
 //! - `ferrite_<controller>_reconcile_total{result="success|error|skipped"}`
 //! - `ferrite_<controller>_reconcile_errors_total{reason}`
 //! - `ferrite_<controller>_reconcile_duration_seconds` (histogram)
-//! - `ferrite_<controller>_leader` (1 while this replica holds the lease)
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use std::time::Duration;
 
 /// Reconcile metrics of one controller.
@@ -14,13 +13,18 @@ pub struct ReconcileMetrics {
     total: IntCounterVec,
     errors: IntCounterVec,
     duration: Histogram,
-    /// 1 while this replica is the leader.
-    pub leader: IntGauge,
 }
 
 impl ReconcileMetrics {
     /// Registers the metrics of `controller` (e.g. `lb`) in `registry`.
     pub fn register(registry: &Registry, controller: &str) -> prometheus::Result<Self> {
+        let m = Self::new(controller)?;
+        m.register_in(registry)?;
+        Ok(m)
+    }
+
+    /// Creates the metrics of `controller` without registering them.
+    pub fn new(controller: &str) -> prometheus::Result<Self> {
         let p = format!("ferrite_{controller}");
         let total = IntCounterVec::new(
             Opts::new(
@@ -45,14 +49,6 @@ impl ReconcileMetrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
         )?;
-        let leader = IntGauge::new(
-            format!("{p}_leader"),
-            "1 while this replica holds the leader lease.",
-        )?;
-        registry.register(Box::new(total.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(leader.clone()))?;
         // Make the families visible from the first scrape, before any reconcile.
         for r in ["success", "error", "skipped"] {
             total.with_label_values(&[r]);
@@ -61,8 +57,14 @@ impl ReconcileMetrics {
             total,
             errors,
             duration,
-            leader,
         })
+    }
+
+    /// Registers the metrics in `registry`.
+    pub fn register_in(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.total.clone()))?;
+        registry.register(Box::new(self.errors.clone()))?;
+        registry.register(Box::new(self.duration.clone()))
     }
 
     /// Records a successful reconcile.

@@ -175,12 +175,12 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         "# TYPE ferrite_kittest_reconcile_duration_seconds histogram",
         "ferrite_kittest_reconcile_duration_seconds_count",
         "ferrite_kittest_reconcile_errors_total{reason=\"Refused\"}",
-        "ferrite_kittest_leader 1",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
     ] {
         assert!(metrics.contains(family), "/metrics lacks {family:?}:\n{metrics}");
     }
+    assert!(!metrics.contains("ferrite_kittest_leader"), "no leader gauge without leader election");
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert_eq!(
         pools
