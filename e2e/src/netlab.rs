@@ -350,6 +350,69 @@ impl NetLab {
             .and_then(first_mac)
     }
 
+    /// Asks `ip` by ARP from the client every `interval` until the first answer or until `limit`;
+    /// returns the MAC that answered. One arping process (Habets arping) sends the requests, so the
+    /// first answer is seen within about `interval` of the address becoming answered (plus the tool's
+    /// start-up); with iputils arping it falls back to [`NetLab::arping`] in a loop bounded by `limit`.
+    pub fn arping_within(&self, ip: &str, interval: Duration, limit: Duration) -> Option<String> {
+        let habets = run("arping", &["--help"]).is_ok_and(|o| text(&o).contains("Habets"));
+        if !habets {
+            let deadline = std::time::Instant::now() + limit;
+            while std::time::Instant::now() < deadline {
+                if let Some(mac) = self.arping(ip) {
+                    return Some(mac);
+                }
+            }
+            return None;
+        }
+        let (interval, limit) = (
+            format!("{:.3}", interval.as_secs_f64()),
+            format!("{:.3}", limit.as_secs_f64()),
+        );
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.client_ns,
+                "arping",
+                "-C",
+                "1",
+                "-W",
+                &interval,
+                "-w",
+                &limit,
+                "-i",
+                "eth0",
+                ip,
+            ],
+        )
+        .ok()?;
+        text(&out)
+            .lines()
+            .find(|l| l.contains("from") && l.contains(ip))
+            .and_then(first_mac)
+    }
+
+    /// Sets the client's neighbour entry for `ip` to `mac` (state STALE), as a client that has been
+    /// talking to that address would hold it.
+    pub fn set_client_neighbour(&self, ip: &str, mac: &str) -> Result<()> {
+        sh(&[
+            "ip",
+            "-n",
+            &self.client_ns,
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "stale",
+        ])
+    }
+
     /// The MAC the client's neighbour table holds for `ip`.
     pub fn client_neighbour(&self, ip: &str) -> Option<String> {
         let out = run("ip", &["-n", &self.client_ns, "neigh", "show", ip, "dev", "eth0"]).ok()?;

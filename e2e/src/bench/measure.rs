@@ -1,0 +1,512 @@
+//! The measurements. Each loop is bounded in count and time.
+
+use super::{Rig, stats};
+use anyhow::{Context, Result, bail};
+use ferrite_e2e::netlab::NetLab;
+use k8s_openapi::api::core::v1::Service;
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, ListParams, PostParams},
+};
+use serde_json::json;
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// `lb.ferrite.dev/announcing-node` (the e2e crate does not link ferrite-api).
+const ANNOUNCING_NODE: &str = "lb.ferrite.dev/announcing-node";
+/// How often the client asks by ARP while waiting for the first answer.
+pub const ARP_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the client's neighbour table is read during a failover.
+pub const NEIGH_INTERVAL: Duration = Duration::from_millis(10);
+/// A failover trial that has not moved after this long counts as not moved.
+pub const FAILOVER_LIMIT: Duration = Duration::from_secs(10);
+/// After a crashed speaker is restarted: its startup grace (3 s) and a gossip round.
+pub const REJOIN_WAIT: Duration = Duration::from_secs(4);
+
+/// Benchmark 1.
+#[derive(Debug, Default, Clone)]
+pub struct Latency {
+    /// Create sent -> IP seen in status (GET every 5 ms).
+    pub to_ip: Vec<Duration>,
+    /// Create sent -> first ARP answer from a lab node.
+    pub to_arp: Vec<Duration>,
+    /// Services that got no ARP answer within 10 s.
+    pub no_answer: usize,
+    /// Median time arping takes to get an answer from an address that is already announced (the
+    /// tool's own start-up and round trip, included in `to_arp`).
+    pub arping_overhead: Option<Duration>,
+}
+
+/// One failover trial.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    /// Node whose speaker was killed.
+    pub from: String,
+    /// Node whose MAC the client then held, and when (from the SIGKILL).
+    pub to: Option<(String, Duration)>,
+}
+
+/// Benchmark 2.
+#[derive(Debug, Default, Clone)]
+pub struct Failover {
+    /// The Service's address.
+    pub vip: String,
+    /// The trials.
+    pub trials: Vec<Trial>,
+}
+
+impl Failover {
+    /// Times of the trials that moved.
+    pub fn times(&self) -> Vec<Duration> {
+        self.trials
+            .iter()
+            .filter_map(|t| t.to.as_ref().map(|(_, d)| *d))
+            .collect()
+    }
+}
+
+/// Benchmark 3.
+#[derive(Debug, Default, Clone)]
+pub struct Alloc {
+    /// Services created.
+    pub n: usize,
+    /// Creates in flight.
+    pub concurrency: usize,
+    /// Creates that failed after retries.
+    pub create_errors: usize,
+    /// First create sent -> last create answered.
+    pub created: Duration,
+    /// First create sent -> every Service had an IP in status (None: not within the limit).
+    pub all_with_ip: Option<Duration>,
+    /// Services with an IP at the last check.
+    pub with_ip: usize,
+    /// Successful reconciles of the controller during the run.
+    pub reconciles: f64,
+    /// Failed reconciles during the run.
+    pub reconcile_errors: f64,
+    /// Mean reconcile duration (s).
+    pub reconcile_mean: Option<f64>,
+    /// Histogram bucket bounds (s) holding the median and the 99th percentile.
+    pub reconcile_p50: Option<f64>,
+    /// See `reconcile_p50`.
+    pub reconcile_p99: Option<f64>,
+}
+
+fn pool_resource() -> ApiResource {
+    ApiResource {
+        group: "lb.ferrite.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "lb.ferrite.dev/v1alpha1".into(),
+        kind: "IPPool".into(),
+        plural: "ippools".into(),
+    }
+}
+
+/// EndpointSlice resource: v1 where served, else v1beta1 (the box's 1.20).
+async fn slice_resource(client: &Client) -> (ApiResource, bool) {
+    let v1 = client
+        .list_api_group_resources("discovery.k8s.io/v1")
+        .await
+        .is_ok();
+    let version = if v1 { "v1" } else { "v1beta1" };
+    (
+        ApiResource {
+            group: "discovery.k8s.io".into(),
+            version: version.into(),
+            api_version: format!("discovery.k8s.io/{version}"),
+            kind: "EndpointSlice".into(),
+            plural: "endpointslices".into(),
+        },
+        v1,
+    )
+}
+
+/// Creates an IPPool for namespace `ns` and waits until the controller counts its addresses.
+async fn create_pool(
+    client: &Client,
+    admin: SocketAddr,
+    name: &str,
+    addresses: &[&str],
+    ns: &str,
+) -> Result<()> {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &pool_resource());
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": name},
+        "spec": {"addresses": addresses, "serviceAllocation": {"namespaces": [ns]}, "l2": {"interfaces": ["eth0"]}},
+    }))?;
+    api.create(&PostParams::default(), &obj)
+        .await
+        .with_context(|| format!("creating IPPool {name}"))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok((200, body)) = stats::http_get(admin, "/metrics").await
+            && stats::sample(&body, "ferrite_lb_pool_addresses", &[("pool", name)]).is_some_and(|v| v > 0.0)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the controller did not pick up IPPool {name} within 15 s")
+}
+
+/// What an endpoint controller would write: one ready endpoint of Service `svc` on every lab node.
+async fn create_slice(client: &Client, lab: &NetLab, ns: &str, svc: &str) -> Result<()> {
+    let (ar, v1) = slice_resource(client).await;
+    let endpoints: Vec<_> = lab
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut e = json!({
+                "addresses": [format!("198.51.100.{}", 10 + i)], "conditions": {"ready": true},
+                "topology": {"kubernetes.io/hostname": n.name},
+            });
+            if v1 {
+                e["nodeName"] = json!(n.name);
+            }
+            e
+        })
+        .collect();
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": ar.api_version, "kind": "EndpointSlice",
+        "metadata": {"name": format!("{svc}-1"), "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4", "endpoints": endpoints, "ports": [{"port": 8080, "protocol": "TCP"}],
+    }))?;
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
+        .create(&PostParams::default(), &obj)
+        .await
+        .with_context(|| format!("creating EndpointSlice for {svc}"))?;
+    Ok(())
+}
+
+fn lb_service(name: &str) -> Result<Service> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": name}},
+    }))?)
+}
+
+fn status_ip(svc: &Service) -> Option<String> {
+    svc.status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .iter()
+        .find_map(|i| i.ip.clone())
+}
+
+/// Polls until Service `name` shows an IP in its status.
+async fn wait_ip(svcs: &Api<Service>, name: &str, every: Duration, limit: Duration) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(s) = svcs.get(name).await
+            && let Some(ip) = status_ip(&s)
+        {
+            return Ok(ip);
+        }
+        if Instant::now() > deadline {
+            bail!("Service {name}: no IP in status within {limit:?}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn arping(lab: &NetLab, ip: &str, limit: Duration) -> Option<String> {
+    tokio::task::block_in_place(|| lab.arping_within(ip, ARP_INTERVAL, limit))
+}
+
+/// Benchmark 1: `n` Services, one at a time.
+pub async fn latency(client: &Client, rig: &Rig, ns: &str, n: usize) -> Result<Latency> {
+    create_pool(
+        client,
+        rig.admin,
+        &format!("{ns}-lan"),
+        &["192.0.2.100-192.0.2.199"],
+        ns,
+    )
+    .await?;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let mut out = Latency::default();
+    let mut last_vip = None;
+    for i in 0..n {
+        let name = format!("lat-{i:02}");
+        // The endpoints exist first, as an endpoint controller would have written them by the time the
+        // Service matters; the clock measures ferrite-lb, not the endpoint controller.
+        create_slice(client, &rig.lab, ns, &name).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let svc = lb_service(&name)?;
+        let t0 = Instant::now();
+        svcs.create(&PostParams::default(), &svc).await?;
+        let vip = wait_ip(&svcs, &name, Duration::from_millis(5), Duration::from_secs(10)).await?;
+        let to_ip = t0.elapsed();
+        let mac = arping(&rig.lab, &vip, Duration::from_secs(10));
+        let to_arp = t0.elapsed();
+        out.to_ip.push(to_ip);
+        match mac.as_deref().and_then(|m| rig.lab.node_by_mac(m)) {
+            Some(node) => {
+                out.to_arp.push(to_arp);
+                eprintln!(
+                    "    {name}: {vip} in status after {to_ip:?}, ARP answer from {} after {to_arp:?}",
+                    node.name
+                );
+            }
+            None => {
+                out.no_answer += 1;
+                eprintln!("    {name}: {vip} in status after {to_ip:?}, no ARP answer within 10 s");
+            }
+        }
+        last_vip = Some(vip);
+    }
+    if let Some(vip) = last_vip {
+        let mut took = vec![];
+        for _ in 0..10 {
+            let t = Instant::now();
+            if arping(&rig.lab, &vip, Duration::from_secs(2)).is_some() {
+                took.push(t.elapsed());
+            }
+        }
+        out.arping_overhead = stats::quantile(&took, 0.5);
+    }
+    Ok(out)
+}
+
+async fn owner(svcs: &Api<Service>, name: &str) -> Option<String> {
+    svcs.get(name)
+        .await
+        .ok()?
+        .metadata
+        .annotations?
+        .get(ANNOUNCING_NODE)
+        .cloned()
+}
+
+/// Benchmark 2: `trials` crashes of the announcing node's speaker.
+pub async fn failover(client: &Client, rig: &mut Rig, ns: &str, trials: usize) -> Result<Failover> {
+    let name = "failover";
+    create_slice(client, &rig.lab, ns, name).await?;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    svcs.create(&PostParams::default(), &lb_service(name)?).await?;
+    let vip = wait_ip(&svcs, name, Duration::from_millis(50), Duration::from_secs(15)).await?;
+    let mut out = Failover {
+        vip: vip.clone(),
+        trials: vec![],
+    };
+    for t in 0..trials {
+        // The owner: named by the annotation, its speaker running, answering ARP with its MAC.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (idx, mac) = loop {
+            let named = owner(&svcs, name).await;
+            if let Some(idx) = named.and_then(|o| rig.lab.nodes.iter().position(|n| n.name == o))
+                && rig.speakers[idx].is_some()
+            {
+                let mac = rig.lab.nodes[idx].mac.clone();
+                if arping(&rig.lab, &vip, Duration::from_secs(1)).as_deref() == Some(mac.as_str()) {
+                    break (idx, mac);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("trial {t}: no running speaker announces {vip} within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let from = rig.lab.nodes[idx].name.clone();
+        // As a client that has been talking to the VIP would hold it.
+        rig.lab.set_client_neighbour(&vip, &mac)?;
+        let pid = rig.speakers[idx]
+            .as_ref()
+            .and_then(|s| s.program_pid())
+            .with_context(|| format!("trial {t}: speaker on {from} has no PID"))?;
+        let t0 = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .context("kill")?;
+        let mut to = None;
+        while t0.elapsed() < FAILOVER_LIMIT {
+            if let Some(m) = rig.lab.client_neighbour(&vip)
+                && m != mac
+                && let Some(node) = rig.lab.node_by_mac(&m)
+            {
+                to = Some((node.name.clone(), t0.elapsed()));
+                break;
+            }
+            tokio::time::sleep(NEIGH_INTERVAL).await;
+        }
+        match &to {
+            Some((node, d)) => {
+                eprintln!("    trial {t:2}: {from} killed -> client holds {node}'s MAC after {d:?}")
+            }
+            None => eprintln!("    trial {t:2}: {from} killed -> no move within {FAILOVER_LIMIT:?}"),
+        }
+        out.trials.push(Trial {
+            from: from.clone(),
+            to,
+        });
+        // Reap the watchdog, restart the speaker, let the new owner record itself and the restarted
+        // speaker rejoin the gossip before the next trial.
+        if let Some(mut s) = rig.speakers[idx].take() {
+            s.crash();
+        }
+        rig.speakers[idx] = Some(rig.start_speaker(idx)?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && owner(&svcs, name).await.as_deref() == Some(from.as_str()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(REJOIN_WAIT).await;
+    }
+    Ok(out)
+}
+
+async fn scrape(admin: SocketAddr) -> Result<String> {
+    match stats::http_get(admin, "/metrics").await {
+        Ok((200, body)) => Ok(body),
+        Ok((code, _)) => bail!("controller /metrics answered {code}"),
+        Err(e) => bail!("controller /metrics: {e}"),
+    }
+}
+
+/// Services in `svcs` with an IP in status (paginated list).
+async fn count_with_ip(svcs: &Api<Service>) -> Result<usize> {
+    let mut n = 0;
+    let mut token: Option<String> = None;
+    for _ in 0..1000 {
+        let mut lp = ListParams::default().limit(500);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = svcs.list(&lp).await?;
+        n += page.items.iter().filter(|s| status_ip(s).is_some()).count();
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// Benchmark 3: `n` Services with `concurrency` creates in flight, until every one has an IP.
+pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurrency: usize) -> Result<Alloc> {
+    let pool = format!("{ns}-bench");
+    create_pool(client, rig.admin, &pool, &["198.18.0.0/15"], ns).await?;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let before = scrape(rig.admin).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let limit = Duration::from_secs(15 * 60);
+    let t0 = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (svcs, next, errors) = (svcs.clone(), next.clone(), errors.clone());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || t0.elapsed() > limit {
+                    return;
+                }
+                let Ok(svc) = lb_service(&format!("s-{i:05}")) else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let mut ok = false;
+                for attempt in 0..5u32 {
+                    match svcs.create(&PostParams::default(), &svc).await {
+                        Ok(_) => ok = true,
+                        Err(kube::Error::Api(e)) if e.code == 409 => ok = true,
+                        Err(e) => {
+                            if attempt == 4 {
+                                eprintln!("    create s-{i:05} failed: {e}");
+                            }
+                            tokio::time::sleep(Duration::from_millis(200) * (attempt + 1)).await;
+                            continue;
+                        }
+                    }
+                    break;
+                }
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let mut progress = Instant::now();
+    while workers.join_next().await.is_some() {
+        if progress.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "    {} created after {:?}",
+                next.load(Ordering::Relaxed).min(n),
+                t0.elapsed()
+            );
+            progress = Instant::now();
+        }
+    }
+    let created = t0.elapsed();
+    let create_errors = errors.load(Ordering::Relaxed);
+    let want = n - create_errors;
+    eprintln!("    {want} Services created in {created:?} ({create_errors} failed)");
+
+    // The allocator's in-use gauge first (costs the API server nothing), then a list of every Service
+    // to check the status itself. A paginated list reads one snapshot taken when its first page is
+    // asked for, so the time is taken just before the list.
+    let mut all_with_ip = None;
+    let mut with_ip = 0;
+    let mut progress = Instant::now();
+    while t0.elapsed() < limit {
+        let in_use = scrape(rig.admin)
+            .await
+            .ok()
+            .and_then(|b| stats::sample(&b, "ferrite_lb_pool_addresses_in_use", &[("pool", &pool)]))
+            .unwrap_or(0.0);
+        if in_use >= want as f64 {
+            let at = t0.elapsed();
+            with_ip = count_with_ip(&svcs).await?;
+            if with_ip >= want {
+                all_with_ip = Some(at);
+                break;
+            }
+        }
+        if progress.elapsed() > Duration::from_secs(10) {
+            eprintln!("    {in_use} addresses in use after {:?}", t0.elapsed());
+            progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if all_with_ip.is_none() {
+        with_ip = count_with_ip(&svcs).await?;
+    }
+    let after = scrape(rig.admin).await?;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        stats::sample(&after, name, labels).unwrap_or(0.0)
+            - stats::sample(&before, name, labels).unwrap_or(0.0)
+    };
+    let reconciles = delta("ferrite_lb_reconcile_total", &[("result", "success")]);
+    let reconcile_errors = delta("ferrite_lb_reconcile_total", &[("result", "error")]);
+    let sum = delta("ferrite_lb_reconcile_duration_seconds_sum", &[]);
+    let count = delta("ferrite_lb_reconcile_duration_seconds_count", &[]);
+    let (hb, ha) = (
+        stats::buckets(&before, "ferrite_lb_reconcile_duration_seconds"),
+        stats::buckets(&after, "ferrite_lb_reconcile_duration_seconds"),
+    );
+    // The speakers catch up with the last status writes before their memory is read.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    Ok(Alloc {
+        n,
+        concurrency,
+        create_errors,
+        created,
+        all_with_ip,
+        with_ip,
+        reconciles,
+        reconcile_errors,
+        reconcile_mean: (count > 0.0).then(|| sum / count),
+        reconcile_p50: stats::bucket_quantile(&hb, &ha, 0.5),
+        reconcile_p99: stats::bucket_quantile(&hb, &ha, 0.99),
+    })
+}

@@ -1,0 +1,395 @@
+//! The benchmarks of ferrite-lb (tier 4 of DESIGN.md: measurements, not tests).
+//!
+//! ```text
+//!   the box (etcd + kube-apiserver 1.20 on 127.0.0.1) ── chart installed with helm
+//!     ├── ferrite-lb controller   (host, ServiceAccount ferrite-lb-controller, leader-elected)
+//!     └── NetLab: fe-<id>-n{0,1,2}  ferrite-lb speaker in each (ServiceAccount ferrite-lb-speaker)
+//!                 fe-<id>-c         the client: arping, neighbour table
+//! ```
+//! 1. latency: N Services created one by one; create -> IP in status, create -> first ARP answer.
+//! 2. failover: SIGKILL the announcing node's speaker; kill -> the client's neighbour entry shows
+//!    another node's MAC.
+//! 3. allocation throughput: 10,000 Services (bounded concurrency) until all have an IP in status.
+//! 4. RSS of the controller and the speakers, idle and at 10,000 Services.
+//!
+//! Every loop is bounded in count and time; the lab's namespaces and every process are removed when the
+//! run ends, also on error. Addresses: 192.0.2.0/24 on the lab's bridge, and 198.18.0.0/15 (RFC 2544
+//! benchmarking range) for the 10,000 Services, which is only written into status, never sent to.
+
+mod measure;
+mod report;
+mod stats;
+
+use anyhow::{Context, Result, bail, ensure};
+use ferrite_e2e::{
+    KubeBox, Supervised,
+    kubebox::{KUBE_BUILD, KUBE_VERSION},
+    netlab::NetLab,
+    process::free_port,
+};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// `--help`.
+pub const USAGE: &str = "ferrite-bench: benchmarks of ferrite-lb on the box (run as root, release build)
+
+usage: ferrite-bench [--write FILE] [--services N] [--latency-n N] [--trials N] [--concurrency N]
+
+  --write FILE      write the markdown report to FILE (default: print it)
+  --services N      Services of the allocation benchmark (default 10000)
+  --latency-n N     Services of the create -> IP / ARP benchmark (default 20)
+  --trials N        failover trials (default 20)
+  --concurrency N   creates in flight in the allocation benchmark (default 16)
+
+Build first: cargo build --release --workspace --bins (or run `make bench`).";
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where to write the report.
+    pub write: Option<PathBuf>,
+    /// Services of the allocation benchmark.
+    pub services: usize,
+    /// Services of the latency benchmark.
+    pub latency_n: usize,
+    /// Failover trials.
+    pub trials: usize,
+    /// Creates in flight.
+    pub concurrency: usize,
+    /// `--help` was given.
+    pub help: bool,
+}
+
+impl Options {
+    /// Parses the arguments (without the program name).
+    pub fn parse(args: impl Iterator<Item = String>) -> Result<Self> {
+        let mut o = Options {
+            write: None,
+            services: 10_000,
+            latency_n: 20,
+            trials: 20,
+            concurrency: 16,
+            help: false,
+        };
+        let mut args = args.peekable();
+        while let Some(a) = args.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) => (f.to_string(), Some(v.to_string())),
+                None => (a.clone(), None),
+            };
+            if flag == "--help" || flag == "-h" {
+                o.help = true;
+                continue;
+            }
+            let value = match inline {
+                Some(v) => v,
+                None => args.next().with_context(|| format!("{flag} needs a value"))?,
+            };
+            let number = || -> Result<usize> {
+                let n: usize = value
+                    .parse()
+                    .with_context(|| format!("{flag}: not a number: {value}"))?;
+                ensure!((1..=50_000).contains(&n), "{flag}: 1 to 50000");
+                Ok(n)
+            };
+            match flag.as_str() {
+                "--write" => o.write = Some(PathBuf::from(&value)),
+                "--services" => o.services = number()?,
+                "--latency-n" => o.latency_n = number()?.min(90),
+                "--trials" => o.trials = number()?.min(200),
+                "--concurrency" => o.concurrency = number()?.min(256),
+                _ => bail!("unknown option {flag}"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Set in the re-executed child: the API server is already wrapped.
+const WRAPPED: &str = "FERRITE_BENCH_APISERVER_WRAPPED";
+/// NodePorts for the 10,000 Services: the default range (30000-32767) holds only 2768, and the 1.20
+/// API server allocates one per LoadBalancer port (`allocateLoadBalancerNodePorts` is alpha there).
+pub const NODE_PORT_RANGE: &str = "30000-49999";
+
+/// Runs everything; returns the exit code.
+pub fn main(opts: Options) -> i32 {
+    if std::env::var_os(WRAPPED).is_none() && std::env::var_os("FERRITE_KUBECONFIG").is_none() {
+        return match rerun_with_wrapped_apiserver() {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("bench failed: {e:#}");
+                1
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench failed: tokio runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            1
+        }
+    }
+}
+
+/// The box starts `$KUBE_APISERVER` as given; a wrapper adds `--service-node-port-range`. The box reads
+/// the variable at start, so this process runs itself again with it set (and removes the wrapper after).
+fn rerun_with_wrapped_apiserver() -> Result<i32> {
+    let real = std::env::var_os("KUBE_APISERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            ferrite_e2e::cache_dir()
+                .join(format!("kube-{KUBE_VERSION}-{KUBE_BUILD}"))
+                .join("kube-apiserver")
+        });
+    ensure!(
+        real.is_file(),
+        "{} not found: run `make deps` (e2e/scripts/install-deps.sh)",
+        real.display()
+    );
+    let real = real.display().to_string();
+    ensure!(!real.contains('\''), "odd path {real}");
+    let dir = tempfile::Builder::new().prefix("ferrite-bench-").tempdir()?;
+    let wrapper = dir.path().join("kube-apiserver");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec '{real}' \"$@\" --service-node-port-range={NODE_PORT_RANGE}\n"),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let status = Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env("KUBE_APISERVER", &wrapper)
+        .env(WRAPPED, "1")
+        .status()
+        .context("running the benchmark")?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// `ferrite-lb` next to this binary (same profile).
+fn ferrite_lb_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating ferrite-bench")?;
+    let lb = exe
+        .parent()
+        .context("ferrite-bench has no directory")?
+        .join("ferrite-lb");
+    if !lb.is_file() {
+        bail!(
+            "{} not found: build with `cargo build --release --workspace --bins`",
+            lb.display()
+        );
+    }
+    Ok(lb)
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+async fn run(opts: Options) -> Result<()> {
+    let lb = ferrite_lb_binary()?;
+    ensure!(
+        is_root(),
+        "the benchmarks need root (network namespaces, raw sockets)"
+    );
+    let machine = report::Machine::probe(&lb);
+    eprintln!("==> starting the box (etcd + kube-apiserver v1.20 on 127.0.0.1)");
+    let kb = KubeBox::start().await.context("starting the box")?;
+    let result = bench(&kb, &lb, &opts).await;
+    kb.stop();
+    let mut results = result?;
+    results.machine = machine;
+    results.opts = opts.clone();
+    let text = report::markdown(&results);
+    match &opts.write {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("==> wrote {}", path.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// Everything running for the benchmarks; dropped (stopped, removed) in field order.
+pub(crate) struct Rig {
+    pub speakers: Vec<Option<Supervised>>,
+    pub controller: Supervised,
+    pub admin: SocketAddr,
+    pub lab: NetLab,
+    pub lb: PathBuf,
+    pub speaker_kc: PathBuf,
+}
+
+impl Rig {
+    pub fn start_speaker(&self, i: usize) -> Result<Supervised> {
+        let n = &self.lab.nodes[i];
+        self.lab.spawn_in(
+            &n.ns,
+            "speaker",
+            &self.lb,
+            &[
+                "speaker".into(),
+                format!("--kubeconfig={}", self.speaker_kc.display()),
+                format!("--node-name={}", n.name),
+                "--admin-addr=127.0.0.1:9091".into(),
+                "--namespace=ferrite-system".into(),
+                "--gossip-secret=ferrite-lb-gossip".into(),
+            ],
+            &[("FERRITE_LOG_LEVEL", "info")],
+        )
+    }
+
+    /// RSS (kB) of the controller and of each speaker.
+    pub fn rss(&self) -> report::Rss {
+        report::Rss {
+            controller: self.controller.program_pid().and_then(stats::rss_kib),
+            speakers: self
+                .speakers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    (
+                        self.lab.nodes[i].name.clone(),
+                        s.as_ref()
+                            .and_then(Supervised::program_pid)
+                            .and_then(stats::rss_kib),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Fails with the log tail of any process that died.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if !self.controller.is_running() {
+            bail!("the controller exited:\n{}", self.controller.log_tail(30));
+        }
+        for s in self.speakers.iter_mut().flatten() {
+            if !s.is_running() {
+                bail!("a speaker exited ({}):\n{}", s.log.display(), s.log_tail(30));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn start_controller(kb: &KubeBox, lb: &Path, kubeconfig: &Path) -> Result<(Supervised, SocketAddr)> {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let args: Vec<String> = vec![
+        "controller".into(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--admin-addr={admin}"),
+        "--lease-namespace=ferrite-system".into(),
+    ];
+    let mut proc = Supervised::spawn(
+        "ferrite-lb controller",
+        lb,
+        &args,
+        &[("FERRITE_LOG_LEVEL", "info")],
+        &kb.dir.join("bench-controller.log"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if !proc.is_running() {
+            bail!("controller exited:\n{}", proc.log_tail(30));
+        }
+        if let Ok((200, _)) = stats::http_get(admin, "/readyz").await {
+            return Ok((proc, admin));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("controller not ready within 60 s:\n{}", proc.log_tail(30))
+}
+
+async fn bench(kb: &KubeBox, lb: &Path, opts: &Options) -> Result<report::Results> {
+    eprintln!("==> installing the chart (helm), minting ServiceAccount kubeconfigs");
+    ferrite_e2e::demo::install_chart(kb).await?;
+    let controller_kc = kb
+        .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
+        .await?;
+    let speaker_kc = kb
+        .service_account_kubeconfig("ferrite-system", "ferrite-lb-speaker")
+        .await?;
+    let apiserver = kb
+        .client()
+        .await
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|_| "unknown".into());
+
+    eprintln!("==> building the lab: 3 node namespaces + a client on a bridge");
+    let lab = NetLab::new(kb, 3)?;
+    lab.register_nodes(kb).await?;
+    eprintln!("==> starting the controller (release build {})", lb.display());
+    let (controller, admin) = start_controller(kb, lb, &controller_kc).await?;
+    let mut rig = Rig {
+        speakers: vec![],
+        controller,
+        admin,
+        lab,
+        lb: lb.to_path_buf(),
+        speaker_kc,
+    };
+    for i in 0..rig.lab.nodes.len() {
+        let s = rig.start_speaker(i)?;
+        rig.speakers.push(Some(s));
+    }
+    // The speakers' startup grace (3 s) and a gossip round; then measure idle memory.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    rig.check_alive()?;
+    let rss_idle = rig.rss();
+    eprintln!("    idle RSS: {rss_idle:?}");
+
+    let client = kb.client().await;
+    let ns_lat = kb.namespace("bench-lat").await;
+    eprintln!(
+        "==> 1. create -> IP in status / first ARP answer, {} Services",
+        opts.latency_n
+    );
+    let latency = measure::latency(&client, &rig, &ns_lat, opts.latency_n).await?;
+    rig.check_alive()?;
+    eprintln!("==> 2. failover, {} trials", opts.trials);
+    let failover = measure::failover(&client, &mut rig, &ns_lat, opts.trials).await?;
+    rig.check_alive()?;
+    // Memory again after the failover restarts, still with only a handful of Services.
+    let rss_before = rig.rss();
+    let ns_alloc = kb.namespace("bench-alloc").await;
+    eprintln!(
+        "==> 3. allocation throughput, {} Services, {} in flight",
+        opts.services, opts.concurrency
+    );
+    let alloc = measure::allocation(&client, &rig, &ns_alloc, opts.services, opts.concurrency).await?;
+    rig.check_alive()?;
+    let rss_loaded = rig.rss();
+    eprintln!("    RSS at {} Services: {rss_loaded:?}", opts.services);
+    Ok(report::Results {
+        machine: report::Machine::default(),
+        opts: opts.clone(),
+        apiserver,
+        latency,
+        failover,
+        alloc,
+        rss_idle,
+        rss_before,
+        rss_loaded,
+    })
+}

@@ -1,0 +1,461 @@
+//! docs/benchmarks.md: the machine, the command, the method, the results, the caveats.
+
+use super::{
+    NODE_PORT_RANGE, Options,
+    measure::{self, Alloc, Failover, Latency},
+    stats::quantile,
+};
+use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+
+/// The machine and the build the numbers come from.
+#[derive(Debug, Default, Clone)]
+pub struct Machine {
+    pub date: String,
+    pub commit: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub memory: String,
+    pub kernel: String,
+    pub rustc: String,
+    pub profile: String,
+    /// `/proc/loadavg` when the run started (other work on the machine shows here).
+    pub load: String,
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Machine {
+    /// Reads what describes this machine; `lb` tells the build profile.
+    pub fn probe(lb: &Path) -> Machine {
+        let root = ferrite_e2e::demo::repo_root();
+        let root = root.to_string_lossy();
+        let commit =
+            output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+        let dirty = output(
+            "git",
+            &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
+        )
+        .is_some_and(|s| !s.is_empty());
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: u64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Machine {
+            date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+            commit: if dirty {
+                format!("{commit} (with uncommitted changes)")
+            } else {
+                commit
+            },
+            cpu: cpuinfo
+                .lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            memory: format!("{:.1} GiB", mem_kib as f64 / 1024.0 / 1024.0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            rustc: output("rustc", &["--version"]).unwrap_or_default(),
+            load: std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+            profile: if lb.components().any(|c| c.as_os_str() == "release") {
+                "release".into()
+            } else {
+                "debug (numbers not representative)".into()
+            },
+        }
+    }
+}
+
+/// RSS (kB) of the processes.
+#[derive(Debug, Default, Clone)]
+pub struct Rss {
+    pub controller: Option<u64>,
+    pub speakers: Vec<(String, Option<u64>)>,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub machine: Machine,
+    pub opts: Options,
+    pub apiserver: String,
+    pub latency: Latency,
+    pub failover: Failover,
+    pub alloc: Alloc,
+    pub rss_idle: Rss,
+    pub rss_before: Rss,
+    pub rss_loaded: Rss,
+}
+
+fn d(v: Option<Duration>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v < Duration::from_secs(1) => format!("{} ms", v.as_millis()),
+        Some(v) => format!("{:.2} s", v.as_secs_f64()),
+    }
+}
+
+fn mb(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+        .unwrap_or_else(|| "not running".into())
+}
+
+fn secs(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v.is_infinite() => "> 10 s".into(),
+        Some(v) if v < 1.0 => format!("{:.1} ms", v * 1000.0),
+        Some(v) => format!("{v:.2} s"),
+    }
+}
+
+/// A histogram bucket bound: "≤ x", or "> 10 s" past the last finite bucket.
+fn le(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_infinite() => "> 10 s".into(),
+        None => "–".into(),
+        v => format!("≤ {}", secs(v)),
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "**met**" } else { "**not met**" }
+}
+
+fn speakers(r: &Rss) -> String {
+    r.speakers
+        .iter()
+        .map(|(_, k)| mb(*k))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// The markdown page.
+pub fn markdown(r: &Results) -> String {
+    let m = &r.machine;
+    let l = &r.latency;
+    let f = &r.failover;
+    let a = &r.alloc;
+    let n_lat = l.to_ip.len();
+    let (ip50, ip90, ipmax) = (
+        quantile(&l.to_ip, 0.5),
+        quantile(&l.to_ip, 0.9),
+        quantile(&l.to_ip, 1.0),
+    );
+    let (arp50, arp90, arpmax) = (
+        quantile(&l.to_arp, 0.5),
+        quantile(&l.to_arp, 0.9),
+        quantile(&l.to_arp, 1.0),
+    );
+    let times = f.times();
+    let (fo50, fomax) = (quantile(&times, 0.5), quantile(&times, 1.0));
+    let all_moved = times.len() == f.trials.len() && !f.trials.is_empty();
+    let fo_med_ok = all_moved && fo50.is_some_and(|v| v < Duration::from_secs(1));
+    let fo_max_ok = all_moved && fomax.is_some_and(|v| v < Duration::from_secs(2));
+    let arp_ok = l.no_answer == 0 && arp50.is_some_and(|v| v < Duration::from_millis(200));
+    let idle_ok = r.rss_idle.controller.is_some_and(|k| k < 30 * 1024)
+        && r.rss_idle
+            .speakers
+            .iter()
+            .all(|(_, k)| k.is_some_and(|k| k < 30 * 1024));
+    let wall = a.all_with_ip.unwrap_or(a.created);
+    let rate = |x: f64| x / wall.as_secs_f64().max(1e-9);
+    let allocated = (a.n - a.create_errors) as f64;
+
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Generated by `make bench` (`e2e/src/bin/ferrite-bench.rs`, modules in `e2e/src/bench/`); do not edit by \
+         hand, run the command again. Benchmarks are measurements, not tests: nothing here fails a build.\n"
+    );
+    let _ = writeln!(
+        w,
+        "```sh\nmake bench\n# = cargo build --release --workspace --bins"
+    );
+    let _ = writeln!(
+        w,
+        "#   cargo run --release -q -p ferrite-e2e --bin ferrite-bench -- --write docs/benchmarks.md\n```\n"
+    );
+    let _ = writeln!(w, "## Machine\n");
+    let _ = writeln!(w, "| | |\n|---|---|");
+    let _ = writeln!(w, "| date | {} |", m.date);
+    let _ = writeln!(w, "| git commit | {} |", m.commit);
+    let _ = writeln!(w, "| CPU | {} × {} (`nproc` = {}) |", m.cpus, m.cpu, m.cpus);
+    let _ = writeln!(w, "| memory | {} |", m.memory);
+    let _ = writeln!(w, "| kernel | {} |", m.kernel);
+    let _ = writeln!(w, "| load average at start (1/5/15 min) | {} |", m.load);
+    let _ = writeln!(w, "| compiler | {} |", m.rustc);
+    let _ = writeln!(
+        w,
+        "| ferrite-lb build | {} (`target/release/ferrite-lb`) |",
+        m.profile
+    );
+    let _ = writeln!(
+        w,
+        "| Kubernetes API server | {} (\"the box\": etcd + kube-apiserver on 127.0.0.1, same machine) |",
+        r.apiserver
+    );
+    let _ = writeln!(
+        w,
+        "| topology | 3 \"node\" network namespaces + 1 client namespace on one bridge (192.0.2.0/24), a \
+         ferrite-lb speaker in each node namespace, the controller on the host |\n"
+    );
+
+    let _ = writeln!(w, "## Results\n");
+    let _ = writeln!(
+        w,
+        "| Benchmark | Ferrite (measured here) | Target (issue #3) | MetalLB L2 (reported, **not measured here**) |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| Service create → IP in status (N={n_lat}) | median {}, p90 {}, max {} | – | no published figure |",
+        d(ip50),
+        d(ip90),
+        d(ipmax)
+    );
+    let _ = writeln!(
+        w,
+        "| Service create → first ARP answer at the client (N={n_lat}) | median {}, p90 {}, max {}{} | create → announced < 200 ms: {} (median) | no published figure |",
+        d(arp50),
+        d(arp90),
+        d(arpmax),
+        if l.no_answer > 0 {
+            format!("; {} without an answer within 10 s", l.no_answer)
+        } else {
+            String::new()
+        },
+        met(arp_ok)
+    );
+    let _ = writeln!(
+        w,
+        "| Failover: announcing speaker SIGKILLed → client's neighbour entry holds another node's MAC ({} trials) | median {}, max {}; moved in {}/{} trials | median < 1 s: {}; max < 2 s: {} | docs: \"a few seconds\"; users: 35–45 s (metallb#524), 5 min (#767), 15–18 min (#1147) |",
+        f.trials.len(),
+        d(fo50),
+        d(fomax),
+        times.len(),
+        f.trials.len(),
+        met(fo_med_ok),
+        met(fo_max_ok)
+    );
+    let _ = writeln!(
+        w,
+        "| Allocation throughput: {} Services, {} creates in flight, until all have an IP in status | {} | – | no published figure |",
+        a.n,
+        a.concurrency,
+        match a.all_with_ip {
+            Some(t) => format!(
+                "**{:.0} Services/s** ({} in {:.1} s); the creates alone took {:.1} s ({:.0}/s)",
+                allocated / t.as_secs_f64().max(1e-9),
+                a.n - a.create_errors,
+                t.as_secs_f64(),
+                a.created.as_secs_f64(),
+                allocated / a.created.as_secs_f64().max(1e-9)
+            ),
+            None => format!(
+                "not all allocated within the limit: {} of {} had an IP",
+                a.with_ip, a.n
+            ),
+        }
+    );
+    let _ = writeln!(
+        w,
+        "| Controller reconciles during the allocation run (from its /metrics) | {:.0} successful ({:.0}/s), {:.0} failed; duration mean {}, p50 {}, p99 {} | – | – |",
+        a.reconciles,
+        rate(a.reconciles),
+        a.reconcile_errors,
+        secs(a.reconcile_mean),
+        le(a.reconcile_p50),
+        le(a.reconcile_p99)
+    );
+    let _ = writeln!(
+        w,
+        "| RSS idle: controller; speakers | {}; {} | < 30 MB: {} | not measured here |",
+        mb(r.rss_idle.controller),
+        speakers(&r.rss_idle),
+        met(idle_ok)
+    );
+    let _ = writeln!(
+        w,
+        "| RSS after the latency and failover runs (~{} Services) | {}; {} | – | – |",
+        n_lat + 1,
+        mb(r.rss_before.controller),
+        speakers(&r.rss_before)
+    );
+    let _ = writeln!(
+        w,
+        "| RSS at {} Services | {}; {} | – | not measured here |\n",
+        a.n,
+        mb(r.rss_loaded.controller),
+        speakers(&r.rss_loaded)
+    );
+    let _ = writeln!(
+        w,
+        "The MetalLB column quotes MetalLB's documentation and its issue tracker (see the links below); MetalLB was \
+         **not** run here: this machine has no container engine and no Go module proxy, so it cannot be built or \
+         deployed. No number in that column was measured on this machine.\n"
+    );
+
+    let _ = writeln!(w, "### Failover trials\n");
+    let _ = writeln!(
+        w,
+        "VIP {}. Each line: the node whose speaker was killed → the node whose MAC the client then held.\n",
+        f.vip
+    );
+    let _ = writeln!(w, "| trial | killed | took over | time |\n|---|---|---|---|");
+    for (i, t) in f.trials.iter().enumerate() {
+        match &t.to {
+            Some((to, took)) => {
+                let _ = writeln!(w, "| {} | {} | {} | {} |", i + 1, t.from, to, d(Some(*took)));
+            }
+            None => {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | – | no move within {} |",
+                    i + 1,
+                    t.from,
+                    d(Some(measure::FAILOVER_LIMIT))
+                );
+            }
+        }
+    }
+    let _ = writeln!(w);
+
+    let _ = writeln!(w, "## Method\n");
+    let _ = writeln!(
+        w,
+        "Setup (once): the box is started, the umbrella chart is installed with helm, kubeconfigs are minted for the \
+         chart's ServiceAccounts `ferrite-lb-controller` and `ferrite-lb-speaker` (so the processes run with the \
+         chart's RBAC), three Node objects are registered, and the release `ferrite-lb controller` (host) and \
+         `ferrite-lb speaker` (one per node namespace, default flags, log level info) are started. The benchmarks \
+         run in this order on the same processes.\n"
+    );
+    let _ = writeln!(
+        w,
+        "1. **Create → IP, create → ARP** (N = {n}). An IPPool `192.0.2.100-192.0.2.199` (l2 interface `eth0`) \
+         serves the namespace. For each of N Services, one at a time: an EndpointSlice with a ready endpoint on every \
+         node is created first (what an endpoint controller would have written; the clock measures ferrite-lb only), \
+         300 ms pass, then the **clock starts** just before the `create` of a `type: LoadBalancer` Service is sent. \
+         The Service is read with GET every 5 ms; the **first clock stops** when `status.loadBalancer.ingress` holds \
+         an IP. Then the client namespace runs one arping (Habets arping: `-C 1 -W {arp} -w 10`, i.e. an ARP \
+         request every {arp} until the first answer, at most 10 s); the **second clock stops** when it exits with an \
+         answer from a lab node's MAC. This includes arping's own start-up: answering an address that is already \
+         announced takes it {overhead} (median of 10).",
+        n = n_lat,
+        arp = d(Some(measure::ARP_INTERVAL)),
+        overhead = d(l.arping_overhead)
+    );
+    let _ = writeln!(
+        w,
+        "2. **Failover** ({} trials, one Service with endpoints on all three nodes). Each trial: the owner is the node \
+         named by the annotation `lb.ferrite.dev/announcing-node`, confirmed by an ARP answer with that node's MAC; \
+         the client's neighbour entry for the VIP is set to the owner's MAC (as a client that had been talking to \
+         it would hold); the **clock starts** just before SIGKILL to the owner's speaker process (a crash: no \
+         goodbye on the gossip, no withdrawal). `ip neigh show` in the client namespace is read every {}; the \
+         **clock stops** when the entry holds another lab node's MAC (learnt from the new owner's gratuitous ARP: \
+         the client sends nothing). A trial that has not moved after {} counts as not moved. Then the killed \
+         speaker is restarted, the annotation is awaited to name the new owner, and {} pass (the restarted \
+         speaker's 3 s startup grace and a gossip round) before the next trial. Because there is no flip-back, the \
+         owner wanders between the nodes.",
+        f.trials.len(),
+        d(Some(measure::NEIGH_INTERVAL)),
+        d(Some(measure::FAILOVER_LIMIT)),
+        d(Some(measure::REJOIN_WAIT))
+    );
+    let _ = writeln!(
+        w,
+        "3. **Allocation throughput** ({} Services). A second IPPool `198.18.0.0/15` (RFC 2544 benchmarking range: \
+         these addresses are only written into status, no packet is sent to them) serves a fresh namespace. The \
+         **clock starts** before the first create; {} tasks create Services `s-00000`… (each retried up to 5 times \
+         on transport errors), so at most {} creates are in flight. Afterwards the controller's gauge \
+         `ferrite_lb_pool_addresses_in_use` is read every 250 ms (no load on the API server); once it reaches the \
+         number of Services, every Service is listed (pages of 500) and the **clock stops** at the start of the \
+         first list in which all of them have an IP in status. The reconcile figures are the difference of \
+         `ferrite_lb_reconcile_total` and `ferrite_lb_reconcile_duration_seconds` (histogram: p50/p99 are bucket \
+         upper bounds) between a scrape before the first create and one after the stop; a Service is usually \
+         reconciled more than once (its create, then its own status write), and IPPool status reconciles count too. \
+         These Services have no endpoints, so no speaker announces them (the speakers still watch and cache them).",
+        a.n, a.concurrency, a.concurrency
+    );
+    let _ = writeln!(
+        w,
+        "4. **RSS**: `VmRSS` from `/proc/<pid>/status` of the `ferrite-lb` processes (the controller; the speakers \
+         node a / b / c in that order): idle = 8 s after the speakers started, before any benchmark Service \
+         existed; then after benchmarks 1–2; then 5 s after every one of the {} Services had an IP.\n",
+        a.n
+    );
+
+    let _ = writeln!(w, "## Caveats\n");
+    let _ = writeln!(
+        w,
+        "- **Everything runs on one {}-CPU machine**: etcd, the API server, the controller, three speakers, the \
+         client tools and the benchmark driver share the same cores; no process is pinned. The client (arping, \
+         `ip neigh`, the create tasks) competes with what it measures, and so does any other work on the machine \
+         (see the load average above).",
+        m.cpus
+    );
+    let _ = writeln!(
+        w,
+        "- **The API server is the bottleneck of the allocation benchmark.** It is a single kube-apiserver {} with \
+         etcd on tmpfs on the same cores; every Service create also allocates a ClusterIP and a NodePort, and every \
+         allocation is a status write plus an Event. The Services/s figure is therefore a property of this box at \
+         least as much as of ferrite-lb; the reconcile duration shows how much of the time the controller itself \
+         spends. The box's API server is started with `--service-node-port-range={}` because the 1.20 API server \
+         gives every LoadBalancer Service a NodePort and the default range holds only 2,768.",
+        r.apiserver, NODE_PORT_RANGE
+    );
+    let _ = writeln!(
+        w,
+        "- The API server is Kubernetes 1.20 (the box; built from Debian's source package): EndpointSlices are \
+         `discovery.k8s.io/v1beta1` there, and `spec.loadBalancerClass` / `allocateLoadBalancerNodePorts` do not \
+         exist. Current clusters may behave differently (e.g. watch-list, API priority and fairness defaults)."
+    );
+    let _ = writeln!(
+        w,
+        "- Release build ({}). Debug builds of the same code are several times slower and larger in memory; do \
+         not compare numbers across profiles.",
+        m.profile
+    );
+    let _ = writeln!(
+        w,
+        "- \"Node death\" is a SIGKILL of the speaker process; the node's network namespace, Node object and \
+         other processes stay up. A whole-node power loss is detected by the same gossip (the speaker stops \
+         answering probes) but was not simulated. Network delay on the bridge is that of veth pairs (microseconds)."
+    );
+    let _ = writeln!(
+        w,
+        "- The create → ARP clock stops in the client, after arping's start-up (see method 1); the first clock \
+         polls with GET every 5 ms, so both include up to a few ms of client-side granularity."
+    );
+    let _ = writeln!(
+        w,
+        "- MetalLB was not measured (no container engine, no Go module proxy on this machine); its column quotes \
+         its documentation (\"a few seconds\" for L2 failover) and user reports: \
+         [metallb#524](https://github.com/metallb/metallb/issues/524) (35–45 s), \
+         [#767](https://github.com/metallb/metallb/issues/767) (5 min), \
+         [#1147](https://github.com/metallb/metallb/issues/1147) (15–18 min). Those come from other machines, \
+         versions and setups and are not comparable one to one."
+    );
+    let _ = writeln!(
+        w,
+        "- Network rules (DESIGN.md): packets only on the lab bridge inside namespaces this run created \
+         (192.0.2.0/24); the lab and every process are removed at the end of the run."
+    );
+    s
+}

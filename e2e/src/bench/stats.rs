@@ -1,0 +1,138 @@
+//! Small helpers: quantiles, /proc RSS, a plain HTTP GET and a Prometheus text-format reader.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// Nearest-rank quantile `q` (0..=1) of `values`; `None` when empty.
+pub fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
+    let mut v = values.to_vec();
+    v.sort();
+    if v.is_empty() {
+        return None;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+/// `VmRSS` of `pid` in kB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A plain HTTP/1.0 GET: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))??;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Value of the sample `name` whose labels include every `labels` pair.
+pub fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let Some(rest) = l.strip_prefix(name) else {
+                return false;
+            };
+            (rest.starts_with('{') || rest.starts_with(' '))
+                && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Cumulative buckets `(le, count)` of histogram `name`, `+Inf` (parsed as infinity) last.
+pub fn buckets(body: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let le = rest.split("le=\"").nth(1)?.split('"').next()?;
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le.parse().ok()?, count))
+        })
+        .collect()
+}
+
+/// Upper bound (bucket `le`) of quantile `q` of the observations between two scrapes.
+pub fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| {
+            let b = before
+                .iter()
+                .find(|(l, _)| l == le)
+                .map(|(_, c)| *c)
+                .unwrap_or(0.0);
+            (*le, c - b)
+        })
+        .collect();
+    let total = sample_total(&delta)?;
+    delta.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le)
+}
+
+fn sample_total(delta: &[(f64, f64)]) -> Option<f64> {
+    // The `+Inf` bucket counts every observation.
+    delta.last().map(|(_, c)| *c).filter(|c| *c > 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let v: Vec<Duration> = (1..=20).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&v, 0.5), Some(Duration::from_millis(10)));
+        assert_eq!(quantile(&v, 0.9), Some(Duration::from_millis(18)));
+        assert_eq!(quantile(&v, 1.0), Some(Duration::from_millis(20)));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn prometheus_text_is_read() {
+        let body = "# HELP x\nferrite_lb_reconcile_total{result=\"success\"} 42\n\
+            ferrite_lb_reconcile_total{result=\"error\"} 1\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{le=\"0.001\"} 10\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{le=\"0.01\"} 40\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{le=\"+Inf\"} 43\n\
+            ferrite_lb_reconcile_duration_seconds_sum 0.2\n";
+        assert_eq!(
+            sample(body, "ferrite_lb_reconcile_total", &[("result", "success")]),
+            Some(42.0)
+        );
+        assert_eq!(
+            sample(body, "ferrite_lb_reconcile_duration_seconds_sum", &[]),
+            Some(0.2)
+        );
+        let b = buckets(body, "ferrite_lb_reconcile_duration_seconds");
+        assert_eq!(&b[..2], &[(0.001, 10.0), (0.01, 40.0)]);
+        assert!(b[2].0.is_infinite() && b[2].1 == 43.0);
+        assert_eq!(bucket_quantile(&[], &b, 0.5), Some(0.01));
+        assert_eq!(bucket_quantile(&[], &b, 0.2), Some(0.001));
+    }
+}
