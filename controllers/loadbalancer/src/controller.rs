@@ -139,7 +139,7 @@ struct State {
     alloc: Allocator,
     /// Leadership epoch the allocator was rebuilt in; a new epoch means rebuild first.
     epoch: Option<u64>,
-    /// (name, resourceVersion) of every pool last given to the allocator.
+    /// (name, generation) of every pool last given to the allocator.
     pools_seen: Vec<(String, String)>,
     pool_errors: BTreeMap<String, PoolError>,
     problems: BTreeMap<String, Vec<PoolProblem>>,
@@ -293,7 +293,14 @@ impl Context {
         pools.sort_by_key(|p| p.name_any());
         let seen: Vec<(String, String)> = pools
             .iter()
-            .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
+            // generation, not resourceVersion: the pool's own status writes must not count as a change
+            // of the pool set (each would re-reconcile every Service).
+            .map(|p| {
+                (
+                    p.name_any(),
+                    p.metadata.generation.unwrap_or_default().to_string(),
+                )
+            })
             .collect();
         let rebuild = st.epoch != Some(epoch);
         if rebuild || st.pools_seen != seen {

@@ -226,9 +226,13 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, Default::default()))
-        .default_backoff()
-        .touched_objects();
+    // managedFields are large and unused here: drop them before they reach the cache.
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, Default::default()).modify(|o| o.meta_mut().managed_fields = None),
+    )
+    .default_backoff()
+    .touched_objects();
     app.readiness
         .gate(format!("watch {name}"))
         .open_when_synced(store.clone());
