@@ -180,7 +180,10 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
     ] {
         assert!(metrics.contains(family), "/metrics lacks {family:?}:\n{metrics}");
     }
-    assert!(!metrics.contains("ferrite_kittest_leader"), "no leader gauge without leader election");
+    assert!(
+        !metrics.contains("ferrite_kittest_leader"),
+        "no leader gauge without leader election"
+    );
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert_eq!(
         pools
