@@ -1,5 +1,6 @@
 //! Steps of `make demo`, kept in the library so the box tests can run the same steps.
 
+use crate::http_get;
 use crate::{
     KubeBox, Supervised,
     netlab::NetLab,
@@ -228,40 +229,29 @@ pub async fn start_controllers(kb: &KubeBox, lab: &NetLab, lb: &Lb) -> Result<Ru
     Ok(running)
 }
 
-/// Starts the speaker of node `i` inside its network namespace (as failover.rs does).
+/// Arguments of `ferrite-lb speaker` for a lab node, as the chart would run it (its ServiceAccount's
+/// kubeconfig, the chart's gossip Secret in ferrite-system; admin on the namespace's own loopback).
+pub fn speaker_args(kubeconfig: &std::path::Path, node: &str) -> Vec<String> {
+    vec![
+        "speaker".into(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--node-name={node}"),
+        "--admin-addr=127.0.0.1:9091".into(),
+        "--namespace=ferrite-system".into(),
+        "--gossip-secret=ferrite-lb-gossip".into(),
+    ]
+}
+
+/// Starts the speaker of node `i` inside its network namespace.
 pub fn start_speaker(lab: &NetLab, i: usize, lb: &Lb) -> Result<Supervised> {
     let n = &lab.nodes[i];
     lab.spawn_in(
         &n.ns,
         &speaker_name(&n.name),
         &lb.bin,
-        &[
-            "speaker".into(),
-            format!("--kubeconfig={}", lb.speaker_kubeconfig.display()),
-            format!("--node-name={}", n.name),
-            "--admin-addr=127.0.0.1:9091".into(),
-            "--namespace=ferrite-system".into(),
-            "--gossip-secret=ferrite-lb-gossip".into(),
-        ],
+        &speaker_args(&lb.speaker_kubeconfig, &n.name),
         &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
     )
-}
-
-/// A plain HTTP/1.0 GET: status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-    Ok((code, body.unwrap_or_default()))
 }
 
 /// Namespace of the demo's Service.

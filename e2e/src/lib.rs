@@ -9,9 +9,11 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod http;
 pub mod kubebox;
 pub mod netlab;
 pub mod process;
 
+pub use http::http_get;
 pub use kubebox::{KubeBox, cache_dir, tool};
 pub use process::Supervised;

@@ -30,26 +30,9 @@ impl ReasonedError for Refused {
 }
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    // A plain HTTP/1.0 GET, so the test does not depend on the server's own HTTP stack.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
+    ferrite_e2e::http_get(addr, path)
         .await
-        .expect("admin server accepts");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+        .expect("admin server answers")
 }
 
 #[tokio::test]

@@ -27,14 +27,7 @@ fn start_speaker(lab: &NetLab, i: usize, kubeconfig: &Path) -> Supervised {
         &n.ns,
         "speaker",
         Path::new(env!("CARGO_BIN_EXE_ferrite-lb")),
-        &[
-            "speaker".into(),
-            format!("--kubeconfig={}", kubeconfig.display()),
-            format!("--node-name={}", n.name),
-            "--admin-addr=127.0.0.1:9091".into(),
-            "--namespace=ferrite-system".into(),
-            "--gossip-secret=ferrite-lb-gossip".into(),
-        ],
+        &ferrite_e2e::demo::speaker_args(kubeconfig, &n.name),
         &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
     )
     .expect("speaker starts")

@@ -245,14 +245,7 @@ impl Rig {
             &n.ns,
             "speaker",
             &self.lb,
-            &[
-                "speaker".into(),
-                format!("--kubeconfig={}", self.speaker_kc.display()),
-                format!("--node-name={}", n.name),
-                "--admin-addr=127.0.0.1:9091".into(),
-                "--namespace=ferrite-system".into(),
-                "--gossip-secret=ferrite-lb-gossip".into(),
-            ],
+            &ferrite_e2e::demo::speaker_args(&self.speaker_kc, &n.name),
             &[("FERRITE_LOG_LEVEL", "info")],
         )
     }

@@ -1,6 +1,7 @@
-//! Small helpers: quantiles, /proc RSS, a plain HTTP GET and a Prometheus text-format reader.
+//! Small helpers: quantiles, /proc RSS, the shared HTTP GET and a Prometheus text-format reader.
 
-use std::{net::SocketAddr, time::Duration};
+pub use ferrite_e2e::http_get;
+use std::time::Duration;
 
 /// Nearest-rank quantile `q` (0..=1) of `values`; `None` when empty.
 pub fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
@@ -22,32 +23,6 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-/// A plain HTTP/1.0 GET: status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .map_err(|_| std::io::Error::other("timed out"))??;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
 }
 
 /// Value of the sample `name` whose labels include every `labels` pair.

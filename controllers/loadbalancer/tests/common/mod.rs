@@ -1,6 +1,7 @@
 //! Shared by the box tests of ferrite-lb: CRDs installed, a controller process running against the box.
 #![allow(dead_code)]
 
+pub use ferrite_e2e::http_get;
 use ferrite_e2e::{KubeBox, Supervised, process::free_port};
 use k8s_openapi::api::{core::v1::Service, events::v1::Event};
 use kube::{
@@ -57,27 +58,6 @@ pub async fn start_controller(kb: &KubeBox, kubeconfig: &Path, extra: &[&str]) -
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("controller not ready within 30 s:\n{}", proc.log_tail(30));
-}
-
-/// A plain HTTP/1.0 GET.
-pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((
-        code,
-        buf.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    ))
 }
 
 /// Creates an object from JSON, retrying connection hiccups.
