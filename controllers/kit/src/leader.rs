@@ -91,6 +91,16 @@ impl Leadership {
 
     /// True while this replica may write. Checked before every write.
     pub fn is_leader(&self) -> bool {
+        let leader = self.fence_holds();
+        if !leader && *self.inner.tx.borrow() {
+            // The fence ran out between two tries of the election loop: tell subscribers now, so that
+            // the next successful renewal is a visible change (and reconciles skipped meanwhile run).
+            self.publish();
+        }
+        leader
+    }
+
+    fn fence_holds(&self) -> bool {
         match &self.inner.fence {
             None => true,
             Some(f) => f
@@ -128,7 +138,7 @@ impl Leadership {
 
     /// Sends the current state to subscribers when it changed.
     fn publish(&self) {
-        let now = self.is_leader();
+        let now = self.fence_holds();
         self.inner.tx.send_if_modified(|v| {
             let changed = *v != now;
             *v = now;
@@ -202,7 +212,19 @@ pub fn start(
         let mut observed = Observed::default();
         loop {
             let started = Instant::now();
-            match try_acquire_or_renew(&api, &config, &mut observed).await {
+            // A renewal that hangs must not outlive the fence: give up at the renew deadline.
+            let attempt = tokio::time::timeout(
+                config.renew_deadline,
+                try_acquire_or_renew(&api, &config, &mut observed),
+            );
+            let result = match attempt.await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Setup(format!(
+                    "no answer within {:?}",
+                    config.renew_deadline
+                ))),
+            };
+            match result {
                 Ok(true) => {
                     if !handle.is_leader() {
                         tracing::info!(lease = %config.name, identity = %config.identity, "became leader");
@@ -390,9 +412,22 @@ mod tests {
         l.set_fence(Some(Instant::now() + Duration::from_secs(60)));
         assert!(l.is_leader());
         assert!(*l.subscribe().borrow());
-        l.set_fence(Some(Instant::now() - Duration::from_millis(1)));
+        // The fence runs out with no call to the election loop in between.
+        l.set_fence(Some(Instant::now() + Duration::from_millis(20)));
+        std::thread::sleep(Duration::from_millis(40));
+        let mut rx = l.subscribe();
+        rx.borrow_and_update();
         assert!(!l.is_leader(), "a fence in the past means no writes");
         assert!(l.ensure().is_err());
+        assert!(
+            rx.has_changed().unwrap_or(false) && !*rx.borrow_and_update(),
+            "subscribers learn of the expiry"
+        );
+        l.set_fence(Some(Instant::now() + Duration::from_secs(60)));
+        assert!(
+            rx.has_changed().unwrap_or(false) && *rx.borrow_and_update(),
+            "and of the renewal after it"
+        );
         assert!(Leadership::always("x").is_leader());
     }
 }

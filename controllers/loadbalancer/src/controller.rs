@@ -25,7 +25,7 @@ use ferrite_kit::{
         Api, Client, Resource, ResourceExt,
         runtime::{
             Controller, WatchStreamExt,
-            controller::{Action, Config as ControllerConfig},
+            controller::Action,
             reflector::{self, Store},
             watcher,
         },
@@ -181,9 +181,16 @@ fn bump(tx: &watch::Sender<u64>) {
     tx.send_modify(|v| *v = v.wrapping_add(1));
 }
 
-fn changes(rx: watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send + 'static {
-    stream::unfold(rx, |mut rx| async move {
+/// One item per change of `rx`, at most one per `min_interval`: changes arriving meanwhile are folded
+/// into the next item. (A debounce would keep postponing while changes keep coming, so pool status
+/// would not move at all during a long burst of allocations.)
+fn changes(
+    rx: watch::Receiver<u64>,
+    min_interval: Duration,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    stream::unfold(rx, move |mut rx| async move {
         rx.changed().await.ok()?;
+        tokio::time::sleep(min_interval).await;
         rx.borrow_and_update();
         Some(((), rx))
     })
@@ -251,10 +258,8 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         ready: std::sync::atomic::AtomicBool::new(false),
     });
 
-    let pools_ctl = pools_ctl
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
-        .reconcile_all_on(changes(pools_dirty_rx));
-    let services_ctl = services_ctl.reconcile_all_on(changes(services_dirty_rx));
+    let pools_ctl = pools_ctl.reconcile_all_on(changes(pools_dirty_rx, Duration::from_millis(250)));
+    let services_ctl = services_ctl.reconcile_all_on(changes(services_dirty_rx, Duration::ZERO));
 
     let opts = app.run_options();
     tracing::info!(class = %ctx.policy.class, "allocator starting");
