@@ -756,11 +756,23 @@ impl Allocator {
             .services
             .iter()
             .flat_map(|(k, h)| h.ips.iter().map(move |ip| (k, *ip)))
-            .filter(|(_, ip)| !self.pools.iter().any(|p| p.cfg.offers(*ip)))
+            .filter(|(_, ip)| !self.offered(*ip))
             .map(|(k, ip)| (k.clone(), ip))
             .collect();
         out.sort();
         out
+    }
+
+    /// The addresses `key` holds that are in no pool (a cheap, per-Service [`Allocator::out_of_pool`]).
+    pub fn out_of_pool_of(&self, key: &ServiceKey) -> Vec<IpAddr> {
+        self.services
+            .get(key)
+            .map(|h| h.ips.iter().copied().filter(|ip| !self.offered(*ip)).collect())
+            .unwrap_or_default()
+    }
+
+    fn offered(&self, ip: IpAddr) -> bool {
+        self.pools.iter().any(|p| p.cfg.offers(ip))
     }
 
     /// The addresses the Service holds, if any.

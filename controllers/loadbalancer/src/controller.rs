@@ -458,13 +458,27 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             .await;
     }
 
-    let (result, lost) = {
+    // One look at the allocator: the assignment, a lost duplicate (rebuild) and, for a held address
+    // outside every pool, whether that was already said.
+    let (result, conflict, fresh_out) = {
         let mut st = ctx.sync();
-        let lost = st.rebuild_losers.remove(&key);
-        (st.alloc.assign(&parsed.request), lost)
+        let conflict = st
+            .rebuild_losers
+            .remove(&key)
+            .map(|ip| (ip, st.alloc.holders(ip)));
+        let result = st.alloc.assign(&parsed.request);
+        let fresh_out: Vec<IpAddr> = if result.is_ok() {
+            st.alloc
+                .out_of_pool_of(&key)
+                .into_iter()
+                .filter(|ip| st.warned_out_of_pool.insert((key.clone(), *ip)))
+                .collect()
+        } else {
+            vec![]
+        };
+        (result, conflict, fresh_out)
     };
-    if let Some(ip) = lost {
-        let holders = ctx.sync().alloc.holders(ip);
+    if let Some((ip, holders)) = conflict {
         let by = holders
             .iter()
             .map(ToString::to_string)
@@ -474,27 +488,14 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             .warning(&oref, "IPConflict", "Allocate", format!("IP {ip} is also held by {by}, which is older and keeps it; this Service gets another address"))
             .await;
     }
+    // Addresses that fell out of every pool stay with their Services; say so, once.
+    for ip in fresh_out {
+        ctx.events
+            .warning(&oref, "IPOutOfPool", "Allocate", format!("IP {ip} is no longer in any IPPool; the Service keeps it until it is deleted or asks for another address"))
+            .await;
+    }
     match result {
         Ok(assignment) => {
-            // Addresses that fell out of every pool stay with their Services; say so, once.
-            let fresh_out: Vec<IpAddr> = {
-                let mut st = ctx.sync();
-                let out: Vec<IpAddr> = st
-                    .alloc
-                    .out_of_pool()
-                    .into_iter()
-                    .filter(|(k, _)| *k == key)
-                    .map(|(_, ip)| ip)
-                    .collect();
-                out.into_iter()
-                    .filter(|ip| st.warned_out_of_pool.insert((key.clone(), *ip)))
-                    .collect()
-            };
-            for ip in fresh_out {
-                ctx.events
-                    .warning(&oref, "IPOutOfPool", "Allocate", format!("IP {ip} is no longer in any IPPool; the Service keeps it until it is deleted or asks for another address"))
-                    .await;
-            }
             if assignment.ips != current {
                 apply_status(
                     &api,

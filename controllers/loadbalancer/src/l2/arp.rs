@@ -45,12 +45,7 @@ pub(crate) async fn run(mut ctx: WorkerCtx) {
             (ips, p.map(|p| p.mac))
         };
         let now = Instant::now();
-        for ip in &ips {
-            if !known.contains(ip) || mac != known_mac {
-                bursts.start(*ip, now);
-            }
-        }
-        bursts.retain(|ip| ips.contains(ip));
+        bursts.follow(&known, &ips, mac != known_mac, now);
         known = ips;
         known_mac = mac;
 

@@ -4,7 +4,7 @@
 //! A removed IP is dropped from the schedule by the worker (`retain`) before anything is sent, and the
 //! worker re-checks the plan before each send as well.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::time::Instant;
 
@@ -26,6 +26,23 @@ impl<T: Ord + Copy> Bursts<T> {
     /// (Re)starts the burst for `ip`: first round due at `now`.
     pub(crate) fn start(&mut self, ip: T, now: Instant) {
         self.pending.insert(ip, (now, GRATUITOUS_ROUNDS));
+    }
+
+    /// Follows a plan change of one worker: IPs new in `current` (or every IP, when `restart_all`
+    /// because the interface's MAC changed) start a burst; IPs no longer in `current` lose theirs.
+    pub(crate) fn follow(
+        &mut self,
+        previous: &BTreeSet<T>,
+        current: &BTreeSet<T>,
+        restart_all: bool,
+        now: Instant,
+    ) {
+        for ip in current {
+            if restart_all || !previous.contains(ip) {
+                self.start(*ip, now);
+            }
+        }
+        self.retain(|ip| current.contains(ip));
     }
 
     /// Drops the bursts of IPs for which `keep` is false.
