@@ -46,6 +46,10 @@ where
     if let Some(obj) = body.as_object_mut() {
         obj.insert("apiVersion".into(), K::api_version(&()).into());
         obj.insert("kind".into(), K::kind(&()).into());
+        let meta = obj.entry("metadata").or_insert_with(|| serde_json::json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("name".into(), name.into());
+        }
     }
     let params = PatchParams::apply(field_manager).force();
     Ok(api.patch(name, &params, &Patch::Apply(&body)).await?)

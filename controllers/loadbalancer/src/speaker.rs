@@ -31,7 +31,7 @@ use ferrite_kit::{
     events::Events,
     kube::{
         Api, Client, Resource, ResourceExt,
-        api::{DynamicObject, Patch, PatchParams},
+        api::DynamicObject,
         runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
     },
 };
@@ -196,6 +196,7 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         slices,
         gossip_port: args.gossip_port,
         grace_until: tokio::time::Instant::now() + args.startup_grace,
+        leadership: app.leadership.clone(),
     };
     tracing::info!(node = %me, gossip = %bind, "speaker starting");
     let mut state = Announced::default();
@@ -268,6 +269,8 @@ struct Speaker {
     slices: Store<DynamicObject>,
     gossip_port: u16,
     grace_until: tokio::time::Instant,
+    /// Always a writer: every speaker records its own announcements.
+    leadership: ferrite_kit::leader::Leadership,
 }
 
 /// What this node announced after the last step: Service -> its IPs.
@@ -558,12 +561,10 @@ impl Speaker {
     /// Records this node as the announcer, so it keeps the IP while eligible (no flip-back).
     async fn claim(&self, svc: &Service) {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
-        let patch = serde_json::json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": svc.name_any(), "annotations": {ANNOUNCING_NODE: self.me}},
-        });
-        let params = PatchParams::apply(names::LB_SPEAKER_MANAGER).force();
-        if let Err(e) = api.patch(&svc.name_any(), &params, &Patch::Apply(&patch)).await {
+        let name = svc.name_any();
+        let body = serde_json::json!({"metadata": {"annotations": {ANNOUNCING_NODE: self.me}}});
+        let res = ferrite_kit::status::apply(&api, &name, names::LB_SPEAKER_MANAGER, body, &self.leadership);
+        if let Err(e) = res.await {
             tracing::warn!(service = %svc.name_any(), error = %e, "could not record the announcing node");
         }
     }
