@@ -3,6 +3,10 @@
 //! Readiness is a set of named gates, one per watch (or anything else that must be in place before the
 //! process is useful). `/readyz` answers 200 only when every gate is open and otherwise 503 with the names
 //! of the gates still closed, so `kubectl describe pod` says what the controller waits for.
+//!
+//! Liveness is the opposite: a set of named fatal conditions ([`Liveness::fail`]). `/livez` answers 200
+//! while none is set and otherwise 503 naming each one ("gossip task died: ..."), so the kubelet restarts
+//! the pod and `kubectl describe pod` says why.
 
 use crate::{Error, Result};
 use http_body_util::Full;
@@ -102,6 +106,46 @@ where
     }
 }
 
+/// Named fatal conditions served on `/livez`.
+///
+/// A task whose death makes the process useless (a gossip loop, a packet responder) marks it here;
+/// `/livez` then answers 503 with `not live: <name>: <why>` for every condition set. A condition can be
+/// cleared again ([`Liveness::clear`]) for the rare case that a supervisor restarted what failed.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness {
+    failed: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Liveness {
+    /// Marks the fatal condition `name` (e.g. `gossip task`) with what happened (e.g. `exited: ...`).
+    /// Marking it again replaces the description.
+    pub fn fail(&self, name: impl Into<String>, why: impl std::fmt::Display) {
+        let name = name.into();
+        let why = why.to_string();
+        tracing::error!(condition = %name, why = %why, "liveness check failed");
+        self.lock().insert(name, why);
+    }
+
+    /// Clears the condition `name`.
+    pub fn clear(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    /// True while no fatal condition is set.
+    pub fn is_alive(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// The fatal conditions set, as `(name, why)` sorted by name.
+    pub fn failures(&self) -> Vec<(String, String)> {
+        self.lock().iter().map(|(n, w)| (n.clone(), w.clone())).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A registry with the process collector (CPU, memory, file descriptors, start time) registered.
 pub fn registry() -> Registry {
     let registry = Registry::new();
@@ -113,6 +157,126 @@ pub fn registry() -> Registry {
         ));
     }
     registry
+}
+
+/// Paths the admin server answers itself; extra routes cannot take them.
+pub const BUILTIN_PATHS: [&str; 3] = ["/metrics", "/livez", "/readyz"];
+
+/// Largest request body an extra route is given; larger requests get 413.
+pub const MAX_ROUTE_BODY: usize = 64 * 1024;
+
+/// What an extra route's handler returns.
+pub type RouteFuture = futures::future::BoxFuture<'static, Response<Full<Bytes>>>;
+
+type Handler = Arc<dyn Fn(Request<Bytes>) -> RouteFuture + Send + Sync>;
+
+/// Extra routes of the admin server: path prefix -> handler, e.g. the ACME HTTP-01 solver under
+/// `/.well-known/acme-challenge/` or a debug dump, added without forking the kit.
+///
+/// The table is shared: routes may be added (and removed) before or after the server started, and
+/// each request is dispatched against the table as it is when the request arrives. The longest
+/// matching prefix wins; a prefix matches its own path and everything below it (`/debug` matches
+/// `/debug` and `/debug/x`, not `/debugger`; a prefix ending in `/` matches everything starting with
+/// it). The built-in paths ([`BUILTIN_PATHS`]) always answer first. Handlers get every method and
+/// the request body (at most [`MAX_ROUTE_BODY`] bytes).
+#[derive(Clone, Default)]
+pub struct Routes {
+    table: Arc<std::sync::RwLock<Vec<(String, Handler)>>>,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.prefixes()).finish()
+    }
+}
+
+impl Routes {
+    /// Adds `handler` under `prefix`. Refused when the prefix is not an absolute path, is a
+    /// built-in path, or is taken already.
+    pub fn add<F, Fut>(&self, prefix: &str, handler: F) -> Result<()>
+    where
+        F: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        if !prefix.starts_with('/') || prefix.contains(['?', '#']) || prefix.contains(char::is_whitespace) {
+            return Err(Error::Option(format!(
+                "admin route {prefix:?} must be an absolute path like /debug or /.well-known/acme-challenge/ (no query, no spaces)"
+            )));
+        }
+        if BUILTIN_PATHS.contains(&prefix.trim_end_matches('/')) {
+            return Err(Error::Option(format!(
+                "admin route {prefix:?} is served by the admin server itself ({})",
+                BUILTIN_PATHS.join(", ")
+            )));
+        }
+        let mut table = self.write();
+        if table.iter().any(|(p, _)| p == prefix) {
+            return Err(Error::Option(format!(
+                "admin route {prefix:?} is registered twice"
+            )));
+        }
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        table.push((prefix.to_string(), handler));
+        // Longest prefix first, so the first match is the most specific one.
+        table.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Ok(())
+    }
+
+    /// Removes the route under exactly `prefix`; false when there was none.
+    pub fn remove(&self, prefix: &str) -> bool {
+        let mut table = self.write();
+        let before = table.len();
+        table.retain(|(p, _)| p != prefix);
+        table.len() != before
+    }
+
+    /// The registered prefixes, most specific first.
+    pub fn prefixes(&self) -> Vec<String> {
+        self.read().iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// The prefix that would answer `path`, if any.
+    pub fn matching(&self, path: &str) -> Option<String> {
+        self.read()
+            .iter()
+            .find(|(p, _)| prefix_matches(p, path))
+            .map(|(p, _)| p.clone())
+    }
+
+    fn find(&self, path: &str) -> Option<Handler> {
+        self.read()
+            .iter()
+            .find(|(p, _)| prefix_matches(p, path))
+            .map(|(_, h)| h.clone())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<(String, Handler)>> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<(String, Handler)>> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// Everything the admin server serves.
+#[derive(Clone, Debug, Default)]
+pub struct AdminState {
+    /// Served on `/metrics`.
+    pub registry: Registry,
+    /// Served on `/readyz`.
+    pub readiness: Readiness,
+    /// Served on `/livez`.
+    pub liveness: Liveness,
+    /// Extra routes.
+    pub routes: Routes,
 }
 
 /// The bound admin server.
@@ -139,9 +303,22 @@ impl AdminServer {
         self.local
     }
 
-    /// Serves until `shutdown` is cancelled.
+    /// Serves metrics and readiness (always live, no extra routes) until `shutdown` is cancelled.
     pub async fn serve(self, registry: Registry, readiness: Readiness, shutdown: CancellationToken) {
-        tracing::info!(addr = %self.local, "admin server listening (/metrics, /livez, /readyz)");
+        self.serve_with(
+            AdminState {
+                registry,
+                readiness,
+                ..AdminState::default()
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves `state` until `shutdown` is cancelled.
+    pub async fn serve_with(self, state: AdminState, shutdown: CancellationToken) {
+        tracing::info!(addr = %self.local, routes = ?state.routes, "admin server listening (/metrics, /livez, /readyz)");
         loop {
             let (stream, _) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -154,11 +331,11 @@ impl AdminServer {
                     }
                 },
             };
-            let (registry, readiness) = (registry.clone(), readiness.clone());
+            let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let resp = handle(&req, &registry, &readiness);
-                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(dispatch(req, &state).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -171,28 +348,69 @@ impl AdminServer {
     }
 }
 
-fn handle<B>(req: &Request<B>, registry: &Registry, readiness: &Readiness) -> Response<Full<Bytes>> {
+async fn dispatch(req: Request<hyper::body::Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if BUILTIN_PATHS.contains(&path) {
+        return handle(&req, state);
+    }
+    let Some(handler) = state.routes.find(path) else {
+        return handle(&req, state);
+    };
+    let (parts, body) = req.into_parts();
+    let body =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_ROUTE_BODY)).await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body over {MAX_ROUTE_BODY} bytes\n"),
+                    )
+                } else {
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body: {e}\n"),
+                    )
+                };
+            }
+        };
+    handler(Request::from_parts(parts, body)).await
+}
+
+fn handle<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match req.uri().path() {
         "/metrics" => {
             let mut buf = Vec::new();
-            match TextEncoder::new().encode(&registry.gather(), &mut buf) {
+            match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
                 Ok(()) => Response::builder()
                     .header("content-type", prometheus::TEXT_FORMAT)
                     .body(Full::new(Bytes::from(buf)))
-                    .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n".into())),
+                    .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")),
                 Err(e) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("encoding metrics failed: {e}\n"),
                 ),
             }
         }
-        "/livez" => text(StatusCode::OK, "ok\n".into()),
+        "/livez" => {
+            let failures = state.liveness.failures();
+            if failures.is_empty() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                let what: Vec<String> = failures.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not live: {}\n", what.join("; ")),
+                )
+            }
+        }
         "/readyz" => {
+            let readiness = &state.readiness;
             if readiness.is_ready() {
-                text(StatusCode::OK, "ok\n".into())
+                text(StatusCode::OK, "ok\n")
             } else {
                 let waiting = readiness.waiting_for();
                 let what = if waiting.is_empty() {
@@ -206,12 +424,17 @@ fn handle<B>(req: &Request<B>, registry: &Registry, readiness: &Readiness) -> Re
                 )
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "try /metrics, /livez or /readyz\n".into()),
+        _ => {
+            let mut paths: Vec<String> = BUILTIN_PATHS.iter().map(|p| p.to_string()).collect();
+            paths.extend(state.routes.prefixes());
+            text(StatusCode::NOT_FOUND, format!("try {}\n", paths.join(", ")))
+        }
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+/// A `text/plain` response, for extra routes too.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.into())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         "content-type",
@@ -230,10 +453,13 @@ mod tests {
 
     #[test]
     fn readyz_waits_for_every_gate() {
-        let reg = registry();
-        let r = Readiness::default();
+        let state = AdminState {
+            registry: registry(),
+            ..AdminState::default()
+        };
+        let r = &state.readiness;
         assert_eq!(
-            handle(&get("/readyz"), &reg, &r).status(),
+            handle(&get("/readyz"), &state).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         let a = r.gate("watch ippools");
@@ -244,12 +470,72 @@ mod tests {
         );
         a.open();
         assert_eq!(
-            handle(&get("/readyz"), &reg, &r).status(),
+            handle(&get("/readyz"), &state).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         b.open();
-        assert_eq!(handle(&get("/readyz"), &reg, &r).status(), StatusCode::OK);
-        assert_eq!(handle(&get("/livez"), &reg, &r).status(), StatusCode::OK);
-        assert_eq!(handle(&get("/nope"), &reg, &r).status(), StatusCode::NOT_FOUND);
+        assert_eq!(handle(&get("/readyz"), &state).status(), StatusCode::OK);
+        assert_eq!(handle(&get("/livez"), &state).status(), StatusCode::OK);
+        assert_eq!(handle(&get("/nope"), &state).status(), StatusCode::NOT_FOUND);
+    }
+
+    fn body(resp: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = futures::executor::block_on(resp.into_body().collect())
+            .expect("full body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn livez_names_every_fatal_condition() {
+        let state = AdminState::default();
+        let live = state.liveness.clone();
+        assert!(live.is_alive());
+        assert_eq!(handle(&get("/livez"), &state).status(), StatusCode::OK);
+        live.fail("gossip task", "exited: socket closed");
+        live.fail("arp responder", "panicked");
+        assert!(!live.is_alive());
+        let resp = handle(&get("/livez"), &state);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body(resp),
+            "not live: arp responder: panicked; gossip task: exited: socket closed\n"
+        );
+        live.clear("arp responder");
+        live.clear("gossip task");
+        assert_eq!(handle(&get("/livez"), &state).status(), StatusCode::OK);
+        // Readiness is independent of liveness.
+        live.fail("x", "y");
+        state.readiness.gate("g").open();
+        assert_eq!(handle(&get("/readyz"), &state).status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn route_prefixes_match_whole_segments_longest_first() {
+        let routes = Routes::default();
+        let ok = |_req: Request<Bytes>| async { text(StatusCode::OK, "x") };
+        routes.add("/debug", ok).expect("added");
+        routes.add("/debug/deep", ok).expect("added");
+        routes.add("/.well-known/acme-challenge/", ok).expect("added");
+        assert_eq!(routes.matching("/debug").as_deref(), Some("/debug"));
+        assert_eq!(routes.matching("/debug/x").as_deref(), Some("/debug"));
+        assert_eq!(routes.matching("/debug/deep/1").as_deref(), Some("/debug/deep"));
+        assert_eq!(routes.matching("/debugger"), None);
+        assert_eq!(
+            routes.matching("/.well-known/acme-challenge/tok").as_deref(),
+            Some("/.well-known/acme-challenge/")
+        );
+        assert_eq!(routes.matching("/.well-known/acme-challenge"), None);
+        assert_eq!(routes.matching("/"), None);
+        for bad in [
+            "debug", "/metrics", "/livez/", "/readyz", "/a b", "/x?y=1", "/debug",
+        ] {
+            let err = routes.add(bad, ok).expect_err(bad);
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        assert!(routes.remove("/debug"));
+        assert!(!routes.remove("/debug"));
+        assert_eq!(routes.matching("/debug/x"), None);
     }
 }

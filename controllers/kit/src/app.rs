@@ -2,7 +2,7 @@
 
 use crate::{
     Result,
-    admin::{AdminServer, Readiness},
+    admin::{AdminServer, AdminState, Liveness, Readiness, Routes},
     cli::CommonArgs,
     leader::{self, Leadership, LeaseConfig},
     metrics::ReconcileMetrics,
@@ -20,6 +20,10 @@ pub struct App {
     pub registry: Registry,
     /// Readiness gates served on `/readyz`.
     pub readiness: Readiness,
+    /// Fatal conditions served on `/livez` (503 naming each one once any is set).
+    pub liveness: Liveness,
+    /// Extra admin-server routes (path prefix -> handler); may be added at any time.
+    pub routes: Routes,
     /// Whether this replica may write.
     pub leadership: Leadership,
     /// Cancelled on SIGTERM/SIGINT.
@@ -66,9 +70,17 @@ impl App {
         let metrics = ReconcileMetrics::new(name)
             .map_err(|e| crate::Error::Setup(format!("metrics of {name:?}: {e}")))?;
         let readiness = Readiness::default();
+        let liveness = Liveness::default();
+        let routes = Routes::default();
         let admin = AdminServer::bind(args.admin_addr).await?;
         let admin_addr = admin.local_addr();
-        tokio::spawn(admin.serve(registry.clone(), readiness.clone(), shutdown.clone()));
+        let state = AdminState {
+            registry: registry.clone(),
+            readiness: readiness.clone(),
+            liveness: liveness.clone(),
+            routes: routes.clone(),
+        };
+        tokio::spawn(admin.serve_with(state, shutdown.clone()));
 
         let identity = args.identity();
         let (leadership, leader_task) = if args.leader_elect {
@@ -108,6 +120,8 @@ impl App {
             client,
             registry,
             readiness,
+            liveness,
+            routes,
             leadership,
             shutdown,
             metrics,
