@@ -62,6 +62,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foca::{
@@ -245,7 +246,14 @@ pub struct Membership {
     commands: mpsc::UnboundedSender<Command>,
     alive: watch::Receiver<BTreeSet<String>>,
     task: JoinHandle<()>,
+    /// Why the task ended on its own (set just before it returns); `None` after a graceful leave, a
+    /// panic or an abort.
+    exit: Arc<Mutex<Option<String>>>,
 }
+
+/// Consecutive receive errors after which the socket counts as broken and the task ends (with a 10 ms
+/// pause after each, so about a second of nothing but errors).
+const MAX_RECV_ERRORS: u32 = 100;
 
 #[derive(Debug)]
 enum Command {
@@ -305,6 +313,7 @@ impl Membership {
         let (commands, commands_rx) = mpsc::unbounded_channel();
 
         info!(node = %id.node, addr = %advertise, boot = id.boot, "gossip started");
+        let exit = Arc::new(Mutex::new(None));
         let gossip = Gossip {
             foca,
             runtime: foca::AccumulatingRuntime::new(),
@@ -317,12 +326,20 @@ impl Membership {
             timings: cfg.timings,
             frame: Vec::with_capacity(MAX_DATAGRAM),
         };
-        let task = tokio::spawn(gossip.run(commands_rx, shutdown));
+        let task = {
+            let exit = exit.clone();
+            tokio::spawn(async move {
+                if let Err(why) = gossip.run(commands_rx, shutdown).await {
+                    *exit.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                }
+            })
+        };
         Ok(Membership {
             id,
             commands,
             alive,
             task,
+            exit,
         })
     }
 
@@ -350,6 +367,26 @@ impl Membership {
     /// failed probes. For failure-detection tests and benchmarks.
     pub fn crash(self) {
         self.task.abort();
+    }
+
+    /// Aborts the gossip task but keeps the handle, so [`Membership::stopped`] resolves as it does when
+    /// the task dies by itself. Fault injection only (the speaker's `--fault-gossip-sigusr1`).
+    pub fn abort_task(&self) {
+        self.task.abort();
+    }
+
+    /// Resolves once the gossip task has stopped, with why. After a graceful leave (the shutdown token
+    /// was cancelled) this resolves too; callers tell the two apart by the token. A speaker whose
+    /// gossip stopped otherwise has a frozen view of who is alive and must stop announcing.
+    pub async fn stopped(&self) -> String {
+        let mut alive = self.alive.clone();
+        // `changed` fails only once the task has dropped the sender, i.e. ended.
+        while alive.changed().await.is_ok() {}
+        self.exit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "the gossip task ended unexpectedly (it panicked or was aborted)".to_owned())
     }
 
     /// Waits for the task to end (after the shutdown token is cancelled and the leave was sent).
@@ -505,8 +542,15 @@ struct Gossip {
 }
 
 impl Gossip {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
+    /// Runs until `shutdown` (Ok, after sending the leave) or until the socket keeps failing (Err with
+    /// why).
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        shutdown: CancellationToken,
+    ) -> Result<(), String> {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut recv_errors = 0u32;
         let mut rejoin = tokio::time::interval(self.timings.rejoin_period);
         rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -519,11 +563,23 @@ impl Gossip {
                     }
                     self.drain().await;
                     info!("gossip stopped: left the cluster");
-                    return;
+                    return Ok(());
                 }
                 received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
-                    Err(e) => debug!(error = %e, "gossip: receive failed"),
+                    Ok((len, from)) => {
+                        recv_errors = 0;
+                        self.on_datagram(&buf[..len], from);
+                    }
+                    Err(e) => {
+                        recv_errors += 1;
+                        debug!(error = %e, "gossip: receive failed");
+                        if recv_errors >= MAX_RECV_ERRORS {
+                            let why = format!("gossip socket failed {recv_errors} times in a row: {e}");
+                            warn!(%why, "gossip stopped");
+                            return Err(why);
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 },
                 () = sleep_until_opt(next) => {
                     for timer in self.timers.pop_due(Instant::now()) {
@@ -740,6 +796,43 @@ mod tests {
             ..Timings::default()
         };
         assert!(matches!(foca_config(&bad), Err(MemberError::InvalidTimings(_))));
+    }
+
+    #[tokio::test]
+    async fn stopped_resolves_when_the_task_dies_and_on_graceful_leave() {
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let tok = CancellationToken::new();
+        let m = Membership::start(
+            MemberConfig::new("n", bind, vec![1; 32]),
+            &Registry::new(),
+            tok.clone(),
+        )
+        .await
+        .unwrap();
+        // Running: not stopped.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), m.stopped())
+                .await
+                .is_err()
+        );
+        m.abort_task();
+        let why = tokio::time::timeout(Duration::from_secs(5), m.stopped())
+            .await
+            .expect("stopped after abort");
+        assert!(why.contains("ended unexpectedly"), "{why}");
+
+        let tok = CancellationToken::new();
+        let m = Membership::start(
+            MemberConfig::new("n", bind, vec![1; 32]),
+            &Registry::new(),
+            tok.clone(),
+        )
+        .await
+        .unwrap();
+        tok.cancel();
+        tokio::time::timeout(Duration::from_secs(5), m.stopped())
+            .await
+            .expect("stopped after leave");
     }
 
     #[tokio::test]

@@ -3,15 +3,41 @@
 //! ```text
 //!   Services ─┐                                         ┌─> l2::Announcer::set(ip -> interfaces)
 //!   Nodes ────┤                                         │     (answers ARP/NDP, GARP/NA on takeover)
-//!   EndpointSlices (v1 | v1beta1) ──> recompute ──> election::elect per Service
-//!   IPPools (l2.interfaces, l2.nodeSelector) ┘   ^      └─> annotation lb.ferrite.dev/announcing-node,
-//!   member::Membership (SWIM gossip: live speakers) ┘        Event "Announcing", ferrite_lb_announced
+//!   EndpointSlices (v1 | v1beta1) ──> step() ──> election::elect per Service
+//!   IPPools (l2.interfaces, l2.nodeSelector) ┘   ^      └─> ApiQueue (bounded, latest wins) ─> one task:
+//!   member::Membership (SWIM gossip: live speakers) ┘         annotation lb.ferrite.dev/announcing-node,
+//!                                                             Events, each call with a timeout
 //! ```
-//! Every input change (or a tick every few seconds, as a safety net) recomputes the whole desired set;
+//! Every input change (or a tick every second, as a safety net) recomputes the whole desired set;
 //! the computation is pure and cheap (one sha256 per Service and node). The speaker is not
 //! leader-elected: every node decides for itself, and all decide alike because they see the same
 //! objects and the same gossip view. The owner recorded in the annotation keeps the IP while it stays
 //! eligible, so a recovered node does not take it back (no flip-back).
+//!
+//! # Never waiting on the API server
+//! [`Speaker::step`] does no I/O: it reads the watch caches and the gossip view, sets the announcer and
+//! *enqueues* what it wants written (claims, Events) in [`ApiQueue`]. One background task drains the
+//! queue, each call bounded by [`API_CALL_TIMEOUT`]. So a stalled or half-open connection to the API
+//! server delays the annotation and the Events, never the ARP/NDP answers or a takeover after a
+//! peer's death (gossip alone decides that). The queue holds one entry per (kind, Service): a newer
+//! claim or Event replaces a pending one, a claim this node no longer wins is withdrawn, and past
+//! [`API_QUEUE_CAPACITY`] entries new ones are dropped and counted.
+//!
+//! # Fatal: a dead gossip task
+//! With gossip gone this node's view of who is alive is frozen while its peers, no longer hearing it,
+//! take its addresses over: two nodes would answer. So the speaker stops announcing at once, marks
+//! `/livez` failed ("gossip task: ..."), and exits non-zero after [`GOSSIP_FAILURE_EXIT_DELAY`].
+//!
+//! # Inputs gate the first election
+//! Nothing is elected before every watch the step reads (Services, IPPools, Nodes, EndpointSlices,
+//! node Leases) has its first full list: before the IPPools are known every address would look
+//! out-of-pool, and before the Nodes are known every peer would look dead.
+//!
+//! # Only pool addresses
+//! An address is announced only if an IPPool contains it. Anyone who can write `services/status`
+//! could otherwise make every node answer for the gateway's address. An address outside every pool
+//! gets one Warning Event `NotAnnounced` per (Service, address), from one speaker (the best-ranked
+//! live node for the address, so the fleet does not repeat it).
 
 use crate::{
     addr::PoolAddresses,
@@ -39,18 +65,19 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
-        core::v1::{Node, Secret, Service},
+        core::v1::{Node, ObjectReference, Secret, Service},
     },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Options of the speaker.
 #[derive(clap::Args, Clone, Debug)]
@@ -84,7 +111,22 @@ pub struct SpeakerArgs {
     /// Namespace of the gossip Secret (defaults to the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferrite-system")]
     pub namespace: String,
+
+    /// Fault injection for tests and drills: SIGUSR1 aborts the gossip task, as if it had died (the
+    /// speaker then stops announcing, fails /livez and exits non-zero). Off by default.
+    #[arg(long, env = "FERRITE_FAULT_GOSSIP_SIGUSR1", default_value_t = false)]
+    pub fault_gossip_sigusr1: bool,
 }
+
+/// Longest wait for one API call of the background queue (a claim or an Event).
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most entries the background queue holds; past it new entries are dropped (and counted).
+pub const API_QUEUE_CAPACITY: usize = 4096;
+
+/// How long a speaker whose gossip task died keeps running (not announcing, `/livez` failing) before
+/// it exits, so a scrape or a probe can see why.
+pub const GOSSIP_FAILURE_EXIT_DELAY: Duration = Duration::from_secs(2);
 
 /// Runs the speaker until shutdown.
 pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
@@ -140,6 +182,19 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         &["ip", "node"],
     )?;
     app.registry.register(Box::new(announced_metric.clone()))?;
+    let writes = ApiQueue::start(
+        &app.registry,
+        ApiWriter {
+            me: me.clone(),
+            client: client.clone(),
+            events: app.events(names::LB_SPEAKER_REPORTER),
+            leadership: app.leadership.clone(),
+        },
+        app.shutdown.clone(),
+    )?;
+    if args.fault_gossip_sigusr1 {
+        tracing::warn!("fault injection on: SIGUSR1 aborts the gossip task");
+    }
 
     let wake = Arc::new(Notify::new());
     let services = watch_store::<Service>(&app, Api::all(client.clone()), "services", wake.clone());
@@ -183,9 +238,8 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
 
     let speaker = Speaker {
         me: me.clone(),
-        client: client.clone(),
         policy: ClassPolicy { class: args.lb_class },
-        events: app.events(names::LB_SPEAKER_REPORTER),
+        writes,
         announcer,
         membership,
         announced_metric,
@@ -196,22 +250,70 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         slices,
         gossip_port: args.gossip_port,
         grace_until: tokio::time::Instant::now() + args.startup_grace,
-        leadership: app.leadership.clone(),
     };
     tracing::info!(node = %me, gossip = %bind, "speaker starting");
-    let mut state = Announced::default();
-    loop {
-        ferrite_kit::admin::wait_synced(&speaker.services).await;
-        speaker.step(&mut state).await;
-        tokio::select! {
-            _ = app.shutdown.cancelled() => break,
-            _ = wake.notified() => {}
-            // Safety net, and the end of the startup grace.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    let gossip_stopped = speaker.membership.stopped();
+    tokio::pin!(gossip_stopped);
+    let sigusr1 = async {
+        if !args.fault_gossip_sigusr1 {
+            return std::future::pending().await;
         }
-    }
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGUSR1; fault injection off");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::pin!(sigusr1);
+
+    // The first election waits for every input it reads (module docs).
+    let synced = async {
+        ferrite_kit::admin::wait_synced(&speaker.services).await
+            && ferrite_kit::admin::wait_synced(&speaker.pools).await
+            && ferrite_kit::admin::wait_synced(&speaker.nodes).await
+            && ferrite_kit::admin::wait_synced(&speaker.slices).await
+            && ferrite_kit::admin::wait_synced(&speaker.node_leases).await
+    };
+    let why = tokio::select! {
+        _ = app.shutdown.cancelled() => None,
+        why = &mut gossip_stopped => Some(why),
+        ok = synced => {
+            if !ok {
+                anyhow::bail!("a watch of the speaker stopped before its first list");
+            }
+            tracing::info!("every watch listed: electing");
+            let mut state = Announced::default();
+            loop {
+                speaker.step(&mut state);
+                tokio::select! {
+                    _ = app.shutdown.cancelled() => break None,
+                    why = &mut gossip_stopped => break Some(why),
+                    () = &mut sigusr1 => {
+                        tracing::warn!("SIGUSR1 (fault injection): aborting the gossip task");
+                        speaker.membership.abort_task();
+                    }
+                    _ = wake.notified() => {}
+                    // Safety net, and the end of the startup grace.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     // Stop answering before the process goes away; the gossip task sends its leave on the same token.
     speaker.announcer.set(BTreeMap::new());
+    if let Some(why) = why.filter(|_| !app.shutdown.is_cancelled()) {
+        // A frozen membership view while the peers take over would make two nodes answer: stop
+        // announcing (above), say so on /livez, then exit so the node's pod is restarted.
+        app.liveness.fail("gossip task", format!("stopped: {why}"));
+        tracing::error!(%why, delay = ?GOSSIP_FAILURE_EXIT_DELAY, "gossip task stopped: not announcing; exiting");
+        tokio::time::sleep(GOSSIP_FAILURE_EXIT_DELAY).await;
+        app.shutdown.cancel();
+        anyhow::bail!("gossip task stopped: {why}");
+    }
     app.finish().await;
     Ok(())
 }
@@ -256,9 +358,8 @@ fn internal_ip(node: &Node) -> Option<IpAddr> {
 
 struct Speaker {
     me: String,
-    client: Client,
     policy: ClassPolicy,
-    events: Events,
+    writes: ApiQueue,
     announcer: Announcer,
     membership: Membership,
     announced_metric: IntGaugeVec,
@@ -269,8 +370,6 @@ struct Speaker {
     slices: Store<DynamicObject>,
     gossip_port: u16,
     grace_until: tokio::time::Instant,
-    /// Always a writer: every speaker records its own announcements.
-    leadership: ferrite_kit::leader::Leadership,
 }
 
 /// What this node announced after the last step: Service -> its IPs.
@@ -283,6 +382,8 @@ struct Announced {
     claimed: BTreeMap<(String, String), tokio::time::Instant>,
     /// Nodes gossip has shown alive at least once since this speaker started.
     ever_seen: BTreeSet<String>,
+    /// (namespace, name, address) outside every pool that a Warning Event was queued for.
+    warned_out_of_pool: BTreeSet<(String, String, IpAddr)>,
 }
 
 /// Where kubelets keep their node Leases.
@@ -348,7 +449,8 @@ impl Speaker {
             .collect()
     }
 
-    async fn step(&self, prev: &mut Announced) {
+    /// One election round: pure computation, the announcer set, writes queued. Never awaits.
+    fn step(&self, prev: &mut Announced) {
         // Speakers find each other through the Nodes' InternalIPs.
         let peers: BTreeSet<SocketAddr> = self
             .nodes
@@ -412,14 +514,28 @@ impl Speaker {
         let converging = tokio::time::Instant::now() < self.grace_until;
         let mut desired: BTreeMap<IpAddr, InterfaceFilter> = BTreeMap::new();
         let mut mine: BTreeMap<(String, String), (Arc<Service>, Vec<IpAddr>)> = BTreeMap::new();
+        let mut out_of_pool_now: BTreeSet<(String, String, IpAddr)> = BTreeSet::new();
         for (first, group) in &groups {
-            let pool = pools.iter().find(|p| p.addresses.contains(*first));
-            let (filter, node_selector) = match pool.map(|p| &p.l2) {
-                // Addresses outside every pool (pool shrunk or deleted) stay announced everywhere eligible.
-                None => (InterfaceFilter::all(), None),
-                Some(Ok((f, sel))) => (f.clone(), sel.clone()),
-                Some(Err(e)) => {
-                    tracing::warn!(pool = %pool.map(|p| p.name.as_str()).unwrap_or_default(), error = %e, ip = %first, "IPPool l2 is invalid; not announcing its addresses");
+            // Only addresses an IPPool contains are announced (module docs); the others are reported.
+            let (in_pool, outside): (Vec<IpAddr>, Vec<IpAddr>) = group
+                .ips
+                .iter()
+                .partition(|ip| pools.iter().any(|p| p.addresses.contains(**ip)));
+            if !outside.is_empty() {
+                self.report_out_of_pool(group, &outside, &alive, &node_objs, prev, &mut out_of_pool_now);
+            }
+            // The pool of the first announced address decides the node selector, as its first address
+            // decides the ranking.
+            let Some(pool) = in_pool
+                .first()
+                .and_then(|ip| pools.iter().find(|p| p.addresses.contains(*ip)))
+            else {
+                continue;
+            };
+            let node_selector = match &pool.l2 {
+                Ok((_, sel)) => sel.clone(),
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, error = %e, ip = %first, "IPPool l2 is invalid; not announcing its addresses");
                     continue;
                 }
             };
@@ -485,11 +601,27 @@ impl Speaker {
                     if winner == self.me
                         && (!converging || view.current_owner.as_deref() == Some(&self.me)) =>
                 {
-                    for ip in &group.ips {
-                        desired.insert(*ip, filter.clone());
+                    for ip in &in_pool {
+                        // Each address on the interfaces its own pool allows.
+                        let filter = pools
+                            .iter()
+                            .find(|p| p.addresses.contains(*ip))
+                            .and_then(|p| p.l2.as_ref().ok())
+                            .map(|(f, _)| f.clone());
+                        match filter {
+                            Some(f) => {
+                                desired.insert(*ip, f);
+                            }
+                            None => {
+                                tracing::warn!(ip = %ip, "IPPool l2 is invalid; not announcing this address")
+                            }
+                        }
                     }
                     for svc in &group.services {
-                        let ips = service::current_ips(svc);
+                        let ips: Vec<IpAddr> = service::current_ips(svc)
+                            .into_iter()
+                            .filter(|ip| desired.contains_key(ip))
+                            .collect();
                         mine.insert(
                             (svc.namespace().unwrap_or_default(), svc.name_any()),
                             (svc.clone(), ips),
@@ -501,8 +633,10 @@ impl Speaker {
             }
         }
         self.announcer.set(desired);
+        prev.warned_out_of_pool.retain(|k| out_of_pool_now.contains(k));
 
-        // Record ownership, tell people, keep the metric.
+        // Record ownership, tell people, keep the metric: all through the background queue.
+        self.writes.retain_claims(|key| mine.contains_key(key));
         let announced_on = self.announcer.announced();
         let now = tokio::time::Instant::now();
         for (key, (svc, ips)) in &mine {
@@ -512,7 +646,10 @@ impl Speaker {
                 .get(key)
                 .is_some_and(|t| now.duration_since(*t) < CLAIM_INTERVAL);
             if svc.annotations().get(ANNOUNCING_NODE) != Some(&self.me) && !recent {
-                self.claim(svc).await;
+                self.writes.push(Write::Claim {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                });
                 prev.claimed.insert(key.clone(), now);
             }
             if newly {
@@ -531,9 +668,14 @@ impl Speaker {
                     let names: Vec<&str> = ifaces.iter().map(|s| s.as_str()).collect();
                     format!("node {} announces {ip_list} on {}", self.me, names.join(", "))
                 };
-                self.events
-                    .normal(&svc.object_ref(&()), "Announcing", "Announce", note)
-                    .await;
+                self.writes.push(Write::Event {
+                    on: svc.object_ref(&()),
+                    warning: false,
+                    reason: "Announcing",
+                    action: "Announce",
+                    note,
+                    ip: None,
+                });
                 tracing::info!(service = %key.1, namespace = %key.0, ips = %ip_list, "announcing");
                 for ip in ips {
                     self.announced_metric
@@ -558,14 +700,289 @@ impl Speaker {
         prev.services = mine.into_iter().map(|(k, (_, ips))| (k, ips)).collect();
     }
 
-    /// Records this node as the announcer, so it keeps the IP while eligible (no flip-back).
-    async fn claim(&self, svc: &Service) {
-        let api: Api<Service> = Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
-        let name = svc.name_any();
-        let body = serde_json::json!({"metadata": {"annotations": {ANNOUNCING_NODE: self.me}}});
-        let res = ferrite_kit::status::apply(&api, &name, names::LB_SPEAKER_MANAGER, body, &self.leadership);
-        if let Err(e) = res.await {
-            tracing::warn!(service = %svc.name_any(), error = %e, "could not record the announcing node");
+    /// Queues one Warning Event per (Service, address outside every pool), from one speaker only: the
+    /// best-ranked live node for the address (every speaker computes the same one from the same view).
+    fn report_out_of_pool(
+        &self,
+        group: &Group,
+        outside: &[IpAddr],
+        alive: &BTreeSet<String>,
+        node_objs: &[Arc<Node>],
+        prev: &mut Announced,
+        now: &mut BTreeSet<(String, String, IpAddr)>,
+    ) {
+        let live_nodes = node_objs
+            .iter()
+            .map(|n| n.name_any())
+            .filter(|n| alive.contains(n));
+        for ip in outside {
+            let reporter = election::ranking(
+                *ip,
+                live_nodes.clone().collect::<Vec<_>>().iter().map(String::as_str),
+            )
+            .into_iter()
+            .next();
+            for svc in &group.services {
+                if !service::current_ips(svc).contains(ip) {
+                    continue;
+                }
+                let key = (svc.namespace().unwrap_or_default(), svc.name_any(), *ip);
+                now.insert(key.clone());
+                if prev.warned_out_of_pool.contains(&key) {
+                    continue;
+                }
+                prev.warned_out_of_pool.insert(key.clone());
+                tracing::warn!(service = %key.1, namespace = %key.0, %ip, "address is in no IPPool; not announcing it");
+                if reporter.as_deref() == Some(self.me.as_str()) {
+                    self.writes.push(Write::Event {
+                        on: svc.object_ref(&()),
+                        warning: true,
+                        reason: "NotAnnounced",
+                        action: "Announce",
+                        note: format!(
+                            "IP {ip} is in no IPPool: no speaker answers ARP/NDP for it (only addresses of an IPPool are announced)"
+                        ),
+                        ip: Some(*ip),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What the election asks the API server to do; see [`ApiQueue`].
+#[derive(Debug, Clone)]
+enum Write {
+    /// Record this node in the Service's `lb.ferrite.dev/announcing-node` annotation.
+    Claim { namespace: String, name: String },
+    /// Publish an Event on a Service.
+    Event {
+        on: ObjectReference,
+        warning: bool,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+        /// The address it is about, when Events of one reason differ per address.
+        ip: Option<IpAddr>,
+    },
+}
+
+/// Identity of a queued write: a newer write with the same key replaces a pending one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum WriteKey {
+    Claim(String, String),
+    Event(&'static str, String, String, Option<IpAddr>),
+}
+
+impl Write {
+    fn key(&self) -> WriteKey {
+        match self {
+            Self::Claim { namespace, name } => WriteKey::Claim(namespace.clone(), name.clone()),
+            Self::Event { on, reason, ip, .. } => WriteKey::Event(
+                reason,
+                on.namespace.clone().unwrap_or_default(),
+                on.name.clone().unwrap_or_default(),
+                *ip,
+            ),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Claim { .. } => "claim",
+            Self::Event { .. } => "event",
+        }
+    }
+}
+
+/// Pending writes in arrival order, one per key. Pure, no I/O.
+#[derive(Debug, Default)]
+struct Pending {
+    writes: BTreeMap<WriteKey, Write>,
+    order: VecDeque<WriteKey>,
+}
+
+impl Pending {
+    /// Adds `w`, replacing a pending write with its key (which keeps its place). False when full.
+    fn push(&mut self, w: Write, capacity: usize) -> bool {
+        let key = w.key();
+        if let Some(slot) = self.writes.get_mut(&key) {
+            *slot = w;
+            return true;
+        }
+        if self.writes.len() >= capacity {
+            return false;
+        }
+        self.order.push_back(key.clone());
+        self.writes.insert(key, w);
+        true
+    }
+
+    fn pop(&mut self) -> Option<Write> {
+        while let Some(key) = self.order.pop_front() {
+            if let Some(w) = self.writes.remove(&key) {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Withdraws pending claims for which `keep(&(namespace, name))` is false.
+    fn retain_claims(&mut self, keep: impl Fn(&(String, String)) -> bool) {
+        self.writes.retain(|k, _| match k {
+            WriteKey::Claim(ns, name) => keep(&(ns.clone(), name.clone())),
+            WriteKey::Event(..) => true,
+        });
+        let writes = &self.writes;
+        self.order.retain(|k| writes.contains_key(k));
+    }
+
+    fn len(&self) -> usize {
+        self.writes.len()
+    }
+}
+
+/// Does the writes: the only part of the speaker that talks to the API server after start-up.
+struct ApiWriter {
+    me: String,
+    client: Client,
+    events: Events,
+    /// Always a writer: every speaker records its own announcements.
+    leadership: ferrite_kit::leader::Leadership,
+}
+
+impl ApiWriter {
+    async fn write(&self, w: &Write) -> Result<(), String> {
+        match w {
+            Write::Claim { namespace, name } => {
+                let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+                let body = serde_json::json!({"metadata": {"annotations": {ANNOUNCING_NODE: self.me}}});
+                ferrite_kit::status::apply(&api, name, names::LB_SPEAKER_MANAGER, body, &self.leadership)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Write::Event {
+                on,
+                warning,
+                reason,
+                action,
+                note,
+                ..
+            } => {
+                // Best effort: Events logs its own failures.
+                if *warning {
+                    self.events.warning(on, reason, action, note.clone()).await;
+                } else {
+                    self.events.normal(on, reason, action, note.clone()).await;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The bounded background queue between the election and the API server (module docs).
+#[derive(Clone)]
+struct ApiQueue {
+    pending: Arc<Mutex<Pending>>,
+    wake: Arc<Notify>,
+    depth: IntGauge,
+    results: IntCounterVec,
+}
+
+impl ApiQueue {
+    /// Registers the metrics and starts the task that drains the queue until `shutdown`.
+    fn start(registry: &Registry, writer: ApiWriter, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let depth = IntGauge::new(
+            "ferrite_lb_speaker_api_queue_depth",
+            "Claims and Events waiting for the API server.",
+        )?;
+        let results = IntCounterVec::new(
+            Opts::new(
+                "ferrite_lb_speaker_api_writes_total",
+                "Claims and Events the speaker sent or gave up on, by kind (claim, event) and result (ok, error, timeout, dropped).",
+            ),
+            &["kind", "result"],
+        )?;
+        registry.register(Box::new(depth.clone()))?;
+        registry.register(Box::new(results.clone()))?;
+        let q = ApiQueue {
+            pending: Arc::default(),
+            wake: Arc::new(Notify::new()),
+            depth,
+            results,
+        };
+        tokio::spawn(q.clone().drain(writer, shutdown));
+        Ok(q)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `w` without waiting (a newer write with the same key replaces a pending one).
+    fn push(&self, w: Write) {
+        let kind = w.kind();
+        let (ok, len) = {
+            let mut p = self.lock();
+            let ok = p.push(w, API_QUEUE_CAPACITY);
+            (ok, p.len())
+        };
+        self.depth.set(i64::try_from(len).unwrap_or(i64::MAX));
+        if ok {
+            self.wake.notify_one();
+        } else {
+            self.results.with_label_values(&[kind, "dropped"]).inc();
+            tracing::warn!(
+                kind,
+                capacity = API_QUEUE_CAPACITY,
+                "API write queue full; write dropped"
+            );
+        }
+    }
+
+    /// Withdraws pending claims this node no longer wins.
+    fn retain_claims(&self, keep: impl Fn(&(String, String)) -> bool) {
+        let len = {
+            let mut p = self.lock();
+            p.retain_claims(keep);
+            p.len()
+        };
+        self.depth.set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
+    async fn drain(self, writer: ApiWriter, shutdown: CancellationToken) {
+        loop {
+            let next = {
+                let mut p = self.lock();
+                let w = p.pop();
+                self.depth.set(i64::try_from(p.len()).unwrap_or(i64::MAX));
+                w
+            };
+            let Some(w) = next else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => continue,
+                }
+            };
+            let kind = w.kind();
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(API_CALL_TIMEOUT, writer.write(&w)) => r,
+            };
+            let label = match result {
+                Ok(Ok(())) => "ok",
+                Ok(Err(e)) => {
+                    tracing::warn!(kind, key = ?w.key(), error = %e, "API write failed");
+                    "error"
+                }
+                Err(_) => {
+                    tracing::warn!(kind, key = ?w.key(), timeout = ?API_CALL_TIMEOUT, "API write timed out");
+                    "timeout"
+                }
+            };
+            self.results.with_label_values(&[kind, label]).inc();
         }
     }
 }
@@ -602,6 +1019,62 @@ mod tests {
     fn lease(renewed: &str) -> Lease {
         serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {"renewTime": renewed}}))
             .expect("lease")
+    }
+
+    fn claim(ns: &str, name: &str) -> Write {
+        Write::Claim {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    fn event(name: &str, reason: &'static str, note: &str) -> Write {
+        Write::Event {
+            on: ObjectReference {
+                namespace: Some("ns".into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            warning: false,
+            reason,
+            action: "Announce",
+            note: note.into(),
+            ip: None,
+        }
+    }
+
+    fn note(w: &Write) -> String {
+        match w {
+            Write::Event { note, .. } => note.clone(),
+            Write::Claim { name, .. } => format!("claim {name}"),
+        }
+    }
+
+    #[test]
+    fn queued_writes_keep_their_place_latest_wins_and_are_bounded() {
+        let mut p = Pending::default();
+        assert!(p.push(event("a", "Announcing", "first"), 3));
+        assert!(p.push(claim("ns", "a"), 3));
+        assert!(p.push(event("b", "Announcing", "b"), 3));
+        // Same key: replaces in place, takes no room.
+        assert!(p.push(event("a", "Announcing", "second"), 3));
+        // Full: a new key is refused.
+        assert!(!p.push(event("c", "Announcing", "c"), 3));
+        assert_eq!(p.len(), 3);
+        let order: Vec<String> = std::iter::from_fn(|| p.pop()).map(|w| note(&w)).collect();
+        assert_eq!(order, ["second", "claim a", "b"]);
+        assert!(p.pop().is_none());
+    }
+
+    #[test]
+    fn withdrawn_claims_are_never_sent() {
+        let mut p = Pending::default();
+        p.push(claim("ns", "a"), 10);
+        p.push(claim("ns", "b"), 10);
+        p.push(event("a", "Announcing", "kept"), 10);
+        p.retain_claims(|k| k.1 == "b");
+        let order: Vec<String> = std::iter::from_fn(|| p.pop()).map(|w| note(&w)).collect();
+        assert_eq!(order, ["claim b", "kept"]);
     }
 
     #[test]
