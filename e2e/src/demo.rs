@@ -79,11 +79,13 @@ fn serde_yaml_from<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Re
 /// RBAC, the gossip Secret, the Deployments and DaemonSets: nothing runs them in the box, the demo and
 /// the tests start the controllers as processes authenticated as the chart's ServiceAccounts).
 pub async fn install_chart(kb: &KubeBox) -> Result<()> {
+    let gossip = create_gossip_secret(kb).await?;
     let out = kb
         .helm()
         .args(["upgrade", "--install", "ferrite"])
         .arg(repo_root().join("charts/ferrite"))
         .args(["--namespace", "ferrite-system", "--create-namespace"])
+        .args(["--set", &gossip])
         .output()
         .context("running helm (e2e/scripts/install-deps.sh installs it)")?;
     anyhow::ensure!(
@@ -93,6 +95,57 @@ pub async fn install_chart(kb: &KubeBox) -> Result<()> {
     );
     // helm installs CRDs from crds/ first; wait until they are served.
     apply_crds(kb).await
+}
+
+/// The one-time step of docs/loadbalancer.md before installing the chart: namespace `ferrite-system` and
+/// Secret `ferrite-lb-gossip` with `key=$(openssl rand -hex 32)`, each created only if missing (so the key
+/// stays the same across installs and upgrades). Returns the chart value that names the key: the Secret,
+/// or, for a Secret an older chart release created itself, its key (so the upgrade keeps it).
+pub async fn create_gossip_secret(kb: &KubeBox) -> Result<String> {
+    let ns: Api<Namespace> = Api::all(kb.client().await);
+    if ns.get_opt("ferrite-system").await?.is_none() {
+        let out = kb.kubectl().args(["create", "namespace", "ferrite-system"]).output()?;
+        anyhow::ensure!(
+            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
+            "kubectl create namespace ferrite-system: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(kb.client().await, "ferrite-system");
+    if let Some(existing) = secrets.get_opt("ferrite-lb-gossip").await? {
+        let by_helm = existing
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+            .is_some_and(|m| m == "Helm");
+        let key = existing.data.as_ref().and_then(|d| d.get("key"));
+        return Ok(match key {
+            Some(k) if by_helm => format!(
+                "loadbalancer.speaker.gossipKey={}",
+                String::from_utf8_lossy(&k.0)
+            ),
+            _ => "loadbalancer.speaker.gossipSecret=ferrite-lb-gossip".into(),
+        });
+    }
+    let key = std::process::Command::new("openssl")
+        .args(["rand", "-hex", "32"])
+        .output()
+        .context("running openssl rand")?;
+    anyhow::ensure!(key.status.success(), "openssl rand -hex 32 failed");
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
+    let out = kb
+        .kubectl()
+        .args(["-n", "ferrite-system", "create", "secret", "generic", "ferrite-lb-gossip"])
+        .arg(format!("--from-literal=key={key}"))
+        .output()
+        .context("running kubectl")?;
+    anyhow::ensure!(
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
+        "kubectl create secret generic ferrite-lb-gossip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok("loadbalancer.speaker.gossipSecret=ferrite-lb-gossip".into())
 }
 
 /// Processes the demo started, and lines telling the user what to try.
