@@ -70,19 +70,27 @@ impl Events {
             action: action.into(),
             secondary: None,
         };
-        let res = match self.recorder.publish(&ev, on).await {
+        // Bounded by the leader fence like every write (an Event of an old term never lands late).
+        let res = self
+            .leadership
+            .bounded(async { Ok(self.publish_once(&ev, on).await?) })
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(reason, object = ?on.name, error = %e, "could not publish Event");
+        }
+    }
+
+    async fn publish_once(&self, ev: &Event, on: &ObjectReference) -> Result<(), kube::Error> {
+        match self.recorder.publish(ev, on).await {
             // Kubernetes 1.20 validates events.k8s.io/v1 strictly: the regarding object's namespace must
             // equal the Event's, which for a cluster-scoped object ("" vs "default") cannot hold. Name the
             // Event's namespace in the reference there; newer servers accept the first form.
             Err(kube::Error::Api(s)) if s.code == 422 && on.namespace.is_none() => {
                 let mut on = on.clone();
                 on.namespace = Some("default".into());
-                self.recorder.publish(&ev, &on).await
+                self.recorder.publish(ev, &on).await
             }
             other => other,
-        };
-        if let Err(e) = res {
-            tracing::warn!(reason, object = ?on.name, error = %e, "could not publish Event");
         }
     }
 }

@@ -11,6 +11,12 @@
 //!   (`renewDeadline < leaseDuration`). This is why the kit does not use kube-lease-manager: its watch
 //!   channel does not report a renewal that failed, so a partitioned holder would keep writing.
 //! - On shutdown the holder releases the lease (empty holder) so a follower takes over at its next try.
+//! - Leadership comes in *terms*: a term starts when this replica takes the lease (creates it or acquires
+//!   it from nobody or from another holder) and lasts through every renewal, including renewals after a
+//!   brief fence lapse in which nobody else took the lease. [`Leadership::term`] is read synchronously by
+//!   the code that writes, so state built for one term (an allocator rebuilt from a LIST) is never used in
+//!   another. Writes go through [`Leadership::bounded`]: a call still in flight when the fence runs out is
+//!   abandoned, so no write of this replica can land after another replica may have taken over.
 //!
 //! ```text
 //!   GET lease ──404──> create(holder=me) ───────────────┐
@@ -60,10 +66,41 @@ pub struct Leadership {
 #[derive(Debug)]
 struct Inner {
     identity: String,
-    /// None: leader election is off and this process always writes.
-    fence: Option<Mutex<Option<Instant>>>,
+    /// None: leader election is off and this process always writes (in term 0).
+    fence: Option<Mutex<Fence>>,
     tx: watch::Sender<bool>,
 }
+
+/// The local fence: until when this replica may write, and in which term.
+#[derive(Debug, Default)]
+struct Fence {
+    until: Option<Instant>,
+    term: Term,
+    /// Terms begun by this process so far.
+    terms: u64,
+}
+
+/// One uninterrupted tenure of the lease by this replica.
+///
+/// Two terms are equal only if they are the same tenure: `seq` counts the tenures this process began, so
+/// a replica that lost the lease and took it back is in a new term even if the lease looks the same.
+/// `transitions` is the lease's `leaseTransitions` when the term began (for logs and cross-replica checks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Term {
+    /// Tenures begun by this process, 1 for the first; 0 when leader election is off.
+    pub seq: u64,
+    /// The lease's `leaseTransitions` when this term began.
+    pub transitions: i32,
+}
+
+impl std::fmt::Display for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.seq, self.transitions)
+    }
+}
+
+/// Bound of a write when leader election is off: an API call that hangs must not hang its caller forever.
+pub const UNFENCED_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Leadership {
     /// Leadership for a process that does not elect (single replica or `--leader-elect=false`).
@@ -83,7 +120,7 @@ impl Leadership {
         Self {
             inner: Arc::new(Inner {
                 identity,
-                fence: Some(Mutex::new(None)),
+                fence: Some(Mutex::new(Fence::default())),
                 tx,
             }),
         }
@@ -101,12 +138,66 @@ impl Leadership {
     }
 
     fn fence_holds(&self) -> bool {
+        self.fenced_term().is_some()
+    }
+
+    /// The current term and the end of the fence, while the fence holds. `until` is None without election.
+    fn fenced_term(&self) -> Option<(Term, Option<Instant>)> {
         match &self.inner.fence {
-            None => true,
-            Some(f) => f
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some_and(|until| Instant::now() < until),
+            None => Some((Term::default(), None)),
+            Some(f) => {
+                let f = f.lock().unwrap_or_else(|p| p.into_inner());
+                f.until
+                    .filter(|until| Instant::now() < *until)
+                    .map(|until| (f.term, Some(until)))
+            }
+        }
+    }
+
+    /// The term this replica leads in, or None while it may not write. Read synchronously, at the point
+    /// of use: state built for one term must be rebuilt before it is used in another.
+    pub fn term(&self) -> Option<Term> {
+        let t = self.fenced_term().map(|(t, _)| t);
+        if t.is_none() && *self.inner.tx.borrow() {
+            self.publish();
+        }
+        t
+    }
+
+    /// When the fence runs out (None: leader election is off, no fence). Err when not leader now.
+    pub fn deadline(&self) -> Result<Option<Instant>> {
+        match self.fenced_term() {
+            Some((_, until)) => Ok(until),
+            None => {
+                self.is_leader();
+                Err(Error::NotLeader)
+            }
+        }
+    }
+
+    /// Runs a write `call` only while this replica leads, abandoning it when the fence runs out before it
+    /// answers ([`Error::NotLeader`]): a write of an old leader never lands after a new one may have taken
+    /// over. Without election the call is bounded by [`UNFENCED_WRITE_TIMEOUT`].
+    pub async fn bounded<T, F>(&self, call: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        match self.deadline()? {
+            Some(until) => tokio::time::timeout_at(until.into(), call)
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!(
+                        "a write was abandoned: the leader fence ran out before the API server answered"
+                    );
+                    Err(Error::NotLeader)
+                }),
+            None => tokio::time::timeout(UNFENCED_WRITE_TIMEOUT, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Setup(format!(
+                        "the API server did not answer a write within {UNFENCED_WRITE_TIMEOUT:?}"
+                    )))
+                }),
         }
     }
 
@@ -129,9 +220,19 @@ impl Leadership {
         &self.inner.identity
     }
 
-    fn set_fence(&self, until: Option<Instant>) {
+    /// Extends (or, with None, drops) the fence. `new_term`: this renewal began a tenure (create or acquire),
+    /// with the lease's `leaseTransitions` after it.
+    fn set_fence(&self, until: Option<Instant>, new_term: Option<i32>) {
         if let Some(f) = &self.inner.fence {
-            *f.lock().unwrap_or_else(|p| p.into_inner()) = until;
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(transitions) = new_term {
+                f.terms += 1;
+                f.term = Term {
+                    seq: f.terms,
+                    transitions,
+                };
+            }
+            f.until = until;
         }
         self.publish();
     }
@@ -225,17 +326,23 @@ pub fn start(
                 ))),
             };
             match result {
-                Ok(true) => {
-                    if !handle.is_leader() {
-                        tracing::info!(lease = %config.name, identity = %config.identity, "became leader");
+                Ok(Held::Yes { began }) => {
+                    // A renewal of a lease we still hold continues the term, even after a fence lapse:
+                    // nobody else can have written in between. The first renewal of this process begins
+                    // one too (a restarted replica with the same identity has nothing built yet).
+                    let began =
+                        began.or_else(|| (handle.inner_terms() == 0).then_some(last_transitions(&observed)));
+                    let was = handle.is_leader();
+                    handle.set_fence(Some(started + config.renew_deadline), began);
+                    if !was || began.is_some() {
+                        tracing::info!(lease = %config.name, identity = %config.identity, term = %handle.current_term(), "became leader");
                     }
-                    handle.set_fence(Some(started + config.renew_deadline));
                 }
-                Ok(false) => {
+                Ok(Held::No) => {
                     if handle.is_leader() {
                         tracing::warn!(lease = %config.name, "lost the lease to another replica; writes stopped");
                     }
-                    handle.set_fence(None);
+                    handle.set_fence(None, None);
                 }
                 Err(e) => {
                     tracing::warn!(lease = %config.name, error = %e, "could not read or renew the lease");
@@ -249,7 +356,7 @@ pub fn start(
             }
         }
         let was_leader = handle.is_leader();
-        handle.set_fence(None);
+        handle.set_fence(None, None);
         if was_leader {
             match release(&api, &config).await {
                 Ok(()) => tracing::info!(lease = %config.name, "released the lease"),
@@ -260,6 +367,33 @@ pub fn start(
     (leadership, task)
 }
 
+/// What an election round ended with.
+enum Held {
+    /// We hold the lease; `began`: this round took it (a new term), with the lease's transitions count.
+    Yes { began: Option<i32> },
+    /// Someone else holds it.
+    No,
+}
+
+fn last_transitions(o: &Observed) -> i32 {
+    o.record.as_ref().and_then(|r| r.2).unwrap_or(0)
+}
+
+impl Leadership {
+    fn inner_terms(&self) -> u64 {
+        self.inner
+            .fence
+            .as_ref()
+            .map_or(0, |f| f.lock().unwrap_or_else(|p| p.into_inner()).terms)
+    }
+
+    fn current_term(&self) -> Term {
+        self.inner.fence.as_ref().map_or(Term::default(), |f| {
+            f.lock().unwrap_or_else(|p| p.into_inner()).term
+        })
+    }
+}
+
 fn now_micro() -> MicroTime {
     MicroTime(Timestamp::now())
 }
@@ -268,7 +402,7 @@ async fn try_acquire_or_renew(
     api: &Api<Lease>,
     config: &LeaseConfig,
     observed: &mut Observed,
-) -> Result<bool> {
+) -> Result<Held> {
     let duration_secs = config.lease_duration.as_secs().max(1) as i32;
     let existing = match api.get_opt(&config.name).await? {
         Some(l) => l,
@@ -288,8 +422,11 @@ async fn try_acquire_or_renew(
                 }),
             };
             return match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(e) if is_conflict(&e) => Ok(false),
+                Ok(l) => {
+                    observed.observe(l.spec.as_ref(), Instant::now());
+                    Ok(Held::Yes { began: Some(0) })
+                }
+                Err(e) if is_conflict(&e) => Ok(Held::No),
                 Err(e) => Err(e.into()),
             };
         }
@@ -299,7 +436,7 @@ async fn try_acquire_or_renew(
     let mut lease = existing;
     let spec = lease.spec.get_or_insert_with(Default::default);
     match step {
-        Step::Wait => return Ok(false),
+        Step::Wait => return Ok(Held::No),
         Step::Renew => {
             spec.renew_time = Some(now_micro());
             spec.lease_duration_seconds = Some(duration_secs);
@@ -316,9 +453,11 @@ async fn try_acquire_or_renew(
     match api.replace(&config.name, &PostParams::default(), &lease).await {
         Ok(l) => {
             observed.observe(l.spec.as_ref(), Instant::now());
-            Ok(true)
+            let began = (step == Step::Acquire)
+                .then(|| l.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0));
+            Ok(Held::Yes { began })
         }
-        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) if is_conflict(&e) => Ok(Held::No),
         Err(e) => Err(e.into()),
     }
 }
@@ -409,11 +548,11 @@ mod tests {
     fn fence_expires_without_any_call() {
         let l = Leadership::elected("me".into());
         assert!(!l.is_leader());
-        l.set_fence(Some(Instant::now() + Duration::from_secs(60)));
+        l.set_fence(Some(Instant::now() + Duration::from_secs(60)), Some(0));
         assert!(l.is_leader());
         assert!(*l.subscribe().borrow());
         // The fence runs out with no call to the election loop in between.
-        l.set_fence(Some(Instant::now() + Duration::from_millis(20)));
+        l.set_fence(Some(Instant::now() + Duration::from_millis(20)), None);
         std::thread::sleep(Duration::from_millis(40));
         let mut rx = l.subscribe();
         rx.borrow_and_update();
@@ -423,11 +562,61 @@ mod tests {
             rx.has_changed().unwrap_or(false) && !*rx.borrow_and_update(),
             "subscribers learn of the expiry"
         );
-        l.set_fence(Some(Instant::now() + Duration::from_secs(60)));
+        l.set_fence(Some(Instant::now() + Duration::from_secs(60)), None);
         assert!(
             rx.has_changed().unwrap_or(false) && *rx.borrow_and_update(),
             "and of the renewal after it"
         );
         assert!(Leadership::always("x").is_leader());
+    }
+
+    #[test]
+    fn a_term_lasts_through_renewals_and_fence_lapses_and_ends_when_the_lease_is_retaken() {
+        let l = Leadership::elected("me".into());
+        assert_eq!(l.term(), None, "no term before the lease is held");
+        l.set_fence(Some(Instant::now() + Duration::from_secs(60)), Some(4));
+        let first = l.term().expect("leading");
+        assert_eq!((first.seq, first.transitions), (1, 4));
+        // Renewals continue the term.
+        l.set_fence(Some(Instant::now() + Duration::from_secs(60)), None);
+        assert_eq!(l.term(), Some(first));
+        // A lapse (fence ran out, lease still ours) and a renewal: the same term.
+        l.set_fence(Some(Instant::now()), None);
+        assert_eq!(l.term(), None, "no term while the fence is out");
+        l.set_fence(Some(Instant::now() + Duration::from_secs(60)), None);
+        assert_eq!(l.term(), Some(first));
+        // Lost, then acquired again: a new term, even if the lease's counter looked the same.
+        l.set_fence(None, None);
+        l.set_fence(Some(Instant::now() + Duration::from_secs(60)), Some(4));
+        let second = l.term().expect("leading");
+        assert_ne!(second, first);
+        assert_eq!(second.seq, 2);
+        assert_eq!(Leadership::always("x").term(), Some(Term::default()));
+    }
+
+    #[tokio::test]
+    async fn a_write_in_flight_when_the_fence_runs_out_is_abandoned() {
+        let l = Leadership::elected("me".into());
+        let never = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        };
+        assert!(
+            matches!(l.bounded(never).await, Err(Error::NotLeader)),
+            "not leader: not even started"
+        );
+        l.set_fence(Some(Instant::now() + Duration::from_millis(50)), Some(0));
+        let started = Instant::now();
+        let hangs = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        };
+        assert!(matches!(l.bounded(hangs).await, Err(Error::NotLeader)));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "abandoned at the fence"
+        );
+        l.set_fence(Some(Instant::now() + Duration::from_secs(60)), None);
+        assert_eq!(l.bounded(async { Ok(7) }).await.ok(), Some(7));
     }
 }

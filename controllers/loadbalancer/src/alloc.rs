@@ -482,6 +482,18 @@ fn pool_list(pools: &[String]) -> String {
 }
 
 impl AllocError {
+    /// True when the failure is about addresses other Services hold, so a release may cure it (the
+    /// Service is retried as soon as anything is released instead of after its backoff).
+    pub fn may_free_up(&self) -> bool {
+        matches!(
+            self,
+            AllocError::PoolExhausted { .. }
+                | AllocError::IpInUse { .. }
+                | AllocError::SharingConflict { .. }
+                | AllocError::SharingKeyMismatch { .. }
+        )
+    }
+
     /// Short CamelCase reason for Event reasons and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -7,10 +7,24 @@
 //!                         │                                        └─> Events, "pools need a refresh"
 //!   Namespace watch (labels for namespaceSelector)
 //! ```
-//! One [`Allocator`] in memory is the source of truth while this replica leads. It is rebuilt from the
-//! Services' status every time this replica becomes leader, before anything is assigned (so a restart or
-//! failover never hands out an address that a Service already shows). Only the leader reconciles; all
-//! replicas keep their caches warm.
+//! One [`Allocator`] in memory is the source of truth while this replica leads. It is an index of the
+//! cluster, not of reconciles:
+//!
+//! ```text
+//!   Service watch ──> reflector (store, managedFields dropped) ──> Context::observe ──> Controller
+//!                                                                   │ Delete: release now (same uid)
+//!                                                                   │ relist: release what is gone
+//!                                                                   └ release: retry Services waiting
+//!                                                                     for an address
+//! ```
+//!
+//! Leadership comes in terms ([`ferrite_kit::leader::Term`]). The allocator is rebuilt only when this
+//! replica's term changes, from a fresh LIST of Services (never from the watch cache, which may be in the
+//! middle of a relist and miss recent status writes), before anything is assigned; a brief fence lapse in
+//! which nobody else took the lease keeps it. Every reconcile reads the term synchronously and refuses to
+//! use an allocator of another term. Status writes are bounded by the leader fence and carry the
+//! Service's `resourceVersion` as a precondition, so a write of a replica that lost its term cannot
+//! overwrite what a newer leader wrote. Only the leader reconciles; all replicas keep their caches warm.
 
 use crate::{
     alloc::{AllocError, Allocator, PoolConfig, PoolError, PoolProblem, PoolStats, ServiceKey},
@@ -26,21 +40,21 @@ use ferrite_kit::{
         runtime::{
             Controller, WatchStreamExt,
             controller::Action,
-            reflector::{self, Store},
+            reflector::{self, ObjectRef, Store},
             watcher,
         },
     },
-    leader::Leadership,
-    status::apply_status,
+    leader::{Leadership, Term},
+    status::{apply_status, apply_status_at},
 };
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, channel::mpsc, stream};
 use k8s_openapi::{
     api::core::v1::{Namespace, Service},
     jiff::Timestamp,
 };
 use prometheus::{GaugeVec, IntGauge, Opts, Registry};
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -137,8 +151,17 @@ impl Metrics {
 #[derive(Debug, Default)]
 struct State {
     alloc: Allocator,
-    /// Leadership epoch the allocator was rebuilt in; a new epoch means rebuild first.
-    epoch: Option<u64>,
+    /// The leadership term the allocator was rebuilt in; another term means rebuild first.
+    term: Option<Term>,
+    /// uid of the Service incarnation each allocation belongs to: a Delete of an older incarnation of a
+    /// name must not release what a recreated Service of that name holds.
+    uids: HashMap<ServiceKey, String>,
+    /// Deletes seen while a rebuild's LIST is in flight, replayed on its result (the LIST may predate them).
+    rebuilding: Option<Vec<(ServiceKey, Option<String>)>>,
+    /// Services seen in the watch's current relist, until it is done.
+    relist: Option<HashSet<ServiceKey>>,
+    /// Services that got no address because none was free: retried as soon as one is released.
+    waiting: BTreeSet<ServiceKey>,
     /// (name, generation) of every pool last given to the allocator.
     pools_seen: Vec<(String, String)>,
     pool_errors: BTreeMap<String, PoolError>,
@@ -160,7 +183,10 @@ pub struct Context {
     pools: Store<IPPool>,
     namespaces: Store<Namespace>,
     services: Store<Service>,
-    epoch: watch::Receiver<u64>,
+    /// One rebuild at a time (several reconciles may notice a new term at once).
+    rebuild_lock: tokio::sync::Mutex<()>,
+    /// Services to reconcile now (waiting ones, after an address was released).
+    retry: mpsc::UnboundedSender<ObjectRef<Service>>,
     /// Bumped when allocations change: pool statuses need a refresh.
     pools_dirty: watch::Sender<u64>,
     /// Bumped when the pool set changes: every Service needs a look.
@@ -225,20 +251,8 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         .open_when_synced(namespaces.clone());
     tokio::spawn(ns_stream.for_each(|_| async {}));
 
-    let services_ctl = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
-    let services = services_ctl.store();
-
-    // Leadership epochs: every time this replica becomes leader the allocator is rebuilt.
-    let (epoch_tx, epoch) = watch::channel(0u64);
-    let mut lead = app.leadership.subscribe();
-    tokio::spawn(async move {
-        while lead.changed().await.is_ok() {
-            if *lead.borrow_and_update() {
-                bump(&epoch_tx);
-            }
-        }
-    });
-
+    let (services, svc_writer) = reflector::store();
+    let (retry, retry_rx) = mpsc::unbounded();
     let (pools_dirty, pools_dirty_rx) = watch::channel(0u64);
     let (services_dirty, services_dirty_rx) = watch::channel(0u64);
     let ctx = Arc::new(Context {
@@ -250,13 +264,25 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         state: Mutex::new(State::default()),
         pools: pools.clone(),
         namespaces: namespaces.clone(),
-        services,
-        epoch,
+        services: services.clone(),
+        rebuild_lock: tokio::sync::Mutex::new(()),
+        retry,
         pools_dirty,
         services_dirty,
         resync: app.run_options().resync,
         ready: std::sync::atomic::AtomicBool::new(false),
     });
+    // The Services watch feeds the store, then the allocator index (deletes, relists), then the Controller.
+    let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
+        .reflect(svc_writer)
+        .inspect_ok({
+            let ctx = ctx.clone();
+            move |ev| ctx.observe(ev)
+        })
+        .touched_objects();
+    let services_ctl = Controller::for_stream(svc_events, services).reconcile_on(retry_rx);
 
     let pools_ctl = pools_ctl.reconcile_all_on(changes(pools_dirty_rx, Duration::from_millis(250)));
     let services_ctl = services_ctl.reconcile_all_on(changes(services_dirty_rx, Duration::ZERO));
@@ -290,10 +316,95 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 impl Context {
-    /// Brings the allocator up to date: rebuilt once per leadership epoch, pools re-read when they change.
-    fn sync(&self) -> std::sync::MutexGuard<'_, State> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let epoch = *self.epoch.borrow();
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The allocator, valid for this replica's current term: rebuilt from a fresh LIST first when the term
+    /// changed, pools re-read when they changed. Fails with NotLeader when this replica does not lead (or
+    /// its term changed while rebuilding).
+    async fn state_for_term(&self) -> Result<(std::sync::MutexGuard<'_, State>, Term), Error> {
+        let term = self.leadership.term().ok_or(ferrite_kit::Error::NotLeader)?;
+        if self.lock().term != Some(term) {
+            self.rebuild(term).await?;
+        }
+        let mut st = self.lock();
+        if st.term != Some(term) || self.leadership.term() != Some(term) {
+            return Err(ferrite_kit::Error::NotLeader.into());
+        }
+        self.refresh_pools(&mut st, false);
+        Ok((st, term))
+    }
+
+    /// Rebuilds the allocator for `term` from a fresh LIST of Services (the watch cache may be mid-relist
+    /// and miss status writes of the last term, which would hand their addresses out twice).
+    async fn rebuild(&self, term: Term) -> Result<(), Error> {
+        let _one = self.rebuild_lock.lock().await;
+        if self.lock().term == Some(term) {
+            return Ok(());
+        }
+        self.lock().rebuilding = Some(Vec::new());
+        let api: Api<Service> = Api::all(self.client.clone());
+        let listed = self
+            .leadership
+            .bounded(async { Ok(api.list(&Default::default()).await?) })
+            .await;
+        let mut st = self.lock();
+        let deleted_meanwhile = st.rebuilding.take().unwrap_or_default();
+        let listed = listed?;
+        if self.leadership.term() != Some(term) {
+            return Err(ferrite_kit::Error::NotLeader.into());
+        }
+        st.alloc = Allocator::new();
+        self.refresh_pools(&mut st, true);
+        let mut requests = Vec::new();
+        st.uids.clear();
+        for s in listed
+            .items
+            .iter()
+            .filter(|s| self.policy.serves(s) && s.meta().deletion_timestamp.is_none())
+        {
+            let labels = self.namespace_labels(s);
+            // A Service whose annotations no longer parse still holds what its status shows: adopt
+            // that, so its address is not handed to anyone else.
+            let req = match service::parse(s, &labels) {
+                Ok(p) => p.request,
+                Err(_) => service::status_only_request(s, &labels),
+            };
+            if let Some(uid) = s.uid() {
+                st.uids.insert(req.key.clone(), uid);
+            }
+            requests.push(req);
+        }
+        let n = requests.len();
+        st.rebuild_losers.clear();
+        for (key, err) in st.alloc.rebuild(requests) {
+            if let AllocError::IpInUse { ip, .. } = err {
+                st.rebuild_losers.insert(key, ip);
+            }
+        }
+        // Deletes the LIST may predate: release what the same incarnation holds.
+        for (key, uid) in deleted_meanwhile {
+            release_deleted(&mut st, &key, uid.as_deref());
+        }
+        st.term = Some(term);
+        st.warned_out_of_pool.clear();
+        st.waiting.clear();
+        self.refresh_out_of_pool(&mut st);
+        tracing::info!(
+            services = n,
+            conflicts = st.rebuild_losers.len(),
+            term = %term,
+            "allocations rebuilt from a fresh list of Services"
+        );
+        drop(st);
+        bump(&self.services_dirty);
+        bump(&self.pools_dirty);
+        Ok(())
+    }
+
+    /// Gives the allocator the current pools when they changed (or always, with `force`).
+    fn refresh_pools(&self, st: &mut State, force: bool) {
         let mut pools: Vec<Arc<IPPool>> = self.pools.state();
         pools.sort_by_key(|p| p.name_any());
         let seen: Vec<(String, String)> = pools
@@ -307,77 +418,103 @@ impl Context {
                 )
             })
             .collect();
-        let rebuild = st.epoch != Some(epoch);
-        if rebuild || st.pools_seen != seen {
-            let mut configs = vec![];
-            st.pool_errors.clear();
-            for p in &pools {
-                match PoolConfig::from_pool(p) {
-                    Ok(c) => configs.push(c),
-                    Err(e) => {
-                        st.pool_errors.insert(p.name_any(), e);
-                    }
+        if !force && st.pools_seen == seen {
+            return;
+        }
+        let mut configs = vec![];
+        st.pool_errors.clear();
+        for p in &pools {
+            match PoolConfig::from_pool(p) {
+                Ok(c) => configs.push(c),
+                Err(e) => {
+                    st.pool_errors.insert(p.name_any(), e);
                 }
             }
-            if rebuild {
-                st.alloc = Allocator::new();
-            }
-            let problems = st.alloc.set_pools(configs);
-            st.problems.clear();
-            for pr in problems {
-                let PoolProblem::Overlapping { pool, .. } = &pr;
-                st.problems.entry(pool.clone()).or_default().push(pr);
-            }
-            // Metrics of pools that are gone.
-            for (gone, _) in st
-                .pools_seen
-                .iter()
-                .filter(|(n, _)| !seen.iter().any(|(m, _)| m == n))
-            {
-                self.metrics.forget_pool(gone);
-            }
-            st.pools_seen = seen;
-            if rebuild {
-                let requests: Vec<_> = self
-                    .services
-                    .state()
-                    .iter()
-                    .filter(|s| self.policy.serves(s) && s.meta().deletion_timestamp.is_none())
-                    // A Service whose annotations no longer parse still holds what its status
-                    // shows: adopt that, so its address is not handed to anyone else.
-                    .map(|s| {
-                        let labels = self.namespace_labels(s);
-                        match service::parse(s, &labels) {
-                            Ok(p) => p.request,
-                            Err(_) => service::status_only_request(s, &labels),
-                        }
-                    })
-                    .collect();
-                let n = requests.len();
-                st.rebuild_losers.clear();
-                for (key, err) in st.alloc.rebuild(requests) {
-                    if let AllocError::IpInUse { ip, .. } = err {
-                        st.rebuild_losers.insert(key, ip);
-                    }
+        }
+        let problems = st.alloc.set_pools(configs);
+        st.problems.clear();
+        for pr in problems {
+            let PoolProblem::Overlapping { pool, .. } = &pr;
+            st.problems.entry(pool.clone()).or_default().push(pr);
+        }
+        // Metrics of pools that are gone.
+        for (gone, _) in st
+            .pools_seen
+            .iter()
+            .filter(|(n, _)| !seen.iter().any(|(m, _)| m == n))
+        {
+            self.metrics.forget_pool(gone);
+        }
+        st.pools_seen = seen;
+        self.refresh_out_of_pool(st);
+        bump(&self.services_dirty);
+        bump(&self.pools_dirty);
+    }
+
+    fn refresh_out_of_pool(&self, st: &mut State) {
+        let out = st.alloc.out_of_pool();
+        self.metrics
+            .out_of_pool
+            .set(i64::try_from(out.len()).unwrap_or(i64::MAX));
+        // Forget warnings for addresses that are back in a pool, so a later shrink warns again.
+        st.warned_out_of_pool.retain(|w| out.contains(w));
+    }
+
+    /// Feeds the allocator index from the Services watch: a deleted Service releases its addresses at
+    /// once, and after a relist whatever was deleted while the watch was down is released too. Runs on
+    /// every replica (cheap; a follower's allocator is rebuilt anyway when its term begins).
+    fn observe(&self, ev: &watcher::Event<Service>) {
+        let mut st = self.lock();
+        let released = match ev {
+            watcher::Event::Delete(svc) => {
+                let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
+                let uid = svc.uid();
+                if let Some(log) = st.rebuilding.as_mut() {
+                    log.push((key.clone(), uid.clone()));
                 }
-                st.epoch = Some(epoch);
-                st.warned_out_of_pool.clear();
-                tracing::info!(
-                    services = n,
-                    conflicts = st.rebuild_losers.len(),
-                    "allocations rebuilt from Service status"
-                );
+                release_deleted(&mut st, &key, uid.as_deref())
             }
-            let out = st.alloc.out_of_pool();
-            self.metrics
-                .out_of_pool
-                .set(i64::try_from(out.len()).unwrap_or(i64::MAX));
-            // Forget warnings for addresses that are back in a pool, so a later shrink warns again.
-            st.warned_out_of_pool.retain(|w| out.contains(w));
-            bump(&self.services_dirty);
+            watcher::Event::Init => {
+                st.relist = Some(HashSet::new());
+                false
+            }
+            watcher::Event::InitApply(svc) => {
+                let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
+                if let Some(seen) = st.relist.as_mut() {
+                    seen.insert(key);
+                }
+                false
+            }
+            watcher::Event::InitDone => match st.relist.take() {
+                // Held by the allocator, absent from the fresh list: deleted while the watch was down.
+                Some(seen) if st.term.is_some() && st.rebuilding.is_none() => {
+                    let gone: Vec<ServiceKey> =
+                        st.uids.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                    let mut any = false;
+                    for key in gone {
+                        any |= release_deleted(&mut st, &key, None);
+                    }
+                    any
+                }
+                _ => false,
+            },
+            watcher::Event::Apply(_) => false,
+        };
+        if released {
+            self.refresh_out_of_pool(&mut st);
+            self.retry_waiting(&mut st);
+            drop(st);
             bump(&self.pools_dirty);
         }
-        st
+    }
+
+    /// An address was released: every Service waiting for one gets another try now, not after its backoff.
+    fn retry_waiting(&self, st: &mut State) {
+        for key in std::mem::take(&mut st.waiting) {
+            let _ = self
+                .retry
+                .unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
+        }
     }
 
     fn namespace_labels(&self, svc: &Service) -> BTreeMap<String, String> {
@@ -387,6 +524,27 @@ impl Context {
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default()
     }
+}
+
+/// Releases what `key` holds if it is the incarnation `uid` (None: whatever is there). True if anything
+/// was held.
+fn release_deleted(st: &mut State, key: &ServiceKey, uid: Option<&str>) -> bool {
+    if let (Some(uid), Some(held_by)) = (uid, st.uids.get(key))
+        && held_by != uid
+    {
+        // A recreated Service of the same name holds it now; the Delete is of an older one.
+        return false;
+    }
+    st.uids.remove(key);
+    st.rebuild_losers.remove(key);
+    st.waiting.remove(key);
+    st.warned_out_of_pool.retain(|(k, _)| k != key);
+    let held = st.alloc.assigned(key).is_some();
+    st.alloc.release(key);
+    if held {
+        tracing::info!(service = %key, "released (Service deleted)");
+    }
+    held
 }
 
 fn ingress_status(ips: &[IpAddr]) -> serde_json::Value {
@@ -400,39 +558,77 @@ fn ingress_status(ips: &[IpAddr]) -> serde_json::Value {
 /// Until every watch has listed, reconciles wait (and are triggered again once it has).
 const NOT_READY_RETRY: Duration = Duration::from_millis(500);
 
+/// After a 409 (the Service changed since it was read, e.g. the cache had not seen our last write yet):
+/// look again soon, with the newer object.
+const CONFLICT_RETRY: Duration = Duration::from_millis(200);
+
+impl Context {
+    /// Writes a Service's `status.loadBalancer` in `term`, with the Service's resourceVersion as a
+    /// precondition. Ok(false): the Service changed meanwhile (409); nothing was written.
+    async fn write_lb_status(
+        &self,
+        svc: &Service,
+        term: Term,
+        status: serde_json::Value,
+    ) -> Result<bool, Error> {
+        if self.leadership.term() != Some(term) {
+            return Err(ferrite_kit::Error::NotLeader.into());
+        }
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
+        let rv = svc.resource_version();
+        match apply_status_at(
+            &api,
+            &svc.name_any(),
+            rv.as_deref(),
+            names::LB_CONTROLLER_MANAGER,
+            status,
+            &self.leadership,
+        )
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(ferrite_kit::Error::Kube(kube::Error::Api(e))) if e.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(Action::requeue(NOT_READY_RETRY));
     }
     let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let oref = svc.object_ref(&());
     let current = service::current_ips(&svc);
     let requeue = Action::requeue(ctx.resync);
 
     if !ctx.policy.serves(&svc) || svc.meta().deletion_timestamp.is_some() {
-        let held = {
-            let mut st = ctx.sync();
+        let (held, term) = {
+            let (mut st, term) = ctx.state_for_term().await?;
             let held = st.alloc.assigned(&key).is_some();
             st.alloc.release(&key);
-            held
+            st.uids.remove(&key);
+            st.waiting.remove(&key);
+            if held {
+                ctx.refresh_out_of_pool(&mut st);
+                ctx.retry_waiting(&mut st);
+            }
+            (held, term)
         };
         if held {
             bump(&ctx.pools_dirty);
-            // A Service that stopped being a LoadBalancer loses its address; one handed to another
-            // class is that class's business.
-            let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-            if !is_lb && !current.is_empty() && svc.meta().deletion_timestamp.is_none() {
-                apply_status(
-                    &api,
-                    &key.name,
-                    names::LB_CONTROLLER_MANAGER,
-                    serde_json::json!({"loadBalancer": {}}),
-                    &ctx.leadership,
-                )
-                .await?;
-            }
             tracing::info!(service = %key, "released");
+        }
+        // A Service that stopped being a LoadBalancer loses its address; one handed to another class is
+        // that class's business.
+        let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+        if held && !is_lb && !current.is_empty() && svc.meta().deletion_timestamp.is_none() {
+            if !ctx
+                .write_lb_status(&svc, term, serde_json::json!({"loadBalancer": {}}))
+                .await?
+            {
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
         }
         return Ok(requeue);
     }
@@ -460,23 +656,34 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 
     // One look at the allocator: the assignment, a lost duplicate (rebuild) and, for a held address
     // outside every pool, whether that was already said.
-    let (result, conflict, fresh_out) = {
-        let mut st = ctx.sync();
+    let (result, conflict, fresh_out, holds_nothing, term) = {
+        let (mut st, term) = ctx.state_for_term().await?;
         let conflict = st
             .rebuild_losers
             .remove(&key)
             .map(|ip| (ip, st.alloc.holders(ip)));
         let result = st.alloc.assign(&parsed.request);
         let fresh_out: Vec<IpAddr> = if result.is_ok() {
+            if let Some(uid) = svc.uid() {
+                st.uids.insert(key.clone(), uid);
+            }
+            st.waiting.remove(&key);
             st.alloc
                 .out_of_pool_of(&key)
                 .into_iter()
                 .filter(|ip| st.warned_out_of_pool.insert((key.clone(), *ip)))
                 .collect()
         } else {
+            // Waits for an address: retried as soon as any is released.
+            if let Err(e) = &result
+                && e.may_free_up()
+            {
+                st.waiting.insert(key.clone());
+            }
             vec![]
         };
-        (result, conflict, fresh_out)
+        let holds_nothing = st.alloc.assigned(&key).is_none();
+        (result, conflict, fresh_out, holds_nothing, term)
     };
     if let Some((ip, holders)) = conflict {
         let by = holders
@@ -496,15 +703,12 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     }
     match result {
         Ok(assignment) => {
-            if assignment.ips != current {
-                apply_status(
-                    &api,
-                    &key.name,
-                    names::LB_CONTROLLER_MANAGER,
-                    ingress_status(&assignment.ips),
-                    &ctx.leadership,
-                )
-                .await?;
+            if assignment.ips != current
+                && !ctx
+                    .write_lb_status(&svc, term, ingress_status(&assignment.ips))
+                    .await?
+            {
+                return Ok(Action::requeue(CONFLICT_RETRY));
             }
             if assignment.changed || assignment.ips != current {
                 let ips = assignment
@@ -526,24 +730,19 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
                         format!("Assigned IP {ips} {from}"),
                     )
                     .await;
-                tracing::info!(service = %key, ips = %ips, "assigned");
+                tracing::info!(service = %key, ips = %ips, term = %term, "assigned");
                 bump(&ctx.pools_dirty);
             }
             Ok(requeue)
         }
         Err(e) => {
-            let holds_nothing = ctx.sync().alloc.assigned(&key).is_none();
-            if holds_nothing && !current.is_empty() {
-                // Its status shows an address it does not hold (it lost it to an older Service): take it
-                // back off the status so one address is never advertised for two Services.
-                apply_status(
-                    &api,
-                    &key.name,
-                    names::LB_CONTROLLER_MANAGER,
-                    ingress_status(&[]),
-                    &ctx.leadership,
-                )
-                .await?;
+            // Its status shows an address it does not hold (it lost it to an older Service): take it back
+            // off the status so one address is never advertised for two Services.
+            if holds_nothing
+                && !current.is_empty()
+                && !ctx.write_lb_status(&svc, term, ingress_status(&[])).await?
+            {
+                return Ok(Action::requeue(CONFLICT_RETRY));
             }
             ctx.events
                 .warning(&oref, "AllocationFailed", "Allocate", e.to_string())
@@ -559,7 +758,7 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
     }
     let name = pool.name_any();
     let (pool_error, problems, stats) = {
-        let st = ctx.sync();
+        let (st, _term) = ctx.state_for_term().await?;
         (
             st.pool_errors.get(&name).cloned(),
             st.problems.get(&name).cloned().unwrap_or_default(),

@@ -371,8 +371,104 @@ async fn metrics_report_pool_usage_and_reconciles() {
         "{body}"
     );
     assert!(
-        body.contains("ferrite_lb_reconcile_total{result=\"success\"}"),
+        body.contains("ferrite_lb_reconcile_total{kind=\"Service\",result=\"success\"}"),
         "{body}"
     );
     assert!(body.contains("process_resident_memory_bytes"), "{body}");
+}
+
+/// The pool's assigned IPv4 count and the in-use metric, once both equal `n`.
+async fn wait_in_use(pools: &Api<IPPool>, pool: &str, n: i64) {
+    let admin = admin_addr().await;
+    let want = format!("ferrite_lb_pool_addresses_in_use{{family=\"IPv4\",pool=\"{pool}\"}} {n}");
+    eventually(
+        Duration::from_secs(10),
+        &format!("pool {pool}: {n} assigned in status and metric"),
+        || async {
+            let st = pools.get(pool).await.ok()?.status?;
+            let (_, body) = http_get(admin, "/metrics").await.ok()?;
+            (st.assigned_ipv4 == n && body.contains(&want)).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The reproduction: a two-address pool, two Services, both deleted, two new ones. Before the fix
+/// the new ones stayed <pending> ("no free IPv4 address") until the controller restarted.
+#[tokio::test]
+async fn deleted_services_give_their_addresses_back_at_once() {
+    let kb = controller().await;
+    let ns = kb.namespace("tiny").await;
+    let client = kb.client().await;
+    let pools: Api<IPPool> = Api::all(client.clone());
+    let tiny = format!("{ns}-tiny");
+    create(
+        &pools,
+        pool(&tiny, &ns, &["198.51.100.40-198.51.100.41"], json!({})),
+    )
+    .await;
+    let svcs: Api<Service> = Api::namespaced(client, &ns);
+    let dp = kube::api::DeleteParams::default();
+    for name in ["a", "b"] {
+        create(&svcs, lb_service(name, json!({}), json!([{"port": 80}]))).await;
+    }
+    let (a, _) = wait_ips(&svcs, "a", Duration::from_secs(10)).await;
+    let (b, _) = wait_ips(&svcs, "b", Duration::from_secs(10)).await;
+    assert_ne!(a, b);
+    wait_in_use(&pools, &tiny, 2).await;
+
+    for name in ["a", "b"] {
+        svcs.delete(name, &dp).await.expect("deleted");
+    }
+    // The pool shows the addresses free again, in status and in the metric.
+    wait_in_use(&pools, &tiny, 0).await;
+    let st = pools.get(&tiny).await.expect("pool").status.expect("status");
+    assert_eq!(st.available_ipv4, 2, "{st:?}");
+
+    for name in ["c", "d"] {
+        create(&svcs, lb_service(name, json!({}), json!([{"port": 80}]))).await;
+    }
+    let (c, took_c) = wait_ips(&svcs, "c", Duration::from_secs(10)).await;
+    let (d, took_d) = wait_ips(&svcs, "d", Duration::from_secs(10)).await;
+    eprintln!("after the deletes: c got {c:?} in {took_c:?}, d got {d:?} in {took_d:?}");
+    assert_ne!(c, d);
+    let mut got = [c[0].clone(), d[0].clone()];
+    got.sort();
+    assert_eq!(got, ["198.51.100.40", "198.51.100.41"]);
+    wait_in_use(&pools, &tiny, 2).await;
+
+    // A requested address is reusable under a new name once its holder is gone.
+    svcs.delete("c", &dp).await.expect("deleted");
+    create(
+        &svcs,
+        lb_service(
+            "wants-c",
+            json!({"lb.ferrite.dev/ips": c[0]}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
+    let (w, _) = wait_ips(&svcs, "wants-c", Duration::from_secs(10)).await;
+    assert_eq!(w, c, "the requested address of a deleted Service");
+
+    // Delete and at once recreate under the same name: the new Service gets an address (the Delete of
+    // the old one must not release what the new one holds), and the pool counts stay true.
+    svcs.delete("d", &dp).await.expect("deleted");
+    create(&svcs, lb_service("d", json!({}), json!([{"port": 80}]))).await;
+    let (d2, _) = wait_ips(&svcs, "d", Duration::from_secs(10)).await;
+    assert_eq!(d2, d, "the only free address");
+    wait_in_use(&pools, &tiny, 2).await;
+
+    // A Service waiting for an address (pool full) gets one as soon as another is deleted, not after
+    // its retry backoff.
+    create(&svcs, lb_service("late", json!({}), json!([{"port": 80}]))).await;
+    wait_event(kb, &ns, "late", "AllocationFailed").await;
+    // Let it fail a few times, so that its retry backoff (0.5 s doubling) is beyond 3 s: the time that
+    // passes is what this step tests, there is no condition to wait for instead.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    svcs.delete("wants-c", &dp).await.expect("deleted");
+    let (late, took) = wait_ips(&svcs, "late", Duration::from_secs(10)).await;
+    eprintln!("waiting Service got {late:?} {took:?} after the delete");
+    assert_eq!(late, c);
+    assert!(took < Duration::from_secs(3), "retried on release, took {took:?}");
 }
