@@ -8,6 +8,7 @@
 //!     └── readiness gate "watch <plural>" opens after the first full list
 //! ```
 //! Reconcilers return a requeue interval as a safety net; the periodic resync covers them anyway.
+//! The metrics carry `kind=K::kind`, so several controllers in one binary are counted apart.
 
 use crate::{
     ReasonedError,
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 /// What the runner needs besides the controller: usually taken from [`crate::App`].
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Reconcile metrics of this controller.
+    /// Reconcile metrics of this controller binary; the runner records them under `kind=K::kind`.
     pub metrics: ReconcileMetrics,
     /// Only the leader reconciles.
     pub leadership: Leadership,
@@ -67,7 +68,9 @@ where
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
     E: ReasonedError,
 {
-    let plural = K::plural(&K::DynamicType::default()).to_string();
+    let dt = K::DynamicType::default();
+    let plural = K::plural(&dt).to_string();
+    let metrics = opts.metrics.for_kind(&K::kind(&dt));
     opts.readiness
         .gate(format!("watch {plural}"))
         .open_when_synced(controller.store());
@@ -76,7 +79,7 @@ where
     let state = Arc::new(State {
         ctx,
         reconcile,
-        metrics: opts.metrics.clone(),
+        metrics,
         leadership: opts.leadership.clone(),
         backoff: BackoffTracker::new(opts.backoff),
     });

@@ -1,6 +1,7 @@
 //! A controller built on the kit, against the box: `/readyz` opens only after its watch synced (here:
-//! only once its CRD exists), `/metrics` serves process metrics and the reconcile families, and bad
-//! setups fail with one clear line.
+//! only once its CRD exists), `/metrics` serves process metrics and the reconcile families labelled by
+//! kind (two controllers in one App are counted apart), `/livez` reports a fatal condition, extra
+//! routes answer, and bad setups fail with one clear line.
 
 use clap::Parser;
 use ferrite_api::lb::IPPool;
@@ -9,7 +10,7 @@ use ferrite_kit::{App, Error, ReasonedError, cli::CommonArgs, runner};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api,
-    api::{ListParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     runtime::{Controller, controller::Action, watcher},
 };
 use std::{sync::Arc, time::Duration};
@@ -85,6 +86,41 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         app.run_options(),
     ));
 
+    // A second controller in the same App, of another kind: its reconciles are counted apart.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(app.client.clone(), "default");
+    let cm_name = "kit-app-kinds";
+    let _ = cms.delete(cm_name, &DeleteParams::default()).await;
+    let cm_controller = Controller::new(
+        cms.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={cm_name}")),
+    );
+    tokio::spawn(runner::run(
+        cm_controller,
+        Arc::new(()),
+        |_cm: Arc<k8s_openapi::api::core::v1::ConfigMap>, _: Arc<()>| async move {
+            Ok::<_, Refused>(Action::requeue(Duration::from_secs(300)))
+        },
+        app.run_options(),
+    ));
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": cm_name}, "data": {"k": "v"}
+    }))
+    .expect("valid configmap");
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("configmap created");
+
+    // Extra routes and liveness through the App.
+    app.routes
+        .add("/debug/kit", |_req| async {
+            ferrite_kit::admin::text(hyper::StatusCode::OK, "kit debug\n")
+        })
+        .expect("route added");
+    assert_eq!(
+        get(app.admin_addr, "/debug/kit").await,
+        (200, "kit debug\n".to_string())
+    );
+
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (code, body) = get(app.admin_addr, "/readyz").await;
     assert_eq!(code, 503, "not ready before the watch synced: {body}");
@@ -146,18 +182,23 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
     let mut metrics = String::new();
     for _ in 0..50 {
         metrics = get(app.admin_addr, "/metrics").await.1;
-        if metrics.contains("ferrite_kittest_reconcile_total{result=\"success\"} 1")
-            && metrics.contains("ferrite_kittest_reconcile_errors_total{reason=\"Refused\"}")
+        if metrics.contains("ferrite_kittest_reconcile_total{kind=\"IPPool\",result=\"success\"} 1")
+            && metrics.contains("ferrite_kittest_reconcile_errors_total{kind=\"IPPool\",reason=\"Refused\"}")
+            && metrics.contains("ferrite_kittest_reconcile_total{kind=\"ConfigMap\",result=\"success\"} 1")
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for family in [
-        "ferrite_kittest_reconcile_total{result=\"success\"} 1",
+        "ferrite_kittest_reconcile_total{kind=\"IPPool\",result=\"success\"} 1",
+        "ferrite_kittest_reconcile_total{kind=\"IPPool\",result=\"error\"} ",
+        "ferrite_kittest_reconcile_total{kind=\"ConfigMap\",result=\"success\"} 1",
+        "ferrite_kittest_reconcile_total{kind=\"ConfigMap\",result=\"error\"} 0",
         "# TYPE ferrite_kittest_reconcile_duration_seconds histogram",
-        "ferrite_kittest_reconcile_duration_seconds_count",
-        "ferrite_kittest_reconcile_errors_total{reason=\"Refused\"}",
+        "ferrite_kittest_reconcile_duration_seconds_count{kind=\"IPPool\"}",
+        "ferrite_kittest_reconcile_duration_seconds_count{kind=\"ConfigMap\"} 1",
+        "ferrite_kittest_reconcile_errors_total{kind=\"IPPool\",reason=\"Refused\"}",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
     ] {
@@ -167,7 +208,22 @@ async fn readyz_waits_for_the_watch_and_metrics_have_process_and_reconcile_famil
         !metrics.contains("ferrite_kittest_leader"),
         "no leader gauge without leader election"
     );
+    assert!(
+        !metrics.contains("ferrite_kittest_reconcile_errors_total{kind=\"ConfigMap\""),
+        "the ConfigMap controller failed nothing:\n{metrics}"
+    );
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // A fatal condition turns /livez to 503 and names it; /readyz stays open.
+    assert_eq!(get(app.admin_addr, "/livez").await.0, 200);
+    app.liveness.fail("test task", "died on purpose");
+    let (code, body) = get(app.admin_addr, "/livez").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("test task: died on purpose"), "{body}");
+    assert_eq!(get(app.admin_addr, "/readyz").await.0, 200);
+    cms.delete(cm_name, &DeleteParams::default())
+        .await
+        .expect("configmap deleted");
     assert_eq!(
         pools
             .list(&ListParams::default())

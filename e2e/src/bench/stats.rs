@@ -25,32 +25,39 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Value of the sample `name` whose labels include every `labels` pair.
+/// Sum of the samples `name` whose labels include every `labels` pair (series that differ in other
+/// labels, e.g. `kind` of the reconcile metrics, are added up); `None` when there is none.
 pub fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| {
+        .filter(|l| {
             let Some(rest) = l.strip_prefix(name) else {
                 return false;
             };
             (rest.starts_with('{') || rest.starts_with(' '))
                 && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
         })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
 
-/// Cumulative buckets `(le, count)` of histogram `name`, `+Inf` (parsed as infinity) last.
+/// Cumulative buckets `(le, count)` of histogram `name`, `+Inf` (parsed as infinity) last; series that
+/// differ in other labels (e.g. `kind`) are added up per `le`.
 pub fn buckets(body: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{");
-    body.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let le = rest.split("le=\"").nth(1)?.split('"').next()?;
-            let count = l.rsplit(' ').next()?.parse().ok()?;
-            Some((le.parse().ok()?, count))
-        })
-        .collect()
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (le, count) in body.lines().filter_map(|l| {
+        let rest = l.strip_prefix(&prefix)?;
+        let le = rest.split("le=\"").nth(1)?.split('"').next()?;
+        let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+        Some((le.parse::<f64>().ok()?, count))
+    }) {
+        match out.iter_mut().find(|(l, _)| *l == le) {
+            Some((_, c)) => *c += count,
+            None => out.push((le, count)),
+        }
+    }
+    out
 }
 
 /// Upper bound (bucket `le`) of quantile `q` of the observations between two scrapes.
@@ -90,12 +97,17 @@ mod tests {
 
     #[test]
     fn prometheus_text_is_read() {
-        let body = "# HELP x\nferrite_lb_reconcile_total{result=\"success\"} 42\n\
-            ferrite_lb_reconcile_total{result=\"error\"} 1\n\
-            ferrite_lb_reconcile_duration_seconds_bucket{le=\"0.001\"} 10\n\
-            ferrite_lb_reconcile_duration_seconds_bucket{le=\"0.01\"} 40\n\
-            ferrite_lb_reconcile_duration_seconds_bucket{le=\"+Inf\"} 43\n\
-            ferrite_lb_reconcile_duration_seconds_sum 0.2\n";
+        let body = "# HELP x\nferrite_lb_reconcile_total{kind=\"IPPool\",result=\"success\"} 2\n\
+            ferrite_lb_reconcile_total{kind=\"Service\",result=\"success\"} 40\n\
+            ferrite_lb_reconcile_total{kind=\"Service\",result=\"error\"} 1\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{kind=\"IPPool\",le=\"0.001\"} 1\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{kind=\"IPPool\",le=\"0.01\"} 2\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{kind=\"IPPool\",le=\"+Inf\"} 2\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{kind=\"Service\",le=\"0.001\"} 9\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{kind=\"Service\",le=\"0.01\"} 38\n\
+            ferrite_lb_reconcile_duration_seconds_bucket{kind=\"Service\",le=\"+Inf\"} 41\n\
+            ferrite_lb_reconcile_duration_seconds_sum{kind=\"IPPool\"} 0.05\n\
+            ferrite_lb_reconcile_duration_seconds_sum{kind=\"Service\"} 0.15\n";
         assert_eq!(
             sample(body, "ferrite_lb_reconcile_total", &[("result", "success")]),
             Some(42.0)
@@ -103,6 +115,18 @@ mod tests {
         assert_eq!(
             sample(body, "ferrite_lb_reconcile_duration_seconds_sum", &[]),
             Some(0.2)
+        );
+        assert_eq!(
+            sample(
+                body,
+                "ferrite_lb_reconcile_total",
+                &[("kind", "Service"), ("result", "success")]
+            ),
+            Some(40.0)
+        );
+        assert_eq!(
+            sample(body, "ferrite_lb_reconcile_total", &[("result", "skipped")]),
+            None
         );
         let b = buckets(body, "ferrite_lb_reconcile_duration_seconds");
         assert_eq!(&b[..2], &[(0.001, 10.0), (0.01, 40.0)]);
