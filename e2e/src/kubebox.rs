@@ -41,6 +41,25 @@ pub struct KubeBox {
     procs: Mutex<Vec<Supervised>>,
 }
 
+/// File name of the box's audit log, in [`KubeBox::dir`].
+const AUDIT_LOG: &str = "audit.log";
+
+/// What the box's API server audits: Lease writes with their body (who held a lease when) and Service
+/// status writes (who wrote an address when), so tests can check that a controller wrote only while it
+/// held its lease, on the server's clock. Nothing else, to keep the log small.
+pub const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Request
+    verbs: ["create", "update"]
+    resources: [{group: "coordination.k8s.io", resources: ["leases"]}]
+  - level: Metadata
+    verbs: ["patch", "update"]
+    resources: [{group: "", resources: ["services/status"]}]
+  - level: None
+"#;
+
 /// Where built tools are cached (`FERRITE_CACHE`, default `~/.cache/ferrite`).
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("FERRITE_CACHE")
@@ -229,6 +248,12 @@ impl KubeBox {
         })
     }
 
+    /// The API server's audit log (JSON lines; see [`AUDIT_POLICY`] for what it records). Not kept for
+    /// `FERRITE_KUBECONFIG` clusters.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join(AUDIT_LOG)
+    }
+
     /// Starts a new box (or wraps `FERRITE_KUBECONFIG`).
     pub async fn start() -> Result<KubeBox> {
         if let Some(kubeconfig) = existing_cluster() {
@@ -275,6 +300,8 @@ impl KubeBox {
             dir.join("tokens.csv"),
             format!("{admin_token},admin,admin,\"system:masters\"\n"),
         )?;
+
+        std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
 
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let server = format!("https://127.0.0.1:{api_port}");
@@ -326,6 +353,9 @@ impl KubeBox {
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
+                format!("--audit-policy-file={}", s(&dir.join("audit-policy.yaml"))),
+                format!("--audit-log-path={}", s(&dir.join(AUDIT_LOG))),
+                "--audit-log-mode=blocking".into(),
                 "--v=1".into(),
             ],
             &[],

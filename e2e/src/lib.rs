@@ -12,6 +12,7 @@ pub mod demo;
 pub mod http;
 pub mod kubebox;
 pub mod netlab;
+pub mod partition;
 pub mod process;
 
 pub use http::http_get;
