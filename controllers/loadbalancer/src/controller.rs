@@ -622,13 +622,15 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         // A Service that stopped being a LoadBalancer loses its address; one handed to another class is
         // that class's business.
         let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-        if held && !is_lb && !current.is_empty() && svc.meta().deletion_timestamp.is_none() {
-            if !ctx
+        if held
+            && !is_lb
+            && !current.is_empty()
+            && svc.meta().deletion_timestamp.is_none()
+            && !ctx
                 .write_lb_status(&svc, term, serde_json::json!({"loadBalancer": {}}))
                 .await?
-            {
-                return Ok(Action::requeue(CONFLICT_RETRY));
-            }
+        {
+            return Ok(Action::requeue(CONFLICT_RETRY));
         }
         return Ok(requeue);
     }
