@@ -3,7 +3,7 @@
 use crate::{
     Result,
     admin::{AdminServer, AdminState, Liveness, Readiness, Routes},
-    cli::CommonArgs,
+    cli::{BaseArgs, CommonArgs, ElectionArgs},
     leader::{self, Leadership, LeaseConfig},
     metrics::ReconcileMetrics,
     runner::RunOptions,
@@ -34,7 +34,7 @@ pub struct App {
     metrics_registered: std::sync::Once,
     /// Address the admin server is bound to.
     pub admin_addr: std::net::SocketAddr,
-    args: CommonArgs,
+    args: BaseArgs,
     leader_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -65,7 +65,33 @@ impl App {
         shutdown: CancellationToken,
     ) -> Result<Self> {
         args.validate()?;
-        let client = crate::client::connect_with(args.kubeconfig.as_deref()).await?;
+        Self::setup(&args.base, Some((&args.election, lease_default)), name, shutdown).await
+    }
+
+    /// Like [`App::start`] for a process that does not elect a leader (it always writes; no Lease, no
+    /// leader gauge), from [`BaseArgs`] alone.
+    pub async fn start_base(args: &BaseArgs, name: &str) -> Result<Self> {
+        args.validate()?;
+        crate::telemetry::init(args.log_format, &args.log_level)?;
+        let shutdown = crate::shutdown::on_signals()?;
+        Self::start_base_with(args, name, shutdown).await
+    }
+
+    /// Like [`App::start_base`] with a caller-provided shutdown token.
+    pub async fn start_base_with(args: &BaseArgs, name: &str, shutdown: CancellationToken) -> Result<Self> {
+        args.validate()?;
+        Self::setup(args, None, name, shutdown).await
+    }
+
+    async fn setup(
+        args: &BaseArgs,
+        election: Option<(&ElectionArgs, &str)>,
+        name: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let election = election.filter(|(e, _)| e.leader_elect);
+        let client =
+            crate::client::connect_with_timeouts(args.kubeconfig.as_deref(), args.timeouts()).await?;
         let registry = crate::admin::registry();
         let metrics = ReconcileMetrics::new(name)
             .map_err(|e| crate::Error::Setup(format!("metrics of {name:?}: {e}")))?;
@@ -83,17 +109,14 @@ impl App {
         tokio::spawn(admin.serve_with(state, shutdown.clone()));
 
         let identity = args.identity();
-        let (leadership, leader_task) = if args.leader_elect {
+        let (leadership, leader_task) = if let Some((e, lease_default)) = election {
             let config = LeaseConfig {
-                name: args
-                    .lease_name
-                    .clone()
-                    .unwrap_or_else(|| lease_default.to_string()),
-                namespace: args.lease_namespace(),
+                name: e.lease_name.clone().unwrap_or_else(|| lease_default.to_string()),
+                namespace: e.lease_namespace(),
                 identity: identity.clone(),
-                lease_duration: args.lease_duration,
-                renew_deadline: args.lease_renew_deadline,
-                retry_period: args.lease_retry_period,
+                lease_duration: e.lease_duration,
+                renew_deadline: e.lease_renew_deadline,
+                retry_period: e.lease_retry_period,
             };
             tracing::info!(lease = %config.name, namespace = %config.namespace, identity = %identity, "leader election on");
             let (l, task) = leader::start(client.clone(), config, shutdown.clone());
@@ -101,7 +124,7 @@ impl App {
         } else {
             (Leadership::always(identity), None)
         };
-        if args.leader_elect {
+        if election.is_some() {
             let gauge = prometheus::IntGauge::new(
                 format!("ferrite_{name}_leader"),
                 "1 while this replica holds the leader lease.",

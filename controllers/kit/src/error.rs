@@ -88,6 +88,16 @@ pub enum Error {
     #[error("Kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
 
+    /// A call at run time did not finish in time (a stalled connection, an overloaded API server); it
+    /// is retried like any failed call. Not a setup problem.
+    #[error("{what} did not finish within {after:?} (API server slow or connection stalled); will retry")]
+    CallTimeout {
+        /// The call, e.g. `renew Lease ferrite-system/ferrite-lb-controller`.
+        what: String,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
+
     /// Installing the process-wide crypto provider or the signal handler failed.
     #[error("process setup failed: {0}")]
     Setup(String),
@@ -104,6 +114,7 @@ impl ReasonedError for Error {
             Error::Option(_) => "InvalidOption",
             Error::NotLeader => "NotLeader",
             Error::Kube(e) => kube_reason(e),
+            Error::CallTimeout { .. } => "Timeout",
             Error::Setup(_) => "Setup",
         }
     }
@@ -128,7 +139,32 @@ pub fn kube_reason(e: &kube::Error) -> &'static str {
     }
 }
 
+/// True when `e` is a run-time call timeout ([`Error::CallTimeout`]).
+pub fn is_timeout(e: &Error) -> bool {
+    matches!(e, Error::CallTimeout { .. })
+}
+
 /// True when the API answered 404 for this call.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_timeout_is_not_a_setup_error() {
+        let e = Error::CallTimeout {
+            what: "renew Lease ns/l".into(),
+            after: std::time::Duration::from_secs(2),
+        };
+        assert_eq!(e.reason(), "Timeout");
+        assert!(is_timeout(&e));
+        assert!(!is_timeout(&Error::Setup("x".into())));
+        assert_eq!(
+            e.to_string(),
+            "renew Lease ns/l did not finish within 2s (API server slow or connection stalled); will retry"
+        );
+    }
 }

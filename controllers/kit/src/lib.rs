@@ -1,9 +1,9 @@
 //! ferrite-kit: what every Ferrite controller needs, written once.
 //!
 //! ```text
-//!   cli::CommonArgs ──> App::start ──┬─ client      (kubeconfig or in-cluster; aws-lc-rs crypto provider)
-//!                                    ├─ telemetry   (tracing, json | plain)
-//!                                    ├─ admin       (/metrics, /livez, /readyz on hyper)
+//!   cli::CommonArgs ──> App::start ──┬─ client      (kubeconfig or in-cluster; timeouts; aws-lc-rs)
+//!   (BaseArgs + ElectionArgs)        ├─ telemetry   (tracing, json | plain)
+//!   cli::BaseArgs ──> App::start_base├─ admin       (/metrics, /livez, /readyz, extra routes on hyper)
 //!                                    ├─ leader      (coordination.k8s.io/v1 Lease; only the holder writes)
 //!                                    └─ shutdown    (SIGTERM/SIGINT -> graceful stop, lease released)
 //!   runner::run(Controller, reconcile) ── reconcile metrics, per-object backoff, resync, leader gating

@@ -1,6 +1,6 @@
 //! ferrite-lb: `controller` (address allocation, Deployment) and `speaker` (ARP/NDP, DaemonSet).
 use clap::{Parser, Subcommand};
-use ferrite_kit::cli::CommonArgs;
+use ferrite_kit::cli::{BaseArgs, CommonArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "ferrite-lb", version, about = "LoadBalancer Services on bare metal")]
@@ -21,7 +21,7 @@ enum Command {
     /// Answer ARP/NDP for the addresses this node is elected for (DaemonSet, host network, NET_RAW).
     Speaker {
         #[command(flatten)]
-        common: CommonArgs,
+        common: BaseArgs,
         #[command(flatten)]
         args: ferrite_lb::speaker::SpeakerArgs,
     },
@@ -38,11 +38,10 @@ async fn main() -> std::process::ExitCode {
             }
             .await
         }
-        Command::Speaker { mut common, args } => {
+        Command::Speaker { common, args } => {
             async {
-                // Every speaker decides for itself; there is nothing to elect.
-                common.leader_elect = false;
-                let app = ferrite_kit::App::start(&common, "lb_speaker", "unused").await?;
+                // Every speaker decides for itself; there is nothing to elect (no lease flags).
+                let app = ferrite_kit::App::start_base(&common, "lb_speaker").await?;
                 ferrite_lb::speaker::run(app, args).await
             }
             .await
