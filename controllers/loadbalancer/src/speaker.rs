@@ -124,6 +124,10 @@ pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most entries the background queue holds; past it new entries are dropped (and counted).
 pub const API_QUEUE_CAPACITY: usize = 4096;
 
+/// Pause before a failed or timed-out write is tried again (unless a newer one replaced it, or it is a
+/// claim this node no longer wins).
+pub const API_RETRY_DELAY: Duration = Duration::from_secs(1);
+
 /// How long a speaker whose gossip task died keeps running (not announcing, `/livez` failing) before
 /// it exits, so a scrape or a probe can see why.
 pub const GOSSIP_FAILURE_EXIT_DELAY: Duration = Duration::from_secs(2);
@@ -150,7 +154,7 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let secret = secrets.get_opt(&args.gossip_secret).await?.with_context(|| {
         format!(
-            "gossip Secret {}/{} does not exist (the chart creates it)",
+            "gossip Secret {}/{} does not exist: create it once (docs/loadbalancer.md, Quick start)",
             args.namespace, args.gossip_secret
         )
     })?;
@@ -384,6 +388,8 @@ struct Announced {
     ever_seen: BTreeSet<String>,
     /// (namespace, name, address) outside every pool that a Warning Event was queued for.
     warned_out_of_pool: BTreeSet<(String, String, IpAddr)>,
+    /// The startup grace has ended (logged once).
+    grace_over: bool,
 }
 
 /// Where kubelets keep their node Leases.
@@ -512,6 +518,10 @@ impl Speaker {
         }
 
         let converging = tokio::time::Instant::now() < self.grace_until;
+        if !converging && !prev.grace_over {
+            prev.grace_over = true;
+            tracing::info!("startup grace over: electing every Service");
+        }
         let mut desired: BTreeMap<IpAddr, InterfaceFilter> = BTreeMap::new();
         let mut mine: BTreeMap<(String, String), (Arc<Service>, Vec<IpAddr>)> = BTreeMap::new();
         let mut out_of_pool_now: BTreeSet<(String, String, IpAddr)> = BTreeSet::new();
@@ -521,7 +531,9 @@ impl Speaker {
                 .ips
                 .iter()
                 .partition(|ip| pools.iter().any(|p| p.addresses.contains(**ip)));
-            if !outside.is_empty() {
+            // Not while converging: a speaker that sees only itself would rank itself first and
+            // repeat a Warning its peers already gave.
+            if !outside.is_empty() && !converging {
                 self.report_out_of_pool(group, &outside, &alive, &node_objs, prev, &mut out_of_pool_now);
             }
             // The pool of the first announced address decides the node selector, as its first address
@@ -636,7 +648,7 @@ impl Speaker {
         prev.warned_out_of_pool.retain(|k| out_of_pool_now.contains(k));
 
         // Record ownership, tell people, keep the metric: all through the background queue.
-        self.writes.retain_claims(|key| mine.contains_key(key));
+        self.writes.set_wanted(mine.keys().cloned().collect());
         let announced_on = self.announcer.announced();
         let now = tokio::time::Instant::now();
         for (key, (svc, ips)) in &mine {
@@ -800,6 +812,8 @@ impl Write {
 struct Pending {
     writes: BTreeMap<WriteKey, Write>,
     order: VecDeque<WriteKey>,
+    /// The Services this node won in the last election round: only their claims may be retried.
+    wanted: BTreeSet<(String, String)>,
 }
 
 impl Pending {
@@ -827,14 +841,29 @@ impl Pending {
         None
     }
 
-    /// Withdraws pending claims for which `keep(&(namespace, name))` is false.
-    fn retain_claims(&mut self, keep: impl Fn(&(String, String)) -> bool) {
+    /// Sets the Services this node won; pending claims for the others are withdrawn.
+    fn set_wanted(&mut self, wanted: BTreeSet<(String, String)>) {
         self.writes.retain(|k, _| match k {
-            WriteKey::Claim(ns, name) => keep(&(ns.clone(), name.clone())),
+            WriteKey::Claim(ns, name) => wanted.contains(&(ns.clone(), name.clone())),
             WriteKey::Event(..) => true,
         });
         let writes = &self.writes;
         self.order.retain(|k| writes.contains_key(k));
+        self.wanted = wanted;
+    }
+
+    /// Puts back a write that failed, unless a newer one with its key is pending or, for a claim,
+    /// this node no longer wins the Service.
+    fn retry(&mut self, w: Write, capacity: usize) -> bool {
+        if self.writes.contains_key(&w.key()) {
+            return true;
+        }
+        if let Write::Claim { namespace, name } = &w
+            && !self.wanted.contains(&(namespace.clone(), name.clone()))
+        {
+            return true;
+        }
+        self.push(w, capacity)
     }
 
     fn len(&self) -> usize {
@@ -942,14 +971,30 @@ impl ApiQueue {
         }
     }
 
-    /// Withdraws pending claims this node no longer wins.
-    fn retain_claims(&self, keep: impl Fn(&(String, String)) -> bool) {
+    /// Sets the Services this node won; pending claims for the others are withdrawn.
+    fn set_wanted(&self, wanted: BTreeSet<(String, String)>) {
         let len = {
             let mut p = self.lock();
-            p.retain_claims(keep);
+            p.set_wanted(wanted);
             p.len()
         };
         self.depth.set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
+    /// Queues `w` again after [`API_RETRY_DELAY`] (see [`Pending::retry`]).
+    fn retry_later(&self, w: Write, shutdown: CancellationToken) {
+        let q = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(API_RETRY_DELAY) => {
+                    let ok = q.lock().retry(w, API_QUEUE_CAPACITY);
+                    if ok {
+                        q.wake.notify_one();
+                    }
+                }
+            }
+        });
     }
 
     async fn drain(self, writer: ApiWriter, shutdown: CancellationToken) {
@@ -974,15 +1019,18 @@ impl ApiQueue {
             let label = match result {
                 Ok(Ok(())) => "ok",
                 Ok(Err(e)) => {
-                    tracing::warn!(kind, key = ?w.key(), error = %e, "API write failed");
+                    tracing::warn!(kind, key = ?w.key(), error = %e, retry_in = ?API_RETRY_DELAY, "API write failed");
                     "error"
                 }
                 Err(_) => {
-                    tracing::warn!(kind, key = ?w.key(), timeout = ?API_CALL_TIMEOUT, "API write timed out");
+                    tracing::warn!(kind, key = ?w.key(), timeout = ?API_CALL_TIMEOUT, retry_in = ?API_RETRY_DELAY, "API write timed out");
                     "timeout"
                 }
             };
             self.results.with_label_values(&[kind, label]).inc();
+            if label != "ok" {
+                self.retry_later(w, shutdown.clone());
+            }
         }
     }
 }
@@ -1072,9 +1120,17 @@ mod tests {
         p.push(claim("ns", "a"), 10);
         p.push(claim("ns", "b"), 10);
         p.push(event("a", "Announcing", "kept"), 10);
-        p.retain_claims(|k| k.1 == "b");
+        p.set_wanted(BTreeSet::from([("ns".to_string(), "b".to_string())]));
         let order: Vec<String> = std::iter::from_fn(|| p.pop()).map(|w| note(&w)).collect();
         assert_eq!(order, ["claim b", "kept"]);
+        // A failed claim comes back only while it is still won, and never over a newer write.
+        assert!(p.retry(claim("ns", "a"), 10));
+        assert!(p.pop().is_none(), "claim a is not wanted");
+        assert!(p.retry(claim("ns", "b"), 10));
+        p.push(event("a", "Announcing", "newer"), 10);
+        assert!(p.retry(event("a", "Announcing", "older"), 10));
+        let order: Vec<String> = std::iter::from_fn(|| p.pop()).map(|w| note(&w)).collect();
+        assert_eq!(order, ["claim b", "newer"]);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test]
-async fn rebuild_keeps_the_older_claim_and_a_shrunk_pool_keeps_its_addresses() {
+async fn start_keeps_the_older_claim_of_a_shared_ip_a_shrunk_pool_leaves_addresses_and_new_ones_come_from_the_pool()
+ {
     let kb = KubeBox::shared();
     crds(kb).await;
     let ns = kb.namespace("restart").await;
@@ -34,7 +35,7 @@ async fn rebuild_keeps_the_older_claim_and_a_shrunk_pool_keeps_its_addresses() {
     // Two Services that both show 198.51.100.130, as after a split brain or a restored backup; the
     // older one by creation time must keep it. (No controller runs while they are written.)
     let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.130"}]}}});
-    create(
+    let older = create(
         &svcs,
         json!({"metadata": {"name": "older"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
     )
@@ -42,7 +43,21 @@ async fn rebuild_keeps_the_older_claim_and_a_shrunk_pool_keeps_its_addresses() {
     svcs.patch_status("older", &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("status");
-    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has 1 s resolution
+    // creationTimestamp has 1 s resolution: wait until the clock (the API server's: same machine) is in
+    // a later second, so `newer` is newer by its timestamp.
+    let created = older
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .expect("creationTimestamp")
+        .0
+        .as_second();
+    eventually(
+        Duration::from_secs(3),
+        "the clock to pass older's creation second",
+        || async { (jiff::Timestamp::now().as_second() > created).then_some(()) },
+    )
+    .await;
     create(
         &svcs,
         json!({"metadata": {"name": "newer"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
@@ -90,12 +105,7 @@ async fn rebuild_keeps_the_older_claim_and_a_shrunk_pool_keeps_its_addresses() {
         .expect("pool shrunk");
     let note = wait_event(kb, &ns, "older", "IPOutOfPool").await;
     assert!(note.contains("198.51.100.130"), "{note}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        ips(&svcs.get("older").await.expect("get")),
-        vec!["198.51.100.130"],
-        "kept after the shrink"
-    );
+    // The controller has taken in the shrunk pool once its metric counts both addresses outside it.
     let metrics = eventually(Duration::from_secs(10), "the out-of-pool metric", || async {
         let (_, body) = http_get(running.admin, "/metrics").await.ok()?;
         // Both .130 (older) and .128 (newer) are outside the shrunk pool now.
@@ -103,6 +113,11 @@ async fn rebuild_keeps_the_older_claim_and_a_shrunk_pool_keeps_its_addresses() {
             .then_some(body)
     })
     .await;
+    assert_eq!(
+        ips(&svcs.get("older").await.expect("get")),
+        vec!["198.51.100.130"],
+        "kept after the shrink"
+    );
     assert!(
         metrics.contains("ferrite_lb_leader 1"),
         "elected leader of its own lease"
