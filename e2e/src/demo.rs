@@ -104,14 +104,18 @@ pub async fn install_chart(kb: &KubeBox) -> Result<()> {
 pub async fn create_gossip_secret(kb: &KubeBox) -> Result<String> {
     let ns: Api<Namespace> = Api::all(kb.client().await);
     if ns.get_opt("ferrite-system").await?.is_none() {
-        let out = kb.kubectl().args(["create", "namespace", "ferrite-system"]).output()?;
+        let out = kb
+            .kubectl()
+            .args(["create", "namespace", "ferrite-system"])
+            .output()?;
         anyhow::ensure!(
             out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"),
             "kubectl create namespace ferrite-system: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(kb.client().await, "ferrite-system");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(kb.client().await, "ferrite-system");
     if let Some(existing) = secrets.get_opt("ferrite-lb-gossip").await? {
         let by_helm = existing
             .metadata
@@ -121,10 +125,7 @@ pub async fn create_gossip_secret(kb: &KubeBox) -> Result<String> {
             .is_some_and(|m| m == "Helm");
         let key = existing.data.as_ref().and_then(|d| d.get("key"));
         return Ok(match key {
-            Some(k) if by_helm => format!(
-                "loadbalancer.speaker.gossipKey={}",
-                String::from_utf8_lossy(&k.0)
-            ),
+            Some(k) if by_helm => format!("loadbalancer.speaker.gossipKey={}", String::from_utf8_lossy(&k.0)),
             _ => "loadbalancer.speaker.gossipSecret=ferrite-lb-gossip".into(),
         });
     }
@@ -136,7 +137,14 @@ pub async fn create_gossip_secret(kb: &KubeBox) -> Result<String> {
     let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
     let out = kb
         .kubectl()
-        .args(["-n", "ferrite-system", "create", "secret", "generic", "ferrite-lb-gossip"])
+        .args([
+            "-n",
+            "ferrite-system",
+            "create",
+            "secret",
+            "generic",
+            "ferrite-lb-gossip",
+        ])
         .arg(format!("--from-literal=key={key}"))
         .output()
         .context("running kubectl")?;
