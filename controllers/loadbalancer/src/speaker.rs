@@ -291,12 +291,15 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
             }
             tracing::info!("every watch listed: electing");
             let mut state = Announced::default();
+            let mut fault_fired = false;
             loop {
                 speaker.step(&mut state);
                 tokio::select! {
                     _ = app.shutdown.cancelled() => break None,
                     why = &mut gossip_stopped => break Some(why),
-                    () = &mut sigusr1 => {
+                    // Once: a finished future must not be polled again.
+                    () = &mut sigusr1, if !fault_fired => {
+                        fault_fired = true;
                         tracing::warn!("SIGUSR1 (fault injection): aborting the gossip task");
                         speaker.membership.abort_task();
                     }
