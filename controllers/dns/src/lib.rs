@@ -1,0 +1,20 @@
+//! ferrite-dns: DNS records from Services, Ingresses and `DNSRecord`s.
+//!
+//! This crate is being built. So far it holds the pure core the server and the controller are built on,
+//! with no I/O and no Kubernetes:
+//!
+//! ```text
+//!   desired records ──> zone::Zone::build ──> Zone snapshot ──> resolve::ZoneSet::resolve ──> Answer
+//!   (sources)           (validation errors)   (immutable)       (RFC 1034/2308/4592 rules)   (sections, rcode, AA)
+//!
+//!   TXT records on a server <──> registry (external-dns's ownership format, both record-name formats)
+//! ```
+//! - [`zone`]: one immutable, validated snapshot of a zone: RRsets keyed by owner name and type, SOA and
+//!   NS from the zone's settings, empty non-terminals known.
+//! - [`resolve`]: the authoritative answer semantics over a set of snapshots. hickory-server's own
+//!   authority answers several RFC 4592/2308 cases wrongly, so the lookup is ours and hickory supplies the
+//!   names, types, RDATA and (later) the wire format.
+//! - [`registry`]: external-dns's TXT registry: the ownership text and the names of the TXT records.
+#![forbid(unsafe_code)]
+
+pub mod zone;
