@@ -8,6 +8,7 @@
 //!                                    └─ shutdown    (SIGTERM/SIGINT -> graceful stop, lease released)
 //!   runner::run(Controller, reconcile) ── reconcile metrics, per-object backoff, resync, leader gating
 //!   status / conditions / events        ── SSA status patches, API-convention conditions, Events
+//!   finalizer                           ── external state cleaned up before an object goes
 //!   endpointslice                       ── discovery.k8s.io/v1 with a v1beta1 fallback
 //! ```
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod conditions;
 pub mod endpointslice;
 pub mod error;
 pub mod events;
+pub mod finalizer;
 pub mod leader;
 pub mod metrics;
 pub mod runner;
