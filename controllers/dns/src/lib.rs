@@ -17,4 +17,5 @@
 //! - [`registry`]: external-dns's TXT registry: the ownership text and the names of the TXT records.
 #![forbid(unsafe_code)]
 
+pub mod resolve;
 pub mod zone;
