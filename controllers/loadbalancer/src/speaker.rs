@@ -258,21 +258,15 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     tracing::info!(node = %me, gossip = %bind, "speaker starting");
     let gossip_stopped = speaker.membership.stopped();
     tokio::pin!(gossip_stopped);
-    let sigusr1 = async {
-        if !args.fault_gossip_sigusr1 {
-            return std::future::pending().await;
-        }
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGUSR1; fault injection off");
-                std::future::pending::<()>().await;
-            }
-        }
+    // Registered now, so that from here on SIGUSR1 never takes its default action (ending the process).
+    let mut sigusr1 = if args.fault_gossip_sigusr1 {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .context("listening for SIGUSR1 (--fault-gossip-sigusr1)")?,
+        )
+    } else {
+        None
     };
-    tokio::pin!(sigusr1);
 
     // The first election waits for every input it reads (module docs).
     let synced = async {
@@ -297,8 +291,12 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = app.shutdown.cancelled() => break None,
                     why = &mut gossip_stopped => break Some(why),
-                    // Once: a finished future must not be polled again.
-                    () = &mut sigusr1, if !fault_fired => {
+                    Some(()) = async {
+                        match sigusr1.as_mut() {
+                            Some(s) => s.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    }, if !fault_fired => {
                         fault_fired = true;
                         tracing::warn!("SIGUSR1 (fault injection): aborting the gossip task");
                         speaker.membership.abort_task();
