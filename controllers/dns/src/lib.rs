@@ -17,5 +17,6 @@
 //! - [`registry`]: external-dns's TXT registry: the ownership text and the names of the TXT records.
 #![forbid(unsafe_code)]
 
+pub mod registry;
 pub mod resolve;
 pub mod zone;
