@@ -1173,6 +1173,30 @@ mod tests {
     }
 
     #[test]
+    fn apex_ns_answer_carries_in_zone_server_addresses() {
+        let mut cfg = config("example.");
+        cfg.nameservers = vec![name("ns1.example."), name("ns.example.net.")];
+        let zones = ZoneSet::new([zone_with(cfg, &["ns1.example. 300 A 192.0.2.53"])]).expect("one zone");
+        check(
+            &zones,
+            &[Case {
+                what: "NS at the apex: the in-zone server's address in additional, the other left to the resolver",
+                qname: "example.",
+                qtype: RecordType::NS,
+                rcode: ResponseCode::NoError,
+                aa: true,
+                outcome: Outcome::Answer,
+                answer: &[
+                    "example. 3600 NS ns1.example.",
+                    "example. 3600 NS ns.example.net.",
+                ],
+                authority: &[],
+                additional: &["ns1.example. 300 A 192.0.2.53"],
+            }],
+        );
+    }
+
+    #[test]
     fn duplicate_zones_are_refused() {
         let err = ZoneSet::new([zone("example.", &[]), zone("example.", &[])]).expect_err("duplicate");
         assert_eq!(err.reason(), "DuplicateZone");
