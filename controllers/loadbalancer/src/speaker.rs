@@ -635,6 +635,9 @@ impl Speaker {
                             .into_iter()
                             .filter(|ip| desired.contains_key(ip))
                             .collect();
+                        if ips.is_empty() {
+                            continue;
+                        }
                         mine.insert(
                             (svc.namespace().unwrap_or_default(), svc.name_any()),
                             (svc.clone(), ips),
