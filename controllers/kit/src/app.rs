@@ -28,6 +28,8 @@ pub struct App {
     pub leadership: Leadership,
     /// Cancelled on SIGTERM/SIGINT.
     pub shutdown: CancellationToken,
+    /// Shared watches of this process, one per kind and scope (see [`crate::watch`]).
+    pub watches: crate::watch::Watches,
     /// Reconcile metrics of this controller, registered on first use (a process that runs no
     /// Controller, like the speaker, exports none).
     metrics: ReconcileMetrics,
@@ -146,6 +148,7 @@ impl App {
             liveness,
             routes,
             leadership,
+            watches: crate::watch::Watches::new(shutdown.clone()),
             shutdown,
             metrics,
             metrics_registered: std::sync::Once::new(),

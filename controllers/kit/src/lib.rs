@@ -9,7 +9,8 @@
 //!   runner::run(Controller, reconcile) ── reconcile metrics, per-object backoff, resync, leader gating
 //!   status / conditions / events        ── SSA status patches, API-convention conditions, Events
 //!   finalizer                           ── external state cleaned up before an object goes
-//!   endpointslice                       ── discovery.k8s.io/v1 with a v1beta1 fallback
+//!   endpointslice                       ── discovery.k8s.io/v1 with a v1beta1 fallback, one typed view
+//!   watch                               ── one trimmed watch + cache per kind, shared by subscribers
 //! ```
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod selector;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod watch;
 
 pub use app::App;
 pub use error::{Error, ReasonedError, Result};

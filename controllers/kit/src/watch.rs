@@ -1,0 +1,650 @@
+//! Watches shared between the controllers of one process, with the bulk trimmed off.
+//!
+//! ```text
+//!   Api<K> ──watcher (or metadata_watcher)──> trim (managedFields; optionally last-applied) ──> Store<K>
+//!                                                                                        └──> per subscriber:
+//!            a coalescing queue of changed keys ──> Subscription: Applied(obj) | Deleted(last seen)
+//!                                               └─> SharedWatch::controller(): a kube Controller
+//! ```
+//!
+//! One [`SharedWatch`] per kind (and scope) holds one watch and one cache, however many controllers
+//! read it: [`Watches::shared`] hands out the same one for the same kind, scope and options. Each
+//! subscriber has its own queue of keys that changed, so a slow subscriber never holds up the watch,
+//! the cache or another subscriber, and never loses a change: a key changed several times before the
+//! subscriber looks is delivered once, with the object as it is in the cache then (level-based, like
+//! client-go's work queue); a key that is gone from the cache by then is delivered as `Deleted` with
+//! the last object seen. A relist delivers every object, and `Deleted` for those that disappeared
+//! while the watch was down. A subscriber that joins late first gets everything already cached.
+//!
+//! kube-runtime 5 has shared reflectors too (`reflector::store_shared`, `Controller::for_shared_stream`,
+//! feature `unstable-runtime`); its dispatcher applies backpressure (a full subscriber buffer stops the
+//! watch for everyone), does not deliver deletes, and a late subscriber misses what was listed before
+//! it joined. This module keeps kube's `Store` and `Controller::for_shared_stream` and replaces the
+//! dispatch.
+
+use futures::{FutureExt, Stream, StreamExt};
+use kube::{
+    Api, Resource,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        reflector::{ObjectRef, Store, store::Writer},
+        watcher,
+    },
+};
+use std::{
+    any::{Any, TypeId},
+    collections::{HashMap, VecDeque},
+    fmt::Debug,
+    hash::Hash,
+    sync::{Arc, Mutex, Weak},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The annotation `kubectl apply` leaves on objects: a full copy of the applied object.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What is dropped from every cached object. `managedFields` always goes (often the larger half of an
+/// object, and no controller reads it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Trim {
+    /// Also drop the `kubectl.kubernetes.io/last-applied-configuration` annotation.
+    pub last_applied: bool,
+}
+
+impl Trim {
+    /// Drops `managedFields` and the last-applied annotation.
+    pub fn all() -> Self {
+        Self { last_applied: true }
+    }
+
+    /// Trims `obj` in place.
+    pub fn apply<K: Resource>(&self, obj: &mut K) {
+        let meta = obj.meta_mut();
+        meta.managed_fields = None;
+        if self.last_applied
+            && let Some(a) = meta.annotations.as_mut()
+        {
+            a.remove(LAST_APPLIED);
+            if a.is_empty() {
+                meta.annotations = None;
+            }
+        }
+    }
+
+    fn event<K: Resource>(&self, ev: &mut watcher::Event<K>) {
+        match ev {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
+                self.apply(o)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+}
+
+/// A change seen by a [`Subscription`].
+#[derive(Debug)]
+pub enum Change<K> {
+    /// The object exists; this is its current state in the cache.
+    Applied(Arc<K>),
+    /// The object is gone; this is the last state seen.
+    Deleted(Arc<K>),
+}
+
+impl<K> Change<K> {
+    /// The object, current or last seen.
+    pub fn object(&self) -> &Arc<K> {
+        match self {
+            Change::Applied(o) | Change::Deleted(o) => o,
+        }
+    }
+}
+
+/// Bounds every shared watch needs.
+pub trait Watchable: Resource + Clone + Debug + Send + Sync + 'static
+where
+    Self::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
+{
+}
+
+impl<K> Watchable for K
+where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
+{
+}
+
+struct Queue<K: Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    state: Mutex<QueueState<K>>,
+    notify: Notify,
+}
+
+struct QueueState<K: Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    order: VecDeque<ObjectRef<K>>,
+    last: HashMap<ObjectRef<K>, Arc<K>>,
+    closed: bool,
+}
+
+impl<K: Resource + Clone + 'static> Queue<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(QueueState {
+                order: VecDeque::new(),
+                last: HashMap::new(),
+                closed: false,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<K>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, key: ObjectRef<K>, obj: Arc<K>) {
+        let mut s = self.lock();
+        if s.last.insert(key.clone(), obj).is_none() {
+            s.order.push_back(key);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_one();
+    }
+}
+
+struct Inner<K: Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    store: Store<K>,
+    subscribers: Mutex<Vec<Weak<Queue<K>>>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// One watch of one kind, its cache, and any number of subscribers. Cheap to clone.
+pub struct SharedWatch<K: Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    inner: Arc<Inner<K>>,
+}
+
+impl<K: Resource + Clone + 'static> Clone for SharedWatch<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K: Resource + Clone + 'static> Debug for SharedWatch<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWatch")
+            .field("cached", &self.inner.store.len())
+            .field("subscribers", &live(&self.inner).len())
+            .finish()
+    }
+}
+
+impl<K> SharedWatch<K>
+where
+    K: Watchable + serde::de::DeserializeOwned,
+    K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
+{
+    /// Starts watching `api` with `config` (full objects), trimmed by `trim`, until `shutdown`.
+    pub fn new(api: Api<K>, config: watcher::Config, trim: Trim, shutdown: CancellationToken) -> Self {
+        Self::from_source(watcher(api, config).default_backoff().boxed(), trim, shutdown)
+    }
+}
+
+impl<K> SharedWatch<K>
+where
+    K: Watchable,
+    K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
+{
+    /// Runs `source` (a watcher stream) into a shared cache until `shutdown`.
+    pub fn from_source(
+        source: futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>,
+        trim: Trim,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let mut writer: Writer<K> = Writer::default();
+        let inner = Arc::new(Inner {
+            store: writer.as_reader(),
+            subscribers: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let task_inner = inner.clone();
+        tokio::spawn(async move {
+            let inner = task_inner;
+            let mut source = source;
+            let plural = K::plural(&K::DynamicType::default()).to_string();
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    ev = source.next() => ev,
+                };
+                match ev {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::warn!(watch = %plural, error = %e, "watch failed; retrying with backoff")
+                    }
+                    Some(Ok(mut ev)) => {
+                        trim.event(&mut ev);
+                        let before = matches!(ev, watcher::Event::InitDone).then(|| inner.store.state());
+                        writer.apply_watcher_event(&ev);
+                        fan_out(&inner, &ev, before);
+                    }
+                }
+            }
+            inner.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            for q in live(&inner) {
+                q.close();
+            }
+        });
+        Self { inner }
+    }
+
+    /// The shared cache (read-only).
+    pub fn store(&self) -> Store<K> {
+        self.inner.store.clone()
+    }
+
+    /// A new subscriber: first everything already cached, then every change.
+    pub fn subscribe(&self) -> Subscription<K> {
+        let queue = Arc::new(Queue::new());
+        {
+            let mut subs = self.inner.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            subs.retain(|w| w.strong_count() > 0);
+            subs.push(Arc::downgrade(&queue));
+        }
+        for obj in self.inner.store.state() {
+            queue.push(key_of(&obj), obj);
+        }
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            queue.close();
+        }
+        Subscription {
+            queue,
+            store: self.inner.store.clone(),
+            in_flight: None,
+        }
+    }
+
+    /// A kube Controller fed by a new subscription (applied objects) and reading the shared cache;
+    /// give it to [`crate::runner::run`] like one from `Controller::new`.
+    pub fn controller(&self) -> Controller<K>
+    where
+        K: serde::de::DeserializeOwned,
+    {
+        let trigger = self.subscribe().filter_map(|c| async move {
+            match c {
+                Change::Applied(o) => Some(o),
+                Change::Deleted(_) => None,
+            }
+        });
+        Controller::for_shared_stream(trigger, self.store())
+    }
+
+    /// Live subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        live(&self.inner).len()
+    }
+
+    /// True when both handles are the same watch.
+    pub fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+fn key_of<K: Resource>(obj: &K) -> ObjectRef<K>
+where
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    ObjectRef::from_obj_with(obj, K::DynamicType::default())
+}
+
+fn live<K: Resource + Clone + 'static>(inner: &Inner<K>) -> Vec<Arc<Queue<K>>>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    inner
+        .subscribers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect()
+}
+
+fn fan_out<K>(inner: &Inner<K>, ev: &watcher::Event<K>, before: Option<Vec<Arc<K>>>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    let subs = live(inner);
+    if subs.is_empty() {
+        return;
+    }
+    let mut changed: Vec<(ObjectRef<K>, Arc<K>)> = Vec::new();
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+            changed.push((key_of(o), Arc::new(o.clone())));
+        }
+        watcher::Event::InitDone => {
+            let now = inner.store.state();
+            let present: std::collections::HashSet<ObjectRef<K>> = now.iter().map(|o| key_of(&**o)).collect();
+            for o in before.unwrap_or_default() {
+                let k = key_of(&*o);
+                if !present.contains(&k) {
+                    changed.push((k, o));
+                }
+            }
+            changed.extend(now.into_iter().map(|o| (key_of(&*o), o)));
+        }
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+    for q in &subs {
+        for (k, o) in &changed {
+            q.push(k.clone(), o.clone());
+        }
+    }
+}
+
+/// One subscriber's view of a [`SharedWatch`]: a stream of [`Change`]s, ending when the watch stops.
+pub struct Subscription<K: Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    queue: Arc<Queue<K>>,
+    store: Store<K>,
+    in_flight: Option<futures::future::BoxFuture<'static, Option<Change<K>>>>,
+}
+
+impl<K: Resource + Clone + 'static> Debug for Subscription<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pending", &self.queue.lock().order.len())
+            .finish()
+    }
+}
+
+async fn next_from<K>(queue: Arc<Queue<K>>, store: Store<K>) -> Option<Change<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    loop {
+        let notified = queue.notify.notified();
+        {
+            let mut s = queue.lock();
+            if let Some(key) = s.order.pop_front() {
+                let last = s.last.remove(&key);
+                drop(s);
+                match (store.get(&key), last) {
+                    (Some(cur), _) => return Some(Change::Applied(cur)),
+                    (None, Some(last)) => return Some(Change::Deleted(last)),
+                    (None, None) => continue,
+                }
+            }
+            if s.closed {
+                return None;
+            }
+        }
+        notified.await;
+    }
+}
+
+impl<K> Subscription<K>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+{
+    /// The next change; `None` once the watch has stopped and everything was delivered.
+    pub async fn next_change(&mut self) -> Option<Change<K>> {
+        StreamExt::next(self).await
+    }
+
+    /// Changes waiting to be taken.
+    pub fn pending(&self) -> usize {
+        self.queue.lock().order.len()
+    }
+}
+
+impl<K> Stream for Subscription<K>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+{
+    type Item = Change<K>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let fut = this
+            .in_flight
+            .get_or_insert_with(|| Box::pin(next_from(this.queue.clone(), this.store.clone())));
+        let out = fut.poll_unpin(cx);
+        if out.is_ready() {
+            this.in_flight = None;
+        }
+        out
+    }
+}
+
+/// Shared watches by (type, scope and options).
+type WatchMap = HashMap<(TypeId, String), Box<dyn Any + Send + Sync>>;
+
+/// The shared watches of one process, one per kind, scope and options ([`crate::App::watches`]).
+#[derive(Clone, Debug)]
+pub struct Watches {
+    shutdown: CancellationToken,
+    map: Arc<Mutex<WatchMap>>,
+}
+
+impl Watches {
+    /// Watches that stop with `shutdown`.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            shutdown,
+            map: Arc::default(),
+        }
+    }
+
+    /// The shared watch of `api` (its kind and namespace scope) with `config` and `trim`: started on
+    /// the first call, the same one for every later call with the same arguments.
+    pub fn shared<K>(&self, api: Api<K>, config: watcher::Config, trim: Trim) -> SharedWatch<K>
+    where
+        K: Watchable + serde::de::DeserializeOwned,
+        K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
+    {
+        let key = (
+            TypeId::of::<K>(),
+            scope_key(api.resource_url(), &config, trim, "full"),
+        );
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = map.get(&key).and_then(|b| b.downcast_ref::<SharedWatch<K>>()) {
+            return w.clone();
+        }
+        let w = SharedWatch::new(api, config, trim, self.shutdown.clone());
+        map.insert(key, Box::new(w.clone()));
+        w
+    }
+}
+
+/// An API handle for all namespaces whose lists and watches are metadata-only (`PartialObjectMeta<K>`:
+/// names, labels, annotations, owners, finalizers; no spec or status). Give it to [`SharedWatch::new`]
+/// or [`Watches::shared`] for a controller that only needs to know what exists.
+pub fn metadata_all<K>(client: kube::Client) -> Api<PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + 'static,
+{
+    Api::all(client)
+}
+
+/// Like [`metadata_all`], in one namespace.
+pub fn metadata_namespaced<K>(client: kube::Client, namespace: &str) -> Api<PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + serde::de::DeserializeOwned
+        + 'static,
+{
+    Api::namespaced(client, namespace)
+}
+
+fn scope_key(url: &str, config: &watcher::Config, trim: Trim, what: &str) -> String {
+    format!(
+        "{what} {url} labels={:?} fields={:?} trim={trim:?}",
+        config.label_selector, config.field_selector
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn cm(name: &str, rv: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv,
+                         "annotations": {LAST_APPLIED: "{}", "keep": "me"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]}
+        }))
+        .expect("configmap")
+    }
+
+    #[test]
+    fn trim_drops_managed_fields_and_optionally_last_applied() {
+        let mut a = cm("a", "1");
+        Trim::default().apply(&mut a);
+        assert!(a.metadata.managed_fields.is_none());
+        assert!(
+            a.metadata
+                .annotations
+                .as_ref()
+                .expect("kept")
+                .contains_key(LAST_APPLIED)
+        );
+        let mut b = cm("b", "1");
+        Trim::all().apply(&mut b);
+        let ann = b.metadata.annotations.as_ref().expect("other annotations stay");
+        assert!(!ann.contains_key(LAST_APPLIED));
+        assert_eq!(ann.get("keep").map(String::as_str), Some("me"));
+    }
+
+    async fn next(sub: &mut Subscription<ConfigMap>) -> Change<ConfigMap> {
+        tokio::time::timeout(std::time::Duration::from_secs(2), sub.next_change())
+            .await
+            .expect("a change within 2 s")
+            .expect("not closed")
+    }
+
+    #[tokio::test]
+    async fn subscribers_coalesce_see_deletes_and_relist_gaps_and_late_joiners_catch_up() {
+        use watcher::Event as E;
+        let (tx, rx) = futures::channel::mpsc::unbounded::<watcher::Result<E<ConfigMap>>>();
+        let stop = CancellationToken::new();
+        let w = SharedWatch::from_source(rx.boxed(), Trim::all(), stop.clone());
+        let mut s1 = w.subscribe();
+        let send = |e| tx.unbounded_send(Ok(e)).expect("send");
+        send(E::Init);
+        send(E::InitApply(cm("a", "1")));
+        send(E::InitApply(cm("b", "1")));
+        send(E::InitDone);
+        let mut got = vec![];
+        for _ in 0..2 {
+            match next(&mut s1).await {
+                Change::Applied(o) => {
+                    assert!(o.metadata.managed_fields.is_none(), "trimmed in the cache");
+                    got.push(o.metadata.name.clone().expect("name"));
+                }
+                Change::Deleted(o) => panic!("unexpected delete of {:?}", o.metadata.name),
+            }
+        }
+        got.sort();
+        assert_eq!(got, vec!["a", "b"]);
+
+        // A late subscriber gets the cache first.
+        let mut s2 = w.subscribe();
+        assert_eq!(s2.pending(), 2);
+        assert_eq!(w.subscriber_count(), 2);
+
+        // Three updates of a before s1 looks: one change, the latest.
+        send(E::Apply(cm("a", "2")));
+        send(E::Apply(cm("a", "3")));
+        send(E::Apply(cm("a", "4")));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(s1.pending(), 1);
+        match next(&mut s1).await {
+            Change::Applied(o) => assert_eq!(o.metadata.resource_version.as_deref(), Some("4")),
+            Change::Deleted(_) => panic!("a exists"),
+        }
+        // A delete is delivered with the last state.
+        send(E::Delete(cm("b", "5")));
+        match next(&mut s1).await {
+            Change::Deleted(o) => assert_eq!(o.metadata.name.as_deref(), Some("b")),
+            Change::Applied(_) => panic!("b is gone"),
+        }
+        // A relist in which a vanished: s1 learns it as a delete.
+        send(E::Init);
+        send(E::InitApply(cm("c", "6")));
+        send(E::InitDone);
+        let mut seen = vec![];
+        for _ in 0..2 {
+            match next(&mut s1).await {
+                Change::Applied(o) => seen.push(format!("+{}", o.metadata.name.clone().expect("n"))),
+                Change::Deleted(o) => seen.push(format!("-{}", o.metadata.name.clone().expect("n"))),
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, vec!["+c", "-a"]);
+
+        // s2 took nothing meanwhile: its queue holds a, b, c once each, resolved against the cache.
+        let mut s2_seen = vec![];
+        while s2.pending() > 0 {
+            match next(&mut s2).await {
+                Change::Applied(o) => s2_seen.push(format!("+{}", o.metadata.name.clone().expect("n"))),
+                Change::Deleted(o) => s2_seen.push(format!("-{}", o.metadata.name.clone().expect("n"))),
+            }
+        }
+        s2_seen.sort();
+        assert_eq!(s2_seen, vec!["+c", "-a", "-b"]);
+
+        // Shutdown ends every subscription.
+        stop.cancel();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(2), s1.next_change())
+            .await
+            .expect("ends");
+        assert!(end.is_none());
+        drop(s1);
+        drop(s2);
+        assert_eq!(w.subscriber_count(), 0);
+    }
+}
