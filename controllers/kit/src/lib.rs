@@ -1,11 +1,12 @@
 //! ferrite-kit: what every Ferrite controller needs, written once.
 //!
 //! ```text
-//!   cli::CommonArgs ──> App::start ──┬─ client      (kubeconfig or in-cluster; timeouts; aws-lc-rs)
-//!   (BaseArgs + ElectionArgs)        ├─ telemetry   (tracing, json | plain)
-//!   cli::BaseArgs ──> App::start_base├─ admin       (/metrics, /livez, /readyz, extra routes on hyper)
-//!                                    ├─ leader      (coordination.k8s.io/v1 Lease; only the holder writes)
-//!                                    └─ shutdown    (SIGTERM/SIGINT -> graceful stop, lease released)
+//!   cli::CommonArgs ──> App::start ──────┬─ client    (kubeconfig or in-cluster; timeouts; aws-lc-rs)
+//!   (BaseArgs + ElectionArgs)            ├─ telemetry (tracing, json | plain)
+//!   cli::BaseArgs ──> App::start_base ───├─ admin     (/metrics, /livez, /readyz, extra routes; hyper)
+//!                     (no election)      ├─ leader    (coordination.k8s.io/v1 Lease; only the holder writes)
+//!                                        ├─ watches   (shared, trimmed watches per kind)
+//!                                        └─ shutdown  (SIGTERM/SIGINT -> graceful stop, lease released)
 //!   runner::run(Controller, reconcile) ── reconcile metrics, per-object backoff, resync, leader gating
 //!   status / conditions / events        ── SSA status patches, API-convention conditions, Events
 //!   finalizer                           ── external state cleaned up before an object goes

@@ -63,6 +63,7 @@ async fn a_silent_api_server_costs_the_connect_timeout_and_a_slow_call_is_a_type
         "{err}"
     );
     assert!(err.to_string().contains(&port.to_string()), "{err}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(
         held.join().expect("listener thread") >= 1,
         "the client did connect"
