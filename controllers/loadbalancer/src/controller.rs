@@ -49,7 +49,7 @@ use ferrite_kit::{
 };
 use futures::{StreamExt, TryStreamExt, channel::mpsc, stream};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Service},
+    api::core::v1::{Namespace, Secret, Service},
     jiff::Timestamp,
 };
 use prometheus::{GaugeVec, IntGauge, Opts, Registry};
@@ -228,6 +228,78 @@ pub struct ControllerArgs {
     /// `loadBalancerClass` served besides Services without a class.
     #[arg(long, env = "FERRITE_LB_CLASS", default_value = ferrite_api::lb::DEFAULT_LOAD_BALANCER_CLASS)]
     pub lb_class: String,
+
+    /// Secret of the speakers' gossip key: when set, the leader creates it (key `key`, 32 random bytes
+    /// as hex) if it does not exist, and never changes it once it does (MetalLB's controller does the same
+    /// with its memberlist Secret). Unset: the Secret is someone else's (the chart or the operator).
+    #[arg(long, env = "FERRITE_LB_GOSSIP_SECRET")]
+    pub gossip_secret: Option<String>,
+
+    /// Namespace of the gossip Secret (the pod's namespace in the chart).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferrite-system")]
+    pub gossip_namespace: String,
+}
+
+/// Creates the gossip Secret once, as the leader, if it is missing. Retries until it exists.
+async fn ensure_gossip_secret(
+    api: Api<Secret>,
+    name: String,
+    leadership: Leadership,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut lead = leadership.subscribe();
+    loop {
+        if leadership.is_leader() {
+            match create_gossip_secret(&api, &name, &leadership).await {
+                Ok(true) => {
+                    tracing::info!(secret = %name, "created the speakers' gossip Secret with a random key");
+                    return;
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(secret = %name, error = %e, "could not create the gossip Secret; retrying")
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = lead.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Ok(true): created; Ok(false): it exists already (never touched).
+async fn create_gossip_secret(
+    api: &Api<Secret>,
+    name: &str,
+    leadership: &Leadership,
+) -> Result<bool, ferrite_kit::Error> {
+    use rand::Rng;
+    if leadership
+        .bounded(async { Ok(api.get_opt(name).await?) })
+        .await?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let mut raw = [0u8; 32];
+    rand::make_rng::<rand::rngs::StdRng>().fill_bytes(&mut raw);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "ferrite-lb"}},
+        "type": "Opaque",
+        "stringData": {"key": hex},
+    }))
+    .map_err(|e| ferrite_kit::Error::Setup(format!("gossip Secret: {e}")))?;
+    match leadership
+        .bounded(async { Ok(api.create(&Default::default(), &secret).await?) })
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(ferrite_kit::Error::Kube(kube::Error::Api(e))) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs the allocator until shutdown.
@@ -259,7 +331,9 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         client: client.clone(),
         events: app.events(names::LB_CONTROLLER_REPORTER),
         leadership: app.leadership.clone(),
-        policy: ClassPolicy { class: args.lb_class },
+        policy: ClassPolicy {
+            class: args.lb_class.clone(),
+        },
         metrics,
         state: Mutex::new(State::default()),
         pools: pools.clone(),
@@ -283,6 +357,14 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         })
         .touched_objects();
     let services_ctl = Controller::for_stream(svc_events, services).reconcile_on(retry_rx);
+    if let Some(name) = args.gossip_secret.clone() {
+        tokio::spawn(ensure_gossip_secret(
+            Api::namespaced(client.clone(), &args.gossip_namespace),
+            name,
+            app.leadership.clone(),
+            app.shutdown.clone(),
+        ));
+    }
 
     let pools_ctl = pools_ctl.reconcile_all_on(changes(pools_dirty_rx, Duration::from_millis(250)));
     let services_ctl = services_ctl.reconcile_all_on(changes(services_dirty_rx, Duration::ZERO));

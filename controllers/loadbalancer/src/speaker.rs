@@ -152,12 +152,25 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("Node {me} has no InternalIP address; pass --gossip-bind"))?;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
-    let secret = secrets.get_opt(&args.gossip_secret).await?.with_context(|| {
-        format!(
-            "gossip Secret {}/{} does not exist: create it once (docs/loadbalancer.md, Quick start)",
-            args.namespace, args.gossip_secret
-        )
-    })?;
+    // The Secret may not exist yet: with the chart's defaults the controller creates it when it first
+    // leads. Wait for it (saying why) instead of crash-looping.
+    let mut waited = None;
+    let secret = loop {
+        if let Some(s) = secrets.get_opt(&args.gossip_secret).await? {
+            break s;
+        }
+        if waited.is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_secs(30)) {
+            tracing::warn!(
+                secret = %format!("{}/{}", args.namespace, args.gossip_secret),
+                "waiting for the gossip Secret (the controller creates it when missing, or create it once: docs/loadbalancer.md)"
+            );
+            waited = Some(tokio::time::Instant::now());
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
     let key = secret
         .data
         .as_ref()

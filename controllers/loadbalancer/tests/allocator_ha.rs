@@ -36,7 +36,15 @@ struct Replica {
 async fn start_replica(kb: &KubeBox, ns: &str, r: &mut Replica) {
     let lease_ns = format!("--lease-namespace={ns}");
     let identity = format!("--identity={}", r.name);
-    r.running = Some(start_controller(kb, &r.kubeconfig, &[&lease_ns, &identity]).await);
+    let gossip_ns = format!("--gossip-namespace={ns}");
+    r.running = Some(
+        start_controller(
+            kb,
+            &r.kubeconfig,
+            &[&lease_ns, &identity, "--gossip-secret=gossip", &gossip_ns],
+        )
+        .await,
+    );
 }
 
 async fn holder(leases: &Api<Lease>) -> Option<String> {
@@ -177,6 +185,19 @@ async fn three_replicas_under_burst_kill_and_partition_never_share_an_address_or
     for r in replicas.iter_mut().skip(1) {
         start_replica(kb, &ns, r).await;
     }
+    // The leader made the speakers' gossip Secret (the chart's default), with a random 32-byte key.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let gossip_key = |s: k8s_openapi::api::core::v1::Secret| {
+        s.data
+            .and_then(|d| d.get("key").map(|k| k.0.clone()))
+            .unwrap_or_default()
+    };
+    let key = eventually(Duration::from_secs(15), "the gossip Secret", || async {
+        secrets.get_opt("gossip").await.ok()?.map(gossip_key)
+    })
+    .await;
+    assert_eq!(key.len(), 64, "32 random bytes as hex");
+    assert!(key.iter().all(u8::is_ascii_hexdigit), "hex: {key:?}");
 
     // The burst: Service i is created, and Service i-50 deleted right after, until 200 are deleted.
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -321,4 +342,11 @@ async fn three_replicas_under_burst_kill_and_partition_never_share_an_address_or
         },
     )
     .await;
+    // Three terms later the gossip key is the one the first leader made: never replaced.
+    let again = secrets
+        .get("gossip")
+        .await
+        .map(gossip_key)
+        .expect("gossip Secret");
+    assert_eq!(again, key, "the gossip key never changes once made");
 }

@@ -20,6 +20,11 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
 ferrite-lb-gossip
 {{- else -}}
-{{- fail "loadbalancer.speaker needs a gossip key that is the same on every render: create the Secret once with `kubectl -n <namespace> create secret generic ferrite-lb-gossip --from-literal=key=$(openssl rand -hex 32)` and set loadbalancer.speaker.gossipSecret=ferrite-lb-gossip, or set loadbalancer.speaker.gossipKey" -}}
+ferrite-lb-gossip
 {{- end -}}
+{{- end -}}
+
+{{/* True when the chart renders no gossip Secret and names none: the controller creates it. */}}
+{{- define "ferrite-lb.controllerMakesGossipSecret" -}}
+{{- if and (not .Values.speaker.gossipSecret) (not .Values.speaker.gossipKey) -}}true{{- end -}}
 {{- end -}}
