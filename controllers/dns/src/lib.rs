@@ -19,4 +19,5 @@
 
 pub mod registry;
 pub mod resolve;
+pub mod server;
 pub mod zone;
