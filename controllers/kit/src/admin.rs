@@ -126,6 +126,32 @@ impl Liveness {
         self.lock().insert(name, why);
     }
 
+    /// Marks `name` failed when `task` ends, however it ends (returned, panicked or was cancelled): for
+    /// a task that should run as long as the process. Returns the watcher's handle.
+    pub fn fail_when_done<T: Send + 'static>(
+        &self,
+        name: impl Into<String>,
+        task: tokio::task::JoinHandle<T>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (me, name) = (self.clone(), name.into());
+        tokio::spawn(async move {
+            let why = match task.await {
+                Ok(_) => "exited".to_string(),
+                Err(e) if e.is_panic() => {
+                    let p = e.into_panic();
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".into());
+                    format!("panicked: {msg}")
+                }
+                Err(_) => "cancelled".to_string(),
+            };
+            me.fail(name, why);
+        })
+    }
+
     /// Clears the condition `name`.
     pub fn clear(&self, name: &str) {
         self.lock().remove(name);
@@ -509,6 +535,32 @@ mod tests {
         live.fail("x", "y");
         state.readiness.gate("g").open();
         assert_eq!(handle(&get("/readyz"), &state).status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_marks_its_condition() {
+        let live = Liveness::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let w1 = live.fail_when_done(
+            "gossip task",
+            tokio::spawn(async move {
+                let _ = rx.await;
+            }),
+        );
+        #[allow(clippy::panic)]
+        let w2 = live.fail_when_done("arp task", tokio::spawn(async { panic!("socket closed") }));
+        w2.await.expect("watcher");
+        assert_eq!(
+            live.failures(),
+            vec![("arp task".to_string(), "panicked: socket closed".to_string())]
+        );
+        tx.send(()).expect("send");
+        w1.await.expect("watcher");
+        assert_eq!(live.failures().len(), 2);
+        assert!(
+            live.failures()
+                .contains(&("gossip task".to_string(), "exited".to_string()))
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - `ferrite_<controller>_reconcile_duration_seconds{kind}` (histogram)
 //!
 //! `kind` is the Kubernetes kind (`Service`, `IPPool`); [`crate::runner::run`] fills it from the
-//! controller's `K::kind` and makes the kind's series visible (at 0) as soon as it starts.
+//! controller's `K::kind` and makes the kind's series visible (at 0) as soon as it starts. Two
+//! controllers of the same kind in one binary set their own label first
+//! (`opts.metrics = opts.metrics.for_kind("Service-dns")`); the runner keeps a label already set.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use std::{sync::Arc, time::Duration};

@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 /// What the runner needs besides the controller: usually taken from [`crate::App`].
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Reconcile metrics of this controller binary; the runner records them under `kind=K::kind`.
+    /// Reconcile metrics of this controller binary; the runner records them under `kind=K::kind`, or
+    /// under the label already set with [`ReconcileMetrics::for_kind`] (to tell apart two controllers
+    /// of the same kind in one binary).
     pub metrics: ReconcileMetrics,
     /// Only the leader reconciles.
     pub leadership: Leadership,
@@ -70,7 +72,12 @@ where
 {
     let dt = K::DynamicType::default();
     let plural = K::plural(&dt).to_string();
-    let metrics = opts.metrics.for_kind(&K::kind(&dt));
+    // The kind label is K's kind, unless the caller set one (two controllers of one kind in a binary).
+    let metrics = if opts.metrics.kind().is_empty() {
+        opts.metrics.for_kind(&K::kind(&dt))
+    } else {
+        opts.metrics.clone()
+    };
     opts.readiness
         .gate(format!("watch {plural}"))
         .open_when_synced(controller.store());

@@ -78,9 +78,12 @@ async fn two_subscribers_of_one_trimmed_watch_see_the_same_changes_and_two_contr
     // Two controllers, one watch: both reconcile every object of it.
     let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
     let readiness = Readiness::default();
-    for c in &counts {
+    let registry = ferrite_kit::prometheus::Registry::new();
+    let metrics = ReconcileMetrics::register(&registry, "watchtest").expect("metrics");
+    for (i, c) in counts.iter().enumerate() {
         let opts = RunOptions {
-            metrics: ReconcileMetrics::new("watchtest").expect("metrics"),
+            // Two controllers of one kind in one binary: each sets its own label, the runner keeps it.
+            metrics: metrics.for_kind(&format!("ConfigMap-{i}")),
             leadership: Leadership::always("test"),
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
@@ -173,6 +176,27 @@ async fn two_subscribers_of_one_trimmed_watch_see_the_same_changes_and_two_contr
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(readiness.is_ready(), "{:?}", readiness.waiting_for());
+    let mut text = Vec::new();
+    ferrite_kit::prometheus::Encoder::encode(
+        &ferrite_kit::prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .expect("encodes");
+    let text = String::from_utf8(text).expect("utf-8");
+    for i in 0..2 {
+        let line = format!("ferrite_watchtest_reconcile_total{{kind=\"ConfigMap-{i}\",result=\"success\"}} ");
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line}in\n{text}"));
+        assert!(n >= 1, "{line}{n}");
+    }
+    assert!(
+        !text.contains("kind=\"ConfigMap\""),
+        "the runner kept the labels set:\n{text}"
+    );
 
     // A delete reaches both subscribers, with the last state.
     api.delete("shared", &DeleteParams::default())
