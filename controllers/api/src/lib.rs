@@ -4,12 +4,14 @@
 //! name those objects carry lives here, so the contracts can be read in one place:
 //!
 //! ```text
+//!   dns       DNSZone, DNSRecord (dns.ferrite.dev/v1alpha1), dns annotations (+ both external-dns prefixes)
 //!   lb        IPPool (lb.ferrite.dev/v1alpha1), lb annotations (+ MetalLB aliases)
 //!   names     field managers, finalizers, condition types and reasons shared by all controllers
 //!   crds      the list of every CRD, used by `crdgen` to write crds/
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod dns;
 pub mod lb;
 pub mod names;
 
@@ -18,10 +20,11 @@ use kube::CustomResourceExt;
 
 /// Every CRD Ferrite defines. `crdgen` writes one file per entry to `crds/<plural>.<group>.yaml`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![lb::IPPool::crd()]
+    vec![lb::IPPool::crd(), dns::DNSZone::crd(), dns::DNSRecord::crd()]
 }
 
-/// Which subchart of `charts/ferrite` installs the CRDs of each API group.
+/// Which subchart of `charts/ferrite` installs the CRDs of each API group. A group without an entry (dns:
+/// no controller or subchart yet) is written to `crds/` only.
 pub const CHARTS: &[(&str, &str)] = &[(lb::GROUP, "loadbalancer")];
 
 /// The file name a CRD is written to under `crds/`: `<plural>.<group>.yaml`.

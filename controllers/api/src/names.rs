@@ -15,3 +15,10 @@ pub const LB_SPEAKER_MANAGER: &str = "lb.ferrite.dev/speaker";
 pub const LB_CONTROLLER_REPORTER: &str = "lb.ferrite.dev/controller";
 /// `reportingController` of Events written by the speaker.
 pub const LB_SPEAKER_REPORTER: &str = "lb.ferrite.dev/speaker";
+
+/// Field manager of ferrite-dns (DNSZone and DNSRecord status).
+pub const DNS_CONTROLLER_MANAGER: &str = "dns.ferrite.dev/controller";
+/// `reportingController` of Events written by ferrite-dns.
+pub const DNS_CONTROLLER_REPORTER: &str = "dns.ferrite.dev/controller";
+/// Finalizer ferrite-dns puts on a `DNSZone` with an RFC 2136 provider while it has records on the server.
+pub const DNS_ZONE_FINALIZER: &str = "dns.ferrite.dev/records";
