@@ -720,16 +720,21 @@ fn encode_sections(
         question.emit(&mut encoder)?;
         counts.queries = 1;
     }
+    let qname = question.map(Query::name);
     if let Some(answer) = answer {
         for set in &answer.answer {
-            counts.answers = counts.answers.saturating_add(emit_rrset(&mut encoder, set)?);
+            counts.answers = counts
+                .answers
+                .saturating_add(emit_rrset(&mut encoder, set, qname)?);
         }
         for set in &answer.authority {
-            counts.authorities = counts.authorities.saturating_add(emit_rrset(&mut encoder, set)?);
+            counts.authorities = counts
+                .authorities
+                .saturating_add(emit_rrset(&mut encoder, set, qname)?);
         }
         for set in &answer.additional {
             let mark = encoder.offset();
-            match emit_rrset(&mut encoder, set) {
+            match emit_rrset(&mut encoder, set, qname) {
                 Ok(count) => counts.additionals = counts.additionals.saturating_add(count),
                 Err(ProtoError::MaxBufferSizeExceeded(_)) => {
                     // Undo the partial RRset, and the compression pointers into it, and stop: later sets
@@ -754,12 +759,24 @@ fn encode_sections(
 }
 
 /// Writes one RRset straight from the snapshot (no `Record` is built). Returns how many records.
-fn emit_rrset(encoder: &mut BinEncoder<'_>, set: &RrsetRef<'_>) -> Result<u16, ProtoError> {
+///
+/// An owner equal to the query name is written as the question spells it (as BIND does): names compare
+/// case-insensitively, and the encoder's compression matches bytes, so the owner then becomes a 2-byte
+/// pointer to the question.
+fn emit_rrset(
+    encoder: &mut BinEncoder<'_>,
+    set: &RrsetRef<'_>,
+    qname: Option<&Name>,
+) -> Result<u16, ProtoError> {
+    let owner = match qname {
+        Some(qname) if qname == set.owner => qname,
+        _ => set.owner,
+    };
     let rtype = set.record_type();
     let ttl = set.rrset.ttl();
     let mut count = 0u16;
     for rdata in set.rrset.rdatas() {
-        set.owner.emit(encoder)?;
+        owner.emit(encoder)?;
         rtype.emit(encoder)?;
         DNSClass::IN.emit(encoder)?;
         encoder.emit_u32(ttl)?;
