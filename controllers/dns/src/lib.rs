@@ -19,5 +19,6 @@
 
 pub mod registry;
 pub mod resolve;
+pub mod rfc2136;
 pub mod server;
 pub mod zone;
