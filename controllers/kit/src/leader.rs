@@ -194,9 +194,10 @@ impl Leadership {
             None => tokio::time::timeout(UNFENCED_WRITE_TIMEOUT, call)
                 .await
                 .unwrap_or_else(|_| {
-                    Err(Error::Setup(format!(
-                        "the API server did not answer a write within {UNFENCED_WRITE_TIMEOUT:?}"
-                    )))
+                    Err(Error::CallTimeout {
+                        what: "a write to the API server".into(),
+                        after: UNFENCED_WRITE_TIMEOUT,
+                    })
                 }),
         }
     }
@@ -320,10 +321,10 @@ pub fn start(
             );
             let result = match attempt.await {
                 Ok(r) => r,
-                Err(_) => Err(Error::Setup(format!(
-                    "no answer within {:?}",
-                    config.renew_deadline
-                ))),
+                Err(_) => Err(Error::CallTimeout {
+                    what: format!("renew Lease {}/{}", config.namespace, config.name),
+                    after: config.renew_deadline,
+                }),
             };
             match result {
                 Ok(Held::Yes { began }) => {
