@@ -15,6 +15,8 @@
 //!   authority answers several RFC 4592/2308 cases wrongly, so the lookup is ours and hickory supplies the
 //!   names, types, RDATA and (later) the wire format.
 //! - [`registry`]: external-dns's TXT registry: the ownership text and the names of the TXT records.
+//! - [`rfc2136`]: the RFC2136 provider's client: TSIG-signed dynamic UPDATE batches and AXFR over TCP,
+//!   with typed errors (`reason()`) for the zone's conditions.
 #![forbid(unsafe_code)]
 
 pub mod registry;
