@@ -715,7 +715,8 @@ impl Rfc2136Client {
         let rcode = message.metadata.response_code;
         let tsig_error = tsig_of(message).and_then(|t| t.error);
         let zone = self.zone.to_string();
-        let key = self.key_name.to_string();
+        // As named.conf spells it: `key "ferrite-dns"`, without the root label.
+        let key = self.key_name.to_string().trim_end_matches('.').to_string();
         let not_auth = |detail: String| Rfc2136Error::NotAuth {
             key: key.clone(),
             server: self.server,

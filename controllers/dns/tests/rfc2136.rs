@@ -417,7 +417,7 @@ async fn rfc2136_against_named() {
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!(
-            "TSIG key {KEY}. was rejected by 127.0.0.1:{}: ",
+            "TSIG key {KEY} was rejected by 127.0.0.1:{}: ",
             named.port
         )),
         "{msg}"
