@@ -23,4 +23,5 @@ pub mod registry;
 pub mod resolve;
 pub mod rfc2136;
 pub mod server;
+pub mod source;
 pub mod zone;
