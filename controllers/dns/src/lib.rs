@@ -17,6 +17,8 @@
 //! - [`registry`]: external-dns's TXT registry: the ownership text and the names of the TXT records.
 //! - [`rfc2136`]: the RFC2136 provider's client: TSIG-signed dynamic UPDATE batches and AXFR over TCP,
 //!   with typed errors (`reason()`) for the zone's conditions.
+//! - [`server`]: the embedded authoritative server over UDP and TCP: answers from a `ZoneSet` swapped
+//!   atomically, hickory-proto for the wire format, our own hot path (a `SO_REUSEPORT` socket per worker).
 #![forbid(unsafe_code)]
 
 pub mod registry;
