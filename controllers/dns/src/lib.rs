@@ -17,10 +17,15 @@
 //! - [`registry`]: external-dns's TXT registry: the ownership text and the names of the TXT records.
 //! - [`rfc2136`]: the RFC2136 provider's client: TSIG-signed dynamic UPDATE batches and AXFR over TCP,
 //!   with typed errors (`reason()`) for the zone's conditions.
+//! - [`source`]: the desired records of every zone from Services, Ingresses and `DNSRecord`s (annotations
+//!   under `dns.ferrite.dev/` and both external-dns prefixes), with per-object errors and oldest-wins conflicts.
+//! - [`plan`]: desired vs. current records of a provider's zone -> delete/update/create batches, touching
+//!   only records our registry owner id owns, by policy, behind the deletion guard.
 //! - [`server`]: the embedded authoritative server over UDP and TCP: answers from a `ZoneSet` swapped
 //!   atomically, hickory-proto for the wire format, our own hot path (a `SO_REUSEPORT` socket per worker).
 #![forbid(unsafe_code)]
 
+pub mod plan;
 pub mod registry;
 pub mod resolve;
 pub mod rfc2136;
