@@ -415,8 +415,11 @@ async fn tcp_accept(listener: TcpListener, shared: Arc<Shared>, max_connections:
                     };
                     let shared = shared.clone();
                     connections.spawn(async move {
-                        tcp_connection(stream, &shared).await;
+                        let mut stream = stream;
+                        tcp_connection(&mut stream, &shared).await;
+                        // The slot is free before the client sees the close, so it can reconnect at once.
                         drop(permit);
+                        drop(stream);
                     });
                 }
                 Err(err) => {
@@ -432,7 +435,7 @@ async fn tcp_accept(listener: TcpListener, shared: Arc<Shared>, max_connections:
 
 /// One TCP connection (RFC 7766): length-prefixed queries, answered in order, until the client closes,
 /// stays silent for the idle timeout, or sends something whose header cannot be read.
-async fn tcp_connection(mut stream: TcpStream, shared: &Shared) {
+async fn tcp_connection(stream: &mut TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let idle = shared.tcp_idle_timeout;
     let mut request = Vec::new();
