@@ -144,7 +144,8 @@ impl ServerError {
     }
 }
 
-/// The running server. Dropping it (or [`Server::shutdown`]) stops it.
+/// The running server. Dropping it stops it: TCP at once, the UDP workers within 200 ms (they hold the
+/// port until then); [`Server::shutdown`] also waits for them, so the port is free when it returns.
 #[derive(Debug)]
 pub struct Server {
     shared: Arc<Shared>,
@@ -268,7 +269,8 @@ impl Server {
         }
     }
 
-    /// Stops answering: the TCP listener and its connections end at once, the UDP workers within 200 ms.
+    /// Stops answering and waits until the port is free: the TCP listener and its connections end at once,
+    /// the UDP workers within 200 ms.
     pub async fn shutdown(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.tcp.abort();
