@@ -30,12 +30,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use ferrite_api::dns::Policy;
+use ferrite_api::dns::{DNSZone, Policy};
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::registry::{Labels, NameMapper, Ownership, RegistryError, Resource};
-use crate::source::ZoneRecords;
+use crate::source::{ZoneRecords, parse_name};
 
 /// How a zone is reconciled.
 #[derive(Debug, Clone)]
@@ -86,6 +86,57 @@ impl PlanSettings {
             max_delete_percent: max_delete_percent.clamp(0, 100) as u8,
             sources_synced,
         })
+    }
+}
+
+impl PlanSettings {
+    /// The settings of a `DNSZone` (`policy`, `ownerId`, `registry`, `maxDeletePercent`).
+    pub fn from_zone(zone: &DNSZone, sources_synced: bool) -> Result<PlanSettings, PlanSettingsError> {
+        let spec = &zone.spec;
+        let apex = parse_name(&spec.zone, false).map_err(|reason| PlanSettingsError::BadZone {
+            zone: spec.zone.clone(),
+            reason,
+        })?;
+        let registry = spec.registry.clone().unwrap_or_default();
+        PlanSettings::new(
+            apex,
+            &spec.owner_id,
+            spec.policy,
+            (
+                &registry.txt_prefix,
+                &registry.txt_suffix,
+                &registry.txt_wildcard_replacement,
+            ),
+            spec.max_delete_percent,
+            sources_synced,
+        )
+        .map_err(PlanSettingsError::Registry)
+    }
+}
+
+/// A `DNSZone` whose settings cannot be planned with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanSettingsError {
+    /// `spec.zone` is not a DNS name.
+    #[error("spec.zone {zone:?} is not a DNS name: {reason}")]
+    BadZone {
+        /// The value.
+        zone: String,
+        /// Why.
+        reason: String,
+    },
+    /// `spec.ownerId` or `spec.registry` cannot be used.
+    #[error("{0}")]
+    Registry(#[source] RegistryError),
+}
+
+impl PlanSettingsError {
+    /// A short, stable reason for conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlanSettingsError::BadZone { .. } => "InvalidZone",
+            PlanSettingsError::Registry(e) => e.reason(),
+        }
     }
 }
 
@@ -1357,6 +1408,63 @@ mod tests {
         assert_eq!(err.reason(), "RegistryPrefixAndSuffix");
         // An owner id the registry text cannot carry is refused before anything is written.
         assert!(PlanSettings::new(name(APEX), "a,b", Policy::Sync, ("", "", ""), 50, true).is_err());
+    }
+
+    #[test]
+    fn settings_from_a_zone() {
+        use ferrite_api::dns::{DNSZoneSpec, Provider, RegistrySettings};
+        let zone = DNSZone::new(
+            "apps",
+            DNSZoneSpec {
+                zone: "Apps.Example.com".into(),
+                provider: Provider::Embedded(Default::default()),
+                policy: Policy::UpsertOnly,
+                owner_id: "my-cluster".into(),
+                default_ttl: 300,
+                sources: None,
+                registry: Some(RegistrySettings {
+                    txt_prefix: "txt.".into(),
+                    txt_wildcard_replacement: "wc".into(),
+                    ..Default::default()
+                }),
+                max_delete_percent: 20,
+            },
+        );
+        let s = PlanSettings::from_zone(&zone, false).expect("settings");
+        assert_eq!(s.apex, name(APEX));
+        assert_eq!(
+            (
+                s.owner_id.as_str(),
+                s.policy,
+                s.max_delete_percent,
+                s.sources_synced
+            ),
+            ("my-cluster", Policy::UpsertOnly, 20, false)
+        );
+        assert_eq!(
+            s.mapper.to_txt_name("*.apps.example.com.", RecordType::A),
+            "txt.a-wc.apps.example.com."
+        );
+        let mut bad = zone.clone();
+        bad.spec.registry = Some(RegistrySettings {
+            txt_prefix: "p.".into(),
+            txt_suffix: "-s".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            PlanSettings::from_zone(&bad, true)
+                .expect_err("exclusive")
+                .reason(),
+            "RegistryPrefixAndSuffix"
+        );
+        bad.spec.registry = None;
+        bad.spec.zone = "a..b".into();
+        assert_eq!(
+            PlanSettings::from_zone(&bad, true)
+                .expect_err("bad zone")
+                .reason(),
+            "InvalidZone"
+        );
     }
 
     #[test]

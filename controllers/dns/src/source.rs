@@ -40,7 +40,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::core::{Selector, SelectorExt};
 
 use crate::registry::Resource;
-use crate::zone::MAX_TTL;
+use crate::zone::{MAX_TTL, SoaConfig, ZoneConfig};
 
 /// A zone records may be published into, as the sources see it.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ pub struct ZoneTarget {
     pub apex: Name,
     /// TTL of records whose object sets none.
     pub default_ttl: u32,
+    /// Names the zone's own settings hold (the embedded server's in-zone name servers and their glue):
+    /// no object may publish there.
+    pub reserved: BTreeSet<Name>,
     filter: Filter,
 }
 
@@ -82,6 +85,40 @@ pub enum ZoneTargetError {
         /// The value.
         ttl: i64,
     },
+    /// A name server name or SOA name of an embedded zone that is not a DNS name.
+    #[error("DNSZone {zone:?}: {field} {value:?} is not a DNS name: {reason}")]
+    BadSettingName {
+        /// The `DNSZone`'s name.
+        zone: String,
+        /// The field.
+        field: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A glue address that is not an IP address, or glue for a name outside the zone.
+    #[error("DNSZone {zone:?}: spec.provider.embedded.nameserverAddresses[{name:?}]: {reason}")]
+    BadGlue {
+        /// The `DNSZone`'s name.
+        zone: String,
+        /// The name server's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A number of an embedded zone's settings out of range.
+    #[error("DNSZone {zone:?}: {field} {value} is not between {min} and {MAX_TTL}")]
+    BadSettingNumber {
+        /// The `DNSZone`'s name.
+        zone: String,
+        /// The field.
+        field: &'static str,
+        /// The value.
+        value: i64,
+        /// The smallest allowed.
+        min: u32,
+    },
     /// `spec.sources.labelSelector` cannot be parsed.
     #[error("DNSZone {zone:?}: spec.sources.labelSelector: {reason}")]
     BadSelector {
@@ -99,6 +136,9 @@ impl ZoneTargetError {
             ZoneTargetError::BadApex { .. } => "InvalidZone",
             ZoneTargetError::BadDefaultTtl { .. } => "InvalidDefaultTTL",
             ZoneTargetError::BadSelector { .. } => "InvalidSelector",
+            ZoneTargetError::BadSettingName { .. } => "InvalidName",
+            ZoneTargetError::BadGlue { .. } => "InvalidGlue",
+            ZoneTargetError::BadSettingNumber { .. } => "InvalidSetting",
         }
     }
 }
@@ -107,12 +147,20 @@ impl ZoneTarget {
     /// The zone of a `DNSZone` object.
     pub fn from_zone(zone: &DNSZone) -> Result<ZoneTarget, ZoneTargetError> {
         let key = zone.metadata.name.clone().unwrap_or_default();
-        ZoneTarget::new(
+        let mut target = ZoneTarget::new(
             &key,
             &zone.spec.zone,
             zone.spec.default_ttl,
             &zone.spec.source_filter(),
-        )
+        )?;
+        if let Some((config, _)) = embedded_zone(zone, 0)? {
+            target.reserved = config
+                .nameservers
+                .into_iter()
+                .filter(|ns| target.apex.zone_of(ns) && *ns != target.apex)
+                .collect();
+        }
+        Ok(target)
     }
 
     /// A zone from its parts (`apex` with or without the trailing dot).
@@ -149,6 +197,7 @@ impl ZoneTarget {
             key: key.to_string(),
             apex: apex_name,
             default_ttl,
+            reserved: BTreeSet::new(),
             filter: Filter {
                 namespaces: filter.namespaces.iter().cloned().collect(),
                 selector,
@@ -236,6 +285,16 @@ pub enum SourceError {
     /// internal-hostname on a Service without a cluster IP (headless).
     #[error("internal-hostname on a Service without a cluster IP (clusterIP: None)")]
     NoClusterIp,
+    /// A name the zone's settings hold (an in-zone name server of the embedded server).
+    #[error(
+        "{name} is a name server of DNSZone {zone:?} (spec.provider.embedded); objects cannot publish there"
+    )]
+    ReservedName {
+        /// The name.
+        name: String,
+        /// The zone's key.
+        zone: String,
+    },
     /// A CNAME at a zone's apex, where the SOA and NS are.
     #[error("{name} is the apex of DNSZone {zone:?}; it cannot be a CNAME (point it at addresses instead)")]
     CnameAtApex {
@@ -243,6 +302,17 @@ pub enum SourceError {
         name: String,
         /// The zone's key.
         zone: String,
+    },
+    /// One object asking for a CNAME and other data at one name (e.g. `hostname` with a load-balancer
+    /// host name and `internal-hostname` with a cluster IP).
+    #[error(
+        "{name} would be a CNAME and also have {other} records; a CNAME must be the only record at its name"
+    )]
+    CnameAndOtherData {
+        /// The name.
+        name: String,
+        /// The other type.
+        other: RecordType,
     },
     /// A CNAME can only have one target.
     #[error("{name} would be a CNAME to {targets}; a CNAME has exactly one target")]
@@ -266,8 +336,10 @@ impl SourceError {
             SourceError::BadAnnotation { .. } => "BadAnnotation",
             SourceError::UnsupportedServiceType { .. } => "UnsupportedServiceType",
             SourceError::NoClusterIp => "NoClusterIP",
+            SourceError::ReservedName { .. } => "ReservedName",
             SourceError::CnameAtApex { .. } => "CNAMEAtApex",
             SourceError::MultipleCnameTargets { .. } => "MultipleCNAMETargets",
+            SourceError::CnameAndOtherData { .. } => "CNAMEAndOtherData",
         }
     }
 }
@@ -483,6 +555,16 @@ pub fn desired(zones: &[ZoneTarget], sources: Sources<'_>) -> Desired {
                 );
                 continue;
             }
+            if zone.reserved.contains(&claim.name) {
+                push_unique(
+                    &mut errors,
+                    SourceError::ReservedName {
+                        name: claim.name.to_string(),
+                        zone: zone.key.clone(),
+                    },
+                );
+                continue;
+            }
             if claim.rtype == RecordType::CNAME && claim.name == zone.apex {
                 errors.push(SourceError::CnameAtApex {
                     name: claim.name.to_string(),
@@ -520,6 +602,17 @@ pub fn desired(zones: &[ZoneTarget], sources: Sources<'_>) -> Desired {
                     SourceError::MultipleCnameTargets {
                         name: name.to_string(),
                         targets: rdata_list(&cname.rdatas),
+                    },
+                );
+            }
+            if let Some(other) = sets.iter().find(|s| s.rtype != RecordType::CNAME)
+                && sets.iter().any(|s| s.rtype == RecordType::CNAME)
+            {
+                push_unique(
+                    &mut errors,
+                    SourceError::CnameAndOtherData {
+                        name: name.to_string(),
+                        other: other.rtype,
                     },
                 );
             }
@@ -582,6 +675,150 @@ pub fn desired(zones: &[ZoneTarget], sources: Sources<'_>) -> Desired {
         }
     }
     out
+}
+
+/// Defaults of an embedded zone's settings (documented in docs/dns.md, DNSZone table).
+pub mod embedded_defaults {
+    /// TTL of the apex NS records.
+    pub const NS_TTL: u32 = 3600;
+    /// SOA REFRESH.
+    pub const REFRESH: u32 = 3600;
+    /// SOA RETRY.
+    pub const RETRY: u32 = 600;
+    /// SOA EXPIRE.
+    pub const EXPIRE: u32 = 86400;
+    /// SOA MINIMUM (negative-answer TTL).
+    pub const MINIMUM: u32 = 60;
+    /// TTL of the SOA record.
+    pub const SOA_TTL: u32 = 3600;
+}
+
+/// The embedded server's settings of a zone with every default filled in (name servers `ns1.<zone>`,
+/// MNAME the first name server, RNAME `hostmaster.<zone>`, the SOA timers of [`embedded_defaults`]) and
+/// the glue records of `nameserverAddresses` (TTL: the NS TTL), or `None` for another provider.
+pub fn embedded_zone(
+    zone: &DNSZone,
+    serial: u32,
+) -> Result<Option<(ZoneConfig, Vec<Record>)>, ZoneTargetError> {
+    let ferrite_api::dns::Provider::Embedded(embedded) = &zone.spec.provider else {
+        return Ok(None);
+    };
+    let key = zone.metadata.name.clone().unwrap_or_default();
+    let name = |field: &'static str, value: &str| {
+        parse_name(value, false).map_err(|reason| ZoneTargetError::BadSettingName {
+            zone: key.clone(),
+            field,
+            value: value.to_string(),
+            reason,
+        })
+    };
+    let number = |field: &'static str, value: Option<i64>, default: u32, min: u32| match value {
+        None => Ok(default),
+        Some(v) => u32::try_from(v)
+            .ok()
+            .filter(|n| (min..=MAX_TTL).contains(n))
+            .ok_or(ZoneTargetError::BadSettingNumber {
+                zone: key.clone(),
+                field,
+                value: v,
+                min,
+            }),
+    };
+    let apex = name("spec.zone", &zone.spec.zone)?;
+    let mut nameservers = Vec::new();
+    for ns in &embedded.nameservers {
+        let ns = name("spec.provider.embedded.nameservers", ns)?;
+        if !nameservers.contains(&ns) {
+            nameservers.push(ns);
+        }
+    }
+    if nameservers.is_empty() {
+        nameservers.push(name("spec.zone", &format!("ns1.{apex}"))?);
+    }
+    let soa = embedded.soa.clone().unwrap_or_default();
+    let mname = match &soa.mname {
+        Some(m) => name("spec.provider.embedded.soa.mname", m)?,
+        None => nameservers[0].clone(),
+    };
+    let rname = match &soa.rname {
+        Some(r) => name("spec.provider.embedded.soa.rname", r)?,
+        None => name("spec.zone", &format!("hostmaster.{apex}"))?,
+    };
+    let ns_ttl = number(
+        "spec.provider.embedded.nsTTL",
+        embedded.ns_ttl,
+        embedded_defaults::NS_TTL,
+        1,
+    )?;
+    let config = ZoneConfig {
+        apex: apex.clone(),
+        soa: SoaConfig {
+            mname,
+            rname,
+            serial,
+            refresh: number(
+                "spec.provider.embedded.soa.refresh",
+                soa.refresh,
+                embedded_defaults::REFRESH,
+                1,
+            )?,
+            retry: number(
+                "spec.provider.embedded.soa.retry",
+                soa.retry,
+                embedded_defaults::RETRY,
+                1,
+            )?,
+            expire: number(
+                "spec.provider.embedded.soa.expire",
+                soa.expire,
+                embedded_defaults::EXPIRE,
+                1,
+            )?,
+            minimum: number(
+                "spec.provider.embedded.soa.minimum",
+                soa.minimum,
+                embedded_defaults::MINIMUM,
+                0,
+            )?,
+            ttl: number(
+                "spec.provider.embedded.soa.ttl",
+                soa.ttl,
+                embedded_defaults::SOA_TTL,
+                0,
+            )?,
+        },
+        nameservers,
+        ns_ttl,
+    };
+    let mut glue = Vec::new();
+    for (ns, addresses) in &embedded.nameserver_addresses {
+        let bad = |reason: String| ZoneTargetError::BadGlue {
+            zone: key.clone(),
+            name: ns.clone(),
+            reason,
+        };
+        let ns_name = parse_name(ns, false).map_err(bad)?;
+        if !config.nameservers.contains(&ns_name) {
+            return Err(bad(format!("{ns_name} is not one of the zone's name servers")));
+        }
+        if !apex.zone_of(&ns_name) || ns_name == apex {
+            return Err(bad(format!(
+                "{ns_name} is not below {apex}; glue is only for name servers inside the zone"
+            )));
+        }
+        for address in addresses {
+            let ip: IpAddr = address
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{address:?} is not an IP address")))?;
+            let rdata = match ip {
+                IpAddr::V4(a) => RData::A(A(a)),
+                IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+            };
+            glue.push(Record::from_rdata(ns_name.clone(), ns_ttl, rdata));
+        }
+    }
+    Ok(Some((config, glue)))
 }
 
 fn push_unique(errors: &mut Vec<SourceError>, error: SourceError) {
@@ -1570,6 +1807,16 @@ mod tests {
                 problems: &[],
             },
             Case {
+                name: "internal-hostname and hostname at one name, CNAME beside A",
+                annotations: &[
+                    (annotations::INTERNAL_HOSTNAME, "x.apps.example.com"),
+                    (H, "x.apps.example.com"),
+                ],
+                status: &["lb.provider.net"],
+                want: &[],
+                problems: &["service/default/svc CNAMEAndOtherData"],
+            },
+            Case {
                 name: "internal-hostname and hostname",
                 annotations: &[
                     (
@@ -2392,5 +2639,173 @@ mod tests {
         assert_eq!((c.ttl, c.owner.name.as_str()), (60, "c"));
         // SOA, NS, A+AAAA at a, * and the apex, the CNAME at c, the TXT.
         assert!(format!("{zone:?}").contains("records: 10"), "{zone:?}");
+    }
+
+    fn embedded(name: &str, apex: &str, provider: ferrite_api::dns::EmbeddedProvider) -> DNSZone {
+        use ferrite_api::dns::{DNSZoneSpec, Policy, Provider};
+        DNSZone::new(
+            name,
+            DNSZoneSpec {
+                zone: apex.into(),
+                provider: Provider::Embedded(provider),
+                policy: Policy::Sync,
+                owner_id: "ferrite-dns".into(),
+                default_ttl: 300,
+                sources: None,
+                registry: None,
+                max_delete_percent: 50,
+            },
+        )
+    }
+
+    #[test]
+    fn embedded_zone_settings() {
+        use ferrite_api::dns::{EmbeddedProvider, SoaSettings};
+        // Every default.
+        let zone = embedded("apps", "apps.example.com", EmbeddedProvider::default());
+        let (config, glue) = embedded_zone(&zone, 7).expect("valid").expect("embedded");
+        assert_eq!(config.apex.to_string(), "apps.example.com.");
+        assert_eq!(
+            config.nameservers,
+            [parse_name("ns1.apps.example.com", false).expect("ns")]
+        );
+        assert_eq!(config.soa.mname.to_string(), "ns1.apps.example.com.");
+        assert_eq!(config.soa.rname.to_string(), "hostmaster.apps.example.com.");
+        assert_eq!(
+            (
+                config.soa.serial,
+                config.soa.refresh,
+                config.soa.retry,
+                config.soa.expire,
+                config.soa.minimum,
+                config.soa.ttl,
+                config.ns_ttl
+            ),
+            (7, 3600, 600, 86400, 60, 3600, 3600)
+        );
+        assert!(glue.is_empty());
+
+        // Given values and glue; the glue and the zone build together.
+        let zone = embedded(
+            "apps",
+            "apps.example.com.",
+            EmbeddedProvider {
+                nameservers: vec!["ns-a.apps.example.com".into(), "ns.other.net.".into()],
+                nameserver_addresses: BTreeMap::from([(
+                    "ns-a.apps.example.com".to_string(),
+                    vec!["192.0.2.53".to_string(), "2001:db8::53".to_string()],
+                )]),
+                ns_ttl: Some(600),
+                soa: Some(SoaSettings {
+                    rname: Some("dns.example.com".into()),
+                    minimum: Some(30),
+                    ..Default::default()
+                }),
+            },
+        );
+        let (config, glue) = embedded_zone(&zone, 1).expect("valid").expect("embedded");
+        assert_eq!(config.soa.mname.to_string(), "ns-a.apps.example.com.");
+        assert_eq!(
+            (
+                config.soa.rname.to_string().as_str(),
+                config.soa.minimum,
+                config.ns_ttl
+            ),
+            ("dns.example.com.", 30, 600)
+        );
+        let glue: Vec<String> = glue
+            .iter()
+            .map(|r| format!("{} {} {}", r.name, r.ttl, r.data))
+            .collect();
+        assert_eq!(
+            glue,
+            [
+                "ns-a.apps.example.com. 600 192.0.2.53",
+                "ns-a.apps.example.com. 600 2001:db8::53"
+            ]
+        );
+        let records = embedded_zone(&zone, 1).expect("valid").expect("embedded").1;
+        crate::zone::Zone::build(&config, records).expect("glue builds");
+
+        // The in-zone name server is reserved: an object claiming it is refused, the other one is not.
+        let target = ZoneTarget::from_zone(&zone).expect("target");
+        assert_eq!(
+            target.reserved,
+            BTreeSet::from([parse_name("ns-a.apps.example.com", false).expect("ns")])
+        );
+        let d = desired(
+            &[target],
+            Sources {
+                services: &[
+                    lb("svc", 0, &[(H, "ns-a.apps.example.com")], &["192.0.2.1"]),
+                    lb("ok", 0, &[(H, "ns-b.apps.example.com")], &["192.0.2.1"]),
+                ],
+                ..Default::default()
+            },
+        );
+        assert_eq!(reasons(&d), ["service/default/svc ReservedName"]);
+        assert_eq!(lines(&d, "apps"), ["ns-b.apps.example.com. 300 A 192.0.2.1"]);
+
+        // Bad settings, each named.
+        let bad = |p: EmbeddedProvider| {
+            embedded_zone(&embedded("apps", "apps.example.com", p), 1)
+                .expect_err("bad")
+                .reason()
+        };
+        assert_eq!(
+            bad(EmbeddedProvider {
+                nameservers: vec!["a..b".into()],
+                ..Default::default()
+            }),
+            "InvalidName"
+        );
+        assert_eq!(
+            bad(EmbeddedProvider {
+                nameserver_addresses: BTreeMap::from([(
+                    "ns1.apps.example.com".to_string(),
+                    vec!["not-an-ip".to_string()]
+                )]),
+                ..Default::default()
+            }),
+            "InvalidGlue"
+        );
+        assert_eq!(
+            bad(EmbeddedProvider {
+                nameservers: vec!["ns.other.net".into()],
+                nameserver_addresses: BTreeMap::from([(
+                    "ns.other.net".to_string(),
+                    vec!["192.0.2.1".to_string()]
+                )]),
+                ..Default::default()
+            }),
+            "InvalidGlue"
+        );
+        assert_eq!(
+            bad(EmbeddedProvider {
+                nameserver_addresses: BTreeMap::from([(
+                    "ns9.apps.example.com".to_string(),
+                    vec!["192.0.2.1".to_string()]
+                )]),
+                ..Default::default()
+            }),
+            "InvalidGlue"
+        );
+        assert_eq!(
+            bad(EmbeddedProvider {
+                ns_ttl: Some(0),
+                ..Default::default()
+            }),
+            "InvalidSetting"
+        );
+        assert_eq!(
+            bad(EmbeddedProvider {
+                soa: Some(SoaSettings {
+                    refresh: Some(-1),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "InvalidSetting"
+        );
     }
 }
