@@ -1261,6 +1261,16 @@ fn record_claims(record: &DNSRecord) -> ClaimsOrErrors {
         });
     }
     for target in &spec.targets {
+        // A registry text would make whoever can write a DNSRecord the owner of other records (and
+        // their deletion ours to make): refused.
+        if spec.record_type == ApiRecordType::Txt && crate::registry::Labels::decode(target).is_ok() {
+            errors.push(SourceError::BadTarget {
+                key: "spec.targets".to_string(),
+                value: target.clone(),
+                reason: "a TXT text in external-dns's registry format (heritage=external-dns) is reserved for ownership records".to_string(),
+            });
+            continue;
+        }
         match parse_rdata(spec.record_type, target) {
             Ok(rdata) => {
                 if !rdatas.contains(&rdata) {
@@ -2155,6 +2165,16 @@ mod tests {
                 rtype: Caa,
                 ttl: None,
                 targets: &["0 iodef \"mailto:a@example.com\""],
+                want: &[],
+                problem: Some("BadTarget"),
+            },
+            Case {
+                name: "TXT forging a registry record",
+                rtype: Txt,
+                ttl: None,
+                targets: &[
+                    "heritage=external-dns,external-dns/owner=ferrite-dns,external-dns/resource=service/a/b",
+                ],
                 want: &[],
                 problem: Some("BadTarget"),
             },
