@@ -290,7 +290,7 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// TSIG algorithms (RFC 8945); the ones hickory signs with.
+/// TSIG algorithms (RFC 8945) the RFC 2136 client signs with (MD5 is not offered).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum TsigAlgorithm {
     /// HMAC-SHA256 (`tsig-keygen`'s default).
@@ -303,6 +303,9 @@ pub enum TsigAlgorithm {
     /// HMAC-SHA512.
     #[serde(rename = "hmac-sha512")]
     HmacSha512,
+    /// HMAC-SHA1, for keys made before SHA-2 (RFC 8945 keeps it mandatory to implement; prefer SHA-256).
+    #[serde(rename = "hmac-sha1")]
+    HmacSha1,
 }
 
 /// What ferrite-dns may change in a zone (external-dns's `--policy`).
@@ -607,6 +610,17 @@ mod tests {
             assert_eq!(
                 serde_json::from_value::<SourceKind>(json!(text)).expect(text),
                 kind
+            );
+        }
+        for (text, alg) in [
+            ("hmac-sha256", TsigAlgorithm::HmacSha256),
+            ("hmac-sha384", TsigAlgorithm::HmacSha384),
+            ("hmac-sha512", TsigAlgorithm::HmacSha512),
+            ("hmac-sha1", TsigAlgorithm::HmacSha1),
+        ] {
+            assert_eq!(
+                serde_json::from_value::<TsigAlgorithm>(json!(text)).expect(text),
+                alg
             );
         }
         assert!(serde_json::from_value::<TsigAlgorithm>(json!("hmac-md5")).is_err());
