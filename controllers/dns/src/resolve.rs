@@ -25,25 +25,41 @@
 //! answers (it is only there when required: referrals), additional A/AAAA for the targets of MX, SRV and
 //! NS records in the zone. docs/dns.md ("Answer semantics") lists every rule.
 //!
-//! The answer borrows the RRsets from the snapshot; nothing is copied until the server encodes it.
+//! The answer borrows the RRsets from the snapshot; nothing is copied until the server encodes it. Names
+//! are looked up by [`NameKey`] (built once per name on the stack, ancestors are its suffixes), and the
+//! sections keep their first RRsets inline, so the common answer (one RRset, or a negative answer with the
+//! SOA) allocates nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, LazyLock};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::zone::{Node, RrSet, Zone};
+use crate::zone::{KeyHash, NameKey, Node, RrSet, Zone};
 
 /// The longest CNAME chain an answer carries (BIND's `max-query-restarts` default is 11; a chain longer
 /// than this is a misconfiguration, and a loop is stopped earlier, at its first repeated name).
 pub const MAX_CNAME_CHAIN: usize = 12;
 
 /// The zones one server answers for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ZoneSet {
-    zones: BTreeMap<Name, Arc<Zone>>,
+    /// In canonical order of their apexes.
+    zones: Vec<Arc<Zone>>,
+    /// The position in `zones` of each apex, by key.
+    by_apex: HashMap<Box<[u8]>, usize, KeyHash>,
+}
+
+impl Default for ZoneSet {
+    fn default() -> Self {
+        ZoneSet {
+            zones: Vec::new(),
+            by_apex: HashMap::with_hasher(KeyHash::new()),
+        }
+    }
 }
 
 /// A set of zones that cannot be served together.
@@ -79,26 +95,43 @@ impl ZoneSet {
                 });
             }
         }
-        Ok(ZoneSet { zones: map })
+        let zones: Vec<Arc<Zone>> = map.into_values().collect();
+        let mut by_apex = HashMap::with_capacity_and_hasher(zones.len(), KeyHash::new());
+        for (position, zone) in zones.iter().enumerate() {
+            by_apex.insert(Box::from(NameKey::new(zone.apex()).as_bytes()), position);
+        }
+        Ok(ZoneSet { zones, by_apex })
     }
 
     /// The zones, in canonical order of their apexes.
     pub fn zones(&self) -> impl Iterator<Item = &Arc<Zone>> {
-        self.zones.values()
+        self.zones.iter()
     }
 
     /// The zone that is authoritative for `name`: the one with the longest apex containing it.
     pub fn find(&self, name: &Name) -> Option<&Zone> {
-        let labels = name.iter().len();
-        (0..=labels)
+        self.find_key(&NameKey::new(name))
+    }
+
+    /// [`ZoneSet::find`] by key.
+    pub fn find_key(&self, key: &NameKey) -> Option<&Zone> {
+        if !key.is_valid() {
+            return None;
+        }
+        if let [zone] = self.zones.as_slice() {
+            return zone.contains_key(key).then_some(zone.as_ref());
+        }
+        (0..=key.labels())
             .rev()
-            .find_map(|n| self.zones.get(&name.trim_to(n)))
+            .find_map(|labels| self.by_apex.get(key.suffix(labels)))
+            .and_then(|&position| self.zones.get(position))
             .map(Arc::as_ref)
     }
 
     /// The authoritative answer to `qname`/`qtype` (class IN; the server checks the class).
     pub fn resolve<'a>(&'a self, qname: &'a Name, qtype: RecordType) -> Answer<'a> {
-        let Some(zone) = self.find(qname) else {
+        let mut key = NameKey::new(qname);
+        let Some(zone) = self.find_key(&key) else {
             return Answer::empty(None, ResponseCode::Refused, false, Outcome::Refused);
         };
         if matches!(
@@ -109,11 +142,16 @@ impl ZoneSet {
             return Answer::empty(Some(zone), ResponseCode::NotImp, false, Outcome::NotImplemented);
         }
         let mut answer = Answer::empty(Some(zone), ResponseCode::NoError, true, Outcome::Answer);
-        let mut visited: Vec<&Name> = Vec::new();
+        // The names looked up so far (a CNAME chain is at most MAX_CNAME_CHAIN long): on the stack.
+        let mut visited: [Option<&Name>; MAX_CNAME_CHAIN + 1] = [None; MAX_CNAME_CHAIN + 1];
+        let mut steps = 0;
         let mut current = qname;
         loop {
-            visited.push(current);
-            match lookup(zone, current, qtype) {
+            if let Some(slot) = visited.get_mut(steps) {
+                *slot = Some(current);
+            }
+            steps += 1;
+            match lookup(zone, &key, current, qtype) {
                 Step::Referral(cut) => {
                     // RFC 1034 4.3.2 step 3b. A referral for the question itself is not authoritative;
                     // after a CNAME the answer's first record is ours, so AA stays (RFC 6604 section 3).
@@ -164,13 +202,17 @@ impl ZoneSet {
                     });
                     let Some(target) = cname_target(cname) else { break };
                     let chain = answer.answer.len();
-                    let same_zone = self.find(target).is_some_and(|found| std::ptr::eq(found, zone));
+                    let target_key = NameKey::new(target);
+                    let same_zone = self
+                        .find_key(&target_key)
+                        .is_some_and(|found| std::ptr::eq(found, zone));
                     // A target elsewhere (another zone, even one we serve, or outside all of them) ends the
                     // chain: the resolver follows it. A repeated name is a loop.
-                    if !same_zone || chain >= MAX_CNAME_CHAIN || visited.contains(&target) {
+                    if !same_zone || chain >= MAX_CNAME_CHAIN || visited.contains(&Some(target)) {
                         break;
                     }
                     current = target;
+                    key = target_key;
                 }
                 Step::NoData => {
                     answer.outcome = Outcome::NoData;
@@ -255,11 +297,98 @@ pub struct Answer<'a> {
     /// What kind of answer.
     pub outcome: Outcome,
     /// The answer section.
-    pub answer: Vec<RrsetRef<'a>>,
+    pub answer: Section<'a>,
     /// The authority section.
-    pub authority: Vec<RrsetRef<'a>>,
+    pub authority: Section<'a>,
     /// The additional section (without the OPT record, which is the server's).
-    pub additional: Vec<RrsetRef<'a>>,
+    pub additional: Section<'a>,
+}
+
+/// How many RRsets a section holds without allocating.
+const INLINE_RRSETS: usize = 4;
+
+/// Fills the unused inline slots of a [`Section`] (never visible: a section derefs to its used slots).
+static FILLER: LazyLock<RrSet> = LazyLock::new(RrSet::filler);
+
+/// The RRsets of one section of an answer: the first few inline, more on the heap. Derefs to a slice.
+#[derive(Clone)]
+pub struct Section<'a> {
+    inline: [RrsetRef<'a>; INLINE_RRSETS],
+    len: usize,
+    /// Everything, once there are more than fit inline.
+    spilled: Vec<RrsetRef<'a>>,
+}
+
+impl<'a> Section<'a> {
+    /// An empty section.
+    pub fn new() -> Self {
+        let filler: &'static RrSet = &FILLER;
+        let slot = RrsetRef {
+            owner: filler.name(),
+            rrset: filler,
+            synthesized: false,
+        };
+        Section {
+            inline: [slot; INLINE_RRSETS],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    /// Appends one RRset.
+    pub fn push(&mut self, set: RrsetRef<'a>) {
+        if self.spilled.is_empty() {
+            if let Some(slot) = self.inline.get_mut(self.len) {
+                *slot = set;
+                self.len += 1;
+                return;
+            }
+            self.spilled.reserve(self.len * 2);
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.push(set);
+    }
+}
+
+impl Default for Section<'_> {
+    fn default() -> Self {
+        Section::new()
+    }
+}
+
+impl<'a> Deref for Section<'a> {
+    type Target = [RrsetRef<'a>];
+
+    fn deref(&self) -> &[RrsetRef<'a>] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+impl<'s, 'a> IntoIterator for &'s Section<'a> {
+    type Item = &'s RrsetRef<'a>;
+    type IntoIter = std::slice::Iter<'s, RrsetRef<'a>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl PartialEq for Section<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Section<'_> {}
+
+impl fmt::Debug for Section<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 impl<'a> Answer<'a> {
@@ -269,9 +398,9 @@ impl<'a> Answer<'a> {
             rcode,
             authoritative,
             outcome,
-            answer: Vec::new(),
-            authority: Vec::new(),
-            additional: Vec::new(),
+            answer: Section::new(),
+            authority: Section::new(),
+            additional: Section::new(),
         }
     }
 
@@ -297,12 +426,17 @@ impl<'a> Answer<'a> {
             };
             // Only names this zone holds: its own data, and for NS also glue (which may sit below a cut
             // or inside a nested zone we serve, but is still this zone's copy).
-            let ours = zones.find(target).is_some_and(|found| std::ptr::eq(found, zone));
-            let glue = set.record_type() == RecordType::NS && zone.contains(target);
+            let key = NameKey::new(target);
+            let ours = zones
+                .find_key(&key)
+                .is_some_and(|found| std::ptr::eq(found, zone));
+            let glue = set.record_type() == RecordType::NS && zone.contains_key(&key);
             if !(ours || glue) {
                 continue;
             }
-            let Some(node) = zone.node(target) else { continue };
+            let Some(node) = zone.node_by_key(key.as_bytes()) else {
+                continue;
+            };
             for rtype in [RecordType::A, RecordType::AAAA] {
                 let Some(addresses) = node.get(rtype) else {
                     continue;
@@ -379,34 +513,29 @@ enum Step<'a> {
     NxDomain,
 }
 
-fn lookup<'a>(zone: &'a Zone, name: &'a Name, qtype: RecordType) -> Step<'a> {
+fn lookup<'a>(zone: &'a Zone, key: &NameKey, name: &'a Name, qtype: RecordType) -> Step<'a> {
     // RFC 1034 4.3.2 step 3b: the data at and below a cut belongs to the child zone. DS is the one type
-    // the parent answers at the cut itself (RFC 4035 section 3.1.4.1).
-    if let Some(cut) = zone.delegation_of(name)
+    // the parent answers at the cut itself (RFC 4035 section 3.1.4.1). Free when the zone has no cuts.
+    if let Some(cut) = zone.delegation_of_key(key)
         && !(qtype == RecordType::DS && cut.name() == name)
     {
         return Step::Referral(cut);
     }
     // Step 3a: the name exists (with data, or as an empty non-terminal, which is NODATA: RFC 4592 2.2.2).
-    if let Some(node) = zone.node(name) {
+    if let Some(node) = zone.node_by_key(key.as_bytes()) {
         return from_node(name, node, qtype, false);
     }
     // Step 3c, RFC 4592 section 3.3.1: the closest encloser is the longest existing ancestor (the apex at
     // worst); the source of synthesis is `*.<closest encloser>`. Only that one wildcard may answer, so
     // `ghost.*.example.` is NXDOMAIN: its closest encloser is `*.example.` and `*.*.example.` is absent.
-    let apex_labels = zone.apex().iter().len();
-    let labels = name.iter().len();
-    let encloser = (apex_labels..labels)
+    let encloser = (zone.apex_labels()..key.labels())
         .rev()
-        .map(|n| name.trim_to(n))
-        .find(|ancestor| zone.node(ancestor).is_some());
+        .map(|labels| key.suffix(labels))
+        .find(|ancestor| zone.node_by_key(ancestor).is_some());
     let Some(encloser) = encloser else {
         return Step::NxDomain;
     };
-    let Ok(wildcard) = encloser.prepend_label("*") else {
-        return Step::NxDomain;
-    };
-    match zone.node(&wildcard) {
+    match zone.wildcard_of(encloser) {
         Some(node) => from_node(name, node, qtype, true),
         None => Step::NxDomain,
     }
@@ -1194,6 +1323,76 @@ mod tests {
                 additional: &["ns1.example. 300 A 192.0.2.53"],
             }],
         );
+    }
+
+    #[test]
+    fn common_answers_stay_inline_and_many_rrsets_spill() {
+        let zones = ZoneSet::new([zone(
+            "example.",
+            &[
+                "app.example. 60 A 192.0.2.10",
+                "app.example. 60 AAAA 2001:db8::10",
+                "app.example. 60 TXT one",
+                "app.example. 60 MX 10 app.example.",
+                "app.example. 60 CAA 0 issue \"ca.example.net\"",
+            ],
+        )])
+        .expect("one zone");
+        let qname = name("APP.example.");
+        let hit = zones.resolve(&qname, RecordType::A);
+        assert_eq!(hit.answer.len(), 1);
+        assert!(
+            hit.answer.spilled.is_empty(),
+            "a positive answer does not allocate"
+        );
+        let missing = name("nothere.example.");
+        let nxdomain = zones.resolve(&missing, RecordType::A);
+        assert_eq!(nxdomain.rcode, ResponseCode::NXDomain);
+        assert!(nxdomain.authority.spilled.is_empty());
+        let any = zones.resolve(&qname, RecordType::ANY);
+        let types: Vec<RecordType> = any.answer.iter().map(RrsetRef::record_type).collect();
+        assert_eq!(
+            types,
+            [
+                RecordType::A,
+                RecordType::MX,
+                RecordType::TXT,
+                RecordType::AAAA,
+                RecordType::CAA
+            ],
+            "{any}"
+        );
+        assert!(
+            !any.answer.spilled.is_empty(),
+            "more than fit inline: on the heap, in order"
+        );
+        assert_eq!(any.answer, any.answer.clone());
+    }
+
+    #[test]
+    fn find_picks_the_longest_apex_by_labels() {
+        let zones = ZoneSet::new([
+            zone("example.", &[]),
+            zone("apps.example.", &[]),
+            zone("a.b.apps.example.", &[]),
+        ])
+        .expect("three zones");
+        for (qname, apex) in [
+            ("x.apps.example.", Some("apps.example.")),
+            ("B.APPS.example.", Some("apps.example.")),
+            ("x.a.b.apps.example.", Some("a.b.apps.example.")),
+            ("xapps.example.", Some("example.")),
+            ("example.", Some("example.")),
+            ("example.org.", None),
+            (".", None),
+        ] {
+            let found = zones.find(&name(qname)).map(|zone| zone.apex().to_string());
+            assert_eq!(found.as_deref(), apex, "{qname}");
+        }
+        let single = ZoneSet::new([zone("apps.example.", &[])]).expect("one zone");
+        assert!(single.find(&name("a.Apps.example.")).is_some());
+        assert!(single.find(&name("example.")).is_none());
+        assert!(ZoneSet::default().find(&name("example.")).is_none());
     }
 
     #[test]

@@ -22,12 +22,18 @@
 //! TTLs up to 2^31-1, NS below the apex only as a delegation with nothing but glue below it, no wildcard
 //! delegations. Each error names the record and the rule.
 //!
+//! The query path looks names up by [`NameKey`]: the name's labels in wire format (length-prefixed),
+//! ASCII-lowercased, without the root label. Every ancestor's key is a suffix of the name's key, so finding
+//! the closest encloser or a delegation above a name is slicing and hashing, never building a name; the
+//! nodes are kept in canonical order for [`Zone::nodes`] and indexed by key in a hash map.
+//!
 //! Names are compared case-insensitively (hickory's `Name`); every name, including those inside RDATA
 //! (CNAME, MX, SRV, NS, PTR targets), is taken as absolute, so `app.example.com` and `app.example.com.` are
 //! the same name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use hickory_proto::rr::rdata::{CNAME, MX, NS, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -281,6 +287,16 @@ impl RrSet {
         &self.rdatas
     }
 
+    /// An empty set at the root, for slots that are never read (see `resolve::Section`).
+    pub(crate) fn filler() -> RrSet {
+        RrSet {
+            name: Name::root(),
+            rtype: RecordType::NULL,
+            ttl: 0,
+            rdatas: Vec::new(),
+        }
+    }
+
     /// The set as hickory records under `owner` (the set's own name, or the query name for an answer
     /// synthesized from a wildcard).
     pub fn records_as<'a>(&'a self, owner: &'a Name) -> impl Iterator<Item = Record> + 'a {
@@ -313,12 +329,176 @@ impl Node {
     }
 }
 
+/// The longest key: a name is at most 255 octets in wire format, the root label included.
+const KEY_MAX: usize = 255;
+/// The most labels a name can have besides the root (one octet of length, one of data each).
+const LABELS_MAX: usize = 127;
+
+/// A name as the zone looks it up: its labels in wire format (each prefixed by its length),
+/// ASCII-lowercased, without the root label, so that names equal under DNS's case-insensitive comparison
+/// have equal keys. The key of the ancestor with `n` labels is [`NameKey::suffix`]`(n)`. Built on the stack:
+/// no allocation.
+#[derive(Clone)]
+pub struct NameKey {
+    bytes: [u8; KEY_MAX],
+    len: usize,
+    /// Where each label starts, left to right; `starts[labels] == len`.
+    starts: [u8; LABELS_MAX + 1],
+    labels: usize,
+    /// Set if the name did not fit (hickory's `Name` never allows that): such a key finds nothing.
+    invalid: bool,
+}
+
+impl NameKey {
+    /// The key of `name`.
+    pub fn new(name: &Name) -> NameKey {
+        let mut key = NameKey {
+            bytes: [0; KEY_MAX],
+            len: 0,
+            starts: [0; LABELS_MAX + 1],
+            labels: 0,
+            invalid: false,
+        };
+        for label in name.iter() {
+            let (Ok(size), Ok(start)) = (u8::try_from(label.len()), u8::try_from(key.len)) else {
+                key.invalid = true;
+                break;
+            };
+            let end = key.len + 1 + label.len();
+            let (Some(slot), Some(dest)) = (key.starts.get_mut(key.labels), key.bytes.get_mut(key.len..end))
+            else {
+                key.invalid = true;
+                break;
+            };
+            *slot = start;
+            dest[0] = size;
+            for (out, byte) in dest[1..].iter_mut().zip(label) {
+                *out = byte.to_ascii_lowercase();
+            }
+            key.len = end;
+            key.labels += 1;
+        }
+        match u8::try_from(key.len) {
+            Ok(len) if !key.invalid && key.labels <= LABELS_MAX => key.starts[key.labels] = len,
+            _ => {
+                key.invalid = true;
+                key.labels = 0;
+                key.len = 0;
+            }
+        }
+        key
+    }
+
+    /// How many labels the name has (the root label not counted).
+    pub fn labels(&self) -> usize {
+        self.labels
+    }
+
+    /// The key of the ancestor with the last `labels` labels of the name (`labels()` for the name itself,
+    /// 0 for the root). More labels than the name has gives the name itself.
+    pub fn suffix(&self, labels: usize) -> &[u8] {
+        let labels = labels.min(self.labels);
+        let start = usize::from(self.starts[self.labels - labels]);
+        &self.bytes[start..self.len]
+    }
+
+    /// The whole key.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.suffix(self.labels)
+    }
+
+    /// False for a name that could not be keyed (never for a hickory `Name`).
+    pub fn is_valid(&self) -> bool {
+        !self.invalid
+    }
+}
+
+impl fmt::Debug for NameKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NameKey")
+            .field("bytes", &self.as_bytes())
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+/// A fast hash for name keys (an FxHash-like multiply-rotate over 8-byte words with a final mix), seeded
+/// per process so that the bucket of a name cannot be predicted from outside.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyHash {
+    seed: u64,
+}
+
+impl KeyHash {
+    pub(crate) fn new() -> KeyHash {
+        KeyHash {
+            seed: RandomState::new().hash_one(0x6665_7272_6974_6521_u64),
+        }
+    }
+}
+
+impl BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.seed)
+    }
+}
+
+/// The hasher of [`KeyHash`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // splitmix64's finalizer: the table uses both the low bits (bucket) and the high bits (tag).
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+}
+
 /// An immutable, validated zone.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Zone {
     apex: Name,
+    /// The apex's key and label count.
+    apex_key: Box<[u8]>,
+    apex_labels: usize,
     serial: u32,
-    nodes: BTreeMap<Name, Node>,
+    /// Every name with its node, in canonical order.
+    nodes: Vec<(Name, Node)>,
+    /// The position in `nodes` of each name, by key.
+    index: HashMap<Box<[u8]>, u32, KeyHash>,
+    /// True if some name below the apex has NS records (a zone cut); most zones have none, and then no
+    /// lookup looks for one.
+    has_delegations: bool,
     /// The SOA as it goes into the authority section of negative answers: TTL = min(SOA TTL, MINIMUM).
     negative_soa: RrSet,
     record_count: usize,
@@ -533,6 +713,19 @@ impl Zone {
         for ent in ents {
             nodes.entry(ent).or_default();
         }
+        let has_delegations = !cuts.is_empty();
+        let nodes: Vec<(Name, Node)> = nodes.into_iter().collect();
+        let mut index = HashMap::with_capacity_and_hasher(nodes.len(), KeyHash::new());
+        for (position, (name, _)) in nodes.iter().enumerate() {
+            // A zone holds far fewer than 2^32 names (each costs memory); refuse rather than wrap.
+            let position = u32::try_from(position).map_err(|_| ZoneError::BadName {
+                apex: apex.to_string(),
+                name: name.to_string(),
+                reason: "the zone has more than 2^32 names".to_string(),
+            })?;
+            index.insert(Box::from(NameKey::new(name).as_bytes()), position);
+        }
+        let apex_key = NameKey::new(&apex);
 
         let negative_soa = RrSet {
             name: apex.clone(),
@@ -541,9 +734,13 @@ impl Zone {
             rdatas: vec![soa_rdata],
         };
         Ok(Zone {
+            apex_key: Box::from(apex_key.as_bytes()),
+            apex_labels: apex_key.labels(),
             apex,
             serial: soa.serial,
             nodes,
+            index,
+            has_delegations,
             negative_soa,
             record_count,
         })
@@ -566,23 +763,51 @@ impl Zone {
 
     /// True if `name` is at or below the apex.
     pub fn contains(&self, name: &Name) -> bool {
-        self.apex.zone_of(name)
+        self.contains_key(&NameKey::new(name))
+    }
+
+    /// True if the name of `key` is at or below the apex.
+    pub fn contains_key(&self, key: &NameKey) -> bool {
+        key.is_valid() && key.labels() >= self.apex_labels && key.suffix(self.apex_labels) == &*self.apex_key
+    }
+
+    /// How many labels the apex has (the root label not counted).
+    pub fn apex_labels(&self) -> usize {
+        self.apex_labels
     }
 
     /// The node at exactly `name`: present for names with data and for empty non-terminals.
     pub fn node(&self, name: &Name) -> Option<&Node> {
-        self.nodes.get(name)
+        self.node_by_key(NameKey::new(name).as_bytes())
+    }
+
+    /// The node whose name has the key `key` (see [`NameKey`]; a suffix of a key is an ancestor's key).
+    pub fn node_by_key(&self, key: &[u8]) -> Option<&Node> {
+        let position = *self.index.get(key)?;
+        self.nodes.get(position as usize).map(|(_, node)| node)
+    }
+
+    /// The node at the wildcard `*.<name of key>`, if the zone has one.
+    pub fn wildcard_of(&self, key: &[u8]) -> Option<&Node> {
+        let mut wildcard = [0u8; KEY_MAX];
+        let end = key.len() + 2;
+        let dest = wildcard.get_mut(2..end)?;
+        dest.copy_from_slice(key);
+        wildcard[0] = 1;
+        wildcard[1] = b'*';
+        self.node_by_key(&wildcard[..end])
     }
 
     /// The RRset of `rtype` at exactly `name`.
     pub fn rrset(&self, name: &Name, rtype: RecordType) -> Option<&RrSet> {
-        self.nodes.get(name).and_then(|node| node.get(rtype))
+        self.node(name).and_then(|node| node.get(rtype))
     }
 
     /// The SOA RRset at the apex, with the SOA's own TTL.
     pub fn soa(&self) -> &RrSet {
         // Built in `build` and never removed; the negative SOA carries the same data.
-        self.rrset(&self.apex, RecordType::SOA)
+        self.node_by_key(&self.apex_key)
+            .and_then(|node| node.get(RecordType::SOA))
             .unwrap_or(&self.negative_soa)
     }
 
@@ -593,12 +818,12 @@ impl Zone {
 
     /// Every name of the zone with its node, in canonical DNS order (RFC 4034 section 6.1).
     pub fn nodes(&self) -> impl Iterator<Item = (&Name, &Node)> {
-        self.nodes.iter()
+        self.nodes.iter().map(|(name, node)| (name, node))
     }
 
     /// True if `name` is an empty non-terminal of this zone.
     pub fn is_empty_non_terminal(&self, name: &Name) -> bool {
-        self.nodes.get(name).is_some_and(Node::is_empty_non_terminal)
+        self.node(name).is_some_and(Node::is_empty_non_terminal)
     }
 
     /// The zone's empty non-terminals, in canonical order.
@@ -609,17 +834,27 @@ impl Zone {
             .map(|(name, _)| name)
     }
 
+    /// True if some name below the apex has NS records.
+    pub fn has_delegations(&self) -> bool {
+        self.has_delegations
+    }
+
     /// The highest delegation point (a non-apex name with NS records) at or above `name`, if any.
     pub fn delegation_of(&self, name: &Name) -> Option<&RrSet> {
-        let apex_labels = self.apex.iter().len();
-        let labels = name.iter().len();
-        if !self.contains(name) {
+        if !self.has_delegations {
             return None;
         }
-        ((apex_labels + 1)..=labels).find_map(|n| {
-            let ancestor = name.trim_to(n);
-            self.rrset(&ancestor, RecordType::NS)
-        })
+        self.delegation_of_key(&NameKey::new(name))
+    }
+
+    /// [`Zone::delegation_of`] by key: free when the zone has no delegations, otherwise one hash lookup
+    /// per label between the apex and the name.
+    pub fn delegation_of_key(&self, key: &NameKey) -> Option<&RrSet> {
+        if !self.has_delegations || !self.contains_key(key) {
+            return None;
+        }
+        ((self.apex_labels + 1)..=key.labels())
+            .find_map(|labels| self.node_by_key(key.suffix(labels))?.get(RecordType::NS))
     }
 }
 
@@ -920,6 +1155,87 @@ mod tests {
             "the apex NS is not a delegation"
         );
         assert!(zone.delegation_of(&name("other.example.")).is_none());
+    }
+
+    #[test]
+    fn name_keys_ignore_case_and_their_suffixes_are_the_ancestors() {
+        let key = NameKey::new(&name("WWW.App.Example."));
+        assert!(key.is_valid());
+        assert_eq!(key.labels(), 3);
+        assert_eq!(key.as_bytes(), b"\x03www\x03app\x07example");
+        assert_eq!(key.as_bytes(), NameKey::new(&name("www.app.example.")).as_bytes());
+        assert_eq!(key.suffix(2), NameKey::new(&name("app.example.")).as_bytes());
+        assert_eq!(key.suffix(1), b"\x07example");
+        assert_eq!(key.suffix(0), b"", "the root");
+        assert_eq!(
+            key.suffix(9),
+            key.as_bytes(),
+            "more labels than the name has: the name"
+        );
+        assert_eq!(NameKey::new(&Name::root()).labels(), 0);
+        // A label boundary matters: `badexample.` does not end in the key of `example.` at a label.
+        let bad = NameKey::new(&name("badexample."));
+        assert_ne!(bad.suffix(1), b"\x07example".as_slice());
+        // A dot inside a label (binary label) is not a label boundary.
+        let dotted = Name::from_labels(vec![b"a.b".to_vec(), b"example".to_vec()]).expect("name");
+        let dotted_key = NameKey::new(&dotted);
+        assert_eq!(dotted_key.labels(), 2);
+        assert_ne!(
+            dotted_key.as_bytes(),
+            NameKey::new(&name("a.b.example.")).as_bytes()
+        );
+    }
+
+    #[test]
+    fn lookups_by_key_agree_with_lookups_by_name() {
+        let zone = build(
+            "Example.",
+            &[
+                "Host1.example. 3600 A 192.0.2.1",
+                "a.b.c.example. 60 TXT hello",
+                "*.wild.example. 60 TXT any",
+            ],
+        )
+        .expect("valid zone");
+        assert!(!zone.has_delegations(), "no cut: the cut search is skipped");
+        assert_eq!(zone.apex_labels(), 1);
+        for text in [
+            "host1.EXAMPLE.",
+            "b.c.example.",
+            "c.example.",
+            "example.",
+            "*.wild.example.",
+        ] {
+            let by_name = zone.node(&name(text)).expect(text);
+            let by_key = zone
+                .node_by_key(NameKey::new(&name(text)).as_bytes())
+                .expect(text);
+            assert!(std::ptr::eq(by_name, by_key), "{text}");
+        }
+        assert!(zone.node(&name("nothere.example.")).is_none());
+        assert!(
+            zone.wildcard_of(NameKey::new(&name("wild.example.")).as_bytes())
+                .is_some()
+        );
+        assert!(
+            zone.wildcard_of(NameKey::new(&name("example.")).as_bytes())
+                .is_none()
+        );
+        assert!(zone.contains(&name("deep.down.EXAMPLE.")));
+        assert!(!zone.contains(&name("badexample.")));
+        assert!(!zone.contains(&Name::root()));
+        let names: Vec<String> = zone.nodes().map(|(n, _)| n.to_string()).collect();
+        let mut sorted: Vec<Name> = zone.nodes().map(|(n, _)| n.clone()).collect();
+        sorted.sort();
+        assert_eq!(
+            names,
+            sorted.iter().map(Name::to_string).collect::<Vec<_>>(),
+            "canonical order"
+        );
+
+        let delegated = build("example.", &["sub.example. 60 NS ns.example.net."]).expect("valid zone");
+        assert!(delegated.has_delegations());
+        assert!(delegated.delegation_of(&name("x.SUB.example.")).is_some());
     }
 
     #[test]
