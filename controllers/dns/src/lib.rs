@@ -23,6 +23,9 @@
 //!   only records our registry owner id owns, by policy, behind the deletion guard.
 //! - [`server`]: the embedded authoritative server over UDP and TCP: answers from a `ZoneSet` swapped
 //!   atomically, hickory-proto for the wire format, our own hot path (a `SO_REUSEPORT` socket per worker).
+//! - [`transfer`]: zone transfers to secondaries: AXFR and IXFR over TCP authorised by TSIG keys,
+//!   signed answers, IXFR differences kept per serial, NOTIFY on every new serial; [`transfer::next_serial`].
+//! - [`tsig`]: TSIG keys and the MAC rules (RFC 8945) shared by [`rfc2136`] and [`transfer`].
 #![forbid(unsafe_code)]
 
 pub mod plan;
@@ -31,4 +34,6 @@ pub mod resolve;
 pub mod rfc2136;
 pub mod server;
 pub mod source;
+pub mod transfer;
+pub mod tsig;
 pub mod zone;

@@ -23,7 +23,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode, UpdateMessage};
@@ -36,8 +36,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::tsig::{received_tbs, tsig_of, tsig_offset, tsig_record_of, unix_now};
+
 /// The TSIG fudge we sign with: the clock difference the server accepts (RFC 8945 recommends 300 s).
-pub const FUDGE: u16 = 300;
+pub use crate::tsig::FUDGE;
 
 /// The default bound on one UPDATE message's size, in bytes as encoded without name compression (so the
 /// message on the wire is smaller). TCP messages can be at most 65535 bytes.
@@ -89,7 +91,7 @@ impl TsigAlgorithm {
         }
     }
 
-    fn hmac(self) -> hmac::Algorithm {
+    pub(crate) fn hmac(self) -> hmac::Algorithm {
         match self {
             Self::HmacSha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
             Self::HmacSha256 => hmac::HMAC_SHA256,
@@ -98,7 +100,7 @@ impl TsigAlgorithm {
         }
     }
 
-    fn hickory(self) -> HickoryTsigAlgorithm {
+    pub(crate) fn hickory(self) -> HickoryTsigAlgorithm {
         match self {
             Self::HmacSha1 => HickoryTsigAlgorithm::HmacSha1,
             Self::HmacSha256 => HickoryTsigAlgorithm::HmacSha256,
@@ -850,32 +852,6 @@ fn with_progress(e: Rfc2136Error, report: &ApplyReport) -> Rfc2136Error {
     }
 }
 
-/// The TSIG record of a message: hickory-proto without its dnssec features leaves it, as the last record,
-/// among the additionals.
-fn tsig_of(message: &Message) -> Option<&TSIG> {
-    if let Some(sig) = &message.signature {
-        return Some(&sig.data);
-    }
-    match message.additionals.last().map(|r| &r.data) {
-        Some(RData::TSIG(t)) => Some(t),
-        _ => None,
-    }
-}
-
-fn tsig_record_of(message: &Message) -> Option<(Name, TSIG)> {
-    if let Some(sig) = &message.signature {
-        return Some((sig.name.clone(), sig.data.clone()));
-    }
-    match message.additionals.last() {
-        Some(Record {
-            name,
-            data: RData::TSIG(t),
-            ..
-        }) => Some((name.clone(), t.clone())),
-        _ => None,
-    }
-}
-
 /// Verifies the answers to one signed request (RFC 8945 5.3 and 5.3.1).
 struct Verifier {
     key: hmac::Key,
@@ -911,28 +887,16 @@ impl Verifier {
         }
         let start =
             tsig_offset(raw).ok_or_else(|| "cannot find the TSIG record in the answer".to_string())?;
-        let mut tbs = Vec::with_capacity(raw.len() + self.pending.len() + 128);
-        tbs.extend_from_slice(&(self.previous_mac.len() as u16).to_be_bytes());
-        tbs.extend_from_slice(&self.previous_mac);
-        tbs.append(&mut self.pending);
-        let mut header = [0u8; 12];
-        header.copy_from_slice(&raw[..12]);
-        header[0..2].copy_from_slice(&tsig.oid.to_be_bytes());
-        let arcount = u16::from_be_bytes([header[10], header[11]]).saturating_sub(1);
-        header[10..12].copy_from_slice(&arcount.to_be_bytes());
-        tbs.extend_from_slice(&header);
-        tbs.extend_from_slice(&raw[12..start]);
-        if self.first {
-            let mut vars = Vec::with_capacity(128);
-            let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut vars);
-            tsig.emit_tsig_for_mac(&mut encoder, &name)
-                .map_err(|e| format!("cannot encode the TSIG variables: {e}"))?;
-            tbs.extend_from_slice(&vars);
-        } else {
-            tbs.extend_from_slice(&((tsig.time >> 32) as u16).to_be_bytes());
-            tbs.extend_from_slice(&(tsig.time as u32).to_be_bytes());
-            tbs.extend_from_slice(&tsig.fudge.to_be_bytes());
-        }
+        let tbs = received_tbs(
+            raw,
+            start,
+            &tsig,
+            &name,
+            Some(&self.previous_mac),
+            &self.pending,
+            self.first,
+        )?;
+        self.pending.clear();
         hmac::verify(&self.key, &tbs, &tsig.mac).map_err(|_| {
             "the answer's TSIG MAC does not verify (it was not signed with this key)".to_string()
         })?;
@@ -948,45 +912,6 @@ impl Verifier {
         self.unsigned_in_a_row = 0;
         Ok(())
     }
-}
-
-/// The offset of the last RR of the additional section (the TSIG) in a raw message.
-fn tsig_offset(raw: &[u8]) -> Option<usize> {
-    if raw.len() < 12 {
-        return None;
-    }
-    let count = |i: usize| usize::from(u16::from_be_bytes([raw[i], raw[i + 1]]));
-    let (qd, an, ns, ar) = (count(4), count(6), count(8), count(10));
-    if ar == 0 {
-        return None;
-    }
-    let mut pos = 12;
-    for _ in 0..qd {
-        pos = skip_name(raw, pos)? + 4;
-    }
-    for _ in 0..(an + ns + ar - 1) {
-        pos = skip_name(raw, pos)?;
-        let rdlen = usize::from(u16::from_be_bytes([*raw.get(pos + 8)?, *raw.get(pos + 9)?]));
-        pos += 10 + rdlen;
-    }
-    (pos < raw.len()).then_some(pos)
-}
-
-fn skip_name(raw: &[u8], mut pos: usize) -> Option<usize> {
-    // At most 128 labels in a name.
-    for _ in 0..128 {
-        let len = *raw.get(pos)?;
-        match len {
-            0 => return Some(pos + 1),
-            l if l & 0xc0 == 0xc0 => {
-                raw.get(pos + 1)?;
-                return Some(pos + 2);
-            }
-            l if l & 0xc0 == 0 => pos += 1 + usize::from(l),
-            _ => return None,
-        }
-    }
-    None
 }
 
 async fn write_frame(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
@@ -1015,13 +940,6 @@ fn parse_fqdn(s: &str) -> Result<Name, String> {
     let mut name = Name::from_ascii(s).map_err(|e| e.to_string())?;
     name.set_fqdn(true);
     Ok(name)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn rand_id() -> u16 {
@@ -1259,19 +1177,5 @@ mod tests {
                 .unwrap_err()
                 .contains("not TSIG-signed")
         );
-    }
-
-    #[test]
-    fn tsig_offset_skips_names_and_pointers() {
-        assert_eq!(tsig_offset(&[0; 11]), None);
-        assert_eq!(tsig_offset(&[0; 12]), None, "no additional");
-        // Truncated message with one additional: no room for it.
-        let mut m = vec![0u8; 12];
-        m[11] = 1;
-        assert_eq!(tsig_offset(&m), None);
-        m.push(0);
-        assert_eq!(tsig_offset(&m), Some(12));
-        assert_eq!(skip_name(&[3, b'a', b'b', b'c', 0xc0, 12], 0), Some(6));
-        assert_eq!(skip_name(&[0x80], 0), None);
     }
 }

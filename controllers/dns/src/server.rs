@@ -23,8 +23,9 @@
 //! - EDNS (RFC 6891): a query with OPT gets OPT back (our UDP payload size, 1232 by default; DO copied,
 //!   RFC 3225); a version above 0 gets BADVERS; the UDP limit is the requester's size (at least 512) capped
 //!   by ours, and 512 without OPT; TCP allows 65535;
-//! - class other than IN: REFUSED; AXFR over UDP: FORMERR (as BIND); AXFR/IXFR over TCP: NOTIMP inside our
-//!   zones and REFUSED outside (zone transfers come later, with TSIG);
+//! - class other than IN: REFUSED; AXFR over UDP: FORMERR (as BIND); AXFR and IXFR, and every
+//!   TSIG-signed query, go to [`crate::transfer`] (TSIG verified, transfer ACL, signed answers; outside
+//!   our zones REFUSED);
 //! - truncation (RFC 2181 section 9): when the answer and authority sections do not fit, the response is
 //!   the header and the question with TC=1 and no records at all, never a partial RRset (hickory-server
 //!   sends a partial one); additional RRsets that do not fit are left out whole, without TC.
@@ -49,6 +50,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::resolve::{Answer, RrsetRef, ZoneSet};
+use crate::transfer::{TransferConfig, Transfers};
 
 /// The UDP payload size we advertise in OPT and accept at most: the DNS flag day 2020 value, which avoids
 /// IP fragmentation on every common path (BIND's and Knot's default too).
@@ -88,6 +90,9 @@ pub struct ServerConfig {
     pub tcp_idle_timeout: Duration,
     /// TCP connections served at once.
     pub tcp_max_connections: usize,
+    /// Zone transfers (AXFR/IXFR) to secondaries, who may ask (TSIG keys) and whom to NOTIFY. The
+    /// default allows no transfer and notifies nobody.
+    pub transfer: TransferConfig,
 }
 
 impl ServerConfig {
@@ -99,6 +104,7 @@ impl ServerConfig {
             udp_payload: DEFAULT_UDP_PAYLOAD,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
             tcp_max_connections: DEFAULT_TCP_MAX_CONNECTIONS,
+            transfer: TransferConfig::default(),
         }
     }
 }
@@ -163,9 +169,14 @@ pub struct ZonesHandle {
 
 impl ZonesHandle {
     /// Publishes `zones`: every query that starts after this returns answers from them; queries being
-    /// answered finish on the snapshot they started with.
+    /// answered finish on the snapshot they started with. A zone whose SOA serial increased keeps the
+    /// difference for IXFR and is announced to its secondaries with NOTIFY ([`crate::transfer`]); the
+    /// caller must bump the serial on every change ([`crate::transfer::next_serial`]).
     pub fn swap(&self, zones: ZoneSet) {
-        self.shared.zones.store(Arc::new(zones));
+        let shared = &self.shared;
+        shared
+            .transfer
+            .swap(&shared.zones, Arc::new(zones), &shared.zones_for_notify());
     }
 
     /// The snapshot being served.
@@ -175,12 +186,20 @@ impl ZonesHandle {
 }
 
 #[derive(Debug)]
-struct Shared {
-    zones: ArcSwap<ZoneSet>,
+pub(crate) struct Shared {
+    pub(crate) zones: ArcSwap<ZoneSet>,
+    pub(crate) transfer: Transfers,
     metrics: Metrics,
-    udp_payload: u16,
+    pub(crate) udp_payload: u16,
     tcp_idle_timeout: Duration,
     stop: AtomicBool,
+}
+
+impl Shared {
+    /// A weak view of the served zones, for NOTIFY tasks that stop once a newer serial is served.
+    fn zones_for_notify(self: &Arc<Self>) -> std::sync::Weak<Shared> {
+        Arc::downgrade(self)
+    }
 }
 
 impl Server {
@@ -211,6 +230,7 @@ impl Server {
         } else {
             config.udp_workers
         };
+        let transfer = Transfers::new(&config.transfer, runtime.clone()).map_err(ServerError::BadConfig)?;
         let metrics = Metrics::register(registry)?;
         let (udp, tcp, local_addr) = bind(config.listen, workers)?;
         let listener = {
@@ -222,7 +242,8 @@ impl Server {
             })?
         };
         let shared = Arc::new(Shared {
-            zones: ArcSwap::from_pointee(zones),
+            zones: ArcSwap::from_pointee(ZoneSet::default()),
+            transfer,
             metrics,
             udp_payload: config.udp_payload,
             tcp_idle_timeout: config.tcp_idle_timeout,
@@ -242,6 +263,10 @@ impl Server {
                 }
             }
         }
+        // The first snapshot goes through swap too: its zones are announced to their secondaries.
+        shared
+            .transfer
+            .swap(&shared.zones, Arc::new(zones), &shared.zones_for_notify());
         let tcp = runtime.spawn(tcp_accept(listener, shared.clone(), config.tcp_max_connections));
         tracing::info!(%local_addr, udp_workers = workers, "embedded DNS server listening on UDP and TCP");
         Ok(Server {
@@ -384,13 +409,18 @@ fn udp_worker(socket: &UdpSocket, shared: &Shared) {
         };
         let result = {
             let zones = shared.zones.load();
-            respond(
+            match respond(
                 &zones,
                 &request[..len],
                 Transport::Udp,
                 shared.udp_payload,
                 &mut response,
-            )
+            ) {
+                Err(Dropped::Deferred) => {
+                    crate::transfer::respond_udp(shared, &zones, &request[..len], &mut response)
+                }
+                other => other,
+            }
         };
         shared.metrics.observe(&result);
         if result.is_ok()
@@ -468,6 +498,30 @@ async fn tcp_connection(stream: &mut TcpStream, shared: &Shared) {
                 &mut response,
             )
         };
+        if result == Err(Dropped::Deferred) {
+            // A zone transfer (possibly many messages) or a TSIG-signed query.
+            let zones = shared.zones.load_full();
+            let (result, messages) = crate::transfer::respond_tcp(shared, &zones, &request);
+            shared.metrics.observe(&result);
+            for message in messages {
+                let Ok(len) = u16::try_from(message.len()) else {
+                    return;
+                };
+                frame.clear();
+                frame.extend_from_slice(&len.to_be_bytes());
+                frame.extend_from_slice(&message);
+                if !matches!(
+                    tokio::time::timeout(idle, stream.write_all(&frame)).await,
+                    Ok(Ok(()))
+                ) {
+                    return;
+                }
+            }
+            if result == Err(Dropped::Malformed) {
+                return;
+            }
+            continue;
+        }
         shared.metrics.observe(&result);
         match result {
             Ok(_) => {
@@ -484,7 +538,7 @@ async fn tcp_connection(stream: &mut TcpStream, shared: &Shared) {
                     return;
                 }
             }
-            Err(Dropped::Response) => {}
+            Err(Dropped::Response | Dropped::Deferred) => {}
             // The framing may be out of step with the client: end the connection.
             Err(Dropped::Malformed) => return,
         }
@@ -493,27 +547,29 @@ async fn tcp_connection(stream: &mut TcpStream, shared: &Shared) {
 
 /// How the query came, which decides the size limit and what AXFR gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
+pub(crate) enum Transport {
     Udp,
     Tcp,
 }
 
 /// A query that gets no response at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dropped {
+pub(crate) enum Dropped {
     /// Shorter than a header: there is no ID to answer to.
     Malformed,
     /// QR=1: a response, never answered (that is how reflection loops start).
     Response,
+    /// Not answered by [`respond`]: a zone transfer or a TSIG-signed query, for [`crate::transfer`].
+    Deferred,
 }
 
 /// What was sent, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Responded {
+pub(crate) struct Responded {
     /// The question's type; none when there was no readable question.
-    qtype: Option<RecordType>,
-    rcode: ResponseCode,
-    truncated: bool,
+    pub(crate) qtype: Option<RecordType>,
+    pub(crate) rcode: ResponseCode,
+    pub(crate) truncated: bool,
 }
 
 /// The EDNS parts of a query that the response depends on.
@@ -530,6 +586,18 @@ fn respond(
     query: &[u8],
     transport: Transport,
     udp_payload: u16,
+    out: &mut Vec<u8>,
+) -> Result<Responded, Dropped> {
+    respond_with(zones, query, transport, udp_payload, 0, out)
+}
+
+/// [`respond`], keeping `reserve` bytes of the size limit free (for a TSIG record appended afterwards).
+pub(crate) fn respond_with(
+    zones: &ZoneSet,
+    query: &[u8],
+    transport: Transport,
+    udp_payload: u16,
+    reserve: u16,
     out: &mut Vec<u8>,
 ) -> Result<Responded, Dropped> {
     let mut decoder = BinDecoder::new(query);
@@ -557,7 +625,7 @@ fn respond(
         // NOTIFY, UPDATE, STATUS: not served here (RFC 1035 section 4.1.1: not implemented).
         return reply.error(ResponseCode::NotImp);
     }
-    let Ok(query_edns) = read_edns(&mut decoder, header.counts) else {
+    let Ok((query_edns, signed)) = read_edns(&mut decoder, header.counts) else {
         return reply.error(ResponseCode::FormErr);
     };
     reply.limit = match (transport, query_edns) {
@@ -565,7 +633,8 @@ fn respond(
         (Transport::Udp, None) => PLAIN_UDP_LIMIT,
         // RFC 6891 section 6.2.5: below 512 counts as 512; above ours is capped to ours.
         (Transport::Udp, Some(edns)) => edns.payload.clamp(PLAIN_UDP_LIMIT, udp_payload),
-    };
+    }
+    .saturating_sub(reserve);
     let response_edns = query_edns.map(|edns| {
         let mut ours = Edns::new();
         ours.set_max_payload(udp_payload).set_dnssec_ok(edns.dnssec_ok);
@@ -584,14 +653,20 @@ fn respond(
         // A zone transfer cannot fit a datagram (RFC 5936 section 4.2); BIND answers FORMERR.
         return reply.error(ResponseCode::FormErr);
     }
+    if signed || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+        return Err(Dropped::Deferred);
+    }
     let answer = zones.resolve(question.name(), qtype);
     reply.answer(&answer)
 }
 
 /// Reads the rest of the query after the question: the records are skipped, except the OPT record, which
-/// must be in the additional section, once, and owned by the root (RFC 6891 section 6.1.1).
-fn read_edns(decoder: &mut BinDecoder<'_>, counts: HeaderCounts) -> Result<Option<QueryEdns>, ()> {
+/// must be in the additional section, once, and owned by the root (RFC 6891 section 6.1.1), and the TSIG
+/// record, which must be the last of the additional section (RFC 8945 section 5.1). Returns the EDNS
+/// parts and whether the query is signed.
+fn read_edns(decoder: &mut BinDecoder<'_>, counts: HeaderCounts) -> Result<(Option<QueryEdns>, bool), ()> {
     let mut edns = None;
+    let mut signed = false;
     let sections = [
         (counts.answers, false),
         (counts.authorities, false),
@@ -605,6 +680,16 @@ fn read_edns(decoder: &mut BinDecoder<'_>, counts: HeaderCounts) -> Result<Optio
             let ttl = decoder.read_u32().map_err(drop)?.unverified(/* flags and version for OPT */);
             let rdlength = decoder.read_u16().map_err(drop)?.unverified(/* checked by read_slice */);
             decoder.read_slice(usize::from(rdlength)).map_err(drop)?;
+            if signed {
+                // Something after the TSIG record.
+                return Err(());
+            }
+            if rtype == u16::from(RecordType::TSIG) {
+                if !additional {
+                    return Err(());
+                }
+                signed = true;
+            }
             if rtype == u16::from(RecordType::OPT) {
                 if !additional || edns.is_some() || !name.is_root() {
                     return Err(());
@@ -617,7 +702,7 @@ fn read_edns(decoder: &mut BinDecoder<'_>, counts: HeaderCounts) -> Result<Optio
             }
         }
     }
-    Ok(edns)
+    Ok((edns, signed))
 }
 
 /// A response being written.
@@ -930,6 +1015,8 @@ impl Metrics {
             }
             Err(Dropped::Malformed) => self.dropped_malformed.inc(),
             Err(Dropped::Response) => self.dropped_response.inc(),
+            // Counted where it is answered.
+            Err(Dropped::Deferred) => {}
         }
     }
 }
@@ -1155,7 +1242,7 @@ mod tests {
             qtype: RecordType::A,
             edns: None,
         });
-        let cases: [(&str, &[u8], Transport, ResponseCode, bool); 9] = [
+        let cases: [(&str, &[u8], Transport, ResponseCode, bool); 7] = [
             (
                 "two questions",
                 &two_questions,
@@ -1186,14 +1273,6 @@ mod tests {
                 ResponseCode::FormErr,
                 true,
             ),
-            ("AXFR over TCP", &axfr, Transport::Tcp, ResponseCode::NotImp, true),
-            (
-                "AXFR outside our zones",
-                &axfr_outside,
-                Transport::Tcp,
-                ResponseCode::Refused,
-                true,
-            ),
             (
                 "outside our zones",
                 &outside,
@@ -1207,6 +1286,11 @@ mod tests {
             assert_eq!(message.response_code, rcode, "{case}");
             assert_eq!(message.queries.len(), usize::from(echoed), "{case}");
             assert!(message.answers.is_empty() && !message.authoritative, "{case}");
+        }
+
+        // Zone transfers over TCP are the transfer module's (TSIG, ACL), inside our zones or not.
+        for bytes in [&axfr, &axfr_outside] {
+            assert_eq!(ask_raw(bytes, Transport::Tcp).err(), Some(Dropped::Deferred));
         }
 
         // EDNS version 1: BADVERS (16 = 0 in the header, 1 in OPT), with our OPT at version 0.
