@@ -28,6 +28,7 @@
 //! - [`tsig`]: TSIG keys and the MAC rules (RFC 8945) shared by [`rfc2136`] and [`transfer`].
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod plan;
 pub mod registry;
 pub mod resolve;

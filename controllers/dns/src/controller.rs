@@ -1,0 +1,1228 @@
+//! The ferrite-dns controller: watches, the embedded server's zones, RFC2136 syncs, status and Events.
+//!
+//! ```text
+//!   DNSZone / DNSRecord / Service / Ingress watches (kit, shared) ──> change ──> debounce ──> pass
+//!   pass: source::desired ──> embedded zones: Zone::build (serial bumped on change) ──> ZonesHandle::swap
+//!                        │                                       (every replica serves)
+//!                        ├─> leader: DNSZone status (embedded), DNSRecord Programmed, Warning Events
+//!                        └─> rfc2136 zones: one worker each (latest desired state, latest wins)
+//!   worker (leader only): Secret (get by name) ──> AXFR ──> plan::plan ──> UPDATE batches ──> status
+//!                         retried with backoff while the server fails; resynced every --sync-interval
+//! ```
+//! Every replica builds the desired state and answers queries from it; only the leader writes status,
+//! publishes Events and sends updates to RFC2136 servers. Nothing is deleted on a server before every
+//! source watch has listed once. RFC2136 zones carry the finalizer `dns.ferrite.dev/records`: deleting
+//! the `DNSZone` removes the records we own from the server first (policy `sync` only).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use ferrite_api::dns::conditions as condition_types;
+use ferrite_api::dns::{DNSRecord, DNSZone, Policy, Provider};
+use ferrite_kit::conditions::{self, NewCondition, Status};
+use ferrite_kit::events::Events;
+use ferrite_kit::finalizer::Finalizer;
+use ferrite_kit::kube::runtime::controller::Action;
+use ferrite_kit::kube::runtime::reflector::Store;
+use ferrite_kit::kube::runtime::watcher;
+use ferrite_kit::kube::{Api, Resource as _, ResourceExt};
+use ferrite_kit::leader::Leadership;
+use ferrite_kit::status::apply_status;
+use ferrite_kit::watch::Trim;
+use ferrite_kit::{App, ReasonedError};
+use hickory_proto::rr::{Name, Record, RecordType};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tokio::sync::{Notify, watch};
+
+use crate::plan::{self, PlanSettings};
+use crate::registry::Resource;
+use crate::resolve::ZoneSet;
+use crate::rfc2136::{self, Rfc2136Client, Timeouts, TsigAlgorithm};
+use crate::server::{Server, ServerConfig, ZonesHandle};
+use crate::source::{self, Desired, Sources, ZoneRecords, ZoneTarget};
+use crate::zone::Zone;
+
+/// Field manager of every status write.
+pub const FIELD_MANAGER: &str = "ferrite-dns";
+/// Reporter of Events.
+pub const REPORTER: &str = "dns.ferrite.dev/controller";
+/// Finalizer on RFC2136 zones.
+pub const FINALIZER: &str = "dns.ferrite.dev/records";
+/// Record operations per UPDATE batch handed to the client (which may split further by size).
+const BATCH_RECORDS: usize = 500;
+/// Event keys remembered (so one problem gives one Event, not one per pass).
+const MAX_EVENT_KEYS: usize = 10_000;
+
+/// Flags of `ferrite-dns controller`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Address (UDP and TCP) of the embedded authoritative server.
+    #[arg(long, env = "FERRITE_DNS_LISTEN", default_value = "0.0.0.0:53")]
+    pub dns_listen: SocketAddr,
+    /// UDP worker threads of the embedded server (0: one per CPU).
+    #[arg(long, env = "FERRITE_DNS_UDP_WORKERS", default_value_t = 0)]
+    pub dns_udp_workers: usize,
+    /// Changes seen within this time are published together.
+    #[arg(long, env = "FERRITE_DNS_DEBOUNCE", default_value = "100ms", value_parser = ferrite_kit::cli::parse_duration)]
+    pub debounce: Duration,
+    /// Every RFC2136 zone is read back and repaired at least this often.
+    #[arg(long, env = "FERRITE_DNS_SYNC_INTERVAL", default_value = "1m", value_parser = ferrite_kit::cli::parse_duration)]
+    pub sync_interval: Duration,
+    /// Longest wait between retries of a failing RFC2136 sync (starts at 1 s, doubles).
+    #[arg(long, env = "FERRITE_DNS_MAX_RETRY_BACKOFF", default_value = "1m", value_parser = ferrite_kit::cli::parse_duration)]
+    pub max_retry_backoff: Duration,
+}
+
+/// The `ferrite_dns_*` controller metrics (the server registers its query metrics itself).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    records: GaugeVec,
+    serial: GaugeVec,
+    sync_duration: HistogramVec,
+    updates_sent: IntCounterVec,
+    updates_failed: IntCounterVec,
+    provider_errors: IntCounterVec,
+    last_sync: GaugeVec,
+    source_errors: GaugeVec,
+}
+
+impl Metrics {
+    /// Registers the metrics on `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let records = GaugeVec::new(
+            Opts::new(
+                "ferrite_dns_records",
+                "Records published in a zone (RRs, without SOA/NS/registry).",
+            ),
+            &["zone"],
+        )?;
+        let serial = GaugeVec::new(
+            Opts::new("ferrite_dns_zone_serial", "SOA serial of an embedded zone."),
+            &["zone"],
+        )?;
+        let sync_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ferrite_dns_sync_duration_seconds",
+                "Time of one RFC2136 sync (read, plan, updates).",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["zone"],
+        )?;
+        let updates_sent = IntCounterVec::new(
+            Opts::new(
+                "ferrite_dns_updates_sent_total",
+                "RFC2136 UPDATE messages the server accepted.",
+            ),
+            &["zone"],
+        )?;
+        let updates_failed = IntCounterVec::new(
+            Opts::new(
+                "ferrite_dns_updates_failed_total",
+                "RFC2136 update batches that failed.",
+            ),
+            &["zone"],
+        )?;
+        let provider_errors = IntCounterVec::new(
+            Opts::new(
+                "ferrite_dns_provider_errors_total",
+                "Failed RFC2136 syncs, by reason (Unreachable, Timeout, NotAuth, Refused, ...).",
+            ),
+            &["zone", "reason"],
+        )?;
+        let last_sync = GaugeVec::new(
+            Opts::new(
+                "ferrite_dns_last_sync_timestamp_seconds",
+                "Unix time of the last successful sync (RFC2136) or snapshot swap (embedded).",
+            ),
+            &["zone"],
+        )?;
+        let source_errors = GaugeVec::new(
+            Opts::new(
+                "ferrite_dns_source_errors",
+                "Objects that publish nothing because of an error, and names lost to a conflict.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(records.clone()))?;
+        registry.register(Box::new(serial.clone()))?;
+        registry.register(Box::new(sync_duration.clone()))?;
+        registry.register(Box::new(updates_sent.clone()))?;
+        registry.register(Box::new(updates_failed.clone()))?;
+        registry.register(Box::new(provider_errors.clone()))?;
+        registry.register(Box::new(last_sync.clone()))?;
+        registry.register(Box::new(source_errors.clone()))?;
+        Ok(Self {
+            records,
+            serial,
+            sync_duration,
+            updates_sent,
+            updates_failed,
+            provider_errors,
+            last_sync,
+            source_errors,
+        })
+    }
+
+    fn forget(&self, zone: &str) {
+        let _ = self.records.remove_label_values(&[zone]);
+        let _ = self.serial.remove_label_values(&[zone]);
+        let _ = self.last_sync.remove_label_values(&[zone]);
+    }
+}
+
+/// Why a sync of an RFC2136 zone failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The TSIG Secret could not be read.
+    #[error("TSIG Secret {namespace}/{name}: {message}")]
+    Secret {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// The server's address cannot be resolved.
+    #[error("server {server:?}: {message}")]
+    Address {
+        /// The configured server.
+        server: String,
+        /// Why.
+        message: String,
+    },
+    /// The zone's settings cannot be planned with.
+    #[error(transparent)]
+    Settings(#[from] plan::PlanSettingsError),
+    /// The server failed or refused.
+    #[error(transparent)]
+    Provider(#[from] rfc2136::Rfc2136Error),
+    /// A write to the API failed.
+    #[error(transparent)]
+    Kit(#[from] ferrite_kit::Error),
+}
+
+impl ReasonedError for SyncError {
+    fn reason(&self) -> &'static str {
+        match self {
+            SyncError::Secret { .. } => "SecretUnavailable",
+            SyncError::Address { .. } => "BadServerAddress",
+            SyncError::Settings(e) => e.reason(),
+            SyncError::Provider(e) => e.reason(),
+            SyncError::Kit(e) => e.reason(),
+        }
+    }
+}
+
+/// What an RFC2136 worker works on: the latest desired state of its zone.
+#[derive(Debug, Clone)]
+struct Job {
+    zone: Arc<DNSZone>,
+    desired: ZoneRecords,
+    conflicts: Vec<String>,
+    sources_synced: bool,
+}
+
+struct Worker {
+    tx: watch::Sender<Option<Arc<Job>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Per embedded zone: the content last served and its serial.
+#[derive(Debug, Clone)]
+struct Served {
+    fingerprint: u64,
+    serial: u32,
+    zone: Arc<Zone>,
+    swapped_at: Timestamp,
+}
+
+struct Shared {
+    client: ferrite_kit::kube::Client,
+    leadership: Leadership,
+    events: Events,
+    metrics: Metrics,
+    args: ControllerArgs,
+    /// Event keys already published.
+    emitted: Mutex<HashSet<(String, String)>>,
+}
+
+impl Shared {
+    /// A Warning Event once per (object, note) while the problem lasts.
+    async fn warn_once(&self, on: &ObjectReference, key: &str, reason: &str, note: String) {
+        if !self.leadership.is_leader() {
+            return;
+        }
+        {
+            let mut emitted = self.emitted.lock().unwrap_or_else(|p| p.into_inner());
+            let k = (key.to_string(), note.clone());
+            if emitted.contains(&k) {
+                return;
+            }
+            if emitted.len() >= MAX_EVENT_KEYS {
+                emitted.clear();
+            }
+            emitted.insert(k);
+        }
+        self.events.warning(on, reason, "Publish", note).await;
+    }
+
+    /// Forgets the Events of an object whose problems are gone (so a recurrence is told again).
+    fn forget_events(&self, keep: &HashSet<String>, prefix: &str) {
+        let mut emitted = self.emitted.lock().unwrap_or_else(|p| p.into_inner());
+        emitted.retain(|(k, _)| !k.starts_with(prefix) || keep.contains(k));
+    }
+}
+
+/// Runs the controller until shutdown.
+pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
+    let client = app.client.clone();
+    ferrite_kit::client::require_crd::<DNSZone>(&client).await?;
+    ferrite_kit::client::require_crd::<DNSRecord>(&client).await?;
+    let metrics = Metrics::register(&app.registry)?;
+
+    let zones_w = app.watches.shared(
+        Api::<DNSZone>::all(client.clone()),
+        watcher::Config::default(),
+        Trim::all(),
+    );
+    let records_w = app.watches.shared(
+        Api::<DNSRecord>::all(client.clone()),
+        watcher::Config::default(),
+        Trim::all(),
+    );
+    let services_w = app.watches.shared(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        Trim::all(),
+    );
+    let ingresses_w = app.watches.shared(
+        Api::<Ingress>::all(client.clone()),
+        watcher::Config::default(),
+        Trim::all(),
+    );
+    let zones = zones_w.store();
+    let records = records_w.store();
+    let services = services_w.store();
+    let ingresses = ingresses_w.store();
+    app.readiness
+        .gate("watch dnszones")
+        .open_when_synced(zones.clone());
+    app.readiness
+        .gate("watch dnsrecords")
+        .open_when_synced(records.clone());
+    app.readiness
+        .gate("watch services")
+        .open_when_synced(services.clone());
+    app.readiness
+        .gate("watch ingresses")
+        .open_when_synced(ingresses.clone());
+
+    let synced = Arc::new(AtomicBool::new(false));
+    let changed = Arc::new(Notify::new());
+    {
+        let (z, r, s, i) = (
+            zones.clone(),
+            records.clone(),
+            services.clone(),
+            ingresses.clone(),
+        );
+        let synced = synced.clone();
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            let all = ferrite_kit::admin::wait_synced(&z).await
+                && ferrite_kit::admin::wait_synced(&r).await
+                && ferrite_kit::admin::wait_synced(&s).await
+                && ferrite_kit::admin::wait_synced(&i).await;
+            if all {
+                tracing::info!("every source watch has listed: deletions allowed");
+                synced.store(true, Ordering::SeqCst);
+                changed.notify_one();
+            }
+        });
+    }
+    // Any change of any watched kind wakes the pass.
+    macro_rules! forward {
+        ($w:expr) => {{
+            let mut sub = $w.subscribe();
+            let changed = changed.clone();
+            tokio::spawn(async move {
+                while sub.next_change().await.is_some() {
+                    changed.notify_one();
+                }
+            });
+        }};
+    }
+    forward!(zones_w);
+    forward!(records_w);
+    forward!(services_w);
+    forward!(ingresses_w);
+    // A new leader writes what the previous one may not have.
+    {
+        let mut leader = app.leadership.subscribe();
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            while leader.changed().await.is_ok() {
+                changed.notify_one();
+            }
+        });
+    }
+
+    let mut config = ServerConfig::new(args.dns_listen);
+    config.udp_workers = args.dns_udp_workers;
+    let empty = ZoneSet::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Server::start(&config, empty, &app.registry)
+        .map_err(|e| anyhow::anyhow!("embedded DNS server on {}: {e}", args.dns_listen))?;
+    tracing::info!(addr = %server.local_addr(), "embedded DNS server listening (UDP and TCP)");
+    let handle = server.handle();
+
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        leadership: app.leadership.clone(),
+        events: app.events(REPORTER),
+        metrics,
+        args: args.clone(),
+        emitted: Mutex::new(HashSet::new()),
+    });
+    let mut pass = Pass {
+        shared: shared.clone(),
+        handle,
+        served: BTreeMap::new(),
+        workers: BTreeMap::new(),
+        synced: synced.clone(),
+        zones,
+        records,
+        services,
+        ingresses,
+    };
+    let shutdown = app.shutdown.clone();
+    let resync = app.run_options().resync;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(resync) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(args.debounce) => {}
+        }
+        pass.run().await;
+    }
+    for (_, w) in std::mem::take(&mut pass.workers) {
+        w.task.abort();
+    }
+    server.shutdown().await;
+    app.finish().await;
+    Ok(())
+}
+
+struct Pass {
+    shared: Arc<Shared>,
+    handle: ZonesHandle,
+    served: BTreeMap<String, Served>,
+    workers: BTreeMap<String, Worker>,
+    synced: Arc<AtomicBool>,
+    zones: Store<DNSZone>,
+    records: Store<DNSRecord>,
+    services: Store<Service>,
+    ingresses: Store<Ingress>,
+}
+
+fn created(zone: &DNSZone) -> (Option<Time>, String) {
+    (zone.metadata.creation_timestamp.clone(), zone.name_any())
+}
+
+/// Content fingerprint of a zone's records and settings (the serial excluded).
+fn fingerprint(zone: &DNSZone, records: &[Record]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&zone.spec).unwrap_or_default().hash(&mut h);
+    for r in records {
+        crate::resolve::record_line(r).hash(&mut h);
+    }
+    h.finish()
+}
+
+fn unix_now() -> u32 {
+    u32::try_from(Timestamp::now().as_second()).unwrap_or(u32::MAX)
+}
+
+impl Pass {
+    async fn run(&mut self) {
+        let mut zones: Vec<Arc<DNSZone>> = self.zones.state();
+        zones.sort_by_key(|z| created(z));
+        let services: Vec<Service> = self.services.state().iter().map(|s| (**s).clone()).collect();
+        let ingresses: Vec<Ingress> = self.ingresses.state().iter().map(|s| (**s).clone()).collect();
+        let records: Vec<DNSRecord> = self.records.state().iter().map(|s| (**s).clone()).collect();
+        let synced = self.synced.load(Ordering::SeqCst);
+
+        // Zones the sources may publish into; the oldest DNSZone of an apex wins it.
+        let mut zone_errors: BTreeMap<String, (&'static str, String)> = BTreeMap::new();
+        let mut targets: Vec<ZoneTarget> = Vec::new();
+        let mut apexes: BTreeMap<Name, String> = BTreeMap::new();
+        for zone in &zones {
+            let key = zone.name_any();
+            if zone.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            match ZoneTarget::from_zone(zone) {
+                Ok(t) => {
+                    if let Some(owner) = apexes.get(&t.apex) {
+                        zone_errors.insert(
+                            key.clone(),
+                            (
+                                "DuplicateZone",
+                                format!("zone {} is already served by the older DNSZone {owner}", t.apex),
+                            ),
+                        );
+                        continue;
+                    }
+                    apexes.insert(t.apex.clone(), key.clone());
+                    targets.push(t);
+                }
+                Err(e) => {
+                    zone_errors.insert(key.clone(), (e.reason(), e.to_string()));
+                }
+            }
+        }
+        let desired = source::desired(
+            &targets,
+            Sources {
+                services: &services,
+                ingresses: &ingresses,
+                records: &records,
+            },
+        );
+
+        // Embedded zones: build, bump the serial on change, swap.
+        let mut snapshots: Vec<Arc<Zone>> = Vec::new();
+        let mut live = BTreeSet::new();
+        for zone in &zones {
+            let key = zone.name_any();
+            if !matches!(zone.spec.provider, Provider::Embedded(_)) || zone_errors.contains_key(&key) {
+                continue;
+            }
+            let Some(zr) = desired.zones.get(&key) else {
+                continue;
+            };
+            if zone.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            live.insert(key.clone());
+            let data = zr.records();
+            let fp = fingerprint(zone, &data);
+            let previous = self.served.get(&key);
+            if let Some(p) = previous
+                && p.fingerprint == fp
+            {
+                snapshots.push(p.zone.clone());
+                continue;
+            }
+            let status_serial = zone
+                .status
+                .as_ref()
+                .and_then(|s| s.serial)
+                .and_then(|s| u32::try_from(s).ok())
+                .unwrap_or(0);
+            let serial = match previous {
+                Some(p) => p.serial.wrapping_add(1).max(unix_now()),
+                None => status_serial.saturating_add(1).max(unix_now()),
+            };
+            let built = source::embedded_zone(zone, serial)
+                .map_err(|e| (e.reason(), e.to_string()))
+                .and_then(|c| {
+                    let (config, glue) = c.ok_or(("InvalidZone", "not an embedded zone".to_string()))?;
+                    Zone::build(&config, data.into_iter().chain(glue))
+                        .map_err(|e| (e.reason(), e.to_string()))
+                });
+            match built {
+                Ok(z) => {
+                    let z = Arc::new(z);
+                    snapshots.push(z.clone());
+                    self.served.insert(
+                        key.clone(),
+                        Served {
+                            fingerprint: fp,
+                            serial,
+                            zone: z,
+                            swapped_at: Timestamp::now(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    // Keep answering from the last good snapshot.
+                    if let Some(p) = previous {
+                        snapshots.push(p.zone.clone());
+                    }
+                    zone_errors.insert(key.clone(), e);
+                }
+            }
+        }
+        self.served.retain(|k, _| live.contains(k));
+        match ZoneSet::new(snapshots) {
+            Ok(set) => self.handle.swap(set),
+            Err(e) => tracing::error!(error = %e, "zone set not swapped"),
+        }
+        for (key, s) in &self.served {
+            let m = &self.shared.metrics;
+            m.records
+                .with_label_values(&[key])
+                .set(desired.zones.get(key).map_or(0, |z| z.records().len()) as f64);
+            m.serial.with_label_values(&[key]).set(f64::from(s.serial));
+            m.last_sync
+                .with_label_values(&[key])
+                .set(s.swapped_at.as_second() as f64);
+        }
+        let mut problems = 0;
+        for p in &desired.problems {
+            problems += p.errors.len();
+        }
+        self.shared
+            .metrics
+            .source_errors
+            .with_label_values(&["problem"])
+            .set(problems as f64);
+        self.shared
+            .metrics
+            .source_errors
+            .with_label_values(&["conflict"])
+            .set(desired.conflicts.len() as f64);
+
+        // RFC2136 zones: hand the latest desired state to each zone's worker.
+        let mut rfc_live = BTreeSet::new();
+        for zone in &zones {
+            let key = zone.name_any();
+            if !matches!(zone.spec.provider, Provider::Rfc2136(_)) {
+                continue;
+            }
+            rfc_live.insert(key.clone());
+            let job = Arc::new(Job {
+                zone: zone.clone(),
+                desired: desired.zones.get(&key).cloned().unwrap_or_default(),
+                conflicts: conflicts_of(&desired, &key),
+                sources_synced: synced && !zone_errors.contains_key(&key),
+            });
+            let worker = self.workers.entry(key.clone()).or_insert_with(|| {
+                let (tx, rx) = watch::channel(None);
+                let task = tokio::spawn(worker(self.shared.clone(), key.clone(), rx));
+                Worker { tx, task }
+            });
+            worker.tx.send_replace(Some(job));
+        }
+        self.workers.retain(|k, w| {
+            let keep = rfc_live.contains(k);
+            if !keep {
+                w.task.abort();
+                self.shared.metrics.forget(k);
+            }
+            keep
+        });
+        for k in zones.iter().map(|z| z.name_any()) {
+            if !live.contains(&k) && !rfc_live.contains(&k) {
+                self.shared.metrics.forget(&k);
+            }
+        }
+
+        if !self.shared.leadership.is_leader() {
+            return;
+        }
+        // Status of embedded zones and zones with bad settings.
+        for zone in &zones {
+            let key = zone.name_any();
+            if let Some((reason, message)) = zone_errors.get(&key) {
+                self.write_zone_status(zone, None, 0, vec![ready(false, reason, message.clone())])
+                    .await;
+                continue;
+            }
+            if !matches!(zone.spec.provider, Provider::Embedded(_)) {
+                continue;
+            }
+            let Some(s) = self.served.get(&key) else { continue };
+            let count = desired.zones.get(&key).map_or(0, |z| z.records().len());
+            let mut conds = vec![ready(
+                true,
+                "Serving",
+                format!(
+                    "{} records served by the embedded server, serial {}",
+                    count, s.serial
+                ),
+            )];
+            conds.push(conflicts_condition(&conflicts_of(&desired, &key)));
+            let serial = s.serial;
+            self.write_zone_status(zone, Some(serial), count, conds).await;
+        }
+        self.publish_object_status(&desired, &records, &services, &ingresses)
+            .await;
+    }
+
+    async fn write_zone_status(
+        &self,
+        zone: &DNSZone,
+        serial: Option<u32>,
+        count: usize,
+        new: Vec<(String, Status, String, String)>,
+    ) {
+        write_zone_status(&self.shared, zone, serial, count, new, false).await;
+    }
+
+    /// DNSRecord Programmed conditions and Warning Events on objects with problems and conflict losers.
+    async fn publish_object_status(
+        &self,
+        desired: &Desired,
+        records: &[DNSRecord],
+        services: &[Service],
+        ingresses: &[Ingress],
+    ) {
+        let mut refs: HashMap<Resource, ObjectReference> = HashMap::new();
+        for s in services {
+            refs.insert(resource_of("service", s), s.object_ref(&()));
+        }
+        for i in ingresses {
+            refs.insert(resource_of("ingress", i), i.object_ref(&()));
+        }
+        for r in records {
+            refs.insert(resource_of("dnsrecord", r), r.object_ref(&()));
+        }
+        let mut keep: HashSet<String> = HashSet::new();
+        let mut record_problem: HashMap<Resource, (&'static str, String)> = HashMap::new();
+        for p in &desired.problems {
+            let reason = p.errors.first().map_or("Invalid", |e| e.reason());
+            let note = p
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let note = format!("nothing published for {}: {note}", p.resource);
+            record_problem.insert(p.resource.clone(), (reason, note.clone()));
+            let key = format!("obj:{}", p.resource);
+            keep.insert(key.clone());
+            if let Some(r) = refs.get(&p.resource) {
+                self.shared.warn_once(r, &key, reason, note).await;
+            }
+        }
+        let mut losers: HashMap<Resource, String> = HashMap::new();
+        for c in &desired.conflicts {
+            let key = format!("obj:{}", c.loser);
+            keep.insert(key.clone());
+            losers.insert(c.loser.clone(), c.to_string());
+            if let Some(r) = refs.get(&c.loser) {
+                self.shared.warn_once(r, &key, "Conflict", c.to_string()).await;
+            }
+        }
+        self.shared.forget_events(&keep, "obj:");
+
+        let api_of = |ns: &str| Api::<DNSRecord>::namespaced(self.shared.client.clone(), ns);
+        for r in records {
+            if r.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let res = resource_of("dnsrecord", r);
+            let placed = desired.placements.get(&res);
+            let (status, reason, message, zone) = if let Some((reason, note)) = record_problem.get(&res) {
+                (Status::False, (*reason).to_string(), note.clone(), None)
+            } else if let Some(z) = placed.filter(|z| !z.is_empty()) {
+                let zones: Vec<&str> = z.iter().map(String::as_str).collect();
+                let first = zones.first().map(|s| s.to_string());
+                match losers.get(&res) {
+                    Some(c) => (Status::False, "Conflict".into(), c.clone(), first),
+                    None => (
+                        Status::True,
+                        "Programmed".into(),
+                        format!("published in DNSZone {}", zones.join(", ")),
+                        first,
+                    ),
+                }
+            } else if let Some(c) = losers.get(&res) {
+                (Status::False, "Conflict".into(), c.clone(), None)
+            } else {
+                (
+                    Status::False,
+                    "NoZone".into(),
+                    format!("no DNSZone contains {:?}", r.spec.name),
+                    None,
+                )
+            };
+            let current = r.status.clone().unwrap_or_default();
+            let mut conds = current.conditions.clone();
+            let changed = conditions::set(
+                &mut conds,
+                NewCondition {
+                    type_: condition_types::PROGRAMMED,
+                    status,
+                    reason: &reason,
+                    message,
+                },
+                r.metadata.generation,
+                Timestamp::now(),
+            );
+            if !changed && current.zone == zone && current.observed_generation == r.metadata.generation {
+                continue;
+            }
+            let body = serde_json::json!({
+                "zone": zone,
+                "observedGeneration": r.metadata.generation,
+                "conditions": conds,
+            });
+            let ns = r.namespace().unwrap_or_default();
+            if let Err(e) = apply_status(
+                &api_of(&ns),
+                &r.name_any(),
+                FIELD_MANAGER,
+                body,
+                &self.shared.leadership,
+            )
+            .await
+            {
+                tracing::warn!(record = %res, error = %e, "DNSRecord status not written");
+            }
+        }
+    }
+}
+
+fn resource_of<K: ferrite_kit::kube::Resource>(kind: &str, obj: &K) -> Resource {
+    Resource {
+        kind: kind.to_string(),
+        namespace: obj.meta().namespace.clone().unwrap_or_default(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+fn conflicts_of(desired: &Desired, key: &str) -> Vec<String> {
+    desired
+        .conflicts
+        .iter()
+        .filter(|c| c.zone == key)
+        .map(|c| c.to_string())
+        .collect()
+}
+
+fn ready(ok: bool, reason: &str, message: String) -> (String, Status, String, String) {
+    (
+        condition_types::READY.to_string(),
+        if ok { Status::True } else { Status::False },
+        reason.to_string(),
+        message,
+    )
+}
+
+fn conflicts_condition(conflicts: &[String]) -> (String, Status, String, String) {
+    if conflicts.is_empty() {
+        (
+            condition_types::CONFLICTS.to_string(),
+            Status::False,
+            "NoConflicts".into(),
+            "no name is claimed by two objects".into(),
+        )
+    } else {
+        let mut message = conflicts.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+        if conflicts.len() > 10 {
+            message.push_str(&format!("; and {} more", conflicts.len() - 10));
+        }
+        (
+            condition_types::CONFLICTS.to_string(),
+            Status::True,
+            "NameConflict".into(),
+            message,
+        )
+    }
+}
+
+/// Writes a DNSZone's status when anything but the time changed (or `synced` says a sync just ran).
+async fn write_zone_status(
+    shared: &Shared,
+    zone: &DNSZone,
+    serial: Option<u32>,
+    count: usize,
+    new: Vec<(String, Status, String, String)>,
+    synced: bool,
+) {
+    let current = zone.status.clone().unwrap_or_default();
+    let mut conds: Vec<Condition> = current.conditions.clone();
+    let mut changed = false;
+    for (type_, status, reason, message) in &new {
+        changed |= conditions::set(
+            &mut conds,
+            NewCondition {
+                type_,
+                status: *status,
+                reason,
+                message: message.clone(),
+            },
+            zone.metadata.generation,
+            Timestamp::now(),
+        );
+    }
+    let serial = serial.map(i64::from);
+    if !changed
+        && !synced
+        && current.records == count as i64
+        && (serial.is_none() || current.serial == serial)
+        && current.observed_generation == zone.metadata.generation
+    {
+        return;
+    }
+    let mut body = serde_json::json!({
+        "records": count,
+        "lastSyncTime": Time(Timestamp::now()),
+        "observedGeneration": zone.metadata.generation,
+        "conditions": conds,
+    });
+    if let Some(s) = serial.or(current.serial) {
+        body["serial"] = s.into();
+    }
+    let api = Api::<DNSZone>::all(shared.client.clone());
+    if let Err(e) = apply_status(&api, &zone.name_any(), FIELD_MANAGER, body, &shared.leadership).await {
+        tracing::warn!(zone = %zone.name_any(), error = %e, "DNSZone status not written");
+    }
+}
+
+/// One RFC2136 zone: syncs its latest job while leader, on every change, every `--sync-interval`, and
+/// again with backoff after a failure.
+async fn worker(shared: Arc<Shared>, key: String, mut rx: watch::Receiver<Option<Arc<Job>>>) {
+    let mut backoff = Duration::from_secs(1);
+    let mut next = Instant::now();
+    let finalizer = match Finalizer::new(FINALIZER) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "finalizer name");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+        let Some(job) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        if !shared.leadership.is_leader() {
+            next = Instant::now() + Duration::from_secs(1);
+            continue;
+        }
+        let started = Instant::now();
+        let api = Api::<DNSZone>::all(shared.client.clone());
+        let result = finalizer
+            .reconcile(
+                &api,
+                job.zone.clone(),
+                &shared.leadership,
+                |_| async { sync(&shared, &job, false).await.map(|_| Action::await_change()) },
+                |_| async { cleanup(&shared, &job).await },
+            )
+            .await;
+        shared
+            .metrics
+            .sync_duration
+            .with_label_values(&[&key])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                backoff = Duration::from_secs(1);
+                next = Instant::now() + shared.args.sync_interval;
+            }
+            Err(e) => {
+                tracing::warn!(zone = %key, error = %e, retry_in = ?backoff, "sync failed");
+                next = Instant::now() + backoff;
+                backoff = (backoff * 2).min(shared.args.max_retry_backoff.max(Duration::from_secs(1)));
+            }
+        }
+    }
+}
+
+/// The decoded TSIG secret of a zone, read with one GET of the named Secret.
+async fn secret_of(shared: &Shared, p: &ferrite_api::dns::Rfc2136Provider) -> Result<Vec<u8>, SyncError> {
+    let r = &p.tsig_key_secret_ref;
+    let err = |message: String| SyncError::Secret {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        message,
+    };
+    let api = Api::<Secret>::namespaced(shared.client.clone(), &r.namespace);
+    let secret = ferrite_kit::client::call(
+        "reading the TSIG Secret",
+        Duration::from_secs(10),
+        api.get(&r.name),
+    )
+    .await
+    .map_err(|e| err(e.to_string()))?;
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .ok_or_else(|| err(format!("has no key {:?}", r.key)))?;
+    let text =
+        std::str::from_utf8(&data.0).map_err(|_| err(format!("key {:?} is not base64 text", r.key)))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| {
+            err(format!(
+                "key {:?} is not base64 (BIND's secret, as is): {e}",
+                r.key
+            ))
+        })
+}
+
+async fn client_of(shared: &Shared, zone: &DNSZone) -> Result<Rfc2136Client, SyncError> {
+    let Provider::Rfc2136(p) = &zone.spec.provider else {
+        return Err(SyncError::Settings(plan::PlanSettingsError::BadZone {
+            zone: zone.spec.zone.clone(),
+            reason: "not an rfc2136 zone".into(),
+        }));
+    };
+    let port = u16::try_from(p.port).map_err(|_| SyncError::Address {
+        server: p.server.clone(),
+        message: format!("port {} out of range", p.port),
+    })?;
+    let addr = match p.server.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => tokio::net::lookup_host((p.server.as_str(), port))
+            .await
+            .map_err(|e| SyncError::Address {
+                server: p.server.clone(),
+                message: e.to_string(),
+            })?
+            .next()
+            .ok_or_else(|| SyncError::Address {
+                server: p.server.clone(),
+                message: "resolves to no address".into(),
+            })?,
+    };
+    let secret = secret_of(shared, p).await?;
+    let alg_name = serde_json::to_value(p.tsig_algorithm)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let algorithm = TsigAlgorithm::parse(&alg_name)?;
+    Ok(Rfc2136Client::new(
+        addr,
+        &zone.spec.zone,
+        &p.tsig_key_name,
+        algorithm,
+        &secret,
+        Timeouts::default(),
+    )?)
+}
+
+/// plan::Change -> RFC2136 changes: per name and type, the RRset as it must be after the change.
+fn to_rfc_changes(current: &[Record], changes: &[&plan::Change]) -> Vec<rfc2136::Change> {
+    let mut sets: BTreeMap<(Name, RecordType), (Vec<Record>, Vec<Record>)> = BTreeMap::new();
+    for c in changes {
+        for r in &c.remove {
+            sets.entry((r.name.to_lowercase(), r.record_type()))
+                .or_default()
+                .0
+                .push(r.clone());
+        }
+        for r in &c.add {
+            sets.entry((r.name.to_lowercase(), r.record_type()))
+                .or_default()
+                .1
+                .push(r.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for ((name, rtype), (remove, add)) in sets {
+        let removed: HashSet<_> = remove.iter().map(|r| r.data.clone()).collect();
+        let mut after: Vec<Record> = current
+            .iter()
+            .filter(|r| {
+                r.name.to_lowercase() == name && r.record_type() == rtype && !removed.contains(&r.data)
+            })
+            .cloned()
+            .collect();
+        if remove.is_empty() {
+            out.push(rfc2136::Change::Add(add));
+            continue;
+        }
+        if let Some(ttl) = add.first().map(|r| r.ttl) {
+            for r in &mut after {
+                r.ttl = ttl;
+            }
+        }
+        for r in add {
+            if !after.iter().any(|a| a.data == r.data) {
+                after.push(r);
+            }
+        }
+        if after.is_empty() {
+            out.push(rfc2136::Change::Delete { name, rtype });
+        } else {
+            out.push(rfc2136::Change::Replace {
+                name,
+                rtype,
+                records: after,
+            });
+        }
+    }
+    out
+}
+
+/// One sync: read, plan, apply, status. `cleanup` plans an empty desired state with no guard.
+async fn sync(shared: &Shared, job: &Job, cleanup: bool) -> Result<(), SyncError> {
+    let zone = &job.zone;
+    let key = zone.name_any();
+    let result = sync_inner(shared, job, cleanup).await;
+    match &result {
+        Ok(outcome) => {
+            if !cleanup {
+                let mut conds = vec![
+                    ready(
+                        true,
+                        "Synced",
+                        format!("{} records in sync on the server", outcome.records),
+                    ),
+                    (
+                        condition_types::PROVIDER_UNREACHABLE.to_string(),
+                        Status::False,
+                        "Reachable".into(),
+                        format!("last sync sent {} UPDATE messages", outcome.messages),
+                    ),
+                    conflicts_condition(&job.conflicts),
+                ];
+                conds.push(match &outcome.guard {
+                    Some(g) => (
+                        condition_types::DELETION_GUARD.to_string(),
+                        Status::True,
+                        g.reason().to_string(),
+                        g.to_string(),
+                    ),
+                    None => (
+                        condition_types::DELETION_GUARD.to_string(),
+                        Status::False,
+                        "NoDeletionsWithheld".into(),
+                        "no deletion was withheld".into(),
+                    ),
+                });
+                if let Some(g) = &outcome.guard
+                    && matches!(g, plan::Guard::TooManyDeletions { .. })
+                {
+                    shared
+                        .warn_once(
+                            &zone.object_ref(&()),
+                            &format!("zone:{key}"),
+                            g.reason(),
+                            g.to_string(),
+                        )
+                        .await;
+                } else {
+                    let keep = HashSet::new();
+                    shared.forget_events(&keep, &format!("zone:{key}"));
+                }
+                shared
+                    .metrics
+                    .records
+                    .with_label_values(&[&key])
+                    .set(outcome.records as f64);
+                shared
+                    .metrics
+                    .last_sync
+                    .with_label_values(&[&key])
+                    .set(Timestamp::now().as_second() as f64);
+                write_zone_status(shared, zone, None, outcome.records, conds, outcome.messages > 0).await;
+            }
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .provider_errors
+                .with_label_values(&[&key, e.reason()])
+                .inc();
+            let conds = vec![
+                ready(false, e.reason(), e.to_string()),
+                (
+                    condition_types::PROVIDER_UNREACHABLE.to_string(),
+                    Status::True,
+                    e.reason().to_string(),
+                    e.to_string(),
+                ),
+                conflicts_condition(&job.conflicts),
+            ];
+            let records = zone.status.as_ref().map_or(0, |s| s.records.max(0) as usize);
+            write_zone_status(shared, zone, None, records, conds, false).await;
+        }
+    }
+    result.map(|_| ())
+}
+
+struct Outcome {
+    records: usize,
+    messages: usize,
+    guard: Option<plan::Guard>,
+}
+
+async fn sync_inner(shared: &Shared, job: &Job, cleanup: bool) -> Result<Outcome, SyncError> {
+    let zone = &job.zone;
+    let key = zone.name_any();
+    let client = client_of(shared, zone).await?;
+    let axfr = matches!(&zone.spec.provider, Provider::Rfc2136(p) if p.axfr);
+    let current = if axfr {
+        client.read_zone().await?
+    } else {
+        Vec::new()
+    };
+    let mut settings = PlanSettings::from_zone(zone, job.sources_synced || cleanup)?;
+    let empty = ZoneRecords::default();
+    let desired = if cleanup {
+        settings.max_delete_percent = 100;
+        settings.policy = Policy::Sync;
+        &empty
+    } else {
+        &job.desired
+    };
+    let plan = plan::plan(&settings, desired, &current);
+    let mut messages = 0;
+    for batch in plan.batches(BATCH_RECORDS) {
+        let changes = to_rfc_changes(&current, &batch);
+        match client.apply(&changes).await {
+            Ok(report) => {
+                messages += report.messages;
+                shared
+                    .metrics
+                    .updates_sent
+                    .with_label_values(&[&key])
+                    .inc_by(report.messages as u64);
+            }
+            Err(e) => {
+                shared.metrics.updates_failed.with_label_values(&[&key]).inc();
+                return Err(e.into());
+            }
+        }
+    }
+    if !plan.is_empty() {
+        tracing::info!(
+            zone = %key,
+            deletes = plan.deletes.len(),
+            updates = plan.updates.len(),
+            creates = plan.creates.len(),
+            messages,
+            "zone synced"
+        );
+    }
+    Ok(Outcome {
+        records: desired.records().len(),
+        messages,
+        guard: plan.guard.clone(),
+    })
+}
+
+/// The zone object is being deleted: under policy `sync`, remove every record we own from the server.
+async fn cleanup(shared: &Shared, job: &Job) -> Result<(), SyncError> {
+    if job.zone.spec.policy != Policy::Sync {
+        tracing::info!(zone = %job.zone.name_any(), "DNSZone deleted; policy is not sync: records stay on the server");
+        return Ok(());
+    }
+    sync(shared, job, true).await
+}
