@@ -23,9 +23,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![lb::IPPool::crd(), dns::DNSZone::crd(), dns::DNSRecord::crd()]
 }
 
-/// Which subchart of `charts/ferrite` installs the CRDs of each API group. A group without an entry (dns:
-/// no controller or subchart yet) is written to `crds/` only.
-pub const CHARTS: &[(&str, &str)] = &[(lb::GROUP, "loadbalancer")];
+/// Which subchart of `charts/ferrite` installs the CRDs of each API group (also written to `crds/`).
+pub const CHARTS: &[(&str, &str)] = &[(lb::GROUP, "loadbalancer"), (dns::GROUP, "dns")];
 
 /// The file name a CRD is written to under `crds/`: `<plural>.<group>.yaml`.
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
