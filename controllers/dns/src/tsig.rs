@@ -189,6 +189,16 @@ pub(crate) fn received_tbs(
     Ok(tbs)
 }
 
+/// Signs an encoded request (or NOTIFY) with `key` (RFC 8945 4.3): appends the TSIG record with the
+/// message's own id and returns the MAC, which the answer's signature covers.
+pub fn sign_request(message: &mut Vec<u8>, key: &TsigKey) -> Result<Vec<u8>, String> {
+    let id = message
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .ok_or("message shorter than a header")?;
+    sign_encoded(message, SignWith::key(key, None, id))
+}
+
 /// How a response is signed.
 pub(crate) struct SignWith<'a> {
     pub key_name: &'a Name,
