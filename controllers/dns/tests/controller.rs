@@ -1,0 +1,751 @@
+//! Box tests of `ferrite-dns controller`: a real kube-apiserver (the box), the controller process run as
+//! the chart's ServiceAccount with the chart's RBAC, `dig` against its embedded server, and a real
+//! `named` for an rfc2136 zone.
+//!
+//! One test function: one controller writes status for every zone, so the steps share it and run in order.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrite_api::dns::{DNSRecord, DNSZone};
+use ferrite_e2e::{KubeBox, Supervised};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const SECRET: &[u8] = b"ferrite-dns controller test secret, 32+ bytes";
+const KEY: &str = "ferrite-key";
+const RFC_ZONE: &str = "rfc.ctl.test.";
+
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = tcp.local_addr().expect("local address").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1");
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `dig +short @127.0.0.1 -p port name type`, sorted lines; and the status.
+fn dig(port: u16, name: &str, rtype: &str) -> (String, Vec<String>) {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+time=2",
+            "+tries=1",
+            "+noall",
+            "+answer",
+            "+comments",
+        ])
+        .args([name, rtype])
+        .output()
+        .expect("dig runs (apt-get install -y bind9-dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .find_map(|l| {
+            l.split_once("status: ")
+                .map(|(_, r)| r.split(',').next().unwrap_or("").to_string())
+        })
+        .unwrap_or_default();
+    let mut answers: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(4)
+                .map(|_| l.split_whitespace().skip(4).collect::<Vec<_>>().join(" "))
+        })
+        .collect();
+    answers.sort();
+    (status, answers)
+}
+
+async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_answer(port: u16, name: &str, rtype: &str, want: &[&str], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    eventually(limit, &format!("{name} {rtype} -> {want:?}"), || {
+        let want = want.clone();
+        async move {
+            let (status, got) = dig(port, name, rtype);
+            (status == "NOERROR" && got == want).then_some(())
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+async fn wait_nxdomain(port: u16, name: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("NXDOMAIN for {name}"),
+        || async { (dig(port, name, "A").0 == "NXDOMAIN").then_some(()) },
+    )
+    .await;
+}
+
+struct Controller {
+    proc: Supervised,
+    dns_port: u16,
+}
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferrite-dns"))
+}
+
+async fn start_controller(kb: &KubeBox, kubeconfig: &Path, dns_port: u16) -> Controller {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = vec![
+        "controller".into(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--admin-addr={admin}"),
+        format!("--dns-listen=127.0.0.1:{dns_port}"),
+        "--lease-name=ferrite-dns".into(),
+        "--lease-namespace=ferrite-system".into(),
+        "--lease-duration=3s".into(),
+        "--lease-renew-deadline=2s".into(),
+        "--lease-retry-period=250ms".into(),
+        "--sync-interval=2s".into(),
+    ];
+    let log = kb.dir.join(format!(
+        "ferrite-dns-{dns_port}-{}.log",
+        Instant::now().elapsed().as_nanos()
+    ));
+    let mut proc = Supervised::spawn(
+        "ferrite-dns controller",
+        &bin(),
+        &args,
+        &[("FERRITE_LOG_LEVEL", "info,ferrite_dns=debug")],
+        &log,
+    )
+    .expect("controller starts");
+    let addr: SocketAddr = admin.parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(proc.is_running(), "controller exited:\n{}", proc.log_tail(30));
+        if let Ok((200, _)) = ferrite_e2e::http_get(addr, "/readyz").await {
+            return Controller { proc, dns_port };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller not ready in 30 s:\n{}",
+            proc.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The chart's RBAC (ServiceAccount ferrite-dns in ferrite-system, TSIG Secret `ns/tsig` by name) applied
+/// to the box; returns the ServiceAccount's kubeconfig.
+async fn chart_account(kb: &KubeBox, secret_ns: &str) -> PathBuf {
+    let _ = kb
+        .kubectl()
+        .args(["create", "namespace", "ferrite-system"])
+        .output();
+    let chart = ferrite_e2e::demo::repo_root().join("charts/ferrite/charts/dns");
+    let out = kb
+        .helm()
+        .args(["template", "ferrite"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            "ferrite-system",
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .args([
+            "--set",
+            &format!("tsigSecrets[0].namespace={secret_ns},tsigSecrets[0].name=tsig"),
+        ])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = kb.dir.join("dns-rbac.yaml");
+    std::fs::write(&rendered, &out.stdout).expect("write rbac");
+    let applied = kb
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&rendered)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        applied.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    kb.service_account_kubeconfig("ferrite-system", "ferrite-dns")
+        .await
+        .expect("ServiceAccount kubeconfig")
+}
+
+async fn create<K>(api: &Api<K>, v: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(v).expect("valid object");
+    api.create(&PostParams::default(), &obj).await.expect("created")
+}
+
+async fn lb_service(api: &Api<Service>, name: &str, annotations: serde_json::Value) {
+    create(
+        api,
+        json!({"metadata": {"name": name, "annotations": annotations},
+               "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
+    )
+    .await;
+}
+
+async fn set_service_ip(api: &Api<Service>, name: &str, ip: &str) {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})),
+    )
+    .await
+    .expect("Service status written");
+}
+
+fn condition(zone: &DNSZone, type_: &str) -> Option<(String, String, String)> {
+    zone.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_event(kb: &KubeBox, ns: &str, name: &str, reason: &str) -> String {
+    let api: Api<Event> = Api::namespaced(kb.client().await, ns);
+    eventually(
+        Duration::from_secs(15),
+        &format!("Event {reason} on {name}"),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                let on = e.regarding.as_ref()?.name.as_deref()? == name;
+                (on && e.reason.as_deref() == Some(reason)).then(|| e.note.unwrap_or_default())
+            })
+        },
+    )
+    .await
+}
+
+/// A `named` with the TSIG key and an updatable zone.
+struct Named {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl Named {
+    fn start() -> Named {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            r#"options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    notify no;
+    dnssec-validation no;
+}};
+controls {{ }};
+key "{KEY}" {{ algorithm hmac-sha256; secret "{s}"; }};
+zone "rfc.ctl.test" {{
+    type primary;
+    file "{d}/zone.db";
+    allow-update {{ key {KEY}; }};
+    allow-transfer {{ key {KEY}; }};
+}};
+"#,
+            s = base64(SECRET)
+        );
+        std::fs::write(dir.path().join("named.conf"), conf).expect("named.conf");
+        std::fs::write(
+            dir.path().join("zone.db"),
+            "$TTL 300\n@ IN SOA ns1.rfc.ctl.test. hostmaster.rfc.ctl.test. 1 3600 600 86400 60\n@ IN NS ns1.rfc.ctl.test.\nns1 IN A 127.0.0.1\nforeign IN A 192.0.2.99\n",
+        )
+        .expect("zone file");
+        let log = std::fs::File::create(dir.path().join("named.log")).expect("named.log");
+        let named = ["/usr/sbin/named", "/usr/bin/named", "/sbin/named"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("named is installed (apt-get install -y bind9)");
+        let child = Command::new(named)
+            .args(["-g", "-u", "root", "-4", "-n", "1", "-c"])
+            .arg(dir.path().join("named.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("named starts");
+        let n = Named { dir, port, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while dig(port, RFC_ZONE, "SOA").1.is_empty() {
+            assert!(Instant::now() < deadline, "named not answering:\n{}", n.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        n
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_end_to_end() {
+    let kb = KubeBox::shared();
+    ferrite_e2e::demo::apply_crds(kb).await.expect("CRDs applied");
+    let client = kb.client().await;
+    let ns = kb.namespace("dns").await;
+    let kubeconfig = chart_account(kb, &ns).await;
+    let port = free_port();
+    let mut ctl = start_controller(kb, &kubeconfig, port).await;
+
+    let zones: Api<DNSZone> = Api::all(client.clone());
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let ings: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let recs: Api<DNSRecord> = Api::namespaced(client.clone(), &ns);
+    create(&zones, json!({"metadata": {"name": "ctl-embedded"}, "spec": {"zone": "apps.ctl.test.", "provider": {"embedded": {}}}})).await;
+    wait_answer(
+        port,
+        "apps.ctl.test",
+        "NS",
+        &["ns1.apps.ctl.test."],
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Three Services, one per annotation prefix: answered shortly after their status IP is written.
+    lb_service(
+        &svcs,
+        "alpha",
+        json!({"external-dns.alpha.kubernetes.io/hostname": "alpha.apps.ctl.test"}),
+    )
+    .await;
+    lb_service(
+        &svcs,
+        "plain",
+        json!({"external-dns.kubernetes.io/hostname": "plain.apps.ctl.test"}),
+    )
+    .await;
+    lb_service(
+        &svcs,
+        "ours",
+        json!({"dns.ferrite.dev/hostname": "ours.apps.ctl.test"}),
+    )
+    .await;
+    for (name, ip) in [
+        ("alpha", "192.0.2.1"),
+        ("plain", "192.0.2.2"),
+        ("ours", "192.0.2.3"),
+    ] {
+        set_service_ip(&svcs, name, ip).await;
+    }
+    for (name, ip) in [
+        ("alpha", "192.0.2.1"),
+        ("plain", "192.0.2.2"),
+        ("ours", "192.0.2.3"),
+    ] {
+        let took = wait_answer(
+            port,
+            &format!("{name}.apps.ctl.test"),
+            "A",
+            &[ip],
+            Duration::from_secs(5),
+        )
+        .await;
+        eprintln!("{name}: answered {took:?} after the status write (or less)");
+    }
+
+    // An Ingress with two hosts.
+    create(
+        &ings,
+        json!({"metadata": {"name": "web"}, "spec": {"rules": [{"host": "w1.apps.ctl.test"}, {"host": "w2.apps.ctl.test"}]}}),
+    )
+    .await;
+    ings.patch_status(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}})),
+    )
+    .await
+    .expect("Ingress status");
+    wait_answer(
+        port,
+        "w1.apps.ctl.test",
+        "A",
+        &["192.0.2.10"],
+        Duration::from_secs(5),
+    )
+    .await;
+    wait_answer(
+        port,
+        "w2.apps.ctl.test",
+        "A",
+        &["192.0.2.10"],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // DNSRecords: TXT and CNAME, Programmed naming the zone.
+    create(&recs, json!({"metadata": {"name": "txt"}, "spec": {"name": "txt.apps.ctl.test", "type": "TXT", "targets": ["hello world"]}})).await;
+    create(&recs, json!({"metadata": {"name": "cname"}, "spec": {"name": "c.apps.ctl.test", "type": "CNAME", "targets": ["ours.apps.ctl.test"]}})).await;
+    wait_answer(
+        port,
+        "txt.apps.ctl.test",
+        "TXT",
+        &["\"hello world\""],
+        Duration::from_secs(5),
+    )
+    .await;
+    wait_answer(
+        port,
+        "c.apps.ctl.test",
+        "CNAME",
+        &["ours.apps.ctl.test."],
+        Duration::from_secs(5),
+    )
+    .await;
+    for name in ["txt", "cname"] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("DNSRecord {name} Programmed"),
+            || async {
+                let r = recs.get(name).await.ok()?;
+                let s = r.status?;
+                let c = s.conditions.iter().find(|c| c.type_ == "Programmed")?;
+                (c.status == "True"
+                    && s.zone.as_deref() == Some("ctl-embedded")
+                    && c.message.contains("ctl-embedded"))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Update the IP -> new answer; delete -> NXDOMAIN.
+    set_service_ip(&svcs, "ours", "192.0.2.33").await;
+    wait_answer(
+        port,
+        "ours.apps.ctl.test",
+        "A",
+        &["192.0.2.33"],
+        Duration::from_secs(5),
+    )
+    .await;
+    svcs.delete("plain", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    wait_nxdomain(port, "plain.apps.ctl.test").await;
+
+    // A bad TTL: Warning Event, nothing published for it; others keep working.
+    lb_service(
+        &svcs,
+        "badttl",
+        json!({"dns.ferrite.dev/hostname": "bad.apps.ctl.test", "dns.ferrite.dev/ttl": "abc"}),
+    )
+    .await;
+    set_service_ip(&svcs, "badttl", "192.0.2.50").await;
+    let note = wait_event(kb, &ns, "badttl", "BadTTL").await;
+    assert!(note.contains("abc"), "{note}");
+    assert_eq!(dig(port, "bad.apps.ctl.test", "A").0, "NXDOMAIN");
+    wait_answer(
+        port,
+        "alpha.apps.ctl.test",
+        "A",
+        &["192.0.2.1"],
+        Duration::from_secs(2),
+    )
+    .await;
+
+    // Two Services claiming one name: the oldest wins; Conflicts names both.
+    lb_service(
+        &svcs,
+        "first",
+        json!({"dns.ferrite.dev/hostname": "shared.apps.ctl.test"}),
+    )
+    .await;
+    set_service_ip(&svcs, "first", "192.0.2.60").await;
+    wait_answer(
+        port,
+        "shared.apps.ctl.test",
+        "A",
+        &["192.0.2.60"],
+        Duration::from_secs(5),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creation timestamps have second precision
+    lb_service(
+        &svcs,
+        "second",
+        json!({"dns.ferrite.dev/hostname": "shared.apps.ctl.test"}),
+    )
+    .await;
+    set_service_ip(&svcs, "second", "192.0.2.61").await;
+    let message = eventually(Duration::from_secs(10), "Conflicts condition", || async {
+        let z = zones.get("ctl-embedded").await.ok()?;
+        let (status, _, message) = condition(&z, "Conflicts")?;
+        (status == "True").then_some(message)
+    })
+    .await;
+    assert!(
+        message.contains(&format!("service/{ns}/first")) && message.contains(&format!("service/{ns}/second")),
+        "{message}"
+    );
+    wait_event(kb, &ns, "second", "Conflict").await;
+    assert_eq!(
+        dig(port, "shared.apps.ctl.test", "A").1,
+        vec!["192.0.2.60".to_string()]
+    );
+
+    // Restart: the same answers, the serial never decreases.
+    let serial_before = eventually(Duration::from_secs(10), "serial in status", || async {
+        zones.get("ctl-embedded").await.ok()?.status?.serial
+    })
+    .await;
+    let soa_serial = |p: u16| -> u64 {
+        dig(p, "apps.ctl.test", "SOA")
+            .1
+            .first()
+            .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let served_before = soa_serial(port);
+    ctl.proc.stop(Duration::from_secs(10));
+    let port2 = free_port();
+    ctl = start_controller(kb, &kubeconfig, port2).await;
+    wait_answer(
+        port2,
+        "alpha.apps.ctl.test",
+        "A",
+        &["192.0.2.1"],
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_answer(
+        port2,
+        "ours.apps.ctl.test",
+        "A",
+        &["192.0.2.33"],
+        Duration::from_secs(5),
+    )
+    .await;
+    wait_answer(
+        port2,
+        "txt.apps.ctl.test",
+        "TXT",
+        &["\"hello world\""],
+        Duration::from_secs(5),
+    )
+    .await;
+    let served_after = soa_serial(port2);
+    assert!(
+        served_after >= served_before && served_after >= serial_before as u64,
+        "serial {served_before} -> {served_after}"
+    );
+    let _ = ctl.dns_port;
+
+    // rfc2136 against a real named, with the TSIG Secret.
+    let named = Named::start();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    create(
+        &secrets,
+        json!({"metadata": {"name": "tsig"}, "stringData": {"secret": base64(SECRET)}}),
+    )
+    .await;
+    create(
+        &zones,
+        json!({"metadata": {"name": "ctl-rfc"}, "spec": {"zone": RFC_ZONE, "provider": {"rfc2136": {
+            "server": "127.0.0.1", "port": named.port, "tsigKeyName": KEY,
+            "tsigKeySecretRef": {"name": "tsig", "namespace": ns}}}}}),
+    )
+    .await;
+    lb_service(
+        &svcs,
+        "rfc",
+        json!({"dns.ferrite.dev/hostname": "app.rfc.ctl.test"}),
+    )
+    .await;
+    set_service_ip(&svcs, "rfc", "192.0.2.70").await;
+    let named_port = named.port;
+    wait_answer(
+        named_port,
+        "app.rfc.ctl.test",
+        "A",
+        &["192.0.2.70"],
+        Duration::from_secs(15),
+    )
+    .await;
+    let txts = eventually(Duration::from_secs(10), "registry TXT", || async {
+        let out = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &named_port.to_string(),
+                "+short",
+                "-y",
+                &format!("hmac-sha256:{KEY}:{}", base64(SECRET)),
+                RFC_ZONE,
+                "AXFR",
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("heritage=external-dns,external-dns/owner=ferrite-dns")
+            .then_some(text)
+    })
+    .await;
+    assert!(
+        txts.contains(&format!("external-dns/resource=service/{ns}/rfc")),
+        "{txts}"
+    );
+    assert_eq!(
+        dig(named_port, "foreign.rfc.ctl.test", "A").1,
+        vec!["192.0.2.99".to_string()]
+    );
+    eventually(Duration::from_secs(10), "ctl-rfc Ready", || async {
+        let z = zones.get("ctl-rfc").await.ok()?;
+        (condition(&z, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+    svcs.delete("rfc", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    eventually(
+        Duration::from_secs(15),
+        "app.rfc.ctl.test removed from named",
+        || async { (dig(named_port, "app.rfc.ctl.test", "A").0 == "NXDOMAIN").then_some(()) },
+    )
+    .await;
+
+    // A wrong TSIG secret: ProviderUnreachable with a clear message.
+    secrets
+        .patch(
+            "tsig",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"secret": base64(b"a different secret entirely!!")}})),
+        )
+        .await
+        .expect("secret patched");
+    lb_service(
+        &svcs,
+        "rfc2",
+        json!({"dns.ferrite.dev/hostname": "two.rfc.ctl.test"}),
+    )
+    .await;
+    set_service_ip(&svcs, "rfc2", "192.0.2.71").await;
+    let (reason, message) = eventually(Duration::from_secs(20), "ProviderUnreachable", || async {
+        let z = zones.get("ctl-rfc").await.ok()?;
+        let (status, reason, message) = condition(&z, "ProviderUnreachable")?;
+        (status == "True").then_some((reason, message))
+    })
+    .await;
+    assert_eq!(reason, "NotAuth", "{message}");
+    assert!(
+        message.contains("BADSIG") || message.contains("rejected"),
+        "{message}"
+    );
+    assert!(named.log().len() < 10_000_000);
+
+    // Deleting the rfc2136 zone object removes our records (policy sync) once the key is right again.
+    secrets
+        .patch(
+            "tsig",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"secret": base64(SECRET)}})),
+        )
+        .await
+        .expect("secret patched");
+    wait_answer(
+        named_port,
+        "two.rfc.ctl.test",
+        "A",
+        &["192.0.2.71"],
+        Duration::from_secs(20),
+    )
+    .await;
+    zones
+        .delete("ctl-rfc", &DeleteParams::default())
+        .await
+        .expect("zone deleted");
+    eventually(
+        Duration::from_secs(20),
+        "records removed and DNSZone gone",
+        || async {
+            let gone = zones.get_opt("ctl-rfc").await.ok()?.is_none();
+            (gone && dig(named_port, "two.rfc.ctl.test", "A").0 == "NXDOMAIN").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        dig(named_port, "foreign.rfc.ctl.test", "A").1,
+        vec!["192.0.2.99".to_string()]
+    );
+    ctl.proc.stop(Duration::from_secs(10));
+}
