@@ -678,11 +678,15 @@ fn produce(shared: &Shared, zones: &ZoneSet, raw: &[u8], transport: Transport) -
         return Err("no question".to_string());
     };
     let qtype = question.query_type();
+    let is_transfer = matches!(qtype, RecordType::AXFR | RecordType::IXFR);
+    if is_transfer && transfers.config.keys.is_empty() {
+        // No transfer ACL: nobody may transfer, signed or not.
+        return refuse_unsigned(&request, ResponseCode::Refused);
+    }
     let auth = match authenticate(transfers, raw, &request) {
         Ok(auth) => auth,
         Err(rejected) => return rejected_answer(&request, &rejected),
     };
-    let is_transfer = matches!(qtype, RecordType::AXFR | RecordType::IXFR);
     if !is_transfer {
         // A signed ordinary query: answered as usual, from the request without its TSIG, then signed.
         let Auth::Key(key, mac) = auth else {

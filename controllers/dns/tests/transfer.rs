@@ -559,6 +559,16 @@ async fn a_named_secondary_serves_the_zone_and_follows_notify() {
     assert!(!unsigned.contains("192.0.2.12"), "{unsigned}");
     assert!(unsigned.contains("Transfer failed"), "{unsigned}");
 
+    // A server without transfer keys refuses even a signed transfer.
+    let mut closed = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    closed.udp_workers = 1;
+    let closed = Server::start(&closed, zones(first_serial, &first_records()), &Registry::new())
+        .unwrap_or_else(|err| panic!("start: {err}"));
+    let refused = udp_ixfr(closed.local_addr(), &key, first_serial).await;
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    assert!(refused.answers.is_empty());
+    closed.shutdown().await;
+
     named.stop();
     server.shutdown().await;
 }
