@@ -234,6 +234,29 @@ struct Job {
     sources_synced: bool,
 }
 
+impl Job {
+    /// What a sync depends on: the desired records, the zone's spec and metadata that the finalizer reads,
+    /// the conflicts reported and whether deletions are allowed (the zone's status excluded).
+    fn fingerprint(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(&self.zone.spec)
+            .unwrap_or_default()
+            .hash(&mut h);
+        self.zone.metadata.deletion_timestamp.is_some().hash(&mut h);
+        self.zone.metadata.finalizers.hash(&mut h);
+        self.zone.metadata.uid.hash(&mut h);
+        for r in self.desired.records() {
+            crate::resolve::record_line(&r).hash(&mut h);
+        }
+        for set in &self.desired.sets {
+            set.owner.hash(&mut h);
+        }
+        self.conflicts.hash(&mut h);
+        self.sources_synced.hash(&mut h);
+        h.finish()
+    }
+}
+
 struct Worker {
     tx: watch::Sender<Option<Arc<Job>>>,
     task: tokio::task::JoinHandle<()>,
@@ -893,6 +916,7 @@ async fn write_zone_status(
 async fn worker(shared: Arc<Shared>, key: String, mut rx: watch::Receiver<Option<Arc<Job>>>) {
     let mut backoff = Duration::from_secs(1);
     let mut next = Instant::now();
+    let mut last_inputs: Option<u64> = None;
     let finalizer = match Finalizer::new(FINALIZER) {
         Ok(f) => f,
         Err(e) => {
@@ -908,6 +932,12 @@ async fn worker(shared: Arc<Shared>, key: String, mut rx: watch::Receiver<Option
         let Some(job) = rx.borrow_and_update().clone() else {
             continue;
         };
+        // A pass hands over the job on every change anywhere (our own status writes included): sync again
+        // only when this zone's inputs changed, or when a resync or retry is due.
+        let inputs = job.fingerprint();
+        if last_inputs == Some(inputs) && Instant::now() < next {
+            continue;
+        }
         if !shared.leadership.is_leader() {
             next = Instant::now() + Duration::from_secs(1);
             continue;
@@ -930,10 +960,12 @@ async fn worker(shared: Arc<Shared>, key: String, mut rx: watch::Receiver<Option
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(_) => {
+                last_inputs = Some(inputs);
                 backoff = Duration::from_secs(1);
                 next = Instant::now() + shared.args.sync_interval;
             }
             Err(e) => {
+                last_inputs = Some(inputs);
                 tracing::warn!(zone = %key, error = %e, retry_in = ?backoff, "sync failed");
                 next = Instant::now() + backoff;
                 backoff = (backoff * 2).min(shared.args.max_retry_backoff.max(Duration::from_secs(1)));
@@ -1131,7 +1163,7 @@ async fn sync(shared: &Shared, job: &Job, cleanup: bool) -> Result<(), SyncError
                     .last_sync
                     .with_label_values(&[&key])
                     .set(Timestamp::now().as_second() as f64);
-                write_zone_status(shared, zone, None, outcome.records, conds, outcome.messages > 0).await;
+                write_zone_status(shared, zone, None, outcome.records, conds, true).await;
             }
         }
         Err(e) => {
