@@ -187,6 +187,8 @@ impl Transfers {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = current.swap(new.clone());
+        // Without keys nobody can transfer: no differences to keep, no contents to compare.
+        let transfers_on = !self.config.keys.is_empty();
         let mut notify = Vec::new();
         for zone in new.zones() {
             let apex = zone.apex();
@@ -198,7 +200,7 @@ impl Transfers {
                 }
                 Some(previous) if Arc::ptr_eq(previous, zone) => {}
                 Some(previous) if previous.serial() == zone.serial() => {
-                    if **previous != **zone {
+                    if transfers_on && **previous != **zone {
                         tracing::warn!(
                             zone = %apex, serial = zone.serial(),
                             "zone changed without a new SOA serial: secondaries will not see the change \
@@ -208,7 +210,7 @@ impl Transfers {
                     }
                 }
                 Some(previous) if serial_newer(zone.serial(), previous.serial()) => {
-                    if self.config.ixfr_history > 0 {
+                    if transfers_on && self.config.ixfr_history > 0 {
                         let kept = history.entry(apex.clone()).or_default();
                         kept.push_back(Arc::new(diff(previous, zone)));
                         while kept.len() > self.config.ixfr_history {
@@ -377,16 +379,16 @@ fn soa_record(zone: &Zone) -> Record {
 fn diff(from: &Zone, to: &Zone) -> Diff {
     let mut deleted = Vec::new();
     let mut added = Vec::new();
-    let sets = |zone: &Zone| -> HashMap<(Name, RecordType), RrSet> {
+    fn sets(zone: &Zone) -> HashMap<(&Name, RecordType), &RrSet> {
         zone.nodes()
             .flat_map(|(name, node)| {
                 node.rrsets()
                     .iter()
                     .filter(|set| set.record_type() != RecordType::SOA)
-                    .map(move |set| ((name.clone(), set.record_type()), set.clone()))
+                    .map(move |set| ((name, set.record_type()), set))
             })
             .collect()
-    };
+    }
     let old = sets(from);
     let new = sets(to);
     for (key, old_set) in &old {
@@ -405,15 +407,15 @@ fn diff(from: &Zone, to: &Zone) -> Diff {
                 }
             }
             Some(new_set) => {
-                deleted.extend(old_set.records_as(&key.0));
-                added.extend(new_set.records_as(&key.0));
+                deleted.extend(old_set.records_as(key.0));
+                added.extend(new_set.records_as(key.0));
             }
-            None => deleted.extend(old_set.records_as(&key.0)),
+            None => deleted.extend(old_set.records_as(key.0)),
         }
     }
     for (key, new_set) in &new {
         if !old.contains_key(key) {
-            added.extend(new_set.records_as(&key.0));
+            added.extend(new_set.records_as(key.0));
         }
     }
     Diff {
