@@ -1,7 +1,7 @@
 //! ferrite-dns: DNS records from Services, Ingresses and `DNSRecord`s.
 //!
-//! This crate is being built. So far it holds the pure core the server and the controller are built on,
-//! with no I/O and no Kubernetes:
+//! The binary `ferrite-dns controller` ([`controller`]) runs it against Kubernetes; the other modules are
+//! the core it is built on (the pure ones with no I/O and no Kubernetes):
 //!
 //! ```text
 //!   desired records ──> zone::Zone::build ──> Zone snapshot ──> resolve::ZoneSet::resolve ──> Answer
@@ -9,6 +9,8 @@
 //!
 //!   TXT records on a server <──> registry (external-dns's ownership format, both record-name formats)
 //! ```
+//! - [`controller`]: the controller on ferrite-kit: watches, debounced passes, the embedded server's
+//!   zones (every replica), status, Events and RFC2136 syncs (the leader).
 //! - [`zone`]: one immutable, validated snapshot of a zone: RRsets keyed by owner name and type, SOA and
 //!   NS from the zone's settings, empty non-terminals known.
 //! - [`resolve`]: the authoritative answer semantics over a set of snapshots. hickory-server's own
