@@ -993,4 +993,101 @@ mod tests {
         }
         assert_eq!(count, zone.record_count() + 1);
     }
+
+    /// Appends a TSIG record signed at `time` (the clock of a host that is off by a lot).
+    fn sign_at(bytes: &mut Vec<u8>, key: &TsigKey, time: u64) {
+        use hickory_proto::rr::rdata::tsig::{TSIG, make_tsig_record};
+        use hickory_proto::serialize::binary::BinEncoder;
+        let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+        let pre = TSIG::new(
+            key.algorithm().hickory(),
+            time,
+            300,
+            Vec::new(),
+            id,
+            None,
+            Vec::new(),
+        );
+        let mut vars = Vec::new();
+        pre.emit_tsig_for_mac(&mut BinEncoder::new(&mut vars), key.name())
+            .unwrap();
+        let mut tbs = bytes.clone();
+        tbs.extend_from_slice(&vars);
+        let mac = hmac::sign(&key.hmac_key(), &tbs).as_ref().to_vec();
+        let record = make_tsig_record(key.name().clone(), pre.set_mac(mac));
+        bytes.extend_from_slice(&record.to_bytes().unwrap());
+        bytes[11] += 1;
+    }
+
+    async fn ask_udp(server: SocketAddr, bytes: &[u8]) -> (Vec<u8>, Message) {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(bytes, server).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        buf.truncate(len);
+        let message = Message::from_vec(&buf).unwrap();
+        (buf, message)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signed_queries_get_signed_answers_and_a_stale_clock_gets_badtime() {
+        use crate::server::{Server, ServerConfig};
+        let key = TsigKey::new("k", crate::tsig::TsigAlgorithm::HmacSha256, b"the secret").unwrap();
+        let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.udp_workers = 1;
+        config.transfer.keys = vec![key.clone()];
+        let zone = zone(3, &["www.example. 300 A 192.0.2.1"]);
+        let zones = ZoneSet::new([Arc::new(zone)]).unwrap();
+        let server = Server::start(&config, zones, &prometheus::Registry::new()).unwrap();
+        let mut query = Message::query();
+        query.add_query(Query::query(
+            Name::from_ascii("www.example.").unwrap(),
+            RecordType::A,
+        ));
+        let plain = query.to_vec().unwrap();
+
+        // A good signature: the answer is signed over the request's MAC.
+        let mut bytes = plain.clone();
+        let request_mac = crate::tsig::sign_request(&mut bytes, &key).unwrap();
+        let (raw, answer) = ask_udp(server.local_addr(), &bytes).await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(answer.answers.len(), 1);
+        let (name, tsig) = tsig_record_of(&answer).expect("a signed answer");
+        assert_eq!(tsig.error, None);
+        let start = tsig_offset(&raw).unwrap();
+        let tbs = received_tbs(&raw, start, &tsig, &name, Some(&request_mac), &[], true).unwrap();
+        assert!(
+            hmac::verify(&key.hmac_key(), &tbs, &tsig.mac).is_ok(),
+            "the answer's MAC verifies"
+        );
+
+        // Signed an hour ago: NOTAUTH, BADTIME, signed, our time in Other Data.
+        let mut stale = plain.clone();
+        sign_at(&mut stale, &key, unix_now() - 3600);
+        let (_, answer) = ask_udp(server.local_addr(), &stale).await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::NotAuth);
+        assert!(answer.answers.is_empty());
+        let (_, tsig) = tsig_record_of(&answer).expect("TSIG in the BADTIME answer");
+        assert_eq!(tsig.error, Some(TsigError::BadTime));
+        assert_eq!(tsig.other.len(), 6);
+        assert!(!tsig.mac.is_empty(), "BADTIME answers are signed");
+
+        // A wrong secret: NOTAUTH, BADSIG, no MAC.
+        let other = TsigKey::new("k", crate::tsig::TsigAlgorithm::HmacSha256, b"another").unwrap();
+        let mut bad = plain.clone();
+        crate::tsig::sign_request(&mut bad, &other).unwrap();
+        let (_, answer) = ask_udp(server.local_addr(), &bad).await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::NotAuth);
+        let (_, tsig) = tsig_record_of(&answer).expect("TSIG in the BADSIG answer");
+        assert_eq!((tsig.error, tsig.mac.len()), (Some(TsigError::BadSig), 0));
+
+        // An unsigned query is answered as always, unsigned.
+        let (_, answer) = ask_udp(server.local_addr(), &plain).await;
+        assert_eq!(answer.answers.len(), 1);
+        assert!(tsig_record_of(&answer).is_none());
+        server.shutdown().await;
+    }
 }
