@@ -320,26 +320,51 @@ zone "rfc.ctl.test" {{
             "$TTL 300\n@ IN SOA ns1.rfc.ctl.test. hostmaster.rfc.ctl.test. 1 3600 600 86400 60\n@ IN NS ns1.rfc.ctl.test.\nns1 IN A 127.0.0.1\nforeign IN A 192.0.2.99\n",
         )
         .expect("zone file");
-        let log = std::fs::File::create(dir.path().join("named.log")).expect("named.log");
+        let child = Named::spawn(dir.path());
+        let n = Named { dir, port, child };
+        n.wait_ready();
+        n
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("named.log"))
+            .expect("named.log");
         let named = ["/usr/sbin/named", "/usr/bin/named", "/sbin/named"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("named is installed (apt-get install -y bind9)");
-        let child = Command::new(named)
+        Command::new(named)
             .args(["-g", "-u", "root", "-4", "-n", "1", "-c"])
-            .arg(dir.path().join("named.conf"))
+            .arg(dir.join("named.conf"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("named starts");
-        let n = Named { dir, port, child };
+            .expect("named starts")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while dig(port, RFC_ZONE, "SOA").1.is_empty() {
-            assert!(Instant::now() < deadline, "named not answering:\n{}", n.log());
+        while dig(self.port, RFC_ZONE, "SOA").1.is_empty() {
+            assert!(Instant::now() < deadline, "named not answering:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
-        n
+    }
+
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.child = Named::spawn(self.dir.path());
+        self.wait_ready();
     }
 
     fn log(&self) -> String {
@@ -349,11 +374,7 @@ zone "rfc.ctl.test" {{
 
 impl Drop for Named {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -612,7 +633,7 @@ async fn controller_end_to_end() {
     let _ = ctl.dns_port;
 
     // rfc2136 against a real named, with the TSIG Secret.
-    let named = Named::start();
+    let mut named = Named::start();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     create(
         &secrets,
@@ -681,6 +702,45 @@ async fn controller_end_to_end() {
         Duration::from_secs(15),
         "app.rfc.ctl.test removed from named",
         || async { (dig(named_port, "app.rfc.ctl.test", "A").0 == "NXDOMAIN").then_some(()) },
+    )
+    .await;
+
+    // named stopped: the change waits (ProviderUnreachable, retried with backoff); restarted: it lands.
+    named.stop();
+    lb_service(
+        &svcs,
+        "rfc3",
+        json!({"dns.ferrite.dev/hostname": "three.rfc.ctl.test"}),
+    )
+    .await;
+    set_service_ip(&svcs, "rfc3", "192.0.2.72").await;
+    let reason = eventually(
+        Duration::from_secs(20),
+        "ProviderUnreachable while named is down",
+        || async {
+            let z = zones.get("ctl-rfc").await.ok()?;
+            let (status, reason, _) = condition(&z, "ProviderUnreachable")?;
+            (status == "True").then_some(reason)
+        },
+    )
+    .await;
+    assert!(reason == "Unreachable" || reason == "Timeout", "{reason}");
+    named.restart();
+    wait_answer(
+        named_port,
+        "three.rfc.ctl.test",
+        "A",
+        &["192.0.2.72"],
+        Duration::from_secs(20),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "ProviderUnreachable False again",
+        || async {
+            let z = zones.get("ctl-rfc").await.ok()?;
+            (condition(&z, "ProviderUnreachable")?.0 == "False").then_some(())
+        },
     )
     .await;
 
