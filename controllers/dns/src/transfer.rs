@@ -1090,4 +1090,79 @@ mod tests {
         assert!(tsig_record_of(&answer).is_none());
         server.shutdown().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notify_is_signed_retried_a_bounded_number_of_times_and_stops_when_answered() {
+        use crate::server::{Server, ServerConfig};
+        let key = TsigKey::new("k", crate::tsig::TsigAlgorithm::HmacSha256, b"the secret").unwrap();
+        // A secondary that never answers, and one that answers the second attempt.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let answering = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.udp_workers = 1;
+        config.transfer.keys = vec![key.clone()];
+        config.transfer.notify_attempts = 3;
+        config.transfer.notify_timeout = Duration::from_millis(50);
+        config.transfer.secondaries = vec![Secondary {
+            zone: Name::from_ascii("example.").unwrap(),
+            addresses: vec![silent.local_addr().unwrap(), answering.local_addr().unwrap()],
+        }];
+        let zones =
+            |serial| ZoneSet::new([Arc::new(zone(serial, &["www.example. 300 A 192.0.2.1"]))]).unwrap();
+        let server = Server::start(&config, zones(1), &prometheus::Registry::new()).unwrap();
+
+        // The answering secondary: ignores the first attempt of serial 2, answers the second.
+        let answerer = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut attempts = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Ok((len, from))) =
+                tokio::time::timeout_at(deadline, answering.recv_from(&mut buf)).await
+            {
+                let message = Message::from_vec(&buf[..len]).unwrap();
+                let serial = match message.answers.first().map(|r| &r.data) {
+                    Some(RData::SOA(soa)) => soa.serial,
+                    _ => 0,
+                };
+                if serial != 2 {
+                    continue;
+                }
+                attempts += 1;
+                if attempts == 2 {
+                    let mut ack = Message::new(message.metadata.id, MessageType::Response, OpCode::Notify);
+                    ack.queries = message.queries.clone();
+                    answering.send_to(&ack.to_vec().unwrap(), from).await.unwrap();
+                }
+            }
+            attempts
+        });
+        let mut buf = vec![0u8; 4096];
+        let mut received = Vec::new();
+        // The first snapshot is announced too; then a new serial.
+        server.swap(zones(2));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok((len, _))) = tokio::time::timeout_at(deadline, silent.recv_from(&mut buf)).await {
+            received.push(Message::from_vec(&buf[..len]).unwrap());
+        }
+        // Serial 1's NOTIFY stops once serial 2 is served; serial 2's is sent exactly 3 times.
+        let for_two: Vec<&Message> = received
+            .iter()
+            .filter(
+                |m| matches!(m.answers.first().map(|r| &r.data), Some(RData::SOA(soa)) if soa.serial == 2),
+            )
+            .collect();
+        assert_eq!(for_two.len(), 3, "{received:?}");
+        for message in &for_two {
+            assert_eq!(message.metadata.op_code, OpCode::Notify);
+            assert!(message.metadata.authoritative);
+            assert_eq!(message.queries[0].query_type(), RecordType::SOA);
+            let (name, tsig) = tsig_record_of(message).expect("signed");
+            assert_eq!(name, *key.name());
+            assert!(!tsig.mac.is_empty());
+        }
+
+        let attempts = answerer.await.unwrap();
+        assert_eq!(attempts, 2, "no attempt after the acknowledgement");
+        server.shutdown().await;
+    }
 }
