@@ -1,5 +1,7 @@
-//! The benchmarks of ferrite-lb (tier 4 of DESIGN.md: measurements, not tests).
+//! The benchmarks of ferrite-lb and ferrite-dns (tier 4 of DESIGN.md: measurements, not tests).
+//! `--only lb|dns` runs one part; the DNS part is in [`dns`] (dnsperf against ferrite-dns, BIND9, Knot).
 //!
+//! ferrite-lb:
 //! ```text
 //!   the box (etcd + kube-apiserver 1.20 on 127.0.0.1) ── chart installed with helm
 //!     ├── ferrite-lb controller   (host, ServiceAccount ferrite-lb-controller, leader-elected)
@@ -16,6 +18,7 @@
 //! run ends, also on error. Addresses: 192.0.2.0/24 on the lab's bridge, and 198.18.0.0/15 (RFC 2544
 //! benchmarking range) for the 10,000 Services, which is only written into status, never sent to.
 
+pub mod dns;
 mod measure;
 mod report;
 mod stats;
@@ -35,17 +38,44 @@ use std::{
 };
 
 /// `--help`.
-pub const USAGE: &str = "ferrite-bench: benchmarks of ferrite-lb on the box (run as root, release build)
+pub const USAGE: &str = "ferrite-bench: benchmarks of ferrite-lb on the box and of ferrite-dns's server (run as root, release build)
 
-usage: ferrite-bench [--write FILE] [--services N] [--latency-n N] [--trials N] [--concurrency N]
+usage: ferrite-bench [--only lb|dns] [--write FILE] [--services N] [--latency-n N] [--trials N]
+                     [--concurrency N] [--dns-seconds N]
 
+  --only lb|dns     run one part only (default: both, lb first); the report then holds that part's
+                    tables and says the other part was not run
   --write FILE      write the markdown report to FILE (default: print it)
   --services N      Services of the allocation benchmark (default 10000)
   --latency-n N     Services of the create -> IP / ARP benchmark (default 20)
   --trials N        failover trials (default 20)
   --concurrency N   creates in flight in the allocation benchmark (default 16)
+  --dns-seconds N   dnsperf's -l for the DNS throughput pass (default 10; the latency pass is half)
 
 Build first: cargo build --release --workspace --bins (or run `make bench`).";
+
+/// Which parts of the benchmark run (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    /// ferrite-lb and ferrite-dns.
+    Both,
+    /// ferrite-lb only.
+    Lb,
+    /// ferrite-dns only.
+    Dns,
+}
+
+impl Only {
+    /// True if the ferrite-lb part runs.
+    pub fn lb(self) -> bool {
+        self != Only::Dns
+    }
+
+    /// True if the DNS part runs.
+    pub fn dns(self) -> bool {
+        self != Only::Lb
+    }
+}
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -60,6 +90,10 @@ pub struct Options {
     pub trials: usize,
     /// Creates in flight.
     pub concurrency: usize,
+    /// Which parts run.
+    pub only: Only,
+    /// dnsperf's `-l` for the DNS throughput pass.
+    pub dns_seconds: u64,
     /// `--help` was given.
     pub help: bool,
 }
@@ -73,6 +107,8 @@ impl Options {
             latency_n: 20,
             trials: 20,
             concurrency: 16,
+            only: Only::Both,
+            dns_seconds: 10,
             help: false,
         };
         let mut args = args.peekable();
@@ -102,6 +138,14 @@ impl Options {
                 "--latency-n" => o.latency_n = number()?.min(90),
                 "--trials" => o.trials = number()?.min(200),
                 "--concurrency" => o.concurrency = number()?.min(256),
+                "--dns-seconds" => o.dns_seconds = number()?.min(600) as u64,
+                "--only" => {
+                    o.only = match value.as_str() {
+                        "lb" => Only::Lb,
+                        "dns" => Only::Dns,
+                        _ => bail!("--only: lb or dns, not {value}"),
+                    }
+                }
                 _ => bail!("unknown option {flag}"),
             }
         }
@@ -117,7 +161,10 @@ pub const NODE_PORT_RANGE: &str = "30000-49999";
 
 /// Runs everything; returns the exit code.
 pub fn main(opts: Options) -> i32 {
-    if std::env::var_os(WRAPPED).is_none() && std::env::var_os("FERRITE_KUBECONFIG").is_none() {
+    if opts.only.lb()
+        && std::env::var_os(WRAPPED).is_none()
+        && std::env::var_os("FERRITE_KUBECONFIG").is_none()
+    {
         return match rerun_with_wrapped_apiserver() {
             Ok(code) => code,
             Err(e) => {
@@ -204,19 +251,39 @@ fn is_root() -> bool {
 }
 
 async fn run(opts: Options) -> Result<()> {
-    let lb = ferrite_lb_binary()?;
-    ensure!(
-        is_root(),
-        "the benchmarks need root (network namespaces, raw sockets)"
-    );
-    let machine = report::Machine::probe(&lb);
-    eprintln!("==> starting the box (etcd + kube-apiserver v1.20 on 127.0.0.1)");
-    let kb = KubeBox::start().await.context("starting the box")?;
-    let result = bench(&kb, &lb, &opts).await;
-    kb.stop();
-    let mut results = result?;
-    results.machine = machine;
-    results.opts = opts.clone();
+    let machine;
+    let mut lb_results = None;
+    if opts.only.lb() {
+        let lb = ferrite_lb_binary()?;
+        ensure!(
+            is_root(),
+            "the benchmarks need root (network namespaces, raw sockets)"
+        );
+        machine = report::Machine::probe(&lb);
+        eprintln!("==> starting the box (etcd + kube-apiserver v1.20 on 127.0.0.1)");
+        let kb = KubeBox::start().await.context("starting the box")?;
+        let result = bench(&kb, &lb, &opts).await;
+        kb.stop();
+        lb_results = Some(result?);
+    } else {
+        machine = report::Machine::probe(&std::env::current_exe().context("locating ferrite-bench")?);
+    }
+    let mut dns_results = None;
+    if opts.only.dns() {
+        let seconds = opts.dns_seconds;
+        // Blocking work (dnsperf runs, the server's own runtime): off the async workers.
+        dns_results = Some(
+            tokio::task::spawn_blocking(move || dns::run(seconds))
+                .await
+                .context("the DNS benchmark panicked")??,
+        );
+    }
+    let results = report::Results {
+        machine,
+        opts: opts.clone(),
+        lb: lb_results,
+        dns: dns_results,
+    };
     let text = report::markdown(&results);
     match &opts.write {
         Some(path) => {
@@ -312,7 +379,7 @@ async fn start_controller(kb: &KubeBox, lb: &Path, kubeconfig: &Path) -> Result<
     bail!("controller not ready within 60 s:\n{}", proc.log_tail(30))
 }
 
-async fn bench(kb: &KubeBox, lb: &Path, opts: &Options) -> Result<report::Results> {
+async fn bench(kb: &KubeBox, lb: &Path, opts: &Options) -> Result<report::LbResults> {
     eprintln!("==> installing the chart (helm), minting ServiceAccount kubeconfigs");
     ferrite_e2e::demo::install_chart(kb).await?;
     let controller_kc = kb
@@ -374,9 +441,7 @@ async fn bench(kb: &KubeBox, lb: &Path, opts: &Options) -> Result<report::Result
     rig.check_alive()?;
     let rss_loaded = rig.rss();
     eprintln!("    RSS at {} Services: {rss_loaded:?}", opts.services);
-    Ok(report::Results {
-        machine: report::Machine::default(),
-        opts: opts.clone(),
+    Ok(report::LbResults {
         apiserver,
         latency,
         failover,
@@ -385,4 +450,27 @@ async fn bench(kb: &KubeBox, lb: &Path, opts: &Options) -> Result<report::Result
         rss_before,
         rss_loaded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options> {
+        Options::parse(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn only_selects_the_parts() {
+        let both = parse(&[]).expect("defaults");
+        assert!(both.only.lb() && both.only.dns());
+        assert_eq!(both.dns_seconds, 10);
+        let dns = parse(&["--only", "dns", "--dns-seconds=4"]).expect("dns only");
+        assert!(!dns.only.lb() && dns.only.dns());
+        assert_eq!(dns.dns_seconds, 4);
+        let lb = parse(&["--only=lb"]).expect("lb only");
+        assert!(lb.only.lb() && !lb.only.dns());
+        let err = parse(&["--only", "both"]).expect_err("bad value");
+        assert_eq!(err.to_string(), "--only: lb or dns, not both");
+    }
 }
