@@ -477,6 +477,15 @@ fn fingerprint(zone: &DNSZone, records: &[Record]) -> u64 {
     h.finish()
 }
 
+/// The serial of a zone's new content: above the previous one of this process, or (the first in this
+/// process) above the one in status, and at least the unix time (so replicas and restarts agree roughly).
+fn next_serial(previous: Option<u32>, status_serial: u32, now: u32) -> u32 {
+    match previous {
+        Some(p) => p.saturating_add(1).max(now),
+        None => status_serial.saturating_add(1).max(now),
+    }
+}
+
 fn unix_now() -> u32 {
     u32::try_from(Timestamp::now().as_second()).unwrap_or(u32::MAX)
 }
@@ -558,10 +567,7 @@ impl Pass {
                 .and_then(|s| s.serial)
                 .and_then(|s| u32::try_from(s).ok())
                 .unwrap_or(0);
-            let serial = match previous {
-                Some(p) => p.serial.wrapping_add(1).max(unix_now()),
-                None => status_serial.saturating_add(1).max(unix_now()),
-            };
+            let serial = next_serial(previous.map(|p| p.serial), status_serial, unix_now());
             let built = source::embedded_zone(zone, serial)
                 .map_err(|e| (e.reason(), e.to_string()))
                 .and_then(|c| {
@@ -626,7 +632,8 @@ impl Pass {
         let mut rfc_live = BTreeSet::new();
         for zone in &zones {
             let key = zone.name_any();
-            if !matches!(zone.spec.provider, Provider::Rfc2136(_)) {
+            // A zone with bad settings (or a duplicate apex) is only told so (Ready=False above).
+            if !matches!(zone.spec.provider, Provider::Rfc2136(_)) || zone_errors.contains_key(&key) {
                 continue;
             }
             rfc_live.insert(key.clone());
@@ -1257,4 +1264,113 @@ async fn cleanup(shared: &Shared, job: &Job) -> Result<(), SyncError> {
         return Ok(());
     }
     sync(shared, job, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::{A, TXT};
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).expect("name")
+    }
+
+    fn a(owner: &str, ttl: u32, ip: [u8; 4]) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::A(A::from(std::net::Ipv4Addr::from(ip))))
+    }
+
+    fn txt(owner: &str, text: &str) -> Record {
+        Record::from_rdata(name(owner), 300, RData::TXT(TXT::new(vec![text.to_string()])))
+    }
+
+    fn change(kind: plan::ChangeKind, remove: Vec<Record>, add: Vec<Record>) -> plan::Change {
+        let first = remove.first().or(add.first()).expect("a record").clone();
+        plan::Change {
+            kind,
+            name: first.name.clone(),
+            rtype: first.record_type(),
+            resource: None,
+            remove,
+            add,
+        }
+    }
+
+    #[test]
+    fn serial_never_decreases() {
+        // (previous in this process, status.serial, now) -> serial
+        let cases = [
+            (None, 0, 1_000, 1_000),
+            (None, 5_000, 1_000, 5_001),
+            (Some(1_000), 0, 1_000, 1_001),
+            (Some(1_000), 0, 2_000, 2_000),
+            (Some(u32::MAX), 0, 2_000, u32::MAX),
+            (None, u32::MAX, 2_000, u32::MAX),
+        ];
+        for (previous, status, now, want) in cases {
+            assert_eq!(
+                next_serial(previous, status, now),
+                want,
+                "{previous:?} {status} {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn plan_changes_become_rrset_changes() {
+        use plan::ChangeKind::*;
+        let www1 = a("www.z.test.", 300, [192, 0, 2, 1]);
+        let www2 = a("www.z.test.", 300, [192, 0, 2, 2]);
+        let reg = txt("a-www.z.test.", "heritage=external-dns,external-dns/owner=o");
+        let current = vec![www1.clone(), www2.clone(), reg.clone()];
+
+        // A create: adds only (the RRset and its registry record), nothing replaced.
+        let new = a("new.z.test.", 60, [192, 0, 2, 9]);
+        let out = to_rfc_changes(&current, &[&change(Create, vec![], vec![new.clone()])]);
+        assert_eq!(out, vec![rfc2136::Change::Add(vec![new])]);
+
+        // A delete of the whole RRset and its registry record: two Deletes.
+        let del = change(Delete, vec![www1.clone(), www2.clone(), reg.clone()], vec![]);
+        let out = to_rfc_changes(&current, &[&del]);
+        assert_eq!(
+            out,
+            vec![
+                rfc2136::Change::Delete {
+                    name: name("a-www.z.test."),
+                    rtype: RecordType::TXT
+                },
+                rfc2136::Change::Delete {
+                    name: name("www.z.test."),
+                    rtype: RecordType::A
+                },
+            ]
+        );
+
+        // An update removing one address and adding another: the RRset as it must be after, with the new TTL.
+        let www3 = a("www.z.test.", 120, [192, 0, 2, 3]);
+        let up = change(Update, vec![www1.clone()], vec![www3.clone()]);
+        let out = to_rfc_changes(&current, &[&up]);
+        let mut kept = www2.clone();
+        kept.ttl = 120;
+        assert_eq!(
+            out,
+            vec![rfc2136::Change::Replace {
+                name: name("www.z.test."),
+                rtype: RecordType::A,
+                records: vec![kept, www3],
+            }]
+        );
+
+        // Removing a record another owner's set does not hold is harmless: the rest of the set stays.
+        let stray = change(Update, vec![a("www.z.test.", 300, [192, 0, 2, 77])], vec![]);
+        let out = to_rfc_changes(&current, &[&stray]);
+        assert_eq!(
+            out,
+            vec![rfc2136::Change::Replace {
+                name: name("www.z.test."),
+                rtype: RecordType::A,
+                records: vec![www1, www2],
+            }]
+        );
+    }
 }
