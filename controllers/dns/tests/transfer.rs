@@ -1,10 +1,10 @@
 //! Zone transfers from the embedded server into a real `named` (Debian's bind9) configured as a
-//! SECONDARY: TSIG-signed AXFR on load, NOTIFY on a new serial and the IXFR that follows, and the refusals
+//! SECONDARY, and into a real Knot DNS (`knotd`, Debian's knot) with the configuration docs/dns.md shows: TSIG-signed AXFR on load, NOTIFY on a new serial and the IXFR that follows, and the refusals
 //! (unsigned, wrong secret, unknown key). `named` is started by this test on 127.0.0.1 with its own
 //! configuration in a temporary directory and stopped by its PID; one `named` for this test binary.
 //!
-//! Needs `named` and `dig`: `apt-get install -y bind9 bind9-dnsutils` (e2e/scripts/install-deps.sh installs
-//! them). Run: `cargo test -p ferrite-dns --test transfer`.
+//! Needs `named`, `dig` and `knotd`: `apt-get install -y bind9 bind9-dnsutils knot` (e2e/scripts/install-deps.sh
+//! installs them). Run: `cargo test -p ferrite-dns --test transfer`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -296,6 +296,62 @@ zone "xfr.example.test" {{
     }
 }
 
+impl Named {
+    /// Knot DNS (`knotd`, Debian's knot) as the secondary instead, with the docs' configuration.
+    fn start_knot(port: u16, primary: SocketAddr) -> Named {
+        let knotd = require("knotd");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().display();
+        let conf = format!(
+            r#"server:
+    rundir: "{d}"
+    listen: 127.0.0.1@{port}
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "{d}"
+key:
+  - id: {KEY}
+    algorithm: hmac-sha256
+    secret: {secret}
+remote:
+  - id: ferrite
+    address: {ip}@{primary_port}
+    key: {KEY}
+acl:
+  - id: notify-from-ferrite
+    address: {ip}
+    key: {KEY}
+    action: notify
+zone:
+  - domain: xfr.example.test
+    storage: "{d}"
+    master: ferrite
+    acl: notify-from-ferrite
+"#,
+            secret = base64(SECRET),
+            ip = primary.ip(),
+            primary_port = primary.port(),
+        );
+        std::fs::write(dir.path().join("knot.conf"), conf).expect("write knot.conf");
+        let log = std::fs::File::create(dir.path().join("named.log")).expect("create the log");
+        let child = Command::new(knotd)
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start knotd");
+        Named {
+            dir,
+            port,
+            child: Some(child),
+        }
+    }
+}
+
 impl Drop for Named {
     fn drop(&mut self) {
         self.stop();
@@ -396,6 +452,62 @@ async fn same_answers(primary: u16, secondary: u16) {
             "{qname} {rtype}: status"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knot_secondary_serves_the_zone_and_follows_notify() {
+    let knot_port = free_port();
+    let key = TsigKey::new(KEY, TsigAlgorithm::HmacSha256, SECRET).expect("key");
+    let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.udp_workers = 1;
+    config.transfer = TransferConfig {
+        keys: vec![key],
+        secondaries: vec![Secondary {
+            zone: name(ZONE),
+            addresses: vec![SocketAddr::from(([127, 0, 0, 1], knot_port))],
+        }],
+        notify_timeout: Duration::from_millis(500),
+        ..TransferConfig::default()
+    };
+    let first_serial = 2_100_000_000;
+    let server = Server::start(&config, zones(first_serial, &first_records()), &Registry::new())
+        .unwrap_or_else(|err| panic!("start: {err}"));
+    let primary = server.local_addr();
+    let mut knot = Named::start_knot(knot_port, primary);
+    knot.wait_for(
+        "the first serial",
+        Duration::from_secs(30),
+        Answers {
+            qname: ZONE,
+            rtype: "SOA",
+            want: short(primary.port(), ZONE, "SOA").await,
+        },
+    )
+    .await;
+    same_answers(primary.port(), knot.port).await;
+    let second_serial = next_serial(first_serial, SystemTime::now());
+    server.swap(zones(second_serial, &second_records()));
+    knot.wait_for(
+        "the new addresses after NOTIFY",
+        Duration::from_secs(10),
+        Answers {
+            qname: "www.xfr.example.test.",
+            rtype: "A",
+            want: vec!["192.0.2.10".to_string(), "192.0.2.12".to_string()],
+        },
+    )
+    .await;
+    same_answers(primary.port(), knot.port).await;
+    let log = knot.log();
+    assert!(log.to_lowercase().contains("notify"), "{log}");
+    // Incremental: Knot says "AXFR-style IXFR" when it gets the full form instead.
+    assert!(
+        log.contains("IXFR, incoming") && log.contains("finished"),
+        "{log}"
+    );
+    assert!(!log.contains("AXFR-style"), "{log}");
+    knot.stop();
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
