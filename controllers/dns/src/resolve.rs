@@ -417,6 +417,13 @@ impl<'a> Answer<'a> {
     /// the A and AAAA RRsets of the names an MX, SRV or NS RRset points to, when those names are in this
     /// zone (for a referral: the glue). Sets already in the answer are not repeated.
     fn add_addresses_for(&mut self, zones: &ZoneSet, zone: &'a Zone, set: &'a RrSet) {
+        // Most answers are addresses: nothing to add, and no need to look at the records.
+        if !matches!(
+            set.record_type(),
+            RecordType::MX | RecordType::SRV | RecordType::NS
+        ) {
+            return;
+        }
         for rdata in set.rdatas() {
             let target = match rdata {
                 RData::MX(mx) => &mx.exchange,
