@@ -131,7 +131,7 @@ async fn wait_nxdomain(port: u16, name: &str) {
 
 struct Controller {
     proc: Supervised,
-    dns_port: u16,
+    admin: SocketAddr,
 }
 
 fn bin() -> PathBuf {
@@ -169,7 +169,7 @@ async fn start_controller(kb: &KubeBox, kubeconfig: &Path, dns_port: u16) -> Con
     loop {
         assert!(proc.is_running(), "controller exited:\n{}", proc.log_tail(30));
         if let Ok((200, _)) = ferrite_e2e::http_get(addr, "/readyz").await {
-            return Controller { proc, dns_port };
+            return Controller { proc, admin: addr };
         }
         assert!(
             Instant::now() < deadline,
@@ -630,7 +630,6 @@ async fn controller_end_to_end() {
         served_after >= served_before && served_after >= serial_before as u64,
         "serial {served_before} -> {served_after}"
     );
-    let _ = ctl.dns_port;
 
     // rfc2136 against a real named, with the TSIG Secret.
     let mut named = Named::start();
@@ -790,6 +789,61 @@ async fn controller_end_to_end() {
         Duration::from_secs(20),
     )
     .await;
+    // The deletion guard: a spec change that drops every Service at once deletes nothing.
+    let zone_patch = |sources: serde_json::Value| {
+        let zones = zones.clone();
+        async move {
+            zones
+                .patch(
+                    "ctl-rfc",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"sources": sources}})),
+                )
+                .await
+                .expect("zone patched");
+        }
+    };
+    zone_patch(json!({"kinds": ["DNSRecord"]})).await;
+    let message = eventually(Duration::from_secs(15), "DeletionGuard", || async {
+        let z = zones.get("ctl-rfc").await.ok()?;
+        let (status, reason, message) = condition(&z, "DeletionGuard")?;
+        (status == "True" && reason == "TooManyDeletions").then_some(message)
+    })
+    .await;
+    assert!(message.contains("maxDeletePercent"), "{message}");
+    wait_event(kb, "default", "ctl-rfc", "TooManyDeletions").await;
+    assert_eq!(
+        dig(named_port, "two.rfc.ctl.test", "A").1,
+        vec!["192.0.2.71".to_string()]
+    );
+    assert_eq!(
+        dig(named_port, "three.rfc.ctl.test", "A").1,
+        vec!["192.0.2.72".to_string()]
+    );
+    zone_patch(serde_json::Value::Null).await;
+    eventually(Duration::from_secs(15), "DeletionGuard False again", || async {
+        let z = zones.get("ctl-rfc").await.ok()?;
+        (condition(&z, "DeletionGuard")?.0 == "False").then_some(())
+    })
+    .await;
+
+    // Metrics.
+    let (code, metrics) = ferrite_e2e::http_get(ctl.admin, "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(code, 200);
+    for want in [
+        "ferrite_dns_records{zone=\"ctl-embedded\"}",
+        "ferrite_dns_records{zone=\"ctl-rfc\"} 2",
+        "ferrite_dns_updates_sent_total{zone=\"ctl-rfc\"}",
+        "ferrite_dns_provider_errors_total{reason=\"NotAuth\",zone=\"ctl-rfc\"}",
+        "ferrite_dns_sync_duration_seconds_count{zone=\"ctl-rfc\"}",
+        "ferrite_dns_queries_total{",
+        "ferrite_dns_leader 1",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from /metrics:\n{metrics}");
+    }
+
     zones
         .delete("ctl-rfc", &DeleteParams::default())
         .await
