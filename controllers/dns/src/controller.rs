@@ -670,11 +670,16 @@ impl Pass {
         // Status of embedded zones and zones with bad settings.
         for zone in &zones {
             let key = zone.name_any();
+            let settings_key = format!("zone:{key}/settings");
             if let Some((reason, message)) = zone_errors.get(&key) {
+                self.shared
+                    .warn_once(&zone.object_ref(&()), &settings_key, reason, message.clone())
+                    .await;
                 self.write_zone_status(zone, None, 0, vec![ready(false, reason, message.clone())])
                     .await;
                 continue;
             }
+            self.shared.forget_events(&HashSet::new(), &settings_key);
             if !matches!(zone.spec.provider, Provider::Embedded(_)) {
                 continue;
             }
@@ -1151,14 +1156,14 @@ async fn sync(shared: &Shared, job: &Job, cleanup: bool) -> Result<(), SyncError
                     shared
                         .warn_once(
                             &zone.object_ref(&()),
-                            &format!("zone:{key}"),
+                            &format!("zone:{key}/guard"),
                             g.reason(),
                             g.to_string(),
                         )
                         .await;
                 } else {
                     let keep = HashSet::new();
-                    shared.forget_events(&keep, &format!("zone:{key}"));
+                    shared.forget_events(&keep, &format!("zone:{key}/guard"));
                 }
                 shared
                     .metrics

@@ -585,6 +585,35 @@ async fn controller_end_to_end() {
         vec!["192.0.2.60".to_string()]
     );
 
+    // A second DNSZone for the same apex: Ready=False DuplicateZone naming the first, a Warning Event;
+    // the first keeps serving.
+    create(
+        &zones,
+        json!({"metadata": {"name": "ctl-dup"}, "spec": {"zone": "apps.ctl.test.", "provider": {"embedded": {}}}}),
+    )
+    .await;
+    let (reason, message) = eventually(Duration::from_secs(10), "DuplicateZone", || async {
+        let z = zones.get("ctl-dup").await.ok()?;
+        let (status, reason, message) = condition(&z, "Ready")?;
+        (status == "False").then_some((reason, message))
+    })
+    .await;
+    assert_eq!(reason, "DuplicateZone", "{message}");
+    assert!(message.contains("ctl-embedded"), "{message}");
+    wait_event(kb, "default", "ctl-dup", "DuplicateZone").await;
+    wait_answer(
+        port,
+        "alpha.apps.ctl.test",
+        "A",
+        &["192.0.2.1"],
+        Duration::from_secs(2),
+    )
+    .await;
+    zones
+        .delete("ctl-dup", &DeleteParams::default())
+        .await
+        .expect("deleted");
+
     // Restart: the same answers, the serial never decreases.
     let serial_before = eventually(Duration::from_secs(10), "serial in status", || async {
         zones.get("ctl-embedded").await.ok()?.status?.serial
