@@ -418,8 +418,21 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         args: args.clone(),
         emitted: Mutex::new(HashSet::new()),
     });
+    let (status_tx, mut status_rx) = watch::channel::<Option<Arc<StatusJob>>>(None);
+    let status_task = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while status_rx.changed().await.is_ok() {
+                let job = status_rx.borrow_and_update().clone();
+                if let Some(job) = job {
+                    job.write(&shared).await;
+                }
+            }
+        })
+    };
     let mut pass = Pass {
         shared: shared.clone(),
+        status_tx,
         handle,
         served: BTreeMap::new(),
         workers: BTreeMap::new(),
@@ -446,6 +459,7 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     for (_, w) in std::mem::take(&mut pass.workers) {
         w.task.abort();
     }
+    status_task.abort();
     server.shutdown().await;
     app.finish().await;
     Ok(())
@@ -453,6 +467,7 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
 
 struct Pass {
     shared: Arc<Shared>,
+    status_tx: watch::Sender<Option<Arc<StatusJob>>>,
     handle: ZonesHandle,
     served: BTreeMap<String, Served>,
     workers: BTreeMap<String, Worker>,
@@ -667,58 +682,81 @@ impl Pass {
         if !self.shared.leadership.is_leader() {
             return;
         }
+        // Status writes run in their own task (latest wins), so a slow API server never delays a swap.
+        let serials = self.served.iter().map(|(k, s)| (k.clone(), s.serial)).collect();
+        self.status_tx.send_replace(Some(Arc::new(StatusJob {
+            zones,
+            zone_errors,
+            serials,
+            desired,
+            records,
+            services,
+            ingresses,
+        })));
+    }
+}
+
+/// What the leader's status task writes after a pass.
+struct StatusJob {
+    zones: Vec<Arc<DNSZone>>,
+    zone_errors: BTreeMap<String, (&'static str, String)>,
+    serials: BTreeMap<String, u32>,
+    desired: Desired,
+    records: Vec<DNSRecord>,
+    services: Vec<Service>,
+    ingresses: Vec<Ingress>,
+}
+
+impl StatusJob {
+    /// DNSZone status (embedded zones and zones with bad settings), DNSRecord status, Events.
+    async fn write(&self, shared: &Shared) {
         // Status of embedded zones and zones with bad settings.
-        for zone in &zones {
+        for zone in &self.zones {
             let key = zone.name_any();
             let settings_key = format!("zone:{key}/settings");
-            if let Some((reason, message)) = zone_errors.get(&key) {
-                self.shared
+            if let Some((reason, message)) = self.zone_errors.get(&key) {
+                shared
                     .warn_once(&zone.object_ref(&()), &settings_key, reason, message.clone())
                     .await;
-                self.write_zone_status(zone, None, 0, vec![ready(false, reason, message.clone())])
-                    .await;
+                write_zone_status(
+                    shared,
+                    zone,
+                    None,
+                    0,
+                    vec![ready(false, reason, message.clone())],
+                    false,
+                )
+                .await;
                 continue;
             }
-            self.shared.forget_events(&HashSet::new(), &settings_key);
+            shared.forget_events(&HashSet::new(), &settings_key);
             if !matches!(zone.spec.provider, Provider::Embedded(_)) {
                 continue;
             }
-            let Some(s) = self.served.get(&key) else { continue };
-            let count = desired.zones.get(&key).map_or(0, |z| z.records().len());
+            let Some(&serial) = self.serials.get(&key) else {
+                continue;
+            };
+            let count = self.desired.zones.get(&key).map_or(0, |z| z.records().len());
             let mut conds = vec![ready(
                 true,
                 "Serving",
                 format!(
                     "{} records served by the embedded server, serial {}",
-                    count, s.serial
+                    count, serial
                 ),
             )];
-            conds.push(conflicts_condition(&conflicts_of(&desired, &key)));
-            let serial = s.serial;
-            self.write_zone_status(zone, Some(serial), count, conds).await;
+            conds.push(conflicts_condition(&conflicts_of(&self.desired, &key)));
+            write_zone_status(shared, zone, Some(serial), count, conds, false).await;
         }
-        self.publish_object_status(&desired, &records, &services, &ingresses)
-            .await;
-    }
-
-    async fn write_zone_status(
-        &self,
-        zone: &DNSZone,
-        serial: Option<u32>,
-        count: usize,
-        new: Vec<(String, Status, String, String)>,
-    ) {
-        write_zone_status(&self.shared, zone, serial, count, new, false).await;
+        self.publish_object_status(shared).await;
     }
 
     /// DNSRecord Programmed conditions and Warning Events on objects with problems and conflict losers.
-    async fn publish_object_status(
-        &self,
-        desired: &Desired,
-        records: &[DNSRecord],
-        services: &[Service],
-        ingresses: &[Ingress],
-    ) {
+    async fn publish_object_status(&self, shared: &Shared) {
+        let desired = &self.desired;
+        let records = &self.records[..];
+        let services = &self.services[..];
+        let ingresses = &self.ingresses[..];
         let mut refs: HashMap<Resource, ObjectReference> = HashMap::new();
         for s in services {
             refs.insert(resource_of("service", s), s.object_ref(&()));
@@ -744,7 +782,7 @@ impl Pass {
             let key = format!("obj:{}", p.resource);
             keep.insert(key.clone());
             if let Some(r) = refs.get(&p.resource) {
-                self.shared.warn_once(r, &key, reason, note).await;
+                shared.warn_once(r, &key, reason, note).await;
             }
         }
         let mut losers: HashMap<Resource, String> = HashMap::new();
@@ -753,12 +791,12 @@ impl Pass {
             keep.insert(key.clone());
             losers.insert(c.loser.clone(), c.to_string());
             if let Some(r) = refs.get(&c.loser) {
-                self.shared.warn_once(r, &key, "Conflict", c.to_string()).await;
+                shared.warn_once(r, &key, "Conflict", c.to_string()).await;
             }
         }
-        self.shared.forget_events(&keep, "obj:");
+        shared.forget_events(&keep, "obj:");
 
-        let api_of = |ns: &str| Api::<DNSRecord>::namespaced(self.shared.client.clone(), ns);
+        let api_of = |ns: &str| Api::<DNSRecord>::namespaced(shared.client.clone(), ns);
         for r in records {
             if r.metadata.deletion_timestamp.is_some() {
                 continue;
@@ -816,7 +854,7 @@ impl Pass {
                 &r.name_any(),
                 FIELD_MANAGER,
                 body,
-                &self.shared.leadership,
+                &shared.leadership,
             )
             .await
             {
