@@ -6,12 +6,12 @@
 //!                                                      ├─> named  -n 2 (generated named.conf)
 //!                                                      └─> knotd  udp-workers 2 (generated knot.conf)
 //!   generated query file (80% hits, 10% NXDOMAIN, 10% NODATA)
-//!     └─> dnsperf -c 8 -l N           (throughput pass: QPS, mean latency, response codes)
+//!     └─> dnsperf -c 8 -l N           (throughput pass, R rounds: in each round every server in turn)
 //!     └─> dnsperf -c 8 -l N/2 -v      (latency pass: every query's latency -> percentiles)
 //! ```
 //!
-//! Each server listens on 127.0.0.1 with a free port and is stopped before the next one starts; only
-//! loopback is used. The percentiles come from a second, shorter pass with `-v` because dnsperf 2.10
+//! Each server listens on 127.0.0.1 with a free port; all three are started first and stay up (idle
+//! while another is measured), so the rounds can interleave them; only loopback is used. The percentiles come from a second, shorter pass with `-v` because dnsperf 2.10
 //! has no latency histogram and printing every query roughly halves its own query rate: the throughput
 //! pass stays free of that cost.
 
@@ -151,8 +151,8 @@ pub struct ServerRun {
     pub version: String,
     /// Worker threads it used, as configured.
     pub workers: String,
-    /// The throughput pass's summary.
-    pub throughput: Summary,
+    /// The throughput passes' summaries, one a round.
+    pub rounds: Vec<Summary>,
     /// Latency percentiles (seconds) from the `-v` pass: p50, p90, p99, p99.9, max.
     pub percentiles: Option<[f64; 5]>,
     /// Queries in the latency pass.
@@ -173,17 +173,48 @@ pub struct Summary {
     pub rcodes: String,
 }
 
+impl ServerRun {
+    /// The round with the median QPS (the lower middle one for an even count).
+    pub fn median(&self) -> Option<&Summary> {
+        let mut rounds: Vec<&Summary> = self.rounds.iter().collect();
+        rounds.sort_by(|a, b| a.qps.total_cmp(&b.qps));
+        rounds.get(rounds.len().saturating_sub(1) / 2).copied()
+    }
+}
+
 /// The DNS part's results.
 #[derive(Debug, Clone, Default)]
 pub struct DnsResults {
     pub runs: Vec<ServerRun>,
     pub dnsperf: String,
     pub seconds: u64,
+    pub rounds: usize,
     pub command: String,
 }
 
-/// Runs the three servers one after another.
-pub fn run(seconds: u64) -> Result<DnsResults> {
+/// A server under test, kept running for all rounds.
+enum Running {
+    /// ferrite-dns in this process, with the runtime its TCP side runs on.
+    Ferrite(Server, tokio::runtime::Runtime),
+    /// named or knotd.
+    Process(Supervised),
+}
+
+impl Running {
+    fn stop(self) {
+        match self {
+            Running::Ferrite(server, runtime) => {
+                runtime.block_on(server.shutdown());
+                drop(runtime);
+            }
+            Running::Process(mut proc) => proc.stop(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Starts the three servers, then runs `rounds` rounds of the throughput pass (in each round every server
+/// in turn, so slow drifts of the machine's load hit all of them alike), then each server's latency pass.
+pub fn run(seconds: u64, rounds: usize) -> Result<DnsResults> {
     let dnsperf = which("dnsperf").context("dnsperf not found: run `make deps` (Debian package dnsperf)")?;
     let dir = tempfile::Builder::new().prefix("ferrite-bench-dns-").tempdir()?;
     let zone_path = dir.path().join("bench.zone");
@@ -201,11 +232,13 @@ pub fn run(seconds: u64) -> Result<DnsResults> {
         runs: Vec::new(),
         dnsperf: version,
         seconds,
+        rounds,
         command: format!("dnsperf -s 127.0.0.1 -p PORT -d queries.txt -c {CLIENTS} -l {seconds}"),
     };
 
-    eprintln!("==> DNS 1/3: ferrite-dns (embedded server, in this process, {WORKERS} UDP workers)");
-    results.runs.push(measured("ferrite-dns", |run| {
+    let mut servers: Vec<(ServerRun, Option<(Running, u16)>)> = Vec::new();
+    eprintln!("==> DNS: starting ferrite-dns (embedded server, in this process, {WORKERS} UDP workers)");
+    servers.push(started("ferrite-dns", |run| {
         run.version = format!("{} (this build)", env!("CARGO_PKG_VERSION"));
         run.workers = format!("{WORKERS} UDP worker threads (SO_REUSEPORT)");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -221,14 +254,12 @@ pub fn run(seconds: u64) -> Result<DnsResults> {
             let _entered = runtime.enter();
             Server::start(&config, zones, &registry).context("starting ferrite-dns")?
         };
-        let result = drive(&dnsperf, &queries, server.local_addr().port(), seconds, run);
-        runtime.block_on(server.shutdown());
-        drop(runtime);
-        result
+        let port = server.local_addr().port();
+        Ok((Running::Ferrite(server, runtime), port))
     }));
 
-    eprintln!("==> DNS 2/3: BIND9 (named -n {WORKERS})");
-    results.runs.push(measured("BIND9", |run| {
+    eprintln!("==> DNS: starting BIND9 (named -n {WORKERS})");
+    servers.push(started("BIND9", |run| {
         let named = which("named").context("named not found (Debian package bind9)")?;
         let version = output(&named, &["-v"]);
         run.version = version.split(" <id").next().unwrap_or("").trim().to_string();
@@ -247,15 +278,20 @@ pub fn run(seconds: u64) -> Result<DnsResults> {
                 zone_path.display()
             ),
         )?;
-        let args: Vec<String> = vec!["-g".into(), "-n".into(), WORKERS.to_string(), "-c".into(), conf.display().to_string()];
+        let args: Vec<String> = vec![
+            "-g".into(),
+            "-n".into(),
+            WORKERS.to_string(),
+            "-c".into(),
+            conf.display().to_string(),
+        ];
         let mut proc = Supervised::spawn("named", &named, &args, &[], &dir.path().join("named.log"))?;
-        let result = wait_ready(port, &mut proc).and_then(|()| drive(&dnsperf, &queries, port, seconds, run));
-        proc.stop(Duration::from_secs(10));
-        result
+        wait_ready(port, &mut proc)?;
+        Ok((Running::Process(proc), port))
     }));
 
-    eprintln!("==> DNS 3/3: Knot DNS (knotd, udp-workers {WORKERS})");
-    results.runs.push(measured("Knot DNS", |run| {
+    eprintln!("==> DNS: starting Knot DNS (knotd, udp-workers {WORKERS})");
+    servers.push(started("Knot DNS", |run| {
         let knotd = which("knotd").context("knotd not found (Debian package knot)")?;
         run.version = output(&knotd, &["-V"]).trim().to_string();
         run.workers = format!("{WORKERS} UDP workers (`udp-workers: {WORKERS}`), 1 TCP worker");
@@ -277,57 +313,99 @@ pub fn run(seconds: u64) -> Result<DnsResults> {
         )?;
         let args: Vec<String> = vec!["-c".into(), conf.display().to_string()];
         let mut proc = Supervised::spawn("knotd", &knotd, &args, &[], &dir.path().join("knot.log"))?;
-        let result = wait_ready(port, &mut proc).and_then(|()| drive(&dnsperf, &queries, port, seconds, run));
-        proc.stop(Duration::from_secs(10));
-        result
+        wait_ready(port, &mut proc)?;
+        Ok((Running::Process(proc), port))
     }));
+
+    for round in 1..=rounds {
+        for (run, running) in &mut servers {
+            let Some((_, port)) = running else { continue };
+            eprintln!("==> DNS round {round}/{rounds}: {}", run.server);
+            match throughput(&dnsperf, &queries, *port, seconds) {
+                Ok(summary) => {
+                    eprintln!(
+                        "    {:.0} QPS, mean latency {:.3} ms, {}",
+                        summary.qps,
+                        summary.avg_latency * 1000.0,
+                        summary.rcodes
+                    );
+                    run.rounds.push(summary);
+                }
+                Err(e) => {
+                    eprintln!("    {}: {e:#}", run.server);
+                    run.error = Some(format!("{e:#}"));
+                    if let Some((server, _)) = running.take() {
+                        server.stop();
+                    }
+                }
+            }
+        }
+    }
+    for (run, running) in &mut servers {
+        let Some((_, port)) = running else { continue };
+        eprintln!("==> DNS latency pass: {}", run.server);
+        match latency(&dnsperf, &queries, *port, (seconds / 2).max(1)) {
+            Ok(mut latencies) => {
+                run.latency_queries = latencies.len();
+                run.percentiles = percentiles(&mut latencies);
+            }
+            Err(e) => run.error = Some(format!("latency pass: {e:#}")),
+        }
+    }
+    for (run, running) in servers {
+        if let Some((server, _)) = running {
+            server.stop();
+        }
+        results.runs.push(run);
+    }
     Ok(results)
 }
 
-/// Runs one server's measurement; a failure is recorded in the row, not fatal to the other servers.
-fn measured(server: &str, f: impl FnOnce(&mut ServerRun) -> Result<()>) -> ServerRun {
+/// Starts one server; a failure is recorded in its row, not fatal to the other servers.
+fn started(
+    server: &str,
+    f: impl FnOnce(&mut ServerRun) -> Result<(Running, u16)>,
+) -> (ServerRun, Option<(Running, u16)>) {
     let mut run = ServerRun {
         server: server.to_string(),
         ..ServerRun::default()
     };
-    if let Err(e) = f(&mut run) {
-        eprintln!("    {server}: {e:#}");
-        run.error = Some(format!("{e:#}"));
+    match f(&mut run) {
+        Ok(running) => (run, Some(running)),
+        Err(e) => {
+            eprintln!("    {server}: {e:#}");
+            run.error = Some(format!("{e:#}"));
+            (run, None)
+        }
     }
-    run
 }
 
-/// The throughput pass, then the latency pass.
-fn drive(dnsperf: &Path, queries: &Path, port: u16, seconds: u64, run: &mut ServerRun) -> Result<()> {
-    let base = |limit: u64| -> Vec<String> {
-        vec![
-            "-s".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-d".into(),
-            queries.display().to_string(),
-            "-c".into(),
-            CLIENTS.to_string(),
-            "-l".into(),
-            limit.to_string(),
-        ]
-    };
-    let out = dnsperf_output(dnsperf, &base(seconds))?;
-    run.throughput = parse_summary(&out).with_context(|| format!("reading dnsperf's summary:\n{out}"))?;
-    eprintln!(
-        "    {:.0} QPS, mean latency {:.3} ms, {}",
-        run.throughput.qps,
-        run.throughput.avg_latency * 1000.0,
-        run.throughput.rcodes
-    );
-    let mut args = base((seconds / 2).max(1));
+fn dnsperf_args(queries: &Path, port: u16, seconds: u64) -> Vec<String> {
+    vec![
+        "-s".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-d".into(),
+        queries.display().to_string(),
+        "-c".into(),
+        CLIENTS.to_string(),
+        "-l".into(),
+        seconds.to_string(),
+    ]
+}
+
+/// One throughput pass.
+fn throughput(dnsperf: &Path, queries: &Path, port: u16, seconds: u64) -> Result<Summary> {
+    let out = dnsperf_output(dnsperf, &dnsperf_args(queries, port, seconds))?;
+    parse_summary(&out).with_context(|| format!("reading dnsperf's summary:\n{out}"))
+}
+
+/// The latency pass: every query's latency.
+fn latency(dnsperf: &Path, queries: &Path, port: u16, seconds: u64) -> Result<Vec<f64>> {
+    let mut args = dnsperf_args(queries, port, seconds);
     args.push("-v".into());
-    let out = dnsperf_output(dnsperf, &args)?;
-    let mut latencies = parse_latencies(&out);
-    run.latency_queries = latencies.len();
-    run.percentiles = percentiles(&mut latencies);
-    Ok(())
+    Ok(parse_latencies(&dnsperf_output(dnsperf, &args)?))
 }
 
 fn dnsperf_output(dnsperf: &Path, args: &[String]) -> Result<String> {
@@ -495,6 +573,24 @@ mod tests {
             distinct.len()
         );
         assert_eq!(query_file(100).0, query_file(100).0, "the same queries every run");
+    }
+
+    #[test]
+    fn the_median_round_is_reported() {
+        let round = |qps: f64| Summary {
+            qps,
+            ..Summary::default()
+        };
+        let mut run = ServerRun::default();
+        assert!(run.median().is_none());
+        run.rounds = vec![round(90.0), round(30.0), round(60.0)];
+        assert_eq!(run.median().map(|s| s.qps), Some(60.0));
+        run.rounds.push(round(10.0));
+        assert_eq!(
+            run.median().map(|s| s.qps),
+            Some(30.0),
+            "the lower middle of an even count"
+        );
     }
 
     #[test]

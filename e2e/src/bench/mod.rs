@@ -51,6 +51,7 @@ usage: ferrite-bench [--only lb|dns] [--write FILE] [--services N] [--latency-n 
   --trials N        failover trials (default 20)
   --concurrency N   creates in flight in the allocation benchmark (default 16)
   --dns-seconds N   dnsperf's -l for the DNS throughput pass (default 10; the latency pass is half)
+  --dns-rounds N    DNS throughput rounds, each server once a round, median reported (default 3)
 
 Build first: cargo build --release --workspace --bins (or run `make bench`).";
 
@@ -94,6 +95,8 @@ pub struct Options {
     pub only: Only,
     /// dnsperf's `-l` for the DNS throughput pass.
     pub dns_seconds: u64,
+    /// DNS throughput rounds.
+    pub dns_rounds: usize,
     /// `--help` was given.
     pub help: bool,
 }
@@ -109,6 +112,7 @@ impl Options {
             concurrency: 16,
             only: Only::Both,
             dns_seconds: 10,
+            dns_rounds: 3,
             help: false,
         };
         let mut args = args.peekable();
@@ -139,6 +143,7 @@ impl Options {
                 "--trials" => o.trials = number()?.min(200),
                 "--concurrency" => o.concurrency = number()?.min(256),
                 "--dns-seconds" => o.dns_seconds = number()?.min(600) as u64,
+                "--dns-rounds" => o.dns_rounds = number()?.min(20),
                 "--only" => {
                     o.only = match value.as_str() {
                         "lb" => Only::Lb,
@@ -270,10 +275,10 @@ async fn run(opts: Options) -> Result<()> {
     }
     let mut dns_results = None;
     if opts.only.dns() {
-        let seconds = opts.dns_seconds;
+        let (seconds, rounds) = (opts.dns_seconds, opts.dns_rounds);
         // Blocking work (dnsperf runs, the server's own runtime): off the async workers.
         dns_results = Some(
-            tokio::task::spawn_blocking(move || dns::run(seconds))
+            tokio::task::spawn_blocking(move || dns::run(seconds, rounds))
                 .await
                 .context("the DNS benchmark panicked")??,
         );
@@ -464,7 +469,7 @@ mod tests {
     fn only_selects_the_parts() {
         let both = parse(&[]).expect("defaults");
         assert!(both.only.lb() && both.only.dns());
-        assert_eq!(both.dns_seconds, 10);
+        assert_eq!((both.dns_seconds, both.dns_rounds), (10, 3));
         let dns = parse(&["--only", "dns", "--dns-seconds=4"]).expect("dns only");
         assert!(!dns.only.lb() && dns.only.dns());
         assert_eq!(dns.dns_seconds, 4);

@@ -504,8 +504,9 @@ fn dns_markdown(w: &mut String, m: &Machine, d: &DnsResults) {
     let bind = d
         .runs
         .iter()
-        .find(|r| r.server == "BIND9" && r.error.is_none())
-        .map(|r| r.throughput.qps);
+        .find(|r| r.server == "BIND9")
+        .and_then(|r| r.median())
+        .map(|t| t.qps);
     let _ = writeln!(w, "## ferrite-dns\n");
     let _ = writeln!(
         w,
@@ -521,30 +522,39 @@ fn dns_markdown(w: &mut String, m: &Machine, d: &DnsResults) {
     let _ = writeln!(w, "```sh\n{}\n```\n", d.command);
     let _ = writeln!(
         w,
-        "| Server | version | workers | QPS | vs BIND | mean latency | p50 | p90 | p99 | p99.9 | max | queries lost | response codes |"
+        "| Server | version | workers | QPS (median of {} rounds) | rounds | vs BIND | mean latency | p50 | p90 | p99 | p99.9 | max | queries lost | response codes |",
+        d.rounds
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &d.runs {
-        if let Some(e) = &r.error {
+        let Some(t) = r.median() else {
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | not measured: {} | | | | | | | | | |",
+                "| {} | {} | {} | not measured: {} | | | | | | | | | | |",
                 r.server,
                 r.version,
                 r.workers,
-                e.lines().next().unwrap_or("").replace('|', "/")
+                r.error
+                    .as_deref()
+                    .unwrap_or("no round completed")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .replace('|', "/")
             );
             continue;
-        }
-        let t = &r.throughput;
+        };
         let p = r.percentiles.unwrap_or([f64::NAN; 5]);
+        let rounds: Vec<String> = r.rounds.iter().map(|x| format!("{:.0}", x.qps)).collect();
+        let max = r.rounds.iter().map(|x| x.max_latency).fold(p[4], f64::max);
         let _ = writeln!(
             w,
-            "| {} | {} | {} | **{:.0}** | {} | {} | {} | {} | {} | {} | {} | {} ({} answered of {} sent) | {} |",
+            "| {} | {} | {} | **{:.0}** | {} | {} | {} | {} | {} | {} | {} | {} | {} ({} answered of {} sent) | {} |",
             r.server,
             r.version,
             r.workers,
             t.qps,
+            rounds.join(" / "),
             bind.map(|b| format!("{:.2}×", t.qps / b.max(1e-9)))
                 .unwrap_or_else(|| "–".into()),
             ms(t.avg_latency),
@@ -552,19 +562,22 @@ fn dns_markdown(w: &mut String, m: &Machine, d: &DnsResults) {
             ms(p[1]),
             ms(p[2]),
             ms(p[3]),
-            ms(t.max_latency.max(p[4])),
+            ms(max),
             t.lost,
             t.completed,
             t.sent,
             t.rcodes
         );
+        if let Some(e) = &r.error {
+            let _ = writeln!(w, "\n{}: {}\n", r.server, e.lines().next().unwrap_or(""));
+        }
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "### Method\n");
     let _ = writeln!(
         w,
-        "- Each server listens on 127.0.0.1 with a free port, is asked for the zone's SOA until it answers, then \
-         measured, then stopped before the next one starts. Every server gets {workers} worker threads: \
+        "- Each server listens on 127.0.0.1 with a free port and is asked for the zone's SOA until it answers; all \
+         three are started first and stay up (idle while another one is measured). Every server gets {workers} worker threads: \
          ferrite-dns `udp_workers = {workers}` (one `SO_REUSEPORT` socket each; the server runs inside the \
          benchmark process, started as a library on its own threads, release build), BIND `named -g -n {workers}` \
          (`recursion no; minimal-responses no-auth;`, the answer style ferrite-dns follows), Knot `udp-workers: \
@@ -574,16 +587,17 @@ fn dns_markdown(w: &mut String, m: &Machine, d: &DnsResults) {
     let _ = writeln!(
         w,
         "- **Throughput pass**: `{}` (UDP, no EDNS, no rate limit `-Q`, at most 100 queries outstanding: dnsperf's \
-         default). QPS, mean and max latency, lost queries and response codes are dnsperf's summary of this pass.",
-        d.command
+         default), {} rounds: in each round every server in turn, so a change of the machine's load during the \
+         run hits all three alike. The QPS is the median round (all rounds listed); mean latency, lost queries and \
+         response codes are dnsperf's summary of that round; max is the largest of all passes.",
+        d.command, d.rounds
     );
     let _ = writeln!(
         w,
         "- **Latency pass**: the same command with `-l {}` and `-v`, which prints every query's latency; p50 … p99.9 \
          are nearest-rank percentiles over those. dnsperf 2.10 has no latency histogram, and printing every query \
          costs the client about half its query rate, so this pass runs at a lower load than the throughput pass: its \
-         percentiles describe the servers at that load, not at the QPS of the table. The max column is the larger of \
-         the two passes' maxima.\n",
+         percentiles describe the servers at that load, not at the QPS of the table.\n",
         (d.seconds / 2).max(1)
     );
     let _ = writeln!(w, "### Caveats\n");
