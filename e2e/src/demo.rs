@@ -461,3 +461,100 @@ pub fn with_log(what: impl std::fmt::Display, log: &Path, lines: usize) -> Strin
         tail(log, lines)
     )
 }
+
+/// Starts `ferrite-dns controller` on the host as the chart's ServiceAccount `ferrite-system/ferrite-dns`,
+/// its embedded server on 127.0.0.1 (a free port); waits for /readyz. Returns the process and the DNS address.
+pub async fn start_dns(kb: &KubeBox) -> Result<(Supervised, SocketAddr)> {
+    let bin = sibling_binary("ferrite-dns")?;
+    let kubeconfig = kb
+        .service_account_kubeconfig("ferrite-system", "ferrite-dns")
+        .await
+        .context("minting ferrite-dns's ServiceAccount kubeconfig")?;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut p = Supervised::spawn(
+        "ferrite-dns controller",
+        &bin,
+        &[
+            "controller".into(),
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--admin-addr={admin}"),
+            format!("--dns-listen={listen}"),
+            "--lease-namespace=ferrite-system".into(),
+        ],
+        &[("FERRITE_LOG_LEVEL", "info")],
+        &kb.dir.join("ferrite-dns-controller.log"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if !p.is_running() {
+            bail!(
+                "ferrite-dns exited; last lines of {}:\n{}",
+                p.log.display(),
+                p.log_tail(20)
+            );
+        }
+        if let Ok((200, _)) = http_get(admin, "/readyz").await {
+            return Ok((p, listen));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "ferrite-dns was not ready within 30 s; last lines of {}:\n{}",
+                p.log.display(),
+                p.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An embedded DNSZone `zone` and the demo Service annotated with external-dns's legacy hostname key.
+pub async fn create_dns_objects(kb: &KubeBox, zone: &str, hostname: &str) -> Result<()> {
+    let client = kb.client().await;
+    let gvk = GroupVersionKind::gvk("dns.ferrite.dev", "v1alpha1", "DNSZone");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "dnszones");
+    let zones: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let z: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "dns.ferrite.dev/v1alpha1", "kind": "DNSZone",
+        "metadata": {"name": "demo"},
+        "spec": {"zone": zone, "provider": {"embedded": {}}}
+    }))?;
+    if zones.get_opt("demo").await?.is_none() {
+        zones
+            .create(&Default::default(), &z)
+            .await
+            .context("creating DNSZone demo")?;
+    }
+    let svcs: Api<Service> = Api::namespaced(client, DEMO_NAMESPACE);
+    let patch = json!({"metadata": {"annotations": {"external-dns.alpha.kubernetes.io/hostname": hostname}}});
+    svcs.patch(DEMO_SERVICE, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .context("annotating the demo Service")?;
+    Ok(())
+}
+
+/// `dig @server name type +short` (Debian's bind9-dnsutils): the answers, or None when dig fails.
+pub fn dig(server: SocketAddr, name: &str, rtype: &str) -> Option<Vec<String>> {
+    let out = std::process::Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            name,
+            rtype,
+            "+short",
+            "+time=1",
+            "+tries=1",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .collect();
+    (!v.is_empty()).then_some(v)
+}

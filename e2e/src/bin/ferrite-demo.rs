@@ -2,7 +2,9 @@
 //! a small L2 network of "node" network namespaces each running a `ferrite-lb speaker` and a "client"
 //! namespace on a bridge, `ferrite-lb controller` on the host, an IPPool and a LoadBalancer Service. The
 //! client finds the Service's address by ARP at the elected node; then that node's speaker is killed and
-//! the address moves; the speaker comes back and the address stays where it is (no flip-back).
+//! the address moves; the speaker comes back and the address stays where it is (no flip-back). Then
+//! `ferrite-dns controller` serves an embedded DNSZone and `dig` finds the Service's address under the name
+//! its external-dns annotation asks for.
 //!
 //! Prints what to try and waits for Ctrl-C, which stops everything it started (processes by PID, the
 //! network namespaces, the box). `FERRITE_DEMO_EXIT=1` stops right after the failover instead (for CI
@@ -26,6 +28,8 @@ struct Demo {
     kb: KubeBox,
     lb: Lb,
     vip: String,
+    /// The embedded DNS server of ferrite-dns.
+    dns: Option<std::net::SocketAddr>,
 }
 
 impl Demo {
@@ -87,6 +91,7 @@ async fn setup() -> Result<Demo> {
     let start = Instant::now();
     // Fail before starting anything when the binaries were not built.
     demo::sibling_binary("ferrite-lb")?;
+    demo::sibling_binary("ferrite-dns")?;
 
     let t = step("starting the box (etcd + kube-apiserver v1.20 + kube-controller-manager on 127.0.0.1)");
     let kb = KubeBox::start().await.context("starting the box")?;
@@ -140,8 +145,10 @@ async fn setup() -> Result<Demo> {
         kb,
         lb,
         vip: String::new(),
+        dns: None,
     };
     failover(&mut d).await?;
+    dns(&mut d).await?;
     eprintln!("==> all steps passed in {}", ms(start.elapsed()));
     Ok(d)
 }
@@ -281,6 +288,45 @@ async fn failover(d: &mut Demo) -> Result<()> {
     Ok(())
 }
 
+/// The name the demo Service gets, under the embedded zone.
+const DEMO_ZONE: &str = "demo.example.test.";
+const DEMO_HOSTNAME: &str = "web.demo.example.test";
+
+/// ferrite-dns: an embedded DNSZone, the demo Service annotated the way external-dns users already do
+/// (the legacy `external-dns.alpha.kubernetes.io/` prefix), and `dig` answering the VIP.
+async fn dns(d: &mut Demo) -> Result<()> {
+    let t = step(&format!(
+        "starting ferrite-dns controller on the host (embedded DNS server on 127.0.0.1), DNSZone {DEMO_ZONE}, \
+         annotating {DEMO_NAMESPACE}/{DEMO_SERVICE} with external-dns.alpha.kubernetes.io/hostname={DEMO_HOSTNAME}"
+    ));
+    let (proc, listen) = demo::start_dns(&d.kb).await?;
+    d.running.procs.push(proc);
+    d.dns = Some(listen);
+    demo::create_dns_objects(&d.kb, DEMO_ZONE, DEMO_HOSTNAME).await?;
+    let vip = d.vip.clone();
+    let answer = demo::eventually(
+        Duration::from_secs(15),
+        &format!("dig {DEMO_HOSTNAME} at the embedded server to answer {vip}"),
+        || async { demo::dig(listen, DEMO_HOSTNAME, "A").filter(|a| a.contains(&vip)) },
+    )
+    .await
+    .map_err(|e| {
+        anyhow!(demo::with_log(
+            e,
+            &d.kb.dir.join("ferrite-dns-controller.log"),
+            20
+        ))
+    })?;
+    println!(
+        "dig @{} -p {} {DEMO_HOSTNAME} A -> {} ({} after the annotation)",
+        listen.ip(),
+        listen.port(),
+        answer.join(", "),
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
 fn print_hints(d: &Demo) {
     println!();
     println!("Ferrite is running against the box. In another terminal:");
@@ -294,6 +340,10 @@ fn print_hints(d: &Demo) {
     println!("  kubectl get events -A");
     println!("  {}", demo::arping_command(&d.lab, &d.vip));
     println!("  curl -s http://{}/metrics | grep ferrite_", d.lb.admin);
+    if let Some(dns) = d.dns {
+        println!("  kubectl get dnszones");
+        println!("  dig @{} -p {} {DEMO_HOSTNAME}", dns.ip(), dns.port());
+    }
     println!(
         "Logs: {} (API server, controller) and {} (speakers).",
         d.kb.dir.display(),
