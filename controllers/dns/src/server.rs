@@ -183,6 +183,19 @@ impl ZonesHandle {
     pub fn current(&self) -> Arc<ZoneSet> {
         self.shared.zones.load_full()
     }
+
+    /// Replaces the zone-transfer configuration (keys, secondaries) of the running server. Checked as at
+    /// start; on error the previous configuration stays in force. Secondaries that are new, or whose
+    /// zone's NOTIFY key changed, are sent a NOTIFY for the current serial at once. Queries never read
+    /// this configuration; transfers started before the call finish with the old one. Returns whether
+    /// anything changed.
+    pub fn set_transfer(&self, config: &TransferConfig) -> Result<bool, ServerError> {
+        let shared = &self.shared;
+        shared
+            .transfer
+            .update(config, &shared.zones, &shared.zones_for_notify())
+            .map_err(ServerError::BadConfig)
+    }
 }
 
 #[derive(Debug)]
@@ -285,6 +298,11 @@ impl Server {
     /// Publishes `zones` atomically (see [`ZonesHandle::swap`]).
     pub fn swap(&self, zones: ZoneSet) {
         self.handle().swap(zones);
+    }
+
+    /// Replaces the zone-transfer configuration (see [`ZonesHandle::set_transfer`]).
+    pub fn set_transfer(&self, config: &TransferConfig) -> Result<bool, ServerError> {
+        self.handle().set_transfer(config)
     }
 
     /// A handle to publish snapshots from elsewhere.

@@ -24,6 +24,11 @@
 //!   old SOA, the deleted records, the new SOA, the added records, then the current SOA); else the AXFR
 //!   form.
 //!
+//! The configuration can be replaced while serving ([`crate::server::ZonesHandle::set_transfer`]): it is
+//! one snapshot behind an `ArcSwap`, read once per transfer or NOTIFY; plain queries never read it.
+//! Keys come two ways: [`TransferConfig::keys`] may transfer every zone, [`TransferConfig::zone_keys`]
+//! only the zone they are given for (and sign that zone's NOTIFY messages).
+//!
 //! The SOA serial is the caller's: [`crate::zone::SoaConfig::serial`]. The controller must increase it
 //! on every change of a zone, for example with [`next_serial`]; a snapshot that changes a zone without a
 //! new serial is served but not announced, and its IXFR history is dropped (logged as a warning).
@@ -72,11 +77,23 @@ pub struct Secondary {
     pub addresses: Vec<SocketAddr>,
 }
 
+/// A key that may transfer one zone only (and signs that zone's NOTIFY messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneKey {
+    /// The zone's apex.
+    pub zone: Name,
+    /// The key. One key name may be given for several zones, always with the same algorithm and secret.
+    pub key: TsigKey,
+}
+
 /// Zone transfers: who may transfer (TSIG keys) and whom to notify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferConfig {
-    /// The keys allowed to transfer every zone (AXFR and IXFR). Empty: every transfer is REFUSED.
+    /// The keys allowed to transfer every zone (AXFR and IXFR). With `zone_keys` also empty, every
+    /// transfer is REFUSED.
     pub keys: Vec<TsigKey>,
+    /// Keys allowed to transfer only their zone; a zone's NOTIFY messages are signed with its key.
+    pub zone_keys: Vec<ZoneKey>,
     /// The secondaries to NOTIFY, per zone.
     pub secondaries: Vec<Secondary>,
     /// The key NOTIFY messages are signed with (one of `keys`, by name); `None`: the first key, or
@@ -94,6 +111,7 @@ impl Default for TransferConfig {
     fn default() -> Self {
         TransferConfig {
             keys: Vec::new(),
+            zone_keys: Vec::new(),
             secondaries: Vec::new(),
             notify_key: None,
             ixfr_history: DEFAULT_IXFR_HISTORY,
@@ -132,18 +150,48 @@ struct Diff {
     added: Vec<Record>,
 }
 
-/// The transfer side of a running server.
+/// A checked [`TransferConfig`], replaced as a whole.
 #[derive(Debug)]
-pub(crate) struct Transfers {
+struct Settings {
     config: TransferConfig,
     notify_key: Option<TsigKey>,
-    runtime: tokio::runtime::Handle,
-    /// Per apex, the last differences, oldest first. Also taken around every swap, so swaps are ordered.
-    history: Mutex<HashMap<Name, VecDeque<Arc<Diff>>>>,
 }
 
-impl Transfers {
-    pub(crate) fn new(config: &TransferConfig, runtime: tokio::runtime::Handle) -> Result<Transfers, String> {
+impl Settings {
+    fn on(&self) -> bool {
+        !self.config.keys.is_empty() || !self.config.zone_keys.is_empty()
+    }
+
+    /// The key named `name` (lowercase), global or of some zone.
+    fn key(&self, name: &Name) -> Option<&TsigKey> {
+        self.config
+            .keys
+            .iter()
+            .chain(self.config.zone_keys.iter().map(|z| &z.key))
+            .find(|k| k.name() == name)
+    }
+
+    /// Whether `key` may transfer the zone at `apex`.
+    fn may_transfer(&self, key: &TsigKey, apex: &Name) -> bool {
+        self.config.keys.iter().any(|k| k == key)
+            || self
+                .config
+                .zone_keys
+                .iter()
+                .any(|z| &z.zone == apex && &z.key == key)
+    }
+
+    /// The key a zone's NOTIFY is signed with: the zone's own, else the global notify key.
+    fn notify_key(&self, apex: &Name) -> Option<TsigKey> {
+        self.config
+            .zone_keys
+            .iter()
+            .find(|z| &z.zone == apex)
+            .map(|z| z.key.clone())
+            .or_else(|| self.notify_key.clone())
+    }
+
+    fn check(config: &TransferConfig) -> Result<Settings, String> {
         if config.notify_attempts == 0 {
             return Err("transfer.notify_attempts is 0: at least one NOTIFY must be sent".to_string());
         }
@@ -153,6 +201,26 @@ impl Transfers {
         for (index, key) in config.keys.iter().enumerate() {
             if config.keys[..index].iter().any(|k| k.name() == key.name()) {
                 return Err(format!("transfer key {} is given twice", key.name()));
+            }
+        }
+        for (index, zk) in config.zone_keys.iter().enumerate() {
+            if config.keys.iter().any(|k| k.name() == zk.key.name()) {
+                return Err(format!(
+                    "transfer key {} of zone {} is also a key for every zone",
+                    zk.key.name(),
+                    zk.zone
+                ));
+            }
+            if let Some(other) = config.zone_keys[..index]
+                .iter()
+                .find(|o| o.key.name() == zk.key.name() && o.key != zk.key)
+            {
+                return Err(format!(
+                    "transfer key {} is given for zones {} and {} with different algorithms or secrets",
+                    zk.key.name(),
+                    other.zone,
+                    zk.zone
+                ));
             }
         }
         let notify_key = match &config.notify_key {
@@ -171,12 +239,73 @@ impl Transfers {
                 return Err(format!("secondaries of zone {}: no address", secondary.zone));
             }
         }
-        Ok(Transfers {
+        Ok(Settings {
             config: config.clone(),
             notify_key,
+        })
+    }
+}
+
+/// The transfer side of a running server.
+#[derive(Debug)]
+pub(crate) struct Transfers {
+    settings: ArcSwap<Settings>,
+    runtime: tokio::runtime::Handle,
+    /// Per apex, the last differences, oldest first. Also taken around every swap, so swaps are ordered.
+    history: Mutex<HashMap<Name, VecDeque<Arc<Diff>>>>,
+}
+
+impl Transfers {
+    pub(crate) fn new(config: &TransferConfig, runtime: tokio::runtime::Handle) -> Result<Transfers, String> {
+        Ok(Transfers {
+            settings: ArcSwap::from_pointee(Settings::check(config)?),
             runtime,
             history: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Replaces the configuration (checked first; on error the old one stays). Transfers that started
+    /// finish with the old one; NOTIFYs already sent keep their key. Secondaries added here are told of
+    /// the current serial of their zone at once. Returns whether anything changed.
+    pub(crate) fn update(
+        &self,
+        config: &TransferConfig,
+        current: &ArcSwap<ZoneSet>,
+        shared: &Weak<Shared>,
+    ) -> Result<bool, String> {
+        let new = Settings::check(config)?;
+        // Under the history lock, so an update and a swap never interleave.
+        let history = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = self.settings.load_full();
+        if old.config == new.config {
+            return Ok(false);
+        }
+        let new = Arc::new(new);
+        self.settings.store(new.clone());
+        drop(history);
+        let zones = current.load_full();
+        for zone in zones.zones() {
+            let before = old.config.secondaries.iter().find(|s| &s.zone == zone.apex());
+            let after = new.config.secondaries.iter().find(|s| &s.zone == zone.apex());
+            let Some(after) = after else { continue };
+            let added: Vec<SocketAddr> = after
+                .addresses
+                .iter()
+                .filter(|a| before.is_none_or(|b| !b.addresses.contains(a)))
+                .copied()
+                .collect();
+            let key_changed = old.notify_key(zone.apex()) != new.notify_key(zone.apex());
+            let targets = if key_changed {
+                after.addresses.clone()
+            } else {
+                added
+            };
+            self.notify_to(&new, zone, &targets, shared);
+        }
+        Ok(true)
     }
 
     /// Publishes `new` in `current`, keeps the differences of the zones whose serial grew and notifies
@@ -187,8 +316,9 @@ impl Transfers {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = current.swap(new.clone());
+        let settings = self.settings.load_full();
         // Without keys nobody can transfer: no differences to keep, no contents to compare.
-        let transfers_on = !self.config.keys.is_empty();
+        let transfers_on = settings.on();
         let mut notify = Vec::new();
         for zone in new.zones() {
             let apex = zone.apex();
@@ -210,10 +340,10 @@ impl Transfers {
                     }
                 }
                 Some(previous) if serial_newer(zone.serial(), previous.serial()) => {
-                    if transfers_on && self.config.ixfr_history > 0 {
+                    if transfers_on && settings.config.ixfr_history > 0 {
                         let kept = history.entry(apex.clone()).or_default();
                         kept.push_back(Arc::new(diff(previous, zone)));
-                        while kept.len() > self.config.ixfr_history {
+                        while kept.len() > settings.config.ixfr_history {
                             kept.pop_front();
                         }
                     }
@@ -231,7 +361,14 @@ impl Transfers {
         history.retain(|apex, _| new.zones().any(|z| z.apex() == apex));
         drop(history);
         for zone in notify {
-            self.notify(&zone, shared);
+            if let Some(secondary) = settings
+                .config
+                .secondaries
+                .iter()
+                .find(|s| &s.zone == zone.apex())
+            {
+                self.notify_to(&settings, &zone, &secondary.addresses, shared);
+            }
         }
     }
 
@@ -247,23 +384,22 @@ impl Transfers {
         (contiguous && steps.last().is_some_and(|d| d.to == to)).then_some(steps)
     }
 
-    fn key(&self, name: &Name) -> Option<&TsigKey> {
-        self.config.keys.iter().find(|k| k.name() == name)
-    }
-
-    fn notify(&self, zone: &Arc<Zone>, shared: &Weak<Shared>) {
-        let Some(secondary) = self.config.secondaries.iter().find(|s| &s.zone == zone.apex()) else {
-            return;
-        };
-        for &address in &secondary.addresses {
+    fn notify_to(
+        &self,
+        settings: &Settings,
+        zone: &Arc<Zone>,
+        addresses: &[SocketAddr],
+        shared: &Weak<Shared>,
+    ) {
+        for &address in addresses {
             let job = Notify {
                 apex: zone.apex().clone(),
                 serial: zone.serial(),
                 soa: soa_record(zone),
                 address,
-                key: self.notify_key.clone(),
-                attempts: self.config.notify_attempts,
-                timeout: self.config.notify_timeout,
+                key: settings.notify_key(zone.apex()),
+                attempts: settings.config.notify_attempts,
+                timeout: settings.config.notify_timeout,
                 shared: shared.clone(),
             };
             self.runtime.spawn(job.run());
@@ -460,7 +596,7 @@ struct Rejected {
     detail: String,
 }
 
-fn authenticate(transfers: &Transfers, raw: &[u8], request: &Message) -> Result<Auth, Box<Rejected>> {
+fn authenticate(transfers: &Settings, raw: &[u8], request: &Message) -> Result<Auth, Box<Rejected>> {
     let Some((name, tsig)) = tsig_record_of(request) else {
         return Ok(Auth::None);
     };
@@ -674,14 +810,14 @@ fn incremental(zone: &Zone, steps: &[Arc<Diff>]) -> Vec<Record> {
 }
 
 fn produce(shared: &Shared, zones: &ZoneSet, raw: &[u8], transport: Transport) -> Result<Produced, String> {
-    let transfers = &shared.transfer;
+    let transfers = &*shared.transfer.settings.load_full();
     let request = Message::from_vec(raw).map_err(|e| format!("cannot parse the request: {e}"))?;
     let Some(question) = request.queries.first() else {
         return Err("no question".to_string());
     };
     let qtype = question.query_type();
     let is_transfer = matches!(qtype, RecordType::AXFR | RecordType::IXFR);
-    if is_transfer && transfers.config.keys.is_empty() {
+    if is_transfer && !transfers.on() {
         // No transfer ACL: nobody may transfer, signed or not.
         return refuse_unsigned(&request, ResponseCode::Refused);
     }
@@ -724,6 +860,10 @@ fn produce(shared: &Shared, zones: &ZoneSet, raw: &[u8], transport: Transport) -
         tracing::info!(zone = %qname, ?qtype, "unsigned zone transfer refused");
         return refuse_unsigned(&request, ResponseCode::Refused);
     };
+    if !transfers.may_transfer(&key, zone.apex()) {
+        tracing::info!(zone = %qname, ?qtype, key = %key.name(), "zone transfer refused: the key is for other zones");
+        return refuse_unsigned(&request, ResponseCode::Refused);
+    }
     let answer_metadata = metadata(&request, ResponseCode::NoError, true);
     let (mut messages, truncated) = match qtype {
         RecordType::IXFR => {
@@ -757,7 +897,7 @@ fn produce(shared: &Shared, zones: &ZoneSet, raw: &[u8], transport: Transport) -
                     messages_of(&request, vec![soa_record(zone)], answer_metadata)?,
                     false,
                 )
-            } else if let Some(steps) = transfers.chain(zone.apex(), serial, current) {
+            } else if let Some(steps) = shared.transfer.chain(zone.apex(), serial, current) {
                 tracing::info!(zone = %qname, from = serial, to = current, key = %key.name(), "IXFR (incremental)");
                 (
                     messages_of(&request, incremental(zone, &steps), answer_metadata)?,
