@@ -103,6 +103,9 @@ pub mod conditions {
     pub const PROVIDER_UNREACHABLE: &str = "ProviderUnreachable";
     /// `DNSZone`: True while two objects claim one name with different targets; the message names both.
     pub const CONFLICTS: &str = "Conflicts";
+    /// `DNSZone` (embedded with `transfer`): True when the transfer key is loaded and secondaries may
+    /// transfer the zone; False (reason `SecretUnavailable`, `InvalidTransferKey`) while not.
+    pub const TRANSFERS: &str = "Transfers";
     /// `DNSZone`: True while deletions are withheld (sources not synced, or more than `maxDeletePercent`).
     pub const DELETION_GUARD: &str = "DeletionGuard";
     /// `DNSRecord`: the record set is published; the message names the zone.
@@ -207,6 +210,44 @@ pub struct EmbeddedProvider {
     /// on every change and shown in `status.serial`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soa: Option<SoaSettings>,
+
+    /// Secondary servers (BIND, Knot) that copy the zone: each is sent a NOTIFY, signed with
+    /// `transfer`'s key, whenever the serial changes, and then transfers it (AXFR/IXFR).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub secondaries: Vec<SecondaryServer>,
+
+    /// The TSIG key secondaries transfer the zone with. Without it no one may transfer the zone. A key
+    /// may transfer only the zones whose `DNSZone` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferSettings>,
+}
+
+/// A secondary name server of an embedded zone (a NOTIFY target).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecondaryServer {
+    /// The secondary's IP address (IPv4 or IPv6, no host name).
+    #[schemars(length(min = 2, max = 45), regex(pattern = r"^[0-9A-Fa-f:.]+$"))]
+    pub address: String,
+    /// The secondary's port. Default 53.
+    #[serde(default = "default_dns_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// The TSIG key allowed to transfer an embedded zone (AXFR/IXFR) and that signs its NOTIFY messages.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferSettings {
+    /// The key's name, as the secondaries know it (`key "ferrite-dns-transfer" { ... }` in BIND).
+    #[schemars(length(min = 1, max = 254), regex(pattern = NAME_PATTERN))]
+    pub tsig_key_name: String,
+    /// The Secret holding the key's secret, base64 as `tsig-keygen` prints it.
+    pub tsig_key_secret_ref: SecretKeyRef,
+    /// The TSIG algorithm. Default `hmac-sha256`.
+    #[serde(default)]
+    pub tsig_algorithm: TsigAlgorithm,
 }
 
 /// The SOA fields of an embedded zone (RFC 1035 section 3.3.13).

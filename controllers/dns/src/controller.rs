@@ -49,6 +49,8 @@ use crate::resolve::ZoneSet;
 use crate::rfc2136::{self, Rfc2136Client, Timeouts, TsigAlgorithm};
 use crate::server::{Server, ServerConfig, ZonesHandle};
 use crate::source::{self, Desired, Sources, ZoneRecords, ZoneTarget};
+use crate::transfer::{Secondary, TransferConfig, ZoneKey};
+use crate::tsig::TsigKey;
 use crate::zone::Zone;
 
 /// Field manager of every status write.
@@ -492,17 +494,46 @@ fn fingerprint(zone: &DNSZone, records: &[Record]) -> u64 {
     h.finish()
 }
 
-/// The serial of a zone's new content: above the previous one of this process, or (the first in this
-/// process) above the one in status, and at least the unix time (so replicas and restarts agree roughly).
-fn next_serial(previous: Option<u32>, status_serial: u32, now: u32) -> u32 {
-    match previous {
-        Some(p) => p.saturating_add(1).max(now),
-        None => status_serial.saturating_add(1).max(now),
-    }
+/// The serial of a zone's new content: after (RFC 1982) the previous one of this process, or (the first
+/// in this process) the one in status; the unix time when that is after it (so replicas and restarts
+/// agree roughly). See [`crate::transfer::next_serial`].
+fn next_serial(previous: Option<u32>, status_serial: u32, now: std::time::SystemTime) -> u32 {
+    crate::transfer::next_serial(previous.unwrap_or(status_serial), now)
 }
 
-fn unix_now() -> u32 {
-    u32::try_from(Timestamp::now().as_second()).unwrap_or(u32::MAX)
+/// The transfer settings of one embedded zone: its key (if any) and secondaries, or why not.
+async fn zone_transfer(
+    shared: &Shared,
+    apex: &Name,
+    e: &ferrite_api::dns::EmbeddedProvider,
+) -> Result<(Option<TsigKey>, Vec<SocketAddr>), (&'static str, String)> {
+    let mut addresses = Vec::new();
+    for s in &e.secondaries {
+        let ip: IpAddr = s.address.parse().map_err(|_| {
+            (
+                "InvalidSecondary",
+                format!("secondary {:?} is not an IP address", s.address),
+            )
+        })?;
+        let port = u16::try_from(s.port).ok().filter(|p| *p > 0).ok_or((
+            "InvalidSecondary",
+            format!("secondary {ip}: port {} is out of range", s.port),
+        ))?;
+        addresses.push(SocketAddr::new(ip, port));
+    }
+    let Some(t) = &e.transfer else {
+        return Ok((None, addresses));
+    };
+    let secret = read_secret(shared, &t.tsig_key_secret_ref)
+        .await
+        .map_err(|e| ("SecretUnavailable", format!("transfer key of zone {apex}: {e}")))?;
+    let alg_name = serde_json::to_value(t.tsig_algorithm)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let algorithm = TsigAlgorithm::parse(&alg_name).map_err(|e| ("InvalidTransferKey", e.to_string()))?;
+    let key = TsigKey::new(&t.tsig_key_name, algorithm, &secret).map_err(|e| ("InvalidTransferKey", e))?;
+    Ok((Some(key), addresses))
 }
 
 impl Pass {
@@ -582,7 +613,11 @@ impl Pass {
                 .and_then(|s| s.serial)
                 .and_then(|s| u32::try_from(s).ok())
                 .unwrap_or(0);
-            let serial = next_serial(previous.map(|p| p.serial), status_serial, unix_now());
+            let serial = next_serial(
+                previous.map(|p| p.serial),
+                status_serial,
+                std::time::SystemTime::now(),
+            );
             let built = source::embedded_zone(zone, serial)
                 .map_err(|e| (e.reason(), e.to_string()))
                 .and_then(|c| {
@@ -614,6 +649,89 @@ impl Pass {
             }
         }
         self.served.retain(|k, _| live.contains(k));
+
+        // Zone transfers: keys (read from their Secrets) and secondaries of the served embedded zones.
+        let mut transfer = TransferConfig::default();
+        let mut transfer_state: BTreeMap<String, (bool, &'static str, String)> = BTreeMap::new();
+        for zone in &zones {
+            let key = zone.name_any();
+            let Provider::Embedded(e) = &zone.spec.provider else {
+                continue;
+            };
+            if !live.contains(&key) || (e.transfer.is_none() && e.secondaries.is_empty()) {
+                continue;
+            }
+            let Some(served) = self.served.get(&key) else {
+                continue;
+            };
+            let apex = served.zone.apex().clone();
+            match zone_transfer(&self.shared, &apex, e).await {
+                Ok((tsig, addresses)) => {
+                    let conflict = tsig.as_ref().and_then(|k| {
+                        transfer
+                            .zone_keys
+                            .iter()
+                            .find(|z| z.key.name() == k.name() && &z.key != k)
+                            .map(|z| z.zone.clone())
+                    });
+                    if let Some(other) = conflict {
+                        transfer_state.insert(
+                            key,
+                            (
+                                false,
+                                "TransferKeyConflict",
+                                format!(
+                                    "transfer key {} is used for zone {other} with another algorithm or secret",
+                                    e.transfer.as_ref().map_or("", |t| t.tsig_key_name.as_str())
+                                ),
+                            ),
+                        );
+                        continue;
+                    }
+                    let message = match &tsig {
+                        Some(k) => format!(
+                            "key {} may transfer the zone; NOTIFY to {} secondaries",
+                            k.name(),
+                            addresses.len()
+                        ),
+                        None => format!(
+                            "no transfer key: NOTIFY (unsigned) to {} secondaries, every transfer REFUSED",
+                            addresses.len()
+                        ),
+                    };
+                    transfer_state.insert(
+                        key,
+                        (
+                            tsig.is_some(),
+                            if tsig.is_some() {
+                                "Configured"
+                            } else {
+                                "NoTransferKey"
+                            },
+                            message,
+                        ),
+                    );
+                    if let Some(k) = tsig {
+                        transfer.zone_keys.push(ZoneKey {
+                            zone: apex.clone(),
+                            key: k,
+                        });
+                    }
+                    if !addresses.is_empty() {
+                        transfer.secondaries.push(Secondary {
+                            zone: apex,
+                            addresses,
+                        });
+                    }
+                }
+                Err((reason, message)) => {
+                    transfer_state.insert(key, (false, reason, message));
+                }
+            }
+        }
+        if let Err(e) = self.handle.set_transfer(&transfer) {
+            tracing::error!(error = %e, "zone transfer settings not applied");
+        }
         match ZoneSet::new(snapshots) {
             Ok(set) => self.handle.swap(set),
             Err(e) => tracing::error!(error = %e, "zone set not swapped"),
@@ -688,6 +806,7 @@ impl Pass {
             zones,
             zone_errors,
             serials,
+            transfer_state,
             desired,
             records,
             services,
@@ -701,6 +820,8 @@ struct StatusJob {
     zones: Vec<Arc<DNSZone>>,
     zone_errors: BTreeMap<String, (&'static str, String)>,
     serials: BTreeMap<String, u32>,
+    /// Per embedded zone with transfer settings: (ok, reason, message) of the `Transfers` condition.
+    transfer_state: BTreeMap<String, (bool, &'static str, String)>,
     desired: Desired,
     records: Vec<DNSRecord>,
     services: Vec<Service>,
@@ -746,6 +867,24 @@ impl StatusJob {
                 ),
             )];
             conds.push(conflicts_condition(&conflicts_of(&self.desired, &key)));
+            let transfer_key = format!("zone:{key}/transfer");
+            if let Some((ok, reason, message)) = self.transfer_state.get(&key) {
+                conds.push((
+                    condition_types::TRANSFERS.to_string(),
+                    if *ok { Status::True } else { Status::False },
+                    reason.to_string(),
+                    message.clone(),
+                ));
+                if *ok {
+                    shared.forget_events(&HashSet::new(), &transfer_key);
+                } else {
+                    shared
+                        .warn_once(&zone.object_ref(&()), &transfer_key, reason, message.clone())
+                        .await;
+                }
+            } else {
+                shared.forget_events(&HashSet::new(), &transfer_key);
+            }
             write_zone_status(shared, zone, Some(serial), count, conds, false).await;
         }
         self.publish_object_status(shared).await;
@@ -1026,7 +1165,11 @@ async fn worker(shared: Arc<Shared>, key: String, mut rx: watch::Receiver<Option
 
 /// The decoded TSIG secret of a zone, read with one GET of the named Secret.
 async fn secret_of(shared: &Shared, p: &ferrite_api::dns::Rfc2136Provider) -> Result<Vec<u8>, SyncError> {
-    let r = &p.tsig_key_secret_ref;
+    read_secret(shared, &p.tsig_key_secret_ref).await
+}
+
+/// The decoded TSIG secret at `r`, read with one GET of the named Secret.
+async fn read_secret(shared: &Shared, r: &ferrite_api::dns::SecretKeyRef) -> Result<Vec<u8>, SyncError> {
     let err = |message: String| SyncError::Secret {
         namespace: r.namespace.clone(),
         name: r.name.clone(),
@@ -1341,20 +1484,23 @@ mod tests {
 
     #[test]
     fn serial_never_decreases() {
-        // (previous in this process, status.serial, now) -> serial
+        // (previous in this process, status.serial, now) -> serial; RFC 1982: u32::MAX is followed by
+        // a small serial, never stuck at u32::MAX.
         let cases = [
             (None, 0, 1_000, 1_000),
             (None, 5_000, 1_000, 5_001),
             (Some(1_000), 0, 1_000, 1_001),
             (Some(1_000), 0, 2_000, 2_000),
-            (Some(u32::MAX), 0, 2_000, u32::MAX),
-            (None, u32::MAX, 2_000, u32::MAX),
+            (Some(u32::MAX), 0, 2_000, 2_000),
+            (None, u32::MAX, 2_000, 2_000),
+            (Some(u32::MAX), 0, u64::from(u32::MAX), 0),
         ];
         for (previous, status, now, want) in cases {
+            let now = std::time::UNIX_EPOCH + Duration::from_secs(now);
             assert_eq!(
                 next_serial(previous, status, now),
                 want,
-                "{previous:?} {status} {now}"
+                "{previous:?} {status} {now:?}"
             );
         }
     }

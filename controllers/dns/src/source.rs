@@ -2721,6 +2721,7 @@ mod tests {
                     minimum: Some(30),
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         );
         let (config, glue) = embedded_zone(&zone, 1).expect("valid").expect("embedded");
