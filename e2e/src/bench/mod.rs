@@ -19,6 +19,7 @@
 //! benchmarking range) for the 10,000 Services, which is only written into status, never sent to.
 
 pub mod dns;
+pub mod dns_controller;
 mod measure;
 mod report;
 mod stats;
@@ -52,6 +53,9 @@ usage: ferrite-bench [--only lb|dns] [--write FILE] [--services N] [--latency-n 
   --concurrency N   creates in flight in the allocation benchmark (default 16)
   --dns-seconds N   dnsperf's -l for the DNS throughput pass (default 10; the latency pass is half)
   --dns-rounds N    DNS throughput rounds, each server once a round, median reported (default 3)
+  --dns-trials N    change -> answer trials of the DNS controller, per provider (default 20)
+  --dns-rss-records N  DNSRecords for the controller RSS benchmark (default 100000)
+  --dns-rss-seconds N  time budget for creating them; fewer are measured (and said) if it runs out (default 150)
 
 Build first: cargo build --release --workspace --bins (or run `make bench`).";
 
@@ -97,6 +101,12 @@ pub struct Options {
     pub dns_seconds: u64,
     /// DNS throughput rounds.
     pub dns_rounds: usize,
+    /// Change -> answer trials per provider.
+    pub dns_trials: usize,
+    /// DNSRecords of the controller RSS benchmark.
+    pub dns_rss_records: usize,
+    /// Time budget for creating them.
+    pub dns_rss_seconds: u64,
     /// `--help` was given.
     pub help: bool,
 }
@@ -113,6 +123,9 @@ impl Options {
             only: Only::Both,
             dns_seconds: 10,
             dns_rounds: 3,
+            dns_trials: 20,
+            dns_rss_records: 100_000,
+            dns_rss_seconds: 150,
             help: false,
         };
         let mut args = args.peekable();
@@ -144,6 +157,18 @@ impl Options {
                 "--concurrency" => o.concurrency = number()?.min(256),
                 "--dns-seconds" => o.dns_seconds = number()?.min(600) as u64,
                 "--dns-rounds" => o.dns_rounds = number()?.min(20),
+                "--dns-trials" => o.dns_trials = number()?.min(200),
+                "--dns-rss-records" => {
+                    let n: usize = value
+                        .parse()
+                        .with_context(|| format!("{flag}: not a number: {value}"))?;
+                    ensure!(
+                        (dns_controller::SYNC_RECORDS..=200_000).contains(&n),
+                        "{flag}: 10000 to 200000"
+                    );
+                    o.dns_rss_records = n;
+                }
+                "--dns-rss-seconds" => o.dns_rss_seconds = number()?.min(1800) as u64,
                 "--only" => {
                     o.only = match value.as_str() {
                         "lb" => Only::Lb,
@@ -232,11 +257,13 @@ fn rerun_with_wrapped_apiserver() -> Result<i32> {
 
 /// `ferrite-lb` next to this binary (same profile).
 fn ferrite_lb_binary() -> Result<PathBuf> {
+    sibling_binary("ferrite-lb")
+}
+
+/// Binary `name` next to this one (same profile).
+fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating ferrite-bench")?;
-    let lb = exe
-        .parent()
-        .context("ferrite-bench has no directory")?
-        .join("ferrite-lb");
+    let lb = exe.parent().context("ferrite-bench has no directory")?.join(name);
     if !lb.is_file() {
         bail!(
             "{} not found: build with `cargo build --release --workspace --bins`",
@@ -274,6 +301,7 @@ async fn run(opts: Options) -> Result<()> {
         machine = report::Machine::probe(&std::env::current_exe().context("locating ferrite-bench")?);
     }
     let mut dns_results = None;
+    let mut dns_ctl_results = None;
     if opts.only.dns() {
         let (seconds, rounds) = (opts.dns_seconds, opts.dns_rounds);
         // Blocking work (dnsperf runs, the server's own runtime): off the async workers.
@@ -282,12 +310,23 @@ async fn run(opts: Options) -> Result<()> {
                 .await
                 .context("the DNS benchmark panicked")??,
         );
+        let dns_bin = sibling_binary("ferrite-dns")?;
+        dns_ctl_results = Some(
+            dns_controller::run(
+                &dns_bin,
+                opts.dns_trials,
+                opts.dns_rss_records,
+                Duration::from_secs(opts.dns_rss_seconds),
+            )
+            .await?,
+        );
     }
     let results = report::Results {
         machine,
         opts: opts.clone(),
         lb: lb_results,
         dns: dns_results,
+        dns_controller: dns_ctl_results,
     };
     let text = report::markdown(&results);
     match &opts.write {

@@ -95,6 +95,7 @@ pub struct Results {
     pub opts: Options,
     pub lb: Option<LbResults>,
     pub dns: Option<DnsResults>,
+    pub dns_controller: Option<super::dns_controller::ControllerResults>,
 }
 
 /// The ferrite-lb part.
@@ -201,8 +202,109 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
-    let _ = &r.opts;
+    if let Some(c) = &r.dns_controller {
+        controller_markdown(w, &r.opts, c);
+    }
     s
+}
+
+fn dur_ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The ferrite-dns controller part: change -> answer, RFC2136 initial sync, RSS.
+fn controller_markdown(w: &mut String, o: &Options, c: &super::dns_controller::ControllerResults) {
+    use super::dns_controller::summary;
+    let _ = writeln!(
+        w,
+        "### ferrite-dns controller
+"
+    );
+    let _ = writeln!(
+        w,
+        "`ferrite-dns controller` (release build) on the box (etcd + kube-apiserver on 127.0.0.1, admin          kubeconfig, `--debounce={}`), a real `named` on 127.0.0.1 for the RFC2136 zones (TSIG hmac-sha256).          Command: `ferrite-bench --only dns --dns-trials {} --dns-rss-records {} --dns-rss-seconds {}`          (module `e2e/src/bench/dns_controller.rs`).\n",
+        c.debounce, o.dns_trials, o.dns_rss_records, o.dns_rss_seconds
+    );
+    let _ = writeln!(
+        w,
+        "**Change -> answer**: a Service's `status.loadBalancer.ingress[0].ip` patched -> a UDP query loop          (every 5 ms, in-process) gets the new A from the server; {} trials per provider.\n",
+        c.trials
+    );
+    let _ = writeln!(
+        w,
+        "| provider | median | p90 | p99 | max | goal (p99) |\n|---|---|---|---|---|---|"
+    );
+    for (name, v, goal) in [
+        ("embedded (ferrite-dns's server)", &c.embedded, "<= 250 ms"),
+        ("rfc2136 (named, TSIG)", &c.rfc2136, "<= 1 s"),
+    ] {
+        match summary(v) {
+            Some([p50, p90, p99, max]) => {
+                let _ = writeln!(
+                    w,
+                    "| {name} | {} | {} | {} | {} | {goal} |",
+                    dur_ms(p50),
+                    dur_ms(p90),
+                    dur_ms(p99),
+                    dur_ms(max)
+                );
+            }
+            None => {
+                let _ = writeln!(w, "| {name} | - | - | - | - | {goal} |");
+            }
+        }
+    }
+    let _ = writeln!(
+        w,
+        "| external-dns (not measured: it cannot run on this machine) | default `--interval` 60 s: a change waits up to 60 s for the next pass | | | | |\n"
+    );
+    let s = &c.sync;
+    let _ = writeln!(
+        w,
+        "**RFC2136 initial sync**: {} DNSRecords (A) created first ({:.1} s, 16 in flight), then the rfc2136          DNSZone; timed from the DNSZone's create.\n",
+        s.records,
+        s.create.as_secs_f64()
+    );
+    let _ = writeln!(w, "| | |\n|---|---|");
+    let _ = writeln!(
+        w,
+        "| DNSZone created -> `status.records` = {} and Ready | {:.2} s |",
+        s.records,
+        s.to_ready.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "| DNSZone created -> an AXFR from named counts {} A records | {:.2} s |",
+        s.axfr_a,
+        s.to_axfr.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "| UPDATE messages (`ferrite_dns_updates_sent_total` of the zone) | {} |\n",
+        s.updates.map_or("-".to_string(), |u| format!("{u:.0}"))
+    );
+    let r = &c.rss;
+    let note = if r.created < r.target {
+        format!(
+            "{} of the {} asked for: creating them through the box's API server took the whole {} s budget,              so the RSS is at {} records",
+            r.created,
+            r.target,
+            r.budget.as_secs(),
+            r.created
+        )
+    } else {
+        format!("all {} created", r.created)
+    };
+    let _ = writeln!(w, "**Controller RSS** (`VmRSS` of `/proc/<pid>/status`):\n");
+    let _ = writeln!(w, "| | records | RSS |\n|---|---|---|");
+    let _ = writeln!(w, "| idle, no zones | 0 | {} |", mb(r.idle_kib));
+    let _ = writeln!(
+        w,
+        "| loaded ({note}; creating took {:.0} s) | {} | {} |\n",
+        r.create_time.as_secs_f64(),
+        r.total_records,
+        mb(r.kib)
+    );
 }
 
 /// The ferrite-lb part.
