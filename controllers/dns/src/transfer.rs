@@ -1011,7 +1011,61 @@ fn qtype_of(raw: &[u8]) -> Option<RecordType> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tsig::TsigAlgorithm;
     use crate::zone::fixture::{config, record};
+
+    #[test]
+    fn zone_keys_transfer_only_their_zone_and_sign_its_notify() {
+        let n = |s: &str| Name::from_ascii(s).expect("name");
+        let k1 = TsigKey::new("k1", TsigAlgorithm::HmacSha256, b"one").expect("key");
+        let k1_other = TsigKey::new("k1", TsigAlgorithm::HmacSha256, b"other").expect("key");
+        let k2 = TsigKey::new("k2", TsigAlgorithm::HmacSha256, b"two").expect("key");
+        let config = TransferConfig {
+            zone_keys: vec![
+                ZoneKey {
+                    zone: n("a.example."),
+                    key: k1.clone(),
+                },
+                ZoneKey {
+                    zone: n("b.example."),
+                    key: k2.clone(),
+                },
+            ],
+            ..TransferConfig::default()
+        };
+        let s = Settings::check(&config).expect("valid");
+        assert!(s.on());
+        assert!(s.may_transfer(&k1, &n("a.example.")));
+        assert!(!s.may_transfer(&k1, &n("b.example.")));
+        assert!(s.may_transfer(&k2, &n("b.example.")));
+        assert_eq!(s.key(k2.name()), Some(&k2));
+        assert_eq!(s.notify_key(&n("a.example.")), Some(k1.clone()));
+        assert_eq!(s.notify_key(&n("c.example.")), None);
+        let clash = TransferConfig {
+            zone_keys: vec![
+                ZoneKey {
+                    zone: n("a.example."),
+                    key: k1.clone(),
+                },
+                ZoneKey {
+                    zone: n("b.example."),
+                    key: k1_other,
+                },
+            ],
+            ..TransferConfig::default()
+        };
+        let err = Settings::check(&clash).expect_err("one name, two secrets");
+        assert!(err.contains("different algorithms or secrets"), "{err}");
+        let global_too = TransferConfig {
+            keys: vec![k1.clone()],
+            zone_keys: vec![ZoneKey {
+                zone: n("a.example."),
+                key: k1,
+            }],
+            ..TransferConfig::default()
+        };
+        assert!(Settings::check(&global_too).is_err());
+    }
 
     #[test]
     fn serials_follow_rfc_1982() {
