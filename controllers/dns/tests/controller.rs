@@ -378,6 +378,38 @@ impl Drop for Named {
     }
 }
 
+/// A real `named` on `port` as a SECONDARY of the embedded zone `sec.ctl.test` (primary: the controller's
+/// embedded server on `primary_port`, transfers signed with the test's TSIG key).
+fn start_secondary(port: u16, primary_port: u16) -> Named {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().display();
+    let conf = format!(
+        r#"options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    notify no;
+    dnssec-validation no;
+}};
+controls {{ }};
+key "{KEY}" {{ algorithm hmac-sha256; secret "{s}"; }};
+zone "sec.ctl.test" {{
+    type secondary;
+    file "{d}/sec.db";
+    primaries {{ 127.0.0.1 port {primary_port} key {KEY}; }};
+}};
+"#,
+        s = base64(SECRET)
+    );
+    std::fs::write(dir.path().join("named.conf"), conf).expect("named.conf");
+    let child = Named::spawn(dir.path());
+    Named { dir, port, child }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_end_to_end() {
     let kb = KubeBox::shared();
@@ -890,5 +922,60 @@ async fn controller_end_to_end() {
         dig(named_port, "foreign.rfc.ctl.test", "A").1,
         vec!["192.0.2.99".to_string()]
     );
+    // An embedded zone with a real named as its secondary, driven by the DNSZone: named loads the zone by
+    // a TSIG-signed AXFR and follows a change by NOTIFY + IXFR.
+    let sec_port = free_port();
+    create(
+        &zones,
+        json!({"metadata": {"name": "ctl-sec"}, "spec": {"zone": "sec.ctl.test.", "provider": {"embedded": {
+            "secondaries": [{"address": "127.0.0.1", "port": sec_port}],
+            "transfer": {"tsigKeyName": KEY, "tsigKeySecretRef": {"name": "tsig", "namespace": ns}}}}}}),
+    )
+    .await;
+    lb_service(
+        &svcs,
+        "sec",
+        json!({"dns.ferrite.dev/hostname": "www.sec.ctl.test"}),
+    )
+    .await;
+    set_service_ip(&svcs, "sec", "192.0.2.50").await;
+    wait_answer(
+        port2,
+        "www.sec.ctl.test",
+        "A",
+        &["192.0.2.50"],
+        Duration::from_secs(10),
+    )
+    .await;
+    eventually(Duration::from_secs(15), "Transfers=True on ctl-sec", || async {
+        let z = zones.get("ctl-sec").await.ok()?;
+        (condition(&z, "Transfers")?.0 == "True").then_some(())
+    })
+    .await;
+    // The secondary listens on the port the DNSZone names; it starts after the zone is served, so its
+    // first AXFR finds it.
+    let mut secondary = start_secondary(sec_port, port2);
+    let sec_named = secondary.port;
+    eprintln!("secondary named on 127.0.0.1:{sec_named}");
+    eventually(
+        Duration::from_secs(20),
+        "the secondary to answer www.sec.ctl.test",
+        || async { (dig(sec_named, "www.sec.ctl.test", "A").1 == ["192.0.2.50"]).then_some(()) },
+    )
+    .await;
+    set_service_ip(&svcs, "sec", "192.0.2.51").await;
+    eventually(
+        Duration::from_secs(20),
+        "the secondary to follow the change (NOTIFY)",
+        || async { (dig(sec_named, "www.sec.ctl.test", "A").1 == ["192.0.2.51"]).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        dig(port2, "www.sec.ctl.test", "A").1,
+        dig(sec_named, "www.sec.ctl.test", "A").1,
+        "the secondary answers like the primary"
+    );
+    secondary.stop();
+
     ctl.proc.stop(Duration::from_secs(10));
 }
