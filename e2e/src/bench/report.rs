@@ -300,8 +300,10 @@ fn controller_markdown(w: &mut String, o: &Options, c: &super::dns_controller::C
     let _ = writeln!(w, "| idle, no zones | 0 | {} |", mb(r.idle_kib));
     let _ = writeln!(
         w,
-        "| loaded ({note}; creating took {:.0} s) | {} | {} |\n",
+        "| loaded ({note}; creating took {:.0} s; the zone's `status.records` then said {} of its {}) | {} | {} |\\n",
         r.create_time.as_secs_f64(),
+        r.zone_counted,
+        r.zone_target,
         r.total_records,
         mb(r.kib)
     );
