@@ -215,19 +215,15 @@ fn dur_ms(d: std::time::Duration) -> String {
 /// The ferrite-dns controller part: change -> answer, RFC2136 initial sync, RSS.
 fn controller_markdown(w: &mut String, o: &Options, c: &super::dns_controller::ControllerResults) {
     use super::dns_controller::summary;
+    let _ = writeln!(w, "### ferrite-dns controller\n");
     let _ = writeln!(
         w,
-        "### ferrite-dns controller
-"
-    );
-    let _ = writeln!(
-        w,
-        "`ferrite-dns controller` (release build) on the box (etcd + kube-apiserver on 127.0.0.1, admin          kubeconfig, `--debounce={}`), a real `named` on 127.0.0.1 for the RFC2136 zones (TSIG hmac-sha256).          Command: `ferrite-bench --only dns --dns-trials {} --dns-rss-records {} --dns-rss-seconds {}`          (module `e2e/src/bench/dns_controller.rs`).\n",
+        "`ferrite-dns controller` (release build) on the box (etcd + kube-apiserver on 127.0.0.1, admin kubeconfig, `--debounce={}`), a real `named` on 127.0.0.1 for the RFC2136 zones (TSIG hmac-sha256). Command: `ferrite-bench --only dns --dns-trials {} --dns-rss-records {} --dns-rss-seconds {}` (module `e2e/src/bench/dns_controller.rs`).\n",
         c.debounce, o.dns_trials, o.dns_rss_records, o.dns_rss_seconds
     );
     let _ = writeln!(
         w,
-        "**Change -> answer**: a Service's `status.loadBalancer.ingress[0].ip` patched -> a UDP query loop          (every 5 ms, in-process) gets the new A from the server; {} trials per provider.\n",
+        "**Change -> answer**: a Service's `status.loadBalancer.ingress[0].ip` patched -> a UDP query loop (every 5 ms, in-process) gets the new A from the server; {} trials per provider.\n",
         c.trials
     );
     let _ = writeln!(
@@ -261,7 +257,7 @@ fn controller_markdown(w: &mut String, o: &Options, c: &super::dns_controller::C
     let s = &c.sync;
     let _ = writeln!(
         w,
-        "**RFC2136 initial sync**: {} DNSRecords (A) created first ({:.1} s, 16 in flight), then the rfc2136          DNSZone; timed from the DNSZone's create.\n",
+        "**RFC2136 initial sync**: {} DNSRecords (A) created first ({:.1} s, 16 in flight), then the rfc2136 DNSZone; timed from the DNSZone's create.\n",
         s.records,
         s.create.as_secs_f64()
     );
@@ -286,7 +282,7 @@ fn controller_markdown(w: &mut String, o: &Options, c: &super::dns_controller::C
     let r = &c.rss;
     let note = if r.created < r.target {
         format!(
-            "{} of the {} asked for: creating them through the box's API server took the whole {} s budget,              so the RSS is at {} records",
+            "{} of the {} asked for: creating them through the box's API server took the whole {} s budget, so the RSS is at {} records",
             r.created,
             r.target,
             r.budget.as_secs(),
@@ -300,7 +296,7 @@ fn controller_markdown(w: &mut String, o: &Options, c: &super::dns_controller::C
     let _ = writeln!(w, "| idle, no zones | 0 | {} |", mb(r.idle_kib));
     let _ = writeln!(
         w,
-        "| loaded ({note}; creating took {:.0} s; the zone's `status.records` then said {} of its {}) | {} | {} |\\n",
+        "| loaded ({note}; creating took {:.0} s; the zone's `status.records` then said {} of its {}) | {} | {} |\n",
         r.create_time.as_secs_f64(),
         r.zone_counted,
         r.zone_target,
