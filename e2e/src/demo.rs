@@ -262,28 +262,7 @@ pub async fn start_controllers(kb: &KubeBox, lab: &NetLab, lb: &Lb) -> Result<Ru
         &kb.dir.join("ferrite-lb-controller.log"),
     )?;
     running.procs.push(controller);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = running.get_mut(CONTROLLER).context("controller")?;
-        if !p.is_running() {
-            bail!(
-                "the controller exited; last lines of {}:\n{}",
-                p.log.display(),
-                p.log_tail(20)
-            );
-        }
-        if let Ok((200, _)) = http_get(lb.admin, "/readyz").await {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the controller was not ready within 30 s; last lines of {}:\n{}",
-                p.log.display(),
-                p.log_tail(20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(running.get_mut(CONTROLLER).context("controller")?, lb.admin).await?;
     for i in 0..lab.nodes.len() {
         running.procs.push(start_speaker(lab, i, lb)?);
     }
@@ -485,21 +464,30 @@ pub async fn start_dns(kb: &KubeBox) -> Result<(Supervised, SocketAddr)> {
         &[("FERRITE_LOG_LEVEL", "info")],
         &kb.dir.join("ferrite-dns-controller.log"),
     )?;
+    wait_ready(&mut p, admin).await?;
+    Ok((p, listen))
+}
+
+/// Waits up to 30 s for `p`'s admin server at `admin` to answer /readyz 200; fails with its log tail
+/// when it exits or is not ready in time.
+async fn wait_ready(p: &mut Supervised, admin: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if !p.is_running() {
             bail!(
-                "ferrite-dns exited; last lines of {}:\n{}",
+                "{} exited; last lines of {}:\n{}",
+                p.name,
                 p.log.display(),
                 p.log_tail(20)
             );
         }
         if let Ok((200, _)) = http_get(admin, "/readyz").await {
-            return Ok((p, listen));
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "ferrite-dns was not ready within 30 s; last lines of {}:\n{}",
+                "{} was not ready within 30 s; last lines of {}:\n{}",
+                p.name,
                 p.log.display(),
                 p.log_tail(20)
             );
