@@ -4,7 +4,9 @@
 //!
 //! One test function: one controller writes status for every zone, so the steps share it and run in order.
 
-use std::net::{SocketAddr, TcpListener};
+mod common;
+use common::*;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,34 +23,6 @@ use serde_json::json;
 const SECRET: &[u8] = b"ferrite-dns controller test secret, 32+ bytes";
 const KEY: &str = "ferrite-key";
 const RFC_ZONE: &str = "rfc.ctl.test.";
-
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = tcp.local_addr().expect("local address").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on 127.0.0.1");
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 /// `dig +short @127.0.0.1 -p port name type`, sorted lines; and the status.
 fn dig(port: u16, name: &str, rtype: &str) -> (String, Vec<String>) {

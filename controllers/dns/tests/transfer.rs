@@ -6,8 +6,9 @@
 //! Needs `named`, `dig` and `knotd`: `apt-get install -y bind9 bind9-dnsutils knot` (e2e/scripts/install-deps.sh
 //! installs them). Run: `cargo test -p ferrite-dns --test transfer`.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -31,55 +32,6 @@ const SECRET: &[u8] = b"ferrite-dns transfer test secret, 32+ bytes";
 const WRONG_SECRET: &[u8] = b"not the secret the server knows";
 /// Enough TXT records that an AXFR takes several messages (16 kB of records each).
 const BULK: usize = 1500;
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn require(tool: &str) -> PathBuf {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-    ] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{tool} is not installed; this test runs a real BIND: apt-get install -y bind9 bind9-dnsutils \
-         (or run e2e/scripts/install-deps.sh)"
-    );
-}
-
-fn free_port() -> u16 {
-    // A port free for both TCP and UDP on 127.0.0.1.
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = tcp.local_addr().expect("local address").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on 127.0.0.1");
-}
 
 fn name(text: &str) -> Name {
     Name::from_str(text).unwrap_or_else(|err| panic!("name {text:?}: {err}"))
