@@ -1,0 +1,12 @@
+//! ferrite-certs: certificates from ACME CAs, a private CA or self-signed, renewed on time.
+//!
+//! - [`pki`]: private keys (ECDSA, RSA, Ed25519), CSRs, CA-signed and self-signed certificates,
+//!   parsing and validating what a `kubernetes.io/tls` Secret holds (key/cert match, names, expiry).
+//! - [`renewal`]: when a certificate is renewed, and the backoff after failed issuances.
+//! - [`acme`]: the ACME client on instant-acme: the account kept in its Secret, one order per
+//!   Certificate (resumable by URL), HTTP-01/DNS-01 authorizations, self-checks, finalize, ARI.
+#![forbid(unsafe_code)]
+
+pub mod acme;
+pub mod pki;
+pub mod renewal;
