@@ -13,6 +13,7 @@ pub mod http;
 pub mod kubebox;
 pub mod netlab;
 pub mod partition;
+pub mod pebble;
 pub mod process;
 
 pub use http::http_get;
