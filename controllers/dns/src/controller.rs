@@ -28,12 +28,12 @@ use ferrite_kit::conditions::{self, NewCondition, Status};
 use ferrite_kit::events::Events;
 use ferrite_kit::finalizer::Finalizer;
 use ferrite_kit::kube::runtime::controller::Action;
-use ferrite_kit::kube::runtime::reflector::Store;
+use ferrite_kit::kube::runtime::reflector::{ObjectRef, Store};
 use ferrite_kit::kube::runtime::watcher;
 use ferrite_kit::kube::{Api, Resource as _, ResourceExt};
 use ferrite_kit::leader::Leadership;
 use ferrite_kit::status::apply_status;
-use ferrite_kit::watch::Trim;
+use ferrite_kit::watch::{Change, SharedWatch, Trim};
 use ferrite_kit::{App, ReasonedError};
 use hickory_proto::rr::{Name, Record, RecordType};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
@@ -48,7 +48,7 @@ use crate::registry::Resource;
 use crate::resolve::ZoneSet;
 use crate::rfc2136::{self, Rfc2136Client, Timeouts, TsigAlgorithm};
 use crate::server::{Server, ServerConfig, ZonesHandle};
-use crate::source::{self, Desired, Sources, ZoneRecords, ZoneTarget};
+use crate::source::{self, Conflict, Index, ObjectProblem, SourceObject, ZoneRecords, ZoneTarget};
 use crate::transfer::{Secondary, TransferConfig, ZoneKey};
 use crate::tsig::TsigKey;
 use crate::zone::Zone;
@@ -231,7 +231,9 @@ impl ReasonedError for SyncError {
 #[derive(Debug, Clone)]
 struct Job {
     zone: Arc<DNSZone>,
-    desired: ZoneRecords,
+    desired: Arc<ZoneRecords>,
+    /// [`Index::content_hash`] of `desired`.
+    desired_hash: u64,
     conflicts: Vec<String>,
     sources_synced: bool,
 }
@@ -247,12 +249,7 @@ impl Job {
         self.zone.metadata.deletion_timestamp.is_some().hash(&mut h);
         self.zone.metadata.finalizers.hash(&mut h);
         self.zone.metadata.uid.hash(&mut h);
-        for r in self.desired.records() {
-            crate::resolve::record_line(&r).hash(&mut h);
-        }
-        for set in &self.desired.sets {
-            set.owner.hash(&mut h);
-        }
+        self.desired_hash.hash(&mut h);
         self.conflicts.hash(&mut h);
         self.sources_synced.hash(&mut h);
         h.finish()
@@ -268,6 +265,8 @@ struct Worker {
 #[derive(Debug, Clone)]
 struct Served {
     fingerprint: u64,
+    /// [`spec_hash`] of the zone it was built from.
+    spec: u64,
     serial: u32,
     zone: Arc<Zone>,
     swapped_at: Timestamp,
@@ -371,34 +370,57 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
                 && ferrite_kit::admin::wait_synced(&s).await
                 && ferrite_kit::admin::wait_synced(&i).await;
             if all {
-                tracing::info!("every source watch has listed: deletions allowed");
                 synced.store(true, Ordering::SeqCst);
                 changed.notify_one();
             }
         });
     }
-    // Any change of any watched kind wakes the pass.
-    macro_rules! forward {
-        ($w:expr) => {{
-            let mut sub = $w.subscribe();
-            let changed = changed.clone();
-            tokio::spawn(async move {
-                while sub.next_change().await.is_some() {
-                    changed.notify_one();
-                }
-            });
-        }};
+    // A DNSZone change wakes the pass (zones are few: each pass reads them from the cache).
+    {
+        let mut sub = zones_w.subscribe();
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            while sub.next_change().await.is_some() {
+                changed.notify_one();
+            }
+        });
     }
-    forward!(zones_w);
-    forward!(records_w);
-    forward!(services_w);
-    forward!(ingresses_w);
-    // A new leader writes what the previous one may not have.
+    // Source objects: each change derived once, into the index at the next pass.
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let caught_up: [Arc<AtomicBool>; 3] = Default::default();
+    feed(
+        &services_w,
+        "service",
+        SourceObject::from_service,
+        pending.clone(),
+        changed.clone(),
+        caught_up[0].clone(),
+    );
+    feed(
+        &ingresses_w,
+        "ingress",
+        SourceObject::from_ingress,
+        pending.clone(),
+        changed.clone(),
+        caught_up[1].clone(),
+    );
+    feed(
+        &records_w,
+        "dnsrecord",
+        SourceObject::from_record,
+        pending.clone(),
+        changed.clone(),
+        caught_up[2].clone(),
+    );
+    // A new leader writes what the previous one may not have: every status is looked at.
+    let full_requested = Arc::new(AtomicBool::new(true));
     {
         let mut leader = app.leadership.subscribe();
         let changed = changed.clone();
+        let full_requested = full_requested.clone();
         tokio::spawn(async move {
             while leader.changed().await.is_ok() {
+                full_requested.store(true, Ordering::SeqCst);
                 changed.notify_one();
             }
         });
@@ -437,26 +459,38 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         status_tx,
         handle,
         served: BTreeMap::new(),
+        build_errors: BTreeMap::new(),
         workers: BTreeMap::new(),
+        rfc_desired: BTreeMap::new(),
         synced: synced.clone(),
+        caught_up,
+        told_synced: false,
+        pending,
+        outcomes: Arc::new(Mutex::new(HashMap::new())),
+        index: Index::default(),
         zones,
-        records,
-        services,
-        ingresses,
+        stores: Stores {
+            records,
+            services,
+            ingresses,
+        },
     };
     let shutdown = app.shutdown.clone();
     let resync = app.run_options().resync;
     loop {
+        // The periodic pass looks at every status again (never rely on events alone).
+        let mut full = false;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = changed.notified() => {}
-            _ = tokio::time::sleep(resync) => {}
+            _ = tokio::time::sleep(resync) => full = true,
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(args.debounce) => {}
         }
-        pass.run().await;
+        full |= full_requested.swap(false, Ordering::SeqCst);
+        pass.run(full).await;
     }
     for (_, w) in std::mem::take(&mut pass.workers) {
         w.task.abort();
@@ -467,30 +501,142 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The latest derived state of each changed source object, waiting for the next pass (latest wins;
+/// `None`: deleted, or it asks for no name any more). Bounded by the number of objects.
+type Pending = Arc<Mutex<HashMap<Resource, Option<SourceObject>>>>;
+
+/// Outcomes of `DNSRecord`s whose status the leader's status task has yet to look at (latest wins).
+type Outcomes = Arc<Mutex<HashMap<Resource, source::Outcome>>>;
+
+/// Feeds one source kind's changes into `pending` as [`SourceObject`]s (a few hundred bytes each: the
+/// object itself stays only in the watch's cache) and wakes the pass. `caught_up` turns true once the
+/// watch has listed and every listed object has been handed over, so a pass that sees it true (read
+/// before it takes `pending`) holds every object: only then may anything be deleted.
+fn feed<K>(
+    watch: &SharedWatch<K>,
+    kind: &'static str,
+    derive: fn(&K) -> Option<SourceObject>,
+    pending: Pending,
+    changed: Arc<Notify>,
+    caught_up: Arc<AtomicBool>,
+) where
+    K: ferrite_kit::kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut sub = watch.subscribe();
+    let store = watch.store();
+    tokio::spawn(async move {
+        // Keys handed over until caught up (then dropped).
+        let mut delivered: Option<HashSet<ObjectRef<K>>> = Some(HashSet::new());
+        let mut listed = false;
+        loop {
+            tokio::select! {
+                change = sub.next_change() => {
+                    let Some(change) = change else { break };
+                    let (object, derived) = match &change {
+                        Change::Applied(o) => (o, derive(o)),
+                        Change::Deleted(o) => (o, None),
+                    };
+                    if let Some(d) = delivered.as_mut() {
+                        d.insert(ObjectRef::from_obj(&**object));
+                    }
+                    pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(resource_of(kind, &**object), derived);
+                    changed.notify_one();
+                }
+                r = store.wait_until_ready(), if !listed => {
+                    if r.is_err() {
+                        break;
+                    }
+                    listed = true;
+                }
+            }
+            // The store is ready a moment before the listed objects reach the subscriber: caught up
+            // only when every object in the store has been handed over.
+            if listed
+                && sub.pending() == 0
+                && let Some(d) = &delivered
+                && store
+                    .state()
+                    .iter()
+                    .all(|o| d.contains(&ObjectRef::from_obj(&**o)))
+            {
+                delivered = None;
+                caught_up.store(true, Ordering::SeqCst);
+                changed.notify_one();
+            }
+        }
+    });
+}
+
 struct Pass {
     shared: Arc<Shared>,
     status_tx: watch::Sender<Option<Arc<StatusJob>>>,
     handle: ZonesHandle,
     served: BTreeMap<String, Served>,
+    /// Embedded zones whose last build failed: the fingerprint and the error (told again, not rebuilt).
+    build_errors: BTreeMap<String, (u64, (&'static str, String))>,
     workers: BTreeMap<String, Worker>,
+    /// Per RFC2136 zone: the desired records last handed to its worker and their hash.
+    rfc_desired: BTreeMap<String, (Arc<ZoneRecords>, u64)>,
     synced: Arc<AtomicBool>,
+    /// Per source kind (Services, Ingresses, DNSRecords): every listed object is in `pending` or the index.
+    caught_up: [Arc<AtomicBool>; 3],
+    told_synced: bool,
+    pending: Pending,
+    outcomes: Outcomes,
+    index: Index,
     zones: Store<DNSZone>,
+    stores: Stores,
+}
+
+/// The caches the status task looks objects up in (for Event references and current status).
+#[derive(Clone)]
+struct Stores {
     records: Store<DNSRecord>,
     services: Store<Service>,
     ingresses: Store<Ingress>,
+}
+
+impl Stores {
+    /// The reference an Event about `r` is published on, if the object is still cached.
+    fn object_ref(&self, r: &Resource) -> Option<ObjectReference> {
+        let key = |o: &Resource| (o.name.clone(), o.namespace.clone());
+        let (name, ns) = key(r);
+        match r.kind.as_str() {
+            "service" => self
+                .services
+                .get(&ObjectRef::new(&name).within(&ns))
+                .map(|o| o.object_ref(&())),
+            "ingress" => self
+                .ingresses
+                .get(&ObjectRef::new(&name).within(&ns))
+                .map(|o| o.object_ref(&())),
+            "dnsrecord" => self
+                .records
+                .get(&ObjectRef::new(&name).within(&ns))
+                .map(|o| o.object_ref(&())),
+            _ => None,
+        }
+    }
 }
 
 fn created(zone: &DNSZone) -> (Option<Time>, String) {
     (zone.metadata.creation_timestamp.clone(), zone.name_any())
 }
 
-/// Content fingerprint of a zone's records and settings (the serial excluded).
-fn fingerprint(zone: &DNSZone, records: &[Record]) -> u64 {
+/// Hash of a zone's settings (`spec`).
+fn spec_hash(zone: &DNSZone) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(&zone.spec).unwrap_or_default().hash(&mut h);
-    for r in records {
-        crate::resolve::record_line(r).hash(&mut h);
-    }
+    h.finish()
+}
+
+/// Content fingerprint of a zone: its settings and its records (the serial excluded).
+fn fingerprint(spec: u64, content: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (spec, content).hash(&mut h);
     h.finish()
 }
 
@@ -537,13 +683,18 @@ async fn zone_transfer(
 }
 
 impl Pass {
-    async fn run(&mut self) {
+    /// One pass: the changes since the last one into the index, then only the zones they touched.
+    /// `full`: every `DNSRecord`'s status is looked at (resync, new leader), not only the changed ones.
+    async fn run(&mut self, full: bool) {
+        // Read before `pending` is taken: every object the flags account for is in it by then.
+        let synced =
+            self.synced.load(Ordering::SeqCst) && self.caught_up.iter().all(|c| c.load(Ordering::SeqCst));
+        if synced && !self.told_synced {
+            tracing::info!("every source watch has listed: deletions allowed");
+            self.told_synced = true;
+        }
         let mut zones: Vec<Arc<DNSZone>> = self.zones.state();
         zones.sort_by_key(|z| created(z));
-        let services: Vec<Service> = self.services.state().iter().map(|s| (**s).clone()).collect();
-        let ingresses: Vec<Ingress> = self.ingresses.state().iter().map(|s| (**s).clone()).collect();
-        let records: Vec<DNSRecord> = self.records.state().iter().map(|s| (**s).clone()).collect();
-        let synced = self.synced.load(Ordering::SeqCst);
 
         // Zones the sources may publish into; the oldest DNSZone of an apex wins it.
         let mut zone_errors: BTreeMap<String, (&'static str, String)> = BTreeMap::new();
@@ -574,33 +725,42 @@ impl Pass {
                 }
             }
         }
-        let desired = source::desired(
-            &targets,
-            Sources {
-                services: &services,
-                ingresses: &ingresses,
-                records: &records,
-            },
-        );
+        self.index.set_zones(targets);
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (resource, object) in pending {
+            self.index.apply(&resource, object);
+        }
+        let dirty = self.index.take_dirty_zones();
+        let dirty_objects = self.index.take_dirty_objects();
 
-        // Embedded zones: build, bump the serial on change, swap.
+        // Embedded zones: rebuild those whose records or settings changed, bump the serial, swap.
         let mut snapshots: Vec<Arc<Zone>> = Vec::new();
         let mut live = BTreeSet::new();
         for zone in &zones {
             let key = zone.name_any();
-            if !matches!(zone.spec.provider, Provider::Embedded(_)) || zone_errors.contains_key(&key) {
-                continue;
-            }
-            let Some(zr) = desired.zones.get(&key) else {
-                continue;
-            };
-            if zone.metadata.deletion_timestamp.is_some() {
+            if !matches!(zone.spec.provider, Provider::Embedded(_))
+                || zone_errors.contains_key(&key)
+                || zone.metadata.deletion_timestamp.is_some()
+            {
                 continue;
             }
             live.insert(key.clone());
-            let data = zr.records();
-            let fp = fingerprint(zone, &data);
+            let spec = spec_hash(zone);
             let previous = self.served.get(&key);
+            let fp = match previous {
+                Some(p) if p.spec == spec && !dirty.contains(&key) => p.fingerprint,
+                _ => fingerprint(spec, self.index.content_hash(&key)),
+            };
+            if let Some((failed, e)) = self.build_errors.get(&key)
+                && *failed == fp
+            {
+                // Keep answering from the last good snapshot, and keep saying why.
+                if let Some(p) = previous {
+                    snapshots.push(p.zone.clone());
+                }
+                zone_errors.insert(key.clone(), e.clone());
+                continue;
+            }
             if let Some(p) = previous
                 && p.fingerprint == fp
             {
@@ -618,21 +778,24 @@ impl Pass {
                 status_serial,
                 std::time::SystemTime::now(),
             );
+            let index = &self.index;
             let built = source::embedded_zone(zone, serial)
                 .map_err(|e| (e.reason(), e.to_string()))
                 .and_then(|c| {
                     let (config, glue) = c.ok_or(("InvalidZone", "not an embedded zone".to_string()))?;
-                    Zone::build(&config, data.into_iter().chain(glue))
+                    Zone::build(&config, index.records(&key).chain(glue))
                         .map_err(|e| (e.reason(), e.to_string()))
                 });
             match built {
                 Ok(z) => {
                     let z = Arc::new(z);
                     snapshots.push(z.clone());
+                    self.build_errors.remove(&key);
                     self.served.insert(
                         key.clone(),
                         Served {
                             fingerprint: fp,
+                            spec,
                             serial,
                             zone: z,
                             swapped_at: Timestamp::now(),
@@ -644,11 +807,13 @@ impl Pass {
                     if let Some(p) = previous {
                         snapshots.push(p.zone.clone());
                     }
+                    self.build_errors.insert(key.clone(), (fp, e.clone()));
                     zone_errors.insert(key.clone(), e);
                 }
             }
         }
         self.served.retain(|k, _| live.contains(k));
+        self.build_errors.retain(|k, _| live.contains(k));
 
         // Zone transfers: keys (read from their Secrets) and secondaries of the served embedded zones.
         let mut transfer = TransferConfig::default();
@@ -740,28 +905,40 @@ impl Pass {
             let m = &self.shared.metrics;
             m.records
                 .with_label_values(&[key])
-                .set(desired.zones.get(key).map_or(0, |z| z.records().len()) as f64);
+                .set(self.index.record_count(key) as f64);
             m.serial.with_label_values(&[key]).set(f64::from(s.serial));
             m.last_sync
                 .with_label_values(&[key])
                 .set(s.swapped_at.as_second() as f64);
         }
-        let mut problems = 0;
-        for p in &desired.problems {
-            problems += p.errors.len();
-        }
+        let problems = self.index.problems();
+        let conflicts: Vec<Conflict> = self.index.conflicts().into_iter().cloned().collect();
         self.shared
             .metrics
             .source_errors
             .with_label_values(&["problem"])
-            .set(problems as f64);
+            .set(problems.iter().map(|p| p.errors.len()).sum::<usize>() as f64);
         self.shared
             .metrics
             .source_errors
             .with_label_values(&["conflict"])
-            .set(desired.conflicts.len() as f64);
+            .set(conflicts.len() as f64);
+        let zone_conflicts: BTreeMap<String, Vec<String>> = zones
+            .iter()
+            .map(|z| {
+                let key = z.name_any();
+                let c = self
+                    .index
+                    .conflicts_in(&key)
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                (key, c)
+            })
+            .collect();
 
-        // RFC2136 zones: hand the latest desired state to each zone's worker.
+        // RFC2136 zones: hand the latest desired state to each zone's worker (the records are copied
+        // out of the index only when they changed).
         let mut rfc_live = BTreeSet::new();
         for zone in &zones {
             let key = zone.name_any();
@@ -770,10 +947,19 @@ impl Pass {
                 continue;
             }
             rfc_live.insert(key.clone());
+            if dirty.contains(&key) || !self.rfc_desired.contains_key(&key) {
+                let records = Arc::new(self.index.zone_records(&key));
+                let hash = self.index.content_hash(&key);
+                self.rfc_desired.insert(key.clone(), (records, hash));
+            }
+            let Some((desired, desired_hash)) = self.rfc_desired.get(&key).cloned() else {
+                continue;
+            };
             let job = Arc::new(Job {
                 zone: zone.clone(),
-                desired: desired.zones.get(&key).cloned().unwrap_or_default(),
-                conflicts: conflicts_of(&desired, &key),
+                desired,
+                desired_hash,
+                conflicts: zone_conflicts.get(&key).cloned().unwrap_or_default(),
                 sources_synced: synced && !zone_errors.contains_key(&key),
             });
             let worker = self.workers.entry(key.clone()).or_insert_with(|| {
@@ -783,6 +969,7 @@ impl Pass {
             });
             worker.tx.send_replace(Some(job));
         }
+        self.rfc_desired.retain(|k, _| rfc_live.contains(k));
         self.workers.retain(|k, w| {
             let keep = rfc_live.contains(k);
             if !keep {
@@ -800,17 +987,41 @@ impl Pass {
         if !self.shared.leadership.is_leader() {
             return;
         }
+        // DNSRecords whose status may have changed (all of them on a full pass), for the status task.
+        {
+            let mut outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            let changed: Vec<&Resource> = if full {
+                self.index.objects().collect()
+            } else {
+                dirty_objects.iter().map(|r| &**r).collect()
+            };
+            for r in changed.into_iter().filter(|r| r.kind == "dnsrecord") {
+                if let Some(o) = self.index.outcome(r) {
+                    outcomes.insert(r.clone(), o);
+                }
+            }
+        }
         // Status writes run in their own task (latest wins), so a slow API server never delays a swap.
         let serials = self.served.iter().map(|(k, s)| (k.clone(), s.serial)).collect();
+        let counts = zones
+            .iter()
+            .map(|z| {
+                let key = z.name_any();
+                let n = self.index.record_count(&key);
+                (key, n)
+            })
+            .collect();
         self.status_tx.send_replace(Some(Arc::new(StatusJob {
             zones,
             zone_errors,
             serials,
             transfer_state,
-            desired,
-            records,
-            services,
-            ingresses,
+            counts,
+            zone_conflicts,
+            problems,
+            conflicts,
+            outcomes: self.outcomes.clone(),
+            stores: self.stores.clone(),
         })));
     }
 }
@@ -822,10 +1033,15 @@ struct StatusJob {
     serials: BTreeMap<String, u32>,
     /// Per embedded zone with transfer settings: (ok, reason, message) of the `Transfers` condition.
     transfer_state: BTreeMap<String, (bool, &'static str, String)>,
-    desired: Desired,
-    records: Vec<DNSRecord>,
-    services: Vec<Service>,
-    ingresses: Vec<Ingress>,
+    /// Records published per zone.
+    counts: BTreeMap<String, usize>,
+    /// Conflicts per zone, as the `Conflicts` condition names them.
+    zone_conflicts: BTreeMap<String, Vec<String>>,
+    problems: Vec<ObjectProblem>,
+    conflicts: Vec<Conflict>,
+    /// Shared with the pass: taken (and put back on a failed write) by this task.
+    outcomes: Outcomes,
+    stores: Stores,
 }
 
 impl StatusJob {
@@ -857,7 +1073,7 @@ impl StatusJob {
             let Some(&serial) = self.serials.get(&key) else {
                 continue;
             };
-            let count = self.desired.zones.get(&key).map_or(0, |z| z.records().len());
+            let count = self.counts.get(&key).copied().unwrap_or(0);
             let mut conds = vec![ready(
                 true,
                 "Serving",
@@ -866,7 +1082,9 @@ impl StatusJob {
                     count, serial
                 ),
             )];
-            conds.push(conflicts_condition(&conflicts_of(&self.desired, &key)));
+            conds.push(conflicts_condition(
+                self.zone_conflicts.get(&key).map_or(&[][..], |c| &c[..]),
+            ));
             let transfer_key = format!("zone:{key}/transfer");
             if let Some((ok, reason, message)) = self.transfer_state.get(&key) {
                 conds.push((
@@ -890,84 +1108,70 @@ impl StatusJob {
         self.publish_object_status(shared).await;
     }
 
-    /// DNSRecord Programmed conditions and Warning Events on objects with problems and conflict losers.
+    /// Warning Events on objects with problems and conflict losers; the `Programmed` condition of the
+    /// `DNSRecord`s whose outcome the passes handed over.
     async fn publish_object_status(&self, shared: &Shared) {
-        let desired = &self.desired;
-        let records = &self.records[..];
-        let services = &self.services[..];
-        let ingresses = &self.ingresses[..];
-        let mut refs: HashMap<Resource, ObjectReference> = HashMap::new();
-        for s in services {
-            refs.insert(resource_of("service", s), s.object_ref(&()));
-        }
-        for i in ingresses {
-            refs.insert(resource_of("ingress", i), i.object_ref(&()));
-        }
-        for r in records {
-            refs.insert(resource_of("dnsrecord", r), r.object_ref(&()));
-        }
         let mut keep: HashSet<String> = HashSet::new();
-        let mut record_problem: HashMap<Resource, (&'static str, String)> = HashMap::new();
-        for p in &desired.problems {
-            let reason = p.errors.first().map_or("Invalid", |e| e.reason());
-            let note = p
-                .errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
-            let note = format!("nothing published for {}: {note}", p.resource);
-            record_problem.insert(p.resource.clone(), (reason, note.clone()));
+        for p in &self.problems {
+            let (reason, note) = problem_note(p);
             let key = format!("obj:{}", p.resource);
             keep.insert(key.clone());
-            if let Some(r) = refs.get(&p.resource) {
-                shared.warn_once(r, &key, reason, note).await;
+            if let Some(r) = self.stores.object_ref(&p.resource) {
+                shared.warn_once(&r, &key, reason, note).await;
             }
         }
-        let mut losers: HashMap<Resource, String> = HashMap::new();
-        for c in &desired.conflicts {
+        for c in &self.conflicts {
             let key = format!("obj:{}", c.loser);
             keep.insert(key.clone());
-            losers.insert(c.loser.clone(), c.to_string());
-            if let Some(r) = refs.get(&c.loser) {
-                shared.warn_once(r, &key, "Conflict", c.to_string()).await;
+            if let Some(r) = self.stores.object_ref(&c.loser) {
+                shared.warn_once(&r, &key, "Conflict", c.to_string()).await;
             }
         }
         shared.forget_events(&keep, "obj:");
 
+        let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()));
         let api_of = |ns: &str| Api::<DNSRecord>::namespaced(shared.client.clone(), ns);
-        for r in records {
+        for (res, outcome) in outcomes {
+            let Some(r) = self
+                .stores
+                .records
+                .get(&ObjectRef::new(&res.name).within(&res.namespace))
+            else {
+                continue;
+            };
             if r.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let res = resource_of("dnsrecord", r);
-            let placed = desired.placements.get(&res);
-            let (status, reason, message, zone) = if let Some((reason, note)) = record_problem.get(&res) {
-                (Status::False, (*reason).to_string(), note.clone(), None)
-            } else if let Some(z) = placed.filter(|z| !z.is_empty()) {
-                let zones: Vec<&str> = z.iter().map(String::as_str).collect();
-                let first = zones.first().map(|s| s.to_string());
-                match losers.get(&res) {
-                    Some(c) => (Status::False, "Conflict".into(), c.clone(), first),
-                    None => (
-                        Status::True,
-                        "Programmed".into(),
-                        format!("published in DNSZone {}", zones.join(", ")),
-                        first,
-                    ),
+            let (status, reason, message, zone) = match &outcome {
+                source::Outcome::Problem(errors) => {
+                    let (reason, note) = problem_note(&ObjectProblem {
+                        resource: res.clone(),
+                        errors: errors.clone(),
+                    });
+                    (Status::False, reason.to_string(), note, None)
                 }
-            } else if let Some(c) = losers.get(&res) {
-                (Status::False, "Conflict".into(), c.clone(), None)
-            } else {
-                (
+                source::Outcome::Placed { zones, lost } => {
+                    let first = zones.first().cloned();
+                    match lost {
+                        Some(c) => (Status::False, "Conflict".into(), c.to_string(), first),
+                        None => (
+                            Status::True,
+                            "Programmed".into(),
+                            format!("published in DNSZone {}", zones.join(", ")),
+                            first,
+                        ),
+                    }
+                }
+                source::Outcome::Lost(c) => (Status::False, "Conflict".into(), c.to_string(), None),
+                source::Outcome::NoZone => (
                     Status::False,
                     "NoZone".into(),
                     format!("no DNSZone contains {:?}", r.spec.name),
                     None,
-                )
+                ),
             };
-            let current = r.status.clone().unwrap_or_default();
-            let mut conds = current.conditions.clone();
+            let current = r.status.as_ref();
+            let mut conds = current.map(|s| s.conditions.clone()).unwrap_or_default();
             let changed = conditions::set(
                 &mut conds,
                 NewCondition {
@@ -979,7 +1183,10 @@ impl StatusJob {
                 r.metadata.generation,
                 Timestamp::now(),
             );
-            if !changed && current.zone == zone && current.observed_generation == r.metadata.generation {
+            if !changed
+                && current.and_then(|s| s.zone.clone()) == zone
+                && current.and_then(|s| s.observed_generation) == r.metadata.generation
+            {
                 continue;
             }
             let body = serde_json::json!({
@@ -998,9 +1205,27 @@ impl StatusJob {
             .await
             {
                 tracing::warn!(record = %res, error = %e, "DNSRecord status not written");
+                // Tried again after the next pass (unless that pass has a newer outcome).
+                self.outcomes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(res)
+                    .or_insert(outcome);
             }
         }
     }
+}
+
+/// The reason and note of an object that publishes nothing (Event and `Programmed` condition).
+fn problem_note(p: &ObjectProblem) -> (&'static str, String) {
+    let reason = p.errors.first().map_or("Invalid", |e| e.reason());
+    let note = p
+        .errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    (reason, format!("nothing published for {}: {note}", p.resource))
 }
 
 fn resource_of<K: ferrite_kit::kube::Resource>(kind: &str, obj: &K) -> Resource {
@@ -1009,15 +1234,6 @@ fn resource_of<K: ferrite_kit::kube::Resource>(kind: &str, obj: &K) -> Resource 
         namespace: obj.meta().namespace.clone().unwrap_or_default(),
         name: obj.meta().name.clone().unwrap_or_default(),
     }
-}
-
-fn conflicts_of(desired: &Desired, key: &str) -> Vec<String> {
-    desired
-        .conflicts
-        .iter()
-        .filter(|c| c.zone == key)
-        .map(|c| c.to_string())
-        .collect()
 }
 
 fn ready(ok: bool, reason: &str, message: String) -> (String, Status, String, String) {
@@ -1405,7 +1621,7 @@ async fn sync_inner(shared: &Shared, job: &Job, cleanup: bool) -> Result<Outcome
         settings.policy = Policy::Sync;
         &empty
     } else {
-        &job.desired
+        &*job.desired
     };
     let plan = plan::plan(&settings, desired, &current);
     let mut messages = 0;

@@ -24,9 +24,10 @@
 //! and a later object claiming it with other data, or a CNAME where others have data (or the other way
 //! round), loses every record it wanted at that name.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ferrite_api::dns::{
     DNSRecord, DNSZone, RecordType as ApiRecordType, SourceFilter, SourceKind, annotations,
@@ -449,6 +450,7 @@ pub struct Sources<'a> {
 }
 
 /// An object, reduced to what the rules need.
+#[derive(Debug, Clone, PartialEq)]
 struct Object {
     kind: SourceKind,
     resource: Resource,
@@ -469,171 +471,389 @@ struct Claim {
 /// An object's claims, or everything wrong with it.
 type ClaimsOrErrors = Result<Vec<Claim>, Vec<SourceError>>;
 
-/// Computes the desired records of every zone from every object.
+/// Computes the desired records of every zone from every object (an [`Index`] fed every object once).
 pub fn desired(zones: &[ZoneTarget], sources: Sources<'_>) -> Desired {
-    let mut objects: Vec<(Object, ClaimsOrErrors)> = Vec::new();
-    for service in sources.services {
-        if let Some(object) = object(SourceKind::Service, "service", &service.metadata)
-            && let Some(claims) = service_claims(service)
-        {
-            objects.push((object, claims));
-        }
+    let mut index = Index::default();
+    index.set_zones(zones.to_vec());
+    let objects = (sources.services.iter().filter_map(SourceObject::from_service))
+        .chain(sources.ingresses.iter().filter_map(SourceObject::from_ingress))
+        .chain(sources.records.iter().filter_map(SourceObject::from_record));
+    for object in objects {
+        let resource = object.resource().clone();
+        index.apply(&resource, Some(object));
     }
-    for ingress in sources.ingresses {
-        if let Some(object) = object(SourceKind::Ingress, "ingress", &ingress.metadata)
-            && let Some(claims) = ingress_claims(ingress)
-        {
-            objects.push((object, claims));
-        }
-    }
-    for record in sources.records {
-        if let Some(object) = object(SourceKind::DnsRecord, "dnsrecord", &record.metadata) {
-            objects.push((object, record_claims(record)));
-        }
-    }
-    // Oldest first: the order conflicts are decided in. An object without a creation time (never from
-    // the API server) sorts last.
-    objects.sort_by(|(a, _), (b, _)| {
-        let time = |o: &Object| o.created.as_ref().map(|t| t.0);
-        (time(a).is_none(), time(a), &a.resource).cmp(&(time(b).is_none(), time(b), &b.resource))
-    });
+    index.desired()
+}
 
-    let mut out = Desired {
-        zones: zones
-            .iter()
-            .map(|z| (z.key.clone(), ZoneRecords::default()))
-            .collect(),
-        ..Desired::default()
+/// Where an object's claims land with the current zones.
+enum Placed {
+    /// No zone selects the object: someone else's business (another controller's, another DNSZone
+    /// set's): no records and no complaint.
+    Unselected,
+    /// The object publishes nothing, for these reasons.
+    Problem(Vec<SourceError>),
+    /// The RRsets it asks for, per zone and name.
+    Sets(BTreeMap<(String, Name), Vec<DesiredSet>>),
+}
+
+/// Places an object's claims in `zones`, checking every rule that involves the zone; any error drops
+/// the whole object.
+fn place(zones: &[ZoneTarget], source: &SourceObject) -> Placed {
+    let object = &source.object;
+    if !zones.iter().any(|z| z.selects(object)) {
+        return Placed::Unselected;
+    }
+    let claims = match &source.claims {
+        Ok(claims) => claims,
+        Err(errors) => return Placed::Problem(errors.clone()),
     };
-    // Accepted RRsets per zone and name.
-    let mut accepted: BTreeMap<String, BTreeMap<Name, Vec<DesiredSet>>> = BTreeMap::new();
-    for (object, claims) in objects {
-        // Objects no zone selects are someone else's business (another controller's, another
-        // DNSZone set's): no records and no complaint.
-        if !zones.iter().any(|z| z.selects(&object)) {
+    let mut placed: BTreeMap<(String, Name), Vec<DesiredSet>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for claim in claims {
+        let Some(zone) = zones
+            .iter()
+            .filter(|z| z.apex.zone_of(&claim.name))
+            .max_by_key(|z| z.apex.num_labels())
+        else {
+            push_unique(
+                &mut errors,
+                SourceError::OutsideZones {
+                    name: claim.name.to_string(),
+                    zones: zones
+                        .iter()
+                        .map(|z| z.apex.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+            );
             continue;
-        }
-        let claims = match claims {
-            Ok(claims) => claims,
-            Err(errors) => {
-                out.problems.push(ObjectProblem {
-                    resource: object.resource,
-                    errors,
-                });
-                continue;
-            }
         };
-        // Place every claim, checking the rules that involve the zone; any error drops the object.
-        let mut placed: BTreeMap<(String, Name), Vec<DesiredSet>> = BTreeMap::new();
-        let mut errors = Vec::new();
-        for claim in claims {
-            let Some(zone) = zones
-                .iter()
-                .filter(|z| z.apex.zone_of(&claim.name))
-                .max_by_key(|z| z.apex.num_labels())
-            else {
-                push_unique(
-                    &mut errors,
-                    SourceError::OutsideZones {
-                        name: claim.name.to_string(),
-                        zones: zones
-                            .iter()
-                            .map(|z| z.apex.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    },
-                );
-                continue;
-            };
-            if !zone.selects(&object) {
-                push_unique(
-                    &mut errors,
-                    SourceError::NotSelected {
-                        name: claim.name.to_string(),
-                        zone: zone.key.clone(),
-                    },
-                );
-                continue;
-            }
-            if zone.reserved.contains(&claim.name) {
-                push_unique(
-                    &mut errors,
-                    SourceError::ReservedName {
-                        name: claim.name.to_string(),
-                        zone: zone.key.clone(),
-                    },
-                );
-                continue;
-            }
-            if claim.rtype == RecordType::CNAME && claim.name == zone.apex {
-                errors.push(SourceError::CnameAtApex {
+        if !zone.selects(object) {
+            push_unique(
+                &mut errors,
+                SourceError::NotSelected {
                     name: claim.name.to_string(),
                     zone: zone.key.clone(),
-                });
-                continue;
-            }
-            let set = placed.entry((zone.key.clone(), claim.name.clone())).or_default();
-            let ttl = claim.ttl.unwrap_or(zone.default_ttl);
-            match set.iter_mut().find(|s| s.rtype == claim.rtype) {
-                // One object naming a name twice (hostname annotation and a rule host): one set.
-                Some(existing) => {
-                    for rdata in claim.rdatas {
-                        if !existing.rdatas.contains(&rdata) {
-                            existing.rdatas.push(rdata);
-                        }
-                    }
-                    existing.rdatas.sort();
-                }
-                None => set.push(DesiredSet {
-                    name: claim.name,
-                    rtype: claim.rtype,
-                    ttl,
-                    rdatas: claim.rdatas,
-                    owner: object.resource.clone(),
-                }),
-            }
+                },
+            );
+            continue;
         }
-        for ((_, name), sets) in &placed {
-            if let Some(cname) = sets.iter().find(|s| s.rtype == RecordType::CNAME)
-                && cname.rdatas.len() > 1
-            {
-                push_unique(
-                    &mut errors,
-                    SourceError::MultipleCnameTargets {
-                        name: name.to_string(),
-                        targets: rdata_list(&cname.rdatas),
-                    },
-                );
-            }
-            if let Some(other) = sets.iter().find(|s| s.rtype != RecordType::CNAME)
-                && sets.iter().any(|s| s.rtype == RecordType::CNAME)
-            {
-                push_unique(
-                    &mut errors,
-                    SourceError::CnameAndOtherData {
-                        name: name.to_string(),
-                        other: other.rtype,
-                    },
-                );
-            }
+        if zone.reserved.contains(&claim.name) {
+            push_unique(
+                &mut errors,
+                SourceError::ReservedName {
+                    name: claim.name.to_string(),
+                    zone: zone.key.clone(),
+                },
+            );
+            continue;
         }
-        if !errors.is_empty() {
-            out.problems.push(ObjectProblem {
-                resource: object.resource,
-                errors,
+        if claim.rtype == RecordType::CNAME && claim.name == zone.apex {
+            errors.push(SourceError::CnameAtApex {
+                name: claim.name.to_string(),
+                zone: zone.key.clone(),
             });
             continue;
         }
-        // Conflicts, name by name: the whole name is won or lost.
-        for ((zone, name), sets) in placed {
-            let have_sets = accepted
-                .entry(zone.clone())
-                .or_default()
-                .entry(name.clone())
-                .or_default();
+        let set = placed.entry((zone.key.clone(), claim.name.clone())).or_default();
+        let ttl = claim.ttl.unwrap_or(zone.default_ttl);
+        match set.iter_mut().find(|s| s.rtype == claim.rtype) {
+            // One object naming a name twice (hostname annotation and a rule host): one set.
+            Some(existing) => {
+                for rdata in &claim.rdatas {
+                    if !existing.rdatas.contains(rdata) {
+                        existing.rdatas.push(rdata.clone());
+                    }
+                }
+                existing.rdatas.sort();
+            }
+            None => set.push(DesiredSet {
+                name: claim.name.clone(),
+                rtype: claim.rtype,
+                ttl,
+                rdatas: claim.rdatas.clone(),
+                owner: object.resource.clone(),
+            }),
+        }
+    }
+    for ((_, name), sets) in &placed {
+        if let Some(cname) = sets.iter().find(|s| s.rtype == RecordType::CNAME)
+            && cname.rdatas.len() > 1
+        {
+            push_unique(
+                &mut errors,
+                SourceError::MultipleCnameTargets {
+                    name: name.to_string(),
+                    targets: rdata_list(&cname.rdatas),
+                },
+            );
+        }
+        if let Some(other) = sets.iter().find(|s| s.rtype != RecordType::CNAME)
+            && sets.iter().any(|s| s.rtype == RecordType::CNAME)
+        {
+            push_unique(
+                &mut errors,
+                SourceError::CnameAndOtherData {
+                    name: name.to_string(),
+                    other: other.rtype,
+                },
+            );
+        }
+    }
+    if errors.is_empty() {
+        Placed::Sets(placed)
+    } else {
+        Placed::Problem(errors)
+    }
+}
+
+/// One Service, Ingress or `DNSRecord`, reduced to what the rules need: its identity, age, labels and
+/// the RRsets it asks for (or what is wrong with it). This is all the [`Index`] keeps of an object,
+/// a few hundred bytes instead of the object (the watch's cache holds the object itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceObject {
+    object: Object,
+    claims: ClaimsOrErrors,
+}
+
+impl SourceObject {
+    /// A Service's claims; `None` if it asks for no name, is excluded or is being deleted.
+    pub fn from_service(service: &Service) -> Option<SourceObject> {
+        let object = object(SourceKind::Service, "service", &service.metadata)?;
+        let claims = service_claims(service)?;
+        Some(SourceObject { object, claims })
+    }
+
+    /// An Ingress's claims; `None` if it asks for no name, is excluded or is being deleted.
+    pub fn from_ingress(ingress: &Ingress) -> Option<SourceObject> {
+        let object = object(SourceKind::Ingress, "ingress", &ingress.metadata)?;
+        let claims = ingress_claims(ingress)?;
+        Some(SourceObject { object, claims })
+    }
+
+    /// A `DNSRecord`'s claim; `None` if it is being deleted.
+    pub fn from_record(record: &DNSRecord) -> Option<SourceObject> {
+        let object = object(SourceKind::DnsRecord, "dnsrecord", &record.metadata)?;
+        Some(SourceObject {
+            object,
+            claims: record_claims(record),
+        })
+    }
+
+    /// The object (`<kind>/<namespace>/<name>`).
+    pub fn resource(&self) -> &Resource {
+        &self.object.resource
+    }
+
+    /// The order conflicts are decided in: oldest first (`creationTimestamp`), then kind, namespace,
+    /// name; an object without a creation time (never from the API server) sorts last.
+    fn age(&self) -> (bool, Option<k8s_openapi::jiff::Timestamp>, &Resource) {
+        let time = self.object.created.as_ref().map(|t| t.0);
+        (time.is_none(), time, &self.object.resource)
+    }
+}
+
+/// One accepted RRset at a name of a zone: the data of the object that won it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Accepted {
+    rtype: RecordType,
+    ttl: u32,
+    rdatas: Vec<RData>,
+    owner: Arc<Resource>,
+}
+
+/// One name of one zone: the objects claiming it and the outcome.
+#[derive(Debug, Default)]
+struct NameState {
+    /// Objects whose placed claims include this name (valid objects only).
+    claimants: Vec<Arc<Resource>>,
+    /// The RRsets published, sorted by type.
+    accepted: Vec<Accepted>,
+    /// Claimants that lost the name.
+    conflicts: Vec<Conflict>,
+}
+
+impl NameState {
+    fn records(&self) -> usize {
+        self.accepted.iter().map(|a| a.rdatas.len()).sum()
+    }
+}
+
+/// What a `DNSRecord`'s (or any object's) status says after a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing published: everything wrong with it.
+    Problem(Vec<SourceError>),
+    /// Published in these zones; `lost` names a conflict it lost elsewhere (the last one, by zone and
+    /// name), if any.
+    Placed {
+        /// Zones with records of the object, sorted.
+        zones: Vec<String>,
+        /// A conflict the object lost at some name.
+        lost: Option<Conflict>,
+    },
+    /// Lost every name it claims.
+    Lost(Conflict),
+    /// No zone holds (or selects) it.
+    NoZone,
+}
+
+/// The desired state, kept up to date one object at a time.
+///
+/// ```text
+///   watch event ──> SourceObject (claims, derived once) ──> Index::apply
+///        │ unregister the old claims' names, register the new ones (place: zone, rules)
+///        ▼
+///   per (zone, name): claimants ──resolve (oldest wins)──> accepted RRsets, conflicts
+///        │ a name whose outcome changed marks its zone dirty and its claimants for status
+///        ▼
+///   take_dirty_zones / take_dirty_objects ──> the controller rebuilds only those zones
+/// ```
+///
+/// A change re-derives only the changed object's claims and re-resolves only the names it had or has,
+/// so a pass costs the size of what changed plus the rebuild of the zones it touched, not the number of
+/// objects. The result is the same as computing everything from scratch ([`desired`] is this index fed
+/// every object once; the table tests run through it). A change of the zones (`set_zones` with other
+/// targets) re-places every object.
+#[derive(Debug, Default)]
+pub struct Index {
+    zones: Vec<ZoneTarget>,
+    /// `Debug` text of `zones`: a change re-places everything.
+    zones_signature: String,
+    objects: HashMap<Arc<Resource>, SourceObject>,
+    /// Per zone key, per name.
+    names: BTreeMap<String, BTreeMap<Name, NameState>>,
+    /// Records published per zone.
+    counts: BTreeMap<String, usize>,
+    /// Names with at least one conflict, per zone.
+    conflicted: BTreeMap<String, BTreeSet<Name>>,
+    /// Objects that publish nothing because of an error.
+    problems: BTreeSet<Arc<Resource>>,
+    dirty_zones: BTreeSet<String>,
+    dirty_objects: BTreeSet<Arc<Resource>>,
+}
+
+impl Index {
+    /// Sets the zones objects publish into; with other zones than before every object is placed again
+    /// and every zone and object is dirty.
+    pub fn set_zones(&mut self, zones: Vec<ZoneTarget>) {
+        let signature = format!("{zones:?}");
+        if signature == self.zones_signature {
+            return;
+        }
+        self.zones_signature = signature;
+        self.dirty_zones.extend(self.names.keys().cloned());
+        self.dirty_zones.extend(zones.iter().map(|z| z.key.clone()));
+        self.zones = zones;
+        self.names.clear();
+        self.counts.clear();
+        self.conflicted.clear();
+        self.problems.clear();
+        let keys: Vec<Arc<Resource>> = self.objects.keys().cloned().collect();
+        let mut touched = BTreeSet::new();
+        for key in &keys {
+            self.register(key, &mut touched);
+        }
+        for (zone, name) in touched {
+            self.resolve(&zone, &name);
+        }
+        self.dirty_objects.extend(keys);
+    }
+
+    /// Applies one object's latest state (`None`: deleted, or it asks for nothing any more).
+    pub fn apply(&mut self, resource: &Resource, object: Option<SourceObject>) {
+        let key = match self.objects.get_key_value(resource) {
+            Some((k, _)) => k.clone(),
+            None => Arc::new(resource.clone()),
+        };
+        // Its status is looked at again even when nothing it asks for changed (a new generation).
+        self.dirty_objects.insert(key.clone());
+        if self.objects.get(resource) == object.as_ref() {
+            return;
+        }
+        let mut touched = BTreeSet::new();
+        if self.objects.contains_key(resource) {
+            self.unregister(&key, &mut touched);
+            self.objects.remove(resource);
+        }
+        if let Some(object) = object {
+            self.objects.insert(key.clone(), object);
+            self.register(&key, &mut touched);
+        }
+        for (zone, name) in touched {
+            self.resolve(&zone, &name);
+        }
+    }
+
+    fn register(&mut self, key: &Arc<Resource>, touched: &mut BTreeSet<(String, Name)>) {
+        let Some(object) = self.objects.get(key) else {
+            return;
+        };
+        match place(&self.zones, object) {
+            Placed::Unselected => {}
+            Placed::Problem(_) => {
+                self.problems.insert(key.clone());
+            }
+            Placed::Sets(sets) => {
+                for (zone, name) in sets.into_keys() {
+                    let state = self
+                        .names
+                        .entry(zone.clone())
+                        .or_default()
+                        .entry(name.clone())
+                        .or_default();
+                    state.claimants.push(key.clone());
+                    touched.insert((zone, name));
+                }
+            }
+        }
+    }
+
+    fn unregister(&mut self, key: &Arc<Resource>, touched: &mut BTreeSet<(String, Name)>) {
+        let Some(object) = self.objects.get(key) else {
+            return;
+        };
+        // The zones have not changed since it was registered (set_zones re-registers everything), so
+        // placing it again finds the same names.
+        match place(&self.zones, object) {
+            Placed::Unselected => {}
+            Placed::Problem(_) => {
+                self.problems.remove(key);
+            }
+            Placed::Sets(sets) => {
+                for (zone, name) in sets.into_keys() {
+                    if let Some(state) = self.names.get_mut(&zone).and_then(|n| n.get_mut(&name)) {
+                        state.claimants.retain(|c| c != key);
+                    }
+                    touched.insert((zone, name));
+                }
+            }
+        }
+    }
+
+    /// Decides one name again: claimants oldest first; a name's RRsets belong to the first object that
+    /// claims them, a later one with the same data shares them, a later one with other data (or a
+    /// CNAME where others have data, or the other way round) loses every record it wanted there.
+    fn resolve(&mut self, zone: &str, name: &Name) {
+        let Some(state) = self.names.get(zone).and_then(|n| n.get(name)) else {
+            return;
+        };
+        let mut claimants: Vec<&SourceObject> = state
+            .claimants
+            .iter()
+            .filter_map(|c| self.objects.get(&**c))
+            .collect();
+        claimants.sort_by(|a, b| a.age().cmp(&b.age()));
+        let mut have: Vec<DesiredSet> = Vec::new();
+        let mut conflicts = Vec::new();
+        let wanted = (zone.to_string(), name.clone());
+        for object in claimants {
+            let Placed::Sets(mut placed) = place(&self.zones, object) else {
+                continue;
+            };
+            let sets = placed.remove(&wanted).unwrap_or_default();
             let conflict = sets.iter().find_map(|want| {
-                have_sets
-                    .iter()
+                have.iter()
                     .find(|have| {
                         if have.rtype == want.rtype {
                             have.rdatas != want.rdatas
@@ -642,39 +862,252 @@ pub fn desired(zones: &[ZoneTarget], sources: Sources<'_>) -> Desired {
                         }
                     })
                     .map(|have| Conflict {
-                        zone: zone.clone(),
+                        zone: zone.to_string(),
                         name: name.clone(),
                         loser_type: want.rtype,
                         winner_type: have.rtype,
                         winner: have.owner.clone(),
-                        loser: object.resource.clone(),
+                        loser: object.resource().clone(),
                     })
             });
             if let Some(conflict) = conflict {
-                out.conflicts.push(conflict);
+                conflicts.push(conflict);
                 continue;
             }
             for set in sets {
                 // The same data from an older object: that object stays the owner, with its TTL.
-                if !have_sets.iter().any(|have| have.rtype == set.rtype) {
-                    have_sets.push(set);
+                if !have.iter().any(|h| h.rtype == set.rtype) {
+                    have.push(set);
                 }
             }
-            out.placements
-                .entry(object.resource.clone())
+        }
+        have.sort_by_key(|s| u16::from(s.rtype));
+        let Some(state) = self.names.get_mut(zone).and_then(|n| n.get_mut(name)) else {
+            return;
+        };
+        let accepted: Vec<Accepted> = have
+            .into_iter()
+            .map(|s| {
+                let owner = state
+                    .claimants
+                    .iter()
+                    .find(|c| ***c == s.owner)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(s.owner));
+                Accepted {
+                    rtype: s.rtype,
+                    ttl: s.ttl,
+                    rdatas: s.rdatas,
+                    owner,
+                }
+            })
+            .collect();
+        if accepted == state.accepted && conflicts == state.conflicts {
+            if state.claimants.is_empty() {
+                self.remove_name(zone, name);
+            }
+            return;
+        }
+        let before = state.records();
+        state.accepted = accepted;
+        state.conflicts = conflicts;
+        let after = state.records();
+        let has_conflicts = !state.conflicts.is_empty();
+        let empty = state.claimants.is_empty();
+        self.dirty_objects.extend(state.claimants.iter().cloned());
+        let count = self.counts.entry(zone.to_string()).or_default();
+        *count = (*count + after).saturating_sub(before);
+        if has_conflicts {
+            self.conflicted
+                .entry(zone.to_string())
                 .or_default()
-                .insert(zone);
+                .insert(name.clone());
+        } else if let Some(c) = self.conflicted.get_mut(zone) {
+            c.remove(name);
+        }
+        self.dirty_zones.insert(zone.to_string());
+        if empty {
+            self.remove_name(zone, name);
         }
     }
-    for (zone, by_name) in accepted {
-        if let Some(records) = out.zones.get_mut(&zone) {
-            records.sets = by_name.into_values().flatten().collect();
-            records
-                .sets
-                .sort_by(|a, b| (&a.name, u16::from(a.rtype)).cmp(&(&b.name, u16::from(b.rtype))));
+
+    fn remove_name(&mut self, zone: &str, name: &Name) {
+        if let Some(names) = self.names.get_mut(zone) {
+            names.remove(name);
+            if names.is_empty() {
+                self.names.remove(zone);
+            }
+        }
+        if let Some(c) = self.conflicted.get_mut(zone) {
+            c.remove(name);
         }
     }
-    out
+
+    /// Zones whose records or conflicts changed since the last call.
+    pub fn take_dirty_zones(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty_zones)
+    }
+
+    /// Objects whose outcome may have changed since the last call (applied, or at a name decided
+    /// again).
+    pub fn take_dirty_objects(&mut self) -> BTreeSet<Arc<Resource>> {
+        std::mem::take(&mut self.dirty_objects)
+    }
+
+    /// Every object held.
+    pub fn objects(&self) -> impl Iterator<Item = &Resource> + '_ {
+        self.objects.keys().map(|k| &**k)
+    }
+
+    /// Records published in a zone (RRs).
+    pub fn record_count(&self, zone: &str) -> usize {
+        self.counts.get(zone).copied().unwrap_or(0)
+    }
+
+    /// The records of a zone, sorted by name and type, ready for `zone::Zone::build`.
+    pub fn records(&self, zone: &str) -> impl Iterator<Item = Record> + '_ {
+        self.names
+            .get(zone)
+            .into_iter()
+            .flatten()
+            .flat_map(|(name, state)| {
+                state.accepted.iter().flat_map(move |a| {
+                    a.rdatas
+                        .iter()
+                        .map(move |rdata| Record::from_rdata(name.clone(), a.ttl, rdata.clone()))
+                })
+            })
+    }
+
+    /// A hash of a zone's records and their owners (equal records, equal hash; no formatting).
+    pub fn content_hash(&self, zone: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, state) in self.names.get(zone).into_iter().flatten() {
+            name.to_lowercase().hash(&mut h);
+            for a in &state.accepted {
+                (u16::from(a.rtype), a.ttl, &a.rdatas, &*a.owner).hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
+    /// The desired RRsets of a zone with their owners (for a provider's plan).
+    pub fn zone_records(&self, zone: &str) -> ZoneRecords {
+        ZoneRecords {
+            sets: self
+                .names
+                .get(zone)
+                .into_iter()
+                .flatten()
+                .flat_map(|(name, state)| {
+                    state.accepted.iter().map(move |a| DesiredSet {
+                        name: name.clone(),
+                        rtype: a.rtype,
+                        ttl: a.ttl,
+                        rdatas: a.rdatas.clone(),
+                        owner: (*a.owner).clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The conflicts in a zone, by name.
+    pub fn conflicts_in(&self, zone: &str) -> Vec<&Conflict> {
+        let Some(names) = self.conflicted.get(zone) else {
+            return Vec::new();
+        };
+        let states = self.names.get(zone);
+        names
+            .iter()
+            .filter_map(|n| states.and_then(|s| s.get(n)))
+            .flat_map(|s| s.conflicts.iter())
+            .collect()
+    }
+
+    /// Every conflict, the losers oldest first (then zone and name).
+    pub fn conflicts(&self) -> Vec<&Conflict> {
+        let mut all: Vec<&Conflict> = self
+            .conflicted
+            .keys()
+            .flat_map(|z| self.conflicts_in(z))
+            .collect();
+        all.sort_by(|a, b| {
+            let age = |c: &Conflict| self.objects.get(&c.loser).map(SourceObject::age);
+            (age(a), &a.zone, &a.name).cmp(&(age(b), &b.zone, &b.name))
+        });
+        all
+    }
+
+    /// Every object that publishes nothing because of an error, oldest first.
+    pub fn problems(&self) -> Vec<ObjectProblem> {
+        let mut objects: Vec<&SourceObject> = self
+            .problems
+            .iter()
+            .filter_map(|k| self.objects.get(&**k))
+            .collect();
+        objects.sort_by(|a, b| a.age().cmp(&b.age()));
+        objects
+            .into_iter()
+            .filter_map(|o| match place(&self.zones, o) {
+                Placed::Problem(errors) => Some(ObjectProblem {
+                    resource: o.resource().clone(),
+                    errors,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What an object's status says; `None` for an object the index does not hold.
+    pub fn outcome(&self, resource: &Resource) -> Option<Outcome> {
+        let object = self.objects.get(resource)?;
+        let sets = match place(&self.zones, object) {
+            Placed::Unselected => return Some(Outcome::NoZone),
+            Placed::Problem(errors) => return Some(Outcome::Problem(errors)),
+            Placed::Sets(sets) => sets,
+        };
+        let mut zones = BTreeSet::new();
+        let mut lost = None;
+        for (zone, name) in sets.keys() {
+            let state = self.names.get(zone).and_then(|n| n.get(name));
+            match state.and_then(|s| s.conflicts.iter().find(|c| &c.loser == resource)) {
+                Some(c) => lost = Some(c.clone()),
+                None => {
+                    zones.insert(zone.clone());
+                }
+            }
+        }
+        Some(match (zones.is_empty(), lost) {
+            (true, Some(c)) => Outcome::Lost(c),
+            (true, None) => Outcome::NoZone,
+            (false, lost) => Outcome::Placed {
+                zones: zones.into_iter().collect(),
+                lost,
+            },
+        })
+    }
+
+    /// Everything at once, as [`desired`] returns it.
+    pub fn desired(&self) -> Desired {
+        let mut placements: BTreeMap<Resource, BTreeSet<String>> = BTreeMap::new();
+        for key in self.objects.keys() {
+            if let Some(Outcome::Placed { zones, .. }) = self.outcome(key) {
+                placements.insert((**key).clone(), zones.into_iter().collect());
+            }
+        }
+        Desired {
+            zones: self
+                .zones
+                .iter()
+                .map(|z| (z.key.clone(), self.zone_records(&z.key)))
+                .collect(),
+            problems: self.problems(),
+            conflicts: self.conflicts().into_iter().cloned().collect(),
+            placements,
+        }
+    }
 }
 
 /// Defaults of an embedded zone's settings (documented in docs/dns.md, DNSZone table).
