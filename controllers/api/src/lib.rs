@@ -4,6 +4,8 @@
 //! name those objects carry lives here, so the contracts can be read in one place:
 //!
 //! ```text
+//!   certs     Certificate, Issuer, ClusterIssuer, Challenge (certs.ferrite.dev/v1alpha1), ingress-shim
+//!             annotations (+ cert-manager's keys), managed-Secret label and annotations
 //!   dns       DNSZone, DNSRecord (dns.ferrite.dev/v1alpha1), dns annotations (+ both external-dns prefixes)
 //!   lb        IPPool (lb.ferrite.dev/v1alpha1), lb annotations (+ MetalLB aliases)
 //!   names     field managers, finalizers, condition types and reasons shared by all controllers
@@ -11,6 +13,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod dns;
 pub mod lb;
 pub mod names;
@@ -20,11 +23,23 @@ use kube::CustomResourceExt;
 
 /// Every CRD Ferrite defines. `crdgen` writes one file per entry to `crds/<plural>.<group>.yaml`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![lb::IPPool::crd(), dns::DNSZone::crd(), dns::DNSRecord::crd()]
+    vec![
+        lb::IPPool::crd(),
+        dns::DNSZone::crd(),
+        dns::DNSRecord::crd(),
+        certs::Certificate::crd(),
+        certs::Issuer::crd(),
+        certs::ClusterIssuer::crd(),
+        certs::Challenge::crd(),
+    ]
 }
 
 /// Which subchart of `charts/ferrite` installs the CRDs of each API group (also written to `crds/`).
-pub const CHARTS: &[(&str, &str)] = &[(lb::GROUP, "loadbalancer"), (dns::GROUP, "dns")];
+pub const CHARTS: &[(&str, &str)] = &[
+    (lb::GROUP, "loadbalancer"),
+    (dns::GROUP, "dns"),
+    (certs::GROUP, "certs"),
+];
 
 /// The file name a CRD is written to under `crds/`: `<plural>.<group>.yaml`.
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {

@@ -22,3 +22,8 @@ pub const DNS_CONTROLLER_MANAGER: &str = "dns.ferrite.dev/controller";
 pub const DNS_CONTROLLER_REPORTER: &str = "dns.ferrite.dev/controller";
 /// Finalizer ferrite-dns puts on a `DNSZone` with an RFC 2136 provider while it has records on the server.
 pub const DNS_ZONE_FINALIZER: &str = "dns.ferrite.dev/records";
+
+/// Field manager of ferrite-certs (Certificate, Issuer, Challenge status; the Secrets it writes).
+pub const CERTS_CONTROLLER_MANAGER: &str = "certs.ferrite.dev/controller";
+/// `reportingController` of Events written by ferrite-certs.
+pub const CERTS_CONTROLLER_REPORTER: &str = "certs.ferrite.dev/controller";
