@@ -2674,6 +2674,162 @@ mod tests {
     }
 
     #[test]
+    fn index_changes_only_what_an_object_touches() {
+        let targets = vec![zone("apps", "apps.example.com."), zone("org", "example.org.")];
+        let svc = |name: &str, age, host: &str, ip: &str| lb(name, age, &[(H, host)], &[ip]);
+        let keys = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+        let objects = |set: BTreeSet<Arc<Resource>>| set.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        let zone_lines = |index: &Index, zone: &str| -> Vec<String> {
+            index
+                .records(zone)
+                .map(|r| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data))
+                .collect()
+        };
+        let mut index = Index::default();
+        index.set_zones(targets.clone());
+        // Every step: the same result as computing everything from scratch.
+        let mut live: BTreeMap<String, Service> = BTreeMap::new();
+        let mut step = |index: &mut Index, name: &str, object: Option<Service>| {
+            let resource = Resource {
+                kind: "service".into(),
+                namespace: "default".into(),
+                name: name.into(),
+            };
+            index.apply(&resource, object.as_ref().and_then(SourceObject::from_service));
+            match object {
+                Some(o) => live.insert(name.to_string(), o),
+                None => live.remove(name),
+            };
+            let services: Vec<Service> = live.values().cloned().collect();
+            assert_eq!(
+                index.desired(),
+                desired(
+                    &targets,
+                    Sources {
+                        services: &services,
+                        ..Default::default()
+                    }
+                ),
+                "after {name}"
+            );
+        };
+
+        step(
+            &mut index,
+            "old",
+            Some(svc("old", 1, "x.apps.example.com", "192.0.2.1")),
+        );
+        step(
+            &mut index,
+            "other",
+            Some(svc("other", 2, "y.example.org", "192.0.2.9")),
+        );
+        assert_eq!(keys(index.take_dirty_zones()), ["apps", "org"]);
+        index.take_dirty_objects();
+
+        // The same object again (a status write, a resync): no zone to rebuild.
+        step(
+            &mut index,
+            "old",
+            Some(svc("old", 1, "x.apps.example.com", "192.0.2.1")),
+        );
+        assert!(index.take_dirty_zones().is_empty());
+        assert_eq!(objects(index.take_dirty_objects()), ["service/default/old"]);
+
+        // An update: its zone only, its own status only, the other zone's records untouched.
+        step(
+            &mut index,
+            "old",
+            Some(svc("old", 1, "x.apps.example.com", "192.0.2.2")),
+        );
+        assert_eq!(keys(index.take_dirty_zones()), ["apps"]);
+        assert_eq!(objects(index.take_dirty_objects()), ["service/default/old"]);
+        assert_eq!(
+            zone_lines(&index, "apps"),
+            ["x.apps.example.com. 300 A 192.0.2.2"]
+        );
+        assert_eq!(zone_lines(&index, "org"), ["y.example.org. 300 A 192.0.2.9"]);
+        assert_eq!((index.record_count("apps"), index.record_count("org")), (1, 1));
+
+        // A newer object claiming the name with other data loses it: a conflict, the records stay.
+        step(
+            &mut index,
+            "new",
+            Some(svc("new", 10, "x.apps.example.com", "192.0.2.3")),
+        );
+        assert_eq!(keys(index.take_dirty_zones()), ["apps"]);
+        assert_eq!(
+            objects(index.take_dirty_objects()),
+            ["service/default/new", "service/default/old"]
+        );
+        assert_eq!(
+            zone_lines(&index, "apps"),
+            ["x.apps.example.com. 300 A 192.0.2.2"]
+        );
+        let conflict = index.conflicts_in("apps").first().map(|c| c.to_string());
+        assert_eq!(
+            conflict.as_deref(),
+            Some(
+                "x.apps.example.com. A is claimed by service/default/old (older, kept) and by service/default/new (A, left out)"
+            )
+        );
+        let new = Resource::parse("service/default/new").expect("resource");
+        assert!(matches!(index.outcome(&new), Some(Outcome::Lost(_))));
+
+        // The older one deleted: the newer one wins, the conflict is gone.
+        step(&mut index, "old", None);
+        assert_eq!(keys(index.take_dirty_zones()), ["apps"]);
+        assert_eq!(
+            zone_lines(&index, "apps"),
+            ["x.apps.example.com. 300 A 192.0.2.3"]
+        );
+        assert!(index.conflicts_in("apps").is_empty());
+        assert_eq!(
+            index.outcome(&new),
+            Some(Outcome::Placed {
+                zones: vec!["apps".into()],
+                lost: None
+            })
+        );
+
+        // A bad annotation: a problem, its records go; fixed again: back.
+        step(
+            &mut index,
+            "new",
+            Some(lb(
+                "new",
+                10,
+                &[(H, "x.apps.example.com"), (annotations::TTL, "soon")],
+                &["192.0.2.3"],
+            )),
+        );
+        assert_eq!(keys(index.take_dirty_zones()), ["apps"]);
+        assert_eq!(index.record_count("apps"), 0);
+        assert!(matches!(index.outcome(&new), Some(Outcome::Problem(_))));
+        step(
+            &mut index,
+            "new",
+            Some(svc("new", 10, "x.apps.example.com", "192.0.2.3")),
+        );
+        assert_eq!(index.record_count("apps"), 1);
+
+        // The zones change: everything placed again, every zone dirty.
+        index.take_dirty_zones();
+        index.set_zones(vec![zone("apps", "apps.example.com.")]);
+        assert_eq!(keys(index.take_dirty_zones()), ["apps", "org"]);
+        assert_eq!(index.record_count("org"), 0);
+        assert!(matches!(
+            index.outcome(&Resource::parse("service/default/other").expect("resource")),
+            Some(Outcome::Problem(_))
+        ));
+
+        // Deleted: nothing left, and nothing held.
+        index.apply(&new, None);
+        assert!(zone_lines(&index, "apps").is_empty());
+        assert_eq!(index.outcome(&new), None);
+    }
+
+    #[test]
     fn conflicts() {
         struct Case {
             name: &'static str,
