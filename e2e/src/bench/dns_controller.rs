@@ -8,11 +8,15 @@
 //!      is answered, embedded and RFC2136, N trials each
 //!   2. initial sync: 10,000 DNSRecords created first, then the rfc2136 DNSZone; created -> status says
 //!      10,000 records and Ready, then one AXFR counts the A records in named; UPDATEs from the metric
-//!   3. RSS: DNSRecords of an embedded zone created (16 in flight) up to the target or a time budget;
-//!      the controller's VmRSS once its zone counts them all
+//!   3. RSS: DNSRecords of an embedded zone created (RSS_CONCURRENCY in flight) up to the target
+//!      (default 100,000 with part 2's 10,000) or a time budget; then a wait-for-condition (a watch of
+//!      the DNSZone, with a timeout) until its status.records counts them all: time to converge after
+//!      the last create, the controller's VmRSS then, its peak while loading (sampled) and VmHWM
 //! ```
 //!
-//! Every loop has a deadline; named and the controller are stopped when the run ends, also on error.
+//! `--dns-parts` picks parts (throughput is the dnsperf part in `dns.rs`): `rss` alone measures the
+//! controller at 100,000 records without the rest. Every loop has a deadline; named and the controller
+//! are stopped when the run ends, also on error.
 
 use super::stats::{self, quantile};
 use anyhow::{Context, Result, bail, ensure};
@@ -42,6 +46,63 @@ const RSS_ZONE: &str = "rss.bench.test.";
 pub const SYNC_RECORDS: usize = 10_000;
 /// Creates in flight.
 const CONCURRENCY: usize = 16;
+/// Creates in flight in the RSS part (the API server, not the controller, is what limits it).
+const RSS_CONCURRENCY: usize = 32;
+/// How long the RSS zone's status may take to count every record after the last create.
+const CONVERGE_LIMIT: Duration = Duration::from_secs(180);
+
+/// The parts of `ferrite-bench --only dns` (`--dns-parts throughput,change,sync,rss`; default all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// dnsperf against ferrite-dns's server, BIND and Knot (`dns.rs`).
+    pub throughput: bool,
+    /// 1. change -> answer.
+    pub change: bool,
+    /// 2. RFC2136 initial sync.
+    pub sync: bool,
+    /// 3. controller RSS.
+    pub rss: bool,
+}
+
+impl Parts {
+    /// Every part.
+    pub const ALL: Parts = Parts {
+        throughput: true,
+        change: true,
+        sync: true,
+        rss: true,
+    };
+
+    /// `throughput,change,sync,rss` (any non-empty subset, or `all`).
+    pub fn parse(text: &str) -> Result<Parts> {
+        let mut p = Parts {
+            throughput: false,
+            change: false,
+            sync: false,
+            rss: false,
+        };
+        for part in text.split(',').map(str::trim) {
+            match part {
+                "all" => p = Parts::ALL,
+                "throughput" => p.throughput = true,
+                "change" => p.change = true,
+                "sync" => p.sync = true,
+                "rss" => p.rss = true,
+                _ => bail!("--dns-parts: {part:?} is not one of throughput, change, sync, rss, all"),
+            }
+        }
+        ensure!(
+            p.throughput || p.change || p.sync || p.rss,
+            "--dns-parts: name at least one part"
+        );
+        Ok(p)
+    }
+
+    /// True if any controller part (change, sync, rss) runs.
+    pub fn controller(self) -> bool {
+        self.change || self.sync || self.rss
+    }
+}
 /// How long one change may take before the trial fails.
 const TRIAL_LIMIT: Duration = Duration::from_secs(10);
 
@@ -53,8 +114,10 @@ pub struct ControllerResults {
     pub embedded: Vec<Duration>,
     /// Change -> answer in named (RFC2136).
     pub rfc2136: Vec<Duration>,
-    pub sync: SyncResult,
-    pub rss: RssResult,
+    /// `None`: not run (`--dns-parts`).
+    pub sync: Option<SyncResult>,
+    /// `None`: not run (`--dns-parts`).
+    pub rss: Option<RssResult>,
     pub debounce: String,
 }
 
@@ -83,7 +146,15 @@ pub struct RssResult {
     pub created: usize,
     pub budget: Duration,
     pub create_time: Duration,
+    /// VmRSS once the zone's status counted every record (or the wait timed out) and 3 s after.
     pub kib: Option<u64>,
+    /// Highest VmRSS sampled (every 500 ms) while creating and converging.
+    pub peak_kib: Option<u64>,
+    /// VmHWM (the kernel's peak RSS of the process) at the end.
+    pub hwm_kib: Option<u64>,
+    /// Last create -> the zone's `status.records` counts them all; `None`: not within the limit.
+    pub converge: Option<Duration>,
+    pub converge_limit: Duration,
     /// Every DNSRecord the controller holds at that point.
     pub total_records: usize,
     /// `status.records` of the RSS zone when the RSS was read, and the records created in it.
@@ -101,10 +172,11 @@ pub fn summary(values: &[Duration]) -> Option<[Duration; 4]> {
     ])
 }
 
-/// Runs the three benchmarks; `trials` change trials per provider, `rss_records` DNSRecords for the RSS
-/// benchmark within `rss_budget`.
+/// Runs the controller benchmarks `parts` names; `trials` change trials per provider, `rss_records`
+/// DNSRecords for the RSS benchmark (with part 2's, when it runs) within `rss_budget`.
 pub async fn run(
     dns_bin: &Path,
+    parts: Parts,
     trials: usize,
     rss_records: usize,
     rss_budget: Duration,
@@ -113,7 +185,7 @@ pub async fn run(
     let kb = KubeBox::start().await.context("starting the box")?;
     let result = async {
         let named = Named::start()?;
-        bench(&kb, dns_bin, &named, trials, rss_records, rss_budget).await
+        bench(&kb, dns_bin, &named, parts, trials, rss_records, rss_budget).await
     }
     .await;
     kb.stop();
@@ -124,6 +196,7 @@ async fn bench(
     kb: &KubeBox,
     dns_bin: &Path,
     named: &Named,
+    parts: Parts,
     trials: usize,
     rss_records: usize,
     rss_budget: Duration,
@@ -146,65 +219,99 @@ async fn bench(
         json!({"metadata": {"name": "tsig"}, "stringData": {"secret": base64(SECRET)}}),
     )
     .await?;
-    let rfc_provider = json!({"rfc2136": {"server": "127.0.0.1", "port": named.port, "tsigKeyName": KEY,
-        "tsigKeySecretRef": {"name": "tsig", "namespace": ns}}});
-    create(&zones, json!({"metadata": {"name": "bench-embedded"}, "spec": {"zone": EMBEDDED_ZONE, "provider": {"embedded": {}}}})).await?;
-    create(
-        &zones,
-        json!({"metadata": {"name": "bench-rfc"}, "spec": {"zone": RFC_ZONE, "provider": rfc_provider}}),
-    )
-    .await?;
 
     // 1. change -> answer.
-    let emb_addr: SocketAddr = format!("127.0.0.1:{dns_port}").parse()?;
-    let rfc_addr: SocketAddr = format!("127.0.0.1:{}", named.port).parse()?;
     let mut embedded = Vec::new();
     let mut rfc2136 = Vec::new();
-    for (name, host, addr, out) in [
-        ("emb", "www.apps.bench.test.", emb_addr, &mut embedded),
-        ("rfc", "www.rfc.bench.test.", rfc_addr, &mut rfc2136),
-    ] {
-        eprintln!("==> DNS controller 1. change -> answer ({name}), {trials} trials");
+    if parts.change {
+        let rfc_provider = json!({"rfc2136": {"server": "127.0.0.1", "port": named.port, "tsigKeyName": KEY,
+            "tsigKeySecretRef": {"name": "tsig", "namespace": ns}}});
+        create(&zones, json!({"metadata": {"name": "bench-embedded"}, "spec": {"zone": EMBEDDED_ZONE, "provider": {"embedded": {}}}})).await?;
         create(
-            &svcs,
-            json!({"metadata": {"name": name, "annotations": {"dns.ferrite.dev/hostname": host}},
-                   "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
+            &zones,
+            json!({"metadata": {"name": "bench-rfc"}, "spec": {"zone": RFC_ZONE, "provider": rfc_provider}}),
         )
         .await?;
-        set_ip(&svcs, name, Ipv4Addr::new(198, 18, 0, 1)).await?;
-        wait_a(addr, host, Ipv4Addr::new(198, 18, 0, 1), Duration::from_secs(30))
-            .await
-            .with_context(|| format!("first answer for {host}:\n{}", ctl.log_tail(20)))?;
-        for i in 0..trials {
-            let ip = Ipv4Addr::new(198, 18, 1, (i % 250) as u8 + 2);
-            let start = Instant::now();
-            set_ip(&svcs, name, ip).await?;
-            wait_a(addr, host, ip, TRIAL_LIMIT)
+        let emb_addr: SocketAddr = format!("127.0.0.1:{dns_port}").parse()?;
+        let rfc_addr: SocketAddr = format!("127.0.0.1:{}", named.port).parse()?;
+        for (name, host, addr, out) in [
+            ("emb", "www.apps.bench.test.", emb_addr, &mut embedded),
+            ("rfc", "www.rfc.bench.test.", rfc_addr, &mut rfc2136),
+        ] {
+            eprintln!("==> DNS controller 1. change -> answer ({name}), {trials} trials");
+            create(
+                &svcs,
+                json!({"metadata": {"name": name, "annotations": {"dns.ferrite.dev/hostname": host}},
+                       "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
+            )
+            .await?;
+            set_ip(&svcs, name, Ipv4Addr::new(198, 18, 0, 1)).await?;
+            wait_a(addr, host, Ipv4Addr::new(198, 18, 0, 1), Duration::from_secs(30))
                 .await
-                .with_context(|| format!("trial {i} of {host}:\n{}", ctl.log_tail(20)))?;
-            out.push(start.elapsed());
-            // Apart from the debounce window of the previous change.
-            tokio::time::sleep(Duration::from_millis(150)).await;
+                .with_context(|| format!("first answer for {host}:\n{}", ctl.log_tail(20)))?;
+            for i in 0..trials {
+                let ip = Ipv4Addr::new(198, 18, 1, (i % 250) as u8 + 2);
+                let start = Instant::now();
+                set_ip(&svcs, name, ip).await?;
+                wait_a(addr, host, ip, TRIAL_LIMIT)
+                    .await
+                    .with_context(|| format!("trial {i} of {host}:\n{}", ctl.log_tail(20)))?;
+                out.push(start.elapsed());
+                // Apart from the debounce window of the previous change.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
         }
+        eprintln!(
+            "    embedded {:?}, rfc2136 {:?} (median/p90/p99/max)",
+            summary(&embedded),
+            summary(&rfc2136)
+        );
+        ensure!(ctl.is_running(), "the controller exited:\n{}", ctl.log_tail(30));
     }
-    eprintln!(
-        "    embedded {:?}, rfc2136 {:?} (median/p90/p99/max)",
-        summary(&embedded),
-        summary(&rfc2136)
-    );
-    ensure!(ctl.is_running(), "the controller exited:\n{}", ctl.log_tail(30));
 
     // 2. initial sync of 10,000 records into named.
+    let sync = if parts.sync {
+        Some(initial_sync(&zones, &recs, &ns, named, &mut ctl, admin).await?)
+    } else {
+        None
+    };
+
+    // 3. RSS at many records.
+    let rss = if parts.rss {
+        let before = if parts.sync { SYNC_RECORDS } else { 0 };
+        Some(rss(&zones, &recs, &mut ctl, idle_kib, before, rss_records, rss_budget).await?)
+    } else {
+        None
+    };
+    ctl.stop(Duration::from_secs(5));
+    Ok(ControllerResults {
+        trials: if parts.change { trials } else { 0 },
+        embedded,
+        rfc2136,
+        sync,
+        rss,
+        debounce,
+    })
+}
+
+async fn initial_sync(
+    zones: &Api<DNSZone>,
+    recs: &Api<DNSRecord>,
+    ns: &str,
+    named: &Named,
+    ctl: &mut Supervised,
+    admin: SocketAddr,
+) -> Result<SyncResult> {
     eprintln!("==> DNS controller 2. RFC2136 initial sync of {SYNC_RECORDS} DNSRecords");
     let start = Instant::now();
-    create_records(&recs, "sync", SYNC_ZONE, 0..SYNC_RECORDS).await?;
+    create_records(recs, "sync", SYNC_ZONE, 0..SYNC_RECORDS, CONCURRENCY).await?;
     let create_time = start.elapsed();
     let updates_before = updates_sent(admin, "bench-sync", SYNC_ZONE).await.unwrap_or(0.0);
     let rfc_provider = json!({"rfc2136": {"server": "127.0.0.1", "port": named.port, "tsigKeyName": KEY,
         "tsigKeySecretRef": {"name": "tsig", "namespace": ns}}});
     let created = Instant::now();
     create(
-        &zones,
+        zones,
         json!({"metadata": {"name": "bench-sync"}, "spec": {"zone": SYNC_ZONE, "provider": rfc_provider}}),
     )
     .await?;
@@ -249,61 +356,130 @@ async fn bench(
         updates,
     };
     eprintln!("    {sync:?}");
+    Ok(sync)
+}
 
-    // 3. RSS at many records.
-    let target = rss_records.saturating_sub(SYNC_RECORDS);
-    eprintln!("==> DNS controller 3. RSS: up to {target} more DNSRecords (budget {rss_budget:?})");
+/// The controller's VmRSS sampled every 500 ms until dropped; `peak()` is the highest seen.
+struct RssSampler {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: Option<u32>) -> RssSampler {
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let p = peak.clone();
+        let task = tokio::spawn(async move {
+            let Some(pid) = pid else { return };
+            while let Some(kib) = stats::rss_kib(pid) {
+                p.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        RssSampler { peak, task }
+    }
+
+    fn peak(&self) -> Option<u64> {
+        Some(self.peak.load(std::sync::atomic::Ordering::Relaxed)).filter(|k| *k > 0)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `VmHWM` (peak resident set) of a process, KiB.
+fn hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn rss(
+    zones: &Api<DNSZone>,
+    recs: &Api<DNSRecord>,
+    ctl: &mut Supervised,
+    idle_kib: Option<u64>,
+    before: usize,
+    rss_records: usize,
+    rss_budget: Duration,
+) -> Result<RssResult> {
+    let target = rss_records.saturating_sub(before);
+    eprintln!(
+        "==> DNS controller 3. RSS: {target} DNSRecords in one embedded zone ({before} already in another; budget {rss_budget:?}, {RSS_CONCURRENCY} in flight)"
+    );
     create(
-        &zones,
+        zones,
         json!({"metadata": {"name": "bench-rss"}, "spec": {"zone": RSS_ZONE, "provider": {"embedded": {}}}}),
     )
     .await?;
+    let sampler = RssSampler::start(ctl.program_pid());
     let start = Instant::now();
     let mut made = 0;
     while made < target && start.elapsed() < rss_budget {
-        let end = (made + 1000).min(target);
-        create_records(&recs, "rss", RSS_ZONE, made..end).await?;
+        ensure!(ctl.is_running(), "the controller exited:\n{}", ctl.log_tail(30));
+        let end = (made + 2000).min(target);
+        create_records(recs, "rss", RSS_ZONE, made..end, RSS_CONCURRENCY).await?;
         made = end;
+        if made % 10_000 == 0 {
+            eprintln!(
+                "    {made} created in {:.0} s, controller RSS {} KiB",
+                start.elapsed().as_secs_f64(),
+                ctl.program_pid().and_then(stats::rss_kib).unwrap_or(0)
+            );
+        }
     }
     let create_time = start.elapsed();
-    // Until the zone's status counts them all, at most 60 s: the RSS is read either way and the report
-    // shows what the status counted.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut zone_counted = 0;
-    loop {
-        ensure!(ctl.is_running(), "the controller exited:\n{}", ctl.log_tail(30));
-        if let Ok(z) = zones.get("bench-rss").await {
-            zone_counted = z.status.as_ref().map_or(0, |s| s.records.max(0) as usize);
-        }
-        if zone_counted >= made || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Until the zone's status counts them all: a watch of the DNSZone (no polling), with a limit.
+    let last_create = Instant::now();
+    let counted = move |z: Option<&DNSZone>| {
+        z.and_then(|z| z.status.as_ref())
+            .is_some_and(|s| s.records.max(0) as usize >= made)
+    };
+    let converge = match tokio::time::timeout(
+        CONVERGE_LIMIT,
+        kube::runtime::wait::await_condition(zones.clone(), "bench-rss", counted),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Some(last_create.elapsed()),
+        Ok(Err(e)) => bail!("watching DNSZone bench-rss: {e}"),
+        Err(_) => None,
+    };
+    ensure!(ctl.is_running(), "the controller exited:\n{}", ctl.log_tail(30));
+    let zone_counted = zones
+        .get("bench-rss")
+        .await
+        .ok()
+        .and_then(|z| z.status)
+        .map_or(0, |s| s.records.max(0) as usize);
     // Let the last publication and the watch caches settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let kib = ctl.program_pid().and_then(stats::rss_kib);
+    let pid = ctl.program_pid();
+    let kib = pid.and_then(stats::rss_kib);
     let rss = RssResult {
         idle_kib,
         target: rss_records,
-        created: made + SYNC_RECORDS,
+        created: made + before,
         budget: rss_budget,
         create_time,
         kib,
-        total_records: made + SYNC_RECORDS,
+        peak_kib: sampler.peak().max(kib),
+        hwm_kib: pid.and_then(hwm_kib),
+        converge,
+        converge_limit: CONVERGE_LIMIT,
+        total_records: made + before,
         zone_counted,
         zone_target: made,
     };
     eprintln!("    {rss:?}");
-    ctl.stop(Duration::from_secs(5));
-    Ok(ControllerResults {
-        trials,
-        embedded,
-        rfc2136,
-        sync,
-        rss,
-        debounce,
-    })
+    Ok(rss)
 }
 
 async fn start_controller(
@@ -363,12 +539,13 @@ async fn set_ip(api: &Api<Service>, name: &str, ip: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-/// DNSRecords `<prefix>-<i>` (A `r<i>.<zone>` -> an address in 198.18.0.0/15), CONCURRENCY in flight.
+/// DNSRecords `<prefix>-<i>` (A `r<i>.<zone>` -> an address in 198.18.0.0/15), `concurrency` in flight.
 async fn create_records(
     api: &Api<DNSRecord>,
     prefix: &str,
     zone: &str,
     range: std::ops::Range<usize>,
+    concurrency: usize,
 ) -> Result<()> {
     let results: Vec<Result<()>> = stream::iter(range)
         .map(|i| async move {
@@ -381,7 +558,7 @@ async fn create_records(
             .await
             .map(|_| ())
         })
-        .buffer_unordered(CONCURRENCY)
+        .buffer_unordered(concurrency)
         .collect()
         .await;
     results.into_iter().collect()

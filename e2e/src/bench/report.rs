@@ -198,7 +198,7 @@ pub fn markdown(r: &Results) -> String {
         None => {
             let _ = writeln!(
                 w,
-                "## ferrite-dns\n\nNot run in this run (`--only lb`); run `make bench` for every part.\n"
+                "## ferrite-dns\n\nNot run in this run (`--only lb`, or `--dns-parts` without `throughput`); run `make bench` for every part.\n"
             );
         }
     }
@@ -218,91 +218,132 @@ fn controller_markdown(w: &mut String, o: &Options, c: &super::dns_controller::C
     let _ = writeln!(w, "### ferrite-dns controller\n");
     let _ = writeln!(
         w,
-        "`ferrite-dns controller` (release build) on the box (etcd + kube-apiserver on 127.0.0.1, admin kubeconfig, `--debounce={}`), a real `named` on 127.0.0.1 for the RFC2136 zones (TSIG hmac-sha256). Command: `ferrite-bench --only dns --dns-trials {} --dns-rss-records {} --dns-rss-seconds {}` (module `e2e/src/bench/dns_controller.rs`).\n",
-        c.debounce, o.dns_trials, o.dns_rss_records, o.dns_rss_seconds
+        "`ferrite-dns controller` (release build) on the box (etcd + kube-apiserver on 127.0.0.1, admin kubeconfig, `--debounce={}`), a real `named` on 127.0.0.1 for the RFC2136 zones (TSIG hmac-sha256). Command: `ferrite-bench --only dns --dns-trials {} --dns-rss-records {} --dns-rss-seconds {}{}` (module `e2e/src/bench/dns_controller.rs`).\n",
+        c.debounce,
+        o.dns_trials,
+        o.dns_rss_records,
+        o.dns_rss_seconds,
+        parts_flag(o.dns_parts)
     );
-    let _ = writeln!(
-        w,
-        "**Change -> answer**: a Service's `status.loadBalancer.ingress[0].ip` patched -> a UDP query loop (every 5 ms, in-process) gets the new A from the server; {} trials per provider.\n",
-        c.trials
-    );
-    let _ = writeln!(
-        w,
-        "| provider | median | p90 | p99 | max | goal (p99) |\n|---|---|---|---|---|---|"
-    );
-    for (name, v, goal) in [
-        ("embedded (ferrite-dns's server)", &c.embedded, "<= 250 ms"),
-        ("rfc2136 (named, TSIG)", &c.rfc2136, "<= 1 s"),
-    ] {
-        match summary(v) {
-            Some([p50, p90, p99, max]) => {
-                let _ = writeln!(
-                    w,
-                    "| {name} | {} | {} | {} | {} | {goal} |",
-                    dur_ms(p50),
-                    dur_ms(p90),
-                    dur_ms(p99),
-                    dur_ms(max)
-                );
-            }
-            None => {
-                let _ = writeln!(w, "| {name} | - | - | - | - | {goal} |");
+    if c.trials > 0 {
+        let _ = writeln!(
+            w,
+            "**Change -> answer**: a Service's `status.loadBalancer.ingress[0].ip` patched -> a UDP query loop (every 5 ms, in-process) gets the new A from the server; {} trials per provider.\n",
+            c.trials
+        );
+        let _ = writeln!(
+            w,
+            "| provider | median | p90 | p99 | max | goal (p99) |\n|---|---|---|---|---|---|"
+        );
+        for (name, v, goal) in [
+            ("embedded (ferrite-dns's server)", &c.embedded, "<= 250 ms"),
+            ("rfc2136 (named, TSIG)", &c.rfc2136, "<= 1 s"),
+        ] {
+            match summary(v) {
+                Some([p50, p90, p99, max]) => {
+                    let _ = writeln!(
+                        w,
+                        "| {name} | {} | {} | {} | {} | {goal} |",
+                        dur_ms(p50),
+                        dur_ms(p90),
+                        dur_ms(p99),
+                        dur_ms(max)
+                    );
+                }
+                None => {
+                    let _ = writeln!(w, "| {name} | - | - | - | - | {goal} |");
+                }
             }
         }
+        let _ = writeln!(
+            w,
+            "| external-dns (not measured: it cannot run on this machine) | default `--interval` 60 s: a change waits up to 60 s for the next pass | | | | |\n"
+        );
     }
-    let _ = writeln!(
-        w,
-        "| external-dns (not measured: it cannot run on this machine) | default `--interval` 60 s: a change waits up to 60 s for the next pass | | | | |\n"
-    );
-    let s = &c.sync;
-    let _ = writeln!(
-        w,
-        "**RFC2136 initial sync**: {} DNSRecords (A) created first ({:.1} s, 16 in flight), then the rfc2136 DNSZone; timed from the DNSZone's create.\n",
-        s.records,
-        s.create.as_secs_f64()
-    );
-    let _ = writeln!(w, "| | |\n|---|---|");
-    let _ = writeln!(
-        w,
-        "| DNSZone created -> `status.records` = {} and Ready | {:.2} s |",
-        s.records,
-        s.to_ready.as_secs_f64()
-    );
-    let _ = writeln!(
-        w,
-        "| DNSZone created -> an AXFR from named counts {} A records | {:.2} s |",
-        s.axfr_a,
-        s.to_axfr.as_secs_f64()
-    );
-    let _ = writeln!(
-        w,
-        "| UPDATE messages (`ferrite_dns_updates_sent_total` of the zone) | {} |\n",
-        s.updates.map_or("-".to_string(), |u| format!("{u:.0}"))
-    );
-    let r = &c.rss;
-    let note = if r.created < r.target {
-        format!(
-            "{} of the {} asked for: creating them through the box's API server took the whole {} s budget, so the RSS is at {} records",
-            r.created,
-            r.target,
-            r.budget.as_secs(),
-            r.created
-        )
-    } else {
-        format!("all {} created", r.created)
-    };
-    let _ = writeln!(w, "**Controller RSS** (`VmRSS` of `/proc/<pid>/status`):\n");
-    let _ = writeln!(w, "| | records | RSS |\n|---|---|---|");
-    let _ = writeln!(w, "| idle, no zones | 0 | {} |", mb(r.idle_kib));
-    let _ = writeln!(
-        w,
-        "| loaded ({note}; creating took {:.0} s; the zone's `status.records` then said {} of its {}) | {} | {} |\n",
-        r.create_time.as_secs_f64(),
-        r.zone_counted,
-        r.zone_target,
-        r.total_records,
-        mb(r.kib)
-    );
+    if let Some(s) = &c.sync {
+        let _ = writeln!(
+            w,
+            "**RFC2136 initial sync**: {} DNSRecords (A) created first ({:.1} s, 16 in flight), then the rfc2136 DNSZone; timed from the DNSZone's create.\n",
+            s.records,
+            s.create.as_secs_f64()
+        );
+        let _ = writeln!(w, "| | |\n|---|---|");
+        let _ = writeln!(
+            w,
+            "| DNSZone created -> `status.records` = {} and Ready | {:.2} s |",
+            s.records,
+            s.to_ready.as_secs_f64()
+        );
+        let _ = writeln!(
+            w,
+            "| DNSZone created -> an AXFR from named counts {} A records | {:.2} s |",
+            s.axfr_a,
+            s.to_axfr.as_secs_f64()
+        );
+        let _ = writeln!(
+            w,
+            "| UPDATE messages (`ferrite_dns_updates_sent_total` of the zone) | {} |\n",
+            s.updates.map_or("-".to_string(), |u| format!("{u:.0}"))
+        );
+    }
+    if let Some(r) = &c.rss {
+        let note = if r.created < r.target {
+            format!(
+                "{} of the {} asked for: creating them through the box's API server took the whole {} s budget, so the RSS is at {} records",
+                r.created,
+                r.target,
+                r.budget.as_secs(),
+                r.created
+            )
+        } else {
+            format!("all {} created", r.created)
+        };
+        let _ = writeln!(w, "**Controller RSS** (`VmRSS` of `/proc/<pid>/status`):\n");
+        let _ = writeln!(w, "| | records | RSS |\n|---|---|---|");
+        let _ = writeln!(w, "| idle, no zones | 0 | {} |", mb(r.idle_kib));
+        let converge = match r.converge {
+            Some(d) => format!(
+                "the zone's `status.records` counted all {} {:.1} s after the last create",
+                r.zone_target,
+                d.as_secs_f64()
+            ),
+            None => format!(
+                "the zone's `status.records` said {} of its {} when the {} s wait ran out",
+                r.zone_counted,
+                r.zone_target,
+                r.converge_limit.as_secs()
+            ),
+        };
+        let _ = writeln!(
+            w,
+            "| loaded ({note}; creating took {:.0} s; {converge}) | {} | {} |",
+            r.create_time.as_secs_f64(),
+            r.total_records,
+            mb(r.kib)
+        );
+        let _ = writeln!(
+            w,
+            "| peak while loading (sampled every 500 ms; VmHWM {}) | {} | {} |\n",
+            mb(r.hwm_kib),
+            r.total_records,
+            mb(r.peak_kib)
+        );
+    }
+}
+
+/// ` --dns-parts ...` when not every part ran.
+fn parts_flag(p: super::dns_controller::Parts) -> String {
+    if p == super::dns_controller::Parts::ALL {
+        return String::new();
+    }
+    let names = [
+        (p.throughput, "throughput"),
+        (p.change, "change"),
+        (p.sync, "sync"),
+        (p.rss, "rss"),
+    ];
+    let list: Vec<&str> = names.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+    format!(" --dns-parts {}", list.join(","))
 }
 
 /// The ferrite-lb part.
