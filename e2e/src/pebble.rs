@@ -87,8 +87,7 @@ fn binary(env: &str, name: &str) -> Result<PathBuf> {
 /// A test CA and a leaf for 127.0.0.1 and localhost signed by it: (CA PEM, leaf PEM, leaf key PEM).
 fn tls_material() -> Result<(String, String, String)> {
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
     };
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -109,12 +108,11 @@ fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.context("parsing the test CA")?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -304,7 +302,8 @@ impl Pebble {
                     self.challtestsrv.log_tail(30)
                 );
             }
-            let challtest_up = TcpStream::connect_timeout(&self.challtest_management, Duration::from_millis(200)).is_ok();
+            let challtest_up =
+                TcpStream::connect_timeout(&self.challtest_management, Duration::from_millis(200)).is_ok();
             match https(&self.tls, self.listen, "/dir") {
                 Ok((200, _)) if challtest_up => return Ok(()),
                 Ok((code, _)) => last = format!("directory answered {code}, challtestsrv up: {challtest_up}"),
@@ -371,16 +370,27 @@ impl Pebble {
     }
 
     fn challtest(&self, path: &str, body: serde_json::Value) -> Result<()> {
-        let (code, resp) = http(self.challtest_management, "POST", path, &serde_json::to_vec(&body)?)?;
+        let (code, resp) = http(
+            self.challtest_management,
+            "POST",
+            path,
+            &serde_json::to_vec(&body)?,
+        )?;
         if code != 200 {
-            bail!("challtestsrv {path} answered {code}: {}", String::from_utf8_lossy(&resp));
+            bail!(
+                "challtestsrv {path} answered {code}: {}",
+                String::from_utf8_lossy(&resp)
+            );
         }
         Ok(())
     }
 
     /// Adds a TXT record `value` at `name` (e.g. `_acme-challenge.example.test`).
     pub fn set_txt(&self, name: &str, value: &str) -> Result<()> {
-        self.challtest("/set-txt", serde_json::json!({"host": fqdn(name), "value": value}))
+        self.challtest(
+            "/set-txt",
+            serde_json::json!({"host": fqdn(name), "value": value}),
+        )
     }
 
     /// Removes every TXT record at `name`.

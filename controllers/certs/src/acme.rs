@@ -28,9 +28,9 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse,
-    CertificateIdentifier, ChallengeType, ExternalAccountKey, HttpClient, Identifier, NewAccount,
-    NewOrder, OrderStatus, Problem, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, CertificateIdentifier,
+    ChallengeType, ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, Problem,
+    RetryPolicy,
 };
 use std::{
     borrow::Cow,
@@ -238,10 +238,7 @@ impl AcmeError {
 
 /// `s` without control characters, at most `max` characters (an ellipsis marks a cut).
 pub fn bounded(s: &str, max: usize) -> String {
-    let clean: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let clean: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let clean = clean.trim();
     if clean.chars().count() <= max {
         return clean.to_string();
@@ -273,11 +270,7 @@ pub fn problem_text(p: &Problem) -> String {
             1 => String::new(),
             n => format!(" (+{} more)", n - 1),
         };
-        let sub = first
-            .detail
-            .as_deref()
-            .or(first.r#type.as_deref())
-            .unwrap_or("");
+        let sub = first.detail.as_deref().or(first.r#type.as_deref()).unwrap_or("");
         let who = first
             .identifier
             .as_ref()
@@ -287,7 +280,10 @@ pub fn problem_text(p: &Problem) -> String {
                 _ => String::new(),
             })
             .unwrap_or_default();
-        text = format!("{text}; {}{more}", bounded(&format!("{who}{sub}"), MAX_MESSAGE / 2));
+        text = format!(
+            "{text}; {}{more}",
+            bounded(&format!("{who}{sub}"), MAX_MESSAGE / 2)
+        );
     }
     text
 }
@@ -310,8 +306,9 @@ pub fn problem_error(p: &Problem, retry_after: Option<Duration>) -> AcmeError {
             retry_after,
             message: text,
         },
-        "unauthorized" | "accountDoesNotExist" | "externalAccountRequired"
-        | "userActionRequired" => AcmeError::Unauthorized(text),
+        "unauthorized" | "accountDoesNotExist" | "externalAccountRequired" | "userActionRequired" => {
+            AcmeError::Unauthorized(text)
+        }
         "serverInternal" => AcmeError::Unreachable(text),
         "" if status >= 500 => AcmeError::Unreachable(text),
         "" if status == 401 || status == 403 => AcmeError::Unauthorized(text),
@@ -489,8 +486,7 @@ impl Shared {
     }
 
     fn learn_directory(&self, body: &[u8]) {
-        let Ok(serde_json::Value::Object(dir)) = serde_json::from_slice::<serde_json::Value>(body)
-        else {
+        let Ok(serde_json::Value::Object(dir)) = serde_json::from_slice::<serde_json::Value>(body) else {
             return;
         };
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
@@ -540,9 +536,9 @@ impl HttpClient for AcmeHttp {
         let fut = self.client.request(req);
         Box::pin(async move {
             let result = tokio::time::timeout(timeout, async {
-                let rsp = fut.await.map_err(|e| {
-                    instant_acme::Error::Other(Box::new(Transport(chain_text(&e))))
-                })?;
+                let rsp = fut
+                    .await
+                    .map_err(|e| instant_acme::Error::Other(Box::new(Transport(chain_text(&e)))))?;
                 let (parts, body) = rsp.into_parts();
                 let body = http_body_util::Limited::new(body, MAX_BODY)
                     .collect()
@@ -573,8 +569,7 @@ impl HttpClient for AcmeHttp {
             let status = parts.status;
             shared.count(endpoint, status.as_str());
             if status == StatusCode::TOO_MANY_REQUESTS {
-                *shared.retry_after.lock().unwrap_or_else(|e| e.into_inner()) =
-                    retry_after_header(&parts);
+                *shared.retry_after.lock().unwrap_or_else(|e| e.into_inner()) = retry_after_header(&parts);
             }
             if endpoint == "directory" && is_get {
                 if !status.is_success() {
@@ -623,12 +618,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -637,18 +627,11 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -668,9 +651,8 @@ fn tls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig, AcmeError> {
     match &cfg.ca_bundle {
         Some(pem) => {
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| {
-                    AcmeError::InvalidInput(format!("caBundle is not PEM certificates: {e}"))
-                })?;
+                let cert = cert
+                    .map_err(|e| AcmeError::InvalidInput(format!("caBundle is not PEM certificates: {e}")))?;
                 roots.add(cert).map_err(|e| {
                     AcmeError::InvalidInput(format!("caBundle has an unusable certificate: {e}"))
                 })?;
@@ -686,8 +668,7 @@ fn tls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig, AcmeError> {
             roots.add_parsable_certificates(native.certs);
             if roots.is_empty() {
                 return Err(AcmeError::InvalidInput(
-                    "no system CA certificates found (install ca-certificates or set caBundle)"
-                        .into(),
+                    "no system CA certificates found (install ca-certificates or set caBundle)".into(),
                 ));
             }
         }
@@ -777,10 +758,7 @@ impl AcmeAccount {
     /// Creates an account (P-256 key, terms of service agreed). Returns the account and its
     /// credentials (JSON with the private key: keep them in a Secret); the account URI is
     /// [`AcmeAccount::uri`].
-    pub async fn create(
-        cfg: &ClientConfig,
-        req: &NewAccountRequest,
-    ) -> Result<(Self, Vec<u8>), AcmeError> {
+    pub async fn create(cfg: &ClientConfig, req: &NewAccountRequest) -> Result<(Self, Vec<u8>), AcmeError> {
         let (http, shared) = http_client(cfg)?;
         let contact = req
             .email
@@ -947,16 +925,13 @@ impl AcmeAccount {
         match self.account.renewal_info(&id).await {
             Ok((info, retry)) => {
                 let ts = |t: i128| {
-                    jiff::Timestamp::from_nanosecond(t).map_err(|e| {
-                        AcmeError::Protocol(format!("renewal window out of range: {e}"))
-                    })
+                    jiff::Timestamp::from_nanosecond(t)
+                        .map_err(|e| AcmeError::Protocol(format!("renewal window out of range: {e}")))
                 };
                 let start = ts(info.suggested_window.start.unix_timestamp_nanos())?;
                 let end = ts(info.suggested_window.end.unix_timestamp_nanos())?;
                 if end < start {
-                    return Err(AcmeError::Protocol(
-                        "renewal window ends before it starts".into(),
-                    ));
+                    return Err(AcmeError::Protocol("renewal window ends before it starts".into()));
                 }
                 Ok(Some(RenewalWindow {
                     start,
@@ -1321,11 +1296,7 @@ impl AcmeOrder {
 
     /// Fetches the order's state from the CA.
     pub async fn refresh(&mut self) -> Result<OrderState, AcmeError> {
-        let s = self
-            .order
-            .refresh()
-            .await
-            .map_err(|e| self.shared.map(e))?;
+        let s = self.order.refresh().await.map_err(|e| self.shared.map(e))?;
         Ok(order_state(s.status))
     }
 
@@ -1457,11 +1428,7 @@ impl AcmeOrder {
         }
     }
 
-    async fn solve<S: ChallengeSolver>(
-        &mut self,
-        solver: &S,
-        opts: &DriveOptions,
-    ) -> Result<(), AcmeError> {
+    async fn solve<S: ChallengeSolver>(&mut self, solver: &S, opts: &DriveOptions) -> Result<(), AcmeError> {
         let authzs = self.authorizations().await?;
         let mut chosen = Vec::new();
         for a in authzs {
@@ -1479,10 +1446,13 @@ impl AcmeOrder {
                 identifier: a.name(),
                 message: "no solver matches this name".into(),
             })?;
-            let ch = a.challenge(&kind).cloned().ok_or_else(|| AcmeError::SolverFailed {
-                identifier: a.name(),
-                message: format!("the CA offers no {} challenge for it", kind.as_str()),
-            })?;
+            let ch = a
+                .challenge(&kind)
+                .cloned()
+                .ok_or_else(|| AcmeError::SolverFailed {
+                    identifier: a.name(),
+                    message: format!("the CA offers no {} challenge for it", kind.as_str()),
+                })?;
             chosen.push(Presented {
                 authz: a,
                 challenge: ch,
@@ -1517,13 +1487,10 @@ impl AcmeOrder {
         presented: &mut Vec<Presented>,
     ) -> Result<(), AcmeError> {
         for p in chosen {
-            solver
-                .present(p)
-                .await
-                .map_err(|e| AcmeError::SolverFailed {
-                    identifier: p.authz.name(),
-                    message: bounded(&format!("{e:#}"), MAX_MESSAGE),
-                })?;
+            solver.present(p).await.map_err(|e| AcmeError::SolverFailed {
+                identifier: p.authz.name(),
+                message: bounded(&format!("{e:#}"), MAX_MESSAGE),
+            })?;
             presented.push(p.clone());
         }
         if opts.self_check.enabled {
@@ -1558,16 +1525,16 @@ impl AcmeOrder {
     /// Waits for a finalized order's certificate and downloads the full chain (PEM).
     pub async fn certificate(&mut self, opts: &DriveOptions) -> Result<String, AcmeError> {
         let chain = match self.order.state().status {
-            OrderStatus::Valid => self.order.certificate().await.and_then(|c| {
-                c.ok_or(instant_acme::Error::Str("no certificate in a valid order"))
-            }),
+            OrderStatus::Valid => self
+                .order
+                .certificate()
+                .await
+                .and_then(|c| c.ok_or(instant_acme::Error::Str("no certificate in a valid order"))),
             _ => self.order.poll_certificate(&Self::retry(opts)).await,
         };
         let chain = chain.map_err(|e| self.shared.map(e))?;
         if !chain.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(AcmeError::Protocol(
-                "the certificate download is not PEM".into(),
-            ));
+            return Err(AcmeError::Protocol("the certificate download is not PEM".into()));
         }
         Ok(chain)
     }
@@ -1654,7 +1621,9 @@ async fn check_http(p: &Presented, cfg: &SelfCheck) -> Result<(), String> {
         return Err(format!("http://{host}{path} answered {}", bounded(code, 8)));
     }
     if body.trim() != p.challenge.key_authorization {
-        return Err(format!("http://{host}{path} does not serve the key authorization"));
+        return Err(format!(
+            "http://{host}{path} does not serve the key authorization"
+        ));
     }
     Ok(())
 }
@@ -1666,7 +1635,10 @@ async fn check_dns(p: &Presented, cfg: &SelfCheck) -> Result<(), String> {
         match txt_lookup(&name, *ns).await {
             Ok(values) if values.iter().any(|v| v == &p.challenge.dns_txt_value) => return Ok(()),
             Ok(values) => {
-                last = format!("{name} TXT at {ns} has {} value(s), not the challenge's", values.len())
+                last = format!(
+                    "{name} TXT at {ns} has {} value(s), not the challenge's",
+                    values.len()
+                )
             }
             Err(e) => last = format!("{name} TXT at {ns}: {e}"),
         }
@@ -1693,7 +1665,9 @@ pub async fn txt_lookup(name: &str, server: SocketAddr) -> Result<Vec<String>, S
         } else {
             "[::]:0".parse().expect("literal")
         };
-        let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
+        let sock = tokio::net::UdpSocket::bind(bind)
+            .await
+            .map_err(|e| e.to_string())?;
         sock.send_to(&wire, server).await.map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 4096];
         let msg = loop {
@@ -1708,7 +1682,9 @@ pub async fn txt_lookup(name: &str, server: SocketAddr) -> Result<Vec<String>, S
         };
         let msg = if msg.metadata.truncation {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(server).await.map_err(|e| e.to_string())?;
+            let mut s = tokio::net::TcpStream::connect(server)
+                .await
+                .map_err(|e| e.to_string())?;
             let len = u16::try_from(wire.len()).map_err(|_| "query too long".to_string())?;
             let mut framed = len.to_be_bytes().to_vec();
             framed.extend_from_slice(&wire);
@@ -1749,24 +1725,35 @@ mod tests {
     }
 
     fn problem(t: Option<&str>, detail: Option<&str>, status: Option<u16>) -> Problem {
-        serde_json::from_value(serde_json::json!({"type": t, "detail": detail, "status": status}))
-            .unwrap()
+        serde_json::from_value(serde_json::json!({"type": t, "detail": detail, "status": status})).unwrap()
     }
 
     #[test]
     fn problems_map_to_reasons() {
-        let p = problem(Some("urn:ietf:params:acme:error:rateLimited"), Some("slow down"), Some(429));
+        let p = problem(
+            Some("urn:ietf:params:acme:error:rateLimited"),
+            Some("slow down"),
+            Some(429),
+        );
         let e = problem_error(&p, Some(Duration::from_secs(7)));
         assert_eq!(e.reason(), "RateLimited");
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
         assert!(e.message().contains("rateLimited: slow down"), "{}", e.message());
-        let p = problem(Some("urn:ietf:params:acme:error:unauthorized"), Some("no"), Some(403));
+        let p = problem(
+            Some("urn:ietf:params:acme:error:unauthorized"),
+            Some("no"),
+            Some(403),
+        );
         assert_eq!(problem_error(&p, None).reason(), "Unauthorized");
         let p = problem(None, None, Some(502));
         let e = problem_error(&p, None);
         assert_eq!(e.reason(), "AcmeUnreachable");
         assert!(e.message().contains("HTTP 502"));
-        let p = problem(Some("urn:ietf:params:acme:error:rejectedIdentifier"), Some(&"d".repeat(5000)), Some(400));
+        let p = problem(
+            Some("urn:ietf:params:acme:error:rejectedIdentifier"),
+            Some(&"d".repeat(5000)),
+            Some(400),
+        );
         let e = problem_error(&p, None);
         assert_eq!(e.reason(), "Rejected");
         assert!(e.message().chars().count() <= 2 * MAX_MESSAGE);

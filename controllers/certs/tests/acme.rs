@@ -1,6 +1,8 @@
 //! The ACME layer against a real Pebble + pebble-challtestsrv (Debian's `pebble`) on 127.0.0.1:
 //! one Pebble per test binary, shared by the tests, which run in parallel with distinct names.
 //! Pebble runs strict, with PEBBLE_VA_NOSLEEP=1, no authorization reuse and its 5% nonce rejection.
+// A test binary: a failed unwrap in a helper is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use ferrite_certs::acme::{
     AcmeAccount, AcmeError, ChallengeKind, ChallengeSolver, ClientConfig, DriveOptions, Eab,
@@ -53,7 +55,9 @@ fn serve_tokens(listener: TcpListener, tokens: Tokens) {
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     ),
-                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                    }
                 };
                 let _ = conn.write_all(rsp.as_bytes());
             });
@@ -147,7 +151,9 @@ impl ChallengeSolver for TestSolver {
                     .unwrap()
                     .insert(p.challenge.token.clone(), p.challenge.key_authorization.clone());
             }
-            ChallengeKind::Dns01 => f.pebble.set_txt(&p.dns_record_name(), &p.challenge.dns_txt_value)?,
+            ChallengeKind::Dns01 => f
+                .pebble
+                .set_txt(&p.dns_record_name(), &p.challenge.dns_txt_value)?,
             ref k => anyhow::bail!("unexpected challenge {}", k.as_str()),
         }
         Ok(())
@@ -170,8 +176,7 @@ impl ChallengeSolver for TestSolver {
 fn csr(names: &[&str]) -> Vec<u8> {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.serialize_request(&key).unwrap().der().to_vec()
 }
@@ -209,7 +214,14 @@ fn openssl_verify(chain: &str, root: &str) -> String {
     std::fs::write(dir.path().join("root.pem"), root).unwrap();
     let out = std::process::Command::new("openssl")
         .current_dir(dir.path())
-        .args(["verify", "-CAfile", "root.pem", "-untrusted", "chain.pem", "leaf.pem"])
+        .args([
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "chain.pem",
+            "leaf.pem",
+        ])
         .output()
         .expect("run openssl");
     assert!(
@@ -250,10 +262,19 @@ async fn issue(names: &[&str], kind: ChallengeKind) -> (String, RequestCounts) {
     let chain = order
         .drive(&solver, &csr(names), &drive_opts(f))
         .await
-        .unwrap_or_else(|e| panic!("issuing {names:?}: {e} ({})\n{}", e.reason(), f.pebble.log_tail(20)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "issuing {names:?}: {e} ({})\n{}",
+                e.reason(),
+                f.pebble.log_tail(20)
+            )
+        });
     let took = start.elapsed();
     assert_eq!(order.state(), OrderState::Valid);
-    assert!(chain.matches("BEGIN CERTIFICATE").count() >= 2, "full chain: {chain}");
+    assert!(
+        chain.matches("BEGIN CERTIFICATE").count() >= 2,
+        "full chain: {chain}"
+    );
     let text = openssl_verify(&chain, &f.pebble.root_pem().unwrap());
     for n in names {
         let needle = match n.parse::<IpAddr>() {
@@ -282,7 +303,9 @@ async fn account_create_and_reload_from_bytes() {
     let (account, bytes) = new_account(&f.pebble, &counts).await;
     assert!(account.uri().starts_with("https://"), "{}", account.uri());
     assert!(counts.endpoint("newAccount") >= 1);
-    let reloaded = AcmeAccount::load(&config(&f.pebble, &counts), &bytes).await.unwrap();
+    let reloaded = AcmeAccount::load(&config(&f.pebble, &counts), &bytes)
+        .await
+        .unwrap();
     assert_eq!(reloaded.uri(), account.uri());
     // Debian's Pebble 2.4 offers no profiles.
     assert!(reloaded.profiles().is_empty());
@@ -291,7 +314,9 @@ async fn account_create_and_reload_from_bytes() {
     other.directory_url = "https://127.0.0.1:1/dir".into();
     let e = AcmeAccount::load(&other, &bytes).await.unwrap_err();
     assert_eq!(e.reason(), "InvalidInput", "{e}");
-    let e = AcmeAccount::load(&config(&f.pebble, &counts), b"not json").await.unwrap_err();
+    let e = AcmeAccount::load(&config(&f.pebble, &counts), b"not json")
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "InvalidInput", "{e}");
     let e = AcmeAccount::create(
         &config(&f.pebble, &counts),
@@ -308,8 +333,21 @@ async fn account_create_and_reload_from_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_issuance_chain_verifies_with_openssl() {
     let (_, counts) = issue(&["http01.example.test"], ChallengeKind::Http01).await;
-    for endpoint in ["directory", "newNonce", "newAccount", "newOrder", "authz", "challenge", "finalize", "certificate"] {
-        assert!(counts.endpoint(endpoint) >= 1, "no {endpoint} request: {:?}", counts.snapshot());
+    for endpoint in [
+        "directory",
+        "newNonce",
+        "newAccount",
+        "newOrder",
+        "authz",
+        "challenge",
+        "finalize",
+        "certificate",
+    ] {
+        assert!(
+            counts.endpoint(endpoint) >= 1,
+            "no {endpoint} request: {:?}",
+            counts.snapshot()
+        );
     }
     assert_eq!(counts.endpoint("other"), 0, "{:?}", counts.snapshot());
 }
@@ -321,13 +359,22 @@ async fn dns01_issuance_via_challtestsrv() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_by_dns01_with_its_base_name_by_http01() {
-    issue(&["*.wild.example.test", "wild.example.test"], ChallengeKind::Http01).await;
+    issue(
+        &["*.wild.example.test", "wild.example.test"],
+        ChallengeKind::Http01,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_name_with_an_ip_address() {
     issue(
-        &["a.multi.example.test", "b.multi.example.test", "c.multi.example.test", "127.0.0.1"],
+        &[
+            "a.multi.example.test",
+            "b.multi.example.test",
+            "c.multi.example.test",
+            "127.0.0.1",
+        ],
         ChallengeKind::Http01,
     )
     .await;
@@ -347,15 +394,26 @@ async fn order_resumed_by_url_after_the_client_is_gone() {
 
     // "Restart": a new client from the Secret's bytes and the URL from status.
     let counts2 = RequestCounts::default();
-    let account = AcmeAccount::load(&config(&f.pebble, &counts2), &creds).await.unwrap();
+    let account = AcmeAccount::load(&config(&f.pebble, &counts2), &creds)
+        .await
+        .unwrap();
     let mut order = account.resume_order(&url).await.unwrap();
     assert_eq!(order.url(), url);
     assert_eq!(order.state(), OrderState::Pending);
     let chain = order
-        .drive(&TestSolver::new(ChallengeKind::Http01), &csr(&names), &drive_opts(f))
+        .drive(
+            &TestSolver::new(ChallengeKind::Http01),
+            &csr(&names),
+            &drive_opts(f),
+        )
         .await
         .unwrap();
-    assert_eq!(counts2.endpoint("newOrder"), 0, "resumed, not re-ordered: {:?}", counts2.snapshot());
+    assert_eq!(
+        counts2.endpoint("newOrder"),
+        0,
+        "resumed, not re-ordered: {:?}",
+        counts2.snapshot()
+    );
     openssl_verify(&chain, &f.pebble.root_pem().unwrap());
 
     // A valid order resumed again hands out the same chain without new challenges.
@@ -399,21 +457,37 @@ async fn failed_challenge_and_self_check_are_typed() {
     let (account, _) = new_account(&f.pebble, &counts).await;
 
     // Nothing served, self-check on: our check fails first, and the CA is never asked.
-    let mut order = account.new_order(&order_for(&["nothing.example.test"])).await.unwrap();
+    let mut order = account
+        .new_order(&order_for(&["nothing.example.test"]))
+        .await
+        .unwrap();
     let mut solver = TestSolver::new(ChallengeKind::Http01);
     solver.really = false;
     let mut opts = drive_opts(f);
     opts.self_check.timeout = Duration::from_millis(500);
-    let e = order.drive(&solver, &csr(&["nothing.example.test"]), &opts).await.unwrap_err();
+    let e = order
+        .drive(&solver, &csr(&["nothing.example.test"]), &opts)
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "SelfCheckFailed", "{e}");
     assert!(e.message().contains("404"), "{}", e.message());
-    assert_eq!(solver.cleaned.lock().unwrap().len(), 1, "cleaned up after a failure");
+    assert_eq!(
+        solver.cleaned.lock().unwrap().len(),
+        1,
+        "cleaned up after a failure"
+    );
     assert_eq!(counts.endpoint("challenge"), 0);
 
     // Self-check skipped: the CA fails the challenge; its problem document is the message.
-    let mut order = account.new_order(&order_for(&["nothing2.example.test"])).await.unwrap();
+    let mut order = account
+        .new_order(&order_for(&["nothing2.example.test"]))
+        .await
+        .unwrap();
     opts.self_check.enabled = false;
-    let e = order.drive(&solver, &csr(&["nothing2.example.test"]), &opts).await.unwrap_err();
+    let e = order
+        .drive(&solver, &csr(&["nothing2.example.test"]), &opts)
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "ChallengeFailed", "{e}");
     let msg = e.message();
     assert!(msg.contains("nothing2.example.test"), "{msg}");
@@ -449,15 +523,21 @@ async fn tls_trust_choices() {
     // System roots do not trust Pebble's test CA.
     let mut c = config(&f.pebble, &counts);
     c.ca_bundle = None;
-    let e = AcmeAccount::create(&c, &NewAccountRequest::default()).await.unwrap_err();
+    let e = AcmeAccount::create(&c, &NewAccountRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "AcmeUnreachable", "{e}");
     // skipTLSVerify works against it.
     c.skip_tls_verify = true;
-    AcmeAccount::create(&c, &NewAccountRequest::default()).await.unwrap();
+    AcmeAccount::create(&c, &NewAccountRequest::default())
+        .await
+        .unwrap();
     // A caBundle that is not PEM is bad input.
     let mut c = config(&f.pebble, &counts);
     c.ca_bundle = Some("not pem".into());
-    let e = AcmeAccount::create(&c, &NewAccountRequest::default()).await.unwrap_err();
+    let e = AcmeAccount::create(&c, &NewAccountRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "InvalidInput", "{e}");
 }
 
@@ -479,7 +559,9 @@ async fn eab_required_wrong_key_is_typed_right_key_works() {
     let counts = RequestCounts::default();
     let c = config(&pebble, &counts);
 
-    let e = AcmeAccount::create(&c, &NewAccountRequest::default()).await.unwrap_err();
+    let e = AcmeAccount::create(&c, &NewAccountRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "Unauthorized", "no EAB: {e}");
     let e = AcmeAccount::create(
         &c,
@@ -536,10 +618,15 @@ async fn ca_unreachable_before_and_mid_order() {
         on_request: Some(counts.hook()),
         ..ClientConfig::new(format!("https://127.0.0.1:{port}/dir"))
     };
-    let e = AcmeAccount::create(&c, &NewAccountRequest::default()).await.unwrap_err();
+    let e = AcmeAccount::create(&c, &NewAccountRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "AcmeUnreachable", "{e}");
     assert!(e.is_transient());
-    assert_eq!(counts.snapshot().get(&("directory".into(), "error".into())), Some(&1));
+    assert_eq!(
+        counts.snapshot().get(&("directory".into(), "error".into())),
+        Some(&1)
+    );
 
     // Mid-order: the CA goes away after the order was placed.
     let mut pebble = tokio::task::spawn_blocking(|| Pebble::start(PebbleOptions::default()))
@@ -547,7 +634,10 @@ async fn ca_unreachable_before_and_mid_order() {
         .unwrap()
         .expect("start Pebble");
     let (account, _) = new_account(&pebble, &counts).await;
-    let mut order = account.new_order(&order_for(&["down.example.test"])).await.unwrap();
+    let mut order = account
+        .new_order(&order_for(&["down.example.test"]))
+        .await
+        .unwrap();
     let url = order.url().to_string();
     pebble.stop();
     let e = order.refresh().await.unwrap_err();
@@ -584,7 +674,11 @@ fn fake_ca() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     let len: usize = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
                         .unwrap_or(0);
                     while buf.len() < end + 4 + len {
                         match conn.read(&mut chunk) {
@@ -593,21 +687,52 @@ fn fake_ca() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                         }
                     }
                     buf.drain(..end + 4 + len);
-                    if let Some(ua) = head.lines().find_map(|l| l.to_ascii_lowercase().starts_with("user-agent:").then(|| l[11..].trim().to_string())) {
+                    if let Some(ua) = head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("user-agent:")
+                            .then(|| l[11..].trim().to_string())
+                    }) {
                         seen.lock().unwrap().push(ua);
                     }
                     let mut parts = head.split_whitespace();
                     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                     let base = format!("http://{addr}");
                     let (status, ctype, extra, body) = match (method, path) {
-                        ("GET", "/dir") => ("200 OK", "application/json", String::new(), format!(
-                            r#"{{"newNonce":"{base}/nonce","newAccount":"{base}/acct","newOrder":"{base}/order","revokeCert":"{base}/revoke","keyChange":"{base}/key"}}"#
-                        )),
-                        ("GET", "/html-dir") => ("500 Internal Server Error", "text/html", String::new(), "<html>SECRET internal stack trace\u{1b}[31m</html>".to_string()),
-                        ("GET", "/limited-dir") => ("429 Too Many Requests", "text/plain", "Retry-After: 9\r\n".to_string(), "slow".to_string()),
-                        ("HEAD", "/nonce") => ("200 OK", "text/plain", "Replay-Nonce: abc\r\n".to_string(), String::new()),
-                        ("POST", "/acct") => ("429 Too Many Requests", "application/problem+json", "Retry-After: 7\r\nReplay-Nonce: def\r\n".to_string(),
-                            format!(r#"{{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new accounts\n{}","status":429}}"#, "x".repeat(2000))),
+                        ("GET", "/dir") => (
+                            "200 OK",
+                            "application/json",
+                            String::new(),
+                            format!(
+                                r#"{{"newNonce":"{base}/nonce","newAccount":"{base}/acct","newOrder":"{base}/order","revokeCert":"{base}/revoke","keyChange":"{base}/key"}}"#
+                            ),
+                        ),
+                        ("GET", "/html-dir") => (
+                            "500 Internal Server Error",
+                            "text/html",
+                            String::new(),
+                            "<html>SECRET internal stack trace\u{1b}[31m</html>".to_string(),
+                        ),
+                        ("GET", "/limited-dir") => (
+                            "429 Too Many Requests",
+                            "text/plain",
+                            "Retry-After: 9\r\n".to_string(),
+                            "slow".to_string(),
+                        ),
+                        ("HEAD", "/nonce") => (
+                            "200 OK",
+                            "text/plain",
+                            "Replay-Nonce: abc\r\n".to_string(),
+                            String::new(),
+                        ),
+                        ("POST", "/acct") => (
+                            "429 Too Many Requests",
+                            "application/problem+json",
+                            "Retry-After: 7\r\nReplay-Nonce: def\r\n".to_string(),
+                            format!(
+                                r#"{{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new accounts\n{}","status":429}}"#,
+                                "x".repeat(2000)
+                            ),
+                        ),
                         _ => ("404 Not Found", "text/plain", String::new(), String::new()),
                     };
                     let body_len = if method == "HEAD" { 0 } else { body.len() };
@@ -636,23 +761,42 @@ async fn rate_limits_and_untrusted_bodies() {
     };
 
     // 429 with a problem document and Retry-After on newAccount.
-    let e = AcmeAccount::create(&cfg("/dir"), &NewAccountRequest::default()).await.unwrap_err();
+    let e = AcmeAccount::create(&cfg("/dir"), &NewAccountRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "RateLimited", "{e}");
     let after = e.retry_after().expect("Retry-After kept");
-    assert!(after <= Duration::from_secs(7) && after >= Duration::from_secs(5), "{after:?}");
+    assert!(
+        after <= Duration::from_secs(7) && after >= Duration::from_secs(5),
+        "{after:?}"
+    );
     let msg = e.message();
     assert!(msg.contains("rateLimited: too many new accounts"), "{msg}");
-    assert!(msg.chars().count() <= 2 * ferrite_certs::acme::MAX_MESSAGE, "{}", msg.len());
+    assert!(
+        msg.chars().count() <= 2 * ferrite_certs::acme::MAX_MESSAGE,
+        "{}",
+        msg.len()
+    );
     assert!(!msg.chars().any(char::is_control));
-    assert_eq!(counts.snapshot().get(&("newAccount".into(), "429".into())), Some(&1));
+    assert_eq!(
+        counts.snapshot().get(&("newAccount".into(), "429".into())),
+        Some(&1)
+    );
 
     // 429 on the directory, no problem document.
-    let e = AcmeAccount::create(&cfg("/limited-dir"), &NewAccountRequest::default()).await.unwrap_err();
+    let e = AcmeAccount::create(&cfg("/limited-dir"), &NewAccountRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "RateLimited", "{e}");
-    assert!(e.retry_after().is_some_and(|d| d <= Duration::from_secs(9) && d >= Duration::from_secs(7)));
+    assert!(
+        e.retry_after()
+            .is_some_and(|d| d <= Duration::from_secs(9) && d >= Duration::from_secs(7))
+    );
 
     // An HTML error page is never reflected: only the status code.
-    let e = AcmeAccount::create(&cfg("/html-dir"), &NewAccountRequest::default()).await.unwrap_err();
+    let e = AcmeAccount::create(&cfg("/html-dir"), &NewAccountRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "AcmeUnreachable", "{e}");
     assert!(e.message().contains("HTTP 500"), "{}", e.message());
     assert!(!e.message().contains("SECRET"), "{}", e.message());
