@@ -454,6 +454,16 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
             }
         })
     };
+    // DNSRecord status in a task of its own: 100,000 new records are 100,000 writes, and the zones'
+    // status (their record count) must not wait behind them.
+    let outcomes: Outcomes = Arc::new(Mutex::new(HashMap::new()));
+    let outcomes_ready = Arc::new(Notify::new());
+    let record_status_task = tokio::spawn(record_status(
+        shared.clone(),
+        outcomes.clone(),
+        outcomes_ready.clone(),
+        records.clone(),
+    ));
     let mut pass = Pass {
         shared: shared.clone(),
         status_tx,
@@ -466,7 +476,8 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         caught_up,
         told_synced: false,
         pending,
-        outcomes: Arc::new(Mutex::new(HashMap::new())),
+        outcomes,
+        outcomes_ready,
         index: Index::default(),
         zones,
         stores: Stores {
@@ -496,6 +507,7 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         w.task.abort();
     }
     status_task.abort();
+    record_status_task.abort();
     server.shutdown().await;
     app.finish().await;
     Ok(())
@@ -586,6 +598,8 @@ struct Pass {
     told_synced: bool,
     pending: Pending,
     outcomes: Outcomes,
+    /// Wakes the DNSRecord status task.
+    outcomes_ready: Arc<Notify>,
     index: Index,
     zones: Store<DNSZone>,
     stores: Stores,
@@ -1000,6 +1014,9 @@ impl Pass {
                     outcomes.insert(r.clone(), o);
                 }
             }
+            if !outcomes.is_empty() {
+                self.outcomes_ready.notify_one();
+            }
         }
         // Status writes run in their own task (latest wins), so a slow API server never delays a swap.
         let serials = self.served.iter().map(|(k, s)| (k.clone(), s.serial)).collect();
@@ -1020,7 +1037,6 @@ impl Pass {
             zone_conflicts,
             problems,
             conflicts,
-            outcomes: self.outcomes.clone(),
             stores: self.stores.clone(),
         })));
     }
@@ -1039,8 +1055,6 @@ struct StatusJob {
     zone_conflicts: BTreeMap<String, Vec<String>>,
     problems: Vec<ObjectProblem>,
     conflicts: Vec<Conflict>,
-    /// Shared with the pass: taken (and put back on a failed write) by this task.
-    outcomes: Outcomes,
     stores: Stores,
 }
 
@@ -1108,8 +1122,7 @@ impl StatusJob {
         self.publish_object_status(shared).await;
     }
 
-    /// Warning Events on objects with problems and conflict losers; the `Programmed` condition of the
-    /// `DNSRecord`s whose outcome the passes handed over.
+    /// Warning Events on objects with problems and conflict losers.
     async fn publish_object_status(&self, shared: &Shared) {
         let mut keep: HashSet<String> = HashSet::new();
         for p in &self.problems {
@@ -1128,92 +1141,113 @@ impl StatusJob {
             }
         }
         shared.forget_events(&keep, "obj:");
+    }
+}
 
-        let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()));
-        let api_of = |ns: &str| Api::<DNSRecord>::namespaced(shared.client.clone(), ns);
-        for (res, outcome) in outcomes {
-            let Some(r) = self
-                .stores
-                .records
-                .get(&ObjectRef::new(&res.name).within(&res.namespace))
-            else {
-                continue;
-            };
-            if r.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let (status, reason, message, zone) = match &outcome {
-                source::Outcome::Problem(errors) => {
-                    let (reason, note) = problem_note(&ObjectProblem {
-                        resource: res.clone(),
-                        errors: errors.clone(),
-                    });
-                    (Status::False, reason.to_string(), note, None)
-                }
-                source::Outcome::Placed { zones, lost } => {
-                    let first = zones.first().cloned();
-                    match lost {
-                        Some(c) => (Status::False, "Conflict".into(), c.to_string(), first),
-                        None => (
-                            Status::True,
-                            "Programmed".into(),
-                            format!("published in DNSZone {}", zones.join(", ")),
-                            first,
-                        ),
+/// Record status writes in flight.
+const STATUS_WRITES: usize = 8;
+
+/// The leader's `DNSRecord` status writer: takes the outcomes the passes handed over (latest per
+/// record), writes the `Programmed` condition where it differs from the cached status, a few at a
+/// time, and puts back what failed (tried again after the next pass).
+async fn record_status(
+    shared: Arc<Shared>,
+    outcomes: Outcomes,
+    ready: Arc<Notify>,
+    records: Store<DNSRecord>,
+) {
+    use futures::StreamExt;
+    loop {
+        ready.notified().await;
+        let batch = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+        futures::stream::iter(batch)
+            .for_each_concurrent(STATUS_WRITES, |(res, outcome)| {
+                let (shared, outcomes, records) = (&shared, &outcomes, &records);
+                async move {
+                    if let Err(e) = write_record_status(shared, records, &res, &outcome).await {
+                        tracing::warn!(record = %res, error = %e, "DNSRecord status not written");
+                        outcomes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(res)
+                            .or_insert(outcome);
                     }
                 }
-                source::Outcome::Lost(c) => (Status::False, "Conflict".into(), c.to_string(), None),
-                source::Outcome::NoZone => (
-                    Status::False,
-                    "NoZone".into(),
-                    format!("no DNSZone contains {:?}", r.spec.name),
-                    None,
-                ),
-            };
-            let current = r.status.as_ref();
-            let mut conds = current.map(|s| s.conditions.clone()).unwrap_or_default();
-            let changed = conditions::set(
-                &mut conds,
-                NewCondition {
-                    type_: condition_types::PROGRAMMED,
-                    status,
-                    reason: &reason,
-                    message,
-                },
-                r.metadata.generation,
-                Timestamp::now(),
-            );
-            if !changed
-                && current.and_then(|s| s.zone.clone()) == zone
-                && current.and_then(|s| s.observed_generation) == r.metadata.generation
-            {
-                continue;
-            }
-            let body = serde_json::json!({
-                "zone": zone,
-                "observedGeneration": r.metadata.generation,
-                "conditions": conds,
+            })
+            .await;
+    }
+}
+
+/// Writes one `DNSRecord`'s status when it differs from `outcome` (nothing for a record gone or being
+/// deleted).
+async fn write_record_status(
+    shared: &Shared,
+    records: &Store<DNSRecord>,
+    res: &Resource,
+    outcome: &source::Outcome,
+) -> Result<(), ferrite_kit::Error> {
+    let Some(r) = records.get(&ObjectRef::new(&res.name).within(&res.namespace)) else {
+        return Ok(());
+    };
+    if r.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let (status, reason, message, zone) = match outcome {
+        source::Outcome::Problem(errors) => {
+            let (reason, note) = problem_note(&ObjectProblem {
+                resource: res.clone(),
+                errors: errors.clone(),
             });
-            let ns = r.namespace().unwrap_or_default();
-            if let Err(e) = apply_status(
-                &api_of(&ns),
-                &r.name_any(),
-                FIELD_MANAGER,
-                body,
-                &shared.leadership,
-            )
-            .await
-            {
-                tracing::warn!(record = %res, error = %e, "DNSRecord status not written");
-                // Tried again after the next pass (unless that pass has a newer outcome).
-                self.outcomes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(res)
-                    .or_insert(outcome);
+            (Status::False, reason.to_string(), note, None)
+        }
+        source::Outcome::Placed { zones, lost } => {
+            let first = zones.first().cloned();
+            match lost {
+                Some(c) => (Status::False, "Conflict".into(), c.to_string(), first),
+                None => (
+                    Status::True,
+                    "Programmed".into(),
+                    format!("published in DNSZone {}", zones.join(", ")),
+                    first,
+                ),
             }
         }
+        source::Outcome::Lost(c) => (Status::False, "Conflict".into(), c.to_string(), None),
+        source::Outcome::NoZone => (
+            Status::False,
+            "NoZone".into(),
+            format!("no DNSZone contains {:?}", r.spec.name),
+            None,
+        ),
+    };
+    let current = r.status.as_ref();
+    let mut conds = current.map(|s| s.conditions.clone()).unwrap_or_default();
+    let changed = conditions::set(
+        &mut conds,
+        NewCondition {
+            type_: condition_types::PROGRAMMED,
+            status,
+            reason: &reason,
+            message,
+        },
+        r.metadata.generation,
+        Timestamp::now(),
+    );
+    if !changed
+        && current.and_then(|s| s.zone.clone()) == zone
+        && current.and_then(|s| s.observed_generation) == r.metadata.generation
+    {
+        return Ok(());
     }
+    let body = serde_json::json!({
+        "zone": zone,
+        "observedGeneration": r.metadata.generation,
+        "conditions": conds,
+    });
+    let api = Api::<DNSRecord>::namespaced(shared.client.clone(), &res.namespace);
+    apply_status(&api, &r.name_any(), FIELD_MANAGER, body, &shared.leadership)
+        .await
+        .map(|_| ())
 }
 
 /// The reason and note of an object that publishes nothing (Event and `Programmed` condition).
