@@ -966,7 +966,11 @@ pub struct RenewalWindow {
 /// first certificate in `cert` (PEM or DER).
 pub fn certificate_id(cert: &[u8]) -> Result<String, AcmeError> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let der = if cert.starts_with(b"-----") || cert.iter().take(64).any(|b| *b == b'-') {
+    let is_pem = cert
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .is_some_and(|i| cert[i..].starts_with(b"-----BEGIN"));
+    let der = if is_pem {
         CertificateDer::pem_slice_iter(cert)
             .next()
             .ok_or_else(|| AcmeError::InvalidInput("no PEM certificate".into()))?
@@ -1369,7 +1373,7 @@ impl AcmeOrder {
     /// Why the order is invalid: the first failed challenge, else the order's problem.
     async fn why_invalid(&mut self) -> AcmeError {
         // Authorization states are cached from before validation: fetch them again.
-        let (url, _) = (self.order.url().to_string(), ());
+        let url = self.order.url().to_string();
         let fresh = match self.account.order(url).await {
             Ok(o) => o,
             Err(e) => return self.shared.map(e),
@@ -1398,8 +1402,7 @@ impl AcmeOrder {
     pub async fn poll_ready(&mut self, opts: &DriveOptions) -> Result<OrderState, AcmeError> {
         match self.order.poll_ready(&Self::retry(opts)).await {
             Ok(s) => Ok(order_state(s)),
-            Err(instant_acme::Error::Api(p)) if self.order.state().status == OrderStatus::Invalid => {
-                let _ = p;
+            Err(instant_acme::Error::Api(_)) if self.order.state().status == OrderStatus::Invalid => {
                 Err(self.why_invalid().await)
             }
             Err(e) => Err(self.shared.map(e)),
