@@ -733,6 +733,27 @@ fn fake_ca() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                                 "x".repeat(2000)
                             ),
                         ),
+                        // A CA with ARI: the account is created, renewalInfo answers a window.
+                        ("GET", "/ari-dir") => (
+                            "200 OK",
+                            "application/json",
+                            String::new(),
+                            format!(
+                                r#"{{"newNonce":"{base}/nonce","newAccount":"{base}/acct-ok","newOrder":"{base}/order","renewalInfo":"{base}/ari"}}"#
+                            ),
+                        ),
+                        ("POST", "/acct-ok") => (
+                            "201 Created",
+                            "application/json",
+                            format!("Location: {base}/acct/1\r\nReplay-Nonce: ghi\r\n"),
+                            r#"{"status":"valid"}"#.to_string(),
+                        ),
+                        ("GET", p) if p.starts_with("/ari/") => (
+                            "200 OK",
+                            "application/json",
+                            "Retry-After: 3600\r\n".to_string(),
+                            r#"{"suggestedWindow":{"start":"2030-01-01T00:00:00Z","end":"2030-01-02T00:00:00Z"},"explanationURL":"https://ca.example/why"}"#.to_string(),
+                        ),
                         _ => ("404 Not Found", "text/plain", String::new(), String::new()),
                     };
                     let body_len = if method == "HEAD" { 0 } else { body.len() };
@@ -751,7 +772,7 @@ fn fake_ca() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_and_untrusted_bodies() {
+async fn rate_limits_untrusted_bodies_and_ari_on_a_fake_ca() {
     let (addr, agents) = fake_ca();
     let counts = RequestCounts::default();
     let cfg = |path: &str| ClientConfig {
@@ -800,6 +821,27 @@ async fn rate_limits_and_untrusted_bodies() {
     assert_eq!(e.reason(), "AcmeUnreachable", "{e}");
     assert!(e.message().contains("HTTP 500"), "{}", e.message());
     assert!(!e.message().contains("SECRET"), "{}", e.message());
+
+    // A CA that offers ARI: the suggested window and when to ask again.
+    let (account, _) = AcmeAccount::create(&cfg("/ari-dir"), &NewAccountRequest::default())
+        .await
+        .unwrap();
+    assert!(account.supports_ari());
+    let w = account
+        .renewal_info("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE")
+        .await
+        .unwrap()
+        .expect("a window");
+    assert_eq!(
+        w.start,
+        "2030-01-01T00:00:00Z".parse::<jiff::Timestamp>().unwrap()
+    );
+    assert_eq!(w.end, "2030-01-02T00:00:00Z".parse::<jiff::Timestamp>().unwrap());
+    assert!(w.retry_after > Duration::from_secs(3500), "{:?}", w.retry_after);
+    assert_eq!(w.explanation_url.as_deref(), Some("https://ca.example/why"));
+    assert_eq!(counts.endpoint("renewalInfo"), 1);
+    let e = account.renewal_info("not-an-id").await.unwrap_err();
+    assert_eq!(e.reason(), "InvalidInput");
 
     let agents = agents.lock().unwrap();
     assert!(!agents.is_empty());
