@@ -5,8 +5,10 @@
 //! - [`renewal`]: when a certificate is renewed, and the backoff after failed issuances.
 //! - [`acme`]: the ACME client on instant-acme: the account kept in its Secret, one order per
 //!   Certificate (resumable by URL), HTTP-01/DNS-01 authorizations, self-checks, finalize, ARI.
+//! - [`shim`]: ingress-shim: a Certificate per `spec.tls` entry of an annotated Ingress, owned by it.
 #![forbid(unsafe_code)]
 
 pub mod acme;
 pub mod pki;
 pub mod renewal;
+pub mod shim;
