@@ -1,5 +1,7 @@
-//! The benchmarks of ferrite-lb and ferrite-dns (tier 4 of DESIGN.md: measurements, not tests).
-//! `--only lb|dns` runs one part; the DNS part is in [`dns`] (dnsperf against ferrite-dns, BIND9, Knot).
+//! The benchmarks of ferrite-lb, ferrite-dns and ferrite-certs (tier 4 of DESIGN.md: measurements, not
+//! tests). `--only lb|dns|certs` runs one part; the DNS part is in [`dns`] (dnsperf against ferrite-dns,
+//! BIND9, Knot), the certificates part in [`certs`] (ACME issuance against Pebble beside lego and
+//! certbot, and Certificates at scale from a CA issuer).
 //!
 //! ferrite-lb:
 //! ```text
@@ -18,6 +20,7 @@
 //! run ends, also on error. Addresses: 192.0.2.0/24 on the lab's bridge, and 198.18.0.0/15 (RFC 2544
 //! benchmarking range) for the 10,000 Services, which is only written into status, never sent to.
 
+pub mod certs;
 pub mod dns;
 pub mod dns_controller;
 mod measure;
@@ -41,11 +44,11 @@ use std::{
 /// `--help`.
 pub const USAGE: &str = "ferrite-bench: benchmarks of ferrite-lb on the box and of ferrite-dns's server (run as root, release build)
 
-usage: ferrite-bench [--only lb|dns] [--write FILE] [--services N] [--latency-n N] [--trials N]
+usage: ferrite-bench [--only lb|dns|certs] [--write FILE] [--services N] [--latency-n N] [--trials N]
                      [--concurrency N] [--dns-seconds N]
 
-  --only lb|dns     run one part only (default: both, lb first); the report then holds that part's
-                    tables and says the other part was not run
+  --only lb|dns|certs  run one part only (default: all, lb first, certs last); the report then holds
+                    that part's tables and says the others were not run
   --write FILE      write the markdown report to FILE (default: print it)
   --services N      Services of the allocation benchmark (default 10000)
   --latency-n N     Services of the create -> IP / ARP benchmark (default 20)
@@ -58,29 +61,39 @@ usage: ferrite-bench [--only lb|dns] [--write FILE] [--services N] [--latency-n 
   --dns-rss-seconds N  time budget for creating them; fewer are measured (and said) if it runs out (default 600)
   --dns-parts LIST  DNS parts to run, comma-separated: throughput (dnsperf), change, sync, rss, or all
                     (default all); e.g. `--only dns --dns-parts rss` measures the controller at 100,000 records
+  --certs-trials N  HTTP-01 issuances per ACME client (lego, certbot, ferrite-certs) against Pebble (default 20)
+  --certs-counts LIST  Certificates of the CA-issuer scale runs, comma-separated, each run on its own
+                    (default 1000,10000)
 
 Build first: cargo build --release --workspace --bins (or run `make bench`).";
 
 /// Which parts of the benchmark run (`--only`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Only {
-    /// ferrite-lb and ferrite-dns.
+    /// Every part: ferrite-lb, ferrite-dns and ferrite-certs.
     Both,
     /// ferrite-lb only.
     Lb,
     /// ferrite-dns only.
     Dns,
+    /// ferrite-certs only.
+    Certs,
 }
 
 impl Only {
     /// True if the ferrite-lb part runs.
     pub fn lb(self) -> bool {
-        self != Only::Dns
+        matches!(self, Only::Both | Only::Lb)
     }
 
     /// True if the DNS part runs.
     pub fn dns(self) -> bool {
-        self != Only::Lb
+        matches!(self, Only::Both | Only::Dns)
+    }
+
+    /// True if the certificates part runs.
+    pub fn certs(self) -> bool {
+        matches!(self, Only::Both | Only::Certs)
     }
 }
 
@@ -111,6 +124,10 @@ pub struct Options {
     pub dns_rss_seconds: u64,
     /// Which DNS parts run (`--dns-parts`).
     pub dns_parts: dns_controller::Parts,
+    /// HTTP-01 issuances per ACME client.
+    pub certs_trials: usize,
+    /// Certificates of each CA-issuer scale run.
+    pub certs_counts: Vec<usize>,
     /// `--help` was given.
     pub help: bool,
 }
@@ -131,6 +148,8 @@ impl Options {
             dns_rss_records: 100_000,
             dns_rss_seconds: 600,
             dns_parts: dns_controller::Parts::ALL,
+            certs_trials: 20,
+            certs_counts: vec![1_000, 10_000],
             help: false,
         };
         let mut args = args.peekable();
@@ -172,11 +191,14 @@ impl Options {
                 }
                 "--dns-rss-seconds" => o.dns_rss_seconds = number()?.min(1800) as u64,
                 "--dns-parts" => o.dns_parts = dns_controller::Parts::parse(&value)?,
+                "--certs-trials" => o.certs_trials = number()?.min(200),
+                "--certs-counts" => o.certs_counts = parse_counts(&value)?,
                 "--only" => {
                     o.only = match value.as_str() {
                         "lb" => Only::Lb,
                         "dns" => Only::Dns,
-                        _ => bail!("--only: lb or dns, not {value}"),
+                        "certs" => Only::Certs,
+                        _ => bail!("--only: lb, dns or certs, not {value}"),
                     }
                 }
                 _ => bail!("unknown option {flag}"),
@@ -184,6 +206,23 @@ impl Options {
         }
         Ok(o)
     }
+}
+
+/// `--certs-counts`: comma-separated counts, each 1 to 50,000.
+fn parse_counts(value: &str) -> Result<Vec<usize>> {
+    let counts = value
+        .split(',')
+        .map(str::trim)
+        .map(|c| {
+            let n: usize = c
+                .parse()
+                .with_context(|| format!("--certs-counts: not a number: {c:?}"))?;
+            ensure!((1..=50_000).contains(&n), "--certs-counts: each 1 to 50000");
+            Ok(n)
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    ensure!(counts.len() <= 5, "--certs-counts: at most 5 counts");
+    Ok(counts)
 }
 
 /// Set in the re-executed child: the API server is already wrapped.
@@ -329,12 +368,18 @@ async fn run(opts: Options) -> Result<()> {
             );
         }
     }
+    let mut certs_results = None;
+    if opts.only.certs() {
+        let bin = certs::binary();
+        certs_results = Some(certs::run(bin.as_deref(), opts.certs_trials, &opts.certs_counts).await?);
+    }
     let results = report::Results {
         machine,
         opts: opts.clone(),
         lb: lb_results,
         dns: dns_results,
         dns_controller: dns_ctl_results,
+        certs: certs_results,
     };
     let text = report::markdown(&results);
     match &opts.write {
@@ -523,6 +568,20 @@ mod tests {
         let lb = parse(&["--only=lb"]).expect("lb only");
         assert!(lb.only.lb() && !lb.only.dns());
         let err = parse(&["--only", "both"]).expect_err("bad value");
-        assert_eq!(err.to_string(), "--only: lb or dns, not both");
+        assert_eq!(err.to_string(), "--only: lb, dns or certs, not both");
+        let certs = parse(&["--only", "certs"]).expect("certs only");
+        assert!(certs.only.certs() && !certs.only.lb() && !certs.only.dns());
+        assert!(both.only.certs());
+    }
+
+    #[test]
+    fn certs_flags() {
+        let d = parse(&[]).expect("defaults");
+        assert_eq!((d.certs_trials, d.certs_counts.clone()), (20, vec![1000, 10000]));
+        let o = parse(&["--certs-trials=3", "--certs-counts", "50, 200"]).expect("flags");
+        assert_eq!((o.certs_trials, o.certs_counts), (3, vec![50, 200]));
+        assert!(parse(&["--certs-counts", "10,x"]).is_err());
+        assert!(parse(&["--certs-counts", "0"]).is_err());
+        assert!(parse(&["--certs-counts", ""]).is_err());
     }
 }

@@ -96,6 +96,8 @@ pub struct Results {
     pub lb: Option<LbResults>,
     pub dns: Option<DnsResults>,
     pub dns_controller: Option<super::dns_controller::ControllerResults>,
+    /// The ferrite-certs part (`None`: not run).
+    pub certs: Option<super::certs::CertsResults>,
 }
 
 /// The ferrite-lb part.
@@ -205,7 +207,212 @@ pub fn markdown(r: &Results) -> String {
     if let Some(c) = &r.dns_controller {
         controller_markdown(w, &r.opts, c);
     }
+    match &r.certs {
+        Some(c) => certs_markdown(w, &r.opts, m, c),
+        None => {
+            let _ = writeln!(
+                w,
+                "## ferrite-certs\n\nNot run in this run (`--only lb` or `--only dns`); run `make bench` for every part.\n"
+            );
+        }
+    }
     s
+}
+
+/// The ferrite-certs part: ACME issuance beside lego and certbot, Certificates at scale.
+fn certs_markdown(w: &mut String, o: &Options, m: &Machine, c: &super::certs::CertsResults) {
+    use super::certs::{SCALE_CONCURRENCY, TRIAL_LIMIT};
+    let _ = writeln!(w, "## ferrite-certs\n");
+    let counts: Vec<String> = o.certs_counts.iter().map(|n| n.to_string()).collect();
+    let _ = writeln!(
+        w,
+        "Command: `ferrite-bench --only certs --certs-trials {} --certs-counts {}` (module `e2e/src/bench/certs.rs`). \
+         One Pebble for the whole run ({}; the e2e harness `e2e/src/pebble.rs`: `-strict`, `PEBBLE_VA_NOSLEEP=1`, \
+         `PEBBLE_AUTHZREUSE=0`, its default 5% `badNonce` rejection kept), pebble-challtestsrv answering 127.0.0.1 \
+         for every name, so Pebble's VA fetches HTTP-01 tokens from `127.0.0.1:<VA http port>`.\n",
+        o.certs_trials,
+        counts.join(","),
+        c.pebble
+    );
+    for n in &c.notes {
+        let _ = writeln!(w, "**Not measured**: {n}\n");
+    }
+    let _ = writeln!(w, "### ACME issuance, HTTP-01\n");
+    let fastest_other = c
+        .acme
+        .iter()
+        .filter(|a| a.name == "lego" || a.name == "certbot")
+        .filter_map(|a| a.median())
+        .min();
+    let _ = writeln!(
+        w,
+        "| client | version | trials ok | median | max | ACME requests per certificate (median, min–max) | goal | clock and account |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
+    for a in &c.acme {
+        let goal = match a.name.as_str() {
+            "lego" => "anchor: 6.1 s median (ANCHORS.md)".to_string(),
+            "certbot" => "anchor: 3.25 s median (ANCHORS.md)".to_string(),
+            _ => {
+                let p50 = a.median();
+                let ok = a.failures() == 0
+                    && !a.trials.is_empty()
+                    && p50.is_some_and(|p| p <= Duration::from_secs(2))
+                    && p50.zip(fastest_other).is_some_and(|(p, f)| p < f);
+                format!("p50 ≤ 2 s and faster than lego and certbot: {}", met(ok))
+            }
+        };
+        let requests = a
+            .requests()
+            .map(|(med, lo, hi)| format!("{med} ({lo}–{hi})"))
+            .unwrap_or_else(|| "–".into());
+        let trials = match &a.error {
+            Some(e) => format!("not run: {}", e.lines().next().unwrap_or("").replace('|', "/")),
+            None => format!("{}/{}", a.trials.len() - a.failures(), a.trials.len()),
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            a.name,
+            a.version,
+            trials,
+            d(a.median()),
+            d(a.max()),
+            requests,
+            goal,
+            a.what
+        );
+    }
+    let _ = writeln!(w);
+    for a in &c.acme {
+        if let Some((metric, pebble)) = a.metric_check() {
+            let _ = writeln!(
+                w,
+                "- {}: the controller's own `ferrite_certs_acme_requests_total` grew by {metric:.0} over its successful trials; Pebble logged {pebble} requests in the same windows.",
+                a.name
+            );
+        }
+        for (i, t) in a.trials.iter().enumerate() {
+            if let Some(f) = &t.failure {
+                let _ = writeln!(
+                    w,
+                    "- {} trial {} failed: {}",
+                    a.name,
+                    i + 1,
+                    f.lines().next().unwrap_or("").replace('|', "/")
+                );
+            }
+        }
+    }
+    let _ = writeln!(w);
+    if !c.scale.is_empty() {
+        let _ = writeln!(w, "### Certificates from a CA issuer\n");
+        let _ = writeln!(
+            w,
+            "| Certificates | creates done | first create → all Ready | Ready | Secrets | controller RSS idle → loaded | peak RSS (sampled) | VmHWM | goal (RSS at 10,000) |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+        for s in &c.scale {
+            let all = match (s.all_ready, &s.error) {
+                (_, Some(e)) => format!("failed: {}", e.lines().next().unwrap_or("").replace('|', "/")),
+                (Some(t), None) => d(Some(t)),
+                (None, None) => format!("not within {}", d(Some(s.limit))),
+            };
+            let goal = if s.count >= 10_000 {
+                let hi = s.peak_kib.max(s.hwm_kib);
+                format!(
+                    "≤ 150 MB: {}",
+                    met(s.error.is_none() && s.all_ready.is_some() && hi.is_some_and(|k| k <= 150 * 1024))
+                )
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} → {} | {} | {} | {} |",
+                s.count,
+                d(Some(s.create)),
+                all,
+                s.ready,
+                s.secrets,
+                mb(s.idle_kib),
+                mb(s.kib),
+                mb(s.peak_kib),
+                mb(s.hwm_kib),
+                goal
+            );
+        }
+        let _ = writeln!(w);
+    }
+    let [lego, certbot] = super::certs::commands();
+    let _ = writeln!(w, "### Method\n");
+    let _ = writeln!(
+        w,
+        "1. **Issuance** ({} trials per client, one certificate for one new name `<client>-<i>.bench.test` each, \
+         ECDSA P-256 keys for all: lego's and certbot's default, `privateKey: {{algorithm: ECDSA, size: 256}}` for \
+         ferrite-certs). lego and certbot alternate trial by trial, each run with a fresh account in a new \
+         directory; the clock is the process's wall time (start → exit 0), so it includes its start-up:\n\n   \
+         ```sh\n   {lego}\n   {certbot}\n   ```\n\n   \
+         The ferrite-certs controller (release build, on the box: etcd + kube-apiserver on 127.0.0.1, admin \
+         kubeconfig, flags `{}`) serves HTTP-01 tokens from its own listener on the VA's port, so its trials run \
+         after the other two (the port has one owner at a time). A ClusterIssuer `acme` (server = Pebble's \
+         directory, `caBundle` = Pebble's HTTPS CA, one `http01` solver) is created and awaited Ready first (account \
+         registered once and kept, as the controller is meant to run); each trial creates a Certificate and the \
+         **clock stops** when a watch sees its `Ready=True`. The fresh-account row creates a new ClusterIssuer (a new \
+         account) and the Certificate together each trial and starts the clock before the ClusterIssuer's create. \
+         The two ferrite-certs rows alternate trial by trial. A trial fails after {}. Every certificate counted \
+         (lego's `certificates/<name>.crt`, certbot's `fullchain.pem`, the Secret's `tls.crt`) is then checked, \
+         off the clock, with `openssl verify -CAfile <Pebble root> -untrusted <intermediates> -verify_hostname <name>`.",
+        c.trials,
+        c.controller_flags,
+        d(Some(TRIAL_LIMIT))
+    );
+    let _ = writeln!(
+        w,
+        "2. **ACME requests per certificate**: Pebble logs one `<METHOD> <path> -> calling handler()` line per \
+         request its ACME server receives (directory, nonces, account, order, authorization, challenge, finalize, \
+         order polls, certificate download, and every request it rejects with `badNonce`); the lines added \
+         between a trial's start and the end of its check are that trial's requests. Only one client talks to \
+         Pebble at a time, so the count is exact. For ferrite-certs the controller's own \
+         `ferrite_certs_acme_requests_total` delta is given as a cross-check."
+    );
+    let _ = writeln!(
+        w,
+        "3. **Scale**: per count, a new namespace with a CA key pair Secret and an `Issuer` `ca`, a freshly started \
+         controller (same flags, after the previous count's namespace was deleted and gone), then N Certificates \
+         (one DNS name each, ECDSA P-256) created by {SCALE_CONCURRENCY} tasks at a time; a watch of the namespace's \
+         Certificates, started before the first create, stops the **clock** (started at the first create) when all \
+         N are `Ready=True`, bounded by 120 s + 60 ms × N. Then the managed Secrets are counted, three of them \
+         (first, middle, last) are checked with `openssl verify` against the CA, and the controller's `VmRSS` \
+         (`/proc/<pid>/status`) is read 3 s later; peak = the highest `VmRSS` sampled every 250 ms from the first \
+         create, VmHWM = the kernel's peak at the end. The ACME part's objects ({} Certificates in the cluster at the \
+         last reading in total) stay and are in the controller's caches too.\n",
+        c.scale.last().map_or(0, |s| s.cluster_certificates)
+    );
+    let _ = writeln!(w, "### Caveats\n");
+    let _ = writeln!(
+        w,
+        "- Everything (Pebble, challtestsrv, etcd, the API server, the controller, the clients and the driver) \
+         shares this machine's {} CPUs; see the load average above.",
+        m.cpus
+    );
+    let _ = writeln!(
+        w,
+        "- lego's and certbot's times include process start-up (certbot is Python: about 1 s of it); the \
+         controller is a running process, which is how each is used (lego/certbot from cron, ferrite-certs as a \
+         controller). lego waits 5 s before re-polling an authorization when Pebble sends no `Retry-After`, which \
+         dominates its time. The fresh-account row is the like-for-like comparison for account handling."
+    );
+    let _ = writeln!(
+        w,
+        "- The scale part's time is bounded by the box's single API server: every Certificate costs its create, \
+         the Secret's apply, the status apply and an Event."
+    );
+    let _ = writeln!(
+        w,
+        "- Network: only 127.0.0.1; names under `bench.test` resolve only in challtestsrv."
+    );
+    let _ = writeln!(w);
 }
 
 fn dur_ms(d: std::time::Duration) -> String {
