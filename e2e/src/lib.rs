@@ -11,6 +11,7 @@
 pub mod demo;
 pub mod http;
 pub mod kubebox;
+pub mod named;
 pub mod netlab;
 pub mod partition;
 pub mod pebble;

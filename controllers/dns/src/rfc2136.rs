@@ -9,9 +9,9 @@
 //!                                   each answer checked: rcode, TSIG error, MAC, time
 //! ```
 //!
-//! hickory-proto builds and parses the messages and the TSIG record (its `message_tbs`,
-//! `emit_tsig_for_mac` and `make_tsig_record`); the MAC is computed here with aws-lc-rs, and the transport
-//! (two-byte length framing over TCP, RFC 1035 4.2.2 / RFC 7766) is ours. Two reasons not to use
+//! The exchange itself (signing, framing, the answer's rcode, TSIG error and MAC) is ferrite-kit's
+//! (`ferrite_kit::dns::update`, shared with ferrite-certs's DNS-01 solver); this module packs batches
+//! into messages and reads zones. hickory-proto builds and parses the messages. Two reasons not to use
 //! hickory-net's client and hickory's `TSigner`: `TSigner` implements only hmac-sha256/384/512 while BIND
 //! setups still carry hmac-sha1 keys, and hickory-net's client turns a server's BADKEY/BADSIG answer
 //! (which by RFC 8945 carries no MAC) into an opaque "verification failed" error, losing exactly what the
@@ -25,21 +25,23 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aws_lc_rs::hmac;
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode, UpdateMessage};
-use hickory_proto::rr::rdata::tsig::{
-    TSIG, TsigAlgorithm as HickoryTsigAlgorithm, TsigError, make_tsig_record, message_tbs,
+use ferrite_kit::dns::tsig::TsigKey;
+use ferrite_kit::dns::update::{
+    self as exchange, check_rcode, parse_answer, read_frame, sign_message, update_message, write_frame,
 };
+use hickory_proto::op::{Message, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::tsig::{received_tbs, tsig_of, tsig_offset, tsig_record_of, unix_now};
-
 /// The TSIG fudge we sign with: the clock difference the server accepts (RFC 8945 recommends 300 s).
-pub use crate::tsig::FUDGE;
+pub use ferrite_kit::dns::tsig::FUDGE;
+/// A TSIG algorithm the provider signs with (ferrite-kit's).
+pub use ferrite_kit::dns::tsig::TsigAlgorithm;
+
+/// Why a call failed: ferrite-kit's UPDATE error, with [`Rfc2136Error::reason`] as the condition reason.
+pub type Rfc2136Error = ferrite_kit::dns::update::UpdateError;
 
 /// The default bound on one UPDATE message's size, in bytes as encoded without name compression (so the
 /// message on the wire is smaller). TCP messages can be at most 65535 bytes.
@@ -47,74 +49,6 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 60_000;
 
 /// The default bound on the number of update RRs in one UPDATE message.
 pub const DEFAULT_MAX_RRS_PER_MESSAGE: usize = 1_000;
-
-/// RFC 8945 5.3.1: at most 99 unsigned messages may follow one another in a signed AXFR answer.
-const MAX_UNSIGNED_IN_A_ROW: usize = 99;
-
-/// A TSIG algorithm the provider signs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TsigAlgorithm {
-    /// hmac-sha1 (accepted for existing keys; RFC 8945 says SHA-256 should be used).
-    HmacSha1,
-    /// hmac-sha256, the default (`tsig-keygen`'s default too).
-    #[default]
-    HmacSha256,
-    /// hmac-sha384.
-    HmacSha384,
-    /// hmac-sha512.
-    HmacSha512,
-}
-
-impl TsigAlgorithm {
-    /// Parses the name used in `DNSZone.spec.provider.rfc2136.tsigAlgorithm` and in BIND's
-    /// `algorithm` statement: `hmac-sha256`, `hmac-sha512`, `hmac-sha384`, `hmac-sha1` (case-insensitive,
-    /// a trailing `.` allowed).
-    pub fn parse(name: &str) -> Result<Self, Rfc2136Error> {
-        match name.trim().trim_end_matches('.').to_ascii_lowercase().as_str() {
-            "hmac-sha1" => Ok(Self::HmacSha1),
-            "hmac-sha256" => Ok(Self::HmacSha256),
-            "hmac-sha384" => Ok(Self::HmacSha384),
-            "hmac-sha512" => Ok(Self::HmacSha512),
-            other => Err(Rfc2136Error::Invalid(format!(
-                "TSIG algorithm {other:?} is not supported (supported: hmac-sha256, hmac-sha512, hmac-sha384, hmac-sha1)"
-            ))),
-        }
-    }
-
-    /// The algorithm's name as BIND writes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::HmacSha1 => "hmac-sha1",
-            Self::HmacSha256 => "hmac-sha256",
-            Self::HmacSha384 => "hmac-sha384",
-            Self::HmacSha512 => "hmac-sha512",
-        }
-    }
-
-    pub(crate) fn hmac(self) -> hmac::Algorithm {
-        match self {
-            Self::HmacSha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-            Self::HmacSha256 => hmac::HMAC_SHA256,
-            Self::HmacSha384 => hmac::HMAC_SHA384,
-            Self::HmacSha512 => hmac::HMAC_SHA512,
-        }
-    }
-
-    pub(crate) fn hickory(self) -> HickoryTsigAlgorithm {
-        match self {
-            Self::HmacSha1 => HickoryTsigAlgorithm::HmacSha1,
-            Self::HmacSha256 => HickoryTsigAlgorithm::HmacSha256,
-            Self::HmacSha384 => HickoryTsigAlgorithm::HmacSha384,
-            Self::HmacSha512 => HickoryTsigAlgorithm::HmacSha512,
-        }
-    }
-}
-
-impl fmt::Display for TsigAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// How long each step may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,114 +122,12 @@ pub struct ApplyReport {
     pub rrs: usize,
 }
 
-/// Why a call failed. [`Rfc2136Error::reason`] gives the condition reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rfc2136Error {
-    /// The server refused the operation (REFUSED, or a prerequisite/zone rcode): usually its
-    /// `allow-update` / `allow-transfer` does not name the key, or the zone is not one it serves as primary.
-    #[error("{server} refused the {op} for zone {zone}: {detail}")]
-    Refused {
-        /// The server.
-        server: SocketAddr,
-        /// The zone.
-        zone: String,
-        /// "UPDATE" or "AXFR".
-        op: &'static str,
-        /// The rcode and what it means.
-        detail: String,
-    },
-    /// The server rejected the TSIG key (NOTAUTH with BADKEY, BADSIG or BADTIME), or answered NOTAUTH.
-    #[error("TSIG key {key} was rejected by {server}: {detail}")]
-    NotAuth {
-        /// The key's name.
-        key: String,
-        /// The server.
-        server: SocketAddr,
-        /// Which check failed and what to look at.
-        detail: String,
-    },
-    /// The server failed (SERVFAIL or another rcode an UPDATE or AXFR does not expect).
-    #[error("{server} failed the {op} for zone {zone}: {detail}")]
-    ServerFailure {
-        /// The server.
-        server: SocketAddr,
-        /// The zone.
-        zone: String,
-        /// "UPDATE" or "AXFR".
-        op: &'static str,
-        /// The rcode.
-        detail: String,
-    },
-    /// No connection or no answer within the timeout.
-    #[error("{server} did not {what} within {timeout:?}")]
-    Timeout {
-        /// The server.
-        server: SocketAddr,
-        /// "accept a connection", "answer the UPDATE", "complete the AXFR".
-        what: &'static str,
-        /// The timeout that passed.
-        timeout: Duration,
-    },
-    /// The server could not be reached, or closed the connection.
-    #[error("cannot reach {server}: {detail}")]
-    Unreachable {
-        /// The server.
-        server: SocketAddr,
-        /// The I/O error.
-        detail: String,
-    },
-    /// The answer could not be parsed or did not verify (no TSIG, a wrong MAC, another message id), or the
-    /// server could not parse ours (FORMERR, NOTIMP).
-    #[error("malformed {op} exchange with {server}: {detail}")]
-    Malformed {
-        /// The server.
-        server: SocketAddr,
-        /// "UPDATE" or "AXFR".
-        op: &'static str,
-        /// What was wrong.
-        detail: String,
-    },
-    /// Bad input: an algorithm, key name, secret or change that cannot be sent.
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl Rfc2136Error {
-    /// The condition reason: `Refused`, `NotAuth`, `ServerFailure`, `Timeout`, `Unreachable`, `Malformed`,
-    /// `Invalid`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Refused { .. } => "Refused",
-            Self::NotAuth { .. } => "NotAuth",
-            Self::ServerFailure { .. } => "ServerFailure",
-            Self::Timeout { .. } => "Timeout",
-            Self::Unreachable { .. } => "Unreachable",
-            Self::Malformed { .. } => "Malformed",
-            Self::Invalid(_) => "Invalid",
-        }
-    }
-
-    /// Whether trying again later may succeed without changing the configuration (the server was down or
-    /// slow, or failed). `Refused`, `NotAuth` and `Invalid` need an operator.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout { .. }
-                | Self::Unreachable { .. }
-                | Self::ServerFailure { .. }
-                | Self::Malformed { .. }
-        )
-    }
-}
-
 /// A client for one zone on one server, with one TSIG key.
 #[derive(Clone)]
 pub struct Rfc2136Client {
     server: SocketAddr,
     zone: Name,
-    key_name: Name,
-    algorithm: TsigAlgorithm,
-    key: hmac::Key,
+    key: TsigKey,
     timeouts: Timeouts,
     max_message_bytes: usize,
     max_rrs_per_message: usize,
@@ -307,8 +139,8 @@ impl fmt::Debug for Rfc2136Client {
         f.debug_struct("Rfc2136Client")
             .field("server", &self.server)
             .field("zone", &self.zone.to_string())
-            .field("key_name", &self.key_name.to_string())
-            .field("algorithm", &self.algorithm)
+            .field("key_name", &self.key.name().to_string())
+            .field("algorithm", &self.key.algorithm())
             .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
@@ -337,11 +169,7 @@ impl Rfc2136Client {
                 "TSIG key name must not be empty".to_string(),
             ));
         }
-        if secret.is_empty() {
-            return Err(Rfc2136Error::Invalid(format!(
-                "TSIG key {key_name}: the secret is empty"
-            )));
-        }
+        let key = TsigKey::new(&key_name.to_string(), algorithm, secret).map_err(Rfc2136Error::Invalid)?;
         for (what, t) in [
             ("connect", timeouts.connect),
             ("request", timeouts.request),
@@ -356,9 +184,7 @@ impl Rfc2136Client {
         Ok(Self {
             server,
             zone,
-            key_name,
-            algorithm,
-            key: hmac::Key::new(algorithm.hmac(), secret),
+            key,
             timeouts,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_rrs_per_message: DEFAULT_MAX_RRS_PER_MESSAGE,
@@ -415,14 +241,14 @@ impl Rfc2136Client {
         q.set_query_class(DNSClass::IN);
         query.add_query(q);
         let id = query.metadata.id;
-        let mut verifier = self.sign(&mut query, "AXFR")?;
+        let mut verifier = sign_message(&mut query, &self.key).map_err(|d| self.malformed("AXFR", d))?;
         let bytes = query
             .to_vec()
             .map_err(|e| self.malformed("AXFR", format!("cannot encode the query: {e}")))?;
         tokio::time::timeout_at(deadline, write_frame(&mut stream, &bytes))
             .await
             .map_err(timeout)?
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| exchange::unreachable(self.server, e))?;
 
         let mut records: Vec<Record> = Vec::new();
         let mut soas = 0usize;
@@ -430,9 +256,9 @@ impl Rfc2136Client {
             let raw = tokio::time::timeout_at(deadline, read_frame(&mut stream))
                 .await
                 .map_err(timeout)?
-                .map_err(|e| self.unreachable(e))?;
-            let message = self.parse_answer("AXFR", &raw, id, OpCode::Query)?;
-            self.check_rcode("AXFR", &message)?;
+                .map_err(|e| exchange::unreachable(self.server, e))?;
+            let message = parse_answer(self.server, "AXFR", &raw, id, OpCode::Query)?;
+            check_rcode(self.server, &self.zone.to_string(), &self.key, "AXFR", &message)?;
             verifier
                 .verify(&raw, &message)
                 .map_err(|detail| self.malformed("AXFR", detail))?;
@@ -454,7 +280,7 @@ impl Rfc2136Client {
                 break;
             }
         }
-        if verifier.unsigned_in_a_row > 0 {
+        if verifier.unsigned_in_a_row() > 0 {
             return Err(self.malformed(
                 "AXFR",
                 "the last message of the transfer is not signed".to_string(),
@@ -474,19 +300,11 @@ impl Rfc2136Client {
         }
         let mut stream = self.connect(Instant::now() + self.timeouts.connect).await?;
         for (changes, update_rrs) in messages {
-            let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Update);
-            message.metadata.recursion_desired = false;
-            let mut zone = Query::new();
-            zone.set_name(self.zone.clone())
-                .set_query_class(DNSClass::IN)
-                .set_query_type(RecordType::SOA);
-            message.add_zone(zone);
             let rrs = update_rrs.len();
-            for rr in update_rrs {
-                message.add_update(rr);
-            }
+            let mut message = update_message(&self.zone, update_rrs);
             let id = message.metadata.id;
-            let mut verifier = self.sign(&mut message, "UPDATE")?;
+            let mut verifier =
+                sign_message(&mut message, &self.key).map_err(|d| self.malformed("UPDATE", d))?;
             let bytes = message
                 .to_vec()
                 .map_err(|e| self.malformed("UPDATE", format!("cannot encode the update: {e}")))?;
@@ -508,9 +326,9 @@ impl Rfc2136Client {
             })
             .await
             .map_err(timeout)?
-            .map_err(|e| self.unreachable(e))?;
-            let answer = self.parse_answer("UPDATE", &raw, id, OpCode::Update)?;
-            self.check_rcode("UPDATE", &answer)
+            .map_err(|e| exchange::unreachable(self.server, e))?;
+            let answer = parse_answer(self.server, "UPDATE", &raw, id, OpCode::Update)?;
+            check_rcode(self.server, &self.zone.to_string(), &self.key, "UPDATE", &answer)
                 .map_err(|e| with_progress(e, &report))?;
             verifier
                 .verify(&raw, &answer)
@@ -525,7 +343,7 @@ impl Rfc2136Client {
     /// Validates the changes and packs them into messages: (number of changes, update RRs) per message.
     fn pack(&self, batch: &[Change]) -> Result<Vec<(usize, Vec<Record>)>, Rfc2136Error> {
         // Header, zone section and TSIG record (name, algorithm name, up to a 64-byte MAC).
-        let overhead = 12 + self.zone.len() + 6 + self.key_name.len() + 10 + 32 + 16 + 64;
+        let overhead = 12 + self.zone.len() + 6 + self.key.name().len() + 10 + 32 + 16 + 64;
         let mut messages: Vec<(usize, Vec<Record>)> = Vec::new();
         let mut current: Vec<Record> = Vec::new();
         let mut current_changes = 0usize;
@@ -648,164 +466,13 @@ impl Rfc2136Client {
     }
 
     async fn connect(&self, deadline: Instant) -> Result<TcpStream, Rfc2136Error> {
-        let deadline = deadline.min(Instant::now() + self.timeouts.connect);
-        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(self.server))
-            .await
-            .map_err(|_| Rfc2136Error::Timeout {
-                server: self.server,
-                what: "accept a connection",
-                timeout: self.timeouts.connect,
-            })?
-            .map_err(|e| self.unreachable(e))?;
-        // Best effort: small request/answer exchanges.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-
-    /// Signs `message` (RFC 8945 4.3) and returns the verifier for its answer.
-    fn sign(&self, message: &mut Message, op: &'static str) -> Result<Verifier, Rfc2136Error> {
-        let pre = TSIG::new(
-            self.algorithm.hickory(),
-            unix_now(),
-            FUDGE,
-            Vec::new(),
-            message.metadata.id,
-            None,
-            Vec::new(),
-        );
-        let tbs = message_tbs(&*message, &pre, &self.key_name)
-            .map_err(|e| self.malformed(op, format!("cannot encode the message to sign: {e}")))?;
-        let mac = hmac::sign(&self.key, &tbs).as_ref().to_vec();
-        message.signature = Some(Box::new(make_tsig_record(
-            self.key_name.clone(),
-            pre.set_mac(mac.clone()),
-        )));
-        Ok(Verifier {
-            key: self.key.clone(),
-            key_name: self.key_name.clone(),
-            algorithm: self.algorithm,
-            previous_mac: mac,
-            first: true,
-            pending: Vec::new(),
-            unsigned_in_a_row: 0,
-        })
-    }
-
-    fn parse_answer(
-        &self,
-        op: &'static str,
-        raw: &[u8],
-        id: u16,
-        opcode: OpCode,
-    ) -> Result<Message, Rfc2136Error> {
-        let message = Message::from_vec(raw)
-            .map_err(|e| self.malformed(op, format!("cannot parse the answer: {e}")))?;
-        if message.metadata.id != id {
-            return Err(self.malformed(
-                op,
-                format!("answer id {} for request id {id}", message.metadata.id),
-            ));
-        }
-        if message.metadata.message_type != MessageType::Response || message.metadata.op_code != opcode {
-            return Err(self.malformed(op, "the answer is not a response to the request".to_string()));
-        }
-        Ok(message)
-    }
-
-    /// Maps the answer's rcode (and TSIG error) to an error.
-    fn check_rcode(&self, op: &'static str, message: &Message) -> Result<(), Rfc2136Error> {
-        let rcode = message.metadata.response_code;
-        let tsig_error = tsig_of(message).and_then(|t| t.error);
-        let zone = self.zone.to_string();
-        // As named.conf spells it: `key "ferrite-dns"`, without the root label.
-        let key = self.key_name.to_string().trim_end_matches('.').to_string();
-        let not_auth = |detail: String| Rfc2136Error::NotAuth {
-            key: key.clone(),
-            server: self.server,
-            detail,
-        };
-        match tsig_error {
-            Some(TsigError::BadKey) => {
-                return Err(not_auth(format!(
-                    "BADKEY: the server has no key {key} with algorithm {} (check the key's name and algorithm in named.conf)",
-                    self.algorithm
-                )));
-            }
-            Some(TsigError::BadSig) => {
-                return Err(not_auth(
-                    "BADSIG: the signature did not verify (the secret differs from the server's)".to_string(),
-                ));
-            }
-            Some(TsigError::BadTime) => {
-                return Err(not_auth(format!(
-                    "BADTIME: the clocks of this host and the server differ by more than {FUDGE} s"
-                )));
-            }
-            Some(other) => {
-                return Err(not_auth(format!(
-                    "TSIG error {other:?} in the {op} answer (rcode {rcode})"
-                )));
-            }
-            None => {}
-        }
-        let detail = |what: &str| format!("{rcode}: {what}");
-        match rcode {
-            ResponseCode::NoError => Ok(()),
-            ResponseCode::NotAuth => Err(not_auth(format!(
-                "NOTAUTH to the {op}: the server does not accept the key for zone {zone}, or is not authoritative for it"
-            ))),
-            ResponseCode::Refused => Err(Rfc2136Error::Refused {
-                server: self.server,
-                zone,
-                op,
-                detail: detail(if op == "AXFR" {
-                    "the server's allow-transfer does not permit this key, or it does not serve the zone"
-                } else {
-                    "the server's allow-update (or update-policy) does not permit this key, or it does not serve the zone as primary"
-                }),
-            }),
-            ResponseCode::NotZone
-            | ResponseCode::YXDomain
-            | ResponseCode::YXRRSet
-            | ResponseCode::NXRRSet => Err(Rfc2136Error::Refused {
-                server: self.server,
-                zone,
-                op,
-                detail: detail("the server does not take this change for the zone"),
-            }),
-            ResponseCode::FormErr | ResponseCode::NotImp => {
-                Err(self.malformed(op, detail("the server did not accept the message")))
-            }
-            ResponseCode::ServFail => Err(Rfc2136Error::ServerFailure {
-                server: self.server,
-                zone,
-                op,
-                detail: detail("the server failed (see its log)"),
-            }),
-            _ => Err(Rfc2136Error::ServerFailure {
-                server: self.server,
-                zone,
-                op,
-                detail: detail("unexpected rcode"),
-            }),
-        }
+        exchange::connect(self.server, deadline, self.timeouts.connect).await
     }
 
     fn malformed(&self, op: &'static str, detail: String) -> Rfc2136Error {
         Rfc2136Error::Malformed {
             server: self.server,
             op,
-            detail,
-        }
-    }
-
-    fn unreachable(&self, e: std::io::Error) -> Rfc2136Error {
-        let detail = match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => "the server closed the connection".to_string(),
-            _ => e.to_string(),
-        };
-        Rfc2136Error::Unreachable {
-            server: self.server,
             detail,
         }
     }
@@ -816,120 +483,10 @@ fn with_progress(e: Rfc2136Error, report: &ApplyReport) -> Rfc2136Error {
     if report.messages == 0 {
         return e;
     }
-    let note = format!(
+    e.with_note(&format!(
         " ({} earlier UPDATE messages with {} changes were applied)",
         report.messages, report.changes
-    );
-    match e {
-        Rfc2136Error::Refused {
-            server,
-            zone,
-            op,
-            detail,
-        } => Rfc2136Error::Refused {
-            server,
-            zone,
-            op,
-            detail: detail + &note,
-        },
-        Rfc2136Error::ServerFailure {
-            server,
-            zone,
-            op,
-            detail,
-        } => Rfc2136Error::ServerFailure {
-            server,
-            zone,
-            op,
-            detail: detail + &note,
-        },
-        Rfc2136Error::NotAuth { key, server, detail } => Rfc2136Error::NotAuth {
-            key,
-            server,
-            detail: detail + &note,
-        },
-        other => other,
-    }
-}
-
-/// Verifies the answers to one signed request (RFC 8945 5.3 and 5.3.1).
-struct Verifier {
-    key: hmac::Key,
-    key_name: Name,
-    algorithm: TsigAlgorithm,
-    previous_mac: Vec<u8>,
-    first: bool,
-    /// Unsigned messages since the last signed one (an AXFR may leave up to 99 unsigned).
-    pending: Vec<u8>,
-    unsigned_in_a_row: usize,
-}
-
-impl Verifier {
-    fn verify(&mut self, raw: &[u8], message: &Message) -> Result<(), String> {
-        let Some((name, tsig)) = tsig_record_of(message) else {
-            if self.first {
-                return Err("the answer is not TSIG-signed".to_string());
-            }
-            self.unsigned_in_a_row += 1;
-            if self.unsigned_in_a_row > MAX_UNSIGNED_IN_A_ROW {
-                return Err(format!(
-                    "more than {MAX_UNSIGNED_IN_A_ROW} unsigned messages in a row"
-                ));
-            }
-            self.pending.extend_from_slice(raw);
-            return Ok(());
-        };
-        if name != self.key_name || tsig.algorithm != self.algorithm.hickory() {
-            return Err(format!(
-                "the answer is signed with key {name} ({}), not {} ({})",
-                tsig.algorithm, self.key_name, self.algorithm
-            ));
-        }
-        let start =
-            tsig_offset(raw).ok_or_else(|| "cannot find the TSIG record in the answer".to_string())?;
-        let tbs = received_tbs(
-            raw,
-            start,
-            &tsig,
-            &name,
-            Some(&self.previous_mac),
-            &self.pending,
-            self.first,
-        )?;
-        self.pending.clear();
-        hmac::verify(&self.key, &tbs, &tsig.mac).map_err(|_| {
-            "the answer's TSIG MAC does not verify (it was not signed with this key)".to_string()
-        })?;
-        let now = unix_now();
-        if now.abs_diff(tsig.time) > u64::from(tsig.fudge) {
-            return Err(format!(
-                "the answer was signed at {} and this host's clock says {now}: more than the fudge of {} s apart",
-                tsig.time, tsig.fudge
-            ));
-        }
-        self.previous_mac = tsig.mac;
-        self.first = false;
-        self.unsigned_in_a_row = 0;
-        Ok(())
-    }
-}
-
-async fn write_frame(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    let len = u16::try_from(bytes.len())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "message above 65535 bytes"))?;
-    let mut buf = Vec::with_capacity(bytes.len() + 2);
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(bytes);
-    stream.write_all(&buf).await?;
-    stream.flush().await
-}
-
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len).await?;
-    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut buf).await?;
-    Ok(buf)
+    ))
 }
 
 fn parse_fqdn(s: &str) -> Result<Name, String> {
@@ -940,11 +497,6 @@ fn parse_fqdn(s: &str) -> Result<Name, String> {
     let mut name = Name::from_ascii(s).map_err(|e| e.to_string())?;
     name.set_fqdn(true);
     Ok(name)
-}
-
-fn rand_id() -> u16 {
-    // hickory's own query() picks a random id; take it from there.
-    Message::query().metadata.id
 }
 
 #[cfg(test)]
@@ -1127,55 +679,5 @@ mod tests {
         assert_eq!(packed.len(), 10);
         assert!(packed.iter().all(|(c, rrs)| *c == 1 && rrs.len() == 3));
         assert!(client().pack(&[]).unwrap().is_empty());
-    }
-
-    #[test]
-    fn signed_messages_verify_with_the_same_key_only() {
-        // A request signed by us, "answered" by re-signing as a server would (RFC 8945 4.3.3): the
-        // verifier accepts it, and rejects a flipped byte.
-        let c = client();
-        let mut req = Message::new(7, MessageType::Query, OpCode::Update);
-        let mut v = c.sign(&mut req, "UPDATE").unwrap();
-        let req_mac = v.previous_mac.clone();
-        let mut resp = Message::new(7, MessageType::Response, OpCode::Update);
-        let pre = TSIG::new(
-            HickoryTsigAlgorithm::HmacSha256,
-            unix_now(),
-            FUDGE,
-            Vec::new(),
-            7,
-            None,
-            Vec::new(),
-        );
-        let mut tbs = (req_mac.len() as u16).to_be_bytes().to_vec();
-        tbs.extend_from_slice(&req_mac);
-        tbs.extend(message_tbs(&resp, &pre, &c.key_name).unwrap());
-        let mac = hmac::sign(&c.key, &tbs).as_ref().to_vec();
-        resp.signature = Some(Box::new(make_tsig_record(c.key_name.clone(), pre.set_mac(mac))));
-        let raw = resp.to_vec().unwrap();
-        let parsed = Message::from_vec(&raw).unwrap();
-        let mut v2 = c
-            .sign(&mut Message::new(7, MessageType::Query, OpCode::Update), "UPDATE")
-            .unwrap();
-        v2.previous_mac = req_mac.clone();
-        v.verify(&raw, &parsed).unwrap();
-        let mut bad = raw.clone();
-        bad[3] ^= 0x01;
-        let parsed_bad = Message::from_vec(&bad).unwrap();
-        assert!(
-            v2.verify(&bad, &parsed_bad)
-                .unwrap_err()
-                .contains("does not verify")
-        );
-        // An unsigned first answer is refused.
-        let unsigned = Message::new(7, MessageType::Response, OpCode::Update);
-        let mut v3 = c
-            .sign(&mut Message::new(7, MessageType::Query, OpCode::Update), "UPDATE")
-            .unwrap();
-        assert!(
-            v3.verify(&unsigned.to_vec().unwrap(), &unsigned)
-                .unwrap_err()
-                .contains("not TSIG-signed")
-        );
     }
 }

@@ -8,10 +8,11 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferrite_api::dns::{DNSRecord, DNSZone};
+use ferrite_e2e::named::{Named, NamedConfig, NamedKey, NamedZone};
 use ferrite_e2e::{KubeBox, Supervised};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -253,135 +254,34 @@ async fn wait_event(kb: &KubeBox, ns: &str, name: &str, reason: &str) -> String 
     .await
 }
 
-/// A `named` with the TSIG key and an updatable zone.
-struct Named {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
-}
-
-impl Named {
-    fn start() -> Named {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let d = dir.path().display();
-        let conf = format!(
-            r#"options {{
-    directory "{d}";
-    pid-file "{d}/named.pid";
-    session-keyfile "{d}/session.key";
-    managed-keys-directory "{d}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    notify no;
-    dnssec-validation no;
-}};
-controls {{ }};
-key "{KEY}" {{ algorithm hmac-sha256; secret "{s}"; }};
-zone "rfc.ctl.test" {{
-    type primary;
-    file "{d}/zone.db";
-    allow-update {{ key {KEY}; }};
-    allow-transfer {{ key {KEY}; }};
-}};
-"#,
-            s = base64(SECRET)
-        );
-        std::fs::write(dir.path().join("named.conf"), conf).expect("named.conf");
-        std::fs::write(
-            dir.path().join("zone.db"),
-            "$TTL 300\n@ IN SOA ns1.rfc.ctl.test. hostmaster.rfc.ctl.test. 1 3600 600 86400 60\n@ IN NS ns1.rfc.ctl.test.\nns1 IN A 127.0.0.1\nforeign IN A 192.0.2.99\n",
-        )
-        .expect("zone file");
-        let child = Named::spawn(dir.path());
-        let n = Named { dir, port, child };
-        n.wait_ready();
-        n
-    }
-
-    fn spawn(dir: &Path) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("named.log"))
-            .expect("named.log");
-        let named = ["/usr/sbin/named", "/usr/bin/named", "/sbin/named"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("named is installed (apt-get install -y bind9)");
-        Command::new(named)
-            .args(["-g", "-u", "root", "-4", "-n", "1", "-c"])
-            .arg(dir.join("named.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("named starts")
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while dig(self.port, RFC_ZONE, "SOA").1.is_empty() {
-            assert!(Instant::now() < deadline, "named not answering:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.child = Named::spawn(self.dir.path());
-        self.wait_ready();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A `named` (ferrite-e2e's) with the TSIG key and an updatable zone.
+fn start_named() -> Named {
+    Named::start(NamedConfig {
+        keys: vec![NamedKey::new(KEY, "hmac-sha256", SECRET)],
+        zones: vec![
+            NamedZone::primary(RFC_ZONE, "foreign IN A 192.0.2.99\n")
+                .allow_update(&[KEY])
+                .allow_transfer(&[KEY]),
+        ],
+        ..NamedConfig::default()
+    })
+    .expect("named starts")
 }
 
 /// A real `named` on `port` as a SECONDARY of the embedded zone `sec.ctl.test` (primary: the controller's
 /// embedded server on `primary_port`, transfers signed with the test's TSIG key).
 fn start_secondary(port: u16, primary_port: u16) -> Named {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let d = dir.path().display();
-    let conf = format!(
-        r#"options {{
-    directory "{d}";
-    pid-file "{d}/named.pid";
-    session-keyfile "{d}/session.key";
-    managed-keys-directory "{d}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    notify no;
-    dnssec-validation no;
-}};
-controls {{ }};
-key "{KEY}" {{ algorithm hmac-sha256; secret "{s}"; }};
-zone "sec.ctl.test" {{
-    type secondary;
-    file "{d}/sec.db";
-    primaries {{ 127.0.0.1 port {primary_port} key {KEY}; }};
-}};
-"#,
-        s = base64(SECRET)
-    );
-    std::fs::write(dir.path().join("named.conf"), conf).expect("named.conf");
-    let child = Named::spawn(dir.path());
-    Named { dir, port, child }
+    Named::start(NamedConfig {
+        port: Some(port),
+        keys: vec![NamedKey::new(KEY, "hmac-sha256", SECRET)],
+        zones: vec![NamedZone::secondary(
+            "sec.ctl.test",
+            SocketAddr::from(([127, 0, 0, 1], primary_port)),
+            KEY,
+        )],
+        ..NamedConfig::default()
+    })
+    .expect("secondary named starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,7 +567,7 @@ async fn controller_end_to_end() {
     );
 
     // rfc2136 against a real named, with the TSIG Secret.
-    let mut named = Named::start();
+    let mut named = start_named();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     create(
         &secrets,
@@ -677,7 +577,7 @@ async fn controller_end_to_end() {
     create(
         &zones,
         json!({"metadata": {"name": "ctl-rfc"}, "spec": {"zone": RFC_ZONE, "provider": {"rfc2136": {
-            "server": "127.0.0.1", "port": named.port, "tsigKeyName": KEY,
+            "server": "127.0.0.1", "port": named.port(), "tsigKeyName": KEY,
             "tsigKeySecretRef": {"name": "tsig", "namespace": ns}}}}}),
     )
     .await;
@@ -688,7 +588,7 @@ async fn controller_end_to_end() {
     )
     .await;
     set_service_ip(&svcs, "rfc", "192.0.2.70").await;
-    let named_port = named.port;
+    let named_port = named.port();
     wait_answer(
         named_port,
         "app.rfc.ctl.test",
@@ -759,7 +659,7 @@ async fn controller_end_to_end() {
     )
     .await;
     assert!(reason == "Unreachable" || reason == "Timeout", "{reason}");
-    named.restart();
+    named.run().expect("named starts again");
     wait_answer(
         named_port,
         "three.rfc.ctl.test",
@@ -929,7 +829,7 @@ async fn controller_end_to_end() {
     // The secondary listens on the port the DNSZone names; it starts after the zone is served, so its
     // first AXFR finds it.
     let mut secondary = start_secondary(sec_port, port2);
-    let sec_named = secondary.port;
+    let sec_named = secondary.port();
     eprintln!("secondary named on 127.0.0.1:{sec_named}");
     eventually(
         Duration::from_secs(20),

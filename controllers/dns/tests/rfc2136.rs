@@ -4,11 +4,8 @@
 //! Needs `named` and `dig`: `apt-get install -y bind9 bind9-dnsutils` (e2e/scripts/install-deps.sh installs
 //! them). Run: `cargo test -p ferrite-dns --test rfc2136`.
 
-mod common;
-use common::*;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use ferrite_e2e::named::{Named, NamedConfig, NamedKey, NamedZone};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -23,160 +20,30 @@ const SHA1_SECRET: &[u8] = b"the sha1 key's secret";
 const SHA512_SECRET: &[u8] = b"the sha512 key's secret, which is longer than the others";
 const OTHER_SECRET: &[u8] = b"a key named knows but does not allow";
 
-/// One `named`, its directory and its port.
-struct Named {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-    named: PathBuf,
+/// One `named` (ferrite-e2e's) with the test's keys and an updatable zone.
+fn start_named() -> Named {
+    Named::start(NamedConfig {
+        keys: vec![
+            NamedKey::new(KEY, "hmac-sha256", SECRET),
+            NamedKey::new("sha1-key", "hmac-sha1", SHA1_SECRET),
+            NamedKey::new("sha512-key", "hmac-sha512", SHA512_SECRET),
+            NamedKey::new("other-key", "hmac-sha256", OTHER_SECRET),
+        ],
+        zones: vec![
+            NamedZone::primary(
+                ZONE,
+                "foreign  IN A   192.0.2.99\nforeign  IN TXT \"made by hand\"\n",
+            )
+            .allow_update(&[KEY, "sha1-key", "sha512-key"])
+            .allow_transfer(&[KEY, "sha1-key", "sha512-key"]),
+        ],
+        ..NamedConfig::default()
+    })
+    .expect("named starts")
 }
 
-impl Named {
-    fn start() -> Self {
-        let named = require("named");
-        require("dig");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let d = dir.path().display();
-        let conf = format!(
-            r#"options {{
-    directory "{d}";
-    pid-file "{d}/named.pid";
-    session-keyfile "{d}/session.key";
-    managed-keys-directory "{d}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    notify no;
-    dnssec-validation no;
-}};
-controls {{ }};
-key "{KEY}" {{ algorithm hmac-sha256; secret "{s256}"; }};
-key "sha1-key" {{ algorithm hmac-sha1; secret "{s1}"; }};
-key "sha512-key" {{ algorithm hmac-sha512; secret "{s512}"; }};
-key "other-key" {{ algorithm hmac-sha256; secret "{sother}"; }};
-zone "apps.example.test" {{
-    type primary;
-    file "{d}/apps.example.test.db";
-    allow-update {{ key {KEY}; key sha1-key; key sha512-key; }};
-    allow-transfer {{ key {KEY}; key sha1-key; key sha512-key; }};
-}};
-"#,
-            s256 = base64(SECRET),
-            s1 = base64(SHA1_SECRET),
-            s512 = base64(SHA512_SECRET),
-            sother = base64(OTHER_SECRET),
-        );
-        std::fs::write(dir.path().join("named.conf"), conf).expect("write named.conf");
-        let zone = "$TTL 300
-@        IN SOA ns1.apps.example.test. hostmaster.apps.example.test. 1 3600 600 86400 60
-@        IN NS  ns1.apps.example.test.
-ns1      IN A   127.0.0.1
-foreign  IN A   192.0.2.99
-foreign  IN TXT \"made by hand\"
-";
-        std::fs::write(dir.path().join("apps.example.test.db"), zone).expect("write the zone file");
-        let mut n = Self {
-            dir,
-            port,
-            child: None,
-            named,
-        };
-        n.run();
-        n
-    }
-
-    fn run(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("named.log")).expect("create named.log");
-        let child = Command::new(&self.named)
-            .args(["-g", "-u", "root", "-4", "-n", "1", "-c"])
-            .arg(self.dir.path().join("named.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("named.log"))
-            .stderr(log)
-            .spawn()
-            .expect("start named");
-        self.child = Some(child);
-        // Ready when it answers the SOA over TCP.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .expect("named started")
-                .try_wait()
-                .expect("named status")
-            {
-                panic!("named exited with {status}:\n{}", self.log());
-            }
-            if self.dig(&["+tcp", ZONE, "SOA"]).contains("hostmaster") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "named did not answer within 20 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().expect("named status").is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
-    }
-
-    fn dig(&self, args: &[&str]) -> String {
-        let out = Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "+short",
-                "+time=2",
-                "+tries=1",
-            ])
-            .args(args)
-            .output()
-            .expect("run dig");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `dig +short` answers, sorted.
-    fn answers(&self, name: &str, rtype: &str) -> Vec<String> {
-        let mut v: Vec<String> = self.dig(&[name, rtype]).lines().map(str::to_string).collect();
-        v.sort();
-        v
-    }
-
-    fn client(&self, key: &str, alg: TsigAlgorithm, secret: &[u8]) -> Rfc2136Client {
-        Rfc2136Client::new(self.addr(), ZONE, key, alg, secret, timeouts()).expect("client settings")
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        self.stop();
-    }
+fn client_of(named: &Named, key: &str, alg: TsigAlgorithm, secret: &[u8]) -> Rfc2136Client {
+    Rfc2136Client::new(named.addr(), ZONE, key, alg, secret, timeouts()).expect("client settings")
 }
 
 fn timeouts() -> Timeouts {
@@ -218,8 +85,8 @@ fn listing(records: &[Record]) -> Vec<(String, RecordType, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc2136_against_named() {
-    let mut named = Named::start();
-    let client = named.client(KEY, TsigAlgorithm::HmacSha256, SECRET);
+    let mut named = start_named();
+    let client = client_of(&named, KEY, TsigAlgorithm::HmacSha256, SECRET);
 
     // AXFR reads the zone: SOA first, then the rest, the closing SOA dropped.
     let zone = client.read_zone().await.unwrap();
@@ -344,7 +211,7 @@ async fn rfc2136_against_named() {
             [192, 0, 2, 22],
         ),
     ] {
-        let c = named.client(key, alg, secret);
+        let c = client_of(&named, key, alg, secret);
         let owner = format!("{key}.apps.example.test.");
         c.apply(&[Change::Add(vec![a(&owner, ip)])]).await.unwrap();
         assert_eq!(named.answers(&owner, "A"), [Ipv4Addr::from(ip).to_string()]);
@@ -357,7 +224,7 @@ async fn rfc2136_against_named() {
 
     // A wrong secret: NotAuth naming the key and the server, nothing changed.
     let zone_before = listing(&client.read_zone().await.unwrap());
-    let wrong = named.client(KEY, TsigAlgorithm::HmacSha256, b"not the secret");
+    let wrong = client_of(&named, KEY, TsigAlgorithm::HmacSha256, b"not the secret");
     let err = wrong
         .apply(&[Change::Add(vec![a(
             "intruder.apps.example.test.",
@@ -371,7 +238,7 @@ async fn rfc2136_against_named() {
     assert!(
         msg.starts_with(&format!(
             "TSIG key {KEY} was rejected by 127.0.0.1:{}: ",
-            named.port
+            named.port()
         )),
         "{msg}"
     );
@@ -381,7 +248,7 @@ async fn rfc2136_against_named() {
     assert_eq!(err.reason(), "NotAuth", "{err}");
     assert!(named.answers("intruder.apps.example.test.", "A").is_empty());
     // An unknown key name: BADKEY. A known key the zone does not allow: Refused.
-    let unknown = named.client("no-such-key", TsigAlgorithm::HmacSha256, SECRET);
+    let unknown = client_of(&named, "no-such-key", TsigAlgorithm::HmacSha256, SECRET);
     let err = unknown
         .apply(&[Change::Add(vec![a(
             "intruder.apps.example.test.",
@@ -392,7 +259,7 @@ async fn rfc2136_against_named() {
     assert_eq!(err.reason(), "NotAuth", "{err}");
     assert!(err.to_string().contains("BADKEY"), "{err}");
     eprintln!("unknown key: {err}");
-    let other = named.client("other-key", TsigAlgorithm::HmacSha256, OTHER_SECRET);
+    let other = client_of(&named, "other-key", TsigAlgorithm::HmacSha256, OTHER_SECRET);
     let err = other
         .apply(&[Change::Add(vec![a(
             "intruder.apps.example.test.",
@@ -406,7 +273,7 @@ async fn rfc2136_against_named() {
     let err = other.read_zone().await.unwrap_err();
     assert!(matches!(err.reason(), "Refused" | "NotAuth"), "{err}");
     // The same algorithm name with another key's algorithm: BADKEY (the key is hmac-sha256 on the server).
-    let wrong_alg = named.client(KEY, TsigAlgorithm::HmacSha512, SECRET);
+    let wrong_alg = client_of(&named, KEY, TsigAlgorithm::HmacSha512, SECRET);
     let err = wrong_alg
         .apply(&[Change::Add(vec![a(
             "intruder.apps.example.test.",
@@ -490,7 +357,7 @@ async fn rfc2136_against_named() {
     let err = client.read_zone().await.unwrap_err();
     assert!(matches!(err.reason(), "Unreachable" | "Timeout"), "{err}");
     // Restarted: works again, and everything written before is still there.
-    named.run();
+    named.run().expect("named starts again");
     client
         .apply(&[Change::Add(vec![a("later.apps.example.test.", [192, 0, 2, 30])])])
         .await

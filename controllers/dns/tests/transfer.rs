@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +21,8 @@ use ferrite_dns::transfer::{Secondary, TransferConfig, next_serial};
 use ferrite_dns::tsig::TsigKey;
 use ferrite_dns::tsig::sign_request;
 use ferrite_dns::zone::{SoaConfig, Zone, ZoneConfig};
+use ferrite_e2e::Supervised;
+use ferrite_e2e::named::{Named, NamedConfig, NamedKey, NamedZone};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -145,112 +147,33 @@ async fn short(port: u16, qname: &str, rtype: &str) -> Vec<String> {
     lines
 }
 
-/// The secondary.
-struct Named {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
+/// The secondary under test: a `named` (ferrite-e2e's) or a Knot DNS.
+enum Peer {
+    Named(Named),
+    Knot {
+        process: Supervised,
+        port: u16,
+        _dir: tempfile::TempDir,
+    },
 }
 
-impl Named {
-    fn start(port: u16, primary: SocketAddr) -> Named {
-        let named = require("named");
-        require("dig");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path().display();
-        let conf = format!(
-            r#"options {{
-    directory "{d}";
-    pid-file "{d}/named.pid";
-    session-keyfile "{d}/session.key";
-    managed-keys-directory "{d}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    notify no;
-    dnssec-validation no;
-}};
-controls {{ }};
-logging {{ category xfer-in {{ default_stderr; }}; category notify {{ default_stderr; }}; }};
-key "{KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
-zone "xfr.example.test" {{
-    type secondary;
-    file "{d}/xfr.example.test.db";
-    primaries {{ {ip} port {primary_port} key {KEY}; }};
-}};
-"#,
-            secret = base64(SECRET),
-            ip = primary.ip(),
-            primary_port = primary.port(),
-        );
-        std::fs::write(dir.path().join("named.conf"), conf).expect("write named.conf");
-        let log = std::fs::File::create(dir.path().join("named.log")).expect("create named.log");
-        let child = Command::new(named)
-            .args(["-g", "-u", "root", "-4", "-n", "1", "-c"])
-            .arg(dir.path().join("named.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("named.log"))
-            .stderr(log)
-            .spawn()
-            .expect("start named");
-        Named {
-            dir,
-            port,
-            child: Some(child),
-        }
+impl Peer {
+    /// `named` on `port` as a secondary of `primary`, transfers signed with the test's key.
+    fn named(port: u16, primary: SocketAddr) -> Peer {
+        Peer::Named(
+            Named::start(NamedConfig {
+                port: Some(port),
+                keys: vec![NamedKey::new(KEY, "hmac-sha256", SECRET)],
+                zones: vec![NamedZone::secondary(ZONE, primary, KEY)],
+                extra: "logging { category xfer-in { default_stderr; }; category notify { default_stderr; }; };\n"
+                    .to_string(),
+            })
+            .expect("named starts"),
+        )
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<String> {
-        let child = self.child.as_mut()?;
-        match child.try_wait() {
-            Ok(Some(status)) => Some(format!("named exited with {status}:\n{}", self.log())),
-            _ => None,
-        }
-    }
-
-    /// Waits until `check` holds for what named answers, up to `limit`.
-    async fn wait_for(&mut self, what: &str, limit: Duration, check: impl AsyncCheck) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(exited) = self.exited() {
-                panic!("{exited}");
-            }
-            if check.holds(self.port).await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "named: {what} not seen within {limit:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().expect("named status").is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Named {
     /// Knot DNS (`knotd`, Debian's knot) as the secondary instead, with the docs' configuration.
-    fn start_knot(port: u16, primary: SocketAddr) -> Named {
+    fn knot(port: u16, primary: SocketAddr) -> Peer {
         let knotd = require("knotd");
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path().display();
@@ -287,26 +210,66 @@ zone:
             primary_port = primary.port(),
         );
         std::fs::write(dir.path().join("knot.conf"), conf).expect("write knot.conf");
-        let log = std::fs::File::create(dir.path().join("named.log")).expect("create the log");
-        let child = Command::new(knotd)
-            .arg("-c")
-            .arg(dir.path().join("knot.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
+        let args = [
+            "-c".to_string(),
+            dir.path().join("knot.conf").display().to_string(),
+        ];
+        let process = Supervised::spawn("knotd", &knotd, &args, &[], &dir.path().join("knot.log"))
             .expect("start knotd");
-        Named {
-            dir,
+        Peer::Knot {
+            process,
             port,
-            child: Some(child),
+            _dir: dir,
         }
     }
-}
 
-impl Drop for Named {
-    fn drop(&mut self) {
-        self.stop();
+    fn port(&self) -> u16 {
+        match self {
+            Peer::Named(n) => n.port(),
+            Peer::Knot { port, .. } => *port,
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Peer::Named(n) => n.log(),
+            Peer::Knot { process, .. } => process.log_tail(100_000),
+        }
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self {
+            Peer::Named(n) => n.exited(),
+            Peer::Knot { process, .. } => {
+                (!process.is_running()).then(|| format!("knotd exited:\n{}", process.log_tail(200)))
+            }
+        }
+    }
+
+    /// Waits until `check` holds for what the peer answers, up to `limit`.
+    async fn wait_for(&mut self, what: &str, limit: Duration, check: impl AsyncCheck) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(exited) = self.exited() {
+                panic!("{exited}");
+            }
+            if check.holds(self.port()).await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "secondary: {what} not seen within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Peer::Named(n) => n.stop(),
+            Peer::Knot { process, .. } => process.stop(Duration::from_secs(10)),
+        }
     }
 }
 
@@ -425,7 +388,7 @@ async fn a_knot_secondary_serves_the_zone_and_follows_notify() {
     let server = Server::start(&config, zones(first_serial, &first_records()), &Registry::new())
         .unwrap_or_else(|err| panic!("start: {err}"));
     let primary = server.local_addr();
-    let mut knot = Named::start_knot(knot_port, primary);
+    let mut knot = Peer::knot(knot_port, primary);
     knot.wait_for(
         "the first serial",
         Duration::from_secs(30),
@@ -436,7 +399,7 @@ async fn a_knot_secondary_serves_the_zone_and_follows_notify() {
         },
     )
     .await;
-    same_answers(primary.port(), knot.port).await;
+    same_answers(primary.port(), knot.port()).await;
     let second_serial = next_serial(first_serial, SystemTime::now());
     server.swap(zones(second_serial, &second_records()));
     knot.wait_for(
@@ -449,7 +412,7 @@ async fn a_knot_secondary_serves_the_zone_and_follows_notify() {
         },
     )
     .await;
-    same_answers(primary.port(), knot.port).await;
+    same_answers(primary.port(), knot.port()).await;
     let log = knot.log();
     assert!(log.to_lowercase().contains("notify"), "{log}");
     // Incremental: Knot says "AXFR-style IXFR" when it gets the full form instead.
@@ -541,7 +504,7 @@ async fn a_named_secondary_serves_the_zone_and_follows_notify() {
     );
 
     // The secondary loads the zone by AXFR and answers as the embedded server does.
-    let mut named = Named::start(named_port, primary);
+    let mut named = Peer::named(named_port, primary);
     named
         .wait_for(
             "the first serial",
@@ -553,7 +516,7 @@ async fn a_named_secondary_serves_the_zone_and_follows_notify() {
             },
         )
         .await;
-    same_answers(primary.port(), named.port).await;
+    same_answers(primary.port(), named.port()).await;
 
     // A new snapshot with a bumped serial: NOTIFY, then the secondary's IXFR, then the new answers.
     let second_serial = next_serial(first_serial, SystemTime::now());
@@ -572,7 +535,7 @@ async fn a_named_secondary_serves_the_zone_and_follows_notify() {
         )
         .await;
     eprintln!("secondary up to date {:?} after the swap", started.elapsed());
-    same_answers(primary.port(), named.port).await;
+    same_answers(primary.port(), named.port()).await;
     let log = named.log();
     assert!(log.contains("received notify"), "{log}");
     // The refresh was incremental: the IXFR form holds the current SOA, the old SOA, the 3 deleted

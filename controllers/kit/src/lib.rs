@@ -12,6 +12,7 @@
 //!   finalizer                           ── external state cleaned up before an object goes
 //!   endpointslice                       ── discovery.k8s.io/v1 with a v1beta1 fallback, one typed view
 //!   watch                               ── one trimmed watch + cache per kind, shared by subscribers
+//!   dns (feature `dns`)                 ── TSIG keys and MACs, TSIG-signed RFC 2136 UPDATE client
 //! ```
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,8 @@ pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod conditions;
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod endpointslice;
 pub mod error;
 pub mod events;
