@@ -26,6 +26,7 @@ use ferrite_e2e::pebble::{Pebble, PebbleOptions};
 use ferrite_e2e::{KubeBox, Supervised, process::free_port};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
@@ -46,7 +47,7 @@ const EMAIL: &str = "x@example.test";
 /// The names issued (challtestsrv answers 127.0.0.1 for every name).
 const DOMAIN: &str = "bench.test";
 /// ClusterIssuer whose account is registered once and kept.
-const KEPT_ISSUER: &str = "bench-pebble";
+pub const KEPT_ISSUER: &str = "bench-pebble";
 
 /// How long `n` Certificates may take to become Ready after the first create.
 pub fn scale_limit(n: usize) -> Duration {
@@ -540,9 +541,7 @@ where
     api.create(&PostParams::default(), &obj).await.context("create")
 }
 
-fn ready_condition<'a>(
-    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+fn ready_condition(conditions: &[Condition]) -> Option<&Condition> {
     conditions.iter().find(|c| c.type_ == "Ready")
 }
 

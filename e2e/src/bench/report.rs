@@ -355,7 +355,7 @@ fn certs_markdown(w: &mut String, o: &Options, m: &Machine, c: &super::certs::Ce
          ```sh\n   {lego}\n   {certbot}\n   ```\n\n   \
          The ferrite-certs controller (release build, on the box: etcd + kube-apiserver on 127.0.0.1, admin \
          kubeconfig, flags `{}`) serves HTTP-01 tokens from its own listener on the VA's port, so its trials run \
-         after the other two (the port has one owner at a time). A ClusterIssuer `acme` (server = Pebble's \
+         after the other two (the port has one owner at a time). A ClusterIssuer `{}` (server = Pebble's \
          directory, `caBundle` = Pebble's HTTPS CA, one `http01` solver) is created and awaited Ready first (account \
          registered once and kept, as the controller is meant to run); each trial creates a Certificate and the \
          **clock stops** when a watch sees its `Ready=True`. The fresh-account row creates a new ClusterIssuer (a new \
@@ -365,6 +365,7 @@ fn certs_markdown(w: &mut String, o: &Options, m: &Machine, c: &super::certs::Ce
          off the clock, with `openssl verify -CAfile <Pebble root> -untrusted <intermediates> -verify_hostname <name>`.",
         c.trials,
         c.controller_flags,
+        super::certs::KEPT_ISSUER,
         d(Some(TRIAL_LIMIT))
     );
     let _ = writeln!(
@@ -385,8 +386,8 @@ fn certs_markdown(w: &mut String, o: &Options, m: &Machine, c: &super::certs::Ce
          N are `Ready=True`, bounded by 120 s + 60 ms × N. Then the managed Secrets are counted, three of them \
          (first, middle, last) are checked with `openssl verify` against the CA, and the controller's `VmRSS` \
          (`/proc/<pid>/status`) is read 3 s later; peak = the highest `VmRSS` sampled every 250 ms from the first \
-         create, VmHWM = the kernel's peak at the end. The ACME part's objects ({} Certificates in the cluster at the \
-         last reading in total) stay and are in the controller's caches too.\n",
+         create, VmHWM = the kernel's peak at the end. Certificates in the whole cluster (all in the controller's \
+         caches) at the last reading: {} (the ACME part's stay).\n",
         c.scale.last().map_or(0, |s| s.cluster_certificates)
     );
     let _ = writeln!(w, "### Caveats\n");
@@ -398,10 +399,11 @@ fn certs_markdown(w: &mut String, o: &Options, m: &Machine, c: &super::certs::Ce
     );
     let _ = writeln!(
         w,
-        "- lego's and certbot's times include process start-up (certbot is Python: about 1 s of it); the \
+        "- lego's and certbot's times include their process start-up (certbot is a Python program); the \
          controller is a running process, which is how each is used (lego/certbot from cron, ferrite-certs as a \
-         controller). lego waits 5 s before re-polling an authorization when Pebble sends no `Retry-After`, which \
-         dominates its time. The fresh-account row is the like-for-like comparison for account handling."
+         controller). lego re-polls a pending authorization after 5 s when Pebble sends no `Retry-After` (ANCHORS.md), \
+         so its time depends on whether the first poll already sees the authorization valid. The fresh-account row \
+         is the like-for-like comparison with their account handling."
     );
     let _ = writeln!(
         w,
