@@ -1113,8 +1113,10 @@ async fn run_parts(parts: Parts, config: ShimConfig) -> anyhow::Result<()> {
             let cert = change.object().clone();
             let ns = cert.namespace().unwrap_or_default();
             let name = cert.name_any();
+            // Only Ingresses that exist: the Controller reports a reference it cannot find as an error.
             let mut refs: Vec<ObjectRef<Ingress>> = controlling_ingress(&cert)
                 .map(|o| ObjectRef::new(&o.name).within(&ns))
+                .filter(|r| ingresses.get(r).is_some())
                 .into_iter()
                 .collect();
             refs.extend(
@@ -1245,7 +1247,8 @@ mod tests {
     #[test]
     fn issuer_annotations() {
         // (annotations, default issuer configured, expected issuer (kind, name) or error substring)
-        let cases: Vec<(&str, Value, bool, Result<(IssuerKind, &str), &str>)> = vec![
+        type Case<'a> = (&'a str, Value, bool, Result<(IssuerKind, &'a str), &'a str>);
+        let cases: Vec<Case<'_>> = vec![
             (
                 "ours, issuer",
                 json!({"certs.ferrite.dev/issuer": "ca"}),
@@ -1623,14 +1626,16 @@ mod tests {
             same_spec,
         };
         // (case, me, my wish, existing, the others with their wishes, expected)
-        let cases: Vec<(
-            &str,
-            &Ingress,
-            &DesiredCertificate,
-            Option<&Certificate>,
-            Vec<(&Ingress, &DesiredCertificate)>,
+        type Others<'a> = Vec<(&'a Ingress, &'a DesiredCertificate)>;
+        type Case<'a> = (
+            &'a str,
+            &'a Ingress,
+            &'a DesiredCertificate,
+            Option<&'a Certificate>,
+            Others<'a>,
             Claim,
-        )> = vec![
+        );
+        let cases: Vec<Case<'_>> = vec![
             ("alone, none yet", &new, &w_new, None, vec![], Claim::Ours),
             (
                 "alone, ours exists",
