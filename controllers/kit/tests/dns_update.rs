@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use ferrite_e2e::named::{Named, NamedConfig, NamedKey, NamedZone};
+use ferrite_kit::dns::query;
 use ferrite_kit::dns::tsig::{TsigAlgorithm, TsigKey};
 use ferrite_kit::dns::update::{Timeouts, Transport, UpdateClient, UpdateError};
 use hickory_proto::op::ResponseCode;
@@ -81,6 +82,27 @@ async fn updates_against_named() {
         .await
         .expect("add a second value");
     assert_eq!(txts(&named, owner), ["token-one", "token-two"]);
+    let mut read = query::txt_values(named.addr(), &name(owner), Duration::from_secs(2))
+        .await
+        .expect("TXT query");
+    read.sort();
+    assert_eq!(read, ["token-one", "token-two"]);
+    assert_eq!(
+        query::zone_of(named.addr(), &name(owner), Duration::from_secs(2))
+            .await
+            .expect("zone"),
+        name(ZONE)
+    );
+    assert_eq!(
+        query::zone_of(named.addr(), &name(ZONE), Duration::from_secs(2))
+            .await
+            .expect("apex"),
+        name(ZONE)
+    );
+    let e = query::zone_of(named.addr(), &name("x.elsewhere.test."), Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason(), "Refused", "{e}");
     // Adding again is a no-op.
     udp.add(&zone, &[txt(owner, "token-two")])
         .await
