@@ -1197,20 +1197,22 @@ mod tests {
         s
     }
 
+    /// (name, what the case shows, solvers, offered challenge types, Certificate labels, want index).
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<AcmeSolver>,
+        &'a [ChallengeKind],
+        &'a [(&'a str, &'a str)],
+        Option<usize>,
+    );
+
     #[test]
     fn selection_follows_cert_manager() {
         let both = [ChallengeKind::Http01, ChallengeKind::Dns01];
         let dns_only = [ChallengeKind::Dns01];
         let team = [("team", "a")];
-        // (name, what the test shows, solvers, offered, labels, want index)
-        let cases: Vec<(
-            &str,
-            &str,
-            Vec<AcmeSolver>,
-            &[ChallengeKind],
-            &[(&str, &str)],
-            Option<usize>,
-        )> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (
                 "a.example.com",
                 "no selector matches all",

@@ -87,7 +87,7 @@ async fn rfc2136_presenter_against_named() {
     p.add(&www).await.expect("present");
     assert_eq!(
         txt(&named, "_acme-challenge.www.example.test."),
-        [www.challenge.dns_txt_value.clone()]
+        std::slice::from_ref(&www.challenge.dns_txt_value)
     );
 
     // example.test and *.example.test share _acme-challenge.example.test: two values, each removed alone.
@@ -106,7 +106,7 @@ async fn rfc2136_presenter_against_named() {
     p.remove(&apex).await.expect("clean up the apex");
     assert_eq!(
         txt(&named, "_acme-challenge.example.test."),
-        [wild.challenge.dns_txt_value.clone()]
+        std::slice::from_ref(&wild.challenge.dns_txt_value)
     );
     p.remove(&wild).await.expect("clean up the wildcard");
     assert!(txt(&named, "_acme-challenge.example.test.").is_empty());

@@ -345,7 +345,10 @@ async fn solvers_make_and_remove_their_objects() {
         .get(&rec.name_any())
         .await
         .expect("still there for the wildcard");
-    assert_eq!(rec.spec.targets, [wild.challenge.dns_txt_value.clone()]);
+    assert_eq!(
+        rec.spec.targets,
+        std::slice::from_ref(&wild.challenge.dns_txt_value)
+    );
     s.cleanup(&wild).await.expect("cleanup the wildcard");
     assert!(
         rec_api
@@ -394,7 +397,7 @@ async fn solvers_make_and_remove_their_objects() {
         .into_iter()
         .map(|v| v.trim_matches('"').to_string())
         .collect();
-    assert_eq!(txt, [p.challenge.dns_txt_value.clone()]);
+    assert_eq!(txt, std::slice::from_ref(&p.challenge.dns_txt_value));
     assert!(
         challenges(&ch_api, 1).await[0]
             .status
