@@ -639,9 +639,12 @@ pub fn owner_reference(ingress: &Ingress) -> Option<OwnerReference> {
 }
 
 /// True when `cert` already is what `want` describes (no write needed).
+///
+/// Labels are compared as "ours are all there": a label another tool added must not make every pass
+/// write (and tell `UpdateCertificate`) again. A label removed from the Ingress therefore leaves the
+/// Certificate with the next change that writes it (server-side apply then drops it).
 pub fn up_to_date(cert: &Certificate, want: &DesiredCertificate) -> bool {
-    let labels_match = cert.labels().len() == want.labels.len()
-        && want.labels.iter().all(|(k, v)| cert.labels().get(k) == Some(v));
+    let labels_match = want.labels.iter().all(|(k, v)| cert.labels().get(k) == Some(v));
     let ann = cert.annotations();
     let annotations_match = want.annotations.iter().all(|(k, v)| ann.get(k) == Some(v))
         && [HTTP01_OVERRIDE_INGRESS_CLASS, HTTP01_OVERRIDE_INGRESS_CLASS_NAME]
@@ -1102,8 +1105,8 @@ async fn run_parts(parts: Parts, config: ShimConfig) -> anyhow::Result<()> {
         told: Mutex::new(HashMap::new()),
     });
 
-    // A Certificate changed or went: reconcile the Ingress controlling it, and the Ingresses of its
-    // namespace asking for its name (one waiting for an older Ingress to let it go takes it over).
+    // A Certificate changed or went: reconcile the Ingress controlling it; when it went, also the
+    // Ingresses of its namespace asking for its name (one waiting for an older Ingress takes it over).
     let cert_triggers = {
         let ingresses = ingresses.clone();
         futures::stream::unfold(certs_w.subscribe(), |mut sub| async move {
@@ -1119,13 +1122,17 @@ async fn run_parts(parts: Parts, config: ShimConfig) -> anyhow::Result<()> {
                 .filter(|r| ingresses.get(r).is_some())
                 .into_iter()
                 .collect();
-            refs.extend(
-                ingresses
-                    .state()
-                    .iter()
-                    .filter(|i| i.namespace().as_deref() == Some(ns.as_str()) && wants_secret(i, &name))
-                    .map(|i| ObjectRef::from_obj(&**i)),
-            );
+            // Only a deletion frees a name; scanning the Ingresses on every status update of every
+            // Certificate would cost O(Ingresses) per update.
+            if matches!(change, Change::Deleted(_)) {
+                refs.extend(
+                    ingresses
+                        .state()
+                        .iter()
+                        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()) && wants_secret(i, &name))
+                        .map(|i| ObjectRef::from_obj(&**i)),
+                );
+            }
             futures::stream::iter(refs)
         })
     };
@@ -1753,12 +1760,19 @@ mod tests {
         let mut changed = want.clone();
         changed.annotations.clear();
         assert!(!up_to_date(&cert, &changed), "solver annotation removed");
-        // Annotations of others on the Certificate do not matter.
+        // Annotations and labels of others on the Certificate do not matter.
         cert.metadata
             .annotations
             .get_or_insert_default()
             .insert("note".into(), "x".into());
+        cert.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("backup".into(), "daily".into());
         assert!(up_to_date(&cert, &want));
+        let mut changed = want.clone();
+        changed.labels.insert("app".into(), "other".into());
+        assert!(!up_to_date(&cert, &changed), "a label value changed");
     }
 
     #[test]
