@@ -621,23 +621,35 @@ impl SourceObject {
     pub fn from_service(service: &Service) -> Option<SourceObject> {
         let object = object(SourceKind::Service, "service", &service.metadata)?;
         let claims = service_claims(service)?;
-        Some(SourceObject { object, claims })
+        Some(SourceObject::compact(object, claims))
     }
 
     /// An Ingress's claims; `None` if it asks for no name, is excluded or is being deleted.
     pub fn from_ingress(ingress: &Ingress) -> Option<SourceObject> {
         let object = object(SourceKind::Ingress, "ingress", &ingress.metadata)?;
         let claims = ingress_claims(ingress)?;
-        Some(SourceObject { object, claims })
+        Some(SourceObject::compact(object, claims))
     }
 
     /// A `DNSRecord`'s claim; `None` if it is being deleted.
     pub fn from_record(record: &DNSRecord) -> Option<SourceObject> {
         let object = object(SourceKind::DnsRecord, "dnsrecord", &record.metadata)?;
-        Some(SourceObject {
-            object,
-            claims: record_claims(record),
-        })
+        Some(SourceObject::compact(object, record_claims(record)))
+    }
+
+    /// Kept for as long as the object exists: vectors grown by pushes (room for four `RData`s, several
+    /// hundred bytes) trimmed to what they hold.
+    fn compact(object: Object, mut claims: ClaimsOrErrors) -> SourceObject {
+        match &mut claims {
+            Ok(claims) => {
+                claims.shrink_to_fit();
+                for claim in claims {
+                    claim.rdatas.shrink_to_fit();
+                }
+            }
+            Err(errors) => errors.shrink_to_fit(),
+        }
+        SourceObject { object, claims }
     }
 
     /// The object (`<kind>/<namespace>/<name>`).
@@ -885,23 +897,22 @@ impl Index {
         let Some(state) = self.names.get_mut(zone).and_then(|n| n.get_mut(name)) else {
             return;
         };
-        let accepted: Vec<Accepted> = have
-            .into_iter()
-            .map(|s| {
-                let owner = state
-                    .claimants
-                    .iter()
-                    .find(|c| ***c == s.owner)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(s.owner));
-                Accepted {
-                    rtype: s.rtype,
-                    ttl: s.ttl,
-                    rdatas: s.rdatas,
-                    owner,
-                }
-            })
-            .collect();
+        // Not collected in place: that would keep `have`'s spare capacity for as long as the name lives.
+        let mut accepted: Vec<Accepted> = Vec::with_capacity(have.len());
+        accepted.extend(have.into_iter().map(|s| {
+            let owner = state
+                .claimants
+                .iter()
+                .find(|c| ***c == s.owner)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(s.owner));
+            Accepted {
+                rtype: s.rtype,
+                ttl: s.ttl,
+                rdatas: s.rdatas,
+                owner,
+            }
+        }));
         if accepted == state.accepted && conflicts == state.conflicts {
             if state.claimants.is_empty() {
                 self.remove_name(zone, name);
