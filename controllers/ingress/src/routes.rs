@@ -1,0 +1,693 @@
+//! The route table: every served Ingress compiled into one immutable, validated snapshot.
+//!
+//! ```text
+//!   served Ingresses, oldest first (creationTimestamp, then namespace/name)
+//!     │  each rule: HostPattern::parse(host) | any host      ─┐  invalid host/path/backend:
+//!     │  each path: RulePath::compile + BackendRef::from_spec  ├─> that rule skipped, a Warning
+//!     │  spec.defaultBackend, spec.tls                        ─┘  same host+path+match kind: oldest wins
+//!     v
+//!   RouteTable { exact hosts, one-label wildcard hosts, any-host rules, default backend, TLS by host }
+//!     │
+//!   route(host, target): host -> HostRoutes (exact > wildcard > rules without host)
+//!                        path -> Exact lookup, else the longest Prefix (hash lookups per '/')
+//!                        no path -> default backend -> NotFound (the proxy's built-in 404)
+//! ```
+//!
+//! Host selection comes first and does not fall through: when `a.example.com` has rules, a request for
+//! it that matches none of their paths goes to the default backend, not to `*.example.com`'s rules or
+//! to rules without a host (ingress-nginx's server blocks behave the same way). A rule with a host and
+//! no `http` claims that host with no paths.
+//!
+//! Conflicts are decided by age: the same host, the same path key and the same match kind
+//! (`ImplementationSpecific` matches as `Prefix`, and `/foo/` as Prefix is `/foo`) from two rules
+//! keeps the rule of the oldest Ingress, and the other one is reported as a [`Warning`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::class::{self, ClassDecision};
+use crate::host::{HostError, HostPattern, RequestHost, wildcard_suffix};
+use crate::path::{MatchKind, PathError, PathType, RulePath, prefix_candidates, request_path};
+
+/// namespace/name of an Ingress.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IngressRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl IngressRef {
+    pub fn of(ingress: &Ingress) -> Self {
+        IngressRef {
+            namespace: ingress.metadata.namespace.clone().unwrap_or_default(),
+            name: ingress.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for IngressRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Service port as an Ingress backend names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServicePort {
+    Number(u16),
+    /// A named port of the Service, resolved against the Service's ports by the controller.
+    Name(String),
+}
+
+impl fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServicePort::Number(n) => write!(f, "{n}"),
+            ServicePort::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The Service (in the Ingress's namespace) and port a request is sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendRef {
+    pub namespace: String,
+    pub service: String,
+    pub port: ServicePort,
+}
+
+impl fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.service, self.port)
+    }
+}
+
+/// Why a backend was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("resource backends ({kind} {name:?}) are not supported; use a Service backend")]
+    Resource { kind: String, name: String },
+    #[error("backend names no Service")]
+    NoService,
+    #[error("backend Service {0:?} is not a valid Service name (a DNS-1035 label)")]
+    BadServiceName(String),
+    #[error("backend Service {0:?} names no port (set port.number or port.name)")]
+    NoPort(String),
+    #[error("backend Service {0:?} sets both port.number and port.name")]
+    BothPorts(String),
+    #[error("backend Service {service:?}: port {port} is not in 1-65535")]
+    PortOutOfRange { service: String, port: i32 },
+    #[error("backend Service {service:?}: port name {port:?} is not a valid port name")]
+    BadPortName { service: String, port: String },
+}
+
+impl BackendRef {
+    pub fn from_spec(namespace: &str, backend: &IngressBackend) -> Result<Self, BackendError> {
+        let Some(service) = &backend.service else {
+            return Err(match &backend.resource {
+                Some(r) => BackendError::Resource {
+                    kind: r.kind.clone(),
+                    name: r.name.clone(),
+                },
+                None => BackendError::NoService,
+            });
+        };
+        let name = &service.name;
+        if !is_dns_1035_label(name) {
+            return Err(BackendError::BadServiceName(name.clone()));
+        }
+        let port = match service
+            .port
+            .as_ref()
+            .map(|p| (p.number, p.name.as_deref().filter(|n| !n.is_empty())))
+        {
+            None | Some((None, None)) => return Err(BackendError::NoPort(name.clone())),
+            Some((Some(_), Some(_))) => return Err(BackendError::BothPorts(name.clone())),
+            Some((Some(n), None)) => match u16::try_from(n) {
+                Ok(n) if n > 0 => ServicePort::Number(n),
+                _ => {
+                    return Err(BackendError::PortOutOfRange {
+                        service: name.clone(),
+                        port: n,
+                    });
+                }
+            },
+            Some((None, Some(p))) => {
+                // IANA service name (what the API validates): 1-15 of [a-z0-9-], a letter, no "--".
+                let ok = p.len() <= 15
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && p.bytes().any(|b| b.is_ascii_lowercase())
+                    && !p.starts_with('-')
+                    && !p.ends_with('-')
+                    && !p.contains("--");
+                if !ok {
+                    return Err(BackendError::BadPortName {
+                        service: name.clone(),
+                        port: p.to_owned(),
+                    });
+                }
+                ServicePort::Name(p.to_owned())
+            }
+        };
+        Ok(BackendRef {
+            namespace: namespace.to_owned(),
+            service: name.clone(),
+            port,
+        })
+    }
+}
+
+fn is_dns_1035_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}
+
+/// What kind of problem a [`Warning`] reports; [`WarningKind::reason`] is the stable Event reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WarningKind {
+    InvalidHost,
+    InvalidPath,
+    InvalidBackend,
+    PathConflict,
+    DefaultBackendConflict,
+    InvalidTls,
+    TlsConflict,
+}
+
+impl WarningKind {
+    /// The Event reason and metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            WarningKind::InvalidHost => "InvalidHost",
+            WarningKind::InvalidPath => "InvalidPath",
+            WarningKind::InvalidBackend => "InvalidBackend",
+            WarningKind::PathConflict => "PathConflict",
+            WarningKind::DefaultBackendConflict => "DefaultBackendConflict",
+            WarningKind::InvalidTls => "InvalidTLS",
+            WarningKind::TlsConflict => "TLSConflict",
+        }
+    }
+}
+
+/// A problem in one Ingress that made the table skip part of it; the controller turns it into a
+/// Warning Event on that Ingress. The rest of the Ingress and every other Ingress keep routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub ingress: IngressRef,
+    pub kind: WarningKind,
+    pub message: String,
+}
+
+/// A path of a rule, compiled: what matched, for the backend and the metrics labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub ingress: IngressRef,
+    /// The rule's host; `None` for a rule without host (any host).
+    pub host: Option<HostPattern>,
+    /// Index of the rule in `spec.rules` and of the path in its `http.paths`.
+    pub rule: usize,
+    pub path_index: usize,
+    pub path: RulePath,
+    pub backend: BackendRef,
+}
+
+/// The default backend and the Ingress that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultBackend {
+    pub ingress: IngressRef,
+    pub backend: BackendRef,
+}
+
+/// The result of [`RouteTable::route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match<'a> {
+    /// A rule's path matched.
+    Route(&'a Route),
+    /// No rule matched; the oldest served Ingress's `spec.defaultBackend`.
+    Default(&'a DefaultBackend),
+    /// Nothing matched and no Ingress has a default backend: the proxy answers its built-in 404.
+    NotFound,
+}
+
+impl<'a> Match<'a> {
+    pub fn backend(&self) -> Option<&'a BackendRef> {
+        match self {
+            Match::Route(r) => Some(&r.backend),
+            Match::Default(d) => Some(&d.backend),
+            Match::NotFound => None,
+        }
+    }
+
+    /// The Ingress that decided this match (for metrics labels).
+    pub fn ingress(&self) -> Option<&'a IngressRef> {
+        match self {
+            Match::Route(r) => Some(&r.ingress),
+            Match::Default(d) => Some(&d.ingress),
+            Match::NotFound => None,
+        }
+    }
+}
+
+/// namespace/name of a TLS Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The TLS configuration of one host pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsBinding {
+    pub host: HostPattern,
+    /// The Secret from `spec.tls[].secretName`; `None` when the entry has no secretName (the proxy's
+    /// default certificate is used, and the host still counts as a TLS host).
+    pub secret: Option<SecretRef>,
+    pub ingress: IngressRef,
+}
+
+/// The paths of one host.
+#[derive(Debug, Default, Clone)]
+struct HostRoutes {
+    exact: HashMap<String, usize>,
+    prefix: HashMap<String, usize>,
+}
+
+impl HostRoutes {
+    /// Exact first: an Exact hit has the request's full length, which no Prefix can exceed, and Exact
+    /// wins ties. Then the longest Prefix, one lookup per path element boundary.
+    fn lookup(&self, path: &str) -> Option<usize> {
+        if let Some(id) = self.exact.get(path) {
+            return Some(*id);
+        }
+        if self.prefix.is_empty() {
+            return None;
+        }
+        prefix_candidates(path).find_map(|c| self.prefix.get(c).copied())
+    }
+
+    fn slot(&mut self, kind: MatchKind) -> &mut HashMap<String, usize> {
+        match kind {
+            MatchKind::Exact => &mut self.exact,
+            MatchKind::Prefix => &mut self.prefix,
+        }
+    }
+}
+
+/// Host patterns mapped to values, with exact-beats-wildcard lookup of a normalized host.
+#[derive(Debug, Clone)]
+struct ByHost<T> {
+    exact: HashMap<String, T>,
+    wildcard: HashMap<String, T>,
+}
+
+impl<T> Default for ByHost<T> {
+    fn default() -> Self {
+        ByHost {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        }
+    }
+}
+
+impl<T> ByHost<T> {
+    fn get(&self, host: &str) -> Option<&T> {
+        self.exact
+            .get(host)
+            .or_else(|| wildcard_suffix(host).and_then(|s| self.wildcard.get(s)))
+    }
+
+    fn entry(&mut self, pattern: &HostPattern) -> std::collections::hash_map::Entry<'_, String, T> {
+        match pattern {
+            HostPattern::Exact(h) => self.exact.entry(h.clone()),
+            HostPattern::Wildcard(s) => self.wildcard.entry(s.clone()),
+        }
+    }
+}
+
+/// One immutable routing snapshot. Build it with [`RouteTable::build`]; share it with
+/// [`SharedRouteTable`].
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    hosts: ByHost<HostRoutes>,
+    any_host: Option<HostRoutes>,
+    default_backend: Option<DefaultBackend>,
+    tls: ByHost<TlsBinding>,
+}
+
+/// The output of [`RouteTable::build`].
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub table: RouteTable,
+    /// Problems to report, each on its Ingress, in build order.
+    pub warnings: Vec<Warning>,
+    /// The Ingresses the class decision selected (the ones whose status the leader writes), oldest first.
+    pub served: Vec<IngressRef>,
+}
+
+impl RouteTable {
+    /// An empty table: every request is [`Match::NotFound`].
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Selects the Ingresses `controller` serves among `ingresses` (see [`class::decide`]) and compiles
+    /// them into a table.
+    pub fn build<'a>(
+        ingresses: impl IntoIterator<Item = &'a Ingress>,
+        classes: &[IngressClass],
+        controller: &str,
+    ) -> Compiled {
+        let served: Vec<&Ingress> = ingresses
+            .into_iter()
+            .filter(|ing| {
+                matches!(
+                    class::decide(ing, classes, controller),
+                    ClassDecision::Served { .. }
+                )
+            })
+            .collect();
+        Self::compile(served)
+    }
+
+    /// Compiles Ingresses already selected by the class decision.
+    pub fn compile<'a>(ingresses: impl IntoIterator<Item = &'a Ingress>) -> Compiled {
+        let mut ordered: Vec<&Ingress> = ingresses.into_iter().collect();
+        ordered.sort_by_cached_key(|ing| age_key(ing));
+        let mut b = Builder::default();
+        for ing in &ordered {
+            b.add(ing);
+        }
+        let served = ordered.iter().map(|ing| IngressRef::of(ing)).collect();
+        Compiled {
+            table: b.table,
+            warnings: b.warnings,
+            served,
+        }
+    }
+
+    /// Routes a request. `host` is the Host header (or `:authority`), port and trailing dot allowed;
+    /// `target` is the request target, whose query string is ignored. Allocates nothing.
+    pub fn route(&self, host: &str, target: &str) -> Match<'_> {
+        let path = request_path(target);
+        let host = RequestHost::parse(host);
+        let routes = host
+            .as_ref()
+            .and_then(|h| self.hosts.get(h.as_str()))
+            .or(self.any_host.as_ref());
+        if let Some(id) = routes.and_then(|r| r.lookup(path)) {
+            return Match::Route(&self.routes[id]);
+        }
+        match &self.default_backend {
+            Some(d) => Match::Default(d),
+            None => Match::NotFound,
+        }
+    }
+
+    /// The TLS binding for an SNI name (or a Host, for the redirect decision): exact beats wildcard.
+    pub fn tls_for(&self, sni: &str) -> Option<&TlsBinding> {
+        let host = RequestHost::parse(sni)?;
+        self.tls.get(host.as_str())
+    }
+
+    /// The Secret whose certificate serves `sni`; `None` means the proxy's default certificate.
+    pub fn tls_secret_for(&self, sni: &str) -> Option<&SecretRef> {
+        self.tls_for(sni).and_then(|b| b.secret.as_ref())
+    }
+
+    /// Every host pattern with TLS (`*.example.com` for wildcards), sorted: plain HTTP requests for these
+    /// hosts are redirected to HTTPS. Use [`RouteTable::tls_for`] to decide for one request.
+    pub fn hosts_with_tls(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .tls
+            .exact
+            .values()
+            .chain(self.tls.wildcard.values())
+            .map(|b| b.host.to_string())
+            .collect();
+        hosts.sort();
+        hosts
+    }
+
+    /// Every TLS Secret the table references, sorted and deduplicated: the filtered Secret cache's keys.
+    pub fn tls_secrets(&self) -> Vec<&SecretRef> {
+        let mut secrets: Vec<&SecretRef> = self
+            .tls
+            .exact
+            .values()
+            .chain(self.tls.wildcard.values())
+            .filter_map(|b| b.secret.as_ref())
+            .collect();
+        secrets.sort();
+        secrets.dedup();
+        secrets
+    }
+
+    /// Every compiled route, in build order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn default_backend(&self) -> Option<&DefaultBackend> {
+        self.default_backend.as_ref()
+    }
+}
+
+/// Oldest first; an object without creationTimestamp (not stored yet) counts as the newest.
+fn age_key(ing: &Ingress) -> (bool, Option<Time>, IngressRef) {
+    let ts = ing.metadata.creation_timestamp.clone();
+    (ts.is_none(), ts, IngressRef::of(ing))
+}
+
+#[derive(Default)]
+struct Builder {
+    table: RouteTable,
+    warnings: Vec<Warning>,
+}
+
+impl Builder {
+    fn warn(&mut self, ingress: &IngressRef, kind: WarningKind, message: String) {
+        self.warnings.push(Warning {
+            ingress: ingress.clone(),
+            kind,
+            message,
+        });
+    }
+
+    fn add(&mut self, ing: &Ingress) {
+        let me = IngressRef::of(ing);
+        let Some(spec) = &ing.spec else { return };
+        if let Some(backend) = &spec.default_backend {
+            match BackendRef::from_spec(&me.namespace, backend) {
+                Err(e) => self.warn(&me, WarningKind::InvalidBackend, format!("defaultBackend: {e}")),
+                Ok(backend) => match &self.table.default_backend {
+                    Some(older) => {
+                        let message = format!(
+                            "defaultBackend {backend} ignored: the older Ingress {} already sets the default backend",
+                            older.ingress
+                        );
+                        self.warn(&me, WarningKind::DefaultBackendConflict, message);
+                    }
+                    None => {
+                        self.table.default_backend = Some(DefaultBackend {
+                            ingress: me.clone(),
+                            backend,
+                        })
+                    }
+                },
+            }
+        }
+        let mut rule_hosts = Vec::new();
+        for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+            let host = match rule
+                .host
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .map(HostPattern::parse)
+            {
+                None => None,
+                Some(Ok(h)) => Some(h),
+                Some(Err(e)) => {
+                    self.warn(&me, WarningKind::InvalidHost, format!("rules[{ri}] skipped: {e}"));
+                    continue;
+                }
+            };
+            if let Some(h) = &host {
+                rule_hosts.push(h.clone());
+            }
+            // A rule claims its host even without paths (see the module docs).
+            match &host {
+                Some(h) => {
+                    self.table.hosts.entry(h).or_default();
+                }
+                None => {
+                    self.table.any_host.get_or_insert_with(HostRoutes::default);
+                }
+            }
+            for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+                self.add_path(&me, host.as_ref(), ri, pi, p);
+            }
+        }
+        self.add_tls(ing, &me, &rule_hosts);
+    }
+
+    fn add_path(
+        &mut self,
+        me: &IngressRef,
+        host: Option<&HostPattern>,
+        ri: usize,
+        pi: usize,
+        p: &k8s_openapi::api::networking::v1::HTTPIngressPath,
+    ) {
+        let at = format!("rules[{ri}].http.paths[{pi}]");
+        let compiled: Result<RulePath, PathError> =
+            PathType::parse(&p.path_type).and_then(|t| RulePath::compile(p.path.as_deref(), t));
+        let path = match compiled {
+            Ok(path) => path,
+            Err(e) => return self.warn(me, WarningKind::InvalidPath, format!("{at} skipped: {e}")),
+        };
+        let backend = match BackendRef::from_spec(&me.namespace, &p.backend) {
+            Ok(b) => b,
+            Err(e) => return self.warn(me, WarningKind::InvalidBackend, format!("{at} skipped: {e}")),
+        };
+        let id = self.table.routes.len();
+        let kind = path.path_type.match_kind();
+        let key = path.key.clone();
+        let routes = match host {
+            Some(h) => self.table.hosts.entry(h).or_default(),
+            None => self.table.any_host.get_or_insert_with(HostRoutes::default),
+        };
+        if let Some(&older) = routes.slot(kind).get(&key) {
+            let older = &self.table.routes[older];
+            let host = host.map_or_else(|| "any host".to_owned(), |h| format!("host {h}"));
+            let by = if older.ingress == *me {
+                format!(
+                    "rules[{}].http.paths[{}] of this Ingress",
+                    older.rule, older.path_index
+                )
+            } else {
+                format!("the older Ingress {}", older.ingress)
+            };
+            let message = format!(
+                "{at} skipped: {} {} on {host} is already routed by {by}",
+                path.path_type, path.path
+            );
+            return self.warn(me, WarningKind::PathConflict, message);
+        }
+        routes.slot(kind).insert(key, id);
+        self.table.routes.push(Route {
+            ingress: me.clone(),
+            host: host.cloned(),
+            rule: ri,
+            path_index: pi,
+            path,
+            backend,
+        });
+    }
+
+    fn add_tls(&mut self, ing: &Ingress, me: &IngressRef, rule_hosts: &[HostPattern]) {
+        let Some(tls) = ing.spec.as_ref().and_then(|s| s.tls.as_ref()) else {
+            return;
+        };
+        for (ti, entry) in tls.iter().enumerate() {
+            let secret = entry
+                .secret_name
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(|name| SecretRef {
+                    namespace: me.namespace.clone(),
+                    name: name.to_owned(),
+                });
+            // The API's "defaults to the wildcard host setting of the load balancer": for us, the hosts of
+            // this Ingress's own rules, never another Ingress's.
+            let hosts: Vec<Result<HostPattern, HostError>> = match entry.hosts.as_deref() {
+                Some(hosts) if !hosts.is_empty() => hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+                _ => rule_hosts.iter().cloned().map(Ok).collect(),
+            };
+            for (hi, host) in hosts.into_iter().enumerate() {
+                let host = match host {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.warn(
+                            me,
+                            WarningKind::InvalidTls,
+                            format!("tls[{ti}].hosts[{hi}] skipped: {e}"),
+                        );
+                        continue;
+                    }
+                };
+                let binding = TlsBinding {
+                    host: host.clone(),
+                    secret: secret.clone(),
+                    ingress: me.clone(),
+                };
+                let conflict = match self.table.tls.entry(&host) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(binding);
+                        None
+                    }
+                    // Several tls entries naming the same Secret for a host agree: nothing to report.
+                    std::collections::hash_map::Entry::Occupied(o) if o.get().secret == secret => None,
+                    std::collections::hash_map::Entry::Occupied(o) => Some(o.get().clone()),
+                };
+                if let Some(older) = conflict {
+                    let by = if older.ingress == *me {
+                        "an earlier tls entry of this Ingress".to_owned()
+                    } else {
+                        format!("the older Ingress {}", older.ingress)
+                    };
+                    let theirs = older
+                        .secret
+                        .map_or_else(|| "the default certificate".to_owned(), |s| s.to_string());
+                    let message =
+                        format!("tls[{ti}] host {host} skipped: {by} already serves it with {theirs}");
+                    self.warn(me, WarningKind::TlsConflict, message);
+                }
+            }
+        }
+    }
+}
+
+/// The live route table, swapped atomically when Ingresses change: requests in flight keep the snapshot
+/// they loaded, new requests see the new one; readers never lock.
+#[derive(Debug)]
+pub struct SharedRouteTable(ArcSwap<RouteTable>);
+
+impl SharedRouteTable {
+    pub fn new(table: RouteTable) -> Self {
+        SharedRouteTable(ArcSwap::from_pointee(table))
+    }
+
+    /// The current snapshot (cheap; hold it for one request).
+    pub fn load(&self) -> Guard<Arc<RouteTable>> {
+        self.0.load()
+    }
+
+    /// Publishes a new snapshot.
+    pub fn store(&self, table: RouteTable) {
+        self.0.store(Arc::new(table));
+    }
+}
+
+impl Default for SharedRouteTable {
+    fn default() -> Self {
+        Self::new(RouteTable::empty())
+    }
+}
