@@ -57,6 +57,9 @@ rules:
   - level: Metadata
     verbs: ["patch", "update"]
     resources: [{group: "", resources: ["services/status"]}]
+  - level: Metadata
+    verbs: ["list", "watch"]
+    resources: [{group: "", resources: ["secrets"]}]
   - level: None
 "#;
 

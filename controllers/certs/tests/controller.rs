@@ -1,0 +1,691 @@
+//! Box tests of `ferrite-certs controller`: a real kube-apiserver (the box), the controller process
+//! run as the chart's ServiceAccount with the chart's RBAC, and `/usr/bin/openssl` checking what it
+//! writes (not only our own parser).
+//!
+//! One test function: one controller (one leader) serves every step, so the steps share it and run
+//! in order; each step uses its own object names.
+// A test binary: a failed unwrap in a helper is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferrite_api::certs::{Certificate, ClusterIssuer, Issuer};
+use ferrite_e2e::{KubeBox, Supervised};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use serde_json::json;
+
+const CLUSTER_NS: &str = "ferrite-system";
+
+async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Controller {
+    proc: Supervised,
+    admin: SocketAddr,
+}
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferrite-certs"))
+}
+
+async fn start_controller(kubeconfig: &Path, n: u32) -> Controller {
+    let admin = format!("127.0.0.1:{}", ferrite_e2e::process::free_port().unwrap());
+    let args: Vec<String> = vec![
+        "controller".into(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--admin-addr={admin}"),
+        "--lease-name=ferrite-certs-controller".into(),
+        format!("--lease-namespace={CLUSTER_NS}"),
+        "--lease-duration=3s".into(),
+        "--lease-renew-deadline=2s".into(),
+        "--lease-retry-period=250ms".into(),
+        format!("--cluster-resource-namespace={CLUSTER_NS}"),
+        "--backoff-base=2s".into(),
+        "--backoff-max=10s".into(),
+    ];
+    // Kept after the test (the box's directory is not), for reading after a failure.
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrite-certs-controller-{n}.log"));
+    let mut proc = Supervised::spawn(
+        "ferrite-certs controller",
+        &bin(),
+        &args,
+        &[("FERRITE_LOG_LEVEL", "info,ferrite_certs=debug")],
+        &log,
+    )
+    .expect("controller starts");
+    let addr: SocketAddr = admin.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(proc.is_running(), "controller exited:\n{}", proc.log_tail(30));
+        if let Ok((200, _)) = ferrite_e2e::http_get(addr, "/readyz").await {
+            return Controller { proc, admin: addr };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller not ready in 30 s:\n{}",
+            proc.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The chart's RBAC applied to the box; returns the ServiceAccount's kubeconfig.
+async fn chart_account(kb: &KubeBox) -> PathBuf {
+    let _ = kb.kubectl().args(["create", "namespace", CLUSTER_NS]).output();
+    let chart = ferrite_e2e::demo::repo_root().join("charts/ferrite/charts/certs");
+    let out = kb
+        .helm()
+        .args(["template", "ferrite"])
+        .arg(&chart)
+        .args(["--namespace", CLUSTER_NS, "--show-only", "templates/rbac.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = kb.dir.join("certs-rbac.yaml");
+    std::fs::write(&rendered, &out.stdout).unwrap();
+    let applied = kb
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&rendered)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        applied.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    kb.service_account_kubeconfig(CLUSTER_NS, "ferrite-certs")
+        .await
+        .expect("ServiceAccount kubeconfig")
+}
+
+async fn create<K>(api: &Api<K>, v: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(v).expect("valid object");
+    api.create(&PostParams::default(), &obj).await.expect("created")
+}
+
+type Cond = (String, String, String);
+
+fn cert_condition(c: &Certificate, type_: &str) -> Option<Cond> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_cert(api: &Api<Certificate>, name: &str, status: &str, reason: &str) -> Certificate {
+    let mut last = None;
+    let what = format!("Certificate {name} Ready={status} {reason}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(c) = api.get(name).await {
+            let r = cert_condition(&c, "Ready");
+            if r.as_ref().is_some_and(|(s, re, _)| s == status && re == reason) {
+                return c;
+            }
+            last = r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last Ready: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn issuer_ready(status: Option<&ferrite_api::certs::IssuerStatus>) -> Option<Cond> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_issuer(api: &Api<Issuer>, name: &str, status: &str, reason: &str) -> Cond {
+    eventually(
+        Duration::from_secs(30),
+        &format!("Issuer {name} Ready={status} {reason}"),
+        || async {
+            let i = api.get(name).await.ok()?;
+            issuer_ready(i.status.as_ref()).filter(|(s, r, _)| s == status && r == reason)
+        },
+    )
+    .await
+}
+
+async fn wait_cluster_issuer(api: &Api<ClusterIssuer>, name: &str, status: &str, reason: &str) -> Cond {
+    eventually(
+        Duration::from_secs(30),
+        &format!("ClusterIssuer {name} Ready={status} {reason}"),
+        || async {
+            let i = api.get(name).await.ok()?;
+            issuer_ready(i.status.as_ref()).filter(|(s, r, _)| s == status && r == reason)
+        },
+    )
+    .await
+}
+
+async fn wait_event(kb: &KubeBox, ns: &str, name: &str, reason: &str) -> String {
+    let api: Api<Event> = Api::namespaced(kb.client().await, ns);
+    eventually(
+        Duration::from_secs(15),
+        &format!("Event {reason} on {name}"),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                let on = e.regarding.as_ref()?.name.as_deref()? == name;
+                (on && e.reason.as_deref() == Some(reason)).then(|| e.note.unwrap_or_default())
+            })
+        },
+    )
+    .await
+}
+
+fn data<'a>(s: &'a Secret, key: &str) -> &'a [u8] {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.as_slice())
+        .unwrap_or_else(|| panic!("Secret {} has no {key}", s.metadata.name.as_deref().unwrap_or("")))
+}
+
+/// Runs openssl with `args`; returns (success, stdout + stderr).
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("/usr/bin/openssl")
+        .args(args)
+        .output()
+        .expect("/usr/bin/openssl runs (apt-get install -y openssl)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Writes the Secret's keys into `dir` as files; returns (tls.crt, tls.key, ca.crt) paths.
+fn files(dir: &Path, tag: &str, s: &Secret) -> (String, String, String) {
+    let p = |k: &str| dir.join(format!("{tag}-{k}")).display().to_string();
+    std::fs::write(p("tls.crt"), data(s, "tls.crt")).unwrap();
+    std::fs::write(p("tls.key"), data(s, "tls.key")).unwrap();
+    if let Some(ca) = s.data.as_ref().and_then(|d| d.get("ca.crt")) {
+        std::fs::write(p("ca.crt"), &ca.0).unwrap();
+    }
+    (p("tls.crt"), p("tls.key"), p("ca.crt"))
+}
+
+/// openssl: the certificate is valid for another `secs`, and the key is the certificate's.
+fn check_pair(crt: &str, key: &str, secs: u64) {
+    let (ok, out) = openssl(&["x509", "-in", crt, "-noout", "-checkend", &secs.to_string()]);
+    assert!(ok, "openssl x509 -checkend {secs}: {out}");
+    let (ok1, cert_pub) = openssl(&["x509", "-in", crt, "-noout", "-pubkey"]);
+    let (ok2, key_pub) = openssl(&["pkey", "-in", key, "-pubout"]);
+    assert!(ok1 && ok2, "openssl pubkey: {cert_pub} {key_pub}");
+    assert_eq!(cert_pub, key_pub, "tls.key is the key of tls.crt");
+}
+
+fn sans(crt: &str) -> String {
+    let (ok, out) = openssl(&["x509", "-in", crt, "-noout", "-ext", "subjectAltName"]);
+    assert!(ok, "openssl x509 -ext: {out}");
+    out
+}
+
+fn serial(crt: &str) -> String {
+    let (ok, out) = openssl(&["x509", "-in", crt, "-noout", "-serial"]);
+    assert!(ok, "openssl x509 -serial: {out}");
+    out.trim().to_string()
+}
+
+fn revision(c: &Certificate) -> i64 {
+    c.status.as_ref().and_then(|s| s.revision).unwrap_or(0)
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    match ferrite_e2e::http_get(admin, "/metrics").await {
+        Ok((200, body)) => body,
+        other => panic!("/metrics: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_end_to_end() {
+    let kb = KubeBox::shared();
+    ferrite_e2e::demo::apply_crds(kb).await.expect("CRDs applied");
+    let client = kb.client().await;
+    let ns = kb.namespace("certs").await;
+    let kubeconfig = chart_account(kb).await;
+    let mut ctl = start_controller(&kubeconfig, 1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+
+    let certs: Api<Certificate> = Api::namespaced(client.clone(), &ns);
+    let issuers: Api<Issuer> = Api::namespaced(client.clone(), &ns);
+    let cluster_issuers: Api<ClusterIssuer> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cluster_certs: Api<Certificate> = Api::namespaced(client.clone(), CLUSTER_NS);
+    let cluster_secrets: Api<Secret> = Api::namespaced(client.clone(), CLUSTER_NS);
+
+    // 1. selfSigned Issuer -> Certificate Ready -> a Secret openssl accepts.
+    create(
+        &issuers,
+        json!({"metadata": {"name": "selfsigned"}, "spec": {"selfSigned": {}}}),
+    )
+    .await;
+    wait_issuer(&issuers, "selfsigned", "True", "IsReady").await;
+    create(
+        &certs,
+        json!({"metadata": {"name": "web"}, "spec": {
+            "secretName": "web-tls", "issuerRef": {"name": "selfsigned"},
+            "dnsNames": ["web.ctl.test", "www.ctl.test"], "ipAddresses": ["127.0.0.1"],
+            "duration": "24h", "privateKey": {"algorithm": "ECDSA"},
+            "secretTemplate": {"labels": {"team": "web"}, "annotations": {"note": "from-template"}}}}),
+    )
+    .await;
+    let web = wait_cert(&certs, "web", "True", "Ready").await;
+    assert_eq!(revision(&web), 1, "{:?}", web.status);
+    let st = web.status.clone().unwrap();
+    assert!(st.not_after.is_some() && st.renewal_time.is_some(), "{st:?}");
+    let web_secret = secrets.get("web-tls").await.unwrap();
+    assert_eq!(web_secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let labels = web_secret.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("certs.ferrite.dev/managed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        labels
+            .get("certs.ferrite.dev/certificate-name")
+            .map(String::as_str),
+        Some("web")
+    );
+    assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+    let ann = web_secret.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(ann.get("note").map(String::as_str), Some("from-template"));
+    assert_eq!(
+        ann.get("certs.ferrite.dev/issuer-name").map(String::as_str),
+        Some("selfsigned")
+    );
+    assert_eq!(
+        ann.get("certs.ferrite.dev/issuer-kind").map(String::as_str),
+        Some("Issuer")
+    );
+    let (crt, key, _) = files(dir, "web", &web_secret);
+    check_pair(&crt, &key, 23 * 3600);
+    let (ok, _) = openssl(&[
+        "x509",
+        "-in",
+        &crt,
+        "-noout",
+        "-checkend",
+        &(25 * 3600).to_string(),
+    ]);
+    assert!(!ok, "a 24h certificate must not be valid for 25h");
+    let s = sans(&crt);
+    assert!(
+        s.contains("DNS:web.ctl.test")
+            && s.contains("DNS:www.ctl.test")
+            && s.contains("IP Address:127.0.0.1"),
+        "{s}"
+    );
+    wait_event(kb, &ns, "web", "Issued").await;
+    let m = metrics(ctl.admin).await;
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("ferrite_certs_certificate_expiration_timestamp_seconds{")
+                && l.contains("name=\"web\"")
+                && l.contains("issuer_name=\"selfsigned\"")
+        ),
+        "expiration metric:\n{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("ferrite_certs_certificate_ready_status{")
+                && l.contains("name=\"web\"")
+                && l.contains("condition=\"True\"")
+                && l.ends_with(" 1")),
+        "ready metric:\n{m}"
+    );
+    assert!(
+        m.contains("ferrite_certs_issuances_total{issuer_type=\"selfSigned\",result=\"success\"}"),
+        "{m}"
+    );
+
+    // 2. CA bootstrap: selfSigned ClusterIssuer -> isCA Certificate -> CA ClusterIssuer -> leaf.
+    create(
+        &cluster_issuers,
+        json!({"metadata": {"name": "ctl-root"}, "spec": {"selfSigned": {}}}),
+    )
+    .await;
+    wait_cluster_issuer(&cluster_issuers, "ctl-root", "True", "IsReady").await;
+    create(
+        &cluster_certs,
+        json!({"metadata": {"name": "ctl-ca"}, "spec": {
+            "secretName": "ctl-ca-keypair", "isCA": true, "commonName": "ferrite test CA",
+            "issuerRef": {"name": "ctl-root", "kind": "ClusterIssuer"},
+            "privateKey": {"algorithm": "ECDSA", "size": 384}}}),
+    )
+    .await;
+    wait_cert(&cluster_certs, "ctl-ca", "True", "Ready").await;
+    create(
+        &cluster_issuers,
+        json!({"metadata": {"name": "ctl-ca"}, "spec": {"ca": {"secretName": "ctl-ca-keypair"}}}),
+    )
+    .await;
+    wait_cluster_issuer(&cluster_issuers, "ctl-ca", "True", "KeyPairVerified").await;
+    create(
+        &certs,
+        json!({"metadata": {"name": "leaf"}, "spec": {
+            "secretName": "leaf-tls", "issuerRef": {"name": "ctl-ca", "kind": "ClusterIssuer"},
+            "dnsNames": ["leaf.ctl.test"], "privateKey": {"algorithm": "RSA", "encoding": "PKCS8"}}}),
+    )
+    .await;
+    wait_cert(&certs, "leaf", "True", "Ready").await;
+    let leaf_secret = secrets.get("leaf-tls").await.unwrap();
+    let (crt, key, ca) = files(dir, "leaf", &leaf_secret);
+    check_pair(&crt, &key, 3600);
+    let (ok, out) = openssl(&["verify", "-CAfile", &ca, &crt]);
+    assert!(ok, "openssl verify -CAfile ca.crt tls.crt: {out}");
+    let ca_secret = cluster_secrets.get("ctl-ca-keypair").await.unwrap();
+    let (ca_crt, _, _) = files(dir, "ca", &ca_secret);
+    let (ok, out) = openssl(&["verify", "-CAfile", &ca_crt, &crt]);
+    assert!(ok, "leaf verifies against the CA Secret's tls.crt: {out}");
+    let (ok, out) = openssl(&["x509", "-in", &ca_crt, "-noout", "-ext", "basicConstraints"]);
+    assert!(ok && out.contains("CA:TRUE"), "the CA certificate is a CA: {out}");
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("BEGIN PRIVATE KEY"),
+        "encoding PKCS8"
+    );
+
+    // 3. The Secret deleted -> issued again.
+    secrets.delete("web-tls", &DeleteParams::default()).await.unwrap();
+    let web = eventually(Duration::from_secs(30), "web re-issued (revision 2)", || async {
+        let c = certs.get("web").await.ok()?;
+        (revision(&c) == 2 && cert_condition(&c, "Ready")?.0 == "True").then_some(c)
+    })
+    .await;
+    assert_eq!(cert_condition(&web, "Ready").unwrap().1, "Ready");
+    let again = secrets.get("web-tls").await.expect("the Secret is back");
+    let (crt, key, _) = files(dir, "web2", &again);
+    check_pair(&crt, &key, 3600);
+
+    // 3b. The Secret edited (key of another certificate) -> issued again.
+    let mut edited = again.clone();
+    let other = secrets.get("leaf-tls").await.unwrap();
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("tls.key".into(), other.data.as_ref().unwrap()["tls.key"].clone());
+    edited.metadata.managed_fields = None;
+    secrets
+        .replace("web-tls", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "web re-issued after tls.key edit (revision 3)",
+        || async {
+            let c = certs.get("web").await.ok()?;
+            (revision(&c) == 3).then_some(())
+        },
+    )
+    .await;
+    let fixed = secrets.get("web-tls").await.unwrap();
+    let (crt, key, _) = files(dir, "web3", &fixed);
+    check_pair(&crt, &key, 3600);
+
+    // 4. Renewal forced by renewBefore (1h certificates renewed 5 s after issuance), with the old
+    //    Secret readable until the new one replaces it; rotationPolicy Never keeps the key, Always
+    //    (the default) changes it.
+    for (name, policy) in [("rot-never", "Never"), ("rot-always", "Always")] {
+        create(
+            &certs,
+            json!({"metadata": {"name": name}, "spec": {
+                "secretName": format!("{name}-tls"), "issuerRef": {"name": "selfsigned"},
+                "dnsNames": [format!("{name}.ctl.test")], "duration": "1h", "renewBefore": "59m55s",
+                "privateKey": {"algorithm": "ECDSA", "rotationPolicy": policy}}}),
+        )
+        .await;
+    }
+    for (name, same_key) in [("rot-never", true), ("rot-always", false)] {
+        let first = wait_cert(&certs, name, "True", "Ready").await;
+        let rev1 = revision(&first);
+        let s1 = secrets.get(&format!("{name}-tls")).await.unwrap();
+        let (crt1, key1, _) = files(dir, &format!("{name}-1"), &s1);
+        check_pair(&crt1, &key1, 60);
+        // Until the renewal lands, every read of the Secret gives a complete, matching pair.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let s2 = loop {
+            let s = secrets.get(&format!("{name}-tls")).await.unwrap();
+            let parsed =
+                ferrite_certs::pki::parse_tls_secret(Some(data(&s, "tls.crt")), Some(data(&s, "tls.key")));
+            assert!(
+                parsed.is_ok(),
+                "{name}: the Secret is always a valid pair: {parsed:?}"
+            );
+            if data(&s, "tls.crt") != data(&s1, "tls.crt") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{name}: not renewed in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (crt2, key2, _) = files(dir, &format!("{name}-2"), &s2);
+        check_pair(&crt2, &key2, 60);
+        assert_ne!(serial(&crt1), serial(&crt2), "{name}: a new certificate");
+        let k1 = std::fs::read(&key1).unwrap();
+        let k2 = std::fs::read(&key2).unwrap();
+        assert_eq!(k1 == k2, same_key, "{name}: key kept = {same_key}");
+        let renewed = eventually(Duration::from_secs(10), "revision incremented", || async {
+            let c = certs.get(name).await.ok()?;
+            (revision(&c) > rev1).then_some(c)
+        })
+        .await;
+        assert!(revision(&renewed) > rev1);
+        certs.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    wait_event(kb, &ns, "rot-always", "Issued").await;
+
+    // 5. Bad specs: a condition with the reason, a Warning Event, no Secret.
+    let bad: [(&str, serde_json::Value, &str); 3] = [
+        (
+            "orphan",
+            json!({"issuerRef": {"name": "nope"}, "dnsNames": ["o.ctl.test"]}),
+            "IssuerNotFound",
+        ),
+        (
+            "short",
+            json!({"issuerRef": {"name": "selfsigned"}, "dnsNames": ["s.ctl.test"], "duration": "1h", "renewBefore": "2h"}),
+            "InvalidSpec",
+        ),
+        (
+            "nameless",
+            json!({"issuerRef": {"name": "selfsigned"}}),
+            "InvalidSpec",
+        ),
+    ];
+    for (name, spec, _) in &bad {
+        let mut spec = spec.clone();
+        spec["secretName"] = format!("{name}-tls").into();
+        create(&certs, json!({"metadata": {"name": name}, "spec": spec})).await;
+    }
+    for (name, _, reason) in &bad {
+        let c = wait_cert(&certs, name, "False", reason).await;
+        let msg = cert_condition(&c, "Ready").unwrap().2;
+        let note = wait_event(kb, &ns, name, reason).await;
+        assert_eq!(note, msg, "{name}: the Event says what the condition says");
+        assert!(
+            secrets.get_opt(&format!("{name}-tls")).await.unwrap().is_none(),
+            "{name}: no Secret"
+        );
+    }
+    let short = certs.get("short").await.unwrap();
+    assert!(
+        cert_condition(&short, "Ready").unwrap().2.contains("renewBefore"),
+        "{short:?}"
+    );
+    // A CA Secret without a key: the Issuer says so, its Certificates wait.
+    let ca_only: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "broken-ca"}, "type": "Opaque",
+        "data": {"tls.crt": k8s_openapi::ByteString(data(&ca_secret, "tls.crt").to_vec())}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &ca_only).await.unwrap();
+    create(
+        &issuers,
+        json!({"metadata": {"name": "broken"}, "spec": {"ca": {"secretName": "broken-ca"}}}),
+    )
+    .await;
+    let (_, _, msg) = wait_issuer(&issuers, "broken", "False", "ErrGetKeyPair").await;
+    assert!(msg.contains("tls.key"), "{msg}");
+    wait_event(kb, &ns, "broken", "ErrGetKeyPair").await;
+    create(
+        &certs,
+        json!({"metadata": {"name": "needs-broken"}, "spec": {
+            "secretName": "needs-broken-tls", "issuerRef": {"name": "broken"}, "dnsNames": ["b.ctl.test"]}}),
+    )
+    .await;
+    wait_cert(&certs, "needs-broken", "False", "IssuerNotReady").await;
+    wait_event(kb, &ns, "needs-broken", "IssuerNotReady").await;
+    assert!(secrets.get_opt("needs-broken-tls").await.unwrap().is_none());
+    // A Secret of that name that ferrite-certs did not write is left alone.
+    let foreign: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "foreign-tls"}, "type": "Opaque", "data": {"x": "eA=="}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &foreign).await.unwrap();
+    create(
+        &certs,
+        json!({"metadata": {"name": "foreign"}, "spec": {
+            "secretName": "foreign-tls", "issuerRef": {"name": "selfsigned"}, "dnsNames": ["f.ctl.test"]}}),
+    )
+    .await;
+    wait_cert(&certs, "foreign", "False", "SecretNotManaged").await;
+    let untouched = secrets.get("foreign-tls").await.unwrap();
+    assert_eq!(untouched.type_.as_deref(), Some("Opaque"));
+    assert!(
+        !untouched.data.unwrap().contains_key("tls.crt"),
+        "the foreign Secret is untouched"
+    );
+    // The missing issuer appears: its Certificate is issued without being touched.
+    create(
+        &issuers,
+        json!({"metadata": {"name": "nope"}, "spec": {"selfSigned": {}}}),
+    )
+    .await;
+    wait_cert(&certs, "orphan", "True", "Ready").await;
+    assert!(secrets.get_opt("orphan-tls").await.unwrap().is_some());
+
+    // 6. A restart keeps state: nothing valid is issued again.
+    let before: Vec<(String, i64, String)> = {
+        let mut v = Vec::new();
+        for name in ["web", "leaf", "orphan"] {
+            let c = certs.get(name).await.unwrap();
+            let s = secrets.get(&c.spec.secret_name).await.unwrap();
+            v.push((
+                name.to_string(),
+                revision(&c),
+                s.metadata.resource_version.unwrap(),
+            ));
+        }
+        v
+    };
+    ctl.proc.stop(Duration::from_secs(10));
+    let ctl2 = start_controller(&kubeconfig, 2).await;
+    // The new leader has reconciled every Certificate once when its metrics name them.
+    eventually(
+        Duration::from_secs(30),
+        "the restarted controller reconciled web/leaf/orphan",
+        || async {
+            let m = metrics(ctl2.admin).await;
+            ["web", "leaf", "orphan"]
+                .iter()
+                .all(|n| {
+                    m.lines().any(|l| {
+                        l.starts_with("ferrite_certs_certificate_ready_status{")
+                            && l.contains(&format!("name=\"{n}\""))
+                            && l.contains("condition=\"True\"")
+                            && l.ends_with(" 1")
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, rev, rv) in before {
+        let c = certs.get(&name).await.unwrap();
+        let s = secrets.get(&c.spec.secret_name).await.unwrap();
+        assert_eq!(revision(&c), rev, "{name}: not issued again after a restart");
+        assert_eq!(
+            s.metadata.resource_version.unwrap(),
+            rv,
+            "{name}: Secret not rewritten"
+        );
+    }
+
+    // The controller listed and watched only the Secrets it manages (the API server's audit log).
+    let user = format!("system:serviceaccount:{CLUSTER_NS}:ferrite-certs");
+    let text = std::fs::read_to_string(kb.audit_log()).expect("audit log");
+    let mut seen = 0;
+    for line in text.lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if e["user"]["username"] != user.as_str() || e["objectRef"]["resource"] != "secrets" {
+            continue;
+        }
+        let verb = e["verb"].as_str().unwrap_or_default();
+        if verb != "list" && verb != "watch" {
+            continue;
+        }
+        let uri = e["requestURI"].as_str().unwrap_or_default();
+        assert!(
+            uri.contains("labelSelector=certs.ferrite.dev%2Fmanaged%3Dtrue"),
+            "a Secret {verb} without the managed label selector: {uri}"
+        );
+        seen += 1;
+    }
+    assert!(seen > 0, "the audit log shows the controller's Secret list/watch");
+
+    // Deleted Certificates leave no metric series.
+    certs.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(15), "web's series removed", || async {
+        let m = metrics(ctl2.admin).await;
+        (!m.lines()
+            .any(|l| l.starts_with("ferrite_certs_certificate_") && l.contains("name=\"web\"")))
+        .then_some(())
+    })
+    .await;
+}
