@@ -63,7 +63,7 @@ usage: ferrite-bench [--only lb|dns|certs] [--write FILE] [--services N] [--late
                     (default all); e.g. `--only dns --dns-parts rss` measures the controller at 100,000 records
   --certs-trials N  HTTP-01 issuances per ACME client (lego, certbot, ferrite-certs) against Pebble (default 20)
   --certs-counts LIST  Certificates of the CA-issuer scale runs, comma-separated, each run on its own
-                    (default 1000,10000)
+                    (default 1000,10000), or `none` for the issuance part only
 
 Build first: cargo build --release --workspace --bins (or run `make bench`).";
 
@@ -208,8 +208,11 @@ impl Options {
     }
 }
 
-/// `--certs-counts`: comma-separated counts, each 1 to 50,000.
+/// `--certs-counts`: comma-separated counts, each 1 to 50,000, or `none` (no scale runs).
 fn parse_counts(value: &str) -> Result<Vec<usize>> {
+    if value == "none" {
+        return Ok(vec![]);
+    }
     let counts = value
         .split(',')
         .map(str::trim)
@@ -583,5 +586,6 @@ mod tests {
         assert!(parse(&["--certs-counts", "10,x"]).is_err());
         assert!(parse(&["--certs-counts", "0"]).is_err());
         assert!(parse(&["--certs-counts", ""]).is_err());
+        assert!(parse(&["--certs-counts", "none"]).expect("none").certs_counts.is_empty());
     }
 }
