@@ -679,7 +679,7 @@ impl OrderSolver {
         if let Some(c) = old_class {
             annotations.insert(INGRESS_CLASS_ANNOTATION.to_string(), c.to_string());
         }
-        let body = json!({
+        let mut body = json!({
             "apiVersion": "networking.k8s.io/v1",
             "kind": "Ingress",
             "metadata": {
@@ -690,7 +690,6 @@ impl OrderSolver {
                 "ownerReferences": [owner],
             },
             "spec": {
-                "ingressClassName": class_name,
                 "rules": [{
                     "host": host,
                     "http": {"paths": [{
@@ -701,6 +700,11 @@ impl OrderSolver {
                 }],
             },
         });
+        // With only the old `class` (an annotation) or no class at all, no ingressClassName: the
+        // cluster's default IngressClass, or the controller that reads the annotation, takes it.
+        if let Some(c) = class_name {
+            body["spec"]["ingressClassName"] = json!(c);
+        }
         let api: Api<Ingress> = Api::namespaced(self.client(), &self.namespace);
         api.patch(
             &self.object_name(name),

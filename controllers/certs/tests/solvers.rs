@@ -267,6 +267,43 @@ async fn solvers_make_and_remove_their_objects() {
         404
     );
 
+    // 1b. The older `class` (an annotation value): a temporary Ingress with the annotation, no
+    //     ingressClassName, and no IngressClass looked up.
+    let s = order(
+        &solvers,
+        &cert,
+        &ns,
+        json!([{"http01": {"ingress": {"class": "legacy-box"}}}]),
+    )
+    .await;
+    let p = presented("shop.example.test", false, ChallengeKind::Http01, "tok-legacy");
+    s.present(&p).await.expect("present with class");
+    let ings = ing_api.list(&ListParams::default()).await.expect("list").items;
+    assert_eq!(ings.len(), 1);
+    assert_eq!(
+        ings[0]
+            .annotations()
+            .get("kubernetes.io/ingress.class")
+            .map(String::as_str),
+        Some("legacy-box")
+    );
+    assert!(
+        ings[0]
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.ingress_class_name.is_none())
+    );
+    s.cleanup(&p).await.expect("cleanup");
+    assert!(
+        ing_api
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    challenges(&ch_api, 0).await;
+
     // 2. HTTP-01 through ferrite's class: only the Challenge (ferrite-ingress serves from it).
     let s = order(
         &solvers,
