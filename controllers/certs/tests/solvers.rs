@@ -449,6 +449,22 @@ async fn solvers_make_and_remove_their_objects() {
     );
     challenges(&ch_api, 0).await;
 
+    // 4b. A Challenge left behind by a controller killed mid-order: remove_challenges clears it.
+    let s = order(&solvers, &cert, &ns, json!([{"dns01": {"ferriteDNS": {}}}])).await;
+    s.present(&presented(
+        "shop.example.test",
+        false,
+        ChallengeKind::Dns01,
+        "tok-left",
+    ))
+    .await
+    .expect("present");
+    challenges(&ch_api, 1).await;
+    ferrite_certs::solvers::remove_challenges(client.clone(), &ns, "shop")
+        .await
+        .expect("remove leftovers");
+    challenges(&ch_api, 0).await;
+
     // 5. No solver for a name: none chosen (the order then fails with SolverFailed).
     let s = order(
         &solvers,

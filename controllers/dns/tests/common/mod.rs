@@ -1,46 +1,18 @@
-//! Shared by ferrite-dns's test binaries: free ports, peer binaries, TSIG secrets as BIND writes them.
+//! Shared by ferrite-dns's test binaries: free ports, peer binaries, TSIG secrets as BIND writes them
+//! (ferrite-e2e's, which its `named` helper uses too).
 #![allow(dead_code)]
 
-use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-};
+use std::path::PathBuf;
 
 /// A port free for both TCP and UDP on 127.0.0.1.
 pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = tcp.local_addr().expect("local address").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on 127.0.0.1");
+    ferrite_e2e::pebble::free_tcp_udp_port().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Standard base64, as `tsig-keygen` prints a secret.
-pub fn base64(data: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
+pub use ferrite_e2e::named::base64;
 
 /// The path of a peer binary (named, dig, knotd), or a panic saying how to install it.
 pub fn require(tool: &str) -> PathBuf {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-    ] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{tool} is not installed; this test runs real DNS peers: apt-get install -y bind9 bind9-dnsutils knot \
-         (or run e2e/scripts/install-deps.sh)"
-    );
+    ferrite_e2e::named::require(tool).unwrap_or_else(|e| panic!("{e:#}"))
 }
