@@ -3,8 +3,8 @@
 //! decision and invalid inputs.
 
 use ferrite_ingress::{
-    CONTROLLER_NAME, ClassDecision, ClassSource, Compiled, Match, NotServed, RouteTable, SecretRef,
-    ServicePort, SharedRouteTable, WarningKind, decide_class,
+    CONTROLLER_NAME, ClassDecision, ClassSource, Compiled, Match, NotServed, PathType, RouteTable, RulePath,
+    SecretRef, ServicePort, SharedRouteTable, WarningKind, decide_class,
 };
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::{Value, json};
@@ -234,6 +234,17 @@ fn docs_path_examples_table() {
                     row.paths,
                     row.doc,
                 );
+                // The reference definition on a single rule path agrees with the table's lookup.
+                if let [(p, t)] = row.paths {
+                    let t = PathType::parse(t).expect("path type");
+                    let rule_path = RulePath::compile(Some(p), t).expect("valid path");
+                    let target = request.split('?').next().unwrap_or(request);
+                    assert_eq!(
+                        rule_path.matches(target),
+                        row.want.is_some(),
+                        "{p} {t} vs {request}"
+                    );
+                }
             }
         }
     }
