@@ -402,6 +402,7 @@ impl Solvers {
             namespace,
             certificate: certificate.name_any(),
             labels: certificate.labels().clone(),
+            annotations: certificate.annotations().clone(),
             owner,
             issuer_ref: issuer_ref.clone(),
             issuer_namespace: issuer_namespace.to_string(),
@@ -420,6 +421,8 @@ pub struct OrderSolver {
     namespace: String,
     certificate: String,
     labels: BTreeMap<String, String>,
+    /// The Certificate's annotations (the ingress-shim's HTTP-01 class overrides).
+    annotations: BTreeMap<String, String>,
     owner: OwnerReference,
     issuer_ref: IssuerRef,
     issuer_namespace: String,
@@ -507,11 +510,13 @@ impl OrderSolver {
         kind: &ChallengeKind,
     ) -> anyhow::Result<OwnerReference> {
         let api: Api<Challenge> = Api::namespaced(self.client(), &self.namespace);
-        let class = solver
-            .http01
-            .as_ref()
-            .and_then(|h| h.ingress.as_ref())
-            .and_then(|i| i.ingress_class_name.clone().or_else(|| i.class.clone()));
+        let class = match kind {
+            ChallengeKind::Http01 => {
+                let i = http01_ingress(solver, &self.annotations)?;
+                i.ingress_class_name.or(i.class)
+            }
+            _ => None,
+        };
         let spec = ChallengeSpec {
             challenge_type: if *kind == ChallengeKind::Dns01 {
                 ChallengeType::Dns01
@@ -582,9 +587,10 @@ impl OrderSolver {
         let name = self.challenge_name(p);
         let owner = self.create_challenge(&name, p, solver, &kind).await?;
         let result = match (&kind, &solver.http01, &solver.dns01) {
-            (ChallengeKind::Http01, Some(http), _) => {
-                self.present_http01(&name, &owner, p, http.ingress.as_ref()).await
-            }
+            (ChallengeKind::Http01, Some(_), _) => match http01_ingress(solver, &self.annotations) {
+                Ok(ingress) => self.present_http01(&name, &owner, p, Some(&ingress)).await,
+                Err(e) => Err(e),
+            },
             (ChallengeKind::Dns01, _, Some(dns)) => match (&dns.ferrite_dns, &dns.rfc2136) {
                 (Some(f), None) => {
                     self.present_dns_record(&name, &owner, p, f.ttl.unwrap_or(DEFAULT_FERRITE_DNS_TTL))
@@ -1060,6 +1066,45 @@ pub async fn remove_challenges(
     Ok(())
 }
 
+/// The Ingress settings an HTTP-01 solver uses for a Certificate: the solver's `http01.ingress`, with the
+/// ingress-shim's overrides from the Certificate's annotations (cert-manager's
+/// `acme.cert-manager.io/http01-override-ingress-ingressclassname` and `...-override-ingress-class`, copied
+/// from the Ingress's `http01-ingress-*` annotations): either one replaces both fields; both at once is an
+/// error, as in cert-manager.
+pub fn http01_ingress(
+    solver: &AcmeSolver,
+    annotations: &BTreeMap<String, String>,
+) -> anyhow::Result<Http01Ingress> {
+    let mut ingress = solver
+        .http01
+        .as_ref()
+        .and_then(|h| h.ingress.clone())
+        .unwrap_or_default();
+    let name = annotations
+        .get(crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS_NAME)
+        .filter(|v| !v.trim().is_empty());
+    let class = annotations
+        .get(crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS)
+        .filter(|v| !v.trim().is_empty());
+    match (name, class) {
+        (Some(_), Some(_)) => bail!(
+            "the Certificate has both {} and {}; set one",
+            crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS_NAME,
+            crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS
+        ),
+        (Some(n), None) => {
+            ingress.ingress_class_name = Some(n.trim().to_string());
+            ingress.class = None;
+        }
+        (None, Some(c)) => {
+            ingress.class = Some(c.trim().to_string());
+            ingress.ingress_class_name = None;
+        }
+        (None, None) => {}
+    }
+    Ok(ingress)
+}
+
 /// `Ok` for a delete of something already gone.
 fn ignore_not_found(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
     match r {
@@ -1393,6 +1438,60 @@ mod tests {
             let got = select(&solvers, name, &labels, offered).map(|(i, _, _)| i);
             assert_eq!(got, want, "{what} ({name})");
         }
+    }
+
+    #[test]
+    fn http01_class_overrides_from_the_certificate() {
+        let solver = AcmeSolver {
+            http01: Some(Http01Solver {
+                ingress: Some(Http01Ingress {
+                    ingress_class_name: Some("nginx".into()),
+                    class: None,
+                }),
+            }),
+            ..AcmeSolver::default()
+        };
+        let ann = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let none = http01_ingress(&solver, &ann(&[])).unwrap();
+        assert_eq!(none.ingress_class_name.as_deref(), Some("nginx"));
+        let by_name = http01_ingress(
+            &solver,
+            &ann(&[(crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS_NAME, "ferrite")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (by_name.ingress_class_name.as_deref(), by_name.class),
+            (Some("ferrite"), None)
+        );
+        let by_class = http01_ingress(
+            &solver,
+            &ann(&[(crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS, "traefik")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (by_class.ingress_class_name, by_class.class.as_deref()),
+            (None, Some("traefik"))
+        );
+        let both = http01_ingress(
+            &solver,
+            &ann(&[
+                (crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS, "a"),
+                (crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS_NAME, "b"),
+            ]),
+        );
+        assert!(both.unwrap_err().to_string().contains("set one"));
+        // A solver without an ingress section still takes the override.
+        let bare = http01_ingress(
+            &http(),
+            &ann(&[(crate::shim::HTTP01_OVERRIDE_INGRESS_CLASS_NAME, "x")]),
+        )
+        .unwrap();
+        assert_eq!(bare.ingress_class_name.as_deref(), Some("x"));
     }
 
     #[test]
