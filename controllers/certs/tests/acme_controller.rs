@@ -217,6 +217,10 @@ async fn wait_event(kb: &KubeBox, ns: &str, name: &str, reason: &str) -> String 
     .await
 }
 
+fn revision(c: &Certificate) -> i64 {
+    c.status.as_ref().and_then(|s| s.revision).unwrap_or(0)
+}
+
 fn data<'a>(s: &'a Secret, key: &str) -> &'a [u8] {
     s.data
         .as_ref()
@@ -291,7 +295,7 @@ async fn acme_issuance_end_to_end() {
     let client = kb.client().await;
     let ns = kb.namespace("certs-acme").await;
     let kubeconfig = chart_account(kb).await;
-    let ctl = start_controller(&kubeconfig, 1, pebble.http_port()).await;
+    let mut ctl = start_controller(&kubeconfig, 1, pebble.http_port()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
 
@@ -408,6 +412,67 @@ async fn acme_issuance_end_to_end() {
         m.contains("ferrite_certs_issuances_total{issuer_type=\"acme\",result=\"success\"} 1"),
         "{m}"
     );
+
+    // A controller killed mid-order resumes the same order with the same key. The order is held
+    // at the self-check (nothing answers on port 80), the controller stops, the issuer is told to
+    // skip the self-check, and a new controller finishes that order: Pebble sees no new order.
+    create(
+        &cluster_issuers,
+        json!({"metadata": {"name": "acme-slow"}, "spec": {"acme": {
+            "server": pebble.directory_url(), "privateKeySecretRef": {"name": "acme-slow-account"},
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(pebble.ca_pem().as_bytes()),
+            "solvers": [{"http01": {"ingress": {"ingressClassName": "other"}}}]}}}),
+    )
+    .await;
+    wait_cluster_issuer(&cluster_issuers, "acme-slow", "True", "ACMEAccountRegistered").await;
+    create(
+        &certs,
+        json!({"metadata": {"name": "resume"}, "spec": {
+            "secretName": "resume-tls", "issuerRef": {"name": "acme-slow", "kind": "ClusterIssuer"},
+            "dnsNames": ["resume.acme.test"], "privateKey": {"algorithm": "ECDSA"}}}),
+    )
+    .await;
+    let (order_url, pending) = eventually(Duration::from_secs(30), "resume's order recorded", || async {
+        let st = certs.get("resume").await.ok()?.status?;
+        let issuing = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Issuing" && c.status == "True");
+        let url = st.order.filter(|_| issuing)?.url;
+        let pending = secrets
+            .get_opt(st.next_private_key_secret_name.as_deref()?)
+            .await
+            .ok()??;
+        Some((url, pending))
+    })
+    .await;
+    let orders = |p: &Pebble| p.log_tail(1_000_000).matches("POST /order-plz").count();
+    let orders_before = orders(&pebble);
+    assert!(orders_before >= 2, "Pebble's log counts the orders placed");
+    ctl.proc.stop(Duration::from_secs(10));
+    let mut slow = cluster_issuers.get("acme-slow").await.unwrap();
+    slow.spec.config.acme.as_mut().unwrap().skip_self_check = true;
+    slow.metadata.managed_fields = None;
+    cluster_issuers
+        .replace("acme-slow", &PostParams::default(), &slow)
+        .await
+        .unwrap();
+    let _ctl2 = start_controller(&kubeconfig, 2, pebble.http_port()).await;
+    let resumed = wait_cert(&certs, "resume", "True", "Ready").await;
+    assert_eq!(revision(&resumed), 1);
+    assert_eq!(
+        orders(&pebble),
+        orders_before,
+        "no new order after the restart (was {order_url})"
+    );
+    let s = secrets.get("resume-tls").await.unwrap();
+    let (crt, key, _) = files(dir, "resume", &s);
+    check_pair(&crt, &key, 3600);
+    let pending_key = dir.join("pending.key");
+    std::fs::write(&pending_key, data(&pending, "tls.key")).unwrap();
+    let (_, a) = openssl(&["pkey", "-in", &key, "-pubout"]);
+    let (_, b) = openssl(&["pkey", "-in", pending_key.to_str().unwrap(), "-pubout"]);
+    assert_eq!(a, b, "finalized with the key kept before the restart");
 
     // An unreachable ACME server: the Issuer says so, with a bounded message, and a Warning Event;
     // its Certificate waits and nothing is ordered.
