@@ -621,6 +621,13 @@ impl Builder {
                 Some(hosts) if !hosts.is_empty() => hosts.iter().map(|h| HostPattern::parse(h)).collect(),
                 _ => rule_hosts.iter().cloned().map(Ok).collect(),
             };
+            if hosts.is_empty() {
+                let message = format!(
+                    "tls[{ti}] skipped: it names no hosts and the Ingress's rules name none \
+                     (TLS needs a host to select the certificate by SNI)"
+                );
+                self.warn(me, WarningKind::InvalidTls, message);
+            }
             for (hi, host) in hosts.into_iter().enumerate() {
                 let host = match host {
                     Ok(h) => h,

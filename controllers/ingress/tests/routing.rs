@@ -656,6 +656,20 @@ fn tls_selection() {
         "{}",
         compiled.warnings[0].message
     );
+    assert_eq!(compiled.warnings[0].kind.reason(), "TLSConflict");
+
+    // A tls entry with no hosts on an Ingress whose rules have no host binds nothing: reported.
+    let hostless = ingress(
+        "web",
+        "hostless",
+        Some(T0),
+        json!({"tls": [{"secretName": "lost"}], "rules": [rule(None, vec![path("/", "Prefix", "any")])]}),
+    );
+    let compiled = compile(&[hostless]);
+    assert_eq!(compiled.table.hosts_with_tls(), Vec::<String>::new());
+    let kinds: Vec<WarningKind> = compiled.warnings.iter().map(|w| w.kind).collect();
+    assert_eq!(kinds, [WarningKind::InvalidTls]);
+    assert_eq!(reach(&compiled.table, "a.test", "/").as_deref(), Some("any"));
 }
 
 /// Each broken part yields one warning of the right kind; the valid parts of the same Ingress and every
