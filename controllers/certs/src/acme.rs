@@ -1181,6 +1181,12 @@ pub trait ChallengeSolver: Send + Sync {
     fn present(&self, p: &Presented) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Removes it (called for every presented challenge, on success and failure).
     fn cleanup(&self, p: &Presented) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Called when the self-check passed (or was skipped), right before the CA is asked to validate
+    /// `p` (a `Challenge`'s `processing`). Default: nothing.
+    fn validating(&self, p: &Presented) -> impl Future<Output = ()> + Send {
+        let _ = p;
+        async {}
+    }
 }
 
 /// The self-check before asking the CA to validate.
@@ -1504,6 +1510,7 @@ impl AcmeOrder {
         }
         for p in chosen {
             if p.challenge.status == "pending" {
+                solver.validating(p).await;
                 self.set_ready(&p.authz.url, &p.challenge.kind).await?;
             }
         }

@@ -1041,6 +1041,20 @@ impl ChallengeSolver for OrderSolver {
     async fn cleanup(&self, p: &Presented) -> anyhow::Result<()> {
         self.cleanup_inner(p).await
     }
+
+    async fn validating(&self, p: &Presented) {
+        let name = self.challenge_name(p);
+        let status = ChallengeStatus {
+            state: Some("pending".into()),
+            presented: true,
+            processing: true,
+            reason: Some("the self-check passed or was skipped; the CA was asked to validate".into()),
+        };
+        // Status only: the order goes on whether or not this write lands.
+        if let Err(e) = self.set_status(&name, status).await {
+            tracing::debug!(challenge = %name, error = %format!("{e:#}"), "Challenge status (processing)");
+        }
+    }
 }
 
 /// Removes every Challenge (and, through ownership, what was made for it) of `certificate` left behind

@@ -216,7 +216,17 @@ async fn solvers_make_and_remove_their_objects() {
     assert_eq!(ch.spec.ingress_class_name.as_deref(), Some("nginx-box"));
     let st = ch.status.clone().expect("status");
     assert!(st.presented, "{st:?}");
+    assert!(!st.processing, "{st:?}");
     assert_eq!(st.state.as_deref(), Some("pending"));
+    // acme::AcmeOrder::drive calls validating() before asking the CA to validate.
+    s.validating(&p).await;
+    let st = ch_api
+        .get(&ch.name_any())
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert!(st.presented && st.processing, "{st:?}");
     let ings = ing_api.list(&ListParams::default()).await.expect("list").items;
     assert_eq!(ings.len(), 1);
     let ing = &ings[0];
