@@ -795,6 +795,30 @@ mod tests {
     }
 
     #[test]
+    fn parts_parse() {
+        let p = Parts::parse("rss").expect("rss");
+        assert_eq!(
+            (p.throughput, p.change, p.sync, p.rss, p.controller()),
+            (false, false, false, true, true)
+        );
+        let p = Parts::parse("throughput").expect("throughput");
+        assert!(p.throughput && !p.controller());
+        assert_eq!(Parts::parse("all").expect("all"), Parts::ALL);
+        assert_eq!(
+            Parts::parse("sync, change").expect("two"),
+            Parts {
+                throughput: false,
+                change: true,
+                sync: true,
+                rss: false,
+            }
+        );
+        let e = Parts::parse("rss,memory").expect_err("unknown part");
+        assert!(e.to_string().contains("\"memory\""), "{e}");
+        assert!(Parts::parse("").is_err());
+    }
+
+    #[test]
     fn base64_pads() {
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
