@@ -484,7 +484,13 @@ fn controller_flags(cluster_ns: &str, http01: Option<u16>) -> Vec<String> {
         "--backoff-max=10s".into(),
     ];
     if let Some(port) = http01 {
+        // Pebble's VA connects to 127.0.0.1:<port> for every name: the listener is there, and the
+        // self-check (kept on, the default) asks it there instead of resolving the name.
         v.push(format!("--http01-listen=127.0.0.1:{port}"));
+        v.push(format!("--self-check-http-address=127.0.0.1:{port}"));
+        // The temporary Ingress's Endpoints (never dialled: the box has no ingress controller and
+        // the API server refuses loopback endpoints) point at a documentation address.
+        v.push("--pod-ip=192.0.2.10".into());
     }
     v
 }
