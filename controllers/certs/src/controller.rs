@@ -94,6 +94,24 @@ pub struct ControllerArgs {
     /// Time allowed for one request to an ACME server.
     #[arg(long, env = "FERRITE_CERTS_ACME_REQUEST_TIMEOUT", default_value = "30s", value_parser = ferrite_kit::cli::parse_duration)]
     pub acme_request_timeout: Duration,
+    /// How long the self-check of a presented challenge keeps trying before the order fails.
+    #[arg(long, env = "FERRITE_CERTS_SELF_CHECK_TIMEOUT", default_value = "60s", value_parser = ferrite_kit::cli::parse_duration)]
+    pub self_check_timeout: Duration,
+    /// HTTP-01 self-check: connect to this address instead of resolving the name (the Host header
+    /// is still the name), e.g. the ingress controller's Service when cluster DNS does not resolve
+    /// the public name from inside.
+    #[arg(long, env = "FERRITE_CERTS_SELF_CHECK_HTTP_ADDRESS")]
+    pub self_check_http_address: Option<std::net::SocketAddr>,
+    /// HTTP-01 self-check port when resolving the name.
+    #[arg(long, env = "FERRITE_CERTS_SELF_CHECK_HTTP_PORT", default_value_t = 80)]
+    pub self_check_http_port: u16,
+    /// DNS-01 self-check: ask these servers for the TXT record (`ip:port`, comma separated). Empty:
+    /// no DNS self-check.
+    #[arg(long, env = "FERRITE_CERTS_SELF_CHECK_NAMESERVERS", value_delimiter = ',')]
+    pub self_check_nameservers: Vec<std::net::SocketAddr>,
+    /// Longest wait for an order to become ready after its challenges, and for its certificate.
+    #[arg(long, env = "FERRITE_CERTS_ACME_POLL_TIMEOUT", default_value = "120s", value_parser = ferrite_kit::cli::parse_duration)]
+    pub acme_poll_timeout: Duration,
 }
 
 impl ControllerArgs {
@@ -1145,6 +1163,10 @@ async fn up_to_date(
     };
     let leaf = secret.leaf();
     let renewal_at = d.renewal.renewal_time(leaf.not_before, leaf.not_after);
+    if let Some(pending) = run.old.next_private_key_secret_name.as_deref() {
+        // An issuance abandoned because the Secret became current again: its key is not needed.
+        delete_pending_key(run.ctx, &run.ns, pending).await;
+    }
     run.set(
         cond::READY,
         Status::True,
@@ -1202,7 +1224,13 @@ async fn issue(
     };
     let started = Instant::now();
     let signed = if issuer.config.which() == Ok("acme") {
-        acme_sign(&mut run, d, issuer, key, &reason).await
+        let replaces = match observed.parsed.as_ref() {
+            // ARI (RFC 9773): the new order names the certificate it replaces (dropped by acme.rs
+            // when the CA has no renewalInfo).
+            Some(Ok(tls)) => acme::certificate_id(&tls.leaf().der).ok(),
+            _ => None,
+        };
+        acme_sign(&mut run, d, issuer, key, &reason, replaces).await
     } else {
         sign(ctx, d, issuer, key, run.now).await
     };
@@ -1240,17 +1268,7 @@ async fn issue(
     .await?;
     if let Some(pending) = run.status.next_private_key_secret_name.clone() {
         // The pending key is in the certificate's Secret now.
-        match ctx
-            .leadership
-            .bounded(async { Ok(api.delete(&pending, &Default::default()).await?) })
-            .await
-        {
-            Ok(_) => {}
-            Err(ferrite_kit::Error::Kube(e)) if ferrite_kit::error::is_not_found(&e) => {}
-            Err(e) => {
-                tracing::warn!(secret = %pending, error = %e, "could not delete the pending private key Secret")
-            }
-        }
+        delete_pending_key(ctx, &run.ns, &pending).await;
     }
     let took = started.elapsed();
     ctx.metrics
@@ -1463,6 +1481,8 @@ pub struct OrderJob<'a> {
     pub issuer_namespace: &'a str,
     /// The CSR to finalize with (DER).
     pub csr_der: &'a [u8],
+    /// Self-check and polling bounds (the controller's flags, `skipSelfCheck` applied).
+    pub options: acme::DriveOptions,
 }
 
 /// Solves the challenges of an ACME order: present, self-check, validate, clean up, finalize
@@ -1490,14 +1510,7 @@ impl OrderDriver for crate::solvers::Solvers {
                     identifier: job.certificate.name_any(),
                     message: bounded(&format!("{e:#}")),
                 })?;
-            let opts = acme::DriveOptions {
-                self_check: acme::SelfCheck {
-                    enabled: !job.acme.skip_self_check,
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            job.order.drive(&solver, job.csr_der, &opts).await
+            job.order.drive(&solver, job.csr_der, &job.options).await
         })
     }
 }
@@ -1537,6 +1550,22 @@ fn pending_key_name(cert: &str) -> String {
     base
 }
 
+/// Deletes a pending private key Secret (best effort: a leftover is deleted next time).
+async fn delete_pending_key(ctx: &Context, ns: &str, name: &str) {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    match ctx
+        .leadership
+        .bounded(async { Ok(api.delete(name, &Default::default()).await?) })
+        .await
+    {
+        Ok(_) => {}
+        Err(ferrite_kit::Error::Kube(e)) if ferrite_kit::error::is_not_found(&e) => {}
+        Err(e) => {
+            tracing::warn!(secret = %name, error = %e, "could not delete the pending private key Secret")
+        }
+    }
+}
+
 /// The key of the issuance in progress: kept in a managed Secret (named in the status) so a
 /// restarted controller finalizes the same order with the same key.
 async fn pending_key(run: &mut CertRun<'_>, d: &Desired) -> Result<PrivateKey, IssueError> {
@@ -1547,8 +1576,14 @@ async fn pending_key(run: &mut CertRun<'_>, d: &Desired) -> Result<PrivateKey, I
         .clone()
         .unwrap_or_else(|| pending_key_name(&run.name));
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &run.ns);
-    if let Some(s) = api.get_opt(&name).await?
-        && is_managed(&s)
+    let existing = api.get_opt(&name).await?;
+    if existing.as_ref().is_some_and(|s| !is_managed(s)) {
+        return Err(IssueError::Issuer(format!(
+            "Secret {}/{name} (for the pending private key) exists and was not written by ferrite-certs; delete or rename it",
+            run.ns
+        )));
+    }
+    if let Some(s) = existing
         && let Some(k) = secret_bytes(&s, secret_keys::TLS_KEY).and_then(|k| PrivateKey::from_pem(k).ok())
         && k.matches_spec(&d.key)
     {
@@ -1587,6 +1622,7 @@ async fn acme_sign(
     issuer: &ResolvedIssuer,
     reuse: Option<PrivateKey>,
     reason: &IssuanceReason,
+    replaces: Option<String>,
 ) -> Result<(SignedCertificate, PrivateKey), IssueError> {
     let ctx = run.ctx;
     let Some(solver) = ctx.solver.clone() else {
@@ -1638,7 +1674,7 @@ async fn acme_sign(
                     dns_names: d.names.dns_names.clone(),
                     ip_addresses: d.names.ip_addresses.clone(),
                     profile: acme.profile.clone(),
-                    replaces: None,
+                    replaces,
                 })
                 .await?
         }
@@ -1676,6 +1712,18 @@ async fn acme_sign(
         acme,
         issuer_namespace: &issuer.namespace,
         csr_der: &csr,
+        options: acme::DriveOptions {
+            self_check: acme::SelfCheck {
+                enabled: !acme.skip_self_check,
+                timeout: ctx.args.self_check_timeout,
+                http_port: ctx.args.self_check_http_port,
+                http_address: ctx.args.self_check_http_address,
+                nameservers: ctx.args.self_check_nameservers.clone(),
+                ..Default::default()
+            },
+            poll_timeout: ctx.args.acme_poll_timeout,
+            ..Default::default()
+        },
     };
     let chain = match solver.drive(job).await {
         Ok(c) => c,
