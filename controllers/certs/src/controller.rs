@@ -2030,6 +2030,49 @@ mod tests {
     }
 
     #[test]
+    fn an_order_is_resumed_only_for_the_same_request() {
+        let d = |v: serde_json::Value| {
+            let mut base = json!({"secretName": "s", "issuerRef": {"name": "i"}});
+            for (k, val) in v.as_object().expect("object") {
+                base[k] = val.clone();
+            }
+            desired(&spec(base)).expect("valid")
+        };
+        let issuer = ResolvedIssuer {
+            kind: IssuerKind::ClusterIssuer,
+            name: "le".into(),
+            namespace: "ferrite-system".into(),
+            config: IssuerConfig::default(),
+        };
+        let server = "https://acme.test/dir";
+        let a = order_hash(&d(json!({"dnsNames": ["a.test", "B.test"]})), &issuer, server);
+        // Same names in another order and case, another key encoding or duration: same order.
+        for same in [
+            json!({"dnsNames": ["b.test", "a.test"]}),
+            json!({"dnsNames": ["a.test", "b.test"], "privateKey": {"encoding": "PKCS8"}}),
+            json!({"dnsNames": ["a.test", "b.test"], "duration": "48h"}),
+        ] {
+            assert_eq!(order_hash(&d(same.clone()), &issuer, server), a, "{same}");
+        }
+        // Another name, key type, server or issuer: a new order.
+        for other in [
+            json!({"dnsNames": ["a.test"]}),
+            json!({"dnsNames": ["a.test", "b.test"], "privateKey": {"algorithm": "ECDSA"}}),
+            json!({"dnsNames": ["a.test", "b.test"], "ipAddresses": ["192.0.2.1"]}),
+        ] {
+            assert_ne!(order_hash(&d(other.clone()), &issuer, server), a, "{other}");
+        }
+        let same = d(json!({"dnsNames": ["a.test", "b.test"]}));
+        assert_ne!(order_hash(&same, &issuer, "https://other.test/dir"), a);
+        let mut other_issuer = issuer.clone();
+        other_issuer.name = "zerossl".into();
+        assert_ne!(order_hash(&same, &other_issuer, server), a);
+
+        assert_eq!(pending_key_name("web"), "web-next-key");
+        assert_eq!(pending_key_name(&"x".repeat(253)).len(), 253);
+    }
+
+    #[test]
     fn label_values() {
         assert!(label_value_ok("web-tls"));
         assert!(!label_value_ok(&"a".repeat(64)));
