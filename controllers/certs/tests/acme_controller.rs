@@ -474,6 +474,40 @@ async fn acme_issuance_end_to_end() {
     let (_, b) = openssl(&["pkey", "-in", pending_key.to_str().unwrap(), "-pubout"]);
     assert_eq!(a, b, "finalized with the key kept before the restart");
 
+    // A failing issuance (no solver for the name): failedIssuanceAttempts counts up with the
+    // backoff (2s, 4s here), Issuing=False Failed, a Warning Event, no Secret.
+    create(
+        &cluster_issuers,
+        json!({"metadata": {"name": "acme-nosolver"}, "spec": {"acme": {
+            "server": pebble.directory_url(), "privateKeySecretRef": {"name": "acme-nosolver-account"},
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(pebble.ca_pem().as_bytes()),
+            "skipSelfCheck": true,
+            "solvers": [{"selector": {"dnsZones": ["elsewhere.test"]}, "http01": {"ingress": {}}}]}}}),
+    )
+    .await;
+    wait_cluster_issuer(&cluster_issuers, "acme-nosolver", "True", "ACMEAccountRegistered").await;
+    create(
+        &certs,
+        json!({"metadata": {"name": "unsolvable"}, "spec": {
+            "secretName": "unsolvable-tls", "issuerRef": {"name": "acme-nosolver", "kind": "ClusterIssuer"},
+            "dnsNames": ["unsolvable.acme.test"]}}),
+    )
+    .await;
+    let failing = eventually(Duration::from_secs(30), "two failed attempts", || async {
+        let c = certs.get("unsolvable").await.ok()?;
+        (c.status.as_ref()?.failed_issuance_attempts? >= 2).then_some(c)
+    })
+    .await;
+    let st = failing.status.clone().unwrap();
+    let (status, reason, msg) = cert_condition(&failing, "Issuing").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Failed"), "{msg}");
+    assert!(msg.contains("SolverFailed"), "{msg}");
+    let (last, next) = (st.last_failure_time.unwrap().0, st.next_attempt_time.unwrap().0);
+    assert!(next > last, "nextAttemptTime after lastFailureTime");
+    assert_eq!(cert_condition(&failing, "Ready").unwrap().1, "DoesNotExist");
+    wait_event(kb, &ns, "unsolvable", "Failed").await;
+    assert!(secrets.get_opt("unsolvable-tls").await.unwrap().is_none());
+
     // An unreachable ACME server: the Issuer says so, with a bounded message, and a Warning Event;
     // its Certificate waits and nothing is ordered.
     create(
