@@ -446,6 +446,19 @@ pub struct Context {
     accounts: Mutex<HashMap<String, (String, AcmeAccount)>>,
     /// Solves the challenges of ACME orders; `None`: ACME Certificates are not ordered.
     solver: Option<Arc<dyn OrderDriver>>,
+    /// ARI answers per Certificate.
+    ari: Mutex<HashMap<CertKey, AriEntry>>,
+}
+
+/// The CA's last ARI answer for one Certificate's current certificate.
+#[derive(Debug, Clone)]
+struct AriEntry {
+    /// The ARI id of the certificate asked about.
+    id: String,
+    /// The suggested renewal time, if any.
+    at: Option<Timestamp>,
+    /// When to ask again.
+    next_fetch: Timestamp,
 }
 
 impl std::fmt::Debug for Context {
@@ -901,6 +914,8 @@ struct Observed {
     key: Option<PrivateKey>,
     exists: bool,
     managed: bool,
+    /// The CA's suggested renewal time (ACME ARI), when it gave one.
+    suggested: Option<Timestamp>,
 }
 
 fn observe_secret(s: Option<&Secret>) -> Observed {
@@ -912,6 +927,7 @@ fn observe_secret(s: Option<&Secret>) -> Observed {
             key: None,
             exists: false,
             managed: false,
+            suggested: None,
         };
     };
     let crt = secret_bytes(s, secret_keys::TLS_CRT);
@@ -932,6 +948,7 @@ fn observe_secret(s: Option<&Secret>) -> Observed {
         key: key.and_then(|k| PrivateKey::from_pem(k).ok()),
         exists: true,
         managed: is_managed(s),
+        suggested: None,
     }
 }
 
@@ -951,7 +968,7 @@ fn decide(
         secret_issuer: o.issuer.as_ref(),
         key_spec: &d.key,
         renewal: &d.renewal,
-        suggested_renewal: None,
+        suggested_renewal: o.suggested,
         manually_triggered: false,
         now,
     })
@@ -1111,7 +1128,8 @@ async fn reconcile_certificate(cert: Arc<Certificate>, ctx: Arc<Context>) -> Res
     };
     let secret_ref = ObjectRef::new(&cert.spec.secret_name).within(&ns);
     let cached = ctx.secrets.get(&secret_ref);
-    let observed = observe_secret(cached.as_deref());
+    let mut observed = observe_secret(cached.as_deref());
+    observed.suggested = ari_suggestion(&ctx, &issuer, &observed, &ns, &name).await;
     let want_issuer = renewal::IssuerRef {
         name: issuer.name.clone(),
         kind: issuer.kind.as_str().to_string(),
@@ -1132,7 +1150,8 @@ async fn reconcile_certificate(cert: Arc<Certificate>, ctx: Arc<Context>) -> Res
                 return Ok(Action::requeue(CONFLICT_RETRY));
             }
             let run = CertRun::new(&ctx, &live_cert);
-            let observed = observe_secret(live.as_ref());
+            let mut observed = observe_secret(live.as_ref());
+            observed.suggested = ari_suggestion(&ctx, &issuer, &observed, &ns, &name).await;
             if observed.exists && !observed.managed {
                 let msg = format!(
                     "Secret {ns}/{} exists and was not written by ferrite-certs; delete it, or label it {MANAGED_LABEL}=true to let ferrite-certs take it over",
@@ -1150,6 +1169,64 @@ async fn reconcile_certificate(cert: Arc<Certificate>, ctx: Arc<Context>) -> Res
     }
 }
 
+/// The renewal time the CA suggests for the Secret's certificate (ACME Renewal Information, RFC
+/// 9773): the middle of its window, asked again after the Retry-After the CA gave (at least 1 min,
+/// at most 1 day). `None` for other issuers, CAs without `renewalInfo`, or when the account is not
+/// loaded yet (the issuer's reconcile loads it).
+async fn ari_suggestion(
+    ctx: &Context,
+    issuer: &ResolvedIssuer,
+    observed: &Observed,
+    ns: &str,
+    name: &str,
+) -> Option<Timestamp> {
+    if issuer.issuer_type() != "acme" {
+        return None;
+    }
+    let Some(Ok(tls)) = observed.parsed.as_ref() else {
+        return None;
+    };
+    let key = issuer_key(issuer.kind, &issuer.namespace, &issuer.name);
+    let account = ctx
+        .accounts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .map(|(_, a)| a.clone())?;
+    if !account.supports_ari() {
+        return None;
+    }
+    let id = acme::certificate_id(&tls.leaf().der).ok()?;
+    let now = Timestamp::now();
+    let cache_key = (ns.to_string(), name.to_string());
+    if let Some(entry) = ctx.ari.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key)
+        && entry.id == id
+        && now < entry.next_fetch
+    {
+        return entry.at;
+    }
+    let (at, wait) = match account.renewal_info(&id).await {
+        Ok(Some(w)) => {
+            let half = w.end.duration_since(w.start) / 2;
+            (w.start.checked_add(half).ok(), w.retry_after)
+        }
+        Ok(None) => (None, Duration::from_secs(86_400)),
+        Err(e) => {
+            tracing::debug!(certificate = %format!("{ns}/{name}"), error = %e.message(), "ARI renewalInfo");
+            (None, Duration::from_secs(300))
+        }
+    };
+    let wait = wait.clamp(Duration::from_secs(60), Duration::from_secs(86_400));
+    let next_fetch = now
+        .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or(jiff::SignedDuration::ZERO))
+        .unwrap_or(now);
+    ctx.ari
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(cache_key, AriEntry { id, at, next_fetch });
+    at
+}
+
 /// The Secret holds a current certificate: Ready, times, requeue at the renewal time.
 async fn up_to_date(
     mut run: CertRun<'_>,
@@ -1162,7 +1239,10 @@ async fn up_to_date(
         return Ok(Action::requeue(WAIT_RECHECK));
     };
     let leaf = secret.leaf();
-    let renewal_at = d.renewal.renewal_time(leaf.not_before, leaf.not_after);
+    let mut renewal_at = d.renewal.renewal_time(leaf.not_before, leaf.not_after);
+    if let Some(suggested) = observed.suggested {
+        renewal_at = renewal_at.min(suggested);
+    }
     if let Some(pending) = run.old.next_private_key_secret_name.as_deref() {
         // An issuance abandoned because the Secret became current again: its key is not needed.
         delete_pending_key(run.ctx, &run.ns, pending).await;
@@ -1869,6 +1949,7 @@ pub async fn run_with(
         secrets: secrets.store(),
         accounts: Mutex::default(),
         solver,
+        ari: Mutex::default(),
     });
 
     // Deleted Certificates: their metric series go.
