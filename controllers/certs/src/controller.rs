@@ -1952,14 +1952,16 @@ pub async fn run_with(
         ari: Mutex::default(),
     });
 
-    // Deleted Certificates: their metric series go.
+    // Deleted Certificates: their metric series and ARI answers go.
     {
         let mut sub = certs.subscribe();
-        let metrics = metrics.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             while let Some(change) = sub.next_change().await {
                 if let Change::Deleted(c) = change {
-                    metrics.forget(&c.namespace().unwrap_or_default(), &c.name_any());
+                    let key = (c.namespace().unwrap_or_default(), c.name_any());
+                    ctx.metrics.forget(&key.0, &key.1);
+                    ctx.ari.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
                 }
             }
         });
