@@ -403,11 +403,24 @@ pub fn desired(spec: &ferrite_api::certs::CertificateSpec) -> Result<Desired, St
         None | Some(R::Always) => renewal::RotationPolicy::Always,
         Some(R::Never) => renewal::RotationPolicy::Never,
     };
+    let subject = spec
+        .subject
+        .as_ref()
+        .map(|sub| pki::SubjectFields {
+            organizations: sub.organizations.clone(),
+            organizational_units: sub.organizational_units.clone(),
+            countries: sub.countries.clone(),
+            localities: sub.localities.clone(),
+            provinces: sub.provinces.clone(),
+        })
+        .unwrap_or_default();
+    subject.validate().map_err(|e| e.to_string())?;
     Ok(Desired {
         names: Names {
             dns_names,
             ip_addresses: ips,
             common_name,
+            subject,
         },
         renewal,
         key,
@@ -422,6 +435,7 @@ fn is_spec_error(e: &PkiError) -> bool {
         PkiError::NoNames
             | PkiError::InvalidDnsName { .. }
             | PkiError::InvalidCommonName { .. }
+            | PkiError::InvalidSubject { .. }
             | PkiError::InvalidKeySize { .. }
             | PkiError::InvalidDuration { .. }
     )

@@ -90,6 +90,8 @@ pub enum PkiError {
     },
     #[error("{what}: the private key does not match the certificate's public key")]
     KeyMismatch { what: String },
+    #[error("spec.subject.{field}: {detail}")]
+    InvalidSubject { field: String, detail: String },
     #[error("the CA certificate {subject:?} is not a CA (basicConstraints CA:TRUE is missing)")]
     NotACa { subject: String },
     #[error("the CA certificate {subject:?} has a keyUsage without keyCertSign")]
@@ -136,6 +138,7 @@ impl PkiError {
             PkiError::NoNames => "NoNames",
             PkiError::InvalidDnsName { .. } => "InvalidDNSName",
             PkiError::InvalidCommonName { .. } => "InvalidCommonName",
+            PkiError::InvalidSubject { .. } => "InvalidSubject",
             PkiError::InvalidDuration { .. } => "InvalidDuration",
             PkiError::Generate { .. } => "KeyGenerationFailed",
             PkiError::Sign { .. } => "SigningFailed",
@@ -554,6 +557,72 @@ pub struct Names {
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
     pub common_name: Option<String>,
+    /// Subject attributes besides the common name (`spec.subject`).
+    pub subject: SubjectFields,
+}
+
+/// Subject attributes besides the common name (`spec.subject`). rcgen writes one value per attribute
+/// type, so each list holds at most one value ([`SubjectFields::validate`]); cert-manager's lists of
+/// several organizations are refused with a message rather than cut short.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubjectFields {
+    /// O.
+    pub organizations: Vec<String>,
+    /// OU.
+    pub organizational_units: Vec<String>,
+    /// C.
+    pub countries: Vec<String>,
+    /// L.
+    pub localities: Vec<String>,
+    /// ST.
+    pub provinces: Vec<String>,
+}
+
+impl SubjectFields {
+    /// The fields as (spec field name, DN attribute type, values).
+    fn entries(&self) -> [(&'static str, DnType, &[String]); 5] {
+        [
+            ("organizations", DnType::OrganizationName, &self.organizations),
+            (
+                "organizationalUnits",
+                DnType::OrganizationalUnitName,
+                &self.organizational_units,
+            ),
+            ("countries", DnType::CountryName, &self.countries),
+            ("localities", DnType::LocalityName, &self.localities),
+            ("provinces", DnType::StateOrProvinceName, &self.provinces),
+        ]
+    }
+
+    /// At most one non-empty value of at most 64 characters per attribute; countries are two letters.
+    pub fn validate(&self) -> Result<(), PkiError> {
+        for (field, _, values) in self.entries() {
+            let bad = |detail: String| PkiError::InvalidSubject {
+                field: field.to_string(),
+                detail,
+            };
+            if values.len() > 1 {
+                return Err(bad(format!(
+                    "{} values given; one value per attribute is supported",
+                    values.len()
+                )));
+            }
+            for v in values {
+                if v.trim().is_empty() || v.chars().count() > 64 {
+                    return Err(bad(format!("{v:?} must be 1 to 64 characters")));
+                }
+                if field == "countries" && !(v.len() == 2 && v.bytes().all(|b| b.is_ascii_alphabetic())) {
+                    return Err(bad(format!("{v:?} is not a two-letter ISO 3166 country code")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether no attribute is set.
+    pub fn is_empty(&self) -> bool {
+        self.entries().iter().all(|(_, _, v)| v.is_empty())
+    }
 }
 
 impl Names {
@@ -578,6 +647,12 @@ impl Names {
                 });
             }
             dn.push(DnType::CommonName, cn);
+        }
+        self.subject.validate()?;
+        for (_, ty, values) in self.subject.entries() {
+            if let Some(v) = values.first() {
+                dn.push(ty, v.as_str());
+            }
         }
         params.distinguished_name = dn;
         params.subject_alt_names.clear();
@@ -863,6 +938,8 @@ pub struct CertInfo {
     pub serial_bytes: Vec<u8>,
     /// RFC 4514-style subject and issuer DNs.
     pub subject: String,
+    /// The subject's O, OU, C, L and ST attributes.
+    pub subject_fields: SubjectFields,
     pub issuer: String,
     pub is_ca: bool,
     /// No keyUsage extension, or one with keyCertSign.
@@ -966,6 +1043,17 @@ pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertInfo, PkiErro
         ),
         None => None,
     };
+    let attrs = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        it.filter_map(|a| a.as_str().ok().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let subject_fields = SubjectFields {
+        organizations: attrs(&mut cert.subject().iter_organization()),
+        organizational_units: attrs(&mut cert.subject().iter_organizational_unit()),
+        countries: attrs(&mut cert.subject().iter_country()),
+        localities: attrs(&mut cert.subject().iter_locality()),
+        provinces: attrs(&mut cert.subject().iter_state_or_province()),
+    };
     let serial_bytes = cert.raw_serial().to_vec();
     let serial = {
         let trimmed: Vec<u8> = serial_bytes.iter().copied().skip_while(|b| *b == 0).collect();
@@ -985,6 +1073,7 @@ pub fn parse_certificate_der(der: &[u8], what: &str) -> Result<CertInfo, PkiErro
         serial,
         serial_bytes,
         subject: cert.subject().to_string(),
+        subject_fields,
         issuer: cert.issuer().to_string(),
         is_ca: cert.is_ca(),
         can_sign_certificates,
@@ -1078,6 +1167,7 @@ mod tests {
             dns_names: dns.iter().map(|s| s.to_string()).collect(),
             ip_addresses: ips.to_vec(),
             common_name: cn.map(String::from),
+            subject: SubjectFields::default(),
         }
     }
 
@@ -1107,6 +1197,68 @@ mod tests {
         let cert = self_signed(&key, &ca_spec("Ferrite Test Root", 3650), now()).unwrap();
         let key_pem = key.to_pem(key_spec.encoding).unwrap();
         (cert, key_pem)
+    }
+
+    #[test]
+    fn subject_fields_are_written_read_back_and_bounded() {
+        let key = ec_key();
+        let mut spec = leaf_spec(&["subject.example.com"]);
+        spec.names.subject = SubjectFields {
+            organizations: vec!["Example Org".into()],
+            organizational_units: vec!["Platform".into()],
+            countries: vec!["DE".into()],
+            localities: vec!["Berlin".into()],
+            provinces: vec!["Berlin".into()],
+        };
+        let cert = self_signed(&key, &spec, Timestamp::now()).expect("self-signed with a subject");
+        assert_eq!(cert.info.subject_fields, spec.names.subject);
+        assert!(
+            cert.info.subject.contains("O=Example Org"),
+            "{}",
+            cert.info.subject
+        );
+        let csr = csr_der(&key, &spec.names).expect("CSR with a subject");
+        assert!(!csr.is_empty());
+
+        for (subject, field) in [
+            (
+                SubjectFields {
+                    organizations: vec!["A".into(), "B".into()],
+                    ..Default::default()
+                },
+                "organizations",
+            ),
+            (
+                SubjectFields {
+                    countries: vec!["Germany".into()],
+                    ..Default::default()
+                },
+                "countries",
+            ),
+            (
+                SubjectFields {
+                    localities: vec![" ".into()],
+                    ..Default::default()
+                },
+                "localities",
+            ),
+            (
+                SubjectFields {
+                    provinces: vec!["x".repeat(65)],
+                    ..Default::default()
+                },
+                "provinces",
+            ),
+        ] {
+            let mut bad = leaf_spec(&["subject.example.com"]);
+            bad.names.subject = subject;
+            let err = self_signed(&key, &bad, Timestamp::now()).expect_err("refused");
+            assert_eq!(err.reason(), "InvalidSubject");
+            assert!(
+                err.to_string().starts_with(&format!("spec.subject.{field}: ")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -618,6 +618,12 @@ fn names_differ(desired: &Names, cert: &CertInfo) -> Option<String> {
             cert.common_name.as_deref().unwrap_or("")
         ));
     }
+    if desired.subject != cert.subject_fields {
+        return Some(format!(
+            "subject: {:?} is now {:?}",
+            cert.subject_fields, desired.subject
+        ));
+    }
     None
 }
 
@@ -1097,6 +1103,7 @@ mod tests {
             dns_names: vec!["a.example.com".into(), "b.example.com".into()],
             ip_addresses: vec!["192.0.2.1".parse().unwrap()],
             common_name: Some("a.example.com".into()),
+            subject: Default::default(),
         }
     }
 
