@@ -11,8 +11,9 @@
 //! Pebble runs in strict mode with `PEBBLE_VA_NOSLEEP=1`, `PEBBLE_AUTHZREUSE=0` and its default 5%
 //! nonce rejection (a client must retry `badNonce`). Every name resolves (through challtestsrv) to
 //! 127.0.0.1 and has no AAAA, so Pebble's VA validates HTTP-01 at `127.0.0.1:<http_port>`, which
-//! the test serves. Both processes run under [`Supervised`] and are stopped on [`Pebble::stop`],
-//! on Drop, or when the test process exits.
+//! the test serves. With `PebbleOptions::dns_server` Pebble resolves through that server instead (a
+//! test `named`, ferrite-dns), for DNS-01 against the real thing. Both processes run under
+//! [`Supervised`] and are stopped on [`Pebble::stop`], on Drop, or when the test process exits.
 
 use crate::process::{Supervised, remove_after_exit, tail};
 use anyhow::{Context, Result, bail};
@@ -38,6 +39,10 @@ pub struct PebbleOptions {
     pub eab: Option<(String, String)>,
     /// `PEBBLE_WFE_NONCEREJECT`; None keeps Pebble's default (5%).
     pub nonce_reject_percent: Option<u8>,
+    /// The DNS server Pebble resolves with (`-dnsserver`), e.g. a test `named` or ferrite-dns's
+    /// embedded server for DNS-01; None: challtestsrv (every name 127.0.0.1, TXT from `set_txt`).
+    /// challtestsrv runs either way.
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// A running Pebble and pebble-challtestsrv.
@@ -49,6 +54,7 @@ pub struct Pebble {
     management: SocketAddr,
     challtest_management: SocketAddr,
     dns: SocketAddr,
+    resolver: SocketAddr,
     http_port: u16,
     tls_port: u16,
     ca_pem: String,
@@ -265,7 +271,7 @@ impl Pebble {
                 "-config".into(),
                 config_path.display().to_string(),
                 "-dnsserver".into(),
-                dns.to_string(),
+                opts.dns_server.unwrap_or(dns).to_string(),
                 "-strict".into(),
             ],
             &env,
@@ -280,6 +286,7 @@ impl Pebble {
             management,
             challtest_management,
             dns,
+            resolver: opts.dns_server.unwrap_or(dns),
             http_port,
             tls_port,
             ca_pem,
@@ -359,9 +366,16 @@ impl Pebble {
         self.tls_port
     }
 
-    /// challtestsrv's DNS server (UDP and TCP), which Pebble resolves names with.
+    /// challtestsrv's DNS server (UDP and TCP), which Pebble resolves names with unless
+    /// [`PebbleOptions::dns_server`] names another.
     pub fn dns_addr(&self) -> SocketAddr {
         self.dns
+    }
+
+    /// The DNS server Pebble resolves names with (`-dnsserver`): [`PebbleOptions::dns_server`] or
+    /// challtestsrv's.
+    pub fn resolver(&self) -> SocketAddr {
+        self.resolver
     }
 
     /// The EAB key id and HMAC key (base64url) this Pebble requires, if any.
