@@ -468,6 +468,88 @@ pub async fn start_dns(kb: &KubeBox) -> Result<(Supervised, SocketAddr)> {
     Ok((p, listen))
 }
 
+/// Starts `ferrite-certs controller` on the host as the chart's ServiceAccount `ferrite-certs`, its
+/// HTTP-01 listener on 127.0.0.1. Returns the process and its admin address.
+pub async fn start_certs(kb: &KubeBox) -> Result<(Supervised, SocketAddr)> {
+    let bin = sibling_binary("ferrite-certs")?;
+    let kubeconfig = kb
+        .service_account_kubeconfig("ferrite-system", "ferrite-certs")
+        .await
+        .context("minting ferrite-certs's ServiceAccount kubeconfig")?;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let http01: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut p = Supervised::spawn(
+        "ferrite-certs controller",
+        &bin,
+        &[
+            "controller".into(),
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--admin-addr={admin}"),
+            format!("--http01-listen={http01}"),
+            "--lease-name=ferrite-certs-controller".into(),
+            "--lease-namespace=ferrite-system".into(),
+            "--cluster-resource-namespace=ferrite-system".into(),
+        ],
+        &[("FERRITE_LOG_LEVEL", "info")],
+        &kb.dir.join("ferrite-certs-controller.log"),
+    )?;
+    wait_ready(&mut p, admin).await?;
+    Ok((p, admin))
+}
+
+/// A private CA the way docs/certs.md bootstraps one (a selfSigned ClusterIssuer, an `isCA` Certificate
+/// in ferrite-system, a `ca` ClusterIssuer on its Secret) and a Certificate `secret` for `hostname` in
+/// the demo namespace, issued by that CA.
+pub async fn create_certs_objects(kb: &KubeBox, hostname: &str, secret: &str) -> Result<()> {
+    let client = kb.client().await;
+    let api = |kind: &str, plural: &str, ns: Option<&str>| {
+        let gvk = GroupVersionKind::gvk("certs.ferrite.dev", "v1alpha1", kind);
+        let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+        match ns {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar),
+            None => Api::<DynamicObject>::all_with(client.clone(), &ar),
+        }
+    };
+    let objects = [
+        (
+            api("ClusterIssuer", "clusterissuers", None),
+            json!({"apiVersion": "certs.ferrite.dev/v1alpha1", "kind": "ClusterIssuer",
+                   "metadata": {"name": "demo-selfsigned"}, "spec": {"selfSigned": {}}}),
+        ),
+        (
+            api("Certificate", "certificates", Some("ferrite-system")),
+            json!({"apiVersion": "certs.ferrite.dev/v1alpha1", "kind": "Certificate",
+                   "metadata": {"name": "demo-ca", "namespace": "ferrite-system"},
+                   "spec": {"isCA": true, "commonName": "Ferrite demo CA", "secretName": "demo-ca",
+                            "duration": "87600h", "privateKey": {"algorithm": "ECDSA", "size": 256},
+                            "issuerRef": {"name": "demo-selfsigned", "kind": "ClusterIssuer"}}}),
+        ),
+        (
+            api("ClusterIssuer", "clusterissuers", None),
+            json!({"apiVersion": "certs.ferrite.dev/v1alpha1", "kind": "ClusterIssuer",
+                   "metadata": {"name": "demo-ca"}, "spec": {"ca": {"secretName": "demo-ca"}}}),
+        ),
+        (
+            api("Certificate", "certificates", Some(DEMO_NAMESPACE)),
+            json!({"apiVersion": "certs.ferrite.dev/v1alpha1", "kind": "Certificate",
+                   "metadata": {"name": secret, "namespace": DEMO_NAMESPACE},
+                   "spec": {"secretName": secret, "dnsNames": [hostname],
+                            "privateKey": {"algorithm": "ECDSA"},
+                            "issuerRef": {"name": "demo-ca", "kind": "ClusterIssuer"}}}),
+        ),
+    ];
+    for (api, obj) in objects {
+        let obj: DynamicObject = serde_json::from_value(obj)?;
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        if api.get_opt(&name).await?.is_none() {
+            api.create(&Default::default(), &obj)
+                .await
+                .with_context(|| format!("creating {name}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Waits up to 30 s for `p`'s admin server at `admin` to answer /readyz 200; fails with its log tail
 /// when it exits or is not ready in time.
 async fn wait_ready(p: &mut Supervised, admin: SocketAddr) -> Result<()> {

@@ -4,7 +4,9 @@
 //! client finds the Service's address by ARP at the elected node; then that node's speaker is killed and
 //! the address moves; the speaker comes back and the address stays where it is (no flip-back). Then
 //! `ferrite-dns controller` serves an embedded DNSZone and `dig` finds the Service's address under the name
-//! its external-dns annotation asks for.
+//! its external-dns annotation asks for. Last, `ferrite-certs controller` bootstraps a private CA (a
+//! selfSigned ClusterIssuer, an `isCA` Certificate, a `ca` ClusterIssuer) and issues a certificate for that
+//! name, which `openssl verify` checks against the CA.
 //!
 //! Prints what to try and waits for Ctrl-C, which stops everything it started (processes by PID, the
 //! network namespaces, the box). `FERRITE_DEMO_EXIT=1` stops right after the failover instead (for CI
@@ -30,6 +32,8 @@ struct Demo {
     vip: String,
     /// The embedded DNS server of ferrite-dns.
     dns: Option<std::net::SocketAddr>,
+    /// The admin server of ferrite-certs.
+    certs: Option<std::net::SocketAddr>,
 }
 
 impl Demo {
@@ -92,6 +96,7 @@ async fn setup() -> Result<Demo> {
     // Fail before starting anything when the binaries were not built.
     demo::sibling_binary("ferrite-lb")?;
     demo::sibling_binary("ferrite-dns")?;
+    demo::sibling_binary("ferrite-certs")?;
 
     let t = step("starting the box (etcd + kube-apiserver v1.20 + kube-controller-manager on 127.0.0.1)");
     let kb = KubeBox::start().await.context("starting the box")?;
@@ -146,9 +151,11 @@ async fn setup() -> Result<Demo> {
         lb,
         vip: String::new(),
         dns: None,
+        certs: None,
     };
     failover(&mut d).await?;
     dns(&mut d).await?;
+    certs(&mut d).await?;
     eprintln!("==> all steps passed in {}", ms(start.elapsed()));
     Ok(d)
 }
@@ -327,6 +334,78 @@ async fn dns(d: &mut Demo) -> Result<()> {
     Ok(())
 }
 
+/// The demo Certificate's Secret, in the demo namespace.
+const DEMO_TLS_SECRET: &str = "web-tls";
+
+/// ferrite-certs: a private CA bootstrapped from a selfSigned ClusterIssuer, a certificate for the demo
+/// name issued by it, checked with openssl.
+async fn certs(d: &mut Demo) -> Result<()> {
+    let t = step(&format!(
+        "starting ferrite-certs controller on the host; ClusterIssuer demo-selfsigned -> CA Certificate \
+         ferrite-system/demo-ca -> ClusterIssuer demo-ca -> Certificate {DEMO_NAMESPACE}/{DEMO_TLS_SECRET} for {DEMO_HOSTNAME}"
+    ));
+    let (proc, admin) = demo::start_certs(&d.kb).await?;
+    d.running.procs.push(proc);
+    d.certs = Some(admin);
+    demo::create_certs_objects(&d.kb, DEMO_HOSTNAME, DEMO_TLS_SECRET).await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(d.kb.client().await, DEMO_NAMESPACE);
+    let log = d.kb.dir.join("ferrite-certs-controller.log");
+    let pair = demo::eventually(
+        Duration::from_secs(30),
+        &format!("Secret {DEMO_NAMESPACE}/{DEMO_TLS_SECRET} to hold a certificate and ca.crt"),
+        || async {
+            let s = secrets.get_opt(DEMO_TLS_SECRET).await.ok()??;
+            let data = s.data?;
+            let crt = data.get("tls.crt")?.0.clone();
+            let ca = data.get("ca.crt")?.0.clone();
+            (!crt.is_empty() && !ca.is_empty()).then_some((crt, ca))
+        },
+    )
+    .await
+    .map_err(|e| anyhow!(demo::with_log(e, &log, 20)))?;
+    let elapsed = t.elapsed();
+    let dir = d.kb.dir.join("demo-certs");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("tls.crt"), &pair.0)?;
+    std::fs::write(dir.join("ca.crt"), &pair.1)?;
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(dir.join("ca.crt"))
+        .arg(dir.join("tls.crt"))
+        .output()
+        .context("running openssl verify")?;
+    if !verify.status.success() {
+        bail!(
+            "openssl verify of the demo certificate failed: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+    let show = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-issuer",
+            "-enddate",
+            "-ext",
+            "subjectAltName",
+            "-in",
+        ])
+        .arg(dir.join("tls.crt"))
+        .output()
+        .context("running openssl x509")?;
+    println!(
+        "openssl verify -CAfile ca.crt tls.crt -> OK ({} after the objects were created)",
+        ms(elapsed)
+    );
+    for line in String::from_utf8_lossy(&show.stdout).lines() {
+        println!("    {}", line.trim());
+    }
+    Ok(())
+}
+
 fn print_hints(d: &Demo) {
     println!();
     println!("Ferrite is running against the box. In another terminal:");
@@ -343,6 +422,11 @@ fn print_hints(d: &Demo) {
     if let Some(dns) = d.dns {
         println!("  kubectl get dnszones");
         println!("  dig @{} -p {} {DEMO_HOSTNAME}", dns.ip(), dns.port());
+    }
+    if let Some(certs) = d.certs {
+        println!("  kubectl get certificates,clusterissuers -A");
+        println!("  kubectl -n {DEMO_NAMESPACE} get secret {DEMO_TLS_SECRET} -o yaml");
+        println!("  curl -s http://{certs}/metrics | grep ferrite_certs_certificate");
     }
     println!(
         "Logs: {} (API server, controller) and {} (speakers).",
