@@ -28,6 +28,8 @@
 //! - [`host`]: rule hosts (exact, one-label wildcards) and request hosts (normalized without allocation).
 //! - [`path`]: rule path validation and the Exact/Prefix matching rules.
 //! - [`routes`]: the table, its build (merging, conflicts, warnings) and its lookups.
+//! - [`proxy`]: the data plane (listeners, TLS by SNI, request path, upstream pools) serving a
+//!   [`proxy::Snapshot`] of the table, endpoints, certificates and ACME tokens.
 //!
 //! The exact semantics, with the Kubernetes documentation's examples, are in `docs/ingress.md`.
 #![forbid(unsafe_code)]
@@ -35,6 +37,7 @@
 pub mod class;
 pub mod host;
 pub mod path;
+pub mod proxy;
 pub mod routes;
 
 pub use class::{CONTROLLER_NAME, ClassDecision, ClassSource, NotServed, decide as decide_class};

@@ -1,0 +1,281 @@
+//! The proxy data plane: listeners, TLS, the request path and the upstream pools, all reading one
+//! [`Snapshot`] the controller swaps atomically.
+//!
+//! ```text
+//!   :80  ── TCP ─────────────────────────┐
+//!                                         ├─> hyper-util auto (HTTP/1.1 | HTTP/2) ──> handler::handle
+//!   :443 ── TCP ── rustls (SNI -> cert ──┘        header read timeout, header limits      │
+//!                  from the snapshot,                                                     v
+//!                  ALPN h2/http1.1)                                   Upstreams (pooled HTTP/1.1 client)
+//! ```
+//!
+//! Each connection runs in its own task; each upgraded connection (WebSocket) in another. A shutdown
+//! (the [`CancellationToken`] given to [`Proxy::serve`]) stops accepting, asks every connection to
+//! finish its in-flight requests (`graceful_shutdown`) and waits up to the drain timeout.
+
+mod handler;
+pub mod snapshot;
+mod tls;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use snapshot::{
+    AcmeError, CertError, DEFAULT_CERT_NAME, SharedSnapshot, Snapshot, certified_key_from_pem,
+    self_signed_default,
+};
+pub use tls::server_config;
+
+use handler::{ConnInfo, RequestIds, Shared};
+use upstream::Upstreams;
+
+/// The body type of every response the proxy writes (streamed upstream bodies and its own answers).
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Listener addresses, limits and timeouts. `Default` is the production setting.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Plain HTTP listener (ACME HTTP-01, redirects, plain routes).
+    pub http_addr: SocketAddr,
+    /// TLS listener.
+    pub https_addr: SocketAddr,
+    /// Answer plain-HTTP requests for hosts with TLS with a 308 to HTTPS.
+    pub redirect_to_https: bool,
+    /// The port written into redirects (the port clients reach the TLS listener on, e.g. behind a
+    /// load balancer); 443 is left out of the Location.
+    pub https_redirect_port: u16,
+    /// Time a client has to send a complete request head (slowloris), also the TLS handshake limit.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    /// How long an unused pooled upstream connection is kept.
+    pub upstream_idle_timeout: Duration,
+    /// How long an endpoint that refused a connection is tried last.
+    pub ejection_duration: Duration,
+    /// Largest request head in bytes (HTTP/1.1 read buffer; HTTP/2 header list): 431 beyond.
+    pub max_header_bytes: usize,
+    /// Most request header fields (HTTP/1.1): 431 beyond.
+    pub max_headers: usize,
+    /// How long a shutdown waits for in-flight requests and tunnels.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 80)),
+            https_addr: SocketAddr::from(([0, 0, 0, 0], 443)),
+            redirect_to_https: true,
+            https_redirect_port: 443,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_idle_timeout: Duration::from_secs(60),
+            ejection_duration: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("max_header_bytes {0} is below hyper's minimum of 8192")]
+    HeaderBytes(usize),
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+}
+
+/// A bound proxy: listeners open, not yet serving.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    http: TcpListener,
+    https: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("http", &self.http.local_addr().ok())
+            .field("https", &self.https.local_addr().ok())
+            .finish()
+    }
+}
+
+impl Proxy {
+    /// Binds both listeners. Serving starts with [`Proxy::serve`].
+    pub async fn bind(config: ProxyConfig, snapshot: Arc<SharedSnapshot>) -> Result<Proxy, ProxyError> {
+        if config.max_header_bytes < 8192 {
+            return Err(ProxyError::HeaderBytes(config.max_header_bytes));
+        }
+        let tls = server_config(snapshot.clone()).map_err(ProxyError::Tls)?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Bind { addr, source })
+        };
+        let http = bind(config.http_addr).await?;
+        let https = bind(config.https_addr).await?;
+        let upstreams = Upstreams::new(
+            config.upstream_connect_timeout,
+            config.upstream_idle_timeout,
+            config.ejection_duration,
+        );
+        let shared = Arc::new(Shared {
+            config,
+            snapshot,
+            upstreams,
+            tunnels: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            request_ids: RequestIds::new(),
+        });
+        Ok(Proxy {
+            shared,
+            http,
+            https,
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+        })
+    }
+
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    pub fn https_addr(&self) -> std::io::Result<SocketAddr> {
+        self.https.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: no new connections, in-flight requests
+    /// finish, open connections close after their current request, tunnels get the drain timeout.
+    pub async fn serve(self, shutdown: CancellationToken) {
+        let Proxy {
+            shared,
+            http,
+            https,
+            acceptor,
+        } = self;
+        let connections = TaskTracker::new();
+        let builder = Arc::new(http_builder(&shared.config));
+        loop {
+            let (stream, tls) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = http.accept() => (r, false),
+                r = https.accept() => (r, true),
+            };
+            let (stream, peer) = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let local = match stream.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let _ = stream.set_nodelay(true);
+            let info = ConnInfo { peer, local, tls };
+            let shared = shared.clone();
+            let builder = builder.clone();
+            let acceptor = acceptor.clone();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                if tls {
+                    let handshake =
+                        tokio::time::timeout(shared.config.header_read_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_connection(shared, builder, info, stream, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                } else {
+                    serve_connection::<TcpStream>(shared, builder, info, stream, shutdown).await;
+                }
+            });
+        }
+        drop((http, https));
+        shared.cancel.cancel();
+        connections.close();
+        shared.tunnels.close();
+        let drain = shared.config.drain_timeout;
+        let _ = tokio::time::timeout(drain, async {
+            connections.wait().await;
+            shared.tunnels.wait().await;
+        })
+        .await;
+    }
+}
+
+fn http_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes)
+        .max_headers(config.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(config.idle_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn serve_connection<I>(
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    info: ConnInfo,
+    io: I,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, idle) = idle::IdleIo::new(io);
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| handler::handle(svc_shared.clone(), info, req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let idle_timeout = shared.config.idle_timeout;
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.cancelled() => {}
+        _ = idle.expired(idle_timeout) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(shared.config.drain_timeout, conn).await;
+}
+
+mod idle;
