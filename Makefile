@@ -17,7 +17,9 @@ demo: deps
 
 ## All the tests, on a fresh machine too.
 test: deps lint check-generated
-	$(CARGO) test --workspace --no-fail-fast
+	@# cargo test --workspace builds every binary first; ferrite-certs's DNS-01 box test runs that ferrite-dns
+	@# (alone, `cargo test -p ferrite-certs --test dns01` builds it itself).
+	FERRITE_DNS_BIN=$(CARGO_TARGET_DIR)/debug/ferrite-dns $(CARGO) test --workspace --no-fail-fast
 
 deps:
 	e2e/scripts/install-deps.sh
