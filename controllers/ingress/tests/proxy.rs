@@ -74,13 +74,21 @@ fn table() -> RouteTable {
 /// A backend answering every request with its name, the path and the headers it received; POST
 /// bodies are streamed back as they arrive; `Upgrade` requests get a 101 and an echo of the bytes.
 async fn start_backend(name: &'static str) -> SocketAddr {
+    start_counting_backend(name).await.0
+}
+
+/// [`start_backend`] that also counts the TCP connections it accepted.
+async fn start_counting_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let addr = listener.local_addr().expect("backend addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| async move { backend_answer(name, req) });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -90,7 +98,7 @@ async fn start_backend(name: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -782,4 +790,58 @@ async fn shutdown_drains_in_flight_requests() {
         TcpStream::connect(p.http).await.is_err(),
         "listener still open after shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_over_pooled_keep_alive_connections() {
+    let p = start(|_| {}).await;
+    let (x, x_conns) = start_counting_backend("X").await;
+    let (y, y_conns) = start_counting_backend("Y").await;
+    let mut s = p.snapshot(1);
+    s.set_endpoints(backend("svc-a"), vec![x, y]);
+    p.shared.store(s);
+    let c = client();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let resp = c.request(get(p.http, "a.test", "/a")).await.expect("request");
+        assert_eq!(resp.status(), 200);
+        let name = resp
+            .headers()
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap_or("?").to_string());
+        seen.push(name.unwrap_or_default());
+        resp.into_body().collect().await.expect("body");
+    }
+    let xs = seen.iter().filter(|n| *n == "X").count();
+    assert_eq!(xs, 10, "round-robin expected: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] != w[1]), "not alternating: {seen:?}");
+    // Sequential requests reuse one pooled connection per endpoint.
+    assert_eq!(
+        (x_conns.load(Ordering::Relaxed), y_conns.load(Ordering::Relaxed)),
+        (1, 1)
+    );
+    p.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let p = start(|c| c.idle_timeout = Duration::from_secs(1)).await;
+    let mut s = TcpStream::connect(p.http).await.expect("connect");
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "idle keep-alive connection still open after 5 s");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "the request was answered first"
+    );
+    p.cancel.cancel();
 }

@@ -283,3 +283,83 @@ impl SharedSnapshot {
         self.0.store(Arc::new(snapshot));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem(name: &str) -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("rcgen");
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    fn secret(name: &str) -> SecretRef {
+        SecretRef {
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn invalid_certificates_are_reported_and_not_loaded() {
+        let (cert_a, key_a) = pem("a.test");
+        let (_, key_b) = pem("b.test");
+        let mut s = Snapshot::new(RouteTable::empty(), self_signed_default().expect("default"));
+        let cases: [(&str, &[u8], &[u8], &str); 5] = [
+            ("no-cert", b"", key_a.as_bytes(), "InvalidCertificate"),
+            (
+                "garbage-cert",
+                b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+                key_a.as_bytes(),
+                "InvalidCertificate",
+            ),
+            ("no-key", cert_a.as_bytes(), b"", "InvalidKey"),
+            ("cert-as-key", cert_a.as_bytes(), cert_a.as_bytes(), "InvalidKey"),
+            ("mismatch", cert_a.as_bytes(), key_b.as_bytes(), "KeyMismatch"),
+        ];
+        let failed = s.load_certificates(cases.iter().map(|(n, c, k, _)| (secret(n), *c, *k)).chain([(
+            secret("good"),
+            cert_a.as_bytes(),
+            key_a.as_bytes(),
+        )]));
+        let reasons: Vec<(String, &str)> = failed.iter().map(|(s, e)| (s.name.clone(), e.reason())).collect();
+        let want: Vec<(String, &str)> = cases.iter().map(|(n, _, _, r)| (n.to_string(), *r)).collect();
+        assert_eq!(reasons, want);
+        assert_eq!(s.certificates.len(), 1);
+        assert!(s.certificates.contains_key(&secret("good")));
+    }
+
+    #[test]
+    fn acme_tokens_are_validated_and_matched_by_normalized_host() {
+        let mut s = Snapshot::new(RouteTable::empty(), self_signed_default().expect("default"));
+        s.set_acme_token("Shop.Example.com.", "abc_DEF-1", "abc_DEF-1.thumb")
+            .expect("valid");
+        assert_eq!(
+            s.acme_answer("shop.example.com:80", "abc_DEF-1"),
+            Some("abc_DEF-1.thumb")
+        );
+        assert_eq!(s.acme_answer("other.example.com", "abc_DEF-1"), None);
+        assert_eq!(s.acme_answer("shop.example.com", "abc_DEF-2"), None);
+        assert!(matches!(
+            s.set_acme_token("shop.example.com", "../etc", "x"),
+            Err(AcmeError::Token(_))
+        ));
+        assert!(matches!(
+            s.set_acme_token("shop.example.com", "", "x"),
+            Err(AcmeError::Token(_))
+        ));
+        assert!(matches!(
+            s.set_acme_token("shop.example.com", "t", "a\r\nb"),
+            Err(AcmeError::KeyAuthorization(_))
+        ));
+        assert!(matches!(s.set_acme_token("", "t", "k"), Err(AcmeError::Host(_))));
+    }
+
+    #[test]
+    fn default_certificate_names_itself() {
+        let key = self_signed_default().expect("default");
+        let der = key.cert.first().expect("leaf");
+        let name = DEFAULT_CERT_NAME.as_bytes();
+        assert!(der.as_ref().windows(name.len()).any(|w| w == name));
+    }
+}

@@ -87,3 +87,47 @@ impl Upstreams {
         ejected.insert(endpoint, Instant::now() + self.ejection);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::ServicePort;
+
+    #[test]
+    fn round_robin_and_ejected_endpoints_last() {
+        let u = Upstreams::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        let b = BackendRef {
+            namespace: "ns".into(),
+            service: "s".into(),
+            port: ServicePort::Number(80),
+        };
+        let e: Vec<SocketAddr> = (1..=3).map(|i| SocketAddr::from(([127, 0, 0, i], 80))).collect();
+        let firsts: Vec<SocketAddr> = (0..6).map(|_| u.order(&b, &e)[0]).collect();
+        assert_eq!(firsts, [e[0], e[1], e[2], e[0], e[1], e[2]]);
+        u.eject(e[1]);
+        for _ in 0..6 {
+            let order = u.order(&b, &e);
+            assert_eq!(order.len(), 3);
+            assert_eq!(order[2], e[1], "{order:?}");
+        }
+        assert!(u.order(&b, &[]).is_empty());
+    }
+
+    #[test]
+    fn ejection_expires() {
+        let u = Upstreams::new(Duration::from_secs(1), Duration::from_secs(1), Duration::ZERO);
+        let b = BackendRef {
+            namespace: "ns".into(),
+            service: "s".into(),
+            port: ServicePort::Number(80),
+        };
+        let e: Vec<SocketAddr> = (1..=2).map(|i| SocketAddr::from(([127, 0, 0, i], 80))).collect();
+        u.eject(e[0]);
+        let firsts: Vec<SocketAddr> = (0..2).map(|_| u.order(&b, &e)[0]).collect();
+        assert_eq!(firsts, [e[0], e[1]]);
+    }
+}
