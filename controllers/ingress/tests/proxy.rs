@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::networking::v1::Ingress;
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -557,6 +558,19 @@ async fn smuggling_probes_limits_and_slow_headers() {
     let r = raw(a, many.as_bytes()).await;
     assert!(r.starts_with("HTTP/1.1 431"), "too many headers: {r}");
 
+    // The same limit over HTTP/2 (h2c): 431.
+    let big_header = format!("X-Big: {}", "x".repeat(40 * 1024));
+    let (code, _) = status_and_body(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: a.test",
+        "-H",
+        &big_header,
+        &format!("http://{a}/a"),
+    ])
+    .await;
+    assert_eq!(code, 431, "oversize HTTP/2 header list");
+
     // Slowloris: an incomplete head is closed after the header read timeout.
     let mut s = TcpStream::connect(a).await.expect("connect");
     s.write_all(b"GET /a HTTP/1.1\r\nHost: a.test\r\n")
@@ -665,7 +679,12 @@ async fn connect_failure_retries_another_endpoint() {
 }
 
 async fn open_tunnel(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let s = TcpStream::connect(addr).await.expect("connect");
+    upgrade(s).await
+}
+
+/// Sends an Upgrade request on `s` and reads the head of the 101.
+async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) -> S {
     s.write_all(b"GET /a/ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .await
         .expect("write");
@@ -681,10 +700,14 @@ async fn open_tunnel(addr: SocketAddr) -> TcpStream {
     }
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket\r\n"),
+        "{head}"
+    );
     s
 }
 
-async fn echo(s: &mut TcpStream, msg: &[u8]) {
+async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, msg: &[u8]) {
     s.write_all(msg).await.expect("tunnel write");
     let mut buf = vec![0u8; msg.len()];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
@@ -843,5 +866,29 @@ async fn idle_connections_are_closed() {
         String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
         "the request was answered first"
     );
+    p.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_tunnel_over_tls() {
+    let p = start(|_| {}).await;
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(p.certs.tls_a_pem.as_bytes()).expect("pem");
+    roots.add(der).expect("root");
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(p.https).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("tls.test").expect("name");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with tls.test's certificate");
+    let mut tunnel = upgrade(tls).await;
+    echo(&mut tunnel, b"over tls").await;
+    p.shared.store(p.snapshot(1));
+    echo(&mut tunnel, b"after a swap").await;
     p.cancel.cancel();
 }

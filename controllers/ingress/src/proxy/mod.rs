@@ -240,12 +240,12 @@ fn http_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
         .max_buf_size(config.max_header_bytes)
         .max_headers(config.max_headers)
         .keep_alive(true);
+    // No HTTP/2 keep-alive pings: their frames would count as activity and keep an idle
+    // connection open forever; the idle timer below closes idle (or dead) peers instead.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(config.idle_timeout / 2))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
