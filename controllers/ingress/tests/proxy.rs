@@ -584,6 +584,17 @@ async fn smuggling_probes_limits_and_slow_headers() {
     p.cancel.cancel();
 }
 
+/// This process's resident set (VmRSS), in bytes.
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS in /proc/self/status")
+}
+
 type Client =
     hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;
 
@@ -635,6 +646,8 @@ async fn large_body_streams_both_ways() {
     let _ = started_tx.send(());
     let mut body = resp.into_body();
     let mut total = 0usize;
+    let baseline = rss_bytes();
+    let mut peak = baseline;
     let read = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.expect("frame");
@@ -642,6 +655,7 @@ async fn large_body_streams_both_ways() {
                 assert!(d.iter().all(|b| *b == 7));
                 total += d.len();
             }
+            peak = peak.max(rss_bytes());
         }
     };
     tokio::time::timeout(Duration::from_secs(120), read)
@@ -649,6 +663,13 @@ async fn large_body_streams_both_ways() {
         .expect("echo finished");
     producer.await.expect("producer");
     assert_eq!(total, CHUNK * CHUNKS);
+    // Proxy, backend and client share this process: holding the 64 MiB anywhere would show here.
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth < 32 * 1024 * 1024,
+        "RSS grew by {} MiB during a 64 MiB echo",
+        growth >> 20
+    );
     p.cancel.cancel();
 }
 
