@@ -586,6 +586,11 @@ mod tests {
         assert!(parse(&["--certs-counts", "10,x"]).is_err());
         assert!(parse(&["--certs-counts", "0"]).is_err());
         assert!(parse(&["--certs-counts", ""]).is_err());
-        assert!(parse(&["--certs-counts", "none"]).expect("none").certs_counts.is_empty());
+        assert!(
+            parse(&["--certs-counts", "none"])
+                .expect("none")
+                .certs_counts
+                .is_empty()
+        );
     }
 }
