@@ -539,6 +539,10 @@ async fn smuggling_probes_limits_and_slow_headers() {
     );
     assert!(!r.contains("backend=B"), "{r}");
 
+    // HTTP/1.0 without Host: rules without a host would apply; here none exist, so the built-in 404.
+    let r = raw(a, b"GET /a HTTP/1.0\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.0 404"), "{r}");
+
     // Header limits: 431.
     let big = format!(
         "GET /a HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",

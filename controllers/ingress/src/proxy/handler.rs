@@ -311,9 +311,13 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     set_forwarded_headers(&mut parts.headers, conn, host.as_deref(), request_id);
-    if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-        parts.headers.insert(header::HOST, h);
-    }
+    // HTTP/1.1 upstream needs a Host; a client without one (HTTP/1.0) gets the empty value RFC 9112
+    // section 3.2 prescribes for a target without authority.
+    let host_value = host
+        .as_deref()
+        .and_then(|h| HeaderValue::from_str(h).ok())
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    parts.headers.insert(header::HOST, host_value);
     // A body-less idempotent request can be sent again as is; anything else has been (partly)
     // consumed by the first attempt.
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
