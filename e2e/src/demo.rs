@@ -1,6 +1,5 @@
 //! Steps of `make demo`, kept in the library so the box tests can run the same steps.
 
-use crate::http_get;
 use crate::{
     KubeBox, Supervised,
     netlab::NetLab,
@@ -19,7 +18,7 @@ use serde_json::json;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// The repository root (the demo and tests run from a checkout).
@@ -397,21 +396,12 @@ pub async fn announcing_node(svcs: &Api<Service>, name: &str) -> Option<String> 
 }
 
 /// Polls `f` every 50 ms until it returns Some; an error naming `what` after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> Result<T>
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait::poll(limit, Duration::from_millis(50), what, f).await
 }
 
 /// The arping command a user would type in the client namespace (iputils and Habets' arping spell the
@@ -553,29 +543,7 @@ pub async fn create_certs_objects(kb: &KubeBox, hostname: &str, secret: &str) ->
 /// Waits up to 30 s for `p`'s admin server at `admin` to answer /readyz 200; fails with its log tail
 /// when it exits or is not ready in time.
 async fn wait_ready(p: &mut Supervised, admin: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if !p.is_running() {
-            bail!(
-                "{} exited; last lines of {}:\n{}",
-                p.name,
-                p.log.display(),
-                p.log_tail(20)
-            );
-        }
-        if let Ok((200, _)) = http_get(admin, "/readyz").await {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} was not ready within 30 s; last lines of {}:\n{}",
-                p.name,
-                p.log.display(),
-                p.log_tail(20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::wait::ready(p, admin, Duration::from_secs(30)).await
 }
 
 /// An embedded DNSZone `zone` and the demo Service annotated with external-dns's legacy hostname key.

@@ -8,6 +8,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod chart;
 pub mod demo;
 pub mod http;
 pub mod kubebox;
@@ -16,6 +17,7 @@ pub mod netlab;
 pub mod partition;
 pub mod pebble;
 pub mod process;
+pub mod wait;
 
 pub use http::http_get;
 pub use kubebox::{KubeBox, cache_dir, tool};

@@ -7,284 +7,29 @@
 // A test binary: a failed unwrap in a helper is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::*;
 use ferrite_api::certs::{Certificate, ClusterIssuer, Issuer};
-use ferrite_e2e::{KubeBox, Supervised};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
-const CLUSTER_NS: &str = "ferrite-system";
-
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-struct Controller {
-    proc: Supervised,
-    admin: SocketAddr,
-}
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ferrite-certs"))
-}
-
-async fn start_controller(kubeconfig: &Path, n: u32) -> Controller {
-    let admin = format!("127.0.0.1:{}", ferrite_e2e::process::free_port().unwrap());
-    let args: Vec<String> = vec![
-        "controller".into(),
-        format!("--kubeconfig={}", kubeconfig.display()),
-        format!("--admin-addr={admin}"),
-        "--lease-name=ferrite-certs-controller".into(),
-        format!("--lease-namespace={CLUSTER_NS}"),
-        "--lease-duration=3s".into(),
-        "--lease-renew-deadline=2s".into(),
-        "--lease-retry-period=250ms".into(),
-        format!("--cluster-resource-namespace={CLUSTER_NS}"),
-        "--backoff-base=2s".into(),
-        "--backoff-max=10s".into(),
-    ];
-    // Kept after the test (the box's directory is not), for reading after a failure.
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrite-certs-controller-{n}.log"));
-    let mut proc = Supervised::spawn(
-        "ferrite-certs controller",
-        &bin(),
-        &args,
-        &[("FERRITE_LOG_LEVEL", "info,ferrite_certs=debug")],
-        &log,
-    )
-    .expect("controller starts");
-    let addr: SocketAddr = admin.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(proc.is_running(), "controller exited:\n{}", proc.log_tail(30));
-        if let Ok((200, _)) = ferrite_e2e::http_get(addr, "/readyz").await {
-            return Controller { proc, admin: addr };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "controller not ready in 30 s:\n{}",
-            proc.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The chart's RBAC applied to the box; returns the ServiceAccount's kubeconfig.
-async fn chart_account(kb: &KubeBox) -> PathBuf {
-    let _ = kb.kubectl().args(["create", "namespace", CLUSTER_NS]).output();
-    let chart = ferrite_e2e::demo::repo_root().join("charts/ferrite/charts/certs");
-    let out = kb
-        .helm()
-        .args(["template", "ferrite"])
-        .arg(&chart)
-        .args(["--namespace", CLUSTER_NS, "--show-only", "templates/rbac.yaml"])
-        .output()
-        .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = kb.dir.join("certs-rbac.yaml");
-    std::fs::write(&rendered, &out.stdout).unwrap();
-    let applied = kb
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&rendered)
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        applied.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    kb.service_account_kubeconfig(CLUSTER_NS, "ferrite-certs")
-        .await
-        .expect("ServiceAccount kubeconfig")
-}
-
-async fn create<K>(api: &Api<K>, v: serde_json::Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).expect("valid object");
-    api.create(&PostParams::default(), &obj).await.expect("created")
-}
-
-type Cond = (String, String, String);
-
-fn cert_condition(c: &Certificate, type_: &str) -> Option<Cond> {
-    c.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_cert(api: &Api<Certificate>, name: &str, status: &str, reason: &str) -> Certificate {
-    let mut last = None;
-    let what = format!("Certificate {name} Ready={status} {reason}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(c) = api.get(name).await {
-            let r = cert_condition(&c, "Ready");
-            if r.as_ref().is_some_and(|(s, re, _)| s == status && re == reason) {
-                return c;
-            }
-            last = r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last Ready: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn issuer_ready(status: Option<&ferrite_api::certs::IssuerStatus>) -> Option<Cond> {
-    status?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_issuer(api: &Api<Issuer>, name: &str, status: &str, reason: &str) -> Cond {
-    eventually(
-        Duration::from_secs(30),
-        &format!("Issuer {name} Ready={status} {reason}"),
-        || async {
-            let i = api.get(name).await.ok()?;
-            issuer_ready(i.status.as_ref()).filter(|(s, r, _)| s == status && r == reason)
-        },
-    )
-    .await
-}
-
-async fn wait_cluster_issuer(api: &Api<ClusterIssuer>, name: &str, status: &str, reason: &str) -> Cond {
-    eventually(
-        Duration::from_secs(30),
-        &format!("ClusterIssuer {name} Ready={status} {reason}"),
-        || async {
-            let i = api.get(name).await.ok()?;
-            issuer_ready(i.status.as_ref()).filter(|(s, r, _)| s == status && r == reason)
-        },
-    )
-    .await
-}
-
-async fn wait_event(kb: &KubeBox, ns: &str, name: &str, reason: &str) -> String {
-    let api: Api<Event> = Api::namespaced(kb.client().await, ns);
-    eventually(
-        Duration::from_secs(15),
-        &format!("Event {reason} on {name}"),
-        || async {
-            let list = api.list(&ListParams::default()).await.ok()?;
-            list.items.into_iter().find_map(|e| {
-                let on = e.regarding.as_ref()?.name.as_deref()? == name;
-                (on && e.reason.as_deref() == Some(reason)).then(|| e.note.unwrap_or_default())
-            })
-        },
-    )
-    .await
-}
-
-fn data<'a>(s: &'a Secret, key: &str) -> &'a [u8] {
-    s.data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.as_slice())
-        .unwrap_or_else(|| panic!("Secret {} has no {key}", s.metadata.name.as_deref().unwrap_or("")))
-}
-
-/// Runs openssl with `args`; returns (success, stdout + stderr).
-fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("/usr/bin/openssl")
-        .args(args)
-        .output()
-        .expect("/usr/bin/openssl runs (apt-get install -y openssl)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// Writes the Secret's keys into `dir` as files; returns (tls.crt, tls.key, ca.crt) paths.
-fn files(dir: &Path, tag: &str, s: &Secret) -> (String, String, String) {
-    let p = |k: &str| dir.join(format!("{tag}-{k}")).display().to_string();
-    std::fs::write(p("tls.crt"), data(s, "tls.crt")).unwrap();
-    std::fs::write(p("tls.key"), data(s, "tls.key")).unwrap();
-    if let Some(ca) = s.data.as_ref().and_then(|d| d.get("ca.crt")) {
-        std::fs::write(p("ca.crt"), &ca.0).unwrap();
-    }
-    (p("tls.crt"), p("tls.key"), p("ca.crt"))
-}
-
-/// openssl: the certificate is valid for another `secs`, and the key is the certificate's.
-fn check_pair(crt: &str, key: &str, secs: u64) {
-    let (ok, out) = openssl(&["x509", "-in", crt, "-noout", "-checkend", &secs.to_string()]);
-    assert!(ok, "openssl x509 -checkend {secs}: {out}");
-    let (ok1, cert_pub) = openssl(&["x509", "-in", crt, "-noout", "-pubkey"]);
-    let (ok2, key_pub) = openssl(&["pkey", "-in", key, "-pubout"]);
-    assert!(ok1 && ok2, "openssl pubkey: {cert_pub} {key_pub}");
-    assert_eq!(cert_pub, key_pub, "tls.key is the key of tls.crt");
-}
-
-fn sans(crt: &str) -> String {
-    let (ok, out) = openssl(&["x509", "-in", crt, "-noout", "-ext", "subjectAltName"]);
-    assert!(ok, "openssl x509 -ext: {out}");
-    out
-}
-
-fn serial(crt: &str) -> String {
-    let (ok, out) = openssl(&["x509", "-in", crt, "-noout", "-serial"]);
-    assert!(ok, "openssl x509 -serial: {out}");
-    out.trim().to_string()
-}
-
-fn revision(c: &Certificate) -> i64 {
-    c.status.as_ref().and_then(|s| s.revision).unwrap_or(0)
-}
-
-async fn metrics(admin: SocketAddr) -> String {
-    match ferrite_e2e::http_get(admin, "/metrics").await {
-        Ok((200, body)) => body,
-        other => panic!("/metrics: {other:?}"),
-    }
+/// The controller (the `n`th started), with this test's lease and log.
+async fn start(kubeconfig: &Path, n: u32) -> Controller {
+    let log = format!("ferrite-certs-controller-{n}.log");
+    start_controller(kubeconfig, "ferrite-certs-controller", &log, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_end_to_end() {
-    let kb = KubeBox::shared();
-    ferrite_e2e::demo::apply_crds(kb).await.expect("CRDs applied");
-    let client = kb.client().await;
-    let ns = kb.namespace("certs").await;
-    let kubeconfig = chart_account(kb).await;
-    let mut ctl = start_controller(&kubeconfig, 1).await;
+    let (kb, client, ns) = setup("certs").await;
+    let kubeconfig = certs_account(kb).await;
+    let mut ctl = start(&kubeconfig, 1).await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
 
@@ -622,7 +367,7 @@ async fn controller_end_to_end() {
         v
     };
     ctl.proc.stop(Duration::from_secs(10));
-    let ctl2 = start_controller(&kubeconfig, 2).await;
+    let ctl2 = start(&kubeconfig, 2).await;
     // The new leader has reconciled every Certificate once when its metrics name them.
     eventually(
         Duration::from_secs(30),

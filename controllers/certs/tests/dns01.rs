@@ -13,6 +13,8 @@
 // A test binary: a failed unwrap in a helper is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,15 +22,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::*;
 use ferrite_api::certs::{Certificate, Challenge, ClusterIssuer};
 use ferrite_api::dns::DNSRecord;
+use ferrite_e2e::Supervised;
 use ferrite_e2e::named::{Named, NamedConfig, NamedKey, NamedZone};
 use ferrite_e2e::pebble::{Pebble, PebbleOptions, free_tcp_udp_port};
-use ferrite_e2e::{KubeBox, Supervised};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use serde_json::json;
 
 const CLUSTER_NS: &str = "ferrite-system";
@@ -37,83 +39,6 @@ const SECRET: &[u8] = b"ferrite-certs dns01 box test secret, 32+ bytes";
 
 /// The two scenarios share the box; each runs its own controllers, one scenario at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits for `/readyz` of a controller just spawned.
-async fn wait_ready(proc: &mut Supervised, admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(proc.is_running(), "controller exited:\n{}", proc.log_tail(30));
-        if let Ok((200, _)) = ferrite_e2e::http_get(admin, "/readyz").await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "controller not ready in 30 s:\n{}",
-            proc.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn log_path(name: &str) -> PathBuf {
-    // Kept after the test (the box's directory is not), for reading after a failure.
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrite-certs-dns01-{name}.log"))
-}
-
-fn free_addr() -> String {
-    format!("127.0.0.1:{}", ferrite_e2e::process::free_port().unwrap())
-}
-
-/// `ferrite-certs controller` as the chart's ServiceAccount; the DNS self-check asks `nameserver`.
-async fn start_certs(kubeconfig: &Path, tag: &str, nameserver: SocketAddr) -> (Supervised, SocketAddr) {
-    let admin = free_addr();
-    let args: Vec<String> = vec![
-        "controller".into(),
-        format!("--kubeconfig={}", kubeconfig.display()),
-        format!("--admin-addr={admin}"),
-        format!("--lease-name=ferrite-certs-{tag}"),
-        format!("--lease-namespace={CLUSTER_NS}"),
-        "--lease-duration=3s".into(),
-        "--lease-renew-deadline=2s".into(),
-        "--lease-retry-period=250ms".into(),
-        format!("--cluster-resource-namespace={CLUSTER_NS}"),
-        "--backoff-base=2s".into(),
-        "--backoff-max=10s".into(),
-        format!("--http01-listen={}", free_addr()),
-        format!("--self-check-nameservers={nameserver}"),
-        "--self-check-timeout=20s".into(),
-        "--rfc2136-timeout=3s".into(),
-    ];
-    let mut proc = Supervised::spawn(
-        "ferrite-certs controller",
-        &PathBuf::from(env!("CARGO_BIN_EXE_ferrite-certs")),
-        &args,
-        &[("FERRITE_LOG_LEVEL", "info,ferrite_certs=debug")],
-        &log_path(&format!("certs-{tag}")),
-    )
-    .expect("ferrite-certs starts");
-    let admin: SocketAddr = admin.parse().unwrap();
-    wait_ready(&mut proc, admin).await;
-    (proc, admin)
-}
 
 /// The `ferrite-dns` binary of this workspace: `FERRITE_DNS_BIN`, else built next to `ferrite-certs`
 /// (once per test process, so it is never stale).
@@ -165,7 +90,7 @@ async fn start_dns(kubeconfig: &Path, dns: SocketAddr) -> (Supervised, SocketAdd
         &bin,
         &args,
         &[("FERRITE_LOG_LEVEL", "info,ferrite_dns=debug")],
-        &log_path("dns"),
+        &log_path("ferrite-certs-dns01-dns.log"),
     )
     .expect("ferrite-dns starts");
     let admin: SocketAddr = admin.parse().unwrap();
@@ -173,153 +98,14 @@ async fn start_dns(kubeconfig: &Path, dns: SocketAddr) -> (Supervised, SocketAdd
     (proc, admin)
 }
 
-/// A subchart's RBAC (`templates/rbac.yaml`) applied to the box; returns the ServiceAccount's kubeconfig.
-async fn chart_account(kb: &KubeBox, subchart: &str, account: &str) -> PathBuf {
-    let _ = kb.kubectl().args(["create", "namespace", CLUSTER_NS]).output();
-    let chart = ferrite_e2e::demo::repo_root().join(format!("charts/ferrite/charts/{subchart}"));
-    let out = kb
-        .helm()
-        .args(["template", "ferrite"])
-        .arg(&chart)
-        .args(["--namespace", CLUSTER_NS, "--show-only", "templates/rbac.yaml"])
-        .output()
-        .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = kb.dir.join(format!("dns01-{subchart}-rbac.yaml"));
-    std::fs::write(&rendered, &out.stdout).unwrap();
-    let applied = kb
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&rendered)
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        applied.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    kb.service_account_kubeconfig(CLUSTER_NS, account)
-        .await
-        .expect("ServiceAccount kubeconfig")
-}
-
-async fn create<K>(api: &Api<K>, v: serde_json::Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).expect("valid object");
-    api.create(&PostParams::default(), &obj).await.expect("created")
-}
-
-type Cond = (String, String, String);
-
-fn cert_condition(c: &Certificate, type_: &str) -> Option<Cond> {
-    c.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_cluster_issuer_registered(api: &Api<ClusterIssuer>, name: &str) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("ClusterIssuer {name} Ready=True ACMEAccountRegistered"),
-        || async {
-            let i = api.get(name).await.ok()?;
-            i.status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "ACMEAccountRegistered")
-                .then_some(())
-        },
-    )
-    .await;
-}
-
-/// The (type, note) of the first Event `reason` about `name`.
-async fn wait_event(kb: &KubeBox, ns: &str, name: &str, reason: &str) -> (String, String) {
-    let api: Api<Event> = Api::namespaced(kb.client().await, ns);
-    eventually(
-        Duration::from_secs(15),
-        &format!("Event {reason} on {name}"),
-        || async {
-            let list = api.list(&ListParams::default()).await.ok()?;
-            list.items.into_iter().find_map(|e| {
-                let on = e.regarding.as_ref()?.name.as_deref()? == name;
-                (on && e.reason.as_deref() == Some(reason))
-                    .then(|| (e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
-            })
-        },
-    )
-    .await
-}
-
-fn data<'a>(s: &'a Secret, key: &str) -> &'a [u8] {
-    s.data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.as_slice())
-        .unwrap_or_else(|| panic!("Secret {} has no {key}", s.metadata.name.as_deref().unwrap_or("")))
-}
-
-/// Runs openssl with `args`; returns (success, stdout + stderr).
-fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("/usr/bin/openssl")
-        .args(args)
-        .output()
-        .expect("/usr/bin/openssl runs (apt-get install -y openssl)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// The PEM blocks of a chain, in order.
-fn pem_blocks(pem: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for line in pem.lines() {
-        cur.push_str(line);
-        cur.push('\n');
-        if line.starts_with("-----END") {
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    out
-}
-
 /// openssl: the Secret's chain verifies against Pebble's root, its key is the leaf's, and the leaf
 /// names exactly `names` (as `DNS:` entries).
 fn verify_secret(dir: &Path, tag: &str, s: &Secret, root_pem: &str, names: &[&str]) {
-    let chain = String::from_utf8(data(s, "tls.crt").to_vec()).unwrap();
-    let blocks = pem_blocks(&chain);
-    assert!(
-        blocks.len() >= 2,
-        "tls.crt holds the leaf and its chain: {} blocks",
-        blocks.len()
-    );
-    let p = |k: &str| dir.join(format!("{tag}-{k}")).display().to_string();
-    let (leaf, inter, root, key) = (p("leaf.pem"), p("chain.pem"), p("root.pem"), p("tls.key"));
-    std::fs::write(&leaf, &blocks[0]).unwrap();
-    std::fs::write(&inter, blocks[1..].concat()).unwrap();
-    std::fs::write(&root, root_pem).unwrap();
+    let leaf = verify_chain(dir, tag, s, root_pem);
+    let key = dir.join(format!("{tag}-tls.key")).display().to_string();
     std::fs::write(&key, data(s, "tls.key")).unwrap();
-    let (ok, out) = openssl(&["verify", "-CAfile", &root, "-untrusted", &inter, &leaf]);
-    assert!(ok, "openssl verify against Pebble's root: {out}");
-    let (ok1, cert_pub) = openssl(&["x509", "-in", &leaf, "-noout", "-pubkey"]);
-    let (ok2, key_pub) = openssl(&["pkey", "-in", &key, "-pubout"]);
-    assert!(ok1 && ok2, "openssl pubkey: {cert_pub} {key_pub}");
-    assert_eq!(cert_pub, key_pub, "tls.key is the key of the leaf");
-    let (ok, out) = openssl(&["x509", "-in", &leaf, "-noout", "-ext", "subjectAltName"]);
-    assert!(ok, "openssl x509 -ext: {out}");
+    check_key(&leaf, &key, "the leaf");
+    let out = sans(&leaf);
     let mut got: Vec<&str> = out
         .split([',', '\n'])
         .map(str::trim)
@@ -331,7 +117,20 @@ fn verify_secret(dir: &Path, tag: &str, s: &Secret, root_pem: &str, names: &[&st
     assert_eq!(got, want, "the leaf's names: {out}");
 }
 
-/// `dig @addr name TXT`: (status, TXT answers without quotes).
+/// `ferrite-certs controller` as the chart's ServiceAccount; the DNS self-check asks `nameserver`.
+async fn start_certs(kubeconfig: &Path, tag: &str, nameserver: SocketAddr) -> (Supervised, SocketAddr) {
+    let extra = [
+        format!("--http01-listen={}", free_addr()),
+        format!("--self-check-nameservers={nameserver}"),
+        "--self-check-timeout=20s".into(),
+        "--rfc2136-timeout=3s".into(),
+    ];
+    let lease = format!("ferrite-certs-{tag}");
+    let log = format!("ferrite-certs-dns01-certs-{tag}.log");
+    let ctl = start_controller(kubeconfig, &lease, &log, &extra).await;
+    (ctl.proc, ctl.admin)
+}
+
 fn dig_txt(server: SocketAddr, name: &str) -> (String, Vec<String>) {
     let out = Command::new("dig")
         .arg(format!("@{}", server.ip()))
@@ -396,47 +195,12 @@ fn counter_sum(metrics: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-async fn metrics(admin: SocketAddr) -> String {
-    match ferrite_e2e::http_get(admin, "/metrics").await {
-        Ok((200, body)) => body,
-        other => panic!("/metrics at {admin}: {other:?}"),
-    }
-}
-
-async fn start_pebble(dns_server: SocketAddr) -> Pebble {
-    tokio::task::spawn_blocking(move || {
-        Pebble::start(PebbleOptions {
-            dns_server: Some(dns_server),
-            ..Default::default()
-        })
+async fn start_pebble_resolving(dns_server: SocketAddr) -> Pebble {
+    start_pebble(PebbleOptions {
+        dns_server: Some(dns_server),
+        ..Default::default()
     })
     .await
-    .unwrap()
-    .expect("Pebble starts (apt-get install -y pebble)")
-}
-
-/// Waits until the Certificate is Ready=True, failing with the controller's and Pebble's logs.
-async fn wait_ready_cert(
-    api: &Api<Certificate>,
-    name: &str,
-    ctl: &Supervised,
-    pebble: &Pebble,
-) -> Certificate {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let c = api.get(name).await.unwrap();
-        if cert_condition(&c, "Ready").is_some_and(|(s, _, _)| s == "True") {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} not Ready in 90 s: {:?}\n{}\n{}",
-            c.status,
-            ctl.log_tail(40),
-            pebble.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A wildcard and its apex through `dns01.ferriteDNS`: ferrite-dns serves the embedded zone Pebble
@@ -444,10 +208,7 @@ async fn wait_ready_cert(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns01_through_ferrite_dns_wildcard() {
     let _serial = SERIAL.lock().await;
-    let kb = KubeBox::shared();
-    ferrite_e2e::demo::apply_crds(kb).await.expect("CRDs applied");
-    let client = kb.client().await;
-    let ns = kb.namespace("certs-dns01").await;
+    let (kb, client, ns) = setup("certs-dns01").await;
     let certs_kubeconfig = chart_account(kb, "certs", "ferrite-certs").await;
     let dns_kubeconfig = chart_account(kb, "dns", "ferrite-dns").await;
     let dns: SocketAddr = format!("127.0.0.1:{}", free_tcp_udp_port().unwrap())
@@ -472,7 +233,7 @@ async fn dns01_through_ferrite_dns_wildcard() {
         "no challenge record before"
     );
 
-    let pebble = start_pebble(dns).await;
+    let pebble = start_pebble_resolving(dns).await;
     assert_eq!(pebble.resolver(), dns);
     let (ctl, _) = start_certs(&certs_kubeconfig, "ferrite-dns", dns).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -490,7 +251,7 @@ async fn dns01_through_ferrite_dns_wildcard() {
             "caBundle": ca_bundle, "solvers": [{"dns01": {"ferriteDNS": {}}}]}}}),
     )
     .await;
-    wait_cluster_issuer_registered(&cluster_issuers, "dns01-ferrite").await;
+    wait_cluster_issuer(&cluster_issuers, "dns01-ferrite", "True", "ACMEAccountRegistered").await;
     let txt_before = counter_sum(
         &metrics(dns_admin).await,
         "ferrite_dns_queries_total",
@@ -530,7 +291,7 @@ async fn dns01_through_ferrite_dns_wildcard() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let wild = wait_ready_cert(&certs, "wild", &ctl, &pebble).await;
+    let wild = wait_issued(&certs, "wild", &ctl, &pebble).await;
     assert_eq!(
         record_names
             .iter()
@@ -604,12 +365,9 @@ async fn dns01_rfc2136_into_named_wildcard_and_wrong_key() {
     .unwrap()
     .expect("named starts (apt-get install -y bind9 bind9-dnsutils)");
     let ns_addr = named.addr();
-    let kb = KubeBox::shared();
-    ferrite_e2e::demo::apply_crds(kb).await.expect("CRDs applied");
-    let client = kb.client().await;
-    let ns = kb.namespace("certs-rfc2136").await;
+    let (kb, client, ns) = setup("certs-rfc2136").await;
     let kubeconfig = chart_account(kb, "certs", "ferrite-certs").await;
-    let pebble = start_pebble(ns_addr).await;
+    let pebble = start_pebble_resolving(ns_addr).await;
     let (ctl, _) = start_certs(&kubeconfig, "rfc2136", ns_addr).await;
     let tmp = tempfile::tempdir().unwrap();
 
@@ -644,8 +402,14 @@ async fn dns01_rfc2136_into_named_wildcard_and_wrong_key() {
         issuer("dns01-rfc2136-wrong", "dns01-tsig-wrong"),
     )
     .await;
-    wait_cluster_issuer_registered(&cluster_issuers, "dns01-rfc2136").await;
-    wait_cluster_issuer_registered(&cluster_issuers, "dns01-rfc2136-wrong").await;
+    wait_cluster_issuer(&cluster_issuers, "dns01-rfc2136", "True", "ACMEAccountRegistered").await;
+    wait_cluster_issuer(
+        &cluster_issuers,
+        "dns01-rfc2136-wrong",
+        "True",
+        "ACMEAccountRegistered",
+    )
+    .await;
 
     create(
         &certs,
@@ -654,7 +418,7 @@ async fn dns01_rfc2136_into_named_wildcard_and_wrong_key() {
             "dnsNames": ["*.rfc.dns01.test", "rfc.dns01.test"]}}),
     )
     .await;
-    let wild = wait_ready_cert(&certs, "rfc-wild", &ctl, &pebble).await;
+    let wild = wait_issued(&certs, "rfc-wild", &ctl, &pebble).await;
     assert_eq!(wild.status.clone().unwrap().revision, Some(1));
     let s = secrets.get("rfc-wild-tls").await.unwrap();
     verify_secret(
@@ -709,7 +473,7 @@ async fn dns01_rfc2136_into_named_wildcard_and_wrong_key() {
         failing.status
     );
     assert_eq!(cert_condition(&failing, "Ready").unwrap().1, "DoesNotExist");
-    let (type_, note) = wait_event(kb, &ns, "rfc-bad", "Failed").await;
+    let (type_, note) = wait_event_typed(kb, &ns, "rfc-bad", "Failed").await;
     assert_eq!(type_, "Warning", "{note}");
     assert!(note.contains("BADSIG"), "{note}");
     assert!(

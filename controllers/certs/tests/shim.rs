@@ -4,12 +4,14 @@
 //!
 //! One test function: the steps share one shim and run in order.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use clap::Parser;
+use common::{eventually, setup};
 use ferrite_api::certs::{Certificate, IssuerKind, IssuerRef};
 use ferrite_certs::shim::{self, INGRESS_NAME_LABEL, ShimConfig};
-use ferrite_e2e::KubeBox;
 use ferrite_kit::{App, cli::CommonArgs};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -21,24 +23,6 @@ use serde_json::{Value, json};
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
-}
-
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn ingress(name: &str, annotations: Value, tls: Value) -> Ingress {
@@ -79,8 +63,7 @@ fn controller_uid(c: &Certificate) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_annotations_become_certificates_owned_by_the_ingress() {
-    let kb = KubeBox::shared();
-    ferrite_e2e::demo::apply_crds(kb).await.expect("CRDs applied");
+    let (kb, client, ns) = setup("shim").await;
     let kubeconfig = kb.kubeconfig.display().to_string();
     let cli = Cli::parse_from([
         "test",
@@ -103,8 +86,6 @@ async fn ingress_annotations_become_certificates_owned_by_the_ingress() {
     };
     let shim_task = shim::spawn(&app, config);
 
-    let ns = kb.namespace("shim").await;
-    let client = kb.client().await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
     let certs: Api<Certificate> = Api::namespaced(client.clone(), &ns);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
