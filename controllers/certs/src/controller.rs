@@ -41,7 +41,7 @@ use ferrite_api::certs::{
 use ferrite_api::names;
 use ferrite_kit::conditions::{self, NewCondition, Status};
 use ferrite_kit::events::Events;
-use ferrite_kit::kube::runtime::controller::Action;
+use ferrite_kit::kube::runtime::controller::{self, Action};
 use ferrite_kit::kube::runtime::reflector::{ObjectRef, Store};
 use ferrite_kit::kube::runtime::watcher;
 use ferrite_kit::kube::{Api, Resource, ResourceExt};
@@ -63,6 +63,12 @@ use crate::renewal::{self, IssuanceCheck, IssuanceReason, KeyPlan, RenewalConfig
 pub const FIELD_MANAGER: &str = names::CERTS_CONTROLLER_MANAGER;
 /// Reporter of Events.
 pub const REPORTER: &str = names::CERTS_CONTROLLER_REPORTER;
+/// Certificate reconciles in flight at once. Unbounded, a burst of new Certificates (thousands
+/// created together) starts one reconcile each, and every one holds its API requests, response
+/// buffers and task state at the same time: the controller's peak memory then grows with the size
+/// of the burst. Others wait in the controller's queue (deduplicated per Certificate).
+pub const CERTIFICATE_RECONCILES: u16 = 32;
+
 /// How often a not-Ready issuer is looked at again (its Secret may appear, its CA come back).
 const ISSUER_RECHECK: Duration = Duration::from_secs(30);
 /// How often a Certificate waiting for its issuer is looked at again (issuer changes also trigger).
@@ -2055,7 +2061,10 @@ pub async fn run_with(
     ferrite_kit::admin::wait_synced(&ctx.issuers).await;
     ferrite_kit::admin::wait_synced(&ctx.cluster_issuers).await;
     ferrite_kit::runner::run(
-        certs.controller().reconcile_on(cert_triggers),
+        certs
+            .controller()
+            .with_config(controller::Config::default().concurrency(CERTIFICATE_RECONCILES))
+            .reconcile_on(cert_triggers),
         ctx.clone(),
         reconcile_certificate,
         opts,
