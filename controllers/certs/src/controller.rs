@@ -850,24 +850,8 @@ async fn reconcile_issuer(issuer: Arc<Issuer>, ctx: Arc<Context>) -> Result<Acti
         issuer.metadata.generation,
     )
     .await?;
-    if out.status != old {
-        let api: Api<Issuer> = Api::namespaced(ctx.client.clone(), &ns);
-        ferrite_kit::status::apply_status(
-            &api,
-            &name,
-            FIELD_MANAGER,
-            serde_json::to_value(&out.status).unwrap_or_default(),
-            &ctx.leadership,
-        )
-        .await?;
-    }
-    if let Some((reason, msg)) = out.warning {
-        tracing::warn!(issuer = %key, reason, message = %msg, "issuer not ready");
-        ctx.events
-            .warning(&issuer.object_ref(&()), reason, "Validate", msg)
-            .await;
-    }
-    Ok(Action::requeue(out.requeue))
+    let api: Api<Issuer> = Api::namespaced(ctx.client.clone(), &ns);
+    publish_issuer(&ctx, &api, issuer.as_ref(), &key, &old, out).await
 }
 
 async fn reconcile_cluster_issuer(issuer: Arc<ClusterIssuer>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -884,11 +868,26 @@ async fn reconcile_cluster_issuer(issuer: Arc<ClusterIssuer>, ctx: Arc<Context>)
         issuer.metadata.generation,
     )
     .await?;
-    if out.status != old {
-        let api: Api<ClusterIssuer> = Api::all(ctx.client.clone());
+    let api: Api<ClusterIssuer> = Api::all(ctx.client.clone());
+    publish_issuer(&ctx, &api, issuer.as_ref(), &key, &old, out).await
+}
+
+/// Writes an issuer's new status (only when it changed) and its Warning, for Issuers and ClusterIssuers.
+async fn publish_issuer<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    issuer: &K,
+    key: &str,
+    old: &IssuerStatus,
+    out: IssuerOutcome,
+) -> Result<Action, Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if out.status != *old {
         ferrite_kit::status::apply_status(
-            &api,
-            &name,
+            api,
+            &issuer.name_any(),
             FIELD_MANAGER,
             serde_json::to_value(&out.status).unwrap_or_default(),
             &ctx.leadership,

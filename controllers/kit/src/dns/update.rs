@@ -808,6 +808,7 @@ mod tests {
         let err = TsigAlgorithm::parse("hmac-md5").unwrap_err();
         assert_eq!(err.reason(), "Invalid");
         assert!(err.to_string().contains("hmac-md5"), "{err}");
+        assert_eq!(TsigAlgorithm::default(), TsigAlgorithm::HmacSha256);
     }
 
     #[test]
