@@ -74,3 +74,130 @@ pub async fn service_account(
         .await
         .with_context(|| format!("minting ServiceAccount {namespace}/{account}'s kubeconfig"))
 }
+
+/// The umbrella chart's directory.
+pub fn umbrella() -> PathBuf {
+    repo_root().join("charts/ferrite")
+}
+
+/// `helm template ferrite charts/ferrite --namespace ferrite-system <args>` with the helm of
+/// install-deps.sh (no cluster needed): the rendered YAML stream.
+pub fn template(args: &[&str]) -> Result<String> {
+    let helm = crate::tool("helm");
+    let out = std::process::Command::new(&helm)
+        .args(["template", "ferrite"])
+        .arg(umbrella())
+        .args(["--namespace", "ferrite-system"])
+        .args(args)
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (e2e/scripts/install-deps.sh installs it)",
+                helm.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "helm template charts/ferrite {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).context("helm template printed non-UTF-8")
+}
+
+/// One document of a rendered stream with the template it came from (helm's `# Source:` line,
+/// e.g. `ferrite/charts/dns/templates/rbac.yaml`).
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The template path after `# Source: `.
+    pub source: String,
+    /// The document's text, without the `---` separator.
+    pub text: String,
+}
+
+impl Rendered {
+    /// The subchart that rendered it (`loadbalancer`, `dns`, ...), `None` for the umbrella's own templates.
+    pub fn subchart(&self) -> Option<&str> {
+        self.source
+            .strip_prefix("ferrite/charts/")
+            .and_then(|rest| rest.split('/').next())
+    }
+
+    /// The document parsed as YAML.
+    pub fn value(&self) -> Result<serde_json::Value> {
+        serde_yaml::from_str(&self.text).with_context(|| format!("parsing the document of {}", self.source))
+    }
+}
+
+/// Splits a `helm template` stream into its documents (helm starts each with `---` and a `# Source:`
+/// line; documents that render empty or only comments are dropped).
+pub fn documents(stream: &str) -> Vec<Rendered> {
+    let mut docs = vec![];
+    let mut current: Vec<&str> = vec![];
+    let mut flush = |lines: &mut Vec<&str>| {
+        if let Some((first, rest)) = lines.split_first()
+            && let Some(source) = first.strip_prefix("# Source: ")
+            // A template's leading comment block renders as a document of its own: not an object.
+            && rest.iter().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        {
+            docs.push(Rendered {
+                source: source.trim().to_string(),
+                text: rest.join("\n") + "\n",
+            });
+        }
+        lines.clear();
+    };
+    for line in stream.lines() {
+        if line == "---" {
+            flush(&mut current);
+        } else {
+            current.push(line);
+        }
+    }
+    flush(&mut current);
+    docs
+}
+
+/// The prometheus.io scrape annotations of one pod template: who to scrape, on which port and path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScrapeTarget {
+    /// `Deployment/ferrite-dns`, `DaemonSet/ferrite-lb-speaker`.
+    pub workload: String,
+    /// `prometheus.io/port`.
+    pub port: u16,
+    /// `prometheus.io/path` (`/metrics` when absent, as the kubernetes-pods scrape config does).
+    pub path: String,
+}
+
+/// Every workload of a rendered stream whose pod template says `prometheus.io/scrape: "true"`.
+pub fn scrape_targets(stream: &str) -> Result<Vec<ScrapeTarget>> {
+    let mut out = vec![];
+    for doc in documents(stream) {
+        let v = doc.value()?;
+        let kind = v["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "Deployment" | "DaemonSet" | "StatefulSet") {
+            continue;
+        }
+        let ann = &v["spec"]["template"]["metadata"]["annotations"];
+        if ann["prometheus.io/scrape"].as_str() != Some("true") {
+            continue;
+        }
+        let name = v["metadata"]["name"].as_str().unwrap_or_default();
+        let port = ann["prometheus.io/port"]
+            .as_str()
+            .with_context(|| format!("{kind}/{name}: prometheus.io/scrape without prometheus.io/port"))?;
+        let port = port
+            .parse()
+            .with_context(|| format!("{kind}/{name}: prometheus.io/port {port:?} is not a port"))?;
+        out.push(ScrapeTarget {
+            workload: format!("{kind}/{name}"),
+            port,
+            path: ann["prometheus.io/path"]
+                .as_str()
+                .unwrap_or("/metrics")
+                .to_string(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,297 @@
+//! The umbrella chart rendered by the real helm (`~/.cache/ferrite/bin/helm`, from install-deps.sh), no
+//! cluster: insta snapshots of `helm template` for the defaults and non-default value sets, one snapshot
+//! per subchart (so a change in one controller's templates shows up in that controller's snapshot only).
+//!
+//! A changed template fails here with the diff; accept it with `cargo insta review` (or
+//! `INSTA_UPDATE=always cargo test -p ferrite-e2e --test chart`) and commit `e2e/tests/snapshots/`.
+//! The ingress subchart's documents are left out: ferrite-ingress's chart tests own them.
+
+use ferrite_e2e::chart::{Rendered, documents, scrape_targets, template};
+use std::collections::BTreeMap;
+
+/// Value sets rendered and snapshotted: name, `helm template` arguments.
+const VALUE_SETS: &[(&str, &[&str])] = &[
+    ("defaults", &[]),
+    (
+        // What a cluster with its own conventions sets: a pinned image, a gossip key from a vault, TSIG
+        // Secrets for RFC2136 zones, one Service for DNS (Kubernetes 1.26+), scheduling and extra flags.
+        "custom",
+        &[
+            "--set",
+            "loadbalancer.image.tag=0.1.0-rc1",
+            "--set",
+            "loadbalancer.speaker.gossipKey=0123456789abcdef0123456789abcdef",
+            "--set",
+            "loadbalancer.controller.replicas=3",
+            "--set",
+            "loadbalancer.controller.priorityClassName=system-cluster-critical",
+            "--set-string",
+            "loadbalancer.speaker.nodeSelector.ferrite\\.dev/speaker=true",
+            "--set",
+            "loadbalancer.speaker.extraArgs={--startup-grace=5s}",
+            "--set",
+            "loadbalancer.logFormat=plain",
+            "--set",
+            "dns.tsigSecrets[0].namespace=ferrite-system",
+            "--set",
+            "dns.tsigSecrets[0].name=bind-tsig",
+            "--set",
+            "dns.service.split=false",
+            "--set",
+            "dns.service.loadBalancerClass=ferrite.dev/lb",
+            "--set",
+            "dns.service.externalTrafficPolicy=Local",
+            "--set",
+            "dns.podAnnotations.example\\.com/team=infra",
+            "--set",
+            "certs.replicas=1",
+            "--set",
+            "certs.clusterResourceNamespace=cert-secrets",
+            "--set",
+            "certs.prometheusScrape=false",
+            "--set",
+            "certs.extraArgs={--log-level=debug}",
+        ],
+    ),
+    (
+        // Only the allocator, no speaker (BGP or another announcer does layer 2), nothing else.
+        "lb-controller-only",
+        &[
+            "--set",
+            "loadbalancer.speaker.enabled=false",
+            "--set",
+            "loadbalancer.controller.podDisruptionBudget.enabled=false",
+            "--set",
+            "dns.enabled=false",
+            "--set",
+            "certs.enabled=false",
+        ],
+    ),
+];
+
+/// The subcharts snapshotted here (`None` is the umbrella's own templates).
+const SNAPSHOTTED: &[Option<&str>] = &[None, Some("loadbalancer"), Some("dns"), Some("certs")];
+
+fn render(args: &[&str]) -> Vec<Rendered> {
+    match template(args) {
+        Ok(stream) => documents(&stream),
+        Err(e) => panic!("{e:#}"),
+    }
+}
+
+/// The documents of one subchart, in helm's order, each headed by its template (helm sorts by kind, then
+/// name, so the order is stable).
+fn joined(docs: &[Rendered], subchart: Option<&str>) -> String {
+    let mut out = String::new();
+    for d in docs.iter().filter(|d| d.subchart() == subchart) {
+        out.push_str("---\n# Source: ");
+        out.push_str(&d.source);
+        out.push('\n');
+        out.push_str(&d.text);
+    }
+    if out.is_empty() {
+        out.push_str("# (renders nothing)\n");
+    }
+    out
+}
+
+#[test]
+fn helm_template_snapshots() {
+    for (set, args) in VALUE_SETS {
+        let docs = render(args);
+        for sub in SNAPSHOTTED {
+            let name = format!("{set}-{}", sub.unwrap_or("umbrella"));
+            insta::assert_snapshot!(
+                name,
+                joined(&docs, *sub),
+                &format!("helm template {}", args.join(" "))
+            );
+        }
+    }
+}
+
+#[test]
+fn renders_the_same_every_time() {
+    for (set, args) in VALUE_SETS {
+        let first = template(args).expect("renders");
+        let second = template(args).expect("renders");
+        assert!(first == second, "value set {set}: two renders differ");
+    }
+}
+
+#[test]
+fn every_document_is_a_kubernetes_object_of_a_known_subchart() {
+    for (set, args) in VALUE_SETS {
+        let docs = render(args);
+        assert!(!docs.is_empty(), "value set {set} renders nothing");
+        let mut seen: BTreeMap<(String, String, String), String> = BTreeMap::new();
+        for d in &docs {
+            assert!(
+                matches!(
+                    d.subchart(),
+                    None | Some("loadbalancer" | "dns" | "certs" | "ingress")
+                ),
+                "{set}: {} is from an unknown subchart",
+                d.source
+            );
+            let v = d.value().expect("valid YAML");
+            let kind = v["kind"].as_str().unwrap_or_default().to_string();
+            let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            assert!(
+                v["apiVersion"].is_string() && !kind.is_empty() && !name.is_empty(),
+                "{set}: {} renders a document without apiVersion, kind or name:\n{}",
+                d.source,
+                d.text
+            );
+            let ns = v["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if let Some(other) = seen.insert((kind.clone(), ns.clone(), name.clone()), d.source.clone()) {
+                panic!(
+                    "{set}: {kind} {ns}/{name} rendered twice ({other} and {})",
+                    d.source
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pods_are_least_privilege() {
+    let docs = render(&[]);
+    let mut workloads = 0;
+    for d in docs.iter().filter(|d| d.subchart() != Some("ingress")) {
+        let v = d.value().expect("valid YAML");
+        let kind = v["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "Deployment" | "DaemonSet") {
+            continue;
+        }
+        workloads += 1;
+        let name = v["metadata"]["name"].as_str().unwrap_or_default();
+        let pod = &v["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{kind}/{name}: seccomp RuntimeDefault"
+        );
+        assert!(
+            pod["serviceAccountName"].is_string(),
+            "{kind}/{name}: own ServiceAccount"
+        );
+        for c in pod["containers"].as_array().expect("containers") {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{kind}/{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{kind}/{name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{kind}/{name}"
+            );
+            let added: Vec<&str> = sc["capabilities"]["add"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            let allowed: &[&str] = match name {
+                "ferrite-lb-speaker" => &["NET_RAW"],
+                "ferrite-dns" => &["NET_BIND_SERVICE"],
+                _ => &[],
+            };
+            assert_eq!(added, allowed, "{kind}/{name}: capabilities added");
+            assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez", "{kind}/{name}");
+            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{kind}/{name}");
+            assert!(
+                c["resources"]["requests"]["memory"].is_string(),
+                "{kind}/{name}: memory request"
+            );
+            assert!(
+                c["resources"]["limits"]["memory"].is_string(),
+                "{kind}/{name}: memory limit"
+            );
+            // The chart's default image is the one image with every binary, tagged with the appVersion.
+            assert!(
+                c["image"].as_str().unwrap_or_default().ends_with(":0.1.0"),
+                "{kind}/{name}: {}",
+                c["image"]
+            );
+        }
+        // Non-root everywhere but the speaker, which needs raw sockets on the host network namespace.
+        if name != "ferrite-lb-speaker" {
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{kind}/{name}");
+        }
+    }
+    assert!(
+        workloads >= 4,
+        "lb controller + speaker, dns, certs: {workloads} workloads"
+    );
+}
+
+#[test]
+fn every_workload_is_scraped_on_its_admin_port() {
+    let stream = template(&[]).expect("renders");
+    let targets = scrape_targets(&stream).expect("annotations parse");
+    let by_name: BTreeMap<&str, (u16, &str)> = targets
+        .iter()
+        .map(|t| (t.workload.as_str(), (t.port, t.path.as_str())))
+        .collect();
+    for (workload, port) in [
+        ("Deployment/ferrite-lb-controller", 9090),
+        ("DaemonSet/ferrite-lb-speaker", 9091),
+        ("Deployment/ferrite-dns", 9090),
+        ("Deployment/ferrite-certs", 9090),
+    ] {
+        assert_eq!(
+            by_name.get(workload),
+            Some(&(port, "/metrics")),
+            "{workload}: {targets:?}"
+        );
+    }
+    // The annotation's port is the container's admin port (what the admin server listens on).
+    for d in documents(&stream) {
+        let v = d.value().expect("valid YAML");
+        let Some(ann) = v["spec"]["template"]["metadata"]["annotations"].as_object() else {
+            continue;
+        };
+        let Some(port) = ann.get("prometheus.io/port").and_then(|p| p.as_str()) else {
+            continue;
+        };
+        let admin = v["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "admin"))
+            .map(|p| p["containerPort"].to_string());
+        assert_eq!(
+            admin.as_deref(),
+            Some(port),
+            "{}: admin port vs prometheus.io/port",
+            d.source
+        );
+    }
+    let off = template(&["--set", "certs.prometheusScrape=false"]).expect("renders");
+    assert!(
+        !scrape_targets(&off)
+            .expect("annotations parse")
+            .iter()
+            .any(|t| t.workload == "Deployment/ferrite-certs"),
+        "certs.prometheusScrape=false drops the annotations"
+    );
+}
+
+#[test]
+fn the_schema_refuses_bad_values_with_a_clear_message() {
+    for (set, wants) in [
+        ("dns.replicas=two", "replicas"),
+        ("dns.bogus=1", "bogus"),
+        ("dsn.enabled=false", "dsn"),
+        ("certs.replicas=-1", "replicas"),
+        ("loadbalancer.speaker.gossipKey=short", "gossipKey"),
+        ("loadbalancer.controller.replicas=0", "replicas"),
+    ] {
+        let err = match template(&["--set", set]) {
+            Ok(_) => panic!("--set {set} rendered; values.schema.json must refuse it"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains(wants),
+            "--set {set}: the error names {wants:?}: {err}"
+        );
+    }
+}
