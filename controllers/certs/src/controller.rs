@@ -77,7 +77,7 @@ const WAIT_RECHECK: Duration = Duration::from_secs(60);
 const NO_SOLVER: &str = "ACME issuance needs the challenge solvers (controllers/certs/src/solvers.rs), which this build does not have; no order was placed";
 /// The message tail of an issuer without a Ready condition yet.
 const NOT_RECONCILED: &str = "not reconciled yet";
-/// Retry after a status write lost to a newer version of the Certificate.
+/// Retry after a status write lost to a newer version of the Certificate (or issuer).
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
 /// Longest message put in a condition or Event from an error.
 const MAX_MESSAGE: usize = 512;
@@ -111,10 +111,27 @@ pub struct ControllerArgs {
     /// HTTP-01 self-check port when resolving the name.
     #[arg(long, env = "FERRITE_CERTS_SELF_CHECK_HTTP_PORT", default_value_t = 80)]
     pub self_check_http_port: u16,
-    /// DNS-01 self-check: ask these servers for the TXT record (`ip:port`, comma separated). Empty:
-    /// no DNS self-check.
-    #[arg(long, env = "FERRITE_CERTS_SELF_CHECK_NAMESERVERS", value_delimiter = ',')]
+    /// DNS-01 self-check: the recursive resolvers (`ip:port`, comma separated) through which the
+    /// zone's authoritative servers are found and asked for the TXT record. Empty: no DNS self-check.
+    #[arg(
+        long,
+        env = "FERRITE_CERTS_SELF_CHECK_NAMESERVERS",
+        value_delimiter = ',',
+        alias = "dns01-recursive-nameservers"
+    )]
     pub self_check_nameservers: Vec<std::net::SocketAddr>,
+    /// DNS-01 self-check: ask only the --self-check-nameservers for the TXT record instead of the
+    /// zone's authoritative servers found through them (cert-manager's flag of the same name).
+    #[arg(long, env = "FERRITE_CERTS_DNS01_RECURSIVE_NAMESERVERS_ONLY")]
+    pub dns01_recursive_nameservers_only: bool,
+    /// DNS-01 self-check: the port the zone's authoritative servers are asked on (tests with servers
+    /// on loopback ports).
+    #[arg(
+        long,
+        env = "FERRITE_CERTS_SELF_CHECK_AUTHORITATIVE_PORT",
+        default_value_t = 53
+    )]
+    pub self_check_authoritative_port: u16,
     /// Longest wait for an order to become ready after its challenges, and for its certificate.
     #[arg(long, env = "FERRITE_CERTS_ACME_POLL_TIMEOUT", default_value = "120s", value_parser = ferrite_kit::cli::parse_duration)]
     pub acme_poll_timeout: Duration,
@@ -885,14 +902,25 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     if out.status != *old {
-        ferrite_kit::status::apply_status(
+        // Only over the version the status was computed from: a stale cached copy (or a replica that
+        // lost the lease) never rolls back a newer status. The newer version is reconciled next.
+        match ferrite_kit::status::apply_status_at(
             api,
             &issuer.name_any(),
+            issuer.meta().resource_version.as_deref(),
             FIELD_MANAGER,
             serde_json::to_value(&out.status).unwrap_or_default(),
             &ctx.leadership,
         )
-        .await?;
+        .await
+        {
+            Ok(_) => {}
+            Err(ferrite_kit::Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
+                tracing::debug!(issuer = %key, "issuer changed since it was read; its status is written from the newer version");
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     if let Some((reason, msg)) = out.warning {
         tracing::warn!(issuer = %key, reason, message = %msg, "issuer not ready");
@@ -1818,6 +1846,8 @@ async fn acme_sign(
                 http_port: ctx.args.self_check_http_port,
                 http_address: ctx.args.self_check_http_address,
                 nameservers: ctx.args.self_check_nameservers.clone(),
+                recursive_only: ctx.args.dns01_recursive_nameservers_only,
+                authoritative_port: ctx.args.self_check_authoritative_port,
                 ..Default::default()
             },
             poll_timeout: ctx.args.acme_poll_timeout,
