@@ -20,6 +20,9 @@
 //! badNonce is retried inside instant-acme (3 attempts per request); what is left after that comes
 //! out as [`AcmeError::Rejected`].
 
+/// The DNS-01 self-check at the zone's authoritative servers (zone walk, NS discovery).
+pub mod dns_check;
+
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::BodyExt as _;
@@ -1202,8 +1205,16 @@ pub struct SelfCheck {
     pub http_port: u16,
     /// HTTP-01: connect here instead of resolving the name (the Host header is still the name).
     pub http_address: Option<SocketAddr>,
-    /// DNS-01: the servers to ask (the zone's authoritative servers); empty skips the DNS check.
+    /// DNS-01: the recursive resolvers through which the zone's apex, its NS records and their
+    /// addresses are found; the TXT record is then asked of those authoritative servers. Empty
+    /// skips the DNS check.
     pub nameservers: Vec<SocketAddr>,
+    /// DNS-01: ask only `nameservers` for the TXT record, with no authoritative discovery
+    /// (cert-manager's `--dns01-recursive-nameservers-only`); one of them holding it is enough.
+    pub recursive_only: bool,
+    /// DNS-01: the port the discovered authoritative servers are asked on (53; tests whose servers
+    /// run on loopback with another port override it).
+    pub authoritative_port: u16,
 }
 
 impl Default for SelfCheck {
@@ -1215,6 +1226,8 @@ impl Default for SelfCheck {
             http_port: 80,
             http_address: None,
             nameservers: Vec::new(),
+            recursive_only: false,
+            authoritative_port: 53,
         }
     }
 }
@@ -1563,6 +1576,8 @@ pub fn dns_value(key_authorization: &str) -> String {
 async fn self_check(p: &Presented, cfg: &SelfCheck) -> Result<(), AcmeError> {
     let deadline = Instant::now() + cfg.timeout;
     let mut last;
+    // DNS-01: the zone's authoritative servers, found once per self-check (again after a failure).
+    let mut authoritative = None;
     loop {
         let seen = match p.challenge.kind {
             ChallengeKind::Http01 => check_http(p, cfg).await,
@@ -1570,7 +1585,7 @@ async fn self_check(p: &Presented, cfg: &SelfCheck) -> Result<(), AcmeError> {
                 if cfg.nameservers.is_empty() {
                     return Ok(());
                 }
-                check_dns(p, cfg).await
+                check_dns(p, cfg, &mut authoritative).await
             }
             _ => return Ok(()),
         };
@@ -1638,87 +1653,43 @@ async fn check_http(p: &Presented, cfg: &SelfCheck) -> Result<(), String> {
     Ok(())
 }
 
-async fn check_dns(p: &Presented, cfg: &SelfCheck) -> Result<(), String> {
-    let name = p.dns_record_name();
-    let mut last = String::new();
-    for ns in &cfg.nameservers {
-        match txt_lookup(&name, *ns).await {
-            Ok(values) if values.iter().any(|v| v == &p.challenge.dns_txt_value) => return Ok(()),
-            Ok(values) => {
-                last = format!(
-                    "{name} TXT at {ns} has {} value(s), not the challenge's",
-                    values.len()
-                )
-            }
-            Err(e) => last = format!("{name} TXT at {ns}: {e}"),
-        }
+async fn check_dns(
+    p: &Presented,
+    cfg: &SelfCheck,
+    authoritative: &mut Option<dns_check::Authoritative>,
+) -> Result<(), String> {
+    let name = dns_check::fqdn(&p.dns_record_name())?;
+    let value = &p.challenge.dns_txt_value;
+    if cfg.recursive_only {
+        return dns_check::check_recursive(&name, value, &cfg.nameservers).await;
     }
-    Err(last)
+    let auth = match authoritative.take() {
+        Some(a) => a,
+        None => dns_check::discover(&cfg.nameservers, &name, cfg.authoritative_port).await?,
+    };
+    let r = dns_check::check_authoritative(&name, value, &auth).await;
+    *authoritative = Some(auth);
+    r
 }
 
-/// The TXT values at `name` as `server` answers (UDP, then TCP when truncated), bounded to 3 s.
+/// The DNS-01 self-check of a TXT value at `name`: at the zone's authoritative servers found through
+/// `cfg.nameservers`, or at `cfg.nameservers` themselves with `cfg.recursive_only`. One attempt (no
+/// retries); `Err` says what was seen where.
+pub async fn dns01_self_check(name: &str, value: &str, cfg: &SelfCheck) -> Result<(), String> {
+    let name = dns_check::fqdn(name)?;
+    if cfg.recursive_only {
+        return dns_check::check_recursive(&name, value, &cfg.nameservers).await;
+    }
+    let auth = dns_check::discover(&cfg.nameservers, &name, cfg.authoritative_port).await?;
+    dns_check::check_authoritative(&name, value, &auth).await
+}
+
+/// The TXT values at `name` as `server` answers (UDP, then TCP when truncated; recursion not
+/// desired), bounded to 3 s.
 pub async fn txt_lookup(name: &str, server: SocketAddr) -> Result<Vec<String>, String> {
-    use hickory_proto::{
-        op::{Message, Query},
-        rr::{Name, RData, RecordType},
-    };
-    let mut qname = Name::from_ascii(name).map_err(|e| format!("bad name {name}: {e}"))?;
-    qname.set_fqdn(true);
-    let mut query = Message::query();
-    query.metadata.recursion_desired = false;
-    query.add_query(Query::query(qname, RecordType::TXT));
-    let id = query.metadata.id;
-    let wire = query.to_vec().map_err(|e| format!("encoding the query: {e}"))?;
-    let ask = async {
-        let bind: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0".parse().expect("literal")
-        } else {
-            "[::]:0".parse().expect("literal")
-        };
-        let sock = tokio::net::UdpSocket::bind(bind)
-            .await
-            .map_err(|e| e.to_string())?;
-        sock.send_to(&wire, server).await.map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 4096];
-        let msg = loop {
-            let (n, from) = sock.recv_from(&mut buf).await.map_err(|e| e.to_string())?;
-            if from != server {
-                continue;
-            }
-            let m = Message::from_vec(&buf[..n]).map_err(|e| format!("bad answer: {e}"))?;
-            if m.metadata.id == id {
-                break m;
-            }
-        };
-        let msg = if msg.metadata.truncation {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(server)
-                .await
-                .map_err(|e| e.to_string())?;
-            let len = u16::try_from(wire.len()).map_err(|_| "query too long".to_string())?;
-            let mut framed = len.to_be_bytes().to_vec();
-            framed.extend_from_slice(&wire);
-            s.write_all(&framed).await.map_err(|e| e.to_string())?;
-            let mut lenb = [0u8; 2];
-            s.read_exact(&mut lenb).await.map_err(|e| e.to_string())?;
-            let mut body = vec![0u8; usize::from(u16::from_be_bytes(lenb))];
-            s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-            Message::from_vec(&body).map_err(|e| format!("bad answer: {e}"))?
-        } else {
-            msg
-        };
-        let mut out = Vec::new();
-        for r in &msg.answers {
-            if let RData::TXT(txt) = &r.data {
-                let v: Vec<u8> = txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
-                out.push(String::from_utf8_lossy(&v).into_owned());
-            }
-        }
-        Ok::<_, String>(out)
-    };
-    tokio::time::timeout(Duration::from_secs(3), ask)
-        .await
-        .map_err(|_| "no answer in 3s".to_string())?
+    let name = dns_check::fqdn(name)?;
+    let m = dns_check::query(server, &name, hickory_proto::rr::RecordType::TXT, false).await?;
+    Ok(dns_check::txt_values(&m))
 }
 
 #[cfg(test)]

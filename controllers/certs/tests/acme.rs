@@ -102,7 +102,10 @@ fn drive_opts(f: &Fixture) -> DriveOptions {
             interval: Duration::from_millis(100),
             http_port: f.http_port,
             http_address: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, f.http_port))),
+            // challtestsrv answers TXT but is no zone's authority: ask it directly.
             nameservers: vec![f.pebble.dns_addr()],
+            recursive_only: true,
+            authoritative_port: 53,
         },
         poll_timeout: Duration::from_secs(30),
         poll_initial_delay: Duration::from_millis(100),
