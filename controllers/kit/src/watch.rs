@@ -1,11 +1,15 @@
 //! Watches shared between the controllers of one process, with the bulk trimmed off.
 //!
 //! ```text
-//!   Api<K> ──watcher (or metadata_watcher)──> trim (managedFields; optionally last-applied) ──> Store<K>
+//!   Api<K> ──watcher (or metadata_watcher)──> trim (managedFields; optionally last-applied)
+//!          ──> transform (optional, per watch: e.g. drop Secret data a controller never reads) ──> Store<K>
 //!                                                                                        └──> per subscriber:
 //!            a coalescing queue of changed keys ──> Subscription: Applied(obj) | Deleted(last seen)
 //!                                               └─> SharedWatch::controller(): a kube Controller
 //! ```
+//!
+//! Every object is held once: the cache's `Arc`, which each subscriber's queue and each delivered
+//! [`Change`] share (a deleted object's last state is one `Arc` for all subscribers too).
 //!
 //! One [`SharedWatch`] per kind (and scope) holds one watch and one cache, however many controllers
 //! read it: [`Watches::shared`] hands out the same one for the same kind, scope and options. Each
@@ -74,6 +78,63 @@ impl Trim {
     }
 
     fn event<K: Resource>(&self, ev: &mut watcher::Event<K>) {
+        match ev {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
+                self.apply(o)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+}
+
+/// A change made to every object of one watch before it is cached and delivered (after [`Trim`]):
+/// applied to listed, applied and deleted objects alike, so the cache, the subscribers and the
+/// controllers only ever see transformed objects. Use it to keep only what a controller decides with
+/// (e.g. a Secret's data replaced by a summary, or dropped for Secrets nothing references); what is
+/// dropped has to be read from the API server when it is needed.
+///
+/// The name identifies the transform: [`Watches::shared_transformed`] hands out one watch per kind,
+/// scope, options and transform name, so two different transforms must have different names.
+pub struct Transform<K> {
+    name: Arc<str>,
+    f: Arc<dyn Fn(&mut K) + Send + Sync>,
+}
+
+impl<K> Clone for Transform<K> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            f: self.f.clone(),
+        }
+    }
+}
+
+impl<K> Debug for Transform<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Transform").field(&self.name).finish()
+    }
+}
+
+impl<K> Transform<K> {
+    /// A transform called `name` that runs `f` on each object.
+    pub fn new(name: impl Into<String>, f: impl Fn(&mut K) + Send + Sync + 'static) -> Self {
+        Self {
+            name: Arc::from(name.into()),
+            f: Arc::new(f),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Transforms `obj` in place.
+    pub fn apply(&self, obj: &mut K) {
+        (self.f)(obj)
+    }
+
+    fn event(&self, ev: &mut watcher::Event<K>) {
         match ev {
             watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
                 self.apply(o)
@@ -215,6 +276,22 @@ where
     pub fn new(api: Api<K>, config: watcher::Config, trim: Trim, shutdown: CancellationToken) -> Self {
         Self::from_source(watcher(api, config).default_backoff().boxed(), trim, shutdown)
     }
+
+    /// Like [`SharedWatch::new`], with every object also changed by `transform` before it is cached.
+    pub fn new_transformed(
+        api: Api<K>,
+        config: watcher::Config,
+        trim: Trim,
+        transform: Transform<K>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self::from_source_transformed(
+            watcher(api, config).default_backoff().boxed(),
+            trim,
+            Some(transform),
+            shutdown,
+        )
+    }
 }
 
 impl<K> SharedWatch<K>
@@ -226,6 +303,16 @@ where
     pub fn from_source(
         source: futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>,
         trim: Trim,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self::from_source_transformed(source, trim, None, shutdown)
+    }
+
+    /// Like [`SharedWatch::from_source`], each object trimmed, then changed by `transform` (if any).
+    pub fn from_source_transformed(
+        source: futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>,
+        trim: Trim,
+        transform: Option<Transform<K>>,
         shutdown: CancellationToken,
     ) -> Self {
         let mut writer: Writer<K> = Writer::default();
@@ -251,9 +338,12 @@ where
                     }
                     Some(Ok(mut ev)) => {
                         trim.event(&mut ev);
+                        if let Some(t) = &transform {
+                            t.event(&mut ev);
+                        }
                         let before = matches!(ev, watcher::Event::InitDone).then(|| inner.store.state());
                         writer.apply_watcher_event(&ev);
-                        fan_out(&inner, &ev, before);
+                        fan_out(&inner, ev, before);
                     }
                 }
             }
@@ -337,7 +427,9 @@ where
         .collect()
 }
 
-fn fan_out<K>(inner: &Inner<K>, ev: &watcher::Event<K>, before: Option<Vec<Arc<K>>>)
+/// Queues what `ev` changed for every subscriber, each sharing one `Arc` per object: the cache's
+/// for an applied object, one for all for a deleted one (`ev` was applied to the cache already).
+fn fan_out<K>(inner: &Inner<K>, ev: watcher::Event<K>, before: Option<Vec<Arc<K>>>)
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,
@@ -348,8 +440,13 @@ where
     }
     let mut changed: Vec<(ObjectRef<K>, Arc<K>)> = Vec::new();
     match ev {
-        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
-            changed.push((key_of(o), Arc::new(o.clone())));
+        watcher::Event::Apply(o) => {
+            let k = key_of(&o);
+            let cached = inner.store.get(&k).unwrap_or_else(|| Arc::new(o));
+            changed.push((k, cached));
+        }
+        watcher::Event::Delete(o) => {
+            changed.push((key_of(&o), Arc::new(o)));
         }
         watcher::Event::InitDone => {
             let now = inner.store.state();
@@ -476,6 +573,34 @@ impl Watches {
         }
     }
 
+    /// Like [`Watches::shared`], each object also changed by `transform` before it is cached: one
+    /// watch per kind, scope, options and transform name (see [`Transform`]), apart from the
+    /// untransformed one.
+    pub fn shared_transformed<K>(
+        &self,
+        api: Api<K>,
+        config: watcher::Config,
+        trim: Trim,
+        transform: Transform<K>,
+    ) -> SharedWatch<K>
+    where
+        K: Watchable + serde::de::DeserializeOwned,
+        K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
+    {
+        let what = format!("transform={:?}", transform.name());
+        let key = (
+            TypeId::of::<K>(),
+            scope_key(api.resource_url(), &config, trim, &what),
+        );
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = map.get(&key).and_then(|b| b.downcast_ref::<SharedWatch<K>>()) {
+            return w.clone();
+        }
+        let w = SharedWatch::new_transformed(api, config, trim, transform, self.shutdown.clone());
+        map.insert(key, Box::new(w.clone()));
+        w
+    }
+
     /// The shared watch of `api` (its kind and namespace scope) with `config` and `trim`: started on
     /// the first call, the same one for every later call with the same arguments.
     pub fn shared<K>(&self, api: Api<K>, config: watcher::Config, trim: Trim) -> SharedWatch<K>
@@ -530,6 +655,7 @@ fn scope_key(url: &str, config: &watcher::Config, trim: Trim, what: &str) -> Str
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::ResourceExt;
 
     fn cm(name: &str, rv: &str) -> ConfigMap {
         serde_json::from_value(serde_json::json!({
@@ -646,5 +772,91 @@ mod tests {
         drop(s1);
         drop(s2);
         assert_eq!(w.subscriber_count(), 0);
+    }
+
+    fn with_data(name: &str, rv: &str, data: &[(&str, &str)]) -> ConfigMap {
+        let mut c = cm(name, rv);
+        c.data = Some(data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        c
+    }
+
+    #[tokio::test]
+    async fn a_transform_shapes_the_cache_and_every_change_and_subscribers_share_one_object() {
+        use watcher::Event as E;
+        let (tx, rx) = futures::channel::mpsc::unbounded::<watcher::Result<E<ConfigMap>>>();
+        let stop = CancellationToken::new();
+        // Keep only the "keep" entry of data, and note that the transform ran.
+        let t = Transform::new("keep-only", |c: &mut ConfigMap| {
+            if let Some(d) = c.data.as_mut() {
+                d.retain(|k, _| k == "keep");
+            }
+            c.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert("transformed".into(), "yes".into());
+        });
+        assert_eq!(t.name(), "keep-only");
+        let w = SharedWatch::from_source_transformed(rx.boxed(), Trim::all(), Some(t), stop.clone());
+        let mut s1 = w.subscribe();
+        let mut s2 = w.subscribe();
+        let send = |e| tx.unbounded_send(Ok(e)).expect("send");
+        send(E::Init);
+        send(E::InitApply(with_data(
+            "a",
+            "1",
+            &[("keep", "1"), ("big", "xxxxxxxx")],
+        )));
+        send(E::InitDone);
+        let (Change::Applied(a1), Change::Applied(a2)) = (next(&mut s1).await, next(&mut s2).await) else {
+            panic!("a exists")
+        };
+        let cached = w.store().get(&ObjectRef::new("a").within("ns")).expect("cached");
+        for o in [&a1, &a2, &cached] {
+            let data = o.data.as_ref().expect("data");
+            assert_eq!(data.len(), 1, "only what the transform kept: {data:?}");
+            assert_eq!(data.get("keep").map(String::as_str), Some("1"));
+            assert_eq!(o.labels().get("transformed").map(String::as_str), Some("yes"));
+            assert!(o.metadata.managed_fields.is_none(), "trimmed as well");
+            assert!(!o.annotations().contains_key(LAST_APPLIED));
+        }
+        assert!(Arc::ptr_eq(&a1, &a2) && Arc::ptr_eq(&a1, &cached), "one object");
+        drop((a1, a2, cached));
+
+        // An update waiting in both queues is the cache's object, not a copy per queue.
+        send(E::Apply(with_data(
+            "a",
+            "2",
+            &[("keep", "2"), ("big", "yyyyyyyy")],
+        )));
+        for _ in 0..100 {
+            if s1.pending() == 1 && s2.pending() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!((s1.pending(), s2.pending()), (1, 1));
+        let cached = w.store().get(&ObjectRef::new("a").within("ns")).expect("cached");
+        assert_eq!(cached.metadata.resource_version.as_deref(), Some("2"));
+        assert_eq!(
+            Arc::strong_count(&cached),
+            4,
+            "the store, both queues and this handle hold one object"
+        );
+        let Change::Applied(a1) = next(&mut s1).await else {
+            panic!("a exists")
+        };
+        assert!(Arc::ptr_eq(&a1, &cached));
+        assert_eq!(a1.data.as_ref().map(|d| d.len()), Some(1));
+        let _ = next(&mut s2).await;
+
+        // A delete: both subscribers get the one last state, transformed too.
+        send(E::Delete(with_data("a", "3", &[("keep", "3"), ("big", "z")])));
+        let (Change::Deleted(d1), Change::Deleted(d2)) = (next(&mut s1).await, next(&mut s2).await) else {
+            panic!("a is gone")
+        };
+        assert!(Arc::ptr_eq(&d1, &d2), "one last state for all");
+        assert_eq!(d1.data.as_ref().map(|d| d.len()), Some(1));
+        assert_eq!(d1.metadata.resource_version.as_deref(), Some("3"));
+        stop.cancel();
     }
 }

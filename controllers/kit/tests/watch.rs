@@ -1,7 +1,8 @@
 //! Shared watches against the box's real API server: one watch per kind however many subscribers,
 //! objects cached and delivered without managedFields (and without kubectl's last-applied annotation
 //! when asked), both subscribers seeing the same changes, deletes included; a metadata-only watch; two
-//! controllers run by the kit's runner from one shared watch.
+//! controllers run by the kit's runner from one shared watch; a transformed watch (data dropped before
+//! caching) beside the plain one.
 
 use ferrite_e2e::KubeBox;
 use ferrite_kit::{
@@ -9,7 +10,7 @@ use ferrite_kit::{
     leader::Leadership,
     metrics::ReconcileMetrics,
     runner::{self, RunOptions},
-    watch::{Change, LAST_APPLIED, Subscription, Trim, Watches, metadata_namespaced},
+    watch::{Change, LAST_APPLIED, Subscription, Transform, Trim, Watches, metadata_namespaced},
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
@@ -208,6 +209,111 @@ async fn two_subscribers_of_one_trimmed_watch_see_the_same_changes_and_two_contr
         };
         assert_eq!(o.name_any(), "shared");
     }
+    shutdown.cancel();
+    let _ = nss.delete(&ns, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+async fn a_transformed_watch_caches_and_delivers_only_what_its_transform_keeps() {
+    let kb = KubeBox::shared();
+    let client = ferrite_kit::client::connect_with(Some(&kb.kubeconfig))
+        .await
+        .expect("box answers");
+    let ns = format!("kit-watch-t-{}", std::process::id());
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let n: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("namespace");
+    nss.create(&PostParams::default(), &n)
+        .await
+        .expect("namespace created");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let watches = Watches::new(shutdown.clone());
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // Like a controller that reads one key: the rest of data never reaches the cache.
+    let keep_small = || {
+        Transform::new("keep-small", |c: &mut ConfigMap| {
+            if let Some(d) = c.data.as_mut() {
+                d.retain(|k, _| k == "small");
+            }
+        })
+    };
+    let t1 = watches.shared_transformed(api.clone(), watcher::Config::default(), Trim::all(), keep_small());
+    let t2 = watches.shared_transformed(api.clone(), watcher::Config::default(), Trim::all(), keep_small());
+    assert!(t1.same_as(&t2), "one watch per transform name");
+    let plain = watches.shared(api.clone(), watcher::Config::default(), Trim::all());
+    assert!(!plain.same_as(&t1), "the untransformed watch is another one");
+    let other = watches.shared_transformed(
+        api.clone(),
+        watcher::Config::default(),
+        Trim::all(),
+        Transform::new("drop-all", |c: &mut ConfigMap| c.data = None),
+    );
+    assert!(!other.same_as(&t1), "another transform, another watch");
+    let mut st = t1.subscribe();
+    let mut sp = plain.subscribe();
+    let mut so = other.subscribe();
+
+    let big = "x".repeat(64 * 1024);
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "shaped", "namespace": ns},
+        "data": {"small": "1", "big": big}
+    }))
+    .expect("configmap");
+    api.create(&PostParams::default(), &cm).await.expect("created");
+
+    let Change::Applied(t) = next_for(&mut st, "shaped").await else {
+        panic!("created")
+    };
+    let d = t.data.as_ref().expect("data");
+    assert_eq!(
+        d.len(),
+        1,
+        "only the kept key: {:?}",
+        d.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(d.get("small").map(String::as_str), Some("1"));
+    assert!(t.metadata.managed_fields.is_none(), "trimmed too");
+    let cached = t1
+        .store()
+        .state()
+        .into_iter()
+        .find(|o| o.name_any() == "shaped")
+        .expect("cached");
+    assert!(Arc::ptr_eq(&cached, &t), "the subscriber got the cached object");
+    let Change::Applied(p) = next_for(&mut sp, "shaped").await else {
+        panic!("created")
+    };
+    assert_eq!(
+        p.data.as_ref().and_then(|d| d.get("big")).map(String::len),
+        Some(64 * 1024),
+        "the plain watch keeps everything"
+    );
+    let Change::Applied(o) = next_for(&mut so, "shaped").await else {
+        panic!("created")
+    };
+    assert!(o.data.is_none());
+
+    // An update and the delete go through the transform as well.
+    let patch = serde_json::json!({"data": {"small": "2", "big": "y"}});
+    api.patch("shaped", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patched");
+    let Change::Applied(t) = next_for(&mut st, "shaped").await else {
+        panic!("updated")
+    };
+    let d = t.data.as_ref().expect("data");
+    assert_eq!((d.len(), d.get("small").map(String::as_str)), (1, Some("2")));
+    api.delete("shaped", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let Change::Deleted(t) = next_for(&mut st, "shaped").await else {
+        panic!("deleted")
+    };
+    assert_eq!(
+        t.data.as_ref().map(|d| d.len()),
+        Some(1),
+        "the last state, transformed"
+    );
     shutdown.cancel();
     let _ = nss.delete(&ns, &DeleteParams::default()).await;
 }
