@@ -117,14 +117,21 @@ fn verify_secret(dir: &Path, tag: &str, s: &Secret, root_pem: &str, names: &[&st
     assert_eq!(got, want, "the leaf's names: {out}");
 }
 
-/// `ferrite-certs controller` as the chart's ServiceAccount; the DNS self-check asks `nameserver`.
-async fn start_certs(kubeconfig: &Path, tag: &str, nameserver: SocketAddr) -> (Supervised, SocketAddr) {
-    let extra = [
+/// `ferrite-certs controller` as the chart's ServiceAccount; the DNS self-check resolves through
+/// `nameserver`, with `more` flags (how the TXT is checked).
+async fn start_certs(
+    kubeconfig: &Path,
+    tag: &str,
+    nameserver: SocketAddr,
+    more: &[String],
+) -> (Supervised, SocketAddr) {
+    let mut extra = vec![
         format!("--http01-listen={}", free_addr()),
         format!("--self-check-nameservers={nameserver}"),
         "--self-check-timeout=20s".into(),
         "--rfc2136-timeout=3s".into(),
     ];
+    extra.extend_from_slice(more);
     let lease = format!("ferrite-certs-{tag}");
     let log = format!("ferrite-certs-dns01-certs-{tag}.log");
     let ctl = start_controller(kubeconfig, &lease, &log, &extra).await;
@@ -235,7 +242,14 @@ async fn dns01_through_ferrite_dns_wildcard() {
 
     let pebble = start_pebble_resolving(dns).await;
     assert_eq!(pebble.resolver(), dns);
-    let (ctl, _) = start_certs(&certs_kubeconfig, "ferrite-dns", dns).await;
+    // ferrite-dns's embedded zone is asked directly (cert-manager's --dns01-recursive-nameservers-only).
+    let (ctl, _) = start_certs(
+        &certs_kubeconfig,
+        "ferrite-dns",
+        dns,
+        &["--dns01-recursive-nameservers-only".into()],
+    )
+    .await;
     let tmp = tempfile::tempdir().unwrap();
 
     let certs: Api<Certificate> = Api::namespaced(client.clone(), &ns);
@@ -368,7 +382,15 @@ async fn dns01_rfc2136_into_named_wildcard_and_wrong_key() {
     let (kb, client, ns) = setup("certs-rfc2136").await;
     let kubeconfig = chart_account(kb, "certs", "ferrite-certs").await;
     let pebble = start_pebble_resolving(ns_addr).await;
-    let (ctl, _) = start_certs(&kubeconfig, "rfc2136", ns_addr).await;
+    // The self-check finds the zone's authoritative server (NS ns1.rfc.dns01.test., A 127.0.0.1)
+    // through named and asks it on named's port.
+    let (ctl, _) = start_certs(
+        &kubeconfig,
+        "rfc2136",
+        ns_addr,
+        &[format!("--self-check-authoritative-port={}", ns_addr.port())],
+    )
+    .await;
     let tmp = tempfile::tempdir().unwrap();
 
     let certs: Api<Certificate> = Api::namespaced(client.clone(), &ns);

@@ -4,6 +4,11 @@
 //! a second challenge at the same name (an apex and its wildcard) adds its own value, and each cleanup
 //! removes only its own value; a wrong key and a name outside the policy are refused.
 //!
+//!
+//! The DNS-01 self-check is tested here too, against two nameds: a "resolver" that holds an old copy of
+//! the zone (no challenge record) and the zone's authoritative server, found through it (SOA walk, NS,
+//! A) and asked on its port (`authoritative_port`, the test's stand-in for port 53).
+//!
 //! Needs `named` and `dig`: `apt-get install -y bind9 bind9-dnsutils`. Run:
 //! `cargo test -p ferrite-certs --test rfc2136`.
 
@@ -136,4 +141,97 @@ async fn rfc2136_presenter_against_named() {
         .unwrap_err();
     assert_eq!(e.reason(), "Refused", "{e}");
     assert!(txt(&named, "_acme-challenge.www.example.test.").is_empty());
+}
+
+fn named(zones: Vec<NamedZone>) -> Named {
+    Named::start(NamedConfig {
+        zones,
+        ..NamedConfig::default()
+    })
+    .expect("named starts (apt-get install -y bind9 bind9-dnsutils)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_self_check_asks_the_zones_authoritative_servers() {
+    use ferrite_certs::acme::{SelfCheck, dns01_self_check};
+    let (auth, resolver) = tokio::task::spawn_blocking(|| {
+        // The authoritative server: the challenge record in auth.sc.test and two.sc.test.
+        let auth = named(vec![
+            NamedZone::primary(
+                "auth.sc.test",
+                "_acme-challenge.www IN TXT \"fresh\"\n_acme-challenge.a.b IN TXT \"deep\"\n",
+            ),
+            NamedZone::primary("two.sc.test", "_acme-challenge IN TXT \"fresh\"\n"),
+        ]);
+        // The "resolver": the same zones without the records. Its NS for auth.sc.test is
+        // ns1.auth.sc.test (127.0.0.1, the authoritative one on the test's port); two.sc.test has a
+        // second NS, ns2.two.sc.test at 127.0.0.2, where nothing listens.
+        let resolver = named(vec![
+            NamedZone::primary("auth.sc.test", ""),
+            NamedZone::primary("two.sc.test", "@ IN NS ns2\nns2 IN A 127.0.0.2\n"),
+        ]);
+        (auth, resolver)
+    })
+    .await
+    .expect("nameds");
+    let cfg = SelfCheck {
+        nameservers: vec![resolver.addr()],
+        authoritative_port: auth.port(),
+        ..SelfCheck::default()
+    };
+    // Found at the authoritative server although the resolver does not have it.
+    dns01_self_check("_acme-challenge.www.auth.sc.test", "fresh", &cfg)
+        .await
+        .expect("the authoritative server has the value");
+    // Below empty non-terminals and NXDOMAINs the walk still finds the apex.
+    dns01_self_check("_acme-challenge.a.b.auth.sc.test", "deep", &cfg)
+        .await
+        .expect("the deep record");
+    let e = dns01_self_check("_acme-challenge.x.y.auth.sc.test", "deep", &cfg)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("ns1.auth.sc.test.")
+            && e.contains("authoritative for auth.sc.test.")
+            && e.contains("0 value(s)"),
+        "{e}"
+    );
+    // Another value: not the challenge's.
+    let e = dns01_self_check("_acme-challenge.www.auth.sc.test", "other", &cfg)
+        .await
+        .unwrap_err();
+    assert!(e.contains("1 value(s), not the challenge's"), "{e}");
+    // Every authoritative server must have it: ns2 does not answer.
+    let e = dns01_self_check("_acme-challenge.two.sc.test", "fresh", &cfg)
+        .await
+        .unwrap_err();
+    assert!(e.contains("ns2.two.sc.test.") && e.contains("127.0.0.2"), "{e}");
+    // The old behaviour (--dns01-recursive-nameservers-only): the resolver itself is asked.
+    let recursive = SelfCheck {
+        recursive_only: true,
+        ..cfg.clone()
+    };
+    let e = dns01_self_check("_acme-challenge.www.auth.sc.test", "fresh", &recursive)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains(&resolver.addr().to_string()) && e.contains("0 value(s)"),
+        "{e}"
+    );
+    let direct = SelfCheck {
+        nameservers: vec![auth.addr()],
+        ..recursive
+    };
+    dns01_self_check("_acme-challenge.www.auth.sc.test", "fresh", &direct)
+        .await
+        .expect("asked directly");
+    // A name no zone holds: the resolver refuses it (named has no recursion), and the walk stops
+    // there with that error instead of asking the CA.
+    let e = dns01_self_check("_acme-challenge.nowhere.invalid", "fresh", &cfg)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("_acme-challenge.nowhere.invalid.") && e.contains("Query Refused"),
+        "{e}"
+    );
 }
