@@ -46,7 +46,7 @@ use ferrite_kit::kube::runtime::reflector::{ObjectRef, Store};
 use ferrite_kit::kube::runtime::watcher;
 use ferrite_kit::kube::{Api, Resource, ResourceExt};
 use ferrite_kit::leader::Leadership;
-use ferrite_kit::watch::{Change, SharedWatch, Trim};
+use ferrite_kit::watch::{Change, SharedWatch, Transform, Trim};
 use ferrite_kit::{App, ReasonedError};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt, stream};
@@ -957,12 +957,83 @@ struct Observed {
     parsed: Option<Result<pki::TlsSecret, PkiError>>,
     certificate_name: Option<String>,
     issuer: Option<renewal::IssuerRef>,
-    /// `tls.key` alone (rotationPolicy Never reuses it even when the certificate is bad).
+    /// `tls.key` alone (rotationPolicy Never reuses it even when the certificate is bad). `None`
+    /// for a cached summary (see [`summarize_secret`]): issuing works on a live read.
     key: Option<PrivateKey>,
     exists: bool,
     managed: bool,
     /// The CA's suggested renewal time (ACME ARI), when it gave one.
     suggested: Option<Timestamp>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Secret cache: what the reconcile decides with, not the certificate and key bytes
+
+/// The cached copy of a managed Secret whose `tls.crt` and `tls.key` parse and match: its data is
+/// replaced by the leaf certificate (DER) under this key, ...
+const SUMMARY_LEAF: &str = "ferrite-certs/leaf.der";
+/// ... and the key's algorithm and size (`ECDSA 256`, `Ed25519`) under this one. A `/` cannot be in
+/// a Secret's data key, so no Secret read from the API server has either.
+const SUMMARY_KEY: &str = "ferrite-certs/key";
+
+/// The transform of the managed-Secret watch. Everything a reconcile on the cache decides with
+/// stays: labels, annotations (owner, issuer), the leaf's names, times, serial and authority key id
+/// (from its DER, for ARI), the key's algorithm and size, and that the key matches the leaf. The
+/// chain, `ca.crt` and the private key go: a reconcile that issues GETs the Secret first, and
+/// re-issuing with the old key (rotationPolicy Never) reads the key from that GET. A Secret that
+/// does not parse (edited, half written, an ACME account) is cached whole, so the reconcile sees
+/// exactly what is wrong. Any edit of the Secret is a new object through this transform.
+fn summarize_secret(s: &mut Secret) {
+    let Ok(tls) = pki::parse_tls_secret(
+        secret_bytes(s, secret_keys::TLS_CRT),
+        secret_bytes(s, secret_keys::TLS_KEY),
+    ) else {
+        return;
+    };
+    let key = match tls.key.size {
+        Some(size) => format!("{} {size}", tls.key.algorithm),
+        None => tls.key.algorithm.to_string(),
+    };
+    let leaf = tls.chain.into_iter().next().map(|c| c.der).unwrap_or_default();
+    s.data = Some(BTreeMap::from([
+        (SUMMARY_LEAF.to_string(), k8s_openapi::ByteString(leaf)),
+        (SUMMARY_KEY.to_string(), k8s_openapi::ByteString(key.into_bytes())),
+    ]));
+    s.string_data = None;
+}
+
+/// What [`summarize_secret`] left, read back; `None` for a Secret cached whole (or read live).
+fn summarized(s: &Secret) -> Option<Result<pki::TlsSecret, PkiError>> {
+    let leaf = secret_bytes(s, SUMMARY_LEAF)?;
+    let key = secret_bytes(s, SUMMARY_KEY)?;
+    let bad = |detail: &str| PkiError::InvalidCertificate {
+        what: "the cached Secret summary".into(),
+        index: 0,
+        detail: detail.into(),
+    };
+    let key = std::str::from_utf8(key).ok().and_then(|k| {
+        let (alg, size) = match k.split_once(' ') {
+            Some((a, n)) => (a, Some(n.parse::<u32>().ok()?)),
+            None => (k, None),
+        };
+        let algorithm = [
+            pki::KeyAlgorithm::Rsa,
+            pki::KeyAlgorithm::Ecdsa,
+            pki::KeyAlgorithm::Ed25519,
+        ]
+        .into_iter()
+        .find(|a| a.to_string() == alg)?;
+        Some(pki::KeyInfo { algorithm, size })
+    });
+    let Some(key) = key else {
+        return Some(Err(bad("unreadable key summary")));
+    };
+    Some(
+        pki::parse_certificate_der(leaf, secret_keys::TLS_CRT).map(|leaf| pki::TlsSecret {
+            chain: vec![leaf],
+            key,
+        }),
+    )
 }
 
 fn observe_secret(s: Option<&Secret>) -> Observed {
@@ -981,7 +1052,7 @@ fn observe_secret(s: Option<&Secret>) -> Observed {
     let key = secret_bytes(s, secret_keys::TLS_KEY);
     let ann = s.annotations();
     Observed {
-        parsed: Some(pki::parse_tls_secret(crt, key)),
+        parsed: Some(summarized(s).unwrap_or_else(|| pki::parse_tls_secret(crt, key))),
         certificate_name: ann.get(secret_annotations::CERTIFICATE_NAME).cloned(),
         issuer: ann
             .get(secret_annotations::ISSUER_NAME)
@@ -1969,11 +2040,13 @@ pub async fn run_with(
     let cluster_issuers: SharedWatch<ClusterIssuer> =
         app.watches
             .shared(Api::all(client.clone()), watcher::Config::default(), Trim::all());
-    // Only the Secrets ferrite-certs wrote: a label-selected list and watch.
-    let secrets: SharedWatch<Secret> = app.watches.shared(
+    // Only the Secrets ferrite-certs wrote: a label-selected list and watch, cached without their
+    // certificate and key bytes (see summarize_secret).
+    let secrets: SharedWatch<Secret> = app.watches.shared_transformed(
         Api::all(client.clone()),
         watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true")),
         Trim::all(),
+        Transform::new("ferrite-certs secret summary", summarize_secret),
     );
     app.readiness
         .gate("watch secrets")
@@ -2281,5 +2354,181 @@ mod tests {
             decide("web", &d, &want, &observe_secret(None), now).map(|r| r.reason()),
             Some("DoesNotExist")
         );
+    }
+
+    /// A managed Secret as issue() writes it, for `dns` with `key`, plus `extra` PEM after the leaf.
+    fn tls_secret(dns: &str, key: &PrivateKey, extra: &str, now: Timestamp) -> Secret {
+        let cert: Certificate = serde_json::from_value(json!({
+            "apiVersion": "certs.ferrite.dev/v1alpha1", "kind": "Certificate",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"secretName": "web-tls", "issuerRef": {"name": "ss"}, "dnsNames": [dns],
+                     "duration": "2h"}
+        }))
+        .expect("certificate");
+        let d = desired(&cert.spec).expect("valid");
+        let mut signed = pki::self_signed(
+            key,
+            &pki::CertificateSpec {
+                names: d.names.clone(),
+                duration: d.renewal.duration,
+                is_ca: false,
+            },
+            now,
+        )
+        .expect("signed");
+        signed.certificate_pem.push_str(extra);
+        signed.ca_pem = extra.to_string();
+        let issuer = ResolvedIssuer {
+            kind: IssuerKind::Issuer,
+            name: "ss".into(),
+            namespace: "ns".into(),
+            config: serde_json::from_value(json!({"selfSigned": {}})).expect("config"),
+        };
+        let mut body = secret_body(
+            &cert,
+            &issuer,
+            &signed,
+            &key.to_pem(pki::KeyEncoding::Pkcs8).expect("pem"),
+        );
+        body["metadata"]["name"] = "web-tls".into();
+        serde_json::from_value(body).expect("secret")
+    }
+
+    #[test]
+    fn the_cached_summary_decides_like_the_whole_secret() {
+        let now = Timestamp::now();
+        let ec = |size| {
+            PrivateKey::generate(&KeySpec {
+                algorithm: pki::KeyAlgorithm::Ecdsa,
+                size,
+                encoding: pki::KeyEncoding::Pkcs8,
+            })
+            .expect("key")
+        };
+        let (k256, k384) = (ec(Some(256)), ec(Some(384)));
+        let ed = PrivateKey::generate(&KeySpec {
+            algorithm: pki::KeyAlgorithm::Ed25519,
+            size: None,
+            encoding: pki::KeyEncoding::Pkcs8,
+        })
+        .expect("key");
+        let other = tls_secret("other.test", &k384, "", now);
+        let other_pem = String::from_utf8(secret_bytes(&other, secret_keys::TLS_CRT).expect("crt").to_vec())
+            .expect("pem");
+        let good = tls_secret("web.test", &k256, &other_pem, now);
+        let mut cases = vec![
+            ("chain and ca.crt", good.clone(), true),
+            ("P-384", tls_secret("web.test", &k384, "", now), true),
+            ("Ed25519", tls_secret("web.test", &ed, "", now), true),
+            ("other names", tls_secret("old.test", &k256, "", now), true),
+        ];
+        let mut edited = good.clone();
+        edited.data.as_mut().expect("data").insert(
+            secret_keys::TLS_KEY.into(),
+            k8s_openapi::ByteString(k384.to_pem(pki::KeyEncoding::Pkcs8).expect("pem").into_bytes()),
+        );
+        cases.push(("key of another certificate", edited, false));
+        let mut no_key = good.clone();
+        no_key.data.as_mut().expect("data").remove(secret_keys::TLS_KEY);
+        cases.push(("no tls.key", no_key, false));
+        let mut garbage = good.clone();
+        garbage.data.as_mut().expect("data").insert(
+            secret_keys::TLS_CRT.into(),
+            k8s_openapi::ByteString(b"not a certificate".to_vec()),
+        );
+        cases.push(("tls.crt edited to garbage", garbage, false));
+
+        let issuers = [
+            renewal::IssuerRef {
+                name: "ss".into(),
+                kind: "Issuer".into(),
+            },
+            renewal::IssuerRef {
+                name: "ss".into(),
+                kind: "ClusterIssuer".into(),
+            },
+        ];
+        let specs = [
+            json!({"algorithm": "ECDSA"}),
+            json!({"algorithm": "ECDSA", "size": 384}),
+            json!({"algorithm": "Ed25519"}),
+            json!({"algorithm": "RSA"}),
+        ];
+        let times = [
+            now,
+            now.checked_add(jiff::SignedDuration::from_mins(90)).expect("t"),
+            now.checked_add(jiff::SignedDuration::from_hours(3)).expect("t"),
+        ];
+        for (what, whole, summarizes) in cases {
+            let mut cached = whole.clone();
+            summarize_secret(&mut cached);
+            let data = cached.data.as_ref().expect("data");
+            if summarizes {
+                assert!(summarized(&cached).is_some(), "{what}");
+                assert_eq!(
+                    data.keys().map(String::as_str).collect::<Vec<_>>(),
+                    vec![SUMMARY_KEY, SUMMARY_LEAF],
+                    "{what}: no certificate or key bytes but the leaf"
+                );
+                let kept: usize = data.values().map(|v| v.0.len()).sum();
+                let was: usize = whole
+                    .data
+                    .as_ref()
+                    .expect("data")
+                    .values()
+                    .map(|v| v.0.len())
+                    .sum();
+                assert!(kept < was, "{what}: {kept} of {was} bytes kept");
+                if what == "chain and ca.crt" {
+                    assert!(kept * 3 < was, "{what}: {kept} of {was} bytes kept");
+                }
+            } else {
+                assert_eq!(cached, whole, "{what}: cached whole");
+            }
+            assert_eq!(cached.metadata.annotations, whole.metadata.annotations, "{what}");
+            assert_eq!(cached.metadata.labels, whole.metadata.labels, "{what}");
+            let (o_cached, o_whole) = (observe_secret(Some(&cached)), observe_secret(Some(&whole)));
+            assert_eq!(o_cached.managed, o_whole.managed);
+            for pk in &specs {
+                let spec = spec(json!({"secretName": "web-tls", "issuerRef": {"name": "ss"},
+                                        "dnsNames": ["web.test"], "duration": "2h", "privateKey": pk}));
+                let d = desired(&spec).expect("valid");
+                for issuer in &issuers {
+                    for t in times {
+                        let a = decide("web", &d, issuer, &o_cached, t);
+                        let b = decide("web", &d, issuer, &o_whole, t);
+                        assert_eq!(
+                            a.as_ref().map(|r| r.to_string()),
+                            b.as_ref().map(|r| r.to_string()),
+                            "{what}, {pk}, {issuer:?}, {t}"
+                        );
+                    }
+                }
+            }
+            // What up_to_date and ARI read: the leaf, the same certificate.
+            if let (Some(Ok(a)), Some(Ok(b))) = (&o_cached.parsed, &o_whole.parsed) {
+                assert_eq!(a.leaf(), b.leaf(), "{what}");
+                assert_eq!(a.key, b.key, "{what}");
+            }
+        }
+        // The decisions above are not all "nothing to do".
+        let mut cached = tls_secret("old.test", &k256, "", now);
+        summarize_secret(&mut cached);
+        let d = desired(&spec(
+            json!({"secretName": "web-tls", "issuerRef": {"name": "ss"},
+                                      "dnsNames": ["web.test"], "privateKey": {"algorithm": "ECDSA"}}),
+        ))
+        .expect("valid");
+        assert_eq!(
+            decide("web", &d, &issuers[0], &observe_secret(Some(&cached)), now).map(|r| r.reason()),
+            Some("RequestChanged")
+        );
+        // A summary that cannot be read back is an invalid certificate (the reconcile reads live).
+        cached
+            .data
+            .as_mut()
+            .expect("data")
+            .insert(SUMMARY_KEY.into(), k8s_openapi::ByteString(b"DSA 1024".to_vec()));
+        assert!(matches!(summarized(&cached), Some(Err(_))));
     }
 }

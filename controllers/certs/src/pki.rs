@@ -379,6 +379,14 @@ impl PrivateKey {
         }
     }
 
+    /// The key's algorithm and size, without the key.
+    pub fn info(&self) -> KeyInfo {
+        KeyInfo {
+            algorithm: self.algorithm,
+            size: self.size,
+        }
+    }
+
     /// The public key as a DER SubjectPublicKeyInfo.
     pub fn public_key_der(&self) -> Vec<u8> {
         self.key_pair.subject_public_key_info()
@@ -1099,12 +1107,41 @@ pub fn key_matches(cert: &CertInfo, key: &PrivateKey) -> bool {
     }
 }
 
-/// What a `kubernetes.io/tls` Secret holds, parsed and checked: the chain (leaf first) and the
-/// key, which matches the leaf.
+/// A private key's algorithm and size: what renewal decisions read of a key (the key itself is
+/// parsed where it is used, see [`PrivateKey::from_pem`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub algorithm: KeyAlgorithm,
+    /// RSA modulus bits or ECDSA curve size; `None` for Ed25519.
+    pub size: Option<u32>,
+}
+
+impl KeyInfo {
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// RSA modulus bits or ECDSA curve size; `None` for Ed25519.
+    pub fn size(&self) -> Option<u32> {
+        self.size
+    }
+
+    /// Like [`PrivateKey::matches_spec`].
+    pub fn matches_spec(&self, spec: &KeySpec) -> bool {
+        match spec.effective_size() {
+            Ok(size) => spec.algorithm == self.algorithm && size == self.size,
+            Err(_) => false,
+        }
+    }
+}
+
+/// What a `kubernetes.io/tls` Secret holds, parsed and checked: the chain (leaf first) and what
+/// the key is (it matches the leaf).
 #[derive(Debug)]
 pub struct TlsSecret {
     pub chain: Vec<CertInfo>,
-    pub key: PrivateKey,
+    pub key: KeyInfo,
 }
 
 impl TlsSecret {
@@ -1140,7 +1177,10 @@ pub fn parse_tls_secret(tls_crt: Option<&[u8]>, tls_key: Option<&[u8]>) -> Resul
             what: "tls.key and tls.crt".into(),
         });
     }
-    Ok(TlsSecret { chain, key })
+    Ok(TlsSecret {
+        chain,
+        key: key.info(),
+    })
 }
 
 #[cfg(test)]
