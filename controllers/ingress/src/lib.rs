@@ -28,6 +28,8 @@
 //! - [`host`]: rule hosts (exact, one-label wildcards) and request hosts (normalized without allocation).
 //! - [`path`]: rule path validation and the Exact/Prefix matching rules.
 //! - [`routes`]: the table, its build (merging, conflicts, warnings) and its lookups.
+//! - [`controller`]: the control plane (watches, debounced snapshot builds, status, Events) of the
+//!   `ferrite-ingress controller` binary.
 //! - [`proxy`]: the data plane (listeners, TLS by SNI, request path, upstream pools) serving a
 //!   [`proxy::Snapshot`] of the table, endpoints, certificates and ACME tokens.
 //!
@@ -35,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod class;
+pub mod controller;
 pub mod host;
 pub mod path;
 pub mod proxy;

@@ -1,0 +1,561 @@
+//! One snapshot build: a pure function of the cached objects.
+//!
+//! ```text
+//!   IngressClasses + Ingresses ──class::decide──> served Ingresses
+//!        │ each backend checked against the Services: missing Service / port ──> that path skipped
+//!        v                                                          (Problem on the Ingress)
+//!   RouteTable::compile ──> route warnings (invalid host/path/backend, conflicts: on the younger Ingress)
+//!        │ every backend: Service port -> EndpointSlice port (by the Service port's name) -> ready addresses
+//!        │ every TLS Secret: loaded certificate | missing | malformed  (Problem on each referencing Ingress)
+//!        │ HTTP-01 Challenges of our classes: host + token -> key authorization
+//!        v
+//!   Snapshot + problems + served Ingresses + referenced Secrets
+//! ```
+//!
+//! A path whose Service (or Service port) does not exist is removed from a copy of its Ingress before
+//! compiling, so the rule is skipped as a whole (a younger Ingress may route that path instead) and
+//! everything else keeps routing. A Service that appears later brings the path back at the next build.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ferrite_kit::endpointslice::Slice;
+use k8s_openapi::api::core::v1::{Service, ServicePort as SvcPort};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use rustls::sign::CertifiedKey;
+
+use crate::class::{self, ClassDecision};
+use crate::proxy::Snapshot;
+use crate::routes::{BackendRef, IngressRef, RouteTable, SecretRef, ServicePort};
+
+/// A problem found in one Ingress, reported as a Warning Event on it (deduplicated by the writer).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Problem {
+    pub ingress: IngressRef,
+    /// Stable Event reason: the route warnings' (`InvalidPath`, `PathConflict`, ...), `ServiceNotFound`,
+    /// `ServicePortNotFound`, `TLSSecretNotFound`, `InvalidCertificate`, `InvalidKey`, `KeyMismatch`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What the Secret cache knows about one referenced TLS Secret.
+#[derive(Clone)]
+pub enum CertState {
+    /// Loaded: the signing certificate and the leaf's notAfter (Unix seconds).
+    Loaded {
+        key: Arc<CertifiedKey>,
+        not_after: Option<i64>,
+    },
+    /// The Secret exists but cannot serve (reason as [`crate::proxy::CertError::reason`], message).
+    Invalid { reason: &'static str, message: String },
+    /// The Secret exists and is being read (its data was not kept before it was referenced).
+    Loading,
+}
+
+impl std::fmt::Debug for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertState::Loaded { not_after, .. } => write!(f, "Loaded(notAfter={not_after:?})"),
+            CertState::Invalid { reason, message } => write!(f, "Invalid({reason}: {message})"),
+            CertState::Loading => f.write_str("Loading"),
+        }
+    }
+}
+
+/// An HTTP-01 token to serve.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AcmeToken {
+    pub host: String,
+    pub token: String,
+    pub key_authorization: String,
+    /// The IngressClass the Challenge asks for (`None`: any of ours).
+    pub class: Option<String>,
+}
+
+/// Everything a build reads.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub controller: &'a str,
+    pub classes: &'a [IngressClass],
+    pub ingresses: &'a [Arc<Ingress>],
+    /// Services by (namespace, name).
+    pub services: &'a HashMap<(String, String), Arc<Service>>,
+    /// EndpointSlices by (namespace, Service name).
+    pub slices: &'a HashMap<(String, String), Vec<Slice>>,
+    /// Referenced TLS Secrets the cache holds (absent: the Secret does not exist).
+    pub certificates: &'a HashMap<SecretRef, CertState>,
+    /// `--default-ssl-certificate`, when given.
+    pub default_secret: Option<&'a SecretRef>,
+    /// The self-signed fallback.
+    pub self_signed: &'a Arc<CertifiedKey>,
+    pub acme: &'a [AcmeToken],
+}
+
+/// The result of a build.
+#[derive(Debug)]
+pub struct Built {
+    pub snapshot: Snapshot,
+    /// Sorted, deduplicated.
+    pub problems: Vec<Problem>,
+    /// Served Ingresses, oldest first.
+    pub served: Vec<IngressRef>,
+    /// The TLS Secrets this snapshot wants (the Secret cache keeps the data of these only), with the
+    /// default certificate's.
+    pub secrets: BTreeSet<SecretRef>,
+    /// notAfter of every loaded referenced Secret (the expiry gauge).
+    pub expiry: BTreeMap<SecretRef, i64>,
+}
+
+/// The Service port an Ingress backend port names.
+fn service_port<'a>(svc: &'a Service, port: &ServicePort) -> Option<&'a SvcPort> {
+    let ports = svc.spec.as_ref()?.ports.as_ref()?;
+    ports.iter().find(|p| match port {
+        ServicePort::Number(n) => p.port == i32::from(*n),
+        ServicePort::Name(n) => p.name.as_deref() == Some(n.as_str()),
+    })
+}
+
+/// Why a backend cannot be used: `None` when its Service and port exist.
+fn backend_problem(
+    services: &HashMap<(String, String), Arc<Service>>,
+    backend: &BackendRef,
+) -> Option<(&'static str, String)> {
+    let Some(svc) = services.get(&(backend.namespace.clone(), backend.service.clone())) else {
+        return Some((
+            "ServiceNotFound",
+            format!("Service {}/{} does not exist", backend.namespace, backend.service),
+        ));
+    };
+    if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        return Some((
+            "UnsupportedService",
+            format!(
+                "Service {}/{} is of type ExternalName, which has no endpoints to proxy to",
+                backend.namespace, backend.service
+            ),
+        ));
+    }
+    if service_port(svc, &backend.port).is_none() {
+        return Some((
+            "ServicePortNotFound",
+            format!(
+                "Service {}/{} has no port {}",
+                backend.namespace, backend.service, backend.port
+            ),
+        ));
+    }
+    None
+}
+
+/// A copy of `ing` without the paths (and default backend) whose Service or port is missing, with the
+/// problems; `None` when nothing had to be removed.
+fn without_missing_backends(
+    ing: &Ingress,
+    services: &HashMap<(String, String), Arc<Service>>,
+    problems: &mut Vec<Problem>,
+) -> Option<Ingress> {
+    let me = IngressRef::of(ing);
+    let spec = ing.spec.as_ref()?;
+    let check = |b: &IngressBackend| -> Option<(&'static str, String)> {
+        // Backends the route table rejects anyway are left for its own warning.
+        let r = BackendRef::from_spec(&me.namespace, b).ok()?;
+        backend_problem(services, &r)
+    };
+    let mut found: Vec<Problem> = Vec::new();
+    let drop_default = spec.default_backend.as_ref().and_then(check).map(|(reason, m)| {
+        found.push(Problem {
+            ingress: me.clone(),
+            reason,
+            message: format!("defaultBackend skipped: {m}"),
+        })
+    });
+    let mut drops: Vec<(usize, usize)> = Vec::new();
+    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+        for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+            if let Some((reason, m)) = check(&p.backend) {
+                found.push(Problem {
+                    ingress: me.clone(),
+                    reason,
+                    message: format!("rules[{ri}].http.paths[{pi}] skipped: {m}"),
+                });
+                drops.push((ri, pi));
+            }
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    problems.extend(found);
+    let mut copy = ing.clone();
+    if let Some(spec) = copy.spec.as_mut() {
+        if drop_default.is_some() {
+            spec.default_backend = None;
+        }
+        for (ri, rule) in spec.rules.iter_mut().flatten().enumerate() {
+            if let Some(http) = rule.http.as_mut() {
+                let mut pi = 0;
+                http.paths.retain(|_| {
+                    let keep = !drops.contains(&(ri, pi));
+                    pi += 1;
+                    keep
+                });
+            }
+        }
+    }
+    Some(copy)
+}
+
+/// Ready endpoints of a backend whose Service and port exist.
+fn endpoints(inputs: &Inputs<'_>, backend: &BackendRef) -> Vec<SocketAddr> {
+    let key = (backend.namespace.clone(), backend.service.clone());
+    let Some(svc) = inputs.services.get(&key) else {
+        return Vec::new();
+    };
+    let Some(sp) = service_port(svc, &backend.port) else {
+        return Vec::new();
+    };
+    let want = sp.name.as_deref().unwrap_or("");
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for slice in inputs.slices.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        // The slice's ports carry the Service port's name and the endpoints' (target) port number.
+        let Some(port) = slice
+            .port(Some(want))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+        else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().filter(|e| e.ready && !e.terminating) {
+            for a in &ep.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    out.push(SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The Ingresses referencing each TLS Secret (for the Secret problems).
+fn secret_users(served: &[&Ingress]) -> BTreeMap<SecretRef, BTreeSet<IngressRef>> {
+    let mut users: BTreeMap<SecretRef, BTreeSet<IngressRef>> = BTreeMap::new();
+    for ing in served {
+        let me = IngressRef::of(ing);
+        for t in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
+            if let Some(name) = t.secret_name.as_deref().filter(|n| !n.is_empty()) {
+                users
+                    .entry(SecretRef {
+                        namespace: me.namespace.clone(),
+                        name: name.to_owned(),
+                    })
+                    .or_default()
+                    .insert(me.clone());
+            }
+        }
+    }
+    users
+}
+
+/// Whether an IngressClass name is ours.
+fn ours(classes: &[IngressClass], controller: &str, name: &str) -> bool {
+    classes.iter().any(|c| {
+        c.metadata.name.as_deref() == Some(name)
+            && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(controller)
+    })
+}
+
+/// Builds the snapshot (generation 0: the caller numbers it).
+pub fn build(inputs: &Inputs<'_>) -> Built {
+    let mut problems: Vec<Problem> = Vec::new();
+    let served_objs: Vec<&Ingress> = inputs
+        .ingresses
+        .iter()
+        .map(|i| &**i)
+        .filter(|ing| {
+            matches!(
+                class::decide(ing, inputs.classes, inputs.controller),
+                ClassDecision::Served { .. }
+            )
+        })
+        .collect();
+    let patched: Vec<(usize, Ingress)> = served_objs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, ing)| without_missing_backends(ing, inputs.services, &mut problems).map(|c| (i, c)))
+        .collect();
+    let mut to_compile: Vec<&Ingress> = served_objs.clone();
+    for (i, copy) in &patched {
+        to_compile[*i] = copy;
+    }
+    let compiled = RouteTable::compile(to_compile);
+    problems.extend(compiled.warnings.iter().map(|w| Problem {
+        ingress: w.ingress.clone(),
+        reason: w.kind.reason(),
+        message: w.message.clone(),
+    }));
+    let table = compiled.table;
+
+    // Endpoints of every backend the table can route to.
+    let mut backends: Vec<&BackendRef> = table.routes().iter().map(|r| &r.backend).collect();
+    if let Some(d) = table.default_backend() {
+        backends.push(&d.backend);
+    }
+    let mut resolved: HashMap<BackendRef, Vec<SocketAddr>> = HashMap::new();
+    for b in backends {
+        if !resolved.contains_key(b) {
+            resolved.insert(b.clone(), endpoints(inputs, b));
+        }
+    }
+
+    // Certificates.
+    let mut secrets: BTreeSet<SecretRef> = table.tls_secrets().into_iter().cloned().collect();
+    let users = secret_users(&served_objs);
+    let mut loaded: Vec<(SecretRef, Arc<CertifiedKey>)> = Vec::new();
+    let mut expiry: BTreeMap<SecretRef, i64> = BTreeMap::new();
+    for secret in &secrets {
+        let problem = match inputs.certificates.get(secret) {
+            Some(CertState::Loaded { key, not_after }) => {
+                loaded.push((secret.clone(), key.clone()));
+                if let Some(t) = not_after {
+                    expiry.insert(secret.clone(), *t);
+                }
+                None
+            }
+            Some(CertState::Loading) => None,
+            Some(CertState::Invalid { reason, message }) => Some((
+                *reason,
+                format!(
+                    "TLS Secret {secret} cannot be served ({message}); its hosts get the default certificate"
+                ),
+            )),
+            None => Some((
+                "TLSSecretNotFound",
+                format!(
+                    "TLS Secret {secret} does not exist (or is not of type kubernetes.io/tls); its hosts get the default certificate"
+                ),
+            )),
+        };
+        if let Some((reason, message)) = problem {
+            for ing in users.get(secret).into_iter().flatten() {
+                problems.push(Problem {
+                    ingress: ing.clone(),
+                    reason,
+                    message: message.clone(),
+                });
+            }
+        }
+    }
+    let mut default_key = inputs.self_signed.clone();
+    if let Some(d) = inputs.default_secret {
+        secrets.insert(d.clone());
+        match inputs.certificates.get(d) {
+            Some(CertState::Loaded { key, not_after }) => {
+                default_key = key.clone();
+                if let Some(t) = not_after {
+                    expiry.insert(d.clone(), *t);
+                }
+            }
+            other => {
+                tracing::warn!(secret = %d, state = ?other, "the --default-ssl-certificate Secret cannot be served; using the self-signed default")
+            }
+        }
+    }
+
+    let served: Vec<IngressRef> = compiled.served;
+    let mut snapshot = Snapshot::new(table, default_key);
+    for (b, eps) in resolved {
+        snapshot.set_endpoints(b, eps);
+    }
+    for (s, k) in loaded {
+        snapshot.set_certificate(s, k);
+    }
+    for t in inputs.acme {
+        if let Some(c) = &t.class
+            && !ours(inputs.classes, inputs.controller, c)
+        {
+            continue;
+        }
+        if let Err(e) = snapshot.set_acme_token(&t.host, &t.token, &t.key_authorization) {
+            tracing::warn!(host = %t.host, error = %e, "Challenge token not served");
+        }
+    }
+    problems.sort();
+    problems.dedup();
+    Built {
+        snapshot,
+        problems,
+        served,
+        secrets,
+        expiry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrite_kit::kube::api::DynamicObject;
+    use serde_json::json;
+
+    fn ingress(v: serde_json::Value) -> Arc<Ingress> {
+        Arc::new(serde_json::from_value(v).expect("ingress"))
+    }
+
+    fn class(name: &str, controller: &str) -> IngressClass {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"controller": controller}}))
+            .expect("class")
+    }
+
+    fn service(ns: &str, name: &str, ports: serde_json::Value) -> ((String, String), Arc<Service>) {
+        (
+            (ns.into(), name.into()),
+            Arc::new(
+                serde_json::from_value(
+                    json!({"metadata": {"name": name, "namespace": ns}, "spec": {"ports": ports}}),
+                )
+                .expect("service"),
+            ),
+        )
+    }
+
+    fn slice(ns: &str, svc: &str, ports: serde_json::Value, eps: serde_json::Value) -> Slice {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{svc}-x"), "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": ports, "endpoints": eps
+        }))
+        .expect("slice");
+        Slice::from_dynamic(&o)
+    }
+
+    fn rule(host: &str, path: &str, svc: &str, port: serde_json::Value) -> serde_json::Value {
+        json!({"host": host, "http": {"paths": [
+            {"path": path, "pathType": "Prefix", "backend": {"service": {"name": svc, "port": port}}}
+        ]}})
+    }
+
+    #[test]
+    fn endpoints_resolve_by_number_and_name_and_missing_services_skip_only_their_path() {
+        let classes = vec![
+            class("ferrite", "ferrite.dev/ingress"),
+            class("other", "example.com/x"),
+        ];
+        let ingresses = vec![
+            ingress(
+                json!({"metadata": {"name": "a", "namespace": "app", "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"ingressClassName": "ferrite", "rules": [
+                    rule("a.test", "/", "web", json!({"number": 80})),
+                    rule("b.test", "/", "web", json!({"name": "http"})),
+                    rule("c.test", "/", "gone", json!({"number": 80})),
+                    rule("d.test", "/", "web", json!({"number": 81})),
+                ]}}),
+            ),
+            ingress(json!({"metadata": {"name": "not-ours", "namespace": "app"},
+                "spec": {"ingressClassName": "other", "rules": [rule("x.test", "/", "web", json!({"number": 80}))]}})),
+        ];
+        let services: HashMap<_, _> = [service(
+            "app",
+            "web",
+            json!([{"name": "http", "port": 80, "targetPort": 8080}]),
+        )]
+        .into();
+        let slices: HashMap<_, _> = [(
+            ("app".to_string(), "web".to_string()),
+            vec![slice(
+                "app",
+                "web",
+                json!([{"name": "http", "port": 8080}]),
+                json!([
+                    {"addresses": ["127.0.0.2"], "conditions": {"ready": true}},
+                    {"addresses": ["127.0.0.3"], "conditions": {"ready": false}}
+                ]),
+            )],
+        )]
+        .into();
+        let certificates = HashMap::new();
+        let self_signed = crate::proxy::self_signed_default().expect("cert");
+        let built = build(&Inputs {
+            controller: crate::CONTROLLER_NAME,
+            classes: &classes,
+            ingresses: &ingresses,
+            services: &services,
+            slices: &slices,
+            certificates: &certificates,
+            default_secret: None,
+            self_signed: &self_signed,
+            acme: &[],
+        });
+        assert_eq!(built.served.len(), 1);
+        let s = &built.snapshot;
+        let want: Vec<SocketAddr> = vec!["127.0.0.2:8080".parse().expect("addr")];
+        for host in ["a.test", "b.test"] {
+            let b = s.routes().route(host, "/").backend().cloned().expect("routed");
+            assert_eq!(s.endpoints(&b), &want[..], "{host}");
+        }
+        for host in ["c.test", "d.test", "x.test"] {
+            assert!(s.routes().route(host, "/").backend().is_none(), "{host} skipped");
+        }
+        let reasons: Vec<&str> = built.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, vec!["ServiceNotFound", "ServicePortNotFound"]);
+    }
+
+    #[test]
+    fn tls_secrets_missing_or_invalid_are_problems_on_their_ingresses() {
+        let classes = vec![class("ferrite", "ferrite.dev/ingress")];
+        let ingresses = vec![ingress(json!({"metadata": {"name": "a", "namespace": "app"},
+            "spec": {"ingressClassName": "ferrite",
+                "tls": [{"hosts": ["a.test"], "secretName": "good"}, {"hosts": ["b.test"], "secretName": "bad"},
+                        {"hosts": ["c.test"], "secretName": "absent"}],
+                "rules": [rule("a.test", "/", "web", json!({"number": 80}))]}}))];
+        let services: HashMap<_, _> = [service("app", "web", json!([{"port": 80}]))].into();
+        let self_signed = crate::proxy::self_signed_default().expect("cert");
+        let r = |n: &str| SecretRef {
+            namespace: "app".into(),
+            name: n.into(),
+        };
+        let certificates: HashMap<_, _> = [
+            (
+                r("good"),
+                CertState::Loaded {
+                    key: self_signed.clone(),
+                    not_after: Some(42),
+                },
+            ),
+            (
+                r("bad"),
+                CertState::Invalid {
+                    reason: "KeyMismatch",
+                    message: "x".into(),
+                },
+            ),
+        ]
+        .into();
+        let built = build(&Inputs {
+            controller: crate::CONTROLLER_NAME,
+            classes: &classes,
+            ingresses: &ingresses,
+            services: &services,
+            slices: &HashMap::new(),
+            certificates: &certificates,
+            default_secret: None,
+            self_signed: &self_signed,
+            acme: &[AcmeToken {
+                host: "a.test".into(),
+                token: "tok".into(),
+                key_authorization: "tok.thumb".into(),
+                class: None,
+            }],
+        });
+        let reasons: Vec<&str> = built.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, vec!["KeyMismatch", "TLSSecretNotFound"]);
+        assert_eq!(built.secrets.len(), 3);
+        assert_eq!(built.expiry.get(&r("good")), Some(&42));
+        assert_eq!(built.snapshot.acme_answer("a.test", "tok"), Some("tok.thumb"));
+    }
+}

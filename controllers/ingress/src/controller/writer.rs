@@ -1,0 +1,328 @@
+//! The leader's writes: `status.loadBalancer` of Ingresses and Warning Events, off the snapshot path.
+//!
+//! Each build hands its served Ingresses and problems over a latest-wins channel; the writer works on
+//! the newest, so a burst of builds is one pass, and a slow API server never delays a route change.
+//!
+//! - Status: every served Ingress gets the publish addresses (`--publish-service`'s
+//!   `status.loadBalancer.ingress`, or `--publish-status-address`) when its status differs; an Ingress
+//!   no longer served whose status this replica wrote, or that carries exactly our addresses, is
+//!   cleared. Without either flag no status is written. JSON merge patches of the status subresource,
+//!   at most [`WRITE_CONCURRENCY`] at once, each bounded by the leader fence.
+//! - Events: one Warning per distinct (Ingress, reason, message); a problem still present at the next
+//!   build is not told again, one that went away and comes back is. A replica that becomes leader
+//!   tells the current problems once.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferrite_kit::events::Events;
+use ferrite_kit::leader::Leadership;
+use ferrite_kit::metrics::ReconcileMetrics;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::watch;
+
+use super::build::Problem;
+use crate::routes::IngressRef;
+
+/// Status writes in flight at once.
+pub const WRITE_CONCURRENCY: usize = 16;
+/// A pass with failed writes runs again after this long (or at the next build, if sooner).
+pub const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the addresses written into Ingress status come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// `--publish-service NAMESPACE/NAME`: that Service's `status.loadBalancer.ingress`.
+    Service { namespace: String, name: String },
+    /// `--publish-status-address`: fixed IPs or hostnames.
+    Addresses(Vec<String>),
+    /// Neither: status is left alone.
+    Off,
+}
+
+/// One address of `status.loadBalancer.ingress`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Address {
+    Ip(String),
+    Hostname(String),
+}
+
+impl Address {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Address::Ip(ip) => serde_json::json!({ "ip": ip }),
+            Address::Hostname(h) => serde_json::json!({ "hostname": h }),
+        }
+    }
+
+    /// An IP if it parses as one, else a hostname.
+    pub fn parse(s: &str) -> Address {
+        if s.parse::<std::net::IpAddr>().is_ok() {
+            Address::Ip(s.to_owned())
+        } else {
+            Address::Hostname(s.to_owned())
+        }
+    }
+}
+
+/// What one build hands to the writer.
+#[derive(Debug, Default)]
+pub struct Job {
+    pub served: Vec<IngressRef>,
+    pub problems: Vec<Problem>,
+}
+
+/// The state of the writer task.
+pub struct Writer {
+    pub ingresses: Store<Ingress>,
+    pub services: Store<Service>,
+    pub client: kube::Client,
+    pub publish: Publish,
+    pub events: Events,
+    pub leadership: Leadership,
+    pub metrics: ReconcileMetrics,
+    /// Ingresses whose status this replica wrote (to clear them when they leave).
+    written: HashSet<IngressRef>,
+    emitted: BTreeSet<Problem>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("publish", &self.publish).finish()
+    }
+}
+
+fn current(ing: &Ingress) -> Vec<Address> {
+    let mut v: Vec<Address> = ing
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            a.ip.clone()
+                .filter(|s| !s.is_empty())
+                .map(Address::Ip)
+                .or_else(|| {
+                    a.hostname
+                        .clone()
+                        .filter(|s| !s.is_empty())
+                        .map(Address::Hostname)
+                })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ingresses: Store<Ingress>,
+        services: Store<Service>,
+        client: kube::Client,
+        publish: Publish,
+        events: Events,
+        leadership: Leadership,
+        metrics: ReconcileMetrics,
+    ) -> Self {
+        Writer {
+            ingresses,
+            services,
+            client,
+            publish,
+            events,
+            leadership,
+            metrics,
+            written: HashSet::new(),
+            emitted: BTreeSet::new(),
+        }
+    }
+
+    /// The addresses to publish; `None` when status is not managed.
+    fn addresses(&self) -> Option<Vec<Address>> {
+        let mut v = match &self.publish {
+            Publish::Off => return None,
+            Publish::Addresses(a) => a.iter().map(|s| Address::parse(s)).collect::<Vec<_>>(),
+            Publish::Service { namespace, name } => {
+                let svc = self.services.get(&ObjectRef::new(name).within(namespace));
+                svc.and_then(|s| s.status.clone())
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|l| l.ingress)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| {
+                        a.ip.filter(|s| !s.is_empty())
+                            .map(Address::Ip)
+                            .or_else(|| a.hostname.filter(|s| !s.is_empty()).map(Address::Hostname))
+                    })
+                    .collect()
+            }
+        };
+        v.sort();
+        v.dedup();
+        Some(v)
+    }
+
+    /// Runs until the channel closes: one pass per newest job, one when leadership is gained, and
+    /// one [`RETRY`] after a pass with failed writes.
+    pub async fn run(mut self, mut jobs: watch::Receiver<Arc<Job>>) {
+        let mut leader = self.leadership.subscribe();
+        let mut retry: Option<tokio::time::Instant> = None;
+        loop {
+            let again = async {
+                match retry {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = jobs.changed() => if r.is_err() { return },
+                r = leader.changed() => {
+                    if r.is_err() { return }
+                    // A new term: tell the current problems again, look at every status.
+                    self.emitted.clear();
+                    if !*leader.borrow_and_update() {
+                        self.written.clear();
+                        continue;
+                    }
+                }
+                _ = again => {}
+            }
+            retry = None;
+            let job = jobs.borrow_and_update().clone();
+            if !self.leadership.is_leader() {
+                continue;
+            }
+            if !self.pass(&job).await {
+                retry = Some(tokio::time::Instant::now() + RETRY);
+            }
+        }
+    }
+
+    /// One pass; false when a write failed.
+    async fn pass(&mut self, job: &Job) -> bool {
+        // Events first: they are few, and tell a user at once what is wrong.
+        let now: BTreeSet<Problem> = job.problems.iter().cloned().collect();
+        for p in now.difference(&self.emitted) {
+            let Some(ing) = self
+                .ingresses
+                .get(&ObjectRef::new(&p.ingress.name).within(&p.ingress.namespace))
+            else {
+                continue;
+            };
+            let on = ObjectReference {
+                api_version: Some("networking.k8s.io/v1".into()),
+                kind: Some("Ingress".into()),
+                name: Some(p.ingress.name.clone()),
+                namespace: Some(p.ingress.namespace.clone()),
+                uid: ing.metadata.uid.clone(),
+                resource_version: ing.metadata.resource_version.clone(),
+                ..Default::default()
+            };
+            self.events
+                .warning(&on, p.reason, "Route", p.message.clone())
+                .await;
+        }
+        self.emitted = now;
+
+        let Some(addresses) = self.addresses() else {
+            return true;
+        };
+        let served: HashSet<&IngressRef> = job.served.iter().collect();
+        let mut writes: Vec<(IngressRef, Option<Vec<Address>>)> = Vec::new();
+        for ing in self.ingresses.state() {
+            let me = IngressRef::of(&ing);
+            let cur = current(&ing);
+            if served.contains(&me) {
+                if cur != addresses {
+                    writes.push((me, Some(addresses.clone())));
+                } else {
+                    self.written.insert(me);
+                }
+            } else if !cur.is_empty() && (self.written.contains(&me) || cur == addresses) {
+                writes.push((me, None));
+            } else {
+                self.written.remove(&me);
+            }
+        }
+        if writes.is_empty() {
+            return true;
+        }
+        let client = self.client.clone();
+        let leadership = self.leadership.clone();
+        let metrics = self.metrics.clone();
+        let results: Vec<(IngressRef, bool, bool)> = futures::stream::iter(writes)
+            .map(|(me, addrs)| {
+                let client = client.clone();
+                let leadership = leadership.clone();
+                let metrics = metrics.clone();
+                async move {
+                    let set = addrs.is_some();
+                    let ok = write_status(&client, &leadership, &metrics, &me, addrs.as_deref()).await;
+                    (me, set, ok)
+                }
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        let all_ok = results.iter().all(|(_, _, ok)| *ok);
+        for (me, set, ok) in results {
+            match (set, ok) {
+                (true, true) => {
+                    self.written.insert(me);
+                }
+                (false, true) => {
+                    self.written.remove(&me);
+                }
+                _ => {}
+            }
+        }
+        all_ok
+    }
+}
+
+async fn write_status(
+    client: &kube::Client,
+    leadership: &Leadership,
+    metrics: &ReconcileMetrics,
+    me: &IngressRef,
+    addresses: Option<&[Address]>,
+) -> bool {
+    let started = Instant::now();
+    let api: Api<Ingress> = Api::namespaced(client.clone(), &me.namespace);
+    let ingress = match addresses {
+        Some(a) => serde_json::Value::Array(a.iter().map(Address::json).collect()),
+        None => serde_json::Value::Null,
+    };
+    let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": ingress } } });
+    let res = leadership
+        .bounded(async {
+            Ok(api
+                .patch_status(&me.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?)
+        })
+        .await;
+    match res {
+        Ok(_) => {
+            tracing::debug!(ingress = %me, ?addresses, "status.loadBalancer written");
+            metrics.success(started.elapsed());
+            true
+        }
+        // Deleted meanwhile: nothing to write.
+        Err(ferrite_kit::Error::Kube(kube::Error::Api(e))) if e.code == 404 => true,
+        Err(e) => {
+            let reason = ferrite_kit::ReasonedError::reason(&e);
+            tracing::warn!(ingress = %me, error = %e, "writing status.loadBalancer failed; retried at the next pass");
+            metrics.error(reason, started.elapsed());
+            false
+        }
+    }
+}
