@@ -173,6 +173,67 @@ fn is_dns_1035_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// `ferrite.dev/backend-protocol` on an Ingress: `http` (HTTP/1.1, the default) or `h2c` (HTTP/2 with
+/// prior knowledge, for gRPC) for every backend of that Ingress.
+pub const BACKEND_PROTOCOL_ANNOTATION: &str = "ferrite.dev/backend-protocol";
+/// ingress-nginx's annotation, accepted for migration: `HTTP`, `GRPC`, `H2C` (case-insensitive).
+/// [`BACKEND_PROTOCOL_ANNOTATION`] wins when both are set.
+pub const NGINX_BACKEND_PROTOCOL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+
+/// The protocol the proxy speaks to a backend's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 with keep-alive (Upgrade tunnels included).
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (gRPC): one multiplexed connection per endpoint,
+    /// trailers passed through.
+    H2c,
+}
+
+impl BackendProtocol {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendProtocol::Http1 => "http",
+            BackendProtocol::H2c => "h2c",
+        }
+    }
+
+    /// The protocol an Ingress asks for through its annotations; `Err` is the message of an
+    /// `InvalidBackend` warning (the Ingress's backends then use HTTP/1.1).
+    pub fn of(ingress: &Ingress) -> Result<Self, String> {
+        let annotations = ingress.metadata.annotations.as_ref();
+        let get = |k: &str| annotations.and_then(|a| a.get(k)).map(|v| v.trim());
+        if let Some(v) = get(BACKEND_PROTOCOL_ANNOTATION) {
+            return match v.to_ascii_lowercase().as_str() {
+                "http" | "" => Ok(BackendProtocol::Http1),
+                "h2c" => Ok(BackendProtocol::H2c),
+                _ => Err(format!(
+                    "annotation {BACKEND_PROTOCOL_ANNOTATION}: {v:?} is not http or h2c; backends use HTTP/1.1"
+                )),
+            };
+        }
+        if let Some(v) = get(NGINX_BACKEND_PROTOCOL_ANNOTATION) {
+            return match v.to_ascii_uppercase().as_str() {
+                "HTTP" | "" => Ok(BackendProtocol::Http1),
+                "GRPC" | "H2C" => Ok(BackendProtocol::H2c),
+                _ => Err(format!(
+                    "annotation {NGINX_BACKEND_PROTOCOL_ANNOTATION}: {v:?} is not supported \
+                     (HTTP, GRPC and H2C are; TLS to backends is not); backends use HTTP/1.1"
+                )),
+            };
+        }
+        Ok(BackendProtocol::Http1)
+    }
+}
+
+impl fmt::Display for BackendProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What kind of problem a [`Warning`] reports; [`WarningKind::reason`] is the stable Event reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WarningKind {
@@ -220,6 +281,8 @@ pub struct Route {
     pub path_index: usize,
     pub path: RulePath,
     pub backend: BackendRef,
+    /// From the Ingress's backend-protocol annotation.
+    pub protocol: BackendProtocol,
 }
 
 /// The default backend and the Ingress that set it.
@@ -227,6 +290,8 @@ pub struct Route {
 pub struct DefaultBackend {
     pub ingress: IngressRef,
     pub backend: BackendRef,
+    /// From the Ingress's backend-protocol annotation.
+    pub protocol: BackendProtocol,
 }
 
 /// The result of [`RouteTable::route`].
@@ -246,6 +311,15 @@ impl<'a> Match<'a> {
             Match::Route(r) => Some(&r.backend),
             Match::Default(d) => Some(&d.backend),
             Match::NotFound => None,
+        }
+    }
+
+    /// The protocol to speak to the backend (HTTP/1.1 for [`Match::NotFound`]).
+    pub fn protocol(&self) -> BackendProtocol {
+        match self {
+            Match::Route(r) => r.protocol,
+            Match::Default(d) => d.protocol,
+            Match::NotFound => BackendProtocol::Http1,
         }
     }
 
@@ -494,6 +568,10 @@ impl Builder {
     fn add(&mut self, ing: &Ingress) {
         let me = IngressRef::of(ing);
         let Some(spec) = &ing.spec else { return };
+        let protocol = BackendProtocol::of(ing).unwrap_or_else(|message| {
+            self.warn(&me, WarningKind::InvalidBackend, message);
+            BackendProtocol::Http1
+        });
         if let Some(backend) = &spec.default_backend {
             match BackendRef::from_spec(&me.namespace, backend) {
                 Err(e) => self.warn(&me, WarningKind::InvalidBackend, format!("defaultBackend: {e}")),
@@ -509,6 +587,7 @@ impl Builder {
                         self.table.default_backend = Some(DefaultBackend {
                             ingress: me.clone(),
                             backend,
+                            protocol,
                         })
                     }
                 },
@@ -542,7 +621,7 @@ impl Builder {
                 }
             }
             for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
-                self.add_path(&me, host.as_ref(), ri, pi, p);
+                self.add_path(&me, host.as_ref(), ri, pi, p, protocol);
             }
         }
         self.add_tls(ing, &me, &rule_hosts);
@@ -555,6 +634,7 @@ impl Builder {
         ri: usize,
         pi: usize,
         p: &k8s_openapi::api::networking::v1::HTTPIngressPath,
+        protocol: BackendProtocol,
     ) {
         let at = format!("rules[{ri}].http.paths[{pi}]");
         let compiled: Result<RulePath, PathError> =
@@ -599,6 +679,7 @@ impl Builder {
             path_index: pi,
             path,
             backend,
+            protocol,
         });
     }
 

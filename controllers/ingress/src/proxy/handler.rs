@@ -1,37 +1,47 @@
 //! One request, from the downstream connection to the upstream and back:
 //!
 //! ```text
-//!   request ──> framing checks (400) ──> ACME token (plain listener) ──> HTTPS redirect (308)
-//!           ──> route (404) ──> endpoints (503) ──> forwarded headers, hop-by-hop removed
-//!           ──> upstream HTTP/1.1 (retry another endpoint on connect failure, idempotent only; 502)
+//!   request ──> overload (503 + Retry-After) ──> framing checks (400) ──> body size by Content-Length (413)
+//!           ──> ACME token (plain listener) ──> HTTPS redirect (308) ──> route (404) ──> endpoints (503)
+//!           ──> forwarded headers, hop-by-hop removed ──> upstream HTTP/1.1 or h2c (retry another
+//!               endpoint on connect failure, idempotent only; 502; no response head in time: 504)
 //!           ──> response streamed back | 101: both sides upgraded, bytes copied until one closes
+//!   last response byte (or the client gone) ──> metrics, one access log line
 //! ```
 //!
-//! Bodies are never collected: the downstream `Incoming` body is boxed and handed to the upstream
-//! client, and the upstream response body is handed back the same way.
+//! Bodies are never collected: the downstream `Incoming` body is wrapped (bytes counted, the size
+//! limit enforced while it streams) and handed to the upstream client; the upstream response body is
+//! wrapped (gap timeout) and handed back the same way, wrapped once more to count bytes and to record
+//! the request when its last byte is sent or the response is dropped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Bytes, Incoming};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ProxyBody;
+use super::access_log::{AccessLog, Entry};
+use super::metrics::{ProxyMetrics, RouteLabels, code_class, method_label};
 use super::snapshot::Snapshot;
-use super::upstream::Upstreams;
-use super::{ProxyConfig, SharedSnapshot};
+use super::upstream::{InFlight, Upstreams};
+use super::{BoxError, ProxyBody, ProxyConfig, SharedSnapshot};
 use crate::host::RequestHost;
+use crate::routes::{BackendProtocol, BackendRef, Match};
 
 pub(crate) const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// What the handler knows about the downstream connection.
+/// What the handler knows about the downstream connection. With the PROXY protocol, `peer` is the
+/// client the header named.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
@@ -46,6 +56,58 @@ pub(crate) struct Shared {
     pub tunnels: TaskTracker,
     pub cancel: CancellationToken,
     pub request_ids: RequestIds,
+    pub metrics: ProxyMetrics,
+    pub access_log: Option<AccessLog>,
+    /// Requests being answered (until their last response byte), for `max_in_flight`.
+    pub in_flight: AtomicUsize,
+}
+
+/// One downstream connection's entry in the open-connections gauge: `pending` until the TLS
+/// handshake's ALPN or the first request tells the protocol.
+pub(crate) struct ConnState {
+    listener: &'static str,
+    protocol: Mutex<&'static str>,
+    metrics: ProxyMetrics,
+}
+
+const PENDING: &str = "pending";
+
+impl ConnState {
+    pub fn new(listener: &'static str, metrics: &ProxyMetrics) -> Arc<Self> {
+        metrics.connections.with_label_values(&[listener, PENDING]).inc();
+        metrics.connections_total.with_label_values(&[listener]).inc();
+        Arc::new(ConnState {
+            listener,
+            protocol: Mutex::new(PENDING),
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// Moves the connection from `pending` to `protocol` (`http1`, `h2`); later calls do nothing.
+    pub fn classify(&self, protocol: &'static str) {
+        let mut p = self.protocol.lock().unwrap_or_else(|e| e.into_inner());
+        if *p == PENDING {
+            self.metrics
+                .connections
+                .with_label_values(&[self.listener, PENDING])
+                .dec();
+            self.metrics
+                .connections
+                .with_label_values(&[self.listener, protocol])
+                .inc();
+            *p = protocol;
+        }
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        let p = *self.protocol.lock().unwrap_or_else(|e| e.into_inner());
+        self.metrics
+            .connections
+            .with_label_values(&[self.listener, p])
+            .dec();
+    }
 }
 
 /// Request ids: a random per-process prefix and a counter, 32 hex digits, unique without a lock.
@@ -175,16 +237,333 @@ fn is_idempotent(m: &Method) -> bool {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
+    state: Arc<ConnState>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    state.classify(if req.version() == Version::HTTP_2 {
+        "h2"
+    } else {
+        "http1"
+    });
     let request_id = match req.headers().get("x-request-id") {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => shared.request_ids.next(),
     };
-    let mut resp = route(&shared, conn, req, request_id.clone()).await;
+    let in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    shared.metrics.in_flight.inc();
+    let mut record = Record {
+        shared: shared.clone(),
+        time: SystemTime::now(),
+        started,
+        peer: conn.peer,
+        method: req.method().clone(),
+        target: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string()),
+        host: request_host(&req).unwrap_or_default(),
+        version: req.version(),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        labels: RouteLabels::fixed("unmatched"),
+        status: StatusCode::OK,
+        upstream_addr: None,
+        upstream_duration: None,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_out: 0,
+        endpoint: None,
+    };
+    let max = shared.config.max_in_flight;
+    let mut resp = if max > 0 && in_flight > max {
+        // Shed load at once instead of queueing: the client (or the LB in front) retries elsewhere.
+        shared.metrics.overload.inc();
+        record.labels = RouteLabels::fixed("overload");
+        let mut resp = local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: the proxy is overloaded",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp
+    } else {
+        route(&shared, conn, req, request_id.clone(), &mut record).await
+    };
     resp.headers_mut()
         .insert(HeaderName::from_static("x-request-id"), request_id);
-    Ok(resp)
+    record.status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let body = Tracked {
+        inner: body,
+        record: Some(record),
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Everything one request records when it ends: metrics and the access log line.
+struct Record {
+    shared: Arc<Shared>,
+    time: SystemTime,
+    started: Instant,
+    peer: SocketAddr,
+    method: Method,
+    target: String,
+    host: String,
+    version: Version,
+    user_agent: String,
+    request_id: String,
+    labels: RouteLabels,
+    status: StatusCode,
+    upstream_addr: Option<SocketAddr>,
+    upstream_duration: Option<Duration>,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    /// The upstream endpoint's in-flight count (P2C), held until the response is done.
+    endpoint: Option<InFlight>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.in_flight.dec();
+        let took = self.started.elapsed();
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let l = &self.labels;
+        shared
+            .metrics
+            .requests
+            .with_label_values(&[
+                &*l.namespace,
+                &*l.ingress,
+                &*l.service,
+                method_label(&self.method),
+                code_class(self.status),
+            ])
+            .inc();
+        let route = shared.metrics.route(l);
+        route.request_duration.observe(took.as_secs_f64());
+        route.request_bytes.inc_by(bytes_in);
+        route.response_bytes.inc_by(self.bytes_out);
+        if let Some(d) = self.upstream_duration {
+            shared
+                .metrics
+                .upstream_duration
+                .with_label_values(&[&*l.namespace, &*l.ingress, &*l.service])
+                .observe(d.as_secs_f64());
+        }
+        if let Some(log) = &shared.access_log {
+            let protocol = match self.version {
+                Version::HTTP_09 => "HTTP/0.9",
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            };
+            let entry = Entry {
+                time: self.time,
+                remote_addr: self.peer.ip(),
+                host: &self.host,
+                method: self.method.as_str(),
+                path: &self.target,
+                protocol,
+                status: self.status.as_u16(),
+                upstream_addr: self.upstream_addr,
+                request_duration: took,
+                upstream_duration: self.upstream_duration,
+                bytes_in,
+                bytes_out: self.bytes_out,
+                request_id: &self.request_id,
+                namespace: &l.namespace,
+                ingress: &l.ingress,
+                service: &l.service,
+                user_agent: &self.user_agent,
+            };
+            log.send(entry.to_line());
+        }
+    }
+}
+
+/// The response body as sent downstream: counts bytes, and records the request (drops the
+/// [`Record`]) at the last frame, on an error, or when hyper drops the body (client gone, HEAD).
+struct Tracked {
+    inner: ProxyBody,
+    record: Option<Record>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(rec)) = (frame.data_ref(), self.record.as_mut()) {
+                    rec.bytes_out += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.record = None;
+                }
+            }
+            Poll::Ready(_) => self.record = None,
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than max_body_bytes ({0} bytes)")]
+struct BodyTooLarge(u64);
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {0:?} (upstream_response_timeout)")]
+struct UpstreamStalled(Duration);
+
+/// The downstream request body on its way upstream: bytes counted, the size limit enforced while
+/// it streams (a chunked body has no length to check up front).
+struct RequestBody {
+    inner: Incoming,
+    seen: Arc<AtomicU64>,
+    limit: Option<u64>,
+    over: Arc<AtomicBool>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len() as u64;
+                    let total = self.seen.fetch_add(n, Ordering::Relaxed) + n;
+                    if let Some(limit) = self.limit
+                        && total > limit
+                    {
+                        self.over.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream response body: fails (the downstream response is cut, never silently truncated)
+/// when the upstream sends nothing for `timeout`.
+struct UpstreamBody {
+    inner: Incoming,
+    timeout: Option<Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: Option<prometheus::IntCounter>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                if let (Some(t), Some(sleep)) = (self.timeout, self.sleep.as_mut()) {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + t);
+                }
+                Poll::Ready(r.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                if let (Some(t), Some(sleep)) = (timeout, self.sleep.as_mut())
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    if let Some(c) = self.stalled.take() {
+                        c.inc();
+                    }
+                    return Poll::Ready(Some(Err(Box::new(UpstreamStalled(t)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn bad_request(text: &str) -> Response<ProxyBody> {
+    let mut resp = local_response(StatusCode::BAD_REQUEST, text);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Framing hyper accepts but a proxy must not: a `Transfer-Encoding` other than exactly one
+/// `chunked` (hyper refuses a non-chunked final coding; `gzip, chunked` and repeated lines are
+/// refused here, as nginx does, because upstreams disagree on them).
+fn framing_error(req: &Request<Incoming>) -> Option<&'static str> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let mut te = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next()
+        && (te.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some("Bad Request: Transfer-Encoding other than chunked");
+    }
+    None
+}
+
+fn labels_for(m: &Match<'_>) -> RouteLabels {
+    let (ingress, backend): (&crate::routes::IngressRef, &BackendRef) = match m {
+        Match::Route(r) => (&r.ingress, &r.backend),
+        Match::Default(d) => (&d.ingress, &d.backend),
+        Match::NotFound => return RouteLabels::fixed("unmatched"),
+    };
+    RouteLabels {
+        namespace: Arc::from(ingress.namespace.as_str()),
+        ingress: Arc::from(ingress.name.as_str()),
+        service: Arc::from(backend.service.as_str()),
+    }
 }
 
 async fn route(
@@ -192,7 +571,23 @@ async fn route(
     conn: ConnInfo,
     req: Request<Incoming>,
     request_id: HeaderValue,
+    record: &mut Record,
 ) -> Response<ProxyBody> {
+    if let Some(why) = framing_error(&req) {
+        record.labels = RouteLabels::fixed("invalid");
+        return bad_request(why);
+    }
+    if let Some(limit) = shared.config.max_body_bytes
+        && req.body().size_hint().lower() > limit
+    {
+        // Refused by Content-Length before a byte of the body is read; the connection closes (the
+        // unread body cannot be skipped safely).
+        record.labels = RouteLabels::fixed("invalid");
+        let mut resp = local_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let snapshot = shared.snapshot.load();
     let host = request_host(&req);
     let host_ref = host.as_deref().unwrap_or("");
@@ -202,6 +597,7 @@ async fn route(
     if !conn.tls && path.starts_with(ACME_PREFIX) {
         let token = &path[ACME_PREFIX.len()..];
         if let Some(answer) = snapshot.acme_answer(host_ref, token) {
+            record.labels = RouteLabels::fixed("acme");
             let mut resp = Response::new(full(answer.to_string()));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -214,17 +610,24 @@ async fn route(
     if !conn.tls
         && !skip_redirect
         && shared.config.redirect_to_https
-        && let Some(resp) = redirect(shared, &snapshot, host_ref, req.uri())
+        && let Some((resp, ingress)) = redirect(shared, &snapshot, host_ref, req.uri())
     {
+        record.labels = RouteLabels {
+            namespace: Arc::from(ingress.namespace.as_str()),
+            ingress: Arc::from(ingress.name.as_str()),
+            service: Arc::from("redirect"),
+        };
         return resp;
     }
 
     let matched = snapshot
         .routes()
         .route(host_ref, req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    record.labels = labels_for(&matched);
     let Some(backend) = matched.backend() else {
         return local_response(StatusCode::NOT_FOUND, "Not Found");
     };
+    let protocol = matched.protocol();
     let endpoints = shared.upstreams.order(backend, snapshot.endpoints(backend));
     if endpoints.is_empty() {
         return local_response(
@@ -232,12 +635,27 @@ async fn route(
             "Service Unavailable: no ready endpoint",
         );
     }
-    forward(shared, conn, req, host, request_id, &endpoints).await
+    let target = Target {
+        backend,
+        protocol,
+        endpoints: &endpoints,
+    };
+    forward(shared, conn, req, host, request_id, target, record).await
 }
 
-fn redirect(shared: &Shared, snapshot: &Snapshot, host: &str, uri: &Uri) -> Option<Response<ProxyBody>> {
+struct Target<'a> {
+    backend: &'a BackendRef,
+    protocol: BackendProtocol,
+    endpoints: &'a [SocketAddr],
+}
+fn redirect(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    host: &str,
+    uri: &Uri,
+) -> Option<(Response<ProxyBody>, crate::routes::IngressRef)> {
     let normalized = RequestHost::parse(host)?;
-    snapshot.routes().tls_for(host)?;
+    let binding = snapshot.routes().tls_for(host)?;
     let port = match shared.config.https_redirect_port {
         443 => String::new(),
         p => format!(":{p}"),
@@ -247,7 +665,7 @@ fn redirect(shared: &Shared, snapshot: &Snapshot, host: &str, uri: &Uri) -> Opti
     let value = HeaderValue::from_str(&location).ok()?;
     let mut resp = local_response(StatusCode::PERMANENT_REDIRECT, "Permanent Redirect");
     resp.headers_mut().insert(header::LOCATION, value);
-    Some(resp)
+    Some((resp, binding.ingress.clone()))
 }
 
 fn forwarded_for(ip: std::net::IpAddr) -> String {
@@ -299,16 +717,33 @@ async fn forward(
     mut req: Request<Incoming>,
     host: Option<String>,
     request_id: HeaderValue,
-    endpoints: &[SocketAddr],
+    target: Target<'_>,
+    record: &mut Record,
 ) -> Response<ProxyBody> {
-    let upgrade = wants_upgrade(&req);
+    let h2c = target.protocol == BackendProtocol::H2c;
+    // Upgrades need HTTP/1.1 on both sides.
+    let upgrade = !h2c && wants_upgrade(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // gRPC needs `te: trailers` upstream (the one TE value HTTP/2 allows).
+    let te_trailers = h2c
+        && parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if upgrade {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     set_forwarded_headers(&mut parts.headers, conn, host.as_deref(), request_id);
     // HTTP/1.1 upstream needs a Host; a client without one (HTTP/1.0) gets the empty value RFC 9112
@@ -322,26 +757,52 @@ async fn forward(
     // consumed by the first attempt.
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let mut body = Some(body.boxed());
+    let over = Arc::new(AtomicBool::new(false));
+    let mut body = Some(
+        RequestBody {
+            inner: body,
+            seen: record.bytes_in.clone(),
+            limit: shared.config.max_body_bytes,
+            over: over.clone(),
+        }
+        .boxed(),
+    );
+    let endpoints = target.endpoints;
     let attempts = if retryable { endpoints.len().min(3) } else { 1 };
+    let service = [target.backend.namespace.as_str(), target.backend.service.as_str()];
+    let timeout = Some(shared.config.upstream_response_timeout).filter(|t| !t.is_zero());
+    let client = shared.upstreams.client(target.protocol);
 
     for (i, endpoint) in endpoints.iter().take(attempts).enumerate() {
+        if i > 0 {
+            shared.metrics.upstream_retries.with_label_values(&service).inc();
+        }
         let uri = match format!("http://{endpoint}{pq}").parse::<Uri>() {
             Ok(u) => u,
-            Err(_) => {
-                let mut resp = local_response(StatusCode::BAD_REQUEST, "Bad Request: request target");
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return resp;
-            }
+            Err(_) => return bad_request("Bad Request: request target"),
         };
         let mut upstream = Request::new(body.take().unwrap_or_else(empty));
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = uri;
-        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
         *upstream.headers_mut() = parts.headers.clone();
-        match shared.upstreams.client().request(upstream).await {
+        record.upstream_addr = Some(*endpoint);
+        record.endpoint = Some(shared.upstreams.start(*endpoint));
+        let sent = Instant::now();
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, client.request(upstream)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    shared.metrics.upstream_timeouts.with_label_values(&service).inc();
+                    tracing::debug!(%endpoint, "upstream response timed out");
+                    return local_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout");
+                }
+            },
+            None => client.request(upstream).await,
+        };
+        match result {
             Ok(mut resp) => {
+                record.upstream_duration = Some(sent.elapsed());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return match downstream_upgrade {
                         Some(down) => tunnel(shared, down, resp),
@@ -351,13 +812,35 @@ async fn forward(
                 let keep_upgrade = false;
                 strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
                 let (parts, body) = resp.into_parts();
+                let body = UpstreamBody {
+                    inner: body,
+                    timeout,
+                    sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+                    stalled: Some(shared.metrics.upstream_timeouts.with_label_values(&service)),
+                };
                 return Response::from_parts(parts, body.boxed());
             }
             Err(e) if e.is_connect() => {
                 shared.upstreams.eject(*endpoint);
+                shared
+                    .metrics
+                    .upstream_connect_errors
+                    .with_label_values(&service)
+                    .inc();
+                shared
+                    .metrics
+                    .upstream_ejections
+                    .with_label_values(&service)
+                    .inc();
                 tracing::debug!(%endpoint, attempt = i + 1, error = %e, "upstream connect failed");
             }
             Err(e) => {
+                if over.load(Ordering::Relaxed) {
+                    let mut resp = local_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return resp;
+                }
                 tracing::debug!(%endpoint, error = %e, "upstream request failed");
                 return local_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
             }

@@ -13,7 +13,10 @@
 //! (the [`CancellationToken`] given to [`Proxy::serve`]) stops accepting, asks every connection to
 //! finish its in-flight requests (`graceful_shutdown`) and waits up to the drain timeout.
 
+mod access_log;
 mod handler;
+pub mod metrics;
+pub mod proxy_protocol;
 pub mod snapshot;
 mod tls;
 mod upstream;
@@ -33,17 +36,23 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use access_log::AccessLogSink;
+pub use metrics::ProxyMetrics;
 pub use snapshot::{
     AcmeError, CertError, DEFAULT_CERT_NAME, SharedSnapshot, Snapshot, certified_key_from_pem,
     self_signed_default,
 };
 pub use tls::server_config;
+pub use upstream::LoadBalance;
 
-use handler::{ConnInfo, RequestIds, Shared};
+use handler::{ConnInfo, ConnState, RequestIds, Shared};
 use upstream::Upstreams;
 
+/// The error type of the proxy's bodies (hyper's, a body over the size limit, a stalled upstream).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body type of every response the proxy writes (streamed upstream bodies and its own answers).
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Listener addresses, limits and timeouts. `Default` is the production setting.
 #[derive(Debug, Clone)]
@@ -72,6 +81,29 @@ pub struct ProxyConfig {
     pub max_headers: usize,
     /// How long a shutdown waits for in-flight requests and tunnels.
     pub drain_timeout: Duration,
+    /// Largest request body in bytes: `413` (by `Content-Length` before reading, or as soon as a
+    /// streamed body passes it). `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// Time the upstream has to send its response head, and longest gap between two pieces of its
+    /// body: `504` for the head, the response cut for the body. Zero: no limit.
+    pub upstream_response_timeout: Duration,
+    /// Most requests answered at once; beyond, `503` with `Retry-After: 1` at once (no queue).
+    /// Zero: no limit.
+    pub max_in_flight: usize,
+    /// How a backend's endpoint is chosen.
+    pub load_balance: LoadBalance,
+    /// Every connection on both listeners starts with a PROXY protocol v1 or v2 header; a connection
+    /// without a valid one is closed. The header's client address is the one forwarded and logged.
+    pub proxy_protocol: bool,
+    /// One JSON line per request.
+    pub access_log: bool,
+    /// Where access log lines go (stdout by default).
+    pub access_log_to: AccessLogSink,
+    /// Lines queued for the access log writer; beyond, lines are dropped and counted.
+    pub access_log_buffer: usize,
+    /// The registry the `ferrite_ingress_*` metrics are registered in (the admin server's); `None`:
+    /// recorded but not exposed.
+    pub registry: Option<prometheus::Registry>,
 }
 
 impl Default for ProxyConfig {
@@ -89,6 +121,15 @@ impl Default for ProxyConfig {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             drain_timeout: Duration::from_secs(30),
+            max_body_bytes: None,
+            upstream_response_timeout: Duration::from_secs(60),
+            max_in_flight: 10_000,
+            load_balance: LoadBalance::RoundRobin,
+            proxy_protocol: false,
+            access_log: true,
+            access_log_to: AccessLogSink::stdout(),
+            access_log_buffer: 16_384,
+            registry: None,
         }
     }
 }
@@ -106,6 +147,10 @@ pub enum ProxyError {
     HeaderBytes(usize),
     #[error("TLS configuration: {0}")]
     Tls(#[source] rustls::Error),
+    #[error("registering the proxy metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+    #[error("starting the access log writer: {0}")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// A bound proxy: listeners open, not yet serving.
@@ -139,11 +184,29 @@ impl Proxy {
         };
         let http = bind(config.http_addr).await?;
         let https = bind(config.https_addr).await?;
-        let upstreams = Upstreams::new(
+        let upstreams = Upstreams::with_balance(
             config.upstream_connect_timeout,
             config.upstream_idle_timeout,
             config.ejection_duration,
+            config.load_balance,
         );
+        let metrics = match &config.registry {
+            Some(registry) => ProxyMetrics::register(registry, snapshot.clone()),
+            None => ProxyMetrics::new(),
+        }
+        .map_err(ProxyError::Metrics)?;
+        let access_log = if config.access_log {
+            Some(
+                access_log::AccessLog::start(
+                    config.access_log_to.clone(),
+                    config.access_log_buffer,
+                    metrics.access_log_dropped.clone(),
+                )
+                .map_err(ProxyError::AccessLog)?,
+            )
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             config,
             snapshot,
@@ -151,6 +214,9 @@ impl Proxy {
             tunnels: TaskTracker::new(),
             cancel: CancellationToken::new(),
             request_ids: RequestIds::new(),
+            metrics,
+            access_log,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         });
         Ok(Proxy {
             shared,
@@ -166,6 +232,11 @@ impl Proxy {
 
     pub fn https_addr(&self) -> std::io::Result<SocketAddr> {
         self.https.local_addr()
+    }
+
+    /// The data plane's metrics (already registered when `ProxyConfig::registry` was set).
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.shared.metrics
     }
 
     /// Serves until `shutdown` is cancelled, then drains: no new connections, in-flight requests
@@ -199,22 +270,86 @@ impl Proxy {
                 Err(_) => continue,
             };
             let _ = stream.set_nodelay(true);
-            let info = ConnInfo { peer, local, tls };
             let shared = shared.clone();
             let builder = builder.clone();
             let acceptor = acceptor.clone();
             let shutdown = shutdown.clone();
             connections.spawn(async move {
-                if tls {
-                    let handshake =
-                        tokio::time::timeout(shared.config.header_read_timeout, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(stream)) => serve_connection(shared, builder, info, stream, shutdown).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                let listener = if tls { "https" } else { "http" };
+                let state = ConnState::new(listener, &shared.metrics);
+                let mut stream = stream;
+                let timeout = shared.config.header_read_timeout;
+                let peer = if shared.config.proxy_protocol {
+                    let header = tokio::time::timeout(timeout, proxy_protocol::read_header(&mut stream));
+                    match header.await {
+                        Ok(Ok(proxy_protocol::ProxyHeader::Proxied { source, .. })) => source,
+                        Ok(Ok(proxy_protocol::ProxyHeader::Local)) => peer,
+                        Ok(Err(e)) => {
+                            shared
+                                .metrics
+                                .proxy_protocol_errors
+                                .with_label_values(&[listener])
+                                .inc();
+                            tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
+                            return;
+                        }
+                        Err(_) => {
+                            shared
+                                .metrics
+                                .header_timeouts
+                                .with_label_values(&[listener])
+                                .inc();
+                            tracing::debug!(%peer, "PROXY protocol header timed out");
+                            return;
+                        }
                     }
                 } else {
-                    serve_connection::<TcpStream>(shared, builder, info, stream, shutdown).await;
+                    peer
+                };
+                let info = ConnInfo { peer, local, tls };
+                if tls {
+                    let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            let (_, session) = stream.get_ref();
+                            let version = match session.protocol_version() {
+                                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                                _ => "other",
+                            };
+                            let alpn = match session.alpn_protocol() {
+                                Some(b"h2") => "h2",
+                                Some(b"http/1.1") => "http/1.1",
+                                Some(_) => "other",
+                                None => "none",
+                            };
+                            shared
+                                .metrics
+                                .tls_handshakes
+                                .with_label_values(&[version, alpn])
+                                .inc();
+                            if alpn == "h2" {
+                                state.classify("h2");
+                            }
+                            serve_connection(shared, builder, info, state, stream, shutdown).await
+                        }
+                        Ok(Err(e)) => {
+                            let reason = metrics::tls_error_reason(&e);
+                            shared.metrics.tls_errors.with_label_values(&[reason]).inc();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            shared.metrics.tls_errors.with_label_values(&["timeout"]).inc();
+                            shared
+                                .metrics
+                                .header_timeouts
+                                .with_label_values(&[listener])
+                                .inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                } else {
+                    serve_connection::<TcpStream>(shared, builder, info, state, stream, shutdown).await;
                 }
             });
         }
@@ -253,6 +388,7 @@ async fn serve_connection<I>(
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     info: ConnInfo,
+    state: Arc<ConnState>,
     io: I,
     shutdown: CancellationToken,
 ) where
@@ -260,7 +396,7 @@ async fn serve_connection<I>(
 {
     let (io, idle) = idle::IdleIo::new(io);
     let svc_shared = shared.clone();
-    let service = service_fn(move |req| handler::handle(svc_shared.clone(), info, req));
+    let service = service_fn(move |req| handler::handle(svc_shared.clone(), info, state.clone(), req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle_timeout = shared.config.idle_timeout;

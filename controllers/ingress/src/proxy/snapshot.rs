@@ -260,7 +260,7 @@ impl Snapshot {
 }
 
 /// The snapshot currently served, swapped atomically as one unit.
-pub struct SharedSnapshot(ArcSwap<Snapshot>);
+pub struct SharedSnapshot(ArcSwap<Snapshot>, std::sync::atomic::AtomicU64);
 
 impl fmt::Debug for SharedSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -270,7 +270,10 @@ impl fmt::Debug for SharedSnapshot {
 
 impl SharedSnapshot {
     pub fn new(snapshot: Snapshot) -> Self {
-        SharedSnapshot(ArcSwap::from_pointee(snapshot))
+        SharedSnapshot(
+            ArcSwap::from_pointee(snapshot),
+            std::sync::atomic::AtomicU64::new(0),
+        )
     }
 
     /// The current snapshot; hold the `Arc` for as long as one request or handshake needs it.
@@ -281,6 +284,12 @@ impl SharedSnapshot {
     /// Replaces the served snapshot. Readers holding the previous one keep it until they finish.
     pub fn store(&self, snapshot: Snapshot) {
         self.0.store(Arc::new(snapshot));
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times [`SharedSnapshot::store`] was called (the swaps metric).
+    pub fn swaps(&self) -> u64 {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

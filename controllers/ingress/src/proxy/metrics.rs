@@ -1,0 +1,370 @@
+//! The data plane's Prometheus metrics, `ferrite_ingress_*`, registered in the registry the
+//! binary's admin server exposes (`ProxyConfig::registry`).
+//!
+//! Label values come only from the route table and from fixed sets, never from the request:
+//! `namespace`/`ingress`/`service` are those of the matched route (`unmatched` for requests that
+//! matched none, `acme`/`redirect` for the proxy's own answers), `method` is one of the standard
+//! methods or `other`, `code` is a class (`2xx` .. `5xx`). Paths and Host headers never become labels.
+
+use std::sync::Arc;
+
+use hyper::{Method, StatusCode};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use super::SharedSnapshot;
+
+/// Every data-plane metric. Cheap to clone (handles to the same series).
+#[derive(Clone, Debug)]
+pub struct ProxyMetrics {
+    pub(crate) requests: IntCounterVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) request_bytes: IntCounterVec,
+    pub(crate) response_bytes: IntCounterVec,
+    pub(crate) connections: IntGaugeVec,
+    pub(crate) connections_total: IntCounterVec,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) overload: IntCounter,
+    pub(crate) tls_handshakes: IntCounterVec,
+    pub(crate) tls_errors: IntCounterVec,
+    pub(crate) upstream_connect_errors: IntCounterVec,
+    pub(crate) upstream_retries: IntCounterVec,
+    pub(crate) upstream_ejections: IntCounterVec,
+    pub(crate) upstream_timeouts: IntCounterVec,
+    pub(crate) proxy_protocol_errors: IntCounterVec,
+    pub(crate) access_log_dropped: IntCounter,
+    pub(crate) header_timeouts: IntCounterVec,
+}
+
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const ROUTE_LABELS: [&str; 3] = ["namespace", "ingress", "service"];
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+impl ProxyMetrics {
+    /// Creates the metrics without registering them anywhere.
+    pub fn new() -> prometheus::Result<Self> {
+        let histogram = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+                &ROUTE_LABELS,
+            )
+        };
+        Ok(ProxyMetrics {
+            requests: counter(
+                "ferrite_ingress_requests_total",
+                "Requests answered, by the matched Ingress and Service, method and status class.",
+                &["namespace", "ingress", "service", "method", "code"],
+            )?,
+            request_duration: histogram(
+                "ferrite_ingress_request_duration_seconds",
+                "Time from the request head to the last byte of the response, by Ingress and Service.",
+            )?,
+            upstream_duration: histogram(
+                "ferrite_ingress_upstream_response_duration_seconds",
+                "Time from sending the request upstream to the upstream's response head (successful attempts).",
+            )?,
+            request_bytes: counter(
+                "ferrite_ingress_request_bytes_total",
+                "Request body bytes received from clients, by Ingress and Service.",
+                &ROUTE_LABELS,
+            )?,
+            response_bytes: counter(
+                "ferrite_ingress_response_bytes_total",
+                "Response body bytes sent to clients, by Ingress and Service.",
+                &ROUTE_LABELS,
+            )?,
+            connections: IntGaugeVec::new(
+                Opts::new(
+                    "ferrite_ingress_connections_open",
+                    "Open downstream connections by listener (http, https) and protocol (http1, h2; \
+                     pending until the first request or the TLS handshake tells).",
+                ),
+                &["listener", "protocol"],
+            )?,
+            connections_total: counter(
+                "ferrite_ingress_connections_total",
+                "Downstream connections accepted, by listener.",
+                &["listener"],
+            )?,
+            in_flight: IntGauge::new(
+                "ferrite_ingress_requests_in_flight",
+                "Requests being answered (until the last response byte).",
+            )?,
+            overload: IntCounter::new(
+                "ferrite_ingress_overload_rejected_total",
+                "Requests answered 503 at once because max_in_flight requests were already being answered.",
+            )?,
+            tls_handshakes: counter(
+                "ferrite_ingress_tls_handshakes_total",
+                "Completed TLS handshakes by protocol version and ALPN protocol.",
+                &["version", "alpn"],
+            )?,
+            tls_errors: counter(
+                "ferrite_ingress_tls_handshake_errors_total",
+                "Failed TLS handshakes by reason.",
+                &["reason"],
+            )?,
+            upstream_connect_errors: counter(
+                "ferrite_ingress_upstream_connect_errors_total",
+                "Upstream connections refused or timed out, by Service.",
+                &["namespace", "service"],
+            )?,
+            upstream_retries: counter(
+                "ferrite_ingress_upstream_retries_total",
+                "Requests sent to another endpoint after a connect failure, by Service.",
+                &["namespace", "service"],
+            )?,
+            upstream_ejections: counter(
+                "ferrite_ingress_upstream_ejections_total",
+                "Endpoints ejected (tried last) after a connect failure, by Service.",
+                &["namespace", "service"],
+            )?,
+            upstream_timeouts: counter(
+                "ferrite_ingress_upstream_timeouts_total",
+                "Upstream responses (head, or a gap in the body) slower than upstream_response_timeout, by Service.",
+                &["namespace", "service"],
+            )?,
+            proxy_protocol_errors: counter(
+                "ferrite_ingress_proxy_protocol_errors_total",
+                "Connections closed for a missing or invalid PROXY protocol header, by listener.",
+                &["listener"],
+            )?,
+            access_log_dropped: IntCounter::new(
+                "ferrite_ingress_access_log_dropped_total",
+                "Access log lines dropped because the log writer was behind (requests never wait for it).",
+            )?,
+            header_timeouts: counter(
+                "ferrite_ingress_header_timeouts_total",
+                "Connections closed because the TLS handshake or PROXY header did not finish in header_read_timeout, by listener.",
+                &["listener"],
+            )?,
+        })
+    }
+
+    /// Creates and registers the metrics, with the snapshot gauges reading `snapshot` at scrape time.
+    pub fn register(registry: &Registry, snapshot: Arc<SharedSnapshot>) -> prometheus::Result<Self> {
+        let m = Self::new()?;
+        for c in m.collectors() {
+            registry.register(c)?;
+        }
+        registry.register(Box::new(SnapshotCollector::new(snapshot)?))?;
+        Ok(m)
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.upstream_duration.clone()),
+            Box::new(self.request_bytes.clone()),
+            Box::new(self.response_bytes.clone()),
+            Box::new(self.connections.clone()),
+            Box::new(self.connections_total.clone()),
+            Box::new(self.in_flight.clone()),
+            Box::new(self.overload.clone()),
+            Box::new(self.tls_handshakes.clone()),
+            Box::new(self.tls_errors.clone()),
+            Box::new(self.upstream_connect_errors.clone()),
+            Box::new(self.upstream_retries.clone()),
+            Box::new(self.upstream_ejections.clone()),
+            Box::new(self.upstream_timeouts.clone()),
+            Box::new(self.proxy_protocol_errors.clone()),
+            Box::new(self.access_log_dropped.clone()),
+            Box::new(self.header_timeouts.clone()),
+        ]
+    }
+
+    pub(crate) fn route(&self, labels: &RouteLabels) -> RouteMetrics {
+        let l = [&*labels.namespace, &*labels.ingress, &*labels.service];
+        RouteMetrics {
+            request_duration: self.request_duration.with_label_values(&l),
+            request_bytes: self.request_bytes.with_label_values(&l),
+            response_bytes: self.response_bytes.with_label_values(&l),
+        }
+    }
+}
+
+/// The label values of one request: from the route table, or fixed words.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteLabels {
+    pub namespace: Arc<str>,
+    pub ingress: Arc<str>,
+    pub service: Arc<str>,
+}
+
+impl RouteLabels {
+    pub fn fixed(word: &'static str) -> Self {
+        RouteLabels {
+            namespace: Arc::from(""),
+            ingress: Arc::from(word),
+            service: Arc::from(word),
+        }
+    }
+}
+
+/// The per-route series a request records into at its end.
+pub(crate) struct RouteMetrics {
+    pub request_duration: Histogram,
+    pub request_bytes: prometheus::IntCounter,
+    pub response_bytes: prometheus::IntCounter,
+}
+
+pub(crate) fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+pub(crate) fn code_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Classifies a failed TLS handshake into a small fixed set of reasons.
+pub(crate) fn tls_error_reason(e: &std::io::Error) -> &'static str {
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return match tls {
+            rustls::Error::PeerIncompatible(_) => "peer_incompatible",
+            rustls::Error::NoApplicationProtocol => "no_application_protocol",
+            rustls::Error::AlertReceived(_) => "alert_received",
+            rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+                "invalid_message"
+            }
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => "certificate",
+            rustls::Error::PeerMisbehaved(_) => "peer_misbehaved",
+            _ => "other",
+        };
+    }
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::BrokenPipe => "closed",
+        std::io::ErrorKind::InvalidData => "invalid_message",
+        _ => "other",
+    }
+}
+
+/// Gauges read from the served snapshot at scrape time: its generation and the number of swaps.
+struct SnapshotCollector {
+    snapshot: Arc<SharedSnapshot>,
+    generation: IntGauge,
+    swaps: IntCounter,
+    descs: Vec<Desc>,
+}
+
+impl SnapshotCollector {
+    fn new(snapshot: Arc<SharedSnapshot>) -> prometheus::Result<Self> {
+        let generation = IntGauge::new(
+            "ferrite_ingress_snapshot_generation",
+            "Generation of the snapshot (route table, endpoints, certificates) being served.",
+        )?;
+        let swaps = IntCounter::new(
+            "ferrite_ingress_snapshot_swaps_total",
+            "Snapshots stored (route-table swaps) since start.",
+        )?;
+        let mut descs: Vec<Desc> = generation.desc().into_iter().cloned().collect();
+        descs.extend(swaps.desc().into_iter().cloned());
+        Ok(SnapshotCollector {
+            snapshot,
+            generation,
+            swaps,
+            descs,
+        })
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.generation
+            .set(i64::try_from(self.snapshot.load().generation()).unwrap_or(i64::MAX));
+        let swaps = self.snapshot.swaps();
+        let seen = self.swaps.get();
+        if swaps > seen {
+            self.swaps.inc_by(swaps - seen);
+        }
+        let mut out = self.generation.collect();
+        out.extend(self.swaps.collect());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PROPFIND").expect("m")),
+            "other"
+        );
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(code_class(StatusCode::NOT_FOUND), "4xx");
+        assert_eq!(code_class(StatusCode::SWITCHING_PROTOCOLS), "1xx");
+        assert_eq!(code_class(StatusCode::GATEWAY_TIMEOUT), "5xx");
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof");
+        assert_eq!(tls_error_reason(&eof), "closed");
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered),
+        );
+        assert_eq!(tls_error_reason(&tls), "peer_incompatible");
+    }
+
+    #[test]
+    fn registers_once_and_scrapes() {
+        let registry = Registry::new();
+        let shared = Arc::new(SharedSnapshot::new(super::super::Snapshot::new(
+            crate::routes::RouteTable::empty(),
+            super::super::self_signed_default().expect("cert"),
+        )));
+        ProxyMetrics::register(&registry, shared.clone()).expect("register");
+        assert!(
+            ProxyMetrics::register(&registry, shared.clone()).is_err(),
+            "twice"
+        );
+        let mut next = super::super::Snapshot::new(
+            crate::routes::RouteTable::empty(),
+            super::super::self_signed_default().expect("cert"),
+        );
+        next.set_generation(7);
+        shared.store(next);
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf)
+            .expect("encode");
+        let text = String::from_utf8(buf).expect("utf-8");
+        assert!(text.contains("ferrite_ingress_snapshot_generation 7"), "{text}");
+        assert!(text.contains("ferrite_ingress_snapshot_swaps_total 1"), "{text}");
+    }
+}
