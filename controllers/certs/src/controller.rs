@@ -53,7 +53,7 @@ use futures::{Stream, StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::acme::{self, AcmeAccount, AcmeError, AcmeOrder, ClientConfig, Eab, NewAccountRequest};
 use crate::pki::{self, CaIssuer, KeySpec, Names, PkiError, PrivateKey, SignedCertificate};
@@ -156,44 +156,150 @@ type CertKey = (String, String);
 /// (issuer_name, issuer_kind) metric labels.
 type IssuerLabels = (String, String);
 
+/// What the per-Certificate series say about one Certificate.
+#[derive(Clone, Debug, PartialEq)]
+struct CertSeries {
+    issuer: IssuerLabels,
+    /// notAfter and renewal time (Unix seconds), when known.
+    not_after: Option<f64>,
+    renewal: Option<f64>,
+    /// The Ready condition's status: "True", "False" or "Unknown".
+    ready: &'static str,
+}
+
+const READY_STATES: [&str; 3] = ["True", "False", "Unknown"];
+
+/// The per-Certificate gauges (expiration, renewal time, ready status), kept as one small entry per
+/// Certificate and turned into series when scraped. A `GaugeVec` child per series holds its own copy
+/// of the metric's description and label pairs (five series, about 2 KB per Certificate); this is
+/// about 150 bytes, with the same exposition.
+#[derive(Clone, Debug)]
+struct CertificateGauges {
+    expiration: prometheus::core::Desc,
+    renewal: prometheus::core::Desc,
+    ready: prometheus::core::Desc,
+    certs: Arc<Mutex<HashMap<CertKey, CertSeries>>>,
+}
+
+impl CertificateGauges {
+    fn new() -> prometheus::Result<Self> {
+        let cert_labels = || {
+            ["namespace", "name", "issuer_name", "issuer_kind"]
+                .map(String::from)
+                .to_vec()
+        };
+        let desc = |name: &str, help: &str, labels: Vec<String>| {
+            prometheus::core::Desc::new(name.into(), help.into(), labels, HashMap::new())
+        };
+        Ok(Self {
+            expiration: desc(
+                "ferrite_certs_certificate_expiration_timestamp_seconds",
+                "notAfter of the certificate in a Certificate's Secret (Unix time).",
+                cert_labels(),
+            )?,
+            renewal: desc(
+                "ferrite_certs_certificate_renewal_timestamp_seconds",
+                "When a Certificate will be renewed (Unix time).",
+                cert_labels(),
+            )?,
+            ready: desc(
+                "ferrite_certs_certificate_ready_status",
+                "1 for the Ready condition's current status of a Certificate (True, False, Unknown), else 0.",
+                ["namespace", "name", "condition"].map(String::from).to_vec(),
+            )?,
+            certs: Arc::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CertKey, CertSeries>> {
+        self.certs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn gauge_family(
+    desc: &prometheus::core::Desc,
+    metrics: Vec<prometheus::proto::Metric>,
+) -> prometheus::proto::MetricFamily {
+    let mut f = prometheus::proto::MetricFamily::default();
+    f.set_name(desc.fq_name.clone());
+    f.set_help(desc.help.clone());
+    f.set_field_type(prometheus::proto::MetricType::GAUGE);
+    f.set_metric(metrics);
+    f
+}
+
+/// One gauge sample with `labels` (name, value), sorted by name as the encoders expect.
+fn gauge_sample(labels: &[(&str, &str)], value: f64) -> prometheus::proto::Metric {
+    let mut pairs: Vec<prometheus::proto::LabelPair> = labels
+        .iter()
+        .map(|(n, v)| {
+            let mut p = prometheus::proto::LabelPair::default();
+            p.set_name((*n).into());
+            p.set_value((*v).into());
+            p
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut g = prometheus::proto::Gauge::default();
+    g.set_value(value);
+    let mut m = prometheus::proto::Metric::from_gauge(g);
+    m.set_label(pairs);
+    m
+}
+
+impl prometheus::core::Collector for CertificateGauges {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.expiration, &self.renewal, &self.ready]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let (mut expiration, mut renewal, mut ready) = (Vec::new(), Vec::new(), Vec::new());
+        for ((ns, name), c) in self.lock().iter() {
+            let l = [
+                ("namespace", ns.as_str()),
+                ("name", name.as_str()),
+                ("issuer_name", c.issuer.0.as_str()),
+                ("issuer_kind", c.issuer.1.as_str()),
+            ];
+            if let Some(t) = c.not_after {
+                expiration.push(gauge_sample(&l, t));
+            }
+            if let Some(t) = c.renewal {
+                renewal.push(gauge_sample(&l, t));
+            }
+            for s in READY_STATES {
+                let v = if s == c.ready { 1.0 } else { 0.0 };
+                ready.push(gauge_sample(
+                    &[("namespace", ns), ("name", name), ("condition", s)],
+                    v,
+                ));
+            }
+        }
+        [
+            (&self.expiration, expiration),
+            (&self.renewal, renewal),
+            (&self.ready, ready),
+        ]
+        .into_iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(d, m)| gauge_family(d, m))
+        .collect()
+    }
+}
+
 /// The `ferrite_certs_*` metrics (see docs/certs.md for cert-manager's names).
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    expiration: GaugeVec,
-    ready: GaugeVec,
-    renewal: GaugeVec,
+    certificates: CertificateGauges,
     issuance_duration: HistogramVec,
     issuances: IntCounterVec,
     acme_requests: IntCounterVec,
-    /// The issuer labels last used per Certificate, so its series can be removed.
-    labels: Arc<Mutex<HashMap<CertKey, IssuerLabels>>>,
 }
 
 impl Metrics {
     /// Registers the metrics on `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let cert_labels = &["namespace", "name", "issuer_name", "issuer_kind"];
-        let expiration = GaugeVec::new(
-            Opts::new(
-                "ferrite_certs_certificate_expiration_timestamp_seconds",
-                "notAfter of the certificate in a Certificate's Secret (Unix time).",
-            ),
-            cert_labels,
-        )?;
-        let renewal = GaugeVec::new(
-            Opts::new(
-                "ferrite_certs_certificate_renewal_timestamp_seconds",
-                "When a Certificate will be renewed (Unix time).",
-            ),
-            cert_labels,
-        )?;
-        let ready = GaugeVec::new(
-            Opts::new(
-                "ferrite_certs_certificate_ready_status",
-                "1 for the Ready condition's current status of a Certificate (True, False, Unknown), else 0.",
-            ),
-            &["namespace", "name", "condition"],
-        )?;
+        let certificates = CertificateGauges::new()?;
         let issuance_duration = HistogramVec::new(
             HistogramOpts::new(
                 "ferrite_certs_issuance_duration_seconds",
@@ -218,20 +324,15 @@ impl Metrics {
             ),
             &["endpoint", "status"],
         )?;
-        registry.register(Box::new(expiration.clone()))?;
-        registry.register(Box::new(renewal.clone()))?;
-        registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(certificates.clone()))?;
         registry.register(Box::new(issuance_duration.clone()))?;
         registry.register(Box::new(issuances.clone()))?;
         registry.register(Box::new(acme_requests.clone()))?;
         Ok(Self {
-            expiration,
-            ready,
-            renewal,
+            certificates,
             issuance_duration,
             issuances,
             acme_requests,
-            labels: Arc::default(),
         })
     }
 
@@ -244,53 +345,32 @@ impl Metrics {
     }
 
     fn observe(&self, ns: &str, name: &str, issuer: &(String, String), status: &CertificateStatus) {
-        let key = (ns.to_string(), name.to_string());
-        {
-            let mut labels = self.labels.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = labels.insert(key, issuer.clone())
-                && &old != issuer
-            {
-                let _ = self.expiration.remove_label_values(&[ns, name, &old.0, &old.1]);
-                let _ = self.renewal.remove_label_values(&[ns, name, &old.0, &old.1]);
-            }
-        }
-        let l = [ns, name, issuer.0.as_str(), issuer.1.as_str()];
-        match &status.not_after {
-            Some(t) => self.expiration.with_label_values(&l).set(t.0.as_second() as f64),
-            None => {
-                let _ = self.expiration.remove_label_values(&l);
-            }
-        }
-        match &status.renewal_time {
-            Some(t) => self.renewal.with_label_values(&l).set(t.0.as_second() as f64),
-            None => {
-                let _ = self.renewal.remove_label_values(&l);
-            }
-        }
         let current = conditions::get(&status.conditions, cond::READY)
             .map(|c| c.status.as_str())
             .unwrap_or("Unknown");
-        for s in ["True", "False", "Unknown"] {
-            self.ready
-                .with_label_values(&[ns, name, s])
-                .set(if s == current { 1.0 } else { 0.0 });
+        let series = CertSeries {
+            issuer: issuer.clone(),
+            not_after: status.not_after.as_ref().map(|t| t.0.as_second() as f64),
+            renewal: status.renewal_time.as_ref().map(|t| t.0.as_second() as f64),
+            ready: READY_STATES
+                .into_iter()
+                .find(|s| *s == current)
+                .unwrap_or("Unknown"),
+        };
+        let mut certs = self.certificates.lock();
+        match certs.get_mut(&(ns.to_string(), name.to_string())) {
+            Some(old) => *old = series,
+            None => {
+                certs.insert((ns.to_string(), name.to_string()), series);
+            }
         }
     }
 
     /// Removes every series of a deleted Certificate.
     pub fn forget(&self, ns: &str, name: &str) {
-        let old = self
-            .labels
+        self.certificates
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .remove(&(ns.to_string(), name.to_string()));
-        if let Some((iname, ikind)) = old {
-            let _ = self.expiration.remove_label_values(&[ns, name, &iname, &ikind]);
-            let _ = self.renewal.remove_label_values(&[ns, name, &iname, &ikind]);
-        }
-        for s in ["True", "False", "Unknown"] {
-            let _ = self.ready.remove_label_values(&[ns, name, s]);
-        }
     }
 }
 
@@ -1793,11 +1873,14 @@ async fn pending_key(run: &mut CertRun<'_>, d: &Desired) -> Result<PrivateKey, I
         .await
         .map_err(|e| IssueError::Issuer(format!("key generation task: {e}")))??;
     let pem = key.to_pem(pki::KeyEncoding::Pkcs8)?;
+    // Owned by the Certificate: deleted mid-order, its pending key goes with it (garbage collector).
+    let owner = run.cert.controller_owner_ref(&());
     let body = serde_json::json!({
         "metadata": {
             "namespace": run.ns,
             "labels": {MANAGED_LABEL: "true"},
             "annotations": {secret_annotations::CERTIFICATE_NAME: run.name},
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
         "type": "Opaque",
         "data": {secret_keys::TLS_KEY: base64::engine::general_purpose::STANDARD.encode(pem.as_bytes())},
@@ -2354,6 +2437,113 @@ mod tests {
             decide("web", &d, &want, &observe_secret(None), now).map(|r| r.reason()),
             Some("DoesNotExist")
         );
+    }
+
+    fn status(not_after: Option<i64>, renewal: Option<i64>, ready: Option<&str>) -> CertificateStatus {
+        let t = |s: i64| Time(Timestamp::from_second(s).expect("t"));
+        let mut st = CertificateStatus {
+            not_after: not_after.map(t),
+            renewal_time: renewal.map(t),
+            ..Default::default()
+        };
+        if let Some(r) = ready {
+            st.conditions = serde_json::from_value(json!([{"type": "Ready", "status": r, "reason": "X",
+                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]))
+            .expect("conditions");
+        }
+        st
+    }
+
+    fn exposition(r: &Registry) -> String {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &r.gather(), &mut out).expect("encodes");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    /// The per-Certificate gauges give exactly what GaugeVecs with the same names, labels and
+    /// values give (what the metrics were before they were kept compactly).
+    #[test]
+    fn certificate_gauges_expose_what_gauge_vecs_did() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).expect("registered");
+        let reference = Registry::new();
+        let labels = &["namespace", "name", "issuer_name", "issuer_kind"];
+        let g = |n: &str, h: &str, l: &[&str]| {
+            let v = prometheus::GaugeVec::new(Opts::new(n, h), l).expect("vec");
+            reference.register(Box::new(v.clone())).expect("reg");
+            v
+        };
+        let exp = g(
+            "ferrite_certs_certificate_expiration_timestamp_seconds",
+            "notAfter of the certificate in a Certificate's Secret (Unix time).",
+            labels,
+        );
+        let ren = g(
+            "ferrite_certs_certificate_renewal_timestamp_seconds",
+            "When a Certificate will be renewed (Unix time).",
+            labels,
+        );
+        let rdy = g(
+            "ferrite_certs_certificate_ready_status",
+            "1 for the Ready condition's current status of a Certificate (True, False, Unknown), else 0.",
+            &["namespace", "name", "condition"],
+        );
+        let ready = |ns: &str, n: &str, cur: &str| {
+            for s in READY_STATES {
+                rdy.with_label_values(&[ns, n, s])
+                    .set(if s == cur { 1.0 } else { 0.0 });
+            }
+        };
+        // Nothing observed: no per-Certificate family at all, as with empty vecs.
+        assert!(!exposition(&registry).contains("ferrite_certs_certificate_"));
+        let ca = ("ca".to_string(), "Issuer".to_string());
+        m.observe(
+            "a",
+            "web",
+            &ca,
+            &status(Some(2_000_000_000), Some(1_900_000_000), Some("True")),
+        );
+        m.observe("b", "api", &ca, &status(None, None, Some("False")));
+        m.observe("a", "new", &ca, &status(None, None, None));
+        exp.with_label_values(&["a", "web", "ca", "Issuer"]).set(2e9);
+        ren.with_label_values(&["a", "web", "ca", "Issuer"]).set(1.9e9);
+        ready("a", "web", "True");
+        ready("b", "api", "False");
+        ready("a", "new", "Unknown");
+        let only_certs = |t: String| {
+            t.lines()
+                .filter(|l| l.contains("ferrite_certs_certificate_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            only_certs(exposition(&registry)),
+            only_certs(exposition(&reference))
+        );
+        // Another issuer: the series under the old issuer labels go; deleted: all go.
+        let other = ("other".to_string(), "ClusterIssuer".to_string());
+        m.observe(
+            "a",
+            "web",
+            &other,
+            &status(Some(2_000_000_001), Some(1_900_000_001), Some("True")),
+        );
+        m.forget("b", "api");
+        exp.remove_label_values(&["a", "web", "ca", "Issuer"])
+            .expect("was there");
+        ren.remove_label_values(&["a", "web", "ca", "Issuer"])
+            .expect("was there");
+        exp.with_label_values(&["a", "web", "other", "ClusterIssuer"])
+            .set(2_000_000_001.0);
+        ren.with_label_values(&["a", "web", "other", "ClusterIssuer"])
+            .set(1_900_000_001.0);
+        for s in READY_STATES {
+            rdy.remove_label_values(&["b", "api", s]).expect("was there");
+        }
+        let text = exposition(&registry);
+        assert_eq!(only_certs(text.clone()), only_certs(exposition(&reference)));
+        assert!(text.contains("ferrite_certs_certificate_expiration_timestamp_seconds{issuer_kind=\"ClusterIssuer\",issuer_name=\"other\",name=\"web\",namespace=\"a\"} 2000000001"), "{text}");
+        assert!(!text.contains("name=\"api\""), "{text}");
     }
 
     /// A managed Secret as issue() writes it, for `dns` with `key`, plus `extra` PEM after the leaf.
