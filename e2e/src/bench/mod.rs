@@ -23,6 +23,7 @@
 pub mod certs;
 pub mod dns;
 pub mod dns_controller;
+pub mod ingress;
 mod measure;
 mod report;
 mod stats;
@@ -44,10 +45,10 @@ use std::{
 /// `--help`.
 pub const USAGE: &str = "ferrite-bench: benchmarks of ferrite-lb on the box and of ferrite-dns's server (run as root, release build)
 
-usage: ferrite-bench [--only lb|dns|certs] [--write FILE] [--services N] [--latency-n N] [--trials N]
+usage: ferrite-bench [--only lb|dns|certs|ingress] [--write FILE] [--services N] [--latency-n N] [--trials N]
                      [--concurrency N] [--dns-seconds N]
 
-  --only lb|dns|certs  run one part only (default: all, lb first, certs last); the report then holds
+  --only lb|dns|certs|ingress  run one part only (default: all, lb first, ingress last); the report then holds
                     that part's tables and says the others were not run
   --write FILE      write the markdown report to FILE (default: print it)
   --services N      Services of the allocation benchmark (default 10000)
@@ -64,6 +65,15 @@ usage: ferrite-bench [--only lb|dns|certs] [--write FILE] [--services N] [--late
   --certs-trials N  HTTP-01 issuances per ACME client (lego, certbot, ferrite-certs) against Pebble (default 20)
   --certs-counts LIST  Certificates of the CA-issuer scale runs, comma-separated, each run on its own
                     (default 1000,10000), or `none` for the issuance part only
+  --quick           shorter ingress runs (3 s each, 2,000 idle connections, 200 changes, 1,000 Ingresses)
+  --ingress-duration N  seconds of each ingress throughput/latency run (default 10)
+  --ingress-connections N  wrk connections of the keep-alive runs (default 64)
+  --ingress-rate N  req/s of the fixed-rate latency run (default: half the slowest proxy's plain throughput)
+  --ingress-idle N  idle keep-alive connections of the RSS run (default 10000)
+  --ingress-changes N  configuration changes under load, ferrite-ingress and nginx (default 1000)
+  --ingress-change-interval-ms N  pause between two changes (default 20)
+  --ingress-ingresses N  Ingresses of the route-table propagation run (default 10000)
+  --ingress-trials N  change -> served trials at that scale (default 10)
 
 Build first: cargo build --release --workspace --bins (or run `make bench`).";
 
@@ -78,6 +88,8 @@ pub enum Only {
     Dns,
     /// ferrite-certs only.
     Certs,
+    /// ferrite-ingress only.
+    Ingress,
 }
 
 impl Only {
@@ -94,6 +106,11 @@ impl Only {
     /// True if the certificates part runs.
     pub fn certs(self) -> bool {
         matches!(self, Only::Both | Only::Certs)
+    }
+
+    /// True if the ingress part runs.
+    pub fn ingress(self) -> bool {
+        matches!(self, Only::Both | Only::Ingress)
     }
 }
 
@@ -128,6 +145,8 @@ pub struct Options {
     pub certs_trials: usize,
     /// Certificates of each CA-issuer scale run.
     pub certs_counts: Vec<usize>,
+    /// The `--ingress-*` flags and `--quick`.
+    pub ingress: ingress::Flags,
     /// `--help` was given.
     pub help: bool,
 }
@@ -150,6 +169,7 @@ impl Options {
             dns_parts: dns_controller::Parts::ALL,
             certs_trials: 20,
             certs_counts: vec![1_000, 10_000],
+            ingress: ingress::Flags::default(),
             help: false,
         };
         let mut args = args.peekable();
@@ -160,6 +180,10 @@ impl Options {
             };
             if flag == "--help" || flag == "-h" {
                 o.help = true;
+                continue;
+            }
+            if flag == "--quick" {
+                o.ingress.quick = true;
                 continue;
             }
             let value = match inline {
@@ -193,12 +217,23 @@ impl Options {
                 "--dns-parts" => o.dns_parts = dns_controller::Parts::parse(&value)?,
                 "--certs-trials" => o.certs_trials = number()?.min(200),
                 "--certs-counts" => o.certs_counts = parse_counts(&value)?,
+                "--ingress-duration" => o.ingress.duration = Some(number()?.min(120) as u64),
+                "--ingress-connections" => o.ingress.connections = Some(number()?.min(1_000)),
+                "--ingress-rate" => o.ingress.rate = Some(number()? as u64),
+                "--ingress-idle" => o.ingress.idle = Some(number()?.min(30_000)),
+                "--ingress-changes" => o.ingress.changes = Some(number()?.min(10_000)),
+                "--ingress-change-interval-ms" => {
+                    o.ingress.change_interval_ms = Some(number()?.min(1_000) as u64)
+                }
+                "--ingress-ingresses" => o.ingress.ingresses = Some(number()?),
+                "--ingress-trials" => o.ingress.trials = Some(number()?.min(100)),
                 "--only" => {
                     o.only = match value.as_str() {
                         "lb" => Only::Lb,
                         "dns" => Only::Dns,
                         "certs" => Only::Certs,
-                        _ => bail!("--only: lb, dns or certs, not {value}"),
+                        "ingress" => Only::Ingress,
+                        _ => bail!("--only: lb, dns, certs or ingress, not {value}"),
                     }
                 }
                 _ => bail!("unknown option {flag}"),
@@ -376,6 +411,14 @@ async fn run(opts: Options) -> Result<()> {
         let bin = certs::binary();
         certs_results = Some(certs::run(bin.as_deref(), opts.certs_trials, &opts.certs_counts).await?);
     }
+    let mut ingress_results = None;
+    if opts.only.ingress() {
+        ensure!(
+            is_root(),
+            "the ingress benchmark needs root (RLIMIT_NOFILE, taskset of every process)"
+        );
+        ingress_results = Some(ingress::run(&opts.ingress).await?);
+    }
     let results = report::Results {
         machine,
         opts: opts.clone(),
@@ -383,6 +426,7 @@ async fn run(opts: Options) -> Result<()> {
         dns: dns_results,
         dns_controller: dns_ctl_results,
         certs: certs_results,
+        ingress: ingress_results,
     };
     let text = report::markdown(&results);
     match &opts.write {
@@ -571,7 +615,21 @@ mod tests {
         let lb = parse(&["--only=lb"]).expect("lb only");
         assert!(lb.only.lb() && !lb.only.dns());
         let err = parse(&["--only", "both"]).expect_err("bad value");
-        assert_eq!(err.to_string(), "--only: lb, dns or certs, not both");
+        assert_eq!(err.to_string(), "--only: lb, dns, certs or ingress, not both");
+        let ing = parse(&["--only", "ingress", "--quick", "--ingress-idle=500"]).expect("ingress only");
+        assert!(ing.only.ingress() && !ing.only.lb() && !ing.only.certs() && both.only.ingress());
+        let s = ing.ingress.settings();
+        assert_eq!(
+            (s.idle, s.changes, s.duration),
+            (500, 200, Duration::from_secs(3))
+        );
+        assert_eq!(
+            ing.ingress.command(),
+            "ferrite-bench --only ingress --quick --ingress-idle 500"
+        );
+        let full = both.ingress.settings();
+        assert_eq!((full.idle, full.changes, full.ingresses), (10_000, 1_000, 10_000));
+        assert!(parse(&["--ingress-duration", "0"]).is_err());
         let certs = parse(&["--only", "certs"]).expect("certs only");
         assert!(certs.only.certs() && !certs.only.lb() && !certs.only.dns());
         assert!(both.only.certs());

@@ -98,6 +98,8 @@ pub struct Results {
     pub dns_controller: Option<super::dns_controller::ControllerResults>,
     /// The ferrite-certs part (`None`: not run).
     pub certs: Option<super::certs::CertsResults>,
+    /// The ferrite-ingress part (`None`: not run).
+    pub ingress: Option<super::ingress::IngressResults>,
 }
 
 /// The ferrite-lb part.
@@ -212,7 +214,16 @@ pub fn markdown(r: &Results) -> String {
         None => {
             let _ = writeln!(
                 w,
-                "## ferrite-certs\n\nNot run in this run (`--only lb` or `--only dns`); run `make bench` for every part.\n"
+                "## ferrite-certs\n\nNot run in this run (another `--only`); run `make bench` for every part.\n"
+            );
+        }
+    }
+    match &r.ingress {
+        Some(i) => super::ingress::markdown(w, &m.commit, i),
+        None => {
+            let _ = writeln!(
+                w,
+                "## ferrite-ingress\n\nNot run in this run (another `--only`); run `make bench` for every part.\n"
             );
         }
     }
