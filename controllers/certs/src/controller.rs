@@ -1529,6 +1529,18 @@ async fn issue(
             return failed_issuance(run, &reason, e, &issuer_labels).await;
         }
     };
+    // A Certificate deleted (or deleted and created again) while it was being issued gets no
+    // Secret from this issuance: its pending key went with it, and a new one issues for itself.
+    let live = Api::<Certificate>::namespaced(ctx.client.clone(), &run.ns)
+        .get_opt(&run.name)
+        .await?;
+    if live
+        .as_ref()
+        .is_none_or(|c| c.metadata.uid != run.cert.metadata.uid || c.metadata.deletion_timestamp.is_some())
+    {
+        tracing::info!(certificate = %format!("{}/{}", run.ns, run.name), "deleted while being issued; no Secret written");
+        return Ok(Action::await_change());
+    }
     // The Secret: old content stays until this one write replaces it.
     let key_pem = match key.to_pem(d.key.encoding) {
         Ok(p) => p,
