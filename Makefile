@@ -19,7 +19,8 @@ demo: deps
 test: deps lint check-generated
 	@# cargo test --workspace builds every binary first; ferrite-certs's DNS-01 box test runs that ferrite-dns
 	@# (alone, `cargo test -p ferrite-certs --test dns01` builds it itself).
-	FERRITE_DNS_BIN=$(CARGO_TARGET_DIR)/debug/ferrite-dns $(CARGO) test --workspace --no-fail-fast
+	@# The chart's scrape and box tests (ferrite-e2e) run the controllers of that same build (FERRITE_BIN_DIR).
+	FERRITE_DNS_BIN=$(CARGO_TARGET_DIR)/debug/ferrite-dns FERRITE_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(CARGO) test --workspace --no-fail-fast
 
 deps:
 	e2e/scripts/install-deps.sh

@@ -201,3 +201,40 @@ pub fn scrape_targets(stream: &str) -> Result<Vec<ScrapeTarget>> {
     }
     Ok(out)
 }
+
+/// A controller binary of this workspace (`ferrite-lb`, `ferrite-dns`, ...), for tests of ferrite-e2e,
+/// which cannot name other packages' binaries with `CARGO_BIN_EXE_*`: in `$FERRITE_BIN_DIR` (`make test`
+/// sets it to the build that `cargo test --workspace` just made), else built once per test process with
+/// `cargo build -p <package>` (so it is never stale) and taken from the target directory.
+pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FERRITE_BIN_DIR") {
+        let path = PathBuf::from(dir).join(bin);
+        anyhow::ensure!(
+            path.is_file(),
+            "{} not found ($FERRITE_BIN_DIR): build it with `cargo build -p {package}`",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .current_dir(repo_root())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build -p {package} --bin {bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The test executable is target/<profile>/deps/<name>-<hash>; binaries are in target/<profile>.
+    let exe = std::env::current_exe().context("the test's own path")?;
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test executable is not in target/<profile>/deps")?
+        .join(bin);
+    anyhow::ensure!(path.is_file(), "{} was not built", path.display());
+    Ok(path)
+}
