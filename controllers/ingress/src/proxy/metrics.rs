@@ -271,11 +271,11 @@ pub(crate) fn tls_error_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Gauges read from the served snapshot at scrape time: its generation and the number of swaps.
+/// The served snapshot's generation, read at scrape time (swaps are counted by the controller,
+/// `ferrite_ingress_route_table_swaps_total`).
 struct SnapshotCollector {
     snapshot: Arc<SharedSnapshot>,
     generation: IntGauge,
-    swaps: IntCounter,
     descs: Vec<Desc>,
 }
 
@@ -285,16 +285,10 @@ impl SnapshotCollector {
             "ferrite_ingress_snapshot_generation",
             "Generation of the snapshot (route table, endpoints, certificates) being served.",
         )?;
-        let swaps = IntCounter::new(
-            "ferrite_ingress_snapshot_swaps_total",
-            "Snapshots stored (route-table swaps) since start.",
-        )?;
-        let mut descs: Vec<Desc> = generation.desc().into_iter().cloned().collect();
-        descs.extend(swaps.desc().into_iter().cloned());
+        let descs: Vec<Desc> = generation.desc().into_iter().cloned().collect();
         Ok(SnapshotCollector {
             snapshot,
             generation,
-            swaps,
             descs,
         })
     }
@@ -308,14 +302,7 @@ impl Collector for SnapshotCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         self.generation
             .set(i64::try_from(self.snapshot.load().generation()).unwrap_or(i64::MAX));
-        let swaps = self.snapshot.swaps();
-        let seen = self.swaps.get();
-        if swaps > seen {
-            self.swaps.inc_by(swaps - seen);
-        }
-        let mut out = self.generation.collect();
-        out.extend(self.swaps.collect());
-        out
+        self.generation.collect()
     }
 }
 
@@ -365,6 +352,5 @@ mod tests {
             .expect("encode");
         let text = String::from_utf8(buf).expect("utf-8");
         assert!(text.contains("ferrite_ingress_snapshot_generation 7"), "{text}");
-        assert!(text.contains("ferrite_ingress_snapshot_swaps_total 1"), "{text}");
     }
 }
