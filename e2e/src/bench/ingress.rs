@@ -1093,9 +1093,13 @@ async fn start_ferrite(
     let row = Row {
         name: "ferrite-ingress".into(),
         version: format!(
-            "{} ({})",
-            bin.display(),
-            version_of(&bin.display().to_string(), &["--version"])
+            "{} ({} build)",
+            version_of(&bin.display().to_string(), &["--version"]),
+            if bin.components().any(|c| c.as_os_str() == "release") {
+                "release"
+            } else {
+                "**debug**"
+            }
         ),
         setup: if pinned {
             format!("`--worker-threads 1`, CPU {PROXY_CPU}")
@@ -1386,7 +1390,15 @@ pub async fn run(flags: &Flags) -> Result<IngressResults> {
             "{tool} not found: run e2e/scripts/install-deps.sh (Debian packages nginx haproxy caddy wrk nghttp2-client util-linux curl)"
         );
     }
-    res.tools = vec![version_of("wrk", &["-v"]), version_of("h2load", &["--version"])];
+    res.tools = vec![
+        version_of("wrk", &["-v"])
+            .split(" Copyright")
+            .next()
+            .unwrap_or("wrk")
+            .trim()
+            .to_string(),
+        version_of("h2load", &["--version"]),
+    ];
     let nofile = raise_nofile(200_000)?;
     if (nofile as usize) < s.idle + 1_000 {
         res.notes.push(format!(
@@ -1507,10 +1519,11 @@ pub async fn run(flags: &Flags) -> Result<IngressResults> {
         row: Row {
             name: "HAProxy".into(),
             version: version_of("haproxy", &["-v"])
-                .split(" - ")
-                .next()
-                .unwrap_or("")
-                .to_string(),
+                .replace("HAProxy version", "haproxy")
+                .split(' ')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
             setup: format!("`nbthread 1`{}", on(PROXY_CPU)),
             ..Default::default()
         },
@@ -1811,8 +1824,8 @@ pub fn markdown(w: &mut String, commit: &str, r: &IngressResults) {
          alive and adds X-Forwarded-For/-Proto. Tools: {}.\n",
         if r.pinned {
             format!(
-                "**the proxy under test is pinned to CPU {PROXY_CPU} with one worker; the load generator, the backend and \
-                 this process are pinned to CPU {LOAD_CPU}** (taskset); "
+                "**the proxy under test is pinned to CPU {PROXY_CPU} with one worker; the load generator, the backend, \
+                 this process and the box (etcd, kube-apiserver) are pinned to CPU {LOAD_CPU}** (taskset); "
             )
         } else {
             String::new()
