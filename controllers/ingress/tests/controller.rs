@@ -393,6 +393,8 @@ async fn routes_follow_ingresses_endpoints_and_report_broken_rules() {
         "ferrite_ingress_reconcile_total{kind=\"Ingress\",result=\"success\"}",
         "ferrite_ingress_reconcile_total{kind=\"IngressStatus\",result=\"success\"}",
         "ferrite_ingress_served_ingresses",
+        // The data plane's, in the same registry.
+        "ferrite_ingress_requests_total",
     ] {
         assert!(m.contains(want), "{want} in /metrics");
     }
@@ -596,4 +598,78 @@ async fn publish_service_status_leader_handover_restart_and_drain() {
     assert!(get(one.http, &host, "/").await.is_none(), "listener closed");
     ingresses.delete("web", &DeleteParams::default()).await.unwrap();
     drop(two);
+}
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_coalesce_into_few_swaps_and_one_change_is_live_fast() {
+    use futures::StreamExt;
+    let _serial = SERIAL.lock().await;
+    let (_kb, client, ns, account) = setup("ing-burst").await;
+    let ctl = start(&account, "ing-burst", "ingress-burst.log", &[]).await;
+    let a = backend("A").await;
+    service(&client, &ns, "web").await;
+    endpoints(&client, &ns, "web", a).await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    wait_get(ctl.http, "nothing.test", "/", 404, None).await;
+    let swaps = "ferrite_ingress_route_table_swaps_total";
+    let before = counter(&metrics(ctl.admin).await, swaps);
+    const N: usize = 300;
+    futures::stream::iter(0..N)
+        .map(|i| {
+            let ingresses = ingresses.clone();
+            let host = format!("b{i}.{ns}.test");
+            async move {
+                create(
+                    &ingresses,
+                    ingress_json(
+                        &format!("b{i}"),
+                        Some("ferrite"),
+                        json!([rule(&host, "/", "Prefix", "web")]),
+                    ),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    for i in [0, N / 2, N - 1] {
+        wait_get(ctl.http, &format!("b{i}.{ns}.test"), "/", 200, Some("A")).await;
+    }
+    let after = counter(&metrics(ctl.admin).await, swaps);
+    assert!(
+        after - before < (N / 5) as f64,
+        "{N} Ingresses created at once: {} swaps",
+        after - before
+    );
+    // One change alone: live well within a second (watch latency + at most the 100 ms debounce).
+    let host = format!("single.{ns}.test");
+    let started = std::time::Instant::now();
+    create(
+        &ingresses,
+        ingress_json(
+            "single",
+            Some("ferrite"),
+            json!([rule(&host, "/", "Prefix", "web")]),
+        ),
+    )
+    .await;
+    wait_get(ctl.http, &host, "/", 200, Some("A")).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "one Ingress served after {took:?}"
+    );
+    ingresses
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .unwrap();
+    drop(ctl);
 }

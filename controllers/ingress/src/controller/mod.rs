@@ -40,7 +40,7 @@ use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGa
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{Proxy, ProxyConfig, SharedSnapshot, Snapshot, self_signed_default};
+use crate::proxy::{LoadBalance, Proxy, ProxyConfig, SharedSnapshot, Snapshot, self_signed_default};
 use crate::routes::{RouteTable, SecretRef};
 use build::{CertState, Inputs};
 use writer::{Job, Publish, Writer};
@@ -83,6 +83,41 @@ pub struct ProxyArgs {
     /// On SIGTERM, how long in-flight requests and tunnels get to finish.
     #[arg(long, env = "FERRITE_INGRESS_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub drain_timeout: Duration,
+    /// Largest request body in bytes (413 beyond); 0: no limit.
+    #[arg(long, env = "FERRITE_INGRESS_MAX_BODY_BYTES", default_value_t = 0)]
+    pub max_body_bytes: u64,
+    /// Time an upstream has to send its response head (504), and the longest gap in its body; 0: no limit.
+    #[arg(long, env = "FERRITE_INGRESS_UPSTREAM_RESPONSE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub upstream_response_timeout: Duration,
+    /// Most requests in flight at once; beyond, 503 at once (no queue). 0: no limit.
+    #[arg(long, env = "FERRITE_INGRESS_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+    /// How an endpoint is chosen: round-robin, or p2c (power of two choices, fewer requests in flight).
+    #[arg(long, env = "FERRITE_INGRESS_LOAD_BALANCE", value_enum, default_value_t = LoadBalanceArg::RoundRobin)]
+    pub load_balance: LoadBalanceArg,
+    /// Every connection on both listeners starts with a PROXY protocol v1/v2 header (behind a load
+    /// balancer that sends one); connections without it are closed.
+    #[arg(long, env = "FERRITE_INGRESS_PROXY_PROTOCOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub proxy_protocol: bool,
+    /// One JSON access log line per request on stdout.
+    #[arg(long, env = "FERRITE_INGRESS_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+}
+
+/// `--load-balance` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadBalanceArg {
+    RoundRobin,
+    P2c,
+}
+
+impl From<LoadBalanceArg> for LoadBalance {
+    fn from(v: LoadBalanceArg) -> Self {
+        match v {
+            LoadBalanceArg::RoundRobin => LoadBalance::RoundRobin,
+            LoadBalanceArg::P2c => LoadBalance::P2c,
+        }
+    }
 }
 
 /// Flags of `ferrite-ingress controller` (besides the kit's CommonArgs and the worker threads).
@@ -129,9 +164,10 @@ fn namespaced(flag: &str, v: &str) -> anyhow::Result<(String, String)> {
 }
 
 impl ControllerArgs {
-    /// The proxy's configuration (fields the proxy adds later keep their defaults).
+    /// The proxy's configuration, its metrics in `registry` (fields the proxy adds later keep their
+    /// defaults).
     #[allow(clippy::needless_update)]
-    pub fn proxy_config(&self) -> ProxyConfig {
+    pub fn proxy_config(&self, registry: Option<Registry>) -> ProxyConfig {
         let p = &self.proxy;
         ProxyConfig {
             http_addr: self.http_listen,
@@ -146,6 +182,13 @@ impl ControllerArgs {
             max_header_bytes: p.max_header_bytes,
             max_headers: p.max_headers,
             drain_timeout: p.drain_timeout,
+            max_body_bytes: (p.max_body_bytes > 0).then_some(p.max_body_bytes),
+            upstream_response_timeout: p.upstream_response_timeout,
+            max_in_flight: p.max_in_flight,
+            load_balance: p.load_balance.into(),
+            proxy_protocol: p.proxy_protocol,
+            access_log: p.access_log,
+            registry,
             ..ProxyConfig::default()
         }
     }
@@ -368,7 +411,7 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         RouteTable::empty(),
         self_signed.clone(),
     )));
-    let proxy = Proxy::bind(args.proxy_config(), shared.clone()).await?;
+    let proxy = Proxy::bind(args.proxy_config(Some(app.registry.clone())), shared.clone()).await?;
     tracing::info!(http = ?proxy.http_addr().ok(), https = ?proxy.https_addr().ok(), ?publish, "ferrite-ingress listening; serving after the first snapshot");
     let snapshot_gate = app.readiness.gate("first snapshot served");
 
