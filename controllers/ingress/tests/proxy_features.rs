@@ -698,6 +698,70 @@ async fn h2c_upstream_by_annotation_with_trailers() {
     p.cancel.cancel();
 }
 
+#[test]
+fn backend_protocol_annotations() {
+    use ferrite_ingress::routes::BackendProtocol;
+    use ferrite_ingress::{Match, WarningKind};
+    let spec = |host: &str| json!({"rules": [{"host": host, "http": {"paths": [path("/", "svc")]}}]});
+    let both = ingress(
+        "both",
+        json!({"ferrite.dev/backend-protocol": "http", "nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}),
+        spec("both.test"),
+    );
+    let upper = ingress(
+        "upper",
+        json!({"ferrite.dev/backend-protocol": "H2C"}),
+        spec("upper.test"),
+    );
+    let h2c = ingress(
+        "h2c",
+        json!({"nginx.ingress.kubernetes.io/backend-protocol": "h2c"}),
+        spec("h2c.test"),
+    );
+    let https = ingress(
+        "https",
+        json!({"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"}),
+        spec("https.test"),
+    );
+    let bad = ingress(
+        "bad",
+        json!({"ferrite.dev/backend-protocol": "grpc"}),
+        spec("bad.test"),
+    );
+    let plain = ingress("plain", json!({}), spec("plain.test"));
+    let compiled = RouteTable::compile([&both, &upper, &h2c, &https, &bad, &plain]);
+    let protocol = |host: &str| match compiled.table.route(host, "/") {
+        Match::Route(r) => r.protocol,
+        other => panic!("{host}: {other:?}"),
+    };
+    // The ferrite annotation wins over ingress-nginx's.
+    assert_eq!(protocol("both.test"), BackendProtocol::Http1);
+    assert_eq!(protocol("upper.test"), BackendProtocol::H2c);
+    assert_eq!(protocol("h2c.test"), BackendProtocol::H2c);
+    assert_eq!(protocol("plain.test"), BackendProtocol::Http1);
+    // Unsupported values: a warning on that Ingress, its backends keep HTTP/1.1 and keep routing.
+    assert_eq!(protocol("https.test"), BackendProtocol::Http1);
+    assert_eq!(protocol("bad.test"), BackendProtocol::Http1);
+    let warned: Vec<(&str, WarningKind)> = compiled
+        .warnings
+        .iter()
+        .map(|w| (w.ingress.name.as_str(), w.kind))
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            ("bad", WarningKind::InvalidBackend),
+            ("https", WarningKind::InvalidBackend)
+        ],
+        "oldest first, then by namespace/name"
+    );
+    assert!(
+        compiled.warnings[1].message.contains("TLS to backends is not"),
+        "{:?}",
+        compiled.warnings
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_balances_over_endpoints() {
     let p = start(|c| c.load_balance = LoadBalance::P2c).await;

@@ -250,6 +250,7 @@ pub(crate) async fn handle(
         Some(v) if valid_request_id(v) => v.clone(),
         _ => shared.request_ids.next(),
     };
+    let logging = shared.access_log.is_some();
     let in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     shared.metrics.in_flight.inc();
     let mut record = Record {
@@ -258,18 +259,29 @@ pub(crate) async fn handle(
         started,
         peer: conn.peer,
         method: req.method().clone(),
-        target: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string()),
-        host: request_host(&req).unwrap_or_default(),
+        // Only the access log needs these copies; without it a request allocates none of them.
+        target: if logging {
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string())
+        } else {
+            String::new()
+        },
+        host: if logging {
+            request_host(&req).unwrap_or_default()
+        } else {
+            String::new()
+        },
         version: req.version(),
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default(),
-        request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        user_agent: match req.headers().get(header::USER_AGENT) {
+            Some(v) if logging => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => String::new(),
+        },
+        request_id: if logging {
+            String::from_utf8_lossy(request_id.as_bytes()).into_owned()
+        } else {
+            String::new()
+        },
         labels: RouteLabels::fixed("unmatched"),
         status: StatusCode::OK,
         upstream_addr: None,
