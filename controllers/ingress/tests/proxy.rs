@@ -220,6 +220,8 @@ async fn start(tweak: impl FnOnce(&mut ProxyConfig)) -> Running {
     let mut config = ProxyConfig {
         http_addr: "127.0.0.1:0".parse().expect("addr"),
         https_addr: "127.0.0.1:0".parse().expect("addr"),
+        // The access log has its own tests (proxy_features.rs); keep the test output readable.
+        access_log: false,
         ..ProxyConfig::default()
     };
     tweak(&mut config);
