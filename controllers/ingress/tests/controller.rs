@@ -673,3 +673,109 @@ async fn bursts_coalesce_into_few_swaps_and_one_change_is_live_fast() {
         .unwrap();
     drop(ctl);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_without_the_challenge_crd_and_picks_it_up_when_installed() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let _serial = SERIAL.lock().await;
+    let (kb, client, ns, account) = setup("ing-nocrd").await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = "challenges.certs.ferrite.dev";
+    crds.delete(crd, &DeleteParams::default()).await.unwrap();
+    eventually("the Challenge CRD gone", || async {
+        crds.get_opt(crd).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let ctl = start(
+        &account,
+        "ing-nocrd",
+        "ingress-nocrd.log",
+        &["--crd-discovery-interval=500ms".into()],
+    )
+    .await;
+    let a = backend("A").await;
+    service(&client, &ns, "web").await;
+    endpoints(&client, &ns, "web", a).await;
+    let host = format!("{ns}.test");
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    create(
+        &ingresses,
+        ingress_json("web", Some("ferrite"), json!([rule(&host, "/", "Prefix", "web")])),
+    )
+    .await;
+    wait_get(ctl.http, &host, "/", 200, Some("A")).await;
+
+    // ferrite-certs installed later: its Challenges are served without a restart.
+    ferrite_e2e::demo::apply_crds(kb)
+        .await
+        .expect("CRDs applied again");
+    let challenges: Api<ferrite_api::certs::Challenge> = Api::namespaced(client.clone(), &ns);
+    eventually("Challenges can be created", || async {
+        let ch: ferrite_api::certs::Challenge = serde_json::from_value(json!({
+            "metadata": {"name": "late"}, "spec": {"type": "HTTP-01", "dnsName": host, "token": "late_tok",
+            "key": "late_tok.thumb", "url": "https://ca.test/c", "authorizationURL": "https://ca.test/a",
+            "issuerRef": {"name": "le"}}}))
+        .unwrap();
+        challenges
+            .create(&PostParams::default(), &ch)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    wait_get(
+        ctl.http,
+        &host,
+        "/.well-known/acme-challenge/late_tok",
+        200,
+        Some("late_tok.thumb"),
+    )
+    .await;
+    ingresses.delete("web", &DeleteParams::default()).await.unwrap();
+    challenges.delete("late", &DeleteParams::default()).await.unwrap();
+    drop(ctl);
+}
+
+#[test]
+fn tls_secrets_parse_into_certificates_or_reasons() {
+    use ferrite_ingress::controller::build::CertState;
+    use ferrite_ingress::controller::secrets::load;
+    let secret = |crt: &str, key: &str| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": "s"}, "type": "kubernetes.io/tls",
+            "stringData": {}, "data": {
+                "tls.crt": ferrite_e2e::named::base64(crt.as_bytes()),
+                "tls.key": ferrite_e2e::named::base64(key.as_bytes())}}))
+        .unwrap()
+    };
+    let (cert, key) = self_signed("x", "x.test");
+    let (_, other) = self_signed("y", "y.test");
+    match load(&secret(&cert, &key)) {
+        CertState::Loaded { not_after, .. } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            assert!(not_after.expect("notAfter") > now, "valid now");
+        }
+        other => panic!("{other:?}"),
+    }
+    for (crt, key, want) in [
+        (cert.as_str(), other.as_str(), "KeyMismatch"),
+        ("", key.as_str(), "InvalidCertificate"),
+        (cert.as_str(), "not a key", "InvalidKey"),
+    ] {
+        match load(&secret(crt, key)) {
+            CertState::Invalid { reason, .. } => assert_eq!(reason, want),
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+    let empty: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s"}, "type": "kubernetes.io/tls"})).unwrap();
+    assert!(matches!(
+        load(&empty),
+        CertState::Invalid {
+            reason: "InvalidCertificate",
+            ..
+        }
+    ));
+}

@@ -1,7 +1,8 @@
 //! HTTP-01 tokens from ferrite-certs's `Challenge` objects (certs.ferrite.dev/v1alpha1).
 //!
 //! The CRD is optional: without ferrite-certs the controller serves without tokens and asks discovery
-//! again every [`DISCOVERY_RETRY`], starting the watch once the CRD is there. Only HTTP-01 Challenges
+//! again every `--crd-discovery-interval` (15 s), starting the watch once the CRD is there. A CRD
+//! removed later makes the watch fail (retried with backoff) and its tokens stay until it is back. Only HTTP-01 Challenges
 //! that are not for a wildcard are kept (host, token, key authorization and the IngressClass they ask
 //! for: a few hundred bytes each).
 
@@ -17,9 +18,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::build::AcmeToken;
-
-/// How often discovery is asked again while the Challenge CRD is missing.
-pub const DISCOVERY_RETRY: Duration = Duration::from_secs(15);
 
 /// The tokens to serve; cheap to clone.
 #[derive(Clone, Default)]
@@ -82,19 +80,24 @@ impl Challenges {
     }
 
     /// Waits for the CRD, then watches Challenges until `shutdown`, waking `changed` on every change.
-    pub async fn run(self, client: Client, changed: Arc<Notify>, shutdown: CancellationToken) {
+    pub async fn run(
+        self,
+        client: Client,
+        retry: Duration,
+        changed: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
         let mut told = false;
         while !crd_present(&client).await {
             if !told {
                 tracing::info!(
-                    "the Challenge CRD (certs.ferrite.dev/v1alpha1) is not installed: serving without ACME HTTP-01 tokens, checking again every {}s",
-                    DISCOVERY_RETRY.as_secs()
+                    "the Challenge CRD (certs.ferrite.dev/v1alpha1) is not installed: serving without ACME HTTP-01 tokens, checking again every {retry:?}"
                 );
                 told = true;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(DISCOVERY_RETRY) => {}
+                _ = tokio::time::sleep(retry) => {}
             }
         }
         tracing::info!("watching Challenges for ACME HTTP-01 tokens");

@@ -150,6 +150,9 @@ pub struct ControllerArgs {
     /// ...but never longer than this after the first change.
     #[arg(long, env = "FERRITE_INGRESS_DEBOUNCE_MAX", value_parser = parse_duration, default_value = "100ms")]
     pub debounce_max: Duration,
+    /// While the Challenge CRD (ferrite-certs) is not installed, discovery is asked again this often.
+    #[arg(long, env = "FERRITE_INGRESS_CRD_DISCOVERY_INTERVAL", value_parser = parse_duration, default_value = "15s")]
+    pub crd_discovery_interval: Duration,
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }
@@ -437,11 +440,12 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         app.shutdown.clone(),
     ));
     let challenges = challenges::Challenges::default();
-    tokio::spawn(
-        challenges
-            .clone()
-            .run(client.clone(), changed.clone(), app.shutdown.clone()),
-    );
+    tokio::spawn(challenges.clone().run(
+        client.clone(),
+        args.crd_discovery_interval,
+        changed.clone(),
+        app.shutdown.clone(),
+    ));
     let secrets = secrets::SecretCache::new(Api::<Secret>::all(client.clone()), changed.clone());
 
     let (job_tx, job_rx) = tokio::sync::watch::channel(Arc::new(Job::default()));
