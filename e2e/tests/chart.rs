@@ -67,6 +67,20 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "certs.enabled=false",
         ],
     ),
+    (
+        // The Prometheus Operator objects (the dashboards' JSON is checked by chart_prometheus.rs).
+        "monitoring",
+        &[
+            "--set",
+            "prometheus.rules.enabled=true",
+            "--set",
+            "prometheus.rules.labels.release=kube-prometheus-stack",
+            "--set",
+            "prometheus.serviceMonitor.enabled=true",
+            "--set",
+            "prometheus.serviceMonitor.interval=15s",
+        ],
+    ),
 ];
 
 /// The subcharts snapshotted here (`None` is the umbrella's own templates).

@@ -373,8 +373,8 @@ async fn real_prometheus_scrapes_every_controller_by_the_chart_annotations() {
                 "--lease-name=ferrite-ingress-scrape".into(),
             ]
         },
-        // Like ferrite-dns, a snapshot builder without per-object reconciles.
-        "ferrite_ingress_routes",
+        // Its snapshot builds (kind Ingress) and status writes (IngressStatus).
+        "ferrite_ingress_reconcile_total",
     )
     .await;
     pods.push(ingress.expect("ferrite-ingress starts"));
@@ -475,5 +475,99 @@ async fn real_prometheus_scrapes_every_controller_by_the_chart_annotations() {
     prometheus.stop(Duration::from_secs(5));
     for p in &mut pods {
         p.proc.stop(Duration::from_secs(5));
+    }
+}
+
+/// Every query of every dashboard (charts/ferrite/dashboards/, copied to docs/dashboards/) is valid
+/// PromQL: each becomes a recording rule that `promtool check rules` parses, with the `$job` variable
+/// replaced as Grafana does for "All". The chart's ConfigMaps carry the files unchanged.
+#[test]
+fn dashboards_are_valid_promql_and_shipped_as_sidecar_configmaps() {
+    let dir = repo_root().join("charts/ferrite/dashboards");
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).expect("dashboards dir") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let d: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("name")
+            .to_string();
+        assert_eq!(d["uid"], name.as_str(), "{}: uid", path.display());
+        let docs_copy = repo_root()
+            .join("docs/dashboards")
+            .join(path.file_name().expect("file name"));
+        assert_eq!(
+            std::fs::read_to_string(&docs_copy).ok().as_deref(),
+            Some(text.as_str()),
+            "{} is a copy of {} (make generate)",
+            docs_copy.display(),
+            path.display()
+        );
+        let panels = d["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 6, "{name}: {} panels", panels.len());
+        for p in panels {
+            for t in p["targets"].as_array().expect("targets") {
+                let expr = t["expr"].as_str().expect("expr").replace("$job", ".*");
+                rules.push_str(&format!(
+                    "      - record: dashboard:{}:{}\n        expr: {}\n",
+                    name.replace('-', "_"),
+                    p["id"],
+                    serde_json::to_string(&expr).expect("string")
+                ));
+            }
+        }
+        names.insert(name);
+    }
+    assert_eq!(
+        names,
+        BTreeSet::from(["ferrite-lb", "ferrite-dns", "ferrite-certs", "ferrite-ingress"].map(String::from))
+    );
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::write(tmp.path().join("dashboards.yaml"), &rules).expect("written");
+    promtool(tmp.path(), &["check", "rules", "dashboards.yaml"]);
+
+    let rendered = template(&[
+        "--set",
+        "grafana.dashboards.enabled=true",
+        "--set",
+        "grafana.dashboards.namespace=monitoring",
+        "--set",
+        "dns.enabled=false",
+    ])
+    .expect("renders");
+    let maps: Vec<Value> = ferrite_e2e::chart::documents(&rendered)
+        .iter()
+        .map(|d| d.value().expect("YAML"))
+        .filter(|v| v["kind"] == "ConfigMap")
+        .collect();
+    let shipped: BTreeSet<&str> = maps
+        .iter()
+        .filter_map(|m| m["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        shipped,
+        BTreeSet::from([
+            "ferrite-lb-dashboard",
+            "ferrite-certs-dashboard",
+            "ferrite-ingress-dashboard"
+        ]),
+        "one per enabled controller"
+    );
+    for m in &maps {
+        assert_eq!(m["metadata"]["labels"]["grafana_dashboard"], "1");
+        assert_eq!(m["metadata"]["namespace"], "monitoring");
+        let (key, json) = m["data"]
+            .as_object()
+            .and_then(|d| d.iter().next())
+            .expect("one key");
+        let file = std::fs::read_to_string(dir.join(key)).expect("the dashboard file");
+        assert_eq!(
+            json.as_str().map(str::trim),
+            Some(file.trim()),
+            "{key} shipped unchanged"
+        );
     }
 }

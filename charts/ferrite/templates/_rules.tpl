@@ -6,13 +6,14 @@ e2e/tests/chart_prometheus.rs; docs/observability.md "Alerts" explains each one.
 {{- define "ferrite.ruleGroups" -}}
 {{- $r := .Values.prometheus.rules -}}
 {{- $ingress := (.Values.ingress | default dict).enabled -}}
-{{- /* ferrite-dns and ferrite-ingress run passes over a snapshot, not per-object reconciles: they have no
-     ferrite_*_reconcile_total (their failures are the provider and 5xx alerts). */ -}}
-{{- if or .Values.loadbalancer.enabled .Values.certs.enabled }}
+{{- /* ferrite-dns runs passes over a snapshot, not per-object reconciles: it has no
+     ferrite_dns_reconcile_total (its failures are the provider alerts). ferrite-ingress counts its
+     snapshot builds (kind Ingress) and status writes (kind IngressStatus) as reconciles. */ -}}
+{{- if or .Values.loadbalancer.enabled .Values.certs.enabled $ingress }}
 - name: ferrite-reconcile
   rules:
-    {{- range $c := list "lb" "certs" }}
-    {{- if or (and (eq $c "lb") $.Values.loadbalancer.enabled) (and (eq $c "certs") $.Values.certs.enabled) }}
+    {{- range $c := list "lb" "certs" "ingress" }}
+    {{- if or (and (eq $c "lb") $.Values.loadbalancer.enabled) (and (eq $c "certs") $.Values.certs.enabled) (and (eq $c "ingress") $ingress) }}
     # More than reconcileErrorRatio of one kind's reconciles fail (skipped ones, on standbys, not counted).
     - alert: FerriteReconcileErrors
       expr: |
