@@ -357,6 +357,35 @@ async fn routes_follow_ingresses_endpoints_and_report_broken_rules() {
         .filter(|e| e.reason.as_deref() == Some("ServiceNotFound"))
         .count();
     assert_eq!(count, 1, "one ServiceNotFound Event");
+    // Deleted and recreated with the same problem: told again (a new object).
+    ingresses
+        .delete("broken", &DeleteParams::default())
+        .await
+        .unwrap();
+    create(
+        &ingresses,
+        ingress_json(
+            "broken",
+            Some("ferrite"),
+            json!([rule(&format!("missing.{host}"), "/", "Prefix", "nope")]),
+        ),
+    )
+    .await;
+    eventually(
+        "a second ServiceNotFound Event for the recreated Ingress",
+        || async {
+            let n = events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("ServiceNotFound"))
+                .count();
+            (n == 2).then_some(())
+        },
+    )
+    .await;
     // The missing Service appears: its rule comes back.
     service(&client, &ns, "nope").await;
     endpoints(&client, &ns, "nope", a).await;

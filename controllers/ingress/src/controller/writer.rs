@@ -89,7 +89,8 @@ pub struct Writer {
     pub metrics: ReconcileMetrics,
     /// Ingresses whose status this replica wrote (to clear them when they leave).
     written: HashSet<IngressRef>,
-    emitted: BTreeSet<Problem>,
+    /// Problems told, with the uid of their Ingress.
+    emitted: BTreeSet<(Problem, String)>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -209,27 +210,33 @@ impl Writer {
 
     /// One pass; false when a write failed.
     async fn pass(&mut self, job: &Job) -> bool {
-        // Events first: they are few, and tell a user at once what is wrong.
-        let now: BTreeSet<Problem> = job.problems.iter().cloned().collect();
-        for p in now.difference(&self.emitted) {
+        // Events first: they are few, and tell a user at once what is wrong. Keyed by the Ingress's
+        // uid too: a recreated Ingress with the same problem is told again.
+        let mut now: BTreeSet<(Problem, String)> = BTreeSet::new();
+        for p in &job.problems {
             let Some(ing) = self
                 .ingresses
                 .get(&ObjectRef::new(&p.ingress.name).within(&p.ingress.namespace))
             else {
                 continue;
             };
-            let on = ObjectReference {
-                api_version: Some("networking.k8s.io/v1".into()),
-                kind: Some("Ingress".into()),
-                name: Some(p.ingress.name.clone()),
-                namespace: Some(p.ingress.namespace.clone()),
-                uid: ing.metadata.uid.clone(),
-                resource_version: ing.metadata.resource_version.clone(),
-                ..Default::default()
-            };
-            self.events
-                .warning(&on, p.reason, "Route", p.message.clone())
-                .await;
+            let uid = ing.metadata.uid.clone().unwrap_or_default();
+            let key = (p.clone(), uid.clone());
+            if !self.emitted.contains(&key) {
+                let on = ObjectReference {
+                    api_version: Some("networking.k8s.io/v1".into()),
+                    kind: Some("Ingress".into()),
+                    name: Some(p.ingress.name.clone()),
+                    namespace: Some(p.ingress.namespace.clone()),
+                    uid: Some(uid),
+                    resource_version: ing.metadata.resource_version.clone(),
+                    ..Default::default()
+                };
+                self.events
+                    .warning(&on, p.reason, "Route", p.message.clone())
+                    .await;
+            }
+            now.insert(key);
         }
         self.emitted = now;
 
