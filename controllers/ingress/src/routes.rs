@@ -534,6 +534,11 @@ impl RouteTable {
         secrets
     }
 
+    /// Every TLS binding (exact hosts, then wildcards; no particular order within each).
+    pub fn tls_bindings(&self) -> impl Iterator<Item = &TlsBinding> {
+        self.tls.exact.values().chain(self.tls.wildcard.values())
+    }
+
     /// Every compiled route, in build order.
     pub fn routes(&self) -> &[Route] {
         &self.routes

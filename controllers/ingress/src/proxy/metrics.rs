@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
-use prometheus::core::{Collector, Desc};
+use std::collections::{HashMap, HashSet};
+
+use prometheus::core::{Collector, Desc, MetricVec, MetricVecBuilder};
 use prometheus::proto::MetricFamily;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -157,7 +159,7 @@ impl ProxyMetrics {
         for c in m.collectors() {
             registry.register(c)?;
         }
-        registry.register(Box::new(SnapshotCollector::new(snapshot)?))?;
+        registry.register(Box::new(SnapshotCollector::new(snapshot, m.clone())?))?;
         Ok(m)
     }
 
@@ -184,12 +186,66 @@ impl ProxyMetrics {
         ]
     }
 
+    /// Removes the series of Ingresses and Services the route table no longer has, so a cluster
+    /// that creates and deletes Ingresses (preview environments) does not grow the series forever.
+    /// Series with fixed words (`unmatched`, `acme`, ...) stay.
+    pub(crate) fn prune(&self, routes: &crate::routes::RouteTable) {
+        let mut ingresses: HashSet<(&str, &str)> = HashSet::new();
+        let mut services: HashSet<(&str, &str)> = HashSet::new();
+        let defaults = routes.default_backend().map(|d| (&d.ingress, &d.backend));
+        for (ingress, backend) in routes
+            .routes()
+            .iter()
+            .map(|r| (&r.ingress, &r.backend))
+            .chain(defaults)
+        {
+            ingresses.insert((&ingress.namespace, &ingress.name));
+            services.insert((&backend.namespace, &backend.service));
+        }
+        // Redirect series name the Ingress of the host's TLS entry.
+        for tls in routes.tls_bindings() {
+            ingresses.insert((&tls.ingress.namespace, &tls.ingress.name));
+        }
+        let live_route = |l: &HashMap<&str, &str>| {
+            let ns = l.get("namespace").copied().unwrap_or("");
+            ns.is_empty() || ingresses.contains(&(ns, l.get("ingress").copied().unwrap_or("")))
+        };
+        prune_vec(&self.requests, &live_route);
+        prune_vec(&self.request_duration, &live_route);
+        prune_vec(&self.upstream_duration, &live_route);
+        prune_vec(&self.request_bytes, &live_route);
+        prune_vec(&self.response_bytes, &live_route);
+        let live_service = |l: &HashMap<&str, &str>| {
+            let ns = l.get("namespace").copied().unwrap_or("");
+            services.contains(&(ns, l.get("service").copied().unwrap_or("")))
+        };
+        prune_vec(&self.upstream_connect_errors, &live_service);
+        prune_vec(&self.upstream_retries, &live_service);
+        prune_vec(&self.upstream_ejections, &live_service);
+        prune_vec(&self.upstream_timeouts, &live_service);
+    }
+
     pub(crate) fn route(&self, labels: &RouteLabels) -> RouteMetrics {
         let l = [&*labels.namespace, &*labels.ingress, &*labels.service];
         RouteMetrics {
             request_duration: self.request_duration.with_label_values(&l),
             request_bytes: self.request_bytes.with_label_values(&l),
             response_bytes: self.response_bytes.with_label_values(&l),
+        }
+    }
+}
+
+fn prune_vec<T: MetricVecBuilder>(vec: &MetricVec<T>, live: &dyn Fn(&HashMap<&str, &str>) -> bool) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.get_name(), l.get_value()))
+                .collect();
+            if !live(&labels) {
+                let _ = vec.remove(&labels);
+            }
         }
     }
 }
@@ -272,15 +328,17 @@ pub(crate) fn tls_error_reason(e: &std::io::Error) -> &'static str {
 }
 
 /// The served snapshot's generation, read at scrape time (swaps are counted by the controller,
-/// `ferrite_ingress_route_table_swaps_total`).
+/// `ferrite_ingress_route_table_swaps_total`); each scrape also prunes the series of Ingresses and
+/// Services that left the route table.
 struct SnapshotCollector {
     snapshot: Arc<SharedSnapshot>,
+    metrics: ProxyMetrics,
     generation: IntGauge,
     descs: Vec<Desc>,
 }
 
 impl SnapshotCollector {
-    fn new(snapshot: Arc<SharedSnapshot>) -> prometheus::Result<Self> {
+    fn new(snapshot: Arc<SharedSnapshot>, metrics: ProxyMetrics) -> prometheus::Result<Self> {
         let generation = IntGauge::new(
             "ferrite_ingress_snapshot_generation",
             "Generation of the snapshot (route table, endpoints, certificates) being served.",
@@ -288,6 +346,7 @@ impl SnapshotCollector {
         let descs: Vec<Desc> = generation.desc().into_iter().cloned().collect();
         Ok(SnapshotCollector {
             snapshot,
+            metrics,
             generation,
             descs,
         })
@@ -300,8 +359,10 @@ impl Collector for SnapshotCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        let snapshot = self.snapshot.load();
+        self.metrics.prune(snapshot.routes());
         self.generation
-            .set(i64::try_from(self.snapshot.load().generation()).unwrap_or(i64::MAX));
+            .set(i64::try_from(snapshot.generation()).unwrap_or(i64::MAX));
         self.generation.collect()
     }
 }
