@@ -241,7 +241,7 @@ fn prune_vec<T: MetricVecBuilder>(vec: &MetricVec<T>, live: &dyn Fn(&HashMap<&st
             let labels: HashMap<&str, &str> = metric
                 .get_label()
                 .iter()
-                .map(|l| (l.get_name(), l.get_value()))
+                .map(|l| (l.name(), l.value()))
                 .collect();
             if !live(&labels) {
                 let _ = vec.remove(&labels);
