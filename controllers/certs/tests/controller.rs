@@ -16,13 +16,20 @@ use common::*;
 use ferrite_api::certs::{Certificate, ClusterIssuer, Issuer};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// The controller (the `n`th started), with this test's lease and log.
 async fn start(kubeconfig: &Path, n: u32) -> Controller {
     let log = format!("ferrite-certs-controller-{n}.log");
-    start_controller(kubeconfig, "ferrite-certs-controller", &log, &[]).await
+    // HTTP-01 is not used here; its listener stays on loopback (the default is 0.0.0.0:8089).
+    start_controller(
+        kubeconfig,
+        "ferrite-certs-controller",
+        &log,
+        &[format!("--http01-listen={}", free_addr())],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,7 +374,7 @@ async fn controller_end_to_end() {
         v
     };
     ctl.proc.stop(Duration::from_secs(10));
-    let ctl2 = start(&kubeconfig, 2).await;
+    let mut ctl2 = start(&kubeconfig, 2).await;
     // The new leader has reconciled every Certificate once when its metrics name them.
     eventually(
         Duration::from_secs(30),
@@ -433,4 +440,201 @@ async fn controller_end_to_end() {
         .then_some(())
     })
     .await;
+    // ... and the restarted controller issued nothing at all.
+    let m = metrics(ctl2.admin).await;
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("ferrite_certs_issuances_total{") && !l.ends_with(" 0")),
+        "no issuance after the restart:\n{m}"
+    );
+
+    // 7. dnsNames edited on a Ready Certificate: re-issued with the new names (RequestChanged);
+    //    every read meanwhile is a complete pair for either the old or the new names, Ready never
+    //    turns False, and the Event names the reason.
+    let old_leaf = secrets.get("leaf-tls").await.unwrap();
+    let leaf_rev = revision(&certs.get("leaf").await.unwrap());
+    certs
+        .patch(
+            "leaf",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"dnsNames": ["leaf.ctl.test", "api.leaf.ctl.test"]}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_leaf = loop {
+        let s = secrets.get("leaf-tls").await.unwrap();
+        let parsed =
+            ferrite_certs::pki::parse_tls_secret(Some(data(&s, "tls.crt")), Some(data(&s, "tls.key")));
+        assert!(
+            parsed.is_ok(),
+            "leaf: the Secret is always a valid pair: {parsed:?}"
+        );
+        let c = certs.get("leaf").await.unwrap();
+        assert_eq!(
+            cert_condition(&c, "Ready").map(|r| r.0).as_deref(),
+            Some("True"),
+            "Ready stays True while the old certificate is served: {:?}",
+            c.status
+        );
+        if data(&s, "tls.crt") != data(&old_leaf, "tls.crt") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaf not re-issued after the dnsNames edit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (old_crt, _, _) = files(dir, "leaf-old", &old_leaf);
+    assert!(!sans(&old_crt).contains("api.leaf.ctl.test"));
+    let (crt, key, ca) = files(dir, "leaf-new", &new_leaf);
+    check_pair(&crt, &key, 3600);
+    let sn = sans(&crt);
+    assert!(
+        sn.contains("DNS:leaf.ctl.test") && sn.contains("DNS:api.leaf.ctl.test"),
+        "{sn}"
+    );
+    let (ok, out) = openssl(&["verify", "-CAfile", &ca, &crt]);
+    assert!(ok, "{out}");
+    let leaf = eventually(Duration::from_secs(10), "leaf's revision up", || async {
+        let c = certs.get("leaf").await.ok()?;
+        (revision(&c) == leaf_rev + 1).then_some(c)
+    })
+    .await;
+    assert_eq!(cert_condition(&leaf, "Ready").unwrap().1, "Ready");
+    assert!(cert_condition(&leaf, "Issuing").is_none(), "{:?}", leaf.status);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        Duration::from_secs(15),
+        "an Issued Event naming RequestChanged",
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("leaf")
+                        && e.reason.as_deref() == Some("Issued")
+                        && e.note.as_deref().is_some_and(|n| n.contains("(RequestChanged)"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // 8. A Ready Certificate deleted: its Secret is kept as it is (cert-manager's default: the
+    //    Secret has no ownerReference); created again with the same spec, the Secret is adopted, not
+    //    issued again.
+    let kept_rv = secrets
+        .get("leaf-tls")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    certs.delete("leaf", &DeleteParams::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "leaf gone, its series removed",
+        || async {
+            let gone = certs.get_opt("leaf").await.ok()?.is_none();
+            let m = metrics(ctl2.admin).await;
+            let series = m
+                .lines()
+                .any(|l| l.starts_with("ferrite_certs_certificate_") && l.contains("name=\"leaf\""));
+            (gone && !series).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = secrets.get("leaf-tls").await.expect("the Secret is kept");
+    assert_eq!(kept.metadata.resource_version.as_deref(), Some(kept_rv.as_str()));
+    assert!(kept.metadata.owner_references.is_none());
+    create(
+        &certs,
+        json!({"metadata": {"name": "leaf"}, "spec": {
+            "secretName": "leaf-tls", "issuerRef": {"name": "ctl-ca", "kind": "ClusterIssuer"},
+            "dnsNames": ["leaf.ctl.test", "api.leaf.ctl.test"],
+            "privateKey": {"algorithm": "RSA", "encoding": "PKCS8"}}}),
+    )
+    .await;
+    let adopted = wait_cert(&certs, "leaf", "True", "Ready").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = secrets.get("leaf-tls").await.unwrap();
+    assert_eq!(
+        s.metadata.resource_version.as_deref(),
+        Some(kept_rv.as_str()),
+        "adopted, not issued again: {:?}",
+        adopted.status
+    );
+    assert!(adopted.status.unwrap().not_after.is_some());
+
+    // 9. Leader loss mid-flight: a second replica (its own identity) follows; 24 Certificates are
+    //    created and the leader is killed while they are being issued. The other replica takes over
+    //    and every Certificate becomes Ready, none issued twice.
+    let standby = start_controller(
+        &kubeconfig,
+        "ferrite-certs-controller",
+        "ferrite-certs-controller-3.log",
+        &[
+            "--identity=ferrite-certs-standby".to_string(),
+            format!("--http01-listen={}", free_addr()),
+        ],
+    )
+    .await;
+    let burst: Vec<String> = (0..24).map(|i| format!("burst-{i}")).collect();
+    for (i, n) in burst.iter().enumerate() {
+        create(
+            &certs,
+            json!({"metadata": {"name": n}, "spec": {
+                "secretName": format!("{n}-tls"), "issuerRef": {"name": "ctl-ca", "kind": "ClusterIssuer"},
+                "dnsNames": [format!("{n}.ctl.test")], "privateKey": {"algorithm": "RSA", "size": 4096}}}),
+        )
+        .await;
+        if i == 8 {
+            ctl2.proc.crash();
+        }
+    }
+    for n in &burst {
+        let c = eventually(
+            Duration::from_secs(90),
+            &format!("{n} Ready after the failover"),
+            || async {
+                let c = certs.get(n).await.ok()?;
+                (cert_condition(&c, "Ready")?.0 == "True").then_some(c)
+            },
+        )
+        .await;
+        // Issued once: revision 1, or 0 when the killed leader wrote the Secret but not the status
+        // and the new leader adopted that Secret as current.
+        assert!(revision(&c) <= 1, "{n}: issued once: {:?}", c.status);
+        let s = secrets.get(&format!("{n}-tls")).await.unwrap();
+        let (crt, key, ca) = files(dir, n, &s);
+        check_pair(&crt, &key, 3600);
+        let (ok, out) = openssl(&["verify", "-CAfile", &ca, &crt]);
+        assert!(ok, "{n}: {out}");
+    }
+    let m = metrics(standby.admin).await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("ferrite_certs_leader") && l.ends_with(" 1")),
+        "the standby leads:\n{m}"
+    );
+    // The standby's log: each Certificate issued by it at most once, and some issued by it at all
+    // (the leader was killed mid-flight, not after the burst).
+    let log = std::fs::read_to_string(log_path("ferrite-certs-controller-3.log")).unwrap();
+    let mut by_standby = 0;
+    for n in &burst {
+        let needle = format!("{ns}/{n} ");
+        let issued = log
+            .lines()
+            .filter(|l| l.contains(" issued ") && l.contains(&needle))
+            .count();
+        assert!(issued <= 1, "{n} issued {issued} times by the standby");
+        by_standby += issued;
+    }
+    assert!(
+        by_standby > 0,
+        "the standby issued none of the burst: the leader died too late"
+    );
 }
