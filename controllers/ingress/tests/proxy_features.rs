@@ -677,6 +677,13 @@ async fn transfer_encoding_probes_are_refused_and_closed() {
         assert!(closed, "connection kept after {}", String::from_utf8_lossy(probe));
         assert_eq!(r.matches("HTTP/1.1").count(), 1, "{r}");
     }
+    // hyper answers these itself: counted as downstream errors.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        p.metric("ferrite_ingress_downstream_errors_total{listener=\"http\",reason=\"parse\"}") >= 2.0,
+        "{}",
+        p.scrape()
+    );
     // Chunk-size tricks: an oversized chunk size and a chunk extension with a bare LF.
     let (r, _) = raw(
         p.http,
@@ -1003,4 +1010,32 @@ async fn drain_is_bounded_by_drain_timeout() {
         "drain took {took:?}"
     );
     let _ = pending.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_is_closed_and_counted() {
+    let p = start(|c| c.header_read_timeout = Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let (r, closed) = raw(p.http, b"GET /a HTTP/1.1\r\nHost: a.test\r\nX-Slow: 1\r\n").await;
+    assert!(closed, "slow client still connected: {r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        p.metric("ferrite_ingress_downstream_errors_total{listener=\"http\",reason=\"timeout\"}"),
+        1.0,
+        "{}",
+        p.scrape()
+    );
+    // A TLS client that never sends its ClientHello: closed and counted as a handshake timeout.
+    let (_, closed) = raw(p.https, b"").await;
+    assert!(closed);
+    assert_eq!(
+        p.metric("ferrite_ingress_tls_handshake_errors_total{reason=\"timeout\"}"),
+        1.0
+    );
+    p.cancel.cancel();
 }

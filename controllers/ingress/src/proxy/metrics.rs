@@ -40,6 +40,7 @@ pub struct ProxyMetrics {
     pub(crate) proxy_protocol_errors: IntCounterVec,
     pub(crate) access_log_dropped: IntCounter,
     pub(crate) header_timeouts: IntCounterVec,
+    pub(crate) downstream_errors: IntCounterVec,
 }
 
 const DURATION_BUCKETS: [f64; 14] = [
@@ -150,6 +151,13 @@ impl ProxyMetrics {
                 "Connections closed because the TLS handshake or PROXY header did not finish in header_read_timeout, by listener.",
                 &["listener"],
             )?,
+            downstream_errors: counter(
+                "ferrite_ingress_downstream_errors_total",
+                "Client connections that ended with an error hyper answered or closed itself \
+                 (never seen by the request path, not in the access log), by listener and reason: \
+                 parse (400), too_large (431), timeout (header read timeout), incomplete, other.",
+                &["listener", "reason"],
+            )?,
         })
     }
 
@@ -183,6 +191,7 @@ impl ProxyMetrics {
             Box::new(self.proxy_protocol_errors.clone()),
             Box::new(self.access_log_dropped.clone()),
             Box::new(self.header_timeouts.clone()),
+            Box::new(self.downstream_errors.clone()),
         ]
     }
 
@@ -238,11 +247,8 @@ impl ProxyMetrics {
 fn prune_vec<T: MetricVecBuilder>(vec: &MetricVec<T>, live: &dyn Fn(&HashMap<&str, &str>) -> bool) {
     for family in vec.collect() {
         for metric in family.get_metric() {
-            let labels: HashMap<&str, &str> = metric
-                .get_label()
-                .iter()
-                .map(|l| (l.name(), l.value()))
-                .collect();
+            let labels: HashMap<&str, &str> =
+                metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
             if !live(&labels) {
                 let _ = vec.remove(&labels);
             }
@@ -297,6 +303,24 @@ pub(crate) fn code_class(s: StatusCode) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+/// Classifies an error a downstream connection ended with.
+pub(crate) fn downstream_error_reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else {
+        return "other";
+    };
+    if h.is_parse_too_large() {
+        "too_large"
+    } else if h.is_parse() {
+        "parse"
+    } else if h.is_timeout() {
+        "timeout"
+    } else if h.is_incomplete_message() {
+        "incomplete"
+    } else {
+        "other"
     }
 }
 

@@ -403,6 +403,13 @@ async fn serve_connection<I>(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
+                let reason = metrics::downstream_error_reason(&*e);
+                let listener = if info.tls { "https" } else { "http" };
+                shared
+                    .metrics
+                    .downstream_errors
+                    .with_label_values(&[listener, reason])
+                    .inc();
                 tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
             }
             return;
