@@ -3,12 +3,13 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ferrite/target
 CARGO ?= cargo
 
-.PHONY: demo test deps lint unit generate check-generated box-test help bench
+.PHONY: demo test deps lint unit generate check-generated box-test help bench image
 
 help:
 	@echo "make demo   - bring up the box (local control plane) and run the Ferrite controllers against it"
 	@echo "make test   - install what the tests need, then fmt, clippy, generated-files check, unit and box tests"
 	@echo "make generate - regenerate crds/ (and manifests/) after changing API types or the chart"
+	@echo "make image  - build the container image (every binary, release) as an OCI layout, no engine needed"
 
 ## The main job: the box + the controllers, with something to try.
 demo: deps
@@ -61,6 +62,13 @@ check-generated: deps
 	@for bad in dns.replicas=two dns.bogus=1 dsn.enabled=false loadbalancer.speaker.gossipKey=short loadbalancer.controller.replicas=0; do \
 	  if $(HELM) template ferrite charts/ferrite --set $$bad >/dev/null 2>&1; then echo "values.schema.json accepted --set $$bad"; exit 1; fi; \
 	done
+
+## The container image as an OCI layout in $(IMAGE_LAYOUT) (tag = the chart's appVersion), built without a
+## container engine or registry (e2e/scripts/build-image.sh; the Containerfile builds the same with one).
+IMAGE_LAYOUT ?= $(CARGO_TARGET_DIR)/oci/ferrite
+image: deps
+	$(CARGO) build --release --bins -p ferrite-lb -p ferrite-dns -p ferrite-certs -p ferrite-ingress
+	e2e/scripts/build-image.sh $(CARGO_TARGET_DIR)/release $(IMAGE_LAYOUT)
 
 ## Benchmarks of ferrite-lb (not tests): release build, writes docs/benchmarks.md. Needs root.
 bench: deps

@@ -83,6 +83,14 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// charts/ferrite/Chart.yaml's appVersion: the default image tag of every subchart.
+fn app_version() -> String {
+    let path = ferrite_e2e::chart::umbrella().join("Chart.yaml");
+    let chart: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).expect("Chart.yaml"))
+        .expect("Chart.yaml parses");
+    chart["appVersion"].as_str().expect("appVersion").to_string()
+}
+
 /// The subcharts snapshotted here (`None` is the umbrella's own templates).
 const SNAPSHOTTED: &[Option<&str>] = &[None, Some("loadbalancer"), Some("dns"), Some("certs")];
 
@@ -222,10 +230,16 @@ fn pods_are_least_privilege() {
                 "{kind}/{name}: memory limit"
             );
             // The chart's default image is the one image with every binary, tagged with the appVersion.
+            assert_eq!(
+                c["image"].as_str().unwrap_or_default(),
+                format!("ghcr.io/ferrite-dev/ferrite:{}", app_version()),
+                "{kind}/{name}"
+            );
+            let bin = c["command"][0].as_str().unwrap_or_default();
             assert!(
-                c["image"].as_str().unwrap_or_default().ends_with(":0.1.0"),
-                "{kind}/{name}: {}",
-                c["image"]
+                bin.strip_prefix("/usr/local/bin/")
+                    .is_some_and(|b| name.starts_with(b)),
+                "{kind}/{name} runs its own binary of the image: {bin}"
             );
         }
         // Non-root everywhere but the speaker, which needs raw sockets on the host network namespace.
