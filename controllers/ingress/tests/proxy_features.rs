@@ -1039,3 +1039,24 @@ async fn slow_header_is_closed_and_counted() {
     );
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_before_the_response_is_logged_as_499() {
+    let p = start(|_| {}).await;
+    let mut s = TcpStream::connect(p.http).await.expect("connect");
+    s.write_all(b"GET /slow/head HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: gone-1\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    let line = p.log.wait_for("gone-1").await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["upstream_addr"], p.a.to_string());
+    assert_eq!(line["service"], "svc-slow");
+    assert_eq!(
+        p.metric("ferrite_ingress_requests_total{code=\"4xx\",ingress=\"main\",method=\"GET\",namespace=\"web\",service=\"svc-slow\"}"),
+        1.0
+    );
+    assert_eq!(p.metric("ferrite_ingress_requests_in_flight"), 0.0);
+    p.cancel.cancel();
+}

@@ -283,7 +283,8 @@ pub(crate) async fn handle(
             String::new()
         },
         labels: RouteLabels::fixed("unmatched"),
-        status: StatusCode::OK,
+        // Until a response exists: a client that goes away first is recorded as nginx's 499.
+        status: CLIENT_CLOSED,
         upstream_addr: None,
         upstream_duration: None,
         bytes_in: Arc::new(AtomicU64::new(0)),
@@ -315,6 +316,12 @@ pub(crate) async fn handle(
     };
     Ok(Response::from_parts(parts, body.boxed()))
 }
+
+/// nginx's "client closed request": the request future was dropped before a response head existed.
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 /// Everything one request records when it ends: metrics and the access log line.
 struct Record {
