@@ -588,10 +588,10 @@ async fn controller_end_to_end() {
             &certs,
             json!({"metadata": {"name": n}, "spec": {
                 "secretName": format!("{n}-tls"), "issuerRef": {"name": "ctl-ca", "kind": "ClusterIssuer"},
-                "dnsNames": [format!("{n}.ctl.test")], "privateKey": {"algorithm": "RSA", "size": 4096}}}),
+                "dnsNames": [format!("{n}.ctl.test")], "privateKey": {"algorithm": "ECDSA"}}}),
         )
         .await;
-        if i == 8 {
+        if i == 4 {
             ctl2.proc.crash();
         }
     }
