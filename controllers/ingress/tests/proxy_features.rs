@@ -1060,3 +1060,74 @@ async fn client_gone_before_the_response_is_logged_as_499() {
     assert_eq!(p.metric("ferrite_ingress_requests_in_flight"), 0.0);
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_changes_under_load_fail_no_request() {
+    let p = Arc::new(start(|c| c.load_balance = LoadBalance::P2c).await);
+    let x = start_backend("X").await;
+    let y = start_backend("Y").await;
+    let sets = [vec![x], vec![x, y], vec![y], vec![y, x]];
+    let stop = CancellationToken::new();
+    let mut load = Vec::new();
+    // Three HTTP/1.1 workers over pooled connections and one HTTP/2 connection; bounded counts.
+    for worker in 0..4usize {
+        let (p, stop) = (p.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let mut h2 = if worker == 3 {
+                let tcp = TcpStream::connect(p.http).await.expect("connect");
+                let (send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await
+                        .expect("h2");
+                tokio::spawn(conn);
+                Some(send)
+            } else {
+                None
+            };
+            let c = client();
+            for i in 0..3000 {
+                if stop.is_cancelled() && i > 20 {
+                    break;
+                }
+                let resp = match h2.as_mut() {
+                    Some(send) => {
+                        let req = Request::builder()
+                            .uri("http://a.test/a/h2")
+                            .body(boxed(Bytes::new()))
+                            .expect("request");
+                        send.send_request(req).await.map_err(|e| e.to_string())
+                    }
+                    None => c
+                        .request(get(p.http, "a.test", "/a/h1"))
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match resp {
+                    Ok(r) if r.status() == 200 => match r.into_body().collect().await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(format!("body: {e}")),
+                    },
+                    Ok(r) => failed.push(format!("status {}", r.status())),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for generation in 1..=150u64 {
+        let mut s = p.snapshot(generation);
+        s.set_endpoints(backend("svc-a"), sets[generation as usize % sets.len()].clone());
+        p.shared.store(s);
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    stop.cancel();
+    let mut total = 0;
+    for l in load {
+        let (ok, failed) = l.await.expect("worker");
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total >= 100, "load too small: {total}");
+    p.cancel.cancel();
+}
