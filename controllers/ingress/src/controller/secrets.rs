@@ -35,6 +35,8 @@ use crate::routes::SecretRef;
 
 /// The field selector of the watch.
 pub const TLS_TYPE_SELECTOR: &str = "type=kubernetes.io/tls";
+/// GETs of newly referenced Secrets in flight at once.
+pub const FETCH_CONCURRENCY: usize = 16;
 
 #[derive(Default)]
 struct State {
@@ -54,6 +56,7 @@ pub struct SecretCache {
     state: Arc<Mutex<State>>,
     api: Api<Secret>,
     changed: Arc<Notify>,
+    fetches: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for SecretCache {
@@ -110,6 +113,7 @@ impl SecretCache {
             state: Arc::default(),
             api,
             changed,
+            fetches: Arc::new(tokio::sync::Semaphore::new(FETCH_CONCURRENCY)),
         }
     }
 
@@ -152,6 +156,13 @@ impl SecretCache {
     }
 
     async fn fetch(&self, key: SecretRef) {
+        let Ok(_permit) = self.fetches.acquire().await else {
+            return;
+        };
+        // Dropped from the wanted set while waiting for a permit: nothing to read.
+        if !matches!(self.lock().kept.get(&key), Some(CertState::Loading)) {
+            return;
+        }
         let api: Api<Secret> = Api::namespaced(self.api.clone().into_client(), &key.namespace);
         let got = api.get_opt(&key.name).await;
         let mut s = self.lock();

@@ -243,23 +243,12 @@ impl Writer {
         let Some(addresses) = self.addresses() else {
             return true;
         };
-        let served: HashSet<&IngressRef> = job.served.iter().collect();
-        let mut writes: Vec<(IngressRef, Option<Vec<Address>>)> = Vec::new();
-        for ing in self.ingresses.state() {
-            let me = IngressRef::of(&ing);
-            let cur = current(&ing);
-            if served.contains(&me) {
-                if cur != addresses {
-                    writes.push((me, Some(addresses.clone())));
-                } else {
-                    self.written.insert(me);
-                }
-            } else if !cur.is_empty() && (self.written.contains(&me) || cur == addresses) {
-                writes.push((me, None));
-            } else {
-                self.written.remove(&me);
-            }
-        }
+        let writes = plan(
+            &self.ingresses.state(),
+            &job.served,
+            &addresses,
+            &mut self.written,
+        );
         if writes.is_empty() {
             return true;
         }
@@ -294,6 +283,35 @@ impl Writer {
         }
         all_ok
     }
+}
+
+/// The status writes of one pass: served Ingresses whose addresses differ get `Some(addresses)`;
+/// Ingresses no longer served that this replica wrote, or that carry exactly our addresses, get `None`
+/// (cleared). `written` forgets Ingresses that need nothing and remembers served ones already right.
+pub fn plan(
+    ingresses: &[Arc<Ingress>],
+    served: &[IngressRef],
+    addresses: &[Address],
+    written: &mut HashSet<IngressRef>,
+) -> Vec<(IngressRef, Option<Vec<Address>>)> {
+    let served: HashSet<&IngressRef> = served.iter().collect();
+    let mut writes = Vec::new();
+    for ing in ingresses {
+        let me = IngressRef::of(ing);
+        let cur = current(ing);
+        if served.contains(&me) {
+            if cur != addresses {
+                writes.push((me, Some(addresses.to_vec())));
+            } else {
+                written.insert(me);
+            }
+        } else if !cur.is_empty() && (written.contains(&me) || cur == addresses) {
+            writes.push((me, None));
+        } else {
+            written.remove(&me);
+        }
+    }
+    writes
 }
 
 async fn write_status(
@@ -331,5 +349,70 @@ async fn write_status(
             metrics.error(reason, started.elapsed());
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ing(name: &str, ips: &[&str]) -> Arc<Ingress> {
+        let lb: Vec<serde_json::Value> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "status": {"loadBalancer": {"ingress": lb}}
+            }))
+            .expect("ingress"),
+        )
+    }
+
+    fn r(name: &str) -> IngressRef {
+        IngressRef {
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn served_ingresses_get_our_addresses_and_the_ones_that_left_are_cleared() {
+        let ours = vec![Address::parse("192.0.2.1"), Address::parse("lb.example.com")];
+        let all = vec![
+            ing("new", &[]),
+            ing("right", &["192.0.2.1"]),
+            ing("stale", &["192.0.2.9"]),
+            ing("left-ours", &["192.0.2.1"]),
+            ing("left-written", &["192.0.2.7"]),
+            ing("other-controller", &["198.51.100.1"]),
+            ing("never", &[]),
+        ];
+        let served = vec![r("new"), r("right"), r("stale")];
+        let mut written: HashSet<IngressRef> = [r("left-written"), r("never")].into();
+        let right = vec![Address::parse("192.0.2.1")];
+        // "right" carries exactly `right`: no write; the others as documented.
+        let plan_right = plan(&all, &served, &right, &mut written.clone());
+        let names: Vec<(&str, bool)> = plan_right
+            .iter()
+            .map(|(i, a)| (i.name.as_str(), a.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("new", true),
+                ("stale", true),
+                ("left-ours", false),
+                ("left-written", false)
+            ]
+        );
+        let p = plan(&all, &served, &ours, &mut written);
+        let names: Vec<&str> = p.iter().map(|(i, _)| i.name.as_str()).collect();
+        assert_eq!(names, vec!["new", "right", "stale", "left-written"]);
+        assert!(p.iter().all(|(i, a)| (i.name == "left-written") == a.is_none()));
+        assert!(!written.contains(&r("never")), "forgotten: nothing to clear");
+        assert!(!written.contains(&r("other-controller")));
+        assert_eq!(
+            Address::parse("lb.example.com"),
+            Address::Hostname("lb.example.com".into())
+        );
     }
 }
