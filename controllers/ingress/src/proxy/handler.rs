@@ -67,6 +67,8 @@ pub(crate) struct Shared {
 pub(crate) struct ConnState {
     listener: &'static str,
     protocol: Mutex<&'static str>,
+    /// Set once classified: later requests skip the lock.
+    classified: AtomicBool,
     metrics: ProxyMetrics,
 }
 
@@ -79,12 +81,17 @@ impl ConnState {
         Arc::new(ConnState {
             listener,
             protocol: Mutex::new(PENDING),
+            classified: AtomicBool::new(false),
             metrics: metrics.clone(),
         })
     }
 
     /// Moves the connection from `pending` to `protocol` (`http1`, `h2`); later calls do nothing.
     pub fn classify(&self, protocol: &'static str) {
+        if self.classified.load(Ordering::Relaxed) {
+            return;
+        }
+        self.classified.store(true, Ordering::Relaxed);
         let mut p = self.protocol.lock().unwrap_or_else(|e| e.into_inner());
         if *p == PENDING {
             self.metrics
