@@ -61,7 +61,11 @@ struct Controller {
     https: SocketAddr,
 }
 
-async fn start(kubeconfig: &Path, lease: &str, log: &str, extra: &[String]) -> Controller {
+fn controller_args(
+    kubeconfig: &Path,
+    lease: &str,
+    extra: &[String],
+) -> (Vec<String>, SocketAddr, SocketAddr, SocketAddr) {
     let (admin, http, https) = (free_addr(), free_addr(), free_addr());
     let mut args: Vec<String> = vec![
         "controller".into(),
@@ -78,6 +82,11 @@ async fn start(kubeconfig: &Path, lease: &str, log: &str, extra: &[String]) -> C
         "--drain-timeout=5s".into(),
     ];
     args.extend_from_slice(extra);
+    (args, admin, http, https)
+}
+
+async fn start(kubeconfig: &Path, lease: &str, log: &str, extra: &[String]) -> Controller {
+    let (args, admin, http, https) = controller_args(kubeconfig, lease, extra);
     let mut proc = Supervised::spawn(
         "ferrite-ingress controller",
         &PathBuf::from(env!("CARGO_BIN_EXE_ferrite-ingress")),
@@ -123,6 +132,28 @@ async fn backend(name: &'static str) -> u16 {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A backend answering `name` after `delay`.
+async fn slow_backend(name: &'static str, delay: Duration) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
                     name.len()
@@ -613,18 +644,59 @@ async fn publish_service_status_leader_handover_restart_and_drain() {
     wait_get(two.http, &host, "/", 200, Some("A")).await;
 
     // Restart: serving again from the first snapshot (readiness waited for it).
-    let mut one = start(&account, "ing-lead", "ingress-lead-3.log", &flags).await;
+    let one = start(&account, "ing-lead", "ingress-lead-3.log", &flags).await;
     assert_eq!(get(one.http, &host, "/").await, Some((200, "A".into())));
 
-    // SIGTERM: the process drains and exits promptly.
-    let started = std::time::Instant::now();
-    one.proc.stop(Duration::from_secs(10));
-    assert!(!one.proc.is_running());
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "drained within the grace"
+    drop(one);
+
+    // SIGTERM with a slow request in flight: the request completes, the listener closes, exit 0.
+    let slow = slow_backend("slow", Duration::from_millis(1500)).await;
+    service(&client, &ns, "slow").await;
+    endpoints(&client, &ns, "slow", slow).await;
+    let slow_host = format!("slow.{ns}.test");
+    create(
+        &ingresses,
+        ingress_json(
+            "slow",
+            Some("ferrite"),
+            json!([rule(&slow_host, "/", "Prefix", "slow")]),
+        ),
+    )
+    .await;
+    let (args, admin, http, _) = controller_args(&account, "ing-lead", &flags);
+    let log = std::fs::File::create(log_path("ingress-lead-drain.log")).unwrap();
+    let mut direct = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferrite-ingress"))
+        .args(&args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    eventually("the directly started controller ready", || async {
+        matches!(ferrite_e2e::http_get(admin, "/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await;
+    wait_get(http, &slow_host, "/", 200, Some("slow")).await;
+    let in_flight = tokio::spawn(async move { get(http, &slow_host, "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = direct.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), direct.wait())
+        .await
+        .expect("exits within the drain timeout")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        in_flight.await.unwrap(),
+        Some((200, "slow".into())),
+        "the in-flight request finished"
     );
-    assert!(get(one.http, &host, "/").await.is_none(), "listener closed");
+    assert!(get(http, &host, "/").await.is_none(), "listener closed");
+    ingresses.delete("slow", &DeleteParams::default()).await.unwrap();
     ingresses.delete("web", &DeleteParams::default()).await.unwrap();
     drop(two);
 }
