@@ -161,10 +161,20 @@ pub async fn zone_nameservers(resolvers: &[SocketAddr], zone: &Name) -> Result<V
     Ok(names)
 }
 
-/// The NS targets for `zone` in an answer.
+/// The NS targets for `zone` in an answer: its answer section, else (a server that refers rather
+/// than answers) its authority section.
 fn ns_names(answer: &Message, zone: &Name) -> Vec<Name> {
+    let from_answers = ns_in(&answer.answers, zone);
+    if from_answers.is_empty() {
+        ns_in(&answer.authorities, zone)
+    } else {
+        from_answers
+    }
+}
+
+fn ns_in(records: &[hickory_proto::rr::Record], zone: &Name) -> Vec<Name> {
     let mut out: Vec<Name> = Vec::new();
-    for r in &answer.answers {
+    for r in records {
         if let RData::NS(ns) = &r.data
             && r.name == *zone
             && !out.contains(&ns.0)
@@ -509,6 +519,21 @@ mod tests {
             ));
         }
         assert_eq!(ns_names(&big, &zone).len(), MAX_AUTHORITATIVE);
+        // A referral: the NS set in the authority section.
+        let mut referral = Message::new(1, MessageType::Response, OpCode::Query);
+        referral.add_authority(Record::from_rdata(
+            zone.clone(),
+            60,
+            RData::NS(NS(n("ns3.example.net"))),
+        ));
+        assert_eq!(ns_names(&referral, &zone), [n("ns3.example.net")]);
+        // Answers win over authorities.
+        m.add_authority(Record::from_rdata(
+            zone.clone(),
+            60,
+            RData::NS(NS(n("ns3.example.net"))),
+        ));
+        assert_eq!(ns_names(&m, &zone).len(), 2);
     }
 
     #[test]
