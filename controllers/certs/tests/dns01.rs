@@ -226,7 +226,10 @@ async fn dns01_through_ferrite_dns_wildcard() {
     let zones: Api<ferrite_api::dns::DNSZone> = Api::all(client.clone());
     create(
         &zones,
-        json!({"metadata": {"name": "certs-dns01"}, "spec": {"zone": "dns01.test.", "provider": {"embedded": {}}}}),
+        // Its NS ns1.dns01.test. with glue 127.0.0.1: the self-check finds ferrite-dns as the zone's
+        // authoritative server.
+        json!({"metadata": {"name": "certs-dns01"}, "spec": {"zone": "dns01.test.", "provider": {"embedded": {
+            "nameserverAddresses": {"ns1.dns01.test": ["127.0.0.1"]}}}}}),
     )
     .await;
     eventually(Duration::from_secs(20), "dns01.test. served", || async {
@@ -242,12 +245,13 @@ async fn dns01_through_ferrite_dns_wildcard() {
 
     let pebble = start_pebble_resolving(dns).await;
     assert_eq!(pebble.resolver(), dns);
-    // ferrite-dns's embedded zone is asked directly (cert-manager's --dns01-recursive-nameservers-only).
+    // The self-check walks to dns01.test.'s SOA through ferrite-dns, finds its NS (ns1.dns01.test.,
+    // 127.0.0.1) and asks it on ferrite-dns's port.
     let (ctl, _) = start_certs(
         &certs_kubeconfig,
         "ferrite-dns",
         dns,
-        &["--dns01-recursive-nameservers-only".into()],
+        &[format!("--self-check-authoritative-port={}", dns.port())],
     )
     .await;
     let tmp = tempfile::tempdir().unwrap();
