@@ -621,6 +621,17 @@ async fn body_limit_upstream_timeout_and_overload() {
         .expect("curl");
     assert!(!out.status.success(), "stalled body completed: {:?}", out);
     assert_eq!(&out.stdout[..], b"first");
+    // The same over HTTP/2: the stream is reset, the body ends in an error.
+    let req = Request::builder()
+        .uri("http://a.test/slow/stall")
+        .body(boxed(Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response head");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "stalled HTTP/2 body completed"
+    );
     assert!(
         p.metric("ferrite_ingress_upstream_timeouts_total{namespace=\"web\",service=\"svc-slow\"}") >= 2.0
     );
