@@ -329,21 +329,34 @@ fn ingress_fingerprint(i: &Ingress) -> u64 {
 /// EndpointSlices by (namespace, Service), fed by one watch of the version the server has.
 #[derive(Clone, Default)]
 struct Slices {
-    by_name: Arc<std::sync::Mutex<HashMap<(String, String), Slice>>>,
+    by_name: Arc<std::sync::Mutex<SliceMap>>,
     synced: Arc<AtomicBool>,
 }
 
+/// Slices by (namespace, name), and the grouping by Service of the last build (dropped on a change,
+/// so a build after an Ingress-only change does not regroup).
+#[derive(Default)]
+struct SliceMap {
+    by_name: HashMap<(String, String), Arc<Slice>>,
+    grouped: Option<Arc<build::SlicesByService>>,
+}
+
 impl Slices {
-    fn grouped(&self) -> HashMap<(String, String), Vec<Slice>> {
-        let m = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: HashMap<(String, String), Vec<Slice>> = HashMap::new();
-        for s in m.values() {
+    fn grouped(&self) -> Arc<build::SlicesByService> {
+        let mut m = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = &m.grouped {
+            return g.clone();
+        }
+        let mut out: build::SlicesByService = HashMap::new();
+        for s in m.by_name.values() {
             if let Some(svc) = &s.service {
                 out.entry((s.namespace.clone(), svc.clone()))
                     .or_default()
                     .push(s.clone());
             }
         }
+        let out = Arc::new(out);
+        m.grouped = Some(out.clone());
         out
     }
 
@@ -378,20 +391,24 @@ impl Slices {
                     if let Some(r) = relist.as_mut() {
                         r.insert(key.clone());
                     }
-                    m.insert(key, s.clone()) != Some(s)
+                    let s = Arc::new(s);
+                    m.by_name.insert(key, s.clone()) != Some(s)
                 }
                 Some(Ok(watcher::Event::Delete(o))) => {
                     let s = Slice::from_dynamic(&o);
-                    m.remove(&(s.namespace, s.name)).is_some()
+                    m.by_name.remove(&(s.namespace, s.name)).is_some()
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
                     if let Some(listed) = relist.take() {
-                        m.retain(|k, _| listed.contains(k));
+                        m.by_name.retain(|k, _| listed.contains(k));
                     }
                     self.synced.store(true, Ordering::SeqCst);
                     true
                 }
             };
+            if wake {
+                m.grouped = None;
+            }
             drop(m);
             if wake {
                 changed.notify_one();
