@@ -864,6 +864,10 @@ async fn proxy_protocol_sets_the_client_address() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("x-forwarded-for: 203.0.113.7\n"), "{r}");
     assert!(r.contains("forwarded: for=203.0.113.7;"), "{r}");
+    assert!(
+        r.contains("x-forwarded-port: 80\n"),
+        "the header's destination port: {r}"
+    );
     assert_eq!(p.log.wait_for("pp-1").await["remote_addr"], "203.0.113.7");
     // v2 (IPv6) then TLS on the TLS listener.
     let mut tcp = TcpStream::connect(p.https).await.expect("connect");
@@ -903,6 +907,10 @@ async fn proxy_protocol_sets_the_client_address() {
     assert!(
         body.contains("forwarded: for=\"[2001:db8::7]\";proto=https"),
         "{body}"
+    );
+    assert!(
+        body.contains("x-forwarded-port: 443\n"),
+        "the header's destination port: {body}"
     );
     // No header: closed without an answer; a garbage header too; nothing at all: closed after the
     // header read timeout.

@@ -279,11 +279,15 @@ impl Proxy {
                 let state = ConnState::new(listener, &shared.metrics);
                 let mut stream = stream;
                 let timeout = shared.config.header_read_timeout;
-                let peer = if shared.config.proxy_protocol {
+                // With the PROXY protocol the client and the address it connected to (the load
+                // balancer's, whose port goes into X-Forwarded-Port) come from the header.
+                let (peer, local) = if shared.config.proxy_protocol {
                     let header = tokio::time::timeout(timeout, proxy_protocol::read_header(&mut stream));
                     match header.await {
-                        Ok(Ok(proxy_protocol::ProxyHeader::Proxied { source, .. })) => source,
-                        Ok(Ok(proxy_protocol::ProxyHeader::Local)) => peer,
+                        Ok(Ok(proxy_protocol::ProxyHeader::Proxied { source, destination })) => {
+                            (source, destination)
+                        }
+                        Ok(Ok(proxy_protocol::ProxyHeader::Local)) => (peer, local),
                         Ok(Err(e)) => {
                             shared
                                 .metrics
@@ -304,7 +308,7 @@ impl Proxy {
                         }
                     }
                 } else {
-                    peer
+                    (peer, local)
                 };
                 let info = ConnInfo { peer, local, tls };
                 if tls {
