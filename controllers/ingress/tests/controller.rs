@@ -479,12 +479,26 @@ fn tls_secret(name: &str, cert: &str, key: &str) -> serde_json::Value {
 async fn tls_secrets_default_class_and_challenges() {
     let _serial = SERIAL.lock().await;
     let (kb, client, ns, account) = setup("ing-tls").await;
-    let ctl = start(&account, "ing-tls", "ingress-tls.log", &[]).await;
+    // --default-ssl-certificate: served to SNI names without a certificate of their own.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let (fallback_cert, fallback_key) = self_signed("fallback", "fallback.test");
+    create(&secrets, tls_secret("fallback", &fallback_cert, &fallback_key)).await;
+    let ctl = start(
+        &account,
+        "ing-tls",
+        "ingress-tls.log",
+        &[format!("--default-ssl-certificate={ns}/fallback")],
+    )
+    .await;
+    let subject = served_subject(ctl.https, "unknown.test");
+    assert!(
+        subject.contains("CN=fallback"),
+        "the default certificate from the start: {subject}"
+    );
     let a = backend("A").await;
     service(&client, &ns, "web").await;
     endpoints(&client, &ns, "web", a).await;
     let host = format!("{ns}.test");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let (cert, key) = self_signed("first", &host);
     create(&secrets, tls_secret("cert", &cert, &key)).await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
@@ -521,14 +535,14 @@ async fn tls_secrets_default_class_and_challenges() {
     })
     .await;
 
-    // A malformed Secret (key of another certificate): Event, default certificate for its host.
+    // A malformed Secret (key of another certificate): Event, the default certificate for its host.
     wait_event(kb, &ns, "tls", "TLSSecretNotFound").await;
     let (_, other_key) = self_signed("other", "other.test");
     create(&secrets, tls_secret("broken", &cert, &other_key)).await;
     let note = wait_event(kb, &ns, "tls", "KeyMismatch").await;
     assert!(note.contains("broken"), "{note}");
     let subject = served_subject(addr, &format!("bad.{host}"));
-    assert!(subject.contains("ingress-default.ferrite.invalid"), "{subject}");
+    assert!(subject.contains("CN=fallback"), "{subject}");
     let m = metrics(ctl.admin).await;
     assert!(
         m.contains(&format!(
@@ -805,6 +819,9 @@ async fn serves_without_the_challenge_crd_and_picks_it_up_when_installed() {
     )
     .await;
     wait_get(ctl.http, &host, "/", 200, Some("A")).await;
+    // Without --default-ssl-certificate: the self-signed default.
+    let subject = served_subject(ctl.https, "unknown.test");
+    assert!(subject.contains("ingress-default.ferrite.invalid"), "{subject}");
 
     // ferrite-certs installed later: its Challenges are served without a restart.
     ferrite_e2e::demo::apply_crds(kb)
