@@ -813,7 +813,7 @@ async fn forward(
         *upstream.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
         *upstream.headers_mut() = parts.headers.clone();
         record.upstream_addr = Some(*endpoint);
-        record.endpoint = Some(shared.upstreams.start(*endpoint));
+        record.endpoint = shared.upstreams.track(*endpoint);
         let sent = Instant::now();
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, client.request(upstream)).await {

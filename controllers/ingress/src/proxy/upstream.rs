@@ -172,6 +172,12 @@ impl Upstreams {
         map.get(&endpoint).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
+    /// Marks a request in flight to `endpoint` until the returned guard is dropped; only P2C reads
+    /// the counts, so round-robin skips the bookkeeping (one lock fewer per request).
+    pub fn track(&self, endpoint: SocketAddr) -> Option<InFlight> {
+        (self.balance == LoadBalance::P2c).then(|| self.start(endpoint))
+    }
+
     /// Marks a request in flight to `endpoint` until the returned guard is dropped.
     pub fn start(&self, endpoint: SocketAddr) -> InFlight {
         let c = self.counter(endpoint);
