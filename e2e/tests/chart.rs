@@ -312,6 +312,13 @@ fn the_schema_refuses_bad_values_with_a_clear_message() {
         ("certs.replicas=-1", "replicas"),
         ("loadbalancer.speaker.gossipKey=short", "gossipKey"),
         ("loadbalancer.controller.replicas=0", "replicas"),
+        ("prometheus.rules.reconcileErrorRatio=2", "reconcileErrorRatio"),
+        (
+            "prometheus.rules.certificateNotReadyFor=soon",
+            "certificateNotReadyFor",
+        ),
+        ("prometheus.serviceMonitor.bogus=1", "bogus"),
+        ("grafana.dashboards.enabled=yes", "enabled"),
     ] {
         let err = match template(&["--set", set]) {
             Ok(_) => panic!("--set {set} rendered; values.schema.json must refuse it"),

@@ -222,6 +222,7 @@ async fn forbidden_actions(kb: &KubeBox) {
             &list_secrets,
             &write_ingress,
             &write_node,
+            &list_pods,
         ],
     )
     .await;
