@@ -514,7 +514,8 @@ struct UpstreamBody {
     inner: Incoming,
     timeout: Option<Duration>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    stalled: Option<prometheus::IntCounter>,
+    /// `upstream_timeouts` and its (namespace, service) labels, looked up only on a timeout.
+    stalled: Option<(prometheus::IntCounterVec, Arc<str>, Arc<str>)>,
 }
 
 impl Body for UpstreamBody {
@@ -537,8 +538,8 @@ impl Body for UpstreamBody {
                 if let (Some(t), Some(sleep)) = (timeout, self.sleep.as_mut())
                     && sleep.as_mut().poll(cx).is_ready()
                 {
-                    if let Some(c) = self.stalled.take() {
-                        c.inc();
+                    if let Some((c, namespace, service)) = self.stalled.take() {
+                        c.with_label_values(&[&*namespace, &*service]).inc();
                     }
                     return Poll::Ready(Some(Err(Box::new(UpstreamStalled(t)))));
                 }
@@ -842,7 +843,11 @@ async fn forward(
                     inner: body,
                     timeout,
                     sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
-                    stalled: Some(shared.metrics.upstream_timeouts.with_label_values(&service)),
+                    stalled: Some((
+                        shared.metrics.upstream_timeouts.clone(),
+                        record.labels.namespace.clone(),
+                        record.labels.service.clone(),
+                    )),
                 };
                 return Response::from_parts(parts, body.boxed());
             }
