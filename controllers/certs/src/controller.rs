@@ -132,6 +132,10 @@ pub struct ControllerArgs {
         default_value_t = 53
     )]
     pub self_check_authoritative_port: u16,
+    /// Make each Certificate the owner (controller) of the Secret it writes, so deleting the
+    /// Certificate deletes the Secret too (cert-manager's flag of the same name). Set at every issuance.
+    #[arg(long, env = "FERRITE_CERTS_ENABLE_CERTIFICATE_OWNER_REF")]
+    pub enable_certificate_owner_ref: bool,
     /// Longest wait for an order to become ready after its challenges, and for its certificate.
     #[arg(long, env = "FERRITE_CERTS_ACME_POLL_TIMEOUT", default_value = "120s", value_parser = ferrite_kit::cli::parse_duration)]
     pub acme_poll_timeout: Duration,
@@ -1548,7 +1552,12 @@ async fn issue(
         Ok(p) => p,
         Err(e) => return failed_issuance(run, &reason, e.into(), &issuer_labels).await,
     };
-    let body = secret_body(run.cert, issuer, &signed, &key_pem);
+    let mut body = secret_body(run.cert, issuer, &signed, &key_pem);
+    if ctx.args.enable_certificate_owner_ref
+        && let Some(owner) = run.cert.controller_owner_ref(&())
+    {
+        body["metadata"]["ownerReferences"] = serde_json::json!([owner]);
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &run.ns);
     ferrite_kit::status::apply(
         &api,

@@ -637,4 +637,43 @@ async fn controller_end_to_end() {
         by_standby > 0,
         "the standby issued none of the burst: the leader died too late"
     );
+
+    // 10. --enable-certificate-owner-ref: the Certificate owns its Secret, and deleting it deletes
+    //     the Secret (the garbage collector); without the flag (above) the Secret stays.
+    let mut standby = standby;
+    standby.proc.stop(Duration::from_secs(10));
+    let _owner = start_controller(
+        &kubeconfig,
+        "ferrite-certs-controller",
+        "ferrite-certs-controller-4.log",
+        &[
+            "--enable-certificate-owner-ref".to_string(),
+            format!("--http01-listen={}", free_addr()),
+        ],
+    )
+    .await;
+    let owned = create(
+        &certs,
+        json!({"metadata": {"name": "owned"}, "spec": {
+            "secretName": "owned-tls", "issuerRef": {"name": "selfsigned"}, "dnsNames": ["owned.ctl.test"]}}),
+    )
+    .await;
+    wait_cert(&certs, "owned", "True", "Ready").await;
+    let s = secrets.get("owned-tls").await.unwrap();
+    let refs = s.metadata.owner_references.clone().unwrap_or_default();
+    assert!(
+        refs.len() == 1
+            && refs[0].kind == "Certificate"
+            && refs[0].name == "owned"
+            && Some(&refs[0].uid) == owned.metadata.uid.as_ref()
+            && refs[0].controller == Some(true),
+        "the Secret is owned by its Certificate: {refs:?}"
+    );
+    certs.delete("owned", &DeleteParams::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "owned-tls deleted with its Certificate",
+        || async { secrets.get_opt("owned-tls").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
 }
