@@ -1576,7 +1576,8 @@ pub fn dns_value(key_authorization: &str) -> String {
 async fn self_check(p: &Presented, cfg: &SelfCheck) -> Result<(), AcmeError> {
     let deadline = Instant::now() + cfg.timeout;
     let mut last;
-    // DNS-01: the zone's authoritative servers, found once per self-check (tried again each attempt until found).
+    // DNS-01: the zone's authoritative servers, found once per self-check (each attempt tries
+    // again until they are found).
     let mut authoritative = None;
     loop {
         let seen = match p.challenge.kind {
