@@ -1,11 +1,30 @@
-//! Writes every CRD to `crds/<plural>.<group>.yaml` and into the `crds/` folder of the chart that
-//! installs it, or with `--check` fails when any of them is stale.
+//! Writes every CRD to `crds/<plural>.<group>.yaml` (for `kubectl apply -f crds/` and the box tests) and,
+//! as a Helm template, to `templates/crds/` of the subchart that installs it (inside its
+//! `crds.enabled` switch, with `helm.sh/resource-policy: keep` when `crds.keep`), or with `--check`
+//! fails when any of them is stale. A subchart's old `crds/` folder (Helm's install-only CRDs, which
+//! would install them twice) is removed, and reported by `--check`.
 //!
 //! ```text
-//! cargo run -p ferrite-api --bin crdgen               # write crds/ and charts/.../crds/
+//! cargo run -p ferrite-api --bin crdgen               # write crds/ and charts/.../templates/crds/
 //! cargo run -p ferrite-api --bin crdgen -- --check    # CI: exit 1 with the stale files named
 //! ```
-use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+/// How a target directory holds its CRDs.
+#[derive(Clone, Copy)]
+enum Form {
+    /// The plain YAML of `crds/`.
+    Plain,
+    /// A subchart's templates.
+    Template,
+    /// None at all: every `.yaml` there is stale.
+    Nothing,
+}
 
 fn main() -> ExitCode {
     let mut check = false;
@@ -25,32 +44,32 @@ fn main() -> ExitCode {
             }
         }
     }
-    let root = dir.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let root = dir.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut stale = BTreeSet::new();
-    let mut targets = vec![(dir.clone(), None)];
+    let mut targets = vec![(dir.clone(), None, Form::Plain)];
     for (group, chart) in ferrite_api::CHARTS {
+        let chart = root.join("charts/ferrite/charts").join(chart);
         targets.push((
-            root.join("charts/ferrite/charts").join(chart).join("crds"),
+            chart.join(ferrite_api::CHART_CRD_DIR),
             Some(*group),
+            Form::Template,
         ));
+        targets.push((chart.join("crds"), Some(*group), Form::Nothing));
     }
-    for (dir, group) in targets {
-        match run(&dir, group, check) {
+    for (dir, group, form) in targets {
+        match run(&dir, group, form, check) {
             Ok(s) => stale.extend(s.into_iter().map(|f| format!("{}/{f}", dir.display()))),
             Err(e) => return fail(&format!("{e:#}")),
         }
     }
-    match Ok::<_, anyhow::Error>(stale) {
-        Ok(stale) if stale.is_empty() => ExitCode::SUCCESS,
-        Ok(stale) => {
-            eprintln!(
-                "generated CRDs are stale ({}): run `make generate` and commit the result",
-                stale.into_iter().collect::<Vec<_>>().join(", ")
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => fail(&format!("{e:#}")),
+    if stale.is_empty() {
+        return ExitCode::SUCCESS;
     }
+    eprintln!(
+        "generated CRDs are stale ({}): run `make generate` and commit the result",
+        stale.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    ExitCode::FAILURE
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -58,21 +77,28 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+fn render(crd: &CustomResourceDefinition, form: Form) -> anyhow::Result<Option<String>> {
+    Ok(match form {
+        Form::Plain => Some(ferrite_api::crd_yaml(crd)?),
+        Form::Template => Some(ferrite_api::crd_template(crd)?),
+        Form::Nothing => None,
+    })
+}
+
 /// Returns the names of files that differ (check mode) or an empty set after writing.
-/// `group`: only the CRDs of this API group (a chart's crds/), or all (None).
-fn run(dir: &std::path::Path, group: Option<&str>, check: bool) -> anyhow::Result<BTreeSet<String>> {
+/// `group`: only the CRDs of this API group (a chart's), or all (None).
+fn run(dir: &Path, group: Option<&str>, form: Form, check: bool) -> anyhow::Result<BTreeSet<String>> {
     use anyhow::Context;
     let mut stale = BTreeSet::new();
     let mut expected = BTreeSet::new();
-    if !check {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     for crd in ferrite_api::crds()
         .into_iter()
         .filter(|c| group.is_none_or(|g| c.spec.group == g))
     {
+        let Some(yaml) = render(&crd, form)? else {
+            continue;
+        };
         let name = ferrite_api::crd_file_name(&crd);
-        let yaml = ferrite_api::crd_yaml(&crd)?;
         let path = dir.join(&name);
         expected.insert(name.clone());
         if check {
@@ -80,10 +106,11 @@ fn run(dir: &std::path::Path, group: Option<&str>, check: bool) -> anyhow::Resul
                 stale.insert(name);
             }
         } else {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    // A CRD that was removed from the code must not linger in crds/.
+    // A CRD that was removed from the code must not linger.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -96,6 +123,10 @@ fn run(dir: &std::path::Path, group: Option<&str>, check: bool) -> anyhow::Resul
                 }
             }
         }
+    }
+    if !check && expected.is_empty() {
+        // Nothing belongs here: drop the folder too when it is left empty (an error means it is not).
+        let _ = std::fs::remove_dir(dir);
     }
     Ok(stale)
 }
