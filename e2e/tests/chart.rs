@@ -14,7 +14,8 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
     ("defaults", &[]),
     (
         // What a cluster with its own conventions sets: a pinned image, a gossip key from a vault, TSIG
-        // Secrets for RFC2136 zones, one Service for DNS (Kubernetes 1.26+), scheduling and extra flags.
+        // Secrets for RFC2136 zones, one Service for DNS (Kubernetes 1.26+), scheduling and extra flags, CRDs
+        // managed elsewhere or not kept.
         "custom",
         &[
             "--set",
@@ -51,6 +52,11 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "certs.prometheusScrape=false",
             "--set",
             "certs.extraArgs={--log-level=debug}",
+            // CRDs applied by GitOps for dns; the certs CRDs go with the release.
+            "--set",
+            "dns.crds.enabled=false",
+            "--set",
+            "certs.crds.keep=false",
         ],
     ),
     (
@@ -109,12 +115,129 @@ fn joined(docs: &[Rendered], subchart: Option<&str>) -> String {
         out.push_str("---\n# Source: ");
         out.push_str(&d.source);
         out.push('\n');
-        out.push_str(&d.text);
+        out.push_str(&crd_metadata_only(d));
     }
     if out.is_empty() {
         out.push_str("# (renders nothing)\n");
     }
     out
+}
+
+/// A CRD's document up to its `spec:` (what the chart adds: labels, the keep annotation), the spec
+/// replaced by a pointer to `crds/`: crdgen generates both, `the_chart_renders_the_crds_of_crds_dir_once_each_from_its_subchart_and_kept`
+/// checks they are the same, and an API change does not rewrite every snapshot. Other documents as they are.
+fn crd_metadata_only(d: &Rendered) -> String {
+    let is_crd = d.value().is_ok_and(|v| v["kind"] == "CustomResourceDefinition");
+    match d.text.split_once("\nspec:\n") {
+        Some((head, _)) if is_crd => {
+            let name = d.value().expect("parsed above")["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            format!("{head}\nspec: # as in crds/{name}.yaml\n")
+        }
+        _ => d.text.clone(),
+    }
+}
+
+/// The CRD documents of a render: name -> (subchart, parsed document).
+fn rendered_crds(args: &[&str]) -> BTreeMap<String, (String, serde_json::Value)> {
+    render(args)
+        .iter()
+        .filter_map(|d| {
+            let v = d.value().expect("valid YAML");
+            (v["kind"] == "CustomResourceDefinition").then(|| {
+                (
+                    v["metadata"]["name"].as_str().expect("named").to_string(),
+                    (d.subchart().unwrap_or("umbrella").to_string(), v),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Every file of crds/ (the CRDs of controllers/api, written by crdgen): name -> parsed document.
+fn crds_dir() -> BTreeMap<String, serde_json::Value> {
+    let dir = ferrite_e2e::demo::repo_root().join("crds");
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("crds/ is checked in") {
+        let path = entry.expect("readable").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).expect("readable")).expect("YAML");
+        out.insert(v["metadata"]["name"].as_str().expect("named").to_string(), v);
+    }
+    out
+}
+
+#[test]
+fn the_chart_renders_the_crds_of_crds_dir_once_each_from_its_subchart_and_kept() {
+    let expected = crds_dir();
+    assert_eq!(expected.len(), 7, "{:?}", expected.keys());
+    let rendered = rendered_crds(&[]);
+    assert_eq!(
+        rendered.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the defaults render every CRD once"
+    );
+    for (name, (subchart, v)) in &rendered {
+        let group = name.split_once('.').expect("plural.group").1;
+        let owner = match group {
+            "lb.ferrite.dev" => "loadbalancer",
+            "dns.ferrite.dev" => "dns",
+            "certs.ferrite.dev" => "certs",
+            other => panic!("{name}: unknown group {other}"),
+        };
+        assert_eq!(subchart, owner, "{name} comes from its controller's subchart");
+        assert_eq!(
+            v["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name}: kept by default"
+        );
+        assert_eq!(
+            v["metadata"]["labels"]["app.kubernetes.io/part-of"], "ferrite",
+            "{name}"
+        );
+        let want = &expected[name];
+        assert_eq!(v["spec"], want["spec"], "{name}: the spec of crds/{name}.yaml");
+        assert_eq!(v["apiVersion"], want["apiVersion"], "{name}");
+    }
+}
+
+#[test]
+fn crds_enabled_false_renders_no_crd_and_crds_keep_false_drops_the_annotation() {
+    let none = rendered_crds(&[
+        "--set",
+        "loadbalancer.crds.enabled=false",
+        "--set",
+        "dns.crds.enabled=false",
+        "--set",
+        "certs.crds.enabled=false",
+    ]);
+    assert!(
+        none.is_empty(),
+        "crds.enabled=false everywhere: {:?}",
+        none.keys()
+    );
+    // One subchart off: only its CRDs go; the rest of that subchart still renders.
+    let without_dns = rendered_crds(&["--set", "dns.crds.enabled=false"]);
+    assert!(
+        without_dns.keys().all(|n| !n.ends_with(".dns.ferrite.dev")) && without_dns.len() == 5,
+        "{:?}",
+        without_dns.keys()
+    );
+    assert!(
+        render(&["--set", "dns.crds.enabled=false"])
+            .iter()
+            .any(|d| d.source == "ferrite/charts/dns/templates/deployment.yaml"),
+        "the dns controller is still installed"
+    );
+    let unkept = rendered_crds(&["--set", "certs.crds.keep=false"]);
+    for (name, (_, v)) in &unkept {
+        let kept = v["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep";
+        assert_eq!(kept, !name.ends_with(".certs.ferrite.dev"), "{name}");
+    }
 }
 
 #[test]
@@ -308,6 +431,9 @@ fn the_schema_refuses_bad_values_with_a_clear_message() {
     for (set, wants) in [
         ("dns.replicas=two", "replicas"),
         ("dns.bogus=1", "bogus"),
+        ("dns.crds.enabled=yes", "enabled"),
+        ("certs.crds.bogus=1", "bogus"),
+        ("loadbalancer.crds.keep=1", "keep"),
         ("dsn.enabled=false", "dsn"),
         ("certs.replicas=-1", "replicas"),
         ("loadbalancer.speaker.gossipKey=short", "gossipKey"),
