@@ -47,10 +47,30 @@ pub async fn apply_crds(kb: &KubeBox) -> Result<()> {
         .with_context(|| format!("applying {}", path.display()))?;
         names.push(name);
     }
+    wait_established(kb, &names).await
+}
+
+/// The names of the CRDs under crds/ (the ones the chart's subcharts render too).
+pub fn crd_names() -> Result<Vec<String>> {
+    let dir = repo_root().join("crds");
+    let mut names = vec![];
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            let crd: CustomResourceDefinition = serde_yaml_from(&path)?;
+            names.push(crd.metadata.name.context("CRD without a name")?);
+        }
+    }
+    Ok(names)
+}
+
+/// Waits until each CRD of `names` is Established (served).
+pub async fn wait_established(kb: &KubeBox, names: &[String]) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(kb.client().await);
     for name in names {
         let mut established = false;
         for _ in 0..100 {
-            let crd = api.get(&name).await?;
+            let crd = api.get(name).await?;
             established = crd
                 .status
                 .and_then(|s| s.conditions)
@@ -74,7 +94,7 @@ fn serde_yaml_from<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Re
     Ok(serde_json::from_value(value)?)
 }
 
-/// Installs the umbrella chart into `ferrite-system` with a real helm (CRDs from the charts' crds/,
+/// Installs the umbrella chart into `ferrite-system` with a real helm (the CRDs from the subcharts' templates,
 /// RBAC, the gossip Secret, the Deployments and DaemonSets: nothing runs them in the box, the demo and
 /// the tests start the controllers as processes authenticated as the chart's ServiceAccounts).
 pub async fn install_chart(kb: &KubeBox) -> Result<()> {
@@ -85,6 +105,9 @@ pub async fn install_chart(kb: &KubeBox) -> Result<()> {
         .arg(repo_root().join("charts/ferrite"))
         .args(["--namespace", "ferrite-system", "--create-namespace"])
         .args(["--set", &gossip])
+        // CRDs an earlier step of the same box applied from crds/ (apply_crds) carry no Helm ownership
+        // metadata; the release adopts them (docs/install.md, "Upgrade").
+        .arg("--take-ownership")
         .output()
         .context("running helm (e2e/scripts/install-deps.sh installs it)")?;
     anyhow::ensure!(
@@ -92,8 +115,9 @@ pub async fn install_chart(kb: &KubeBox) -> Result<()> {
         "helm install failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // helm installs CRDs from crds/ first; wait until they are served.
-    apply_crds(kb).await
+    // The release applied the CRDs (crds.enabled); wait until they are served. Applying them again here
+    // would take their fields from helm's field manager, and the next `helm upgrade` would conflict.
+    wait_established(kb, &crd_names()?).await
 }
 
 /// The one-time step of docs/loadbalancer.md before installing the chart: namespace `ferrite-system` and

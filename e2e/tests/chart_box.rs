@@ -1,6 +1,7 @@
 //! The umbrella chart against the box with the real helm: `helm install` is accepted object by object,
 //! `helm upgrade` with changed values changes and removes what the values say, `helm uninstall` leaves
-//! nothing but the CRDs (helm never deletes what it installed from crds/); and each controller's chart
+//! nothing but the CRDs (the subcharts render them with `helm.sh/resource-policy: keep`), a release with
+//! `crds.enabled=false` has no CRD and leaves the existing ones alone; and each controller's chart
 //! ServiceAccount is denied what its controller does not need (RBAC narrow). That the same accounts are
 //! sufficient is shown by every controller's own box tests, which run the controller as its account
 //! (ferrite_e2e::chart::service_account).
@@ -328,7 +329,29 @@ async fn helm_install_upgrade_uninstall_and_narrow_rbac() {
         "dnszones.dns.ferrite.dev",
         "certificates.certs.ferrite.dev",
     ] {
-        assert!(crds.contains(crd), "CRD {crd} installed from crds/: {crds}");
+        assert!(crds.contains(crd), "CRD {crd} installed by the release: {crds}");
+        assert!(
+            installed.contains(&(
+                format!("CustomResourceDefinition.apiextensions.k8s.io/{crd}"),
+                None
+            )),
+            "CRD {crd} is an object of the release (templates/crds/), not of Helm's crds/ folder"
+        );
+        let policy = run(
+            {
+                let mut c = kb.kubectl();
+                c.args([
+                    "get",
+                    "crd",
+                    crd,
+                    "-o",
+                    "jsonpath={.metadata.annotations.helm\\.sh/resource-policy}",
+                ]);
+                c
+            },
+            "get the CRD's resource policy",
+        );
+        assert_eq!(policy, "keep", "CRD {crd}");
     }
 
     forbidden_actions(kb).await;
@@ -400,7 +423,12 @@ async fn helm_install_upgrade_uninstall_and_narrow_rbac() {
             "60s",
         ],
     );
+    let is_crd = |obj: &str| obj.starts_with("CustomResourceDefinition.");
     for (obj, ns) in installed.iter().chain(&upgraded) {
+        if is_crd(obj) {
+            assert!(exists(kb, obj, None), "{obj} kept by helm uninstall");
+            continue;
+        }
         assert!(
             !exists(kb, obj, ns.as_deref()),
             "{obj} left behind by helm uninstall"
@@ -433,4 +461,49 @@ async fn helm_install_upgrade_uninstall_and_narrow_rbac() {
         "kubectl get crd",
     );
     assert_eq!(crds_after, crds, "the CRDs (and their objects) are kept");
+
+    // crds.enabled=false (CRDs managed elsewhere): the release has no CRD, and neither its install nor
+    // its uninstall touches the CRDs already there.
+    let no_crds = [
+        "install",
+        "ferrite",
+        chart,
+        "--namespace",
+        NS,
+        "--set",
+        GOSSIP,
+        "--set",
+        "loadbalancer.crds.enabled=false",
+        "--set",
+        "dns.crds.enabled=false",
+        "--set",
+        "certs.crds.enabled=false",
+    ];
+    helm(kb, &no_crds);
+    let without = objects(&helm(kb, &["get", "manifest", "ferrite", "--namespace", NS]));
+    assert!(
+        without.len() > 20 && !without.iter().any(|(obj, _)| is_crd(obj)),
+        "crds.enabled=false: the release has its objects and no CRD: {without:?}"
+    );
+    helm(
+        kb,
+        &[
+            "uninstall",
+            "ferrite",
+            "--namespace",
+            NS,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let crds_last = run(
+        {
+            let mut c = kb.kubectl();
+            c.args(["get", "crd", "-o", "name"]);
+            c
+        },
+        "kubectl get crd",
+    );
+    assert_eq!(crds_last, crds, "a release without CRDs leaves them alone");
 }
