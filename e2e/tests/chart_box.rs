@@ -506,4 +506,63 @@ async fn helm_install_upgrade_uninstall_and_narrow_rbac() {
         "kubectl get crd",
     );
     assert_eq!(crds_last, crds, "a release without CRDs leaves them alone");
+
+    // CRDs without Helm's ownership metadata (applied with kubectl from crds/, or installed by an older
+    // chart from its crds/ folder): a plain install refuses them, `--take-ownership` adopts them
+    // (docs/install.md, "Upgrading").
+    for crd in crds.lines() {
+        let mut c = kb.kubectl();
+        c.args(["label", crd, "app.kubernetes.io/managed-by-"]);
+        run(c, "drop the managed-by label");
+        let mut c = kb.kubectl();
+        c.args([
+            "annotate",
+            crd,
+            "meta.helm.sh/release-name-",
+            "meta.helm.sh/release-namespace-",
+        ]);
+        run(c, "drop Helm's ownership annotations");
+    }
+    let install = ["install", "ferrite", chart, "--namespace", NS, "--set", GOSSIP];
+    let mut c = kb.helm();
+    c.args(install);
+    let refused = c.output().expect("helm runs");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("ownership metadata"),
+        "helm install over foreign CRDs must be refused: {err}"
+    );
+    // The refused install may leave a failed release behind.
+    let mut c = kb.helm();
+    c.args([
+        "uninstall",
+        "ferrite",
+        "--namespace",
+        NS,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let _ = c.output();
+    let mut adopt = install.to_vec();
+    adopt.push("--take-ownership");
+    helm(kb, &adopt);
+    let adopted = objects(&helm(kb, &["get", "manifest", "ferrite", "--namespace", NS]));
+    assert_eq!(
+        adopted.iter().filter(|(obj, _)| is_crd(obj)).count(),
+        7,
+        "--take-ownership: the release owns the CRDs again: {adopted:?}"
+    );
+    helm(
+        kb,
+        &[
+            "uninstall",
+            "ferrite",
+            "--namespace",
+            NS,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
 }
