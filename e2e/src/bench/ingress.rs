@@ -1962,7 +1962,13 @@ pub fn markdown(w: &mut String, commit: &str, r: &IngressResults) {
             s.connections
         ),
         &|r| match &r.changes {
-            None => "not measured".into(),
+            None => {
+                if r.name == "nginx" || r.name == "ferrite-ingress" {
+                    "not measured (see below)".into()
+                } else {
+                    "– (not run: the issue compares nginx's reloads)".into()
+                }
+            }
             Some(c) => {
                 let mut t = format!(
                     "**{}** / {} ({} changes in {:.1} s",
