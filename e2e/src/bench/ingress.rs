@@ -1047,6 +1047,8 @@ pub fn ferrite_flags() -> Vec<String> {
         format!("--default-ssl-certificate={NS}/bench-tls"),
         // The other proxies keep idle client connections 120 s as well.
         "--idle-timeout=120s".into(),
+        // nginx, HAProxy and Caddy run without an access log here too.
+        "--access-log=false".into(),
     ]
 }
 
