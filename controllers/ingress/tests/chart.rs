@@ -52,7 +52,10 @@ fn defaults_render_the_class_a_least_privilege_deployment_and_its_load_balancer(
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
     let c = &pod["containers"][0];
-    assert_eq!(c["image"], "ghcr.io/ferrite-dev/ferrite:0.1.0", "the one Ferrite image");
+    assert_eq!(
+        c["image"], "ghcr.io/ferrite-dev/ferrite:0.1.0",
+        "the one Ferrite image"
+    );
     assert_eq!(c["command"], json!(["/usr/local/bin/ferrite-ingress"]));
     assert_eq!(c["args"], json!(["controller"]));
     assert_eq!(c["securityContext"]["capabilities"], json!({"drop": ["ALL"]}));
