@@ -5,8 +5,9 @@
 //! - a real `prometheus` on 127.0.0.1 scrapes every controller through a static config built from the
 //!   chart's `prometheus.io/scrape|port|path` pod annotations, and a PromQL query over its HTTP API returns
 //!   each controller's metrics. The controllers run on the box as their chart ServiceAccounts (the chart is
-//!   installed with helm first); each "pod" gets its own loopback address (127.77.0.N) so every one listens
-//!   on the port its annotation names, as pods do.
+//!   installed with helm first), the ferrite-lb speaker too (on an excluded Node, so it never announces);
+//!   each "pod" gets its own loopback address (127.77.0.N) so every one listens on the port its annotation
+//!   names, as pods do.
 
 use anyhow::{Context, Result, bail};
 use ferrite_e2e::{
@@ -17,6 +18,8 @@ use ferrite_e2e::{
     process::free_port,
     wait,
 };
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::Value;
 use std::{
     collections::BTreeSet,
@@ -267,6 +270,32 @@ async fn start_pod(
     })
 }
 
+/// Creates Node `name` (Ready, InternalIP `ip`) labelled
+/// `node.kubernetes.io/exclude-from-external-load-balancers`, so no speaker on it is ever elected.
+async fn register_excluded_node(kb: &KubeBox, name: &str, ip: &str) -> Result<()> {
+    let api: Api<Node> = Api::all(kb.client().await);
+    let node: Node = serde_json::from_value(serde_json::json!({"metadata": {
+        "name": name,
+        "labels": {"node.kubernetes.io/exclude-from-external-load-balancers": "true"},
+    }}))?;
+    match api.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let status = serde_json::json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "scrape test node"}],
+    }});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    let labels = api.get(name).await?.metadata.labels.unwrap_or_default();
+    if !labels.contains_key("node.kubernetes.io/exclude-from-external-load-balancers") {
+        bail!("Node {name} exists without the exclude-from-external-load-balancers label: {labels:?}");
+    }
+    Ok(())
+}
+
 async fn query(prom: SocketAddr, promql: &str) -> Result<Vec<Value>> {
     let (code, body) = http_get(prom, &format!("/api/v1/query?query={promql}")).await?;
     if code != 200 {
@@ -378,6 +407,38 @@ async fn real_prometheus_scrapes_every_controller_by_the_chart_annotations() {
     )
     .await;
     pods.push(ingress.expect("ferrite-ingress starts"));
+    // The speaker, on a Node of its own that can never announce: it carries
+    // node.kubernetes.io/exclude-from-external-load-balancers (ineligible for every Service whatever the
+    // pools say) and this box has no IPPool, so the speaker sends no ARP/NDP on any interface. Its gossip
+    // binds to the pod's loopback address.
+    let speaker_node = "ferrite-scrape-speaker";
+    register_excluded_node(kb, speaker_node, "127.77.0.5")
+        .await
+        .expect("the speaker's Node");
+    let gossip_port = free_port().expect("port");
+    let speaker = start_pod(
+        kb,
+        &targets,
+        "DaemonSet/ferrite-lb-speaker",
+        5,
+        "ferrite-lb",
+        |admin, kc| {
+            vec![
+                "speaker".into(),
+                format!("--kubeconfig={}", kc.display()),
+                format!("--admin-addr={admin}"),
+                format!("--node-name={speaker_node}"),
+                format!("--gossip-bind={}", admin.ip()),
+                format!("--gossip-port={gossip_port}"),
+                "--namespace=ferrite-system".into(),
+                "--gossip-secret=ferrite-lb-gossip".into(),
+            ]
+        },
+        // Registered when its gossip starts; it sees itself.
+        "ferrite_lb_members",
+    )
+    .await;
+    pods.push(speaker.expect("ferrite-lb speaker starts"));
 
     // The kubernetes-pods job of a Prometheus, for these pods: one job per workload, the annotated port
     // and path.
@@ -476,6 +537,11 @@ async fn real_prometheus_scrapes_every_controller_by_the_chart_annotations() {
     for p in &mut pods {
         p.proc.stop(Duration::from_secs(5));
     }
+    let nodes: Api<Node> = Api::all(kb.client().await);
+    nodes
+        .delete(speaker_node, &Default::default())
+        .await
+        .expect("the speaker's Node is deleted");
 }
 
 /// Every query of every dashboard (charts/ferrite/dashboards/, copied to docs/dashboards/) is valid
