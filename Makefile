@@ -62,7 +62,7 @@ check-generated: deps
 	  || { echo "helm template charts/ferrite with defaults renders differently each time: the chart must be deterministic"; exit 1; }
 	$(HELM) lint --strict charts/ferrite
 	@# values.schema.json refuses wrong types and unknown keys (each of these must fail to render).
-	@for bad in dns.replicas=two dns.bogus=1 dsn.enabled=false dns.crds.enabled=yes certs.crds.bogus=1 loadbalancer.speaker.gossipKey=short loadbalancer.controller.replicas=0; do \
+	@for bad in dns.extraEnv[0].nme=A dns.replicas=two dns.bogus=1 dsn.enabled=false dns.crds.enabled=yes certs.crds.bogus=1 loadbalancer.speaker.gossipKey=short loadbalancer.controller.replicas=0; do \
 	  if $(HELM) template ferrite charts/ferrite --set $$bad >/dev/null 2>&1; then echo "values.schema.json accepted --set $$bad"; exit 1; fi; \
 	done
 

@@ -427,6 +427,56 @@ fn every_workload_is_scraped_on_its_admin_port() {
 }
 
 #[test]
+fn extra_env_is_added_to_every_workload_after_the_charts_own() {
+    let workloads = [
+        ("loadbalancer.controller", "Deployment", "ferrite-lb-controller"),
+        ("loadbalancer.speaker", "DaemonSet", "ferrite-lb-speaker"),
+        ("dns", "Deployment", "ferrite-dns"),
+        ("certs", "Deployment", "ferrite-certs"),
+        ("ingress", "Deployment", "ferrite-ingress"),
+    ];
+    let mut args: Vec<String> = vec![];
+    for (key, _, _) in workloads {
+        args.extend([
+            "--set".into(),
+            format!("{key}.extraEnv[0].name=HTTPS_PROXY"),
+            "--set-string".into(),
+            format!("{key}.extraEnv[0].value=http://proxy.example:3128"),
+            "--set".into(),
+            format!("{key}.extraEnv[1].name=NODE"),
+            "--set".into(),
+            format!("{key}.extraEnv[1].valueFrom.fieldRef.fieldPath=spec.nodeName"),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let docs = render(&args);
+    for (key, kind, name) in workloads {
+        let w = docs
+            .iter()
+            .filter_map(|d| d.value().ok())
+            .find(|v| v["kind"] == kind && v["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind}/{name} is rendered"));
+        let env = w["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind}/{name} has env"))
+            .clone();
+        let n = env.len();
+        assert!(n >= 3, "{key}: the chart's own env is kept: {env:?}");
+        assert_eq!(env[n - 2]["name"], "HTTPS_PROXY", "{key}: {env:?}");
+        assert_eq!(env[n - 2]["value"], "http://proxy.example:3128", "{key}");
+        assert_eq!(env[n - 1]["name"], "NODE", "{key}");
+        assert_eq!(
+            env[n - 1]["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName",
+            "{key}"
+        );
+    }
+    // An EnvVar with a misspelt field is refused by the schema, naming it.
+    let err = template(&["--set", "dns.extraEnv[0].nme=X"]).expect_err("the schema refuses it");
+    assert!(format!("{err:#}").contains("nme"), "{err:#}");
+}
+
+#[test]
 fn the_schema_refuses_bad_values_with_a_clear_message() {
     for (set, wants) in [
         ("dns.replicas=two", "replicas"),
