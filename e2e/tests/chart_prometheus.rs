@@ -357,8 +357,8 @@ async fn real_prometheus_scrapes_every_controller_by_the_chart_annotations() {
                 "--lease-name=ferrite-dns-scrape".into(),
             ]
         },
-        // ferrite-dns runs passes, not per-object reconciles: no ferrite_dns_reconcile_total (docs/dns.md).
-        "ferrite_dns_leader",
+        // ferrite-dns's reconciles: embedded-zone passes (kind ZoneSet) and RFC2136 zone syncs (DNSZone).
+        "ferrite_dns_reconcile_total",
     )
     .await;
     pods.push(dns.expect("ferrite-dns starts"));
@@ -435,7 +435,7 @@ async fn real_prometheus_scrapes_every_controller_by_the_chart_annotations() {
             ]
         },
         // Registered when its gossip starts; it sees itself.
-        "ferrite_lb_members",
+        "ferrite_lb_speaker_reconcile_total",
     )
     .await;
     pods.push(speaker.expect("ferrite-lb speaker starts"));

@@ -6,8 +6,8 @@ e2e/tests/chart_prometheus.rs; docs/observability.md "Alerts" explains each one.
 {{- define "ferrite.ruleGroups" -}}
 {{- $r := .Values.prometheus.rules -}}
 {{- $ingress := (.Values.ingress | default dict).enabled -}}
-{{- /* ferrite-dns runs passes over a snapshot, not per-object reconciles: it has no
-     ferrite_dns_reconcile_total (its failures are the provider alerts). ferrite-ingress counts its
+{{- /* ferrite-dns's reconciles are zone syncs and embedded-zone passes; its failures alert through
+     the provider alerts (ferrite_dns_provider_errors_total), not this group. ferrite-ingress counts its
      snapshot builds (kind Ingress) and status writes (kind IngressStatus) as reconciles. */ -}}
 {{- if or .Values.loadbalancer.enabled .Values.certs.enabled $ingress }}
 - name: ferrite-reconcile

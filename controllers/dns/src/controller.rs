@@ -277,6 +277,10 @@ struct Shared {
     leadership: Leadership,
     events: Events,
     metrics: Metrics,
+    /// `ferrite_dns_reconcile_*{kind="DNSZone"}`: one per RFC2136 zone sync (the leader's).
+    zone_reconciles: ferrite_kit::metrics::ReconcileMetrics,
+    /// `ferrite_dns_reconcile_*{kind="ZoneSet"}`: one per pass that rebuilt the embedded zones.
+    pass_reconciles: ferrite_kit::metrics::ReconcileMetrics,
     args: ControllerArgs,
     /// Event keys already published.
     emitted: Mutex<HashSet<(String, String)>>,
@@ -439,6 +443,8 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         leadership: app.leadership.clone(),
         events: app.events(REPORTER),
         metrics,
+        zone_reconciles: app.reconcile_metrics().for_kind("DNSZone"),
+        pass_reconciles: app.reconcile_metrics().for_kind("ZoneSet"),
         args: args.clone(),
         emitted: Mutex::new(HashSet::new()),
     });
@@ -700,6 +706,7 @@ impl Pass {
     /// One pass: the changes since the last one into the index, then only the zones they touched.
     /// `full`: every `DNSRecord`'s status is looked at (resync, new leader), not only the changed ones.
     async fn run(&mut self, full: bool) {
+        let pass_started = Instant::now();
         // Read before `pending` is taken: every object the flags account for is in it by then.
         let synced =
             self.synced.load(Ordering::SeqCst) && self.caught_up.iter().all(|c| c.load(Ordering::SeqCst));
@@ -912,8 +919,16 @@ impl Pass {
             tracing::error!(error = %e, "zone transfer settings not applied");
         }
         match ZoneSet::new(snapshots) {
-            Ok(set) => self.handle.swap(set),
-            Err(e) => tracing::error!(error = %e, "zone set not swapped"),
+            Ok(set) => {
+                self.handle.swap(set);
+                self.shared.pass_reconciles.success(pass_started.elapsed());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "zone set not swapped");
+                self.shared
+                    .pass_reconciles
+                    .error("ZoneSetInvalid", pass_started.elapsed());
+            }
         }
         for (key, s) in &self.served {
             let m = &self.shared.metrics;
@@ -1397,6 +1412,10 @@ async fn worker(shared: Arc<Shared>, key: String, mut rx: watch::Receiver<Option
             .sync_duration
             .with_label_values(&[&key])
             .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => shared.zone_reconciles.success(started.elapsed()),
+            Err(e) => shared.zone_reconciles.error(e.reason(), started.elapsed()),
+        }
         match result {
             Ok(_) => {
                 last_inputs = Some(inputs);

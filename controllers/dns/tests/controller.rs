@@ -778,6 +778,24 @@ async fn controller_end_to_end() {
     ] {
         assert!(metrics.contains(want), "{want} missing from /metrics:\n{metrics}");
     }
+    // The kit's reconcile series: the leader's RFC2136 syncs (one failed NotAuth above) and the passes
+    // that swapped the embedded zones, each counted above zero.
+    assert!(
+        metrics.contains("ferrite_dns_reconcile_errors_total{kind=\"DNSZone\",reason=\"NotAuth\"}"),
+        "the NotAuth sync is a DNSZone reconcile error:\n{metrics}"
+    );
+    for kind in ["DNSZone", "ZoneSet"] {
+        let series = format!("ferrite_dns_reconcile_total{{kind=\"{kind}\",result=\"success\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"));
+        assert!(
+            count > 0.0,
+            "{series}{count}: no successful {kind} reconcile counted"
+        );
+    }
 
     zones
         .delete("ctl-rfc", &DeleteParams::default())

@@ -299,8 +299,13 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
             tracing::info!("every watch listed: electing");
             let mut state = Announced::default();
             let mut fault_fired = false;
+            // `ferrite_lb_speaker_reconcile_*{kind="Announcement"}`: one per recompute of what this node
+            // announces (a step cannot fail: what it cannot do becomes an Event or a metric).
+            let reconciles = app.reconcile_metrics().for_kind("Announcement");
             loop {
+                let started = tokio::time::Instant::now();
                 speaker.step(&mut state);
+                reconciles.success(started.elapsed());
                 tokio::select! {
                     _ = app.shutdown.cancelled() => break None,
                     why = &mut gossip_stopped => break Some(why),
