@@ -35,10 +35,20 @@ pub mod annotations {
     pub const METALLB_ALLOW_SHARED_IP: &str = "metallb.io/allow-shared-ip";
     /// MetalLB's legacy sharing key; honored with a Warning Event.
     pub const METALLB_LEGACY_ALLOW_SHARED_IP: &str = "metallb.universe.tf/allow-shared-ip";
-    /// Written by the speaker that announces the Service's addresses: the node name. The election keeps
-    /// this node while it stays eligible (no flip-back).
+    /// Written by speakers before v1alpha1's `ServiceL2Status` existed (the announcing node's name). No
+    /// longer written; the controller removes it from Services it reconciles.
     pub const ANNOUNCING_NODE: &str = "lb.ferrite.dev/announcing-node";
+    /// Written by the allocator: the IPPool the Service's addresses come from (comma separated, in the
+    /// order of `status.loadBalancer.ingress`, when two families come from two pools).
+    pub const IP_ALLOCATED_FROM_POOL: &str = "lb.ferrite.dev/ip-allocated-from-pool";
+    /// MetalLB's spelling of [`IP_ALLOCATED_FROM_POOL`] (read by `import-metallb` only; never written).
+    pub const METALLB_IP_ALLOCATED_FROM_POOL: &str = "metallb.io/ip-allocated-from-pool";
 }
+
+/// Label on every [`ServiceL2Status`]: the name of the Service it describes.
+pub const SERVICE_NAME_LABEL: &str = "lb.ferrite.dev/service-name";
+/// Label on every [`ServiceL2Status`]: the node that announces.
+pub const NODE_LABEL: &str = "lb.ferrite.dev/node";
 
 /// A pool of addresses for `type: LoadBalancer` Services.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -151,6 +161,96 @@ pub struct IPPoolStatus {
     /// pool shares addresses with this one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Where and for which Services the addresses of some pools are announced on layer 2: MetalLB's
+/// `L2Advertisement`, cluster-scoped. A pool no advertisement selects (and without an inline `l2`
+/// block) is allocate-only: its addresses are handed out but never announced.
+///
+/// Every list criterion is ORed within itself (any item matching is enough) and an empty list matches
+/// everything; the criteria are ANDed with each other.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "lb.ferrite.dev",
+    version = "v1alpha1",
+    kind = "L2Advertisement",
+    plural = "l2advertisements",
+    shortname = "l2adv",
+    category = "ferrite",
+    status = "L2AdvertisementStatus",
+    printcolumn = r#"{"name":"Pools","type":"string","jsonPath":".spec.ipPools"}"#,
+    printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".spec.interfaces"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AdvertisementSpec {
+    /// Names of the IPPools announced (MetalLB's `ipAddressPools`). With `ipPoolSelectors` also empty:
+    /// every pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_pools: Vec<String>,
+
+    /// Labels of the IPPools announced (MetalLB's `ipAddressPoolSelectors`), ORed with `ipPools`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_pool_selectors: Vec<LabelSelector>,
+
+    /// Nodes that may announce (ORed). Empty: every node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_selectors: Vec<LabelSelector>,
+
+    /// Interfaces to answer on: exact names (`eth0`) or whole-name regular expressions written `/regex/`.
+    /// Empty: every eligible interface (MetalLB's default exclusions apply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+
+    /// Services announced (ORed; Ferrite's addition, MetalLB has none). Empty: every Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+}
+
+/// Observed state of an [`L2Advertisement`], written by the controller.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AdvertisementStatus {
+    /// `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (False with a reason such as `InvalidSelector`, `InvalidInterface` or `UnknownField` and
+    /// the offending entry in the message; True with `NoPools` in the message when it selects none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Who announces a Service's addresses: MetalLB's `ServiceL2Status`. One object per announced Service, in
+/// the Service's namespace, named like the Service, written by the speaker that announces it and deleted
+/// when it stops (owner reference: the Service, so deleting the Service removes it too).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "lb.ferrite.dev",
+    version = "v1alpha1",
+    kind = "ServiceL2Status",
+    plural = "servicel2statuses",
+    shortname = "l2status",
+    category = "ferrite",
+    namespaced,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses"}"#,
+    printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".spec.interfaces"}"#,
+    printcolumn = r#"{"name":"Since","type":"date","jsonPath":".spec.since"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceL2StatusSpec {
+    /// The node whose speaker answers ARP/NDP for the addresses.
+    pub node: String,
+    /// The Service's addresses this node announces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The interfaces it answers on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+    /// When this node started announcing (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 fn default_true() -> bool {

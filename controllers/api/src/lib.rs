@@ -7,7 +7,7 @@
 //!   certs     Certificate, Issuer, ClusterIssuer, Challenge (certs.ferrite.dev/v1alpha1), ingress-shim
 //!             annotations (+ cert-manager's keys), managed-Secret label and annotations
 //!   dns       DNSZone, DNSRecord (dns.ferrite.dev/v1alpha1), dns annotations (+ both external-dns prefixes)
-//!   lb        IPPool (lb.ferrite.dev/v1alpha1), lb annotations (+ MetalLB aliases)
+//!   lb        IPPool, L2Advertisement, ServiceL2Status (lb.ferrite.dev/v1alpha1), lb annotations (+ MetalLB aliases)
 //!   names     field managers, finalizers, condition types and reasons shared by all controllers
 //!   crds      the list of every CRD, used by `crdgen` to write crds/
 //! ```
@@ -25,6 +25,8 @@ use kube::CustomResourceExt;
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         lb::IPPool::crd(),
+        lb::L2Advertisement::crd(),
+        lb::ServiceL2Status::crd(),
         dns::DNSZone::crd(),
         dns::DNSRecord::crd(),
         certs::Certificate::crd(),
