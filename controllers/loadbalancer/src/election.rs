@@ -5,7 +5,12 @@
 //!   member::Membership::alive()          ├─> [NodeInfo]  ─┐
 //!   Service (status IPs, eTP, annotation ┘                 ├─> elect() ─> Some("node-b") | None
 //!     lb.ferrite.dev/announcing-node),                      │
-//!   EndpointSlices, IPPool.l2.nodeSelector ──> ServiceView ─┘
+//!   EndpointSlices, advertisements'          ──> ServiceView ─┘
+//!     nodeSelectors (L2Advertisement, IPPool.l2)
+//!
+//!   IPPool + L2Advertisements ──> pool_advertisements() ──> [Advertisement] of the pool
+//!     ──> announcing() (serviceSelectors) ──> node_selectors for the ServiceView,
+//!         interfaces_on(node) (the interface union) for the announcer
 //! ```
 //!
 //! Every speaker runs the same function over the same inputs and announces only if the result is its
@@ -28,23 +33,37 @@
 //!
 //! # Eligibility (the candidates that are ranked)
 //! As in MetalLB: a live speaker (gossip), not `NetworkUnavailable`, not labelled
-//! `node.kubernetes.io/exclude-from-external-load-balancers`, matching the pool's L2 `nodeSelector`,
-//! and with `externalTrafficPolicy: Local` hosting a serving endpoint of the Service. Also as in
+//! `node.kubernetes.io/exclude-from-external-load-balancers`, selected by the `nodeSelectors` of at
+//! least one advertisement that announces the Service (see below), and with `externalTrafficPolicy: Local` hosting a serving endpoint of the Service. Also as in
 //! MetalLB, a Service with no serving endpoint at all is announced by nobody.
 //!
 //! # Ferrite's rule: no flip-back
 //! MetalLB is stateless: when a higher-ranked node comes back the IP moves to it, which breaks every
 //! established TCP connection a second time (MetalLB #795). Ferrite keeps the IP on its current owner,
-//! taken from the Service annotation `lb.ferrite.dev/announcing-node` (written by the speaker that
-//! announces; passed in as [`ServiceView::current_owner`]), for as long as that node stays eligible.
-//! Only when the owner becomes ineligible (speaker dead, node drained of endpoints, excluded...) does
-//! the ranking pick a new one. If the annotation is missing or names an unknown node, the ranking
-//! decides, exactly as MetalLB would.
+//! taken from the Service's `ServiceL2Status` (`spec.node`, written by the speaker that announces;
+//! passed in as [`ServiceView::current_owner`]), for as long as that node stays eligible. Only when the
+//! owner becomes ineligible (speaker dead, node drained of endpoints, excluded...) does the ranking
+//! pick a new one. If there is no ServiceL2Status or it names an unknown node, the ranking decides,
+//! exactly as MetalLB would.
+//!
+//! # Advertisements (MetalLB's L2Advertisement)
+//! A pool's addresses are announced by every `L2Advertisement` that selects the pool (`ipPools` names
+//! OR `ipPoolSelectors`; both empty = every pool) and by the pool's inline `spec.l2` block when present
+//! (one more advertisement of that pool, with no `serviceSelectors`). A pool selected by neither is
+//! allocate-only: nobody announces it ([`pool_advertisements`] returns nothing).
+//!
+//! For a Service, the advertisements that announce it are those of its pool whose `serviceSelectors`
+//! (ORed; empty = all) match the Service ([`announcing`]; for Services sharing an address, any Service
+//! of the group). A node may announce it iff it matches one of the `nodeSelectors` (ORed; empty = all)
+//! of at least one of them ([`ServiceView::node_selectors`]), and it answers on the union of their
+//! `interfaces` that select it; one such advertisement with no `interfaces` means every eligible
+//! interface ([`interfaces_on`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
+use ferrite_api::lb::{IPPool, L2Advertisement};
 use ferrite_kit::selector::{self, SelectorError};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use sha2::{Digest, Sha256};
@@ -79,10 +98,12 @@ pub struct ServiceView {
     /// At least one serving endpoint exists, including endpoints with no `nodeName` (selector-less
     /// Services with hand-written EndpointSlices). `false` means nobody announces.
     pub has_serving_endpoint: bool,
-    /// Node named by the `lb.ferrite.dev/announcing-node` annotation, if any.
+    /// Node named by the Service's `ServiceL2Status` (`spec.node`), if any.
     pub current_owner: Option<String>,
-    /// `IPPool.spec.l2.nodeSelector` of the pool the IPs come from; `None` selects every node.
-    pub pool_node_selector: Option<LabelSelector>,
+    /// The `nodeSelectors` of every advertisement that announces the Service, one list per
+    /// advertisement (an empty list selects every node). A node must match one selector of one
+    /// advertisement; no advertisement at all (an allocate-only pool) selects no node.
+    pub node_selectors: Vec<Vec<LabelSelector>>,
 }
 
 /// Why a node may not announce a Service. The `reason()` strings are stable (logs, Events).
@@ -96,7 +117,7 @@ pub enum Ineligible {
     NetworkUnavailable,
     /// The node carries `node.kubernetes.io/exclude-from-external-load-balancers`.
     ExcludedByLabel,
-    /// The node does not match the pool's `l2.nodeSelector`.
+    /// The node matches the `nodeSelectors` of no advertisement that announces the Service.
     NodeSelector,
     /// `externalTrafficPolicy: Local` and no serving endpoint on this node.
     NoLocalEndpoint,
@@ -140,15 +161,31 @@ pub fn ranking<'a>(ip: IpAddr, nodes: impl IntoIterator<Item = &'a str>) -> Vec<
     keyed.into_iter().map(|(_, n)| n.to_owned()).collect()
 }
 
+/// Whether a node with `labels` matches one selector of one of `advertisements` (each a list of
+/// `nodeSelectors`, empty = every node). Every selector is evaluated, so an invalid one is an error
+/// whatever the labels.
+pub fn node_selected(
+    advertisements: &[Vec<LabelSelector>],
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, SelectorError> {
+    let mut selected = false;
+    for selectors in advertisements {
+        if selectors.is_empty() {
+            selected = true;
+        }
+        for sel in selectors {
+            selected |= selector::matches(sel, labels)?;
+        }
+    }
+    Ok(selected)
+}
+
 /// Why `node` may not announce `svc`, or `None` when it may.
 ///
-/// The pool's node selector is evaluated first so that an invalid selector is reported whatever the
-/// state of the node.
+/// The advertisements' node selectors are evaluated first so that an invalid selector is reported
+/// whatever the state of the node.
 pub fn ineligibility(node: &NodeInfo, svc: &ServiceView) -> Result<Option<Ineligible>, SelectorError> {
-    let selected = match &svc.pool_node_selector {
-        Some(sel) => selector::matches(sel, &node.labels)?,
-        None => true,
-    };
+    let selected = node_selected(&svc.node_selectors, &node.labels)?;
     let reason = if !svc.has_serving_endpoint {
         Some(Ineligible::NoServingEndpoint)
     } else if !node.speaker_alive {
@@ -175,7 +212,7 @@ pub fn eligible(node: &NodeInfo, svc: &ServiceView) -> Result<bool, SelectorErro
 
 /// The node that announces every IP of `svc`: the current owner while it stays eligible (no
 /// flip-back), otherwise the best-ranked eligible node for the Service's first IP. `None` when the
-/// Service has no IP or no node is eligible. An invalid pool node selector is an error.
+/// Service has no IP or no node is eligible. An invalid node selector is an error.
 pub fn elect(svc: &ServiceView, nodes: &[NodeInfo]) -> Result<Option<String>, SelectorError> {
     let Some(&first_ip) = svc.ips.first() else {
         return Ok(None);
@@ -192,6 +229,202 @@ pub fn elect(svc: &ServiceView, nodes: &[NodeInfo]) -> Result<Option<String>, Se
         return Ok(Some(owner.to_owned()));
     }
     Ok(ranking(first_ip, candidates).into_iter().next())
+}
+
+/// Where an [`Advertisement`] comes from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AdvertisementSource {
+    /// An `L2Advertisement` object (its name).
+    L2Advertisement(String),
+    /// The inline `spec.l2` block of the IPPool (its name).
+    InlineL2(String),
+}
+
+impl fmt::Display for AdvertisementSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::L2Advertisement(n) => write!(f, "L2Advertisement {n}"),
+            Self::InlineL2(n) => write!(f, "IPPool {n} (spec.l2)"),
+        }
+    }
+}
+
+/// One advertisement of a pool's addresses: an `L2Advertisement` that selects the pool, or the pool's
+/// inline `l2` block. Its selectors have been validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Advertisement {
+    /// Where it comes from (logs, Events).
+    pub source: AdvertisementSource,
+    /// Nodes that may announce (ORed); empty = every node.
+    pub node_selectors: Vec<LabelSelector>,
+    /// Services announced (ORed); empty = every Service.
+    pub service_selectors: Vec<LabelSelector>,
+    /// Interface names and `/regex/` patterns; empty = every eligible interface.
+    pub interfaces: Vec<String>,
+}
+
+/// Why an advertisement cannot be used. It is then ignored (as if it did not exist) and reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdvertisementError {
+    /// The advertisement at fault.
+    pub source: AdvertisementSource,
+    /// Which field and what is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for AdvertisementError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.message)
+    }
+}
+
+fn validate_all(field: &str, sels: &[LabelSelector]) -> Result<(), String> {
+    for (i, sel) in sels.iter().enumerate() {
+        selector::validate(sel).map_err(|e| format!("{field}[{i}]: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Parses an `L2Advertisement` once: its selectors and interface patterns checked; the error names
+/// the field.
+pub fn parse_advertisement(ad: &L2Advertisement) -> Result<ParsedAdvertisement, AdvertisementError> {
+    let name = ad.metadata.name.clone().unwrap_or_default();
+    let source = AdvertisementSource::L2Advertisement(name);
+    let spec = &ad.spec;
+    let check = || -> Result<(), String> {
+        validate_all("ipPoolSelectors", &spec.ip_pool_selectors)?;
+        validate_all("nodeSelectors", &spec.node_selectors)?;
+        validate_all("serviceSelectors", &spec.service_selectors)?;
+        crate::l2::InterfaceFilter::new(spec.interfaces.iter())
+            .map_err(|e| format!("interfaces: {e}"))?;
+        Ok(())
+    };
+    check().map_err(|message| AdvertisementError {
+        source: source.clone(),
+        message,
+    })?;
+    Ok(ParsedAdvertisement {
+        ip_pools: spec.ip_pools.clone(),
+        ip_pool_selectors: spec.ip_pool_selectors.clone(),
+        advertisement: Advertisement {
+            source,
+            node_selectors: spec.node_selectors.clone(),
+            service_selectors: spec.service_selectors.clone(),
+            interfaces: spec.interfaces.clone(),
+        },
+    })
+}
+
+/// A valid `L2Advertisement`: which pools it selects and what it does for them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedAdvertisement {
+    /// `spec.ipPools`.
+    pub ip_pools: Vec<String>,
+    /// `spec.ipPoolSelectors` (validated).
+    pub ip_pool_selectors: Vec<LabelSelector>,
+    /// The rest of it.
+    pub advertisement: Advertisement,
+}
+
+impl ParsedAdvertisement {
+    /// Selects the pool `name` with `labels`: named in `ipPools`, or matching one of
+    /// `ipPoolSelectors`, or both lists empty (every pool).
+    pub fn selects_pool(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        (self.ip_pools.is_empty() && self.ip_pool_selectors.is_empty())
+            || self.ip_pools.iter().any(|p| p == name)
+            || self
+                .ip_pool_selectors
+                .iter()
+                .any(|s| selector::matches(s, labels).unwrap_or(false))
+    }
+}
+
+/// The pool's inline `spec.l2` as an advertisement (`None` without the block), or why it is invalid.
+pub fn inline_advertisement(pool: &IPPool) -> Option<Result<Advertisement, AdvertisementError>> {
+    let l2 = pool.spec.l2.as_ref()?;
+    let source = AdvertisementSource::InlineL2(pool.metadata.name.clone().unwrap_or_default());
+    let check = || -> Result<(), String> {
+        if let Some(sel) = &l2.node_selector {
+            selector::validate(sel).map_err(|e| format!("l2.nodeSelector: {e}"))?;
+        }
+        crate::l2::InterfaceFilter::new(l2.interfaces.iter())
+            .map_err(|e| format!("l2.interfaces: {e}"))?;
+        Ok(())
+    };
+    Some(
+        check()
+            .map(|()| Advertisement {
+                source: source.clone(),
+                node_selectors: l2.node_selector.iter().cloned().collect(),
+                service_selectors: vec![],
+                interfaces: l2.interfaces.clone(),
+            })
+            .map_err(|message| AdvertisementError { source, message }),
+    )
+}
+
+/// Every advertisement of `pool`: the valid `advertisements` that select it, then its inline `l2`
+/// (when present and valid). Empty: the pool is allocate-only. An invalid inline block is returned as
+/// the error (and left out).
+pub fn pool_advertisements(
+    pool: &IPPool,
+    advertisements: &[ParsedAdvertisement],
+) -> (Vec<Advertisement>, Option<AdvertisementError>) {
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let labels = pool.metadata.labels.as_ref().unwrap_or(&empty);
+    let mut out: Vec<Advertisement> = advertisements
+        .iter()
+        .filter(|a| a.selects_pool(name, labels))
+        .map(|a| a.advertisement.clone())
+        .collect();
+    let mut error = None;
+    match inline_advertisement(pool) {
+        Some(Ok(a)) => out.push(a),
+        Some(Err(e)) => error = Some(e),
+        None => {}
+    }
+    (out, error)
+}
+
+/// The advertisements of `ads` that announce a Service with one of `service_labels` (Services
+/// sharing an address are announced together: one matching Service is enough). `serviceSelectors`
+/// are ORed; an empty list matches every Service.
+pub fn announcing<'a>(
+    ads: &'a [Advertisement],
+    service_labels: &[&BTreeMap<String, String>],
+) -> Vec<&'a Advertisement> {
+    ads.iter()
+        .filter(|a| {
+            a.service_selectors.is_empty()
+                || a.service_selectors.iter().any(|s| {
+                    service_labels
+                        .iter()
+                        .any(|l| selector::matches(s, l).unwrap_or(false))
+                })
+        })
+        .collect()
+}
+
+/// The interfaces a node with `node_labels` answers on for a Service announced by `ads` (from
+/// [`announcing`]): the union of the `interfaces` of the advertisements whose `nodeSelectors` select
+/// it. `None`: none selects the node. `Some(vec![])`: every eligible interface (one selecting
+/// advertisement names none).
+pub fn interfaces_on(ads: &[&Advertisement], node_labels: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    let mut union: BTreeSet<String> = BTreeSet::new();
+    let mut selected = false;
+    for a in ads {
+        let on_node = node_selected(std::slice::from_ref(&a.node_selectors), node_labels).unwrap_or(false);
+        if !on_node {
+            continue;
+        }
+        if a.interfaces.is_empty() {
+            return Some(vec![]);
+        }
+        selected = true;
+        union.extend(a.interfaces.iter().cloned());
+    }
+    selected.then(|| union.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -274,7 +507,7 @@ mod tests {
             ready_endpoint_nodes: BTreeSet::from(["node-a".to_string()]),
             has_serving_endpoint: true,
             current_owner: None,
-            pool_node_selector: None,
+            node_selectors: vec![vec![]],
         }
     }
 
@@ -424,7 +657,7 @@ mod tests {
             Case {
                 name: "pool nodeSelector",
                 svc: ServiceView {
-                    pool_node_selector: Some(zone_selector("a")),
+                    node_selectors: vec![vec![zone_selector("a")]],
                     ..svc(&v4)
                 },
                 nodes: vec![
@@ -438,7 +671,7 @@ mod tests {
             Case {
                 name: "pool nodeSelector excludes the owner",
                 svc: ServiceView {
-                    pool_node_selector: Some(zone_selector("b")),
+                    node_selectors: vec![vec![zone_selector("b")]],
                     current_owner: Some("node-a".into()),
                     ..svc(&v4)
                 },
@@ -515,7 +748,7 @@ mod tests {
     fn ineligibility_reasons() {
         let s = ServiceView {
             local_traffic_policy: true,
-            pool_node_selector: Some(zone_selector("a")),
+            node_selectors: vec![vec![zone_selector("a")]],
             ..svc(&["192.0.2.10"])
         };
         let ok = with_zone(node("node-a"), "a");
@@ -580,16 +813,233 @@ mod tests {
     #[test]
     fn invalid_selector_is_an_error() {
         let s = ServiceView {
-            pool_node_selector: Some(LabelSelector {
+            node_selectors: vec![vec![LabelSelector {
                 match_labels: None,
                 match_expressions: Some(vec![LabelSelectorRequirement {
                     key: "zone".into(),
                     operator: "Sometimes".into(),
                     values: None,
                 }]),
-            }),
+            }]],
             ..svc(&["192.0.2.10"])
         };
         assert!(elect(&s, &[node("node-a")]).is_err());
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn sel(kv: &[(&str, &str)]) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(labels(kv)),
+            match_expressions: None,
+        }
+    }
+
+    fn l2adv(name: &str, spec: serde_json::Value) -> L2Advertisement {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "L2Advertisement",
+            "metadata": {"name": name}, "spec": spec}))
+        .expect("L2Advertisement")
+    }
+
+    fn pool(name: &str, pool_labels: serde_json::Value, l2: Option<serde_json::Value>) -> IPPool {
+        let mut spec = serde_json::json!({"addresses": ["192.0.2.0/28"]});
+        if let Some(l2) = l2 {
+            spec["l2"] = l2;
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
+            "metadata": {"name": name, "labels": pool_labels}, "spec": spec}))
+        .expect("IPPool")
+    }
+
+    fn sources(ads: &[Advertisement]) -> Vec<String> {
+        ads.iter().map(|a| a.source.to_string()).collect()
+    }
+
+    #[test]
+    fn which_advertisements_announce_a_pool() {
+        let ads: Vec<ParsedAdvertisement> = [
+            l2adv("all", serde_json::json!({})),
+            l2adv("by-name", serde_json::json!({"ipPools": ["lan"]})),
+            l2adv("by-label", serde_json::json!({"ipPoolSelectors": [{"matchLabels": {"tier": "edge"}}]})),
+            l2adv(
+                "name-or-label",
+                serde_json::json!({"ipPools": ["other"], "ipPoolSelectors": [{"matchLabels": {"tier": "core"}}]}),
+            ),
+        ]
+        .iter()
+        .map(|a| parse_advertisement(a).expect("valid"))
+        .collect();
+        let only = |names: &[&str]| -> Vec<ParsedAdvertisement> {
+            ads.iter()
+                .filter(|a| names.contains(&a.advertisement.source.to_string().trim_start_matches("L2Advertisement ")))
+                .cloned()
+                .collect()
+        };
+        let cases: Vec<(&str, IPPool, Vec<ParsedAdvertisement>, Vec<&str>)> = vec![
+            (
+                "no advertisement, no l2: allocate-only",
+                pool("lan", serde_json::json!({}), None),
+                vec![],
+                vec![],
+            ),
+            (
+                "advertisements that select other pools only: allocate-only",
+                pool("dmz", serde_json::json!({"tier": "x"}), None),
+                only(&["by-name", "by-label", "name-or-label"]),
+                vec![],
+            ),
+            (
+                "inline l2: {} alone",
+                pool("lan", serde_json::json!({}), Some(serde_json::json!({}))),
+                vec![],
+                vec!["IPPool lan (spec.l2)"],
+            ),
+            (
+                "empty ipPools and ipPoolSelectors select every pool; by name; inline last",
+                pool("lan", serde_json::json!({}), Some(serde_json::json!({"interfaces": ["eth0"]}))),
+                ads.clone(),
+                vec!["L2Advertisement all", "L2Advertisement by-name", "IPPool lan (spec.l2)"],
+            ),
+            (
+                "by label; ipPools and ipPoolSelectors ORed",
+                pool("edge", serde_json::json!({"tier": "core"}), None),
+                ads.clone(),
+                vec!["L2Advertisement all", "L2Advertisement name-or-label"],
+            ),
+            (
+                "by label",
+                pool("edge", serde_json::json!({"tier": "edge"}), None),
+                ads.clone(),
+                vec!["L2Advertisement all", "L2Advertisement by-label"],
+            ),
+        ];
+        for (name, p, ads, want) in cases {
+            let (got, err) = pool_advertisements(&p, &ads);
+            assert_eq!(err, None, "{name}");
+            assert_eq!(sources(&got), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn invalid_advertisements_are_refused_naming_the_field() {
+        let bad_selector = serde_json::json!([{"matchExpressions": [{"key": "k", "operator": "Sometimes"}]}]);
+        for (spec, field) in [
+            (serde_json::json!({"nodeSelectors": bad_selector}), "nodeSelectors[0]"),
+            (serde_json::json!({"serviceSelectors": bad_selector}), "serviceSelectors[0]"),
+            (serde_json::json!({"ipPoolSelectors": bad_selector}), "ipPoolSelectors[0]"),
+            (serde_json::json!({"interfaces": ["/eth[/"]}), "interfaces"),
+        ] {
+            let e = parse_advertisement(&l2adv("bad", spec)).expect_err(field);
+            assert!(e.to_string().starts_with(&format!("L2Advertisement bad: {field}")), "{e}");
+        }
+        let p = pool("lan", serde_json::json!({}), Some(serde_json::json!({"interfaces": ["eth 0"]})));
+        let (ads, err) = pool_advertisements(&p, &[]);
+        assert!(ads.is_empty());
+        let err = err.expect("inline error").to_string();
+        assert!(err.starts_with("IPPool lan (spec.l2): l2.interfaces"), "{err}");
+    }
+
+    fn ad(name: &str, nodes: Vec<LabelSelector>, services: Vec<LabelSelector>, ifaces: &[&str]) -> Advertisement {
+        Advertisement {
+            source: AdvertisementSource::L2Advertisement(name.into()),
+            node_selectors: nodes,
+            service_selectors: services,
+            interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn service_selectors_node_selectors_and_the_interface_union() {
+        let ads = vec![
+            ad("web-a", vec![sel(&[("zone", "a")])], vec![sel(&[("app", "web")])], &["eth0"]),
+            ad(
+                "web-b-or-c",
+                vec![sel(&[("zone", "b")]), sel(&[("zone", "c")])],
+                vec![sel(&[("app", "web")])],
+                &["/bond[0-9]/"],
+            ),
+            ad("db-anywhere", vec![], vec![sel(&[("app", "db")]), sel(&[("app", "cache")])], &["eth1"]),
+            ad("web-a-second", vec![sel(&[("zone", "a")])], vec![sel(&[("app", "web")])], &["eth2", "eth0"]),
+        ];
+        let web = labels(&[("app", "web")]);
+        let db = labels(&[("app", "db")]);
+        let cache = labels(&[("app", "cache")]);
+        let other = labels(&[("app", "other")]);
+        let names = |v: Vec<&Advertisement>| v.iter().map(|a| a.source.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(announcing(&ads, &[&web])),
+            ["L2Advertisement web-a", "L2Advertisement web-b-or-c", "L2Advertisement web-a-second"]
+        );
+        assert_eq!(names(announcing(&ads, &[&cache])), ["L2Advertisement db-anywhere"]);
+        assert!(announcing(&ads, &[&other]).is_empty(), "no serviceSelector matches");
+        assert_eq!(
+            names(announcing(&ads, &[&other, &db])),
+            ["L2Advertisement db-anywhere"],
+            "one Service of a shared address is enough"
+        );
+
+        let for_web = announcing(&ads, &[&web]);
+        let node_selectors: Vec<Vec<LabelSelector>> = for_web.iter().map(|a| a.node_selectors.clone()).collect();
+        let table: Vec<(&str, BTreeMap<String, String>, bool, Option<Vec<&str>>)> = vec![
+            ("zone a: union of two advertisements", labels(&[("zone", "a")]), true, Some(vec!["eth0", "eth2"])),
+            ("zone c: second selector of an advertisement (ORed)", labels(&[("zone", "c")]), true, Some(vec!["/bond[0-9]/"])),
+            ("zone d: no advertisement selects it", labels(&[("zone", "d")]), false, None),
+        ];
+        for (name, l, selected, ifaces) in table {
+            assert_eq!(node_selected(&node_selectors, &l).unwrap(), selected, "{name}");
+            assert_eq!(
+                interfaces_on(&for_web, &l),
+                ifaces.map(|v| v.iter().map(|s| s.to_string()).collect()),
+                "{name}"
+            );
+        }
+        // An advertisement with no interfaces that selects the node: every eligible interface.
+        let mut with_all = ads.clone();
+        with_all.push(ad("web-everywhere", vec![], vec![], &[]));
+        let for_web = announcing(&with_all, &[&web]);
+        assert_eq!(interfaces_on(&for_web, &labels(&[("zone", "a")])), Some(vec![]));
+        // No advertisement at all selects no node.
+        assert!(!node_selected(&[], &labels(&[("zone", "a")])).unwrap());
+    }
+
+    #[test]
+    fn elect_ors_the_node_selectors_of_every_advertisement() {
+        // 192.0.2.10 ranks node-d, node-c, node-b, node-a.
+        let nodes = vec![
+            with_zone(node("node-a"), "a"),
+            with_zone(node("node-b"), "b"),
+            with_zone(node("node-c"), "c"),
+            with_zone(node("node-d"), "d"),
+        ];
+        let table: Vec<(&str, Vec<Vec<LabelSelector>>, Option<&str>)> = vec![
+            ("one advertisement, zone a", vec![vec![zone_selector("a")]], Some("node-a")),
+            (
+                "two advertisements (a) and (b): both zones eligible",
+                vec![vec![zone_selector("a")], vec![zone_selector("b")]],
+                Some("node-b"),
+            ),
+            (
+                "one advertisement with two selectors (a or c)",
+                vec![vec![zone_selector("a"), zone_selector("c")]],
+                Some("node-c"),
+            ),
+            (
+                "one advertisement for every node wins over a narrow one",
+                vec![vec![zone_selector("a")], vec![]],
+                Some("node-d"),
+            ),
+            ("no advertisement: allocate-only, nobody", vec![], None),
+        ];
+        for (name, node_selectors, want) in table {
+            let s = ServiceView {
+                node_selectors,
+                ..svc(&["192.0.2.10"])
+            };
+            assert_eq!(elect(&s, &nodes).unwrap().as_deref(), want, "{name}");
+        }
     }
 }

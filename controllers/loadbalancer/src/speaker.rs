@@ -41,14 +41,14 @@
 
 use crate::{
     addr::PoolAddresses,
-    election::{self, NodeInfo, ServiceView},
+    election::{self, Advertisement, NodeInfo, ServiceView},
     l2::{Announcer, InterfaceFilter},
     member::{MemberConfig, Membership},
     service::{self, ClassPolicy},
 };
 use anyhow::Context as _;
 use ferrite_api::{
-    lb::{IPPool, annotations::ANNOUNCING_NODE},
+    lb::{IPPool, L2Advertisement, annotations::ANNOUNCING_NODE},
     names,
 };
 use ferrite_kit::{
@@ -62,12 +62,9 @@ use ferrite_kit::{
     },
 };
 use futures::StreamExt;
-use k8s_openapi::{
-    api::{
-        coordination::v1::Lease,
-        core::v1::{Node, ObjectReference, Secret, Service},
-    },
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, ObjectReference, Secret, Service},
 };
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::{
@@ -217,6 +214,12 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     let services = watch_store::<Service>(&app, Api::all(client.clone()), "services", wake.clone());
     let nodes = watch_store::<Node>(&app, nodes_api, "nodes", wake.clone());
     let pools = watch_store::<IPPool>(&app, Api::all(client.clone()), "ippools", wake.clone());
+    let advertisements = watch_store::<L2Advertisement>(
+        &app,
+        Api::all(client.clone()),
+        "l2advertisements",
+        wake.clone(),
+    );
     let node_leases = watch_store::<Lease>(
         &app,
         Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
@@ -263,6 +266,7 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         services,
         nodes,
         pools,
+        advertisements,
         node_leases,
         slices,
         gossip_port: args.gossip_port,
@@ -285,6 +289,7 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     let synced = async {
         ferrite_kit::admin::wait_synced(&speaker.services).await
             && ferrite_kit::admin::wait_synced(&speaker.pools).await
+            && ferrite_kit::admin::wait_synced(&speaker.advertisements).await
             && ferrite_kit::admin::wait_synced(&speaker.nodes).await
             && ferrite_kit::admin::wait_synced(&speaker.slices).await
             && ferrite_kit::admin::wait_synced(&speaker.node_leases).await
@@ -389,6 +394,7 @@ struct Speaker {
     services: Store<Service>,
     nodes: Store<Node>,
     pools: Store<IPPool>,
+    advertisements: Store<L2Advertisement>,
     node_leases: Store<Lease>,
     slices: Store<DynamicObject>,
     gossip_port: u16,
@@ -407,6 +413,8 @@ struct Announced {
     ever_seen: BTreeSet<String>,
     /// (namespace, name, address) outside every pool that a Warning Event was queued for.
     warned_out_of_pool: BTreeSet<(String, String, IpAddr)>,
+    /// Advertisement errors already logged and reported (their text), while they persist.
+    warned_advertisements: BTreeSet<String>,
     /// The startup grace has ended (logged once).
     grace_over: bool,
 }
@@ -439,11 +447,10 @@ fn node_healthy(node: &Node, lease: Option<&Lease>, now: jiff::Timestamp) -> boo
 /// How often a speaker may re-record itself as a Service's announcer.
 const CLAIM_INTERVAL: Duration = Duration::from_secs(30);
 
-/// A parsed pool: its addresses and layer-2 settings, or why its addresses are not announced.
+/// A parsed pool: its addresses and its advertisements (none: allocate-only).
 struct PoolL2 {
-    name: String,
     addresses: PoolAddresses,
-    l2: Result<(InterfaceFilter, Option<LabelSelector>), String>,
+    advertisements: Vec<Advertisement>,
 }
 
 /// One address (or one set of addresses) and the Services that use it. Services sharing an address
@@ -454,24 +461,35 @@ struct Group {
 }
 
 impl Speaker {
-    fn pools(&self) -> Vec<PoolL2> {
-        self.pools
+    /// Every parsable pool with its advertisements, and the advertisements that cannot be used (with
+    /// the object to report them on).
+    fn pools(&self) -> (Vec<PoolL2>, Vec<(ObjectReference, election::AdvertisementError)>) {
+        let mut errors = Vec::new();
+        let mut parsed = Vec::new();
+        for a in self.advertisements.state() {
+            match election::parse_advertisement(&a) {
+                Ok(p) => parsed.push(p),
+                Err(e) => errors.push((a.object_ref(&()), e)),
+            }
+        }
+        let pools = self
+            .pools
             .state()
             .iter()
             .filter_map(|p| {
                 // The allocator reports an unparsable pool in its status; it hands out nothing from it.
                 let addresses = PoolAddresses::parse(&p.spec.addresses).ok()?;
-                let l2 = p.spec.l2.clone().unwrap_or_default();
-                let l2 = InterfaceFilter::new(l2.interfaces.iter())
-                    .map(|f| (f, l2.node_selector.clone()))
-                    .map_err(|e| e.to_string());
+                let (advertisements, error) = election::pool_advertisements(p, &parsed);
+                if let Some(e) = error {
+                    errors.push((p.object_ref(&()), e));
+                }
                 Some(PoolL2 {
-                    name: p.name_any(),
                     addresses,
-                    l2,
+                    advertisements,
                 })
             })
-            .collect()
+            .collect();
+        (pools, errors)
     }
 
     /// One election round: pure computation, the announcer set, writes queued. Never awaits.
@@ -492,7 +510,13 @@ impl Speaker {
         prev.ever_seen.extend(alive.iter().cloned());
         let node_objs = self.nodes.state();
         let nodes: Vec<NodeInfo> = node_objs.iter().map(|n| node_info(n, &alive)).collect();
-        let pools = self.pools();
+        let (pools, ad_errors) = self.pools();
+        self.report_advertisement_errors(&ad_errors, &alive, prev);
+        let my_labels = node_objs
+            .iter()
+            .find(|n| n.name_any() == self.me)
+            .map(|n| n.labels().clone())
+            .unwrap_or_default();
         let mut slices_by_service: BTreeMap<(String, String), Vec<Slice>> = BTreeMap::new();
         for obj in self.slices.state() {
             let s = Slice::from_dynamic(&obj);
@@ -555,21 +579,21 @@ impl Speaker {
             if !outside.is_empty() && !converging {
                 self.report_out_of_pool(group, &outside, &alive, &node_objs, prev, &mut out_of_pool_now);
             }
-            // The pool of the first announced address decides the node selector, as its first address
-            // decides the ranking.
+            // The pool of the first announced address decides the advertisements (and so the node
+            // selectors), as its first address decides the ranking.
             let Some(pool) = in_pool
                 .first()
                 .and_then(|ip| pools.iter().find(|p| p.addresses.contains(*ip)))
             else {
                 continue;
             };
-            let node_selector = match &pool.l2 {
-                Ok((_, sel)) => sel.clone(),
-                Err(e) => {
-                    tracing::warn!(pool = %pool.name, error = %e, ip = %first, "IPPool l2 is invalid; not announcing its addresses");
-                    continue;
-                }
-            };
+            let service_labels: Vec<&BTreeMap<String, String>> =
+                group.services.iter().map(|s| s.labels()).collect();
+            let announcing = election::announcing(&pool.advertisements, &service_labels);
+            if announcing.is_empty() {
+                // Allocate-only pool, or no advertisement's serviceSelectors match: nobody announces.
+                continue;
+            }
             let slices: Vec<&Slice> = group
                 .services
                 .iter()
@@ -594,7 +618,7 @@ impl Speaker {
                     .services
                     .iter()
                     .find_map(|s| s.annotations().get(ANNOUNCING_NODE).cloned()),
-                pool_node_selector: node_selector,
+                node_selectors: announcing.iter().map(|a| a.node_selectors.clone()).collect(),
             };
             // Fallback liveness for the recorded owner when gossip cannot tell: a node this speaker has
             // never seen in gossip (UDP blocked between some nodes, or we just restarted) keeps its
@@ -633,19 +657,21 @@ impl Speaker {
                         && (!converging || view.current_owner.as_deref() == Some(&self.me)) =>
                 {
                     for ip in &in_pool {
-                        // Each address on the interfaces its own pool allows.
-                        let filter = pools
-                            .iter()
-                            .find(|p| p.addresses.contains(*ip))
-                            .and_then(|p| p.l2.as_ref().ok())
-                            .map(|(f, _)| f.clone());
-                        match filter {
-                            Some(f) => {
+                        // Each address on the interfaces its own pool's advertisements give this node.
+                        let Some(p) = pools.iter().find(|p| p.addresses.contains(*ip)) else {
+                            continue;
+                        };
+                        let ads = election::announcing(&p.advertisements, &service_labels);
+                        let Some(patterns) = election::interfaces_on(&ads, &my_labels) else {
+                            continue;
+                        };
+                        // Validated with the advertisement; a failure here cannot happen, but would
+                        // only leave the address unannounced.
+                        match InterfaceFilter::new(patterns) {
+                            Ok(f) => {
                                 desired.insert(*ip, f);
                             }
-                            None => {
-                                tracing::warn!(ip = %ip, "IPPool l2 is invalid; not announcing this address")
-                            }
+                            Err(e) => tracing::warn!(%ip, error = %e, "interfaces invalid; not announcing"),
                         }
                     }
                     for svc in &group.services {
@@ -663,7 +689,7 @@ impl Speaker {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(ip = %first, error = %e, "IPPool l2.nodeSelector is invalid"),
+                Err(e) => tracing::warn!(ip = %first, error = %e, "an advertisement's nodeSelector is invalid"),
             }
         }
         self.announcer.set(desired);
@@ -732,6 +758,38 @@ impl Speaker {
         }
         prev.claimed.retain(|k, _| mine.contains_key(k));
         prev.services = mine.into_iter().map(|(k, (_, ips))| (k, ips)).collect();
+    }
+
+    /// Logs each advertisement that cannot be used once (while it stays broken) and queues one Warning
+    /// Event `InvalidAdvertisement` on it, from one speaker only (the first live node by name): the
+    /// error is the object's, not the node's.
+    fn report_advertisement_errors(
+        &self,
+        errors: &[(ObjectReference, election::AdvertisementError)],
+        alive: &BTreeSet<String>,
+        prev: &mut Announced,
+    ) {
+        let now: BTreeSet<String> = errors.iter().map(|(_, e)| e.to_string()).collect();
+        let reporter = alive.iter().next().map(String::as_str) == Some(self.me.as_str());
+        for (on, e) in errors {
+            let text = e.to_string();
+            if prev.warned_advertisements.contains(&text) {
+                continue;
+            }
+            tracing::warn!(error = %text, "advertisement ignored: its addresses are not announced through it");
+            if reporter {
+                self.writes.push(Write::Event {
+                    on: on.clone(),
+                    warning: true,
+                    reason: "InvalidAdvertisement",
+                    action: "Announce",
+                    note: format!("{text}; ignored until fixed (the pool's addresses are not announced through it)"),
+                    ip: None,
+                });
+            }
+            prev.warned_advertisements.insert(text);
+        }
+        prev.warned_advertisements.retain(|t| now.contains(t));
     }
 
     /// Queues one Warning Event per (Service, address outside every pool), from one speaker only: the
