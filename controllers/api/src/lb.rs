@@ -5,9 +5,10 @@
 //! Field names follow MetalLB's `IPAddressPool` + `L2Advertisement` so a migration is a rename.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::CustomResource;
+use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// API group of the load balancer.
 pub const GROUP: &str = "lb.ferrite.dev";
@@ -71,6 +72,7 @@ pub const NODE_LABEL: &str = "lb.ferrite.dev/node";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct IPPoolSpec {
     /// Addresses in the pool: IPv4 or IPv6 CIDRs (`192.0.2.0/28`, `2001:db8::/120`) or inclusive ranges
     /// (`192.0.2.10-192.0.2.20`). A pool may mix families.
@@ -90,36 +92,56 @@ pub struct IPPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_allocation: Option<ServiceAllocation>,
 
-    /// Where the pool's addresses are announced on layer 2 (ARP/NDP).
+    /// Where the pool's addresses are announced on layer 2 (ARP/NDP): one more advertisement of this
+    /// pool, besides the L2Advertisements that select it. `l2: {}` is every node, every eligible interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<L2Announcement>,
+
+    /// Fields this version does not define. The CRD keeps them (`x-kubernetes-preserve-unknown-fields`)
+    /// so that the controller can refuse the pool naming them, instead of the API server dropping them
+    /// silently. Not part of the schema.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
-/// Which Services a pool serves. All given criteria must match; an empty criterion matches everything.
+/// Which Services a pool serves (MetalLB's `serviceAllocation`). Two criteria, ANDed: the namespace
+/// (`namespaces` OR `namespaceSelectors`) and the Service (`serviceSelectors`, ORed); an empty criterion
+/// matches everything.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct ServiceAllocation {
-    /// Among matching auto-assign pools the one with the highest priority is used first. Default 0.
+    /// Order among the auto-assign pools that serve a Service: the LOWER number is tried first (MetalLB's
+    /// order); pools without a priority come after every pool with one; ties go to the pool name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
     pub priority: Option<i32>,
 
-    /// Namespaces whose Services may use this pool.
+    /// Namespaces whose Services may use this pool (ORed with `namespaceSelectors`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 63)))]
     pub namespaces: Vec<String>,
 
-    /// Labels of the namespaces whose Services may use this pool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace_selector: Option<LabelSelector>,
+    /// Labels of the namespaces whose Services may use this pool: any selector matching is enough
+    /// (ORed with each other and with `namespaces`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_selectors: Vec<LabelSelector>,
 
-    /// Labels of the Services that may use this pool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_selector: Option<LabelSelector>,
+    /// Labels of the Services that may use this pool: any selector matching is enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+
+    /// Fields this version does not define (see [`IPPoolSpec::unknown`]); the removed singular
+    /// `namespaceSelector` / `serviceSelector` land here.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// Layer-2 announcement of a pool's addresses.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct L2Announcement {
     /// Interfaces to answer on: exact names (`eth0`) or regular expressions written `/regex/`
     /// (`/^enp.*/`). Empty means every eligible interface.
@@ -129,6 +151,26 @@ pub struct L2Announcement {
     /// Nodes that may announce the pool's addresses. Empty means every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
+
+    /// Fields this version does not define (see [`IPPoolSpec::unknown`]).
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+impl IPPoolSpec {
+    /// Paths of every field this version does not define (`spec.x`, `spec.serviceAllocation.y`,
+    /// `spec.l2.z`), sorted.
+    pub fn unknown_fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.unknown.keys().map(|k| format!("spec.{k}")).collect();
+        if let Some(a) = &self.service_allocation {
+            out.extend(a.unknown.keys().map(|k| format!("spec.serviceAllocation.{k}")));
+        }
+        if let Some(l2) = &self.l2 {
+            out.extend(l2.unknown.keys().map(|k| format!("spec.l2.{k}")));
+        }
+        out
+    }
 }
 
 /// Observed state of an [`IPPool`].
@@ -156,9 +198,9 @@ pub struct IPPoolStatus {
     /// `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` (False with reason InvalidAddress / InvalidSelector when the pool cannot be used),
-    /// `Invalid` (True with the offending entry in the message) and `Overlapping` (True when another
-    /// pool shares addresses with this one).
+    /// `Ready` (False with reason InvalidAddress / InvalidSelector / InvalidInterface / UnknownField
+    /// when the pool cannot be used), `Invalid` (True with the offending entry in the message) and
+    /// `Overlapping` (True when another pool shares addresses with this one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -184,6 +226,7 @@ pub struct IPPoolStatus {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct L2AdvertisementSpec {
     /// Names of the IPPools announced (MetalLB's `ipAddressPools`). With `ipPoolSelectors` also empty:
     /// every pool.
@@ -206,6 +249,13 @@ pub struct L2AdvertisementSpec {
     /// Services announced (ORed; Ferrite's addition, MetalLB has none). Empty: every Service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_selectors: Vec<LabelSelector>,
+
+    /// Fields this version does not define (MetalLB's `ipAddressPools`, a typo...): kept by the CRD
+    /// (`x-kubernetes-preserve-unknown-fields`) so the controller can refuse the advertisement naming
+    /// them (Ready=False, reason `UnknownField`). Not part of the schema.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// Observed state of an [`L2Advertisement`], written by the controller.
@@ -253,18 +303,27 @@ pub struct ServiceL2StatusSpec {
     pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
+/// Sort key of the auto-assign order for a pool of `priority` named `name`: (unset, priority, name), so
+/// set priorities come first, lowest number first, then unset ones, each group by name.
+pub fn priority_order(priority: Option<i32>, name: &str) -> (bool, i32, String) {
+    (priority.is_none(), priority.unwrap_or(0), name.to_string())
+}
+
 fn default_true() -> bool {
     true
 }
 
 impl IPPool {
-    /// The pool's priority among auto-assign pools (higher wins).
-    pub fn priority(&self) -> i32 {
-        self.spec
-            .service_allocation
-            .as_ref()
-            .and_then(|a| a.priority)
-            .unwrap_or(0)
+    /// The pool's `serviceAllocation.priority`: among auto-assign pools the LOWER number is tried first,
+    /// and `None` (unset) after every set one. See [`IPPool::priority_order`].
+    pub fn priority(&self) -> Option<i32> {
+        self.spec.service_allocation.as_ref().and_then(|a| a.priority)
+    }
+
+    /// Sort key of the auto-assign order (MetalLB's): set priorities ascending, then unset ones, ties
+    /// by name. Compare with `Ord` on the tuple.
+    pub fn priority_order(&self) -> (bool, i32, String) {
+        priority_order(self.priority(), &self.name_any())
     }
 }
 
@@ -306,5 +365,88 @@ mod tests {
         assert_eq!(crd.spec.names.short_names, Some(vec!["ipp".to_string()]));
         let v = &crd.spec.versions[0];
         assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    }
+
+    #[test]
+    fn metallb_service_allocation_parses_and_unknown_fields_are_kept_by_path() {
+        let spec: IPPoolSpec = serde_json::from_value(serde_json::json!({
+            "addresses": ["192.0.2.0/28"],
+            "serviceAllocation": {
+                "priority": 50,
+                "namespaces": ["a"],
+                "namespaceSelectors": [{"matchLabels": {"team": "x"}}, {"matchLabels": {"team": "y"}}],
+                "serviceSelectors": [{"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}],
+            },
+        }))
+        .expect("MetalLB's serviceAllocation parses");
+        let a = spec.service_allocation.as_ref().expect("set");
+        assert_eq!(a.priority, Some(50));
+        assert_eq!(a.namespace_selectors.len(), 2);
+        assert_eq!(a.service_selectors.len(), 1);
+        assert!(spec.unknown_fields().is_empty());
+
+        let spec: IPPoolSpec = serde_json::from_value(serde_json::json!({
+            "addresses": ["192.0.2.0/28"],
+            "autoassign": false,
+            "serviceAllocation": {"namespaceSelector": {"matchLabels": {"a": "b"}}, "serviceSelector": {}},
+            "l2": {"interface": "eth0"},
+        }))
+        .expect("unknown fields do not fail parsing");
+        assert_eq!(
+            spec.unknown_fields(),
+            vec![
+                "spec.autoassign",
+                "spec.serviceAllocation.namespaceSelector",
+                "spec.serviceAllocation.serviceSelector",
+                "spec.l2.interface",
+            ]
+        );
+        // Known fields round-trip; the unknown ones are written back as they came.
+        let v = serde_json::to_value(&spec).expect("serializes");
+        assert_eq!(v["autoassign"], false);
+        assert_eq!(
+            v["serviceAllocation"]["namespaceSelector"]["matchLabels"]["a"],
+            "b"
+        );
+    }
+
+    #[test]
+    fn priority_order_is_metallbs_lower_first_unset_last_then_name() {
+        let mut pools = [
+            priority_order(None, "a"),
+            priority_order(Some(10), "z"),
+            priority_order(Some(-5), "m"),
+            priority_order(Some(10), "b"),
+            priority_order(None, "0"),
+        ];
+        pools.sort();
+        let names: Vec<&str> = pools.iter().map(|(_, _, n)| n.as_str()).collect();
+        assert_eq!(names, vec!["m", "b", "z", "0", "a"]);
+    }
+
+    #[test]
+    fn crd_schema_keeps_unknown_fields_for_the_controller_to_name() {
+        let crd = IPPool::crd();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema serializes");
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["x-kubernetes-preserve-unknown-fields"], true);
+        assert!(spec.get("additionalProperties").is_none(), "{spec}");
+        assert!(spec["properties"].get("unknown").is_none());
+        let alloc = &spec["properties"]["serviceAllocation"];
+        assert_eq!(alloc["x-kubernetes-preserve-unknown-fields"], true);
+        for field in ["namespaceSelectors", "serviceSelectors"] {
+            assert_eq!(alloc["properties"][field]["type"], "array", "{field}");
+        }
+        assert!(alloc["properties"].get("namespaceSelector").is_none());
+        assert!(alloc["properties"]["priority"].get("maximum").is_none());
+        assert_eq!(
+            spec["properties"]["l2"]["x-kubernetes-preserve-unknown-fields"],
+            true
+        );
+        let adv = serde_json::to_value(&L2Advertisement::crd().spec.versions[0].schema).expect("schema");
+        assert_eq!(
+            adv["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-preserve-unknown-fields"],
+            true
+        );
     }
 }

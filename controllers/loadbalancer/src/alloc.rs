@@ -30,15 +30,18 @@
 //!   named pool when one is named); `autoAssign: false` pools are used only when named or when an address
 //!   of theirs is requested. At most one requested IP per family; requested IPs are the whole answer.
 //! - **Pool choice** without a named pool: among the pools that allow the Service, have `autoAssign` and have
-//!   a free address of the family, the one with the **highest `priority` number** wins; ties go to the pool
-//!   name in alphabetical order. MetalLB does the opposite (a *lower* `serviceAllocation.priority` number
-//!   wins there): when migrating, invert the numbers.
-//! - **A pool allows a Service** when every criterion it sets holds: the namespace is listed in
-//!   `namespaces`, the namespace's labels match `namespaceSelector`, the Service's labels match
-//!   `serviceSelector` (MetalLB ORs `namespaces` with `namespaceSelectors`; our API ANDs all criteria).
-//! - **Sharing**: with a sharing key and no requested IP, an address already used by the same key in a
-//!   candidate pool is preferred (if ports allow) over a free one, so `allow-shared-ip` alone is enough to
-//!   put a TCP and a UDP Service on one address.
+//!   a free address of the family, MetalLB's order: the **lowest `serviceAllocation.priority` number** is
+//!   tried first, pools without a priority after every pool with one, ties by pool name (alphabetical).
+//!   (Ferrite before v1alpha1's MetalLB parity used the opposite, higher-wins order.)
+//! - **A pool allows a Service** (MetalLB's `serviceAllocation`) when both criteria hold: the namespace
+//!   criterion (the namespace is in `namespaces` OR its labels match any of `namespaceSelectors`) and the
+//!   Service criterion (its labels match any of `serviceSelectors`). An empty criterion matches everything.
+//! - **Sharing** (MetalLB's rules): holders of one address have the same sharing key, no port (protocol +
+//!   port) in common, and when any of them is `externalTrafficPolicy: Local` all of them are, with equal
+//!   `spec.selector` (so the node announcing the address has endpoints of every one). With a sharing key
+//!   and no requested IP, an address already used by the same key in a candidate pool is preferred (if the
+//!   rules allow) over a free one, so `allow-shared-ip` alone is enough to put a TCP and a UDP Service on
+//!   one address.
 //! - **Dual-stack**: one address per family in [`Request::families`]. With `dual_stack_required`
 //!   (RequireDualStack) every family must be served or the assignment fails; otherwise (PreferDualStack) the
 //!   families that can be served are, and it fails only if none can.
@@ -140,14 +143,14 @@ pub struct PoolConfig {
     pub auto_assign: bool,
     /// `spec.avoidBuggyIPs`
     pub avoid_buggy_ips: bool,
-    /// `spec.serviceAllocation.priority`; higher wins.
-    pub priority: i32,
-    /// `spec.serviceAllocation.namespaces`; empty means every namespace.
+    /// `spec.serviceAllocation.priority`: lower is tried first; `None` after every set one.
+    pub priority: Option<i32>,
+    /// `spec.serviceAllocation.namespaces` (ORed with `namespace_selectors`; both empty: every namespace).
     pub namespaces: Vec<String>,
-    /// `spec.serviceAllocation.namespaceSelector`; `None` means every namespace.
-    pub namespace_selector: Option<LabelSelector>,
-    /// `spec.serviceAllocation.serviceSelector`; `None` means every Service.
-    pub service_selector: Option<LabelSelector>,
+    /// `spec.serviceAllocation.namespaceSelectors`, validated (any matching is enough).
+    pub namespace_selectors: Vec<LabelSelector>,
+    /// `spec.serviceAllocation.serviceSelectors`, validated (any matching is enough; empty: every Service).
+    pub service_selectors: Vec<LabelSelector>,
 }
 
 /// An `IPPool` the allocator cannot use (`Invalid` condition); the pool is then left out of `set_pools`.
@@ -162,17 +165,66 @@ pub enum PoolError {
         #[source]
         source: AddrError,
     },
-    /// A selector of `spec.serviceAllocation` is wrong.
-    #[error("IPPool \"{pool}\": spec.serviceAllocation.{field}: {source}")]
+    /// A selector of `spec.serviceAllocation` or `spec.l2` is wrong.
+    #[error("IPPool \"{pool}\": spec.{field}: {source}")]
     Selector {
         /// The pool.
         pool: String,
-        /// `namespaceSelector` or `serviceSelector`.
-        field: &'static str,
+        /// Its path below `spec`: `serviceAllocation.namespaceSelectors[0]`, `l2.nodeSelector`...
+        field: String,
         /// What is wrong.
         #[source]
         source: SelectorError,
     },
+    /// An entry of `spec.l2.interfaces` is neither an interface name nor a valid `/regex/`.
+    #[error("IPPool \"{pool}\": spec.l2.interfaces: {message}")]
+    Interface {
+        /// The pool.
+        pool: String,
+        /// Which entry and why.
+        message: String,
+    },
+    /// The pool has fields this version does not define (each named, with its replacement if it was
+    /// renamed or removed).
+    #[error("IPPool \"{pool}\": {}", unknown_fields_message(.fields, "IPPool"))]
+    UnknownField {
+        /// The pool.
+        pool: String,
+        /// The paths of the fields (`spec.serviceAllocation.namespaceSelector`).
+        fields: Vec<String>,
+    },
+}
+
+/// What replaces a field of an earlier Ferrite release (or of MetalLB) that this version does not have.
+pub fn replacement_of(path: &str) -> Option<&'static str> {
+    match path {
+        "spec.serviceAllocation.namespaceSelector" => {
+            Some("removed: use namespaceSelectors (a list, ORed as in MetalLB)")
+        }
+        "spec.serviceAllocation.serviceSelector" => {
+            Some("removed: use serviceSelectors (a list, ORed as in MetalLB)")
+        }
+        "spec.ipAddressPools" => Some("MetalLB's name: use ipPools"),
+        "spec.ipAddressPoolSelectors" => Some("MetalLB's name: use ipPoolSelectors"),
+        "spec.nodeSelector" => Some("use nodeSelectors (a list, ORed)"),
+        "spec.l2.nodeSelectors" => {
+            Some("the inline l2 block takes one nodeSelector; use an L2Advertisement for a list")
+        }
+        _ => None,
+    }
+}
+
+/// "unknown field spec.x (not a field of KIND lb.ferrite.dev/v1alpha1); unknown field spec.y (removed:
+/// use ...)": one clause per field, for conditions and Events.
+pub fn unknown_fields_message(fields: &[String], kind: &str) -> String {
+    fields
+        .iter()
+        .map(|f| match replacement_of(f) {
+            Some(hint) => format!("unknown field {f} ({hint})"),
+            None => format!("unknown field {f} (not a field of {kind} lb.ferrite.dev/v1alpha1)"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl PoolError {
@@ -181,6 +233,8 @@ impl PoolError {
         match self {
             PoolError::Address { .. } => "InvalidAddress",
             PoolError::Selector { .. } => "InvalidSelector",
+            PoolError::Interface { .. } => "InvalidInterface",
+            PoolError::UnknownField { .. } => "UnknownField",
         }
     }
 }
@@ -192,25 +246,48 @@ impl ReasonedError for PoolError {
 }
 
 impl PoolConfig {
-    /// Reads an `IPPool`: parses the addresses and validates the selectors, so that matching later cannot fail.
+    /// Reads an `IPPool`: refuses unknown fields, parses the addresses and validates the selectors and the
+    /// inline `l2` block, so that matching later cannot fail.
     pub fn from_pool(p: &IPPool) -> Result<Self, PoolError> {
         let name = p.name_any();
+        let unknown = p.spec.unknown_fields();
+        if !unknown.is_empty() {
+            return Err(PoolError::UnknownField {
+                pool: name,
+                fields: unknown,
+            });
+        }
         let addresses = PoolAddresses::parse(&p.spec.addresses).map_err(|source| PoolError::Address {
             pool: name.clone(),
             source,
         })?;
         let alloc = p.spec.service_allocation.clone().unwrap_or_default();
-        for (field, sel) in [
-            ("namespaceSelector", &alloc.namespace_selector),
-            ("serviceSelector", &alloc.service_selector),
+        let mut selectors: Vec<(String, &LabelSelector)> = Vec::new();
+        for (field, list) in [
+            ("namespaceSelectors", &alloc.namespace_selectors),
+            ("serviceSelectors", &alloc.service_selectors),
         ] {
-            if let Some(sel) = sel {
-                selector::validate(sel).map_err(|source| PoolError::Selector {
-                    pool: name.clone(),
-                    field,
-                    source,
-                })?;
+            for (i, sel) in list.iter().enumerate() {
+                selectors.push((format!("serviceAllocation.{field}[{i}]"), sel));
             }
+        }
+        if let Some(sel) = p.spec.l2.as_ref().and_then(|l2| l2.node_selector.as_ref()) {
+            selectors.push(("l2.nodeSelector".to_string(), sel));
+        }
+        for (field, sel) in selectors {
+            selector::validate(sel).map_err(|source| PoolError::Selector {
+                pool: name.clone(),
+                field,
+                source,
+            })?;
+        }
+        if let Some(l2) = &p.spec.l2 {
+            crate::l2::iface::InterfaceFilter::new(l2.interfaces.iter().cloned()).map_err(|e| {
+                PoolError::Interface {
+                    pool: name.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         }
         Ok(PoolConfig {
             name,
@@ -219,36 +296,44 @@ impl PoolConfig {
             avoid_buggy_ips: p.spec.avoid_buggy_ips,
             priority: p.priority(),
             namespaces: alloc.namespaces,
-            namespace_selector: alloc.namespace_selector,
-            service_selector: alloc.service_selector,
+            namespace_selectors: alloc.namespace_selectors,
+            service_selectors: alloc.service_selectors,
         })
     }
 
     /// Whether the pool serves this Service (`serviceAllocation`); `Err` says why not.
     pub fn allows(&self, req: &Request) -> Result<(), String> {
-        if !self.namespaces.is_empty() && !self.namespaces.contains(&req.key.namespace) {
-            return Err(format!(
-                "namespace \"{}\" is not in spec.serviceAllocation.namespaces",
-                req.key.namespace
-            ));
-        }
         // Selectors were validated in from_pool; an invalid one (a hand-built config) matches nothing.
-        if let Some(sel) = &self.namespace_selector
-            && !selector::matches(sel, &req.namespace_labels).unwrap_or(false)
-        {
-            return Err(format!(
-                "the labels of namespace \"{}\" do not match spec.serviceAllocation.namespaceSelector",
-                req.key.namespace
-            ));
+        let matches = |sels: &[LabelSelector], labels: &BTreeMap<String, String>| {
+            sels.iter()
+                .any(|sel| selector::matches(sel, labels).unwrap_or(false))
+        };
+        let namespace_ok = (self.namespaces.is_empty() && self.namespace_selectors.is_empty())
+            || self.namespaces.contains(&req.key.namespace)
+            || matches(&self.namespace_selectors, &req.namespace_labels);
+        if !namespace_ok {
+            let criterion = match (self.namespaces.is_empty(), self.namespace_selectors.is_empty()) {
+                (false, true) => "is not in spec.serviceAllocation.namespaces",
+                (true, false) => "has labels no spec.serviceAllocation.namespaceSelectors entry matches",
+                _ => "is neither in spec.serviceAllocation.namespaces nor matched by its namespaceSelectors",
+            };
+            return Err(format!("namespace \"{}\" {criterion}", req.key.namespace));
         }
-        if let Some(sel) = &self.service_selector
-            && !selector::matches(sel, &req.labels).unwrap_or(false)
-        {
+        if !self.service_selectors.is_empty() && !matches(&self.service_selectors, &req.labels) {
             return Err(
-                "the Service's labels do not match spec.serviceAllocation.serviceSelector".to_string(),
+                "the Service's labels match no spec.serviceAllocation.serviceSelectors entry".to_string(),
             );
         }
         Ok(())
+    }
+
+    /// The sort key of the auto-assign order: set priorities first, lowest first, then unset; then name.
+    fn order_key(&self) -> (bool, i32, &str) {
+        (
+            self.priority.is_none(),
+            self.priority.unwrap_or(0),
+            self.name.as_str(),
+        )
     }
 
     /// Whether the allocator may hand out `ip` from this pool (inside it, not skipped by `avoidBuggyIPs`).
@@ -281,6 +366,10 @@ pub struct Request {
     pub sharing_key: Option<String>,
     /// `spec.ports`, for sharing conflicts.
     pub ports: Vec<Port>,
+    /// `spec.externalTrafficPolicy: Local`: may share only with Local Services of the same selector.
+    pub local: bool,
+    /// `spec.selector` (compared between Local Services that share an address).
+    pub selector: BTreeMap<String, String>,
     /// Addresses in `status.loadBalancer.ingress` now; kept when still valid so addresses are stable.
     pub current: Vec<IpAddr>,
 }
@@ -319,6 +408,8 @@ pub struct Assignment {
     pub ips: Vec<IpAddr>,
     /// The pools the addresses are in (sorted, deduplicated); empty for addresses outside every pool.
     pub pools: Vec<String>,
+    /// The pool of each address, in the order of `ips` (`None`: outside every pool).
+    pub pool_of: Vec<Option<String>>,
     /// Whether the addresses differ from what the allocator held for the Service before the call (emit
     /// `IPAllocated` only then).
     pub changed: bool,
@@ -443,6 +534,19 @@ pub enum AllocError {
         /// The conflicting port.
         port: Port,
     },
+    /// Same sharing key and no port conflict, but MetalLB's `externalTrafficPolicy: Local` rule refuses:
+    /// a Local Service shares only with Local Services of the same `spec.selector`.
+    #[error(
+        "IP {ip} is shared with {by}, but {why}; a Service with externalTrafficPolicy: Local shares an address only with Local Services of the same spec.selector (the announcing node must have endpoints of all of them); use another address or key"
+    )]
+    SharingTrafficPolicy {
+        /// The address.
+        ip: IpAddr,
+        /// The Service it would share with.
+        by: ServiceKey,
+        /// What differs.
+        why: String,
+    },
     /// Both Services have sharing keys, but different ones.
     #[error("IP {ip} is in use by {by}, which has a different allow-shared-ip key")]
     SharingKeyMismatch {
@@ -491,6 +595,17 @@ impl AllocError {
                 | AllocError::IpInUse { .. }
                 | AllocError::SharingConflict { .. }
                 | AllocError::SharingKeyMismatch { .. }
+                | AllocError::SharingTrafficPolicy { .. }
+        )
+    }
+
+    /// True when sharing rules refused the address (the controller's `SharingConflict` Event).
+    pub fn is_sharing(&self) -> bool {
+        matches!(
+            self,
+            AllocError::SharingConflict { .. }
+                | AllocError::SharingKeyMismatch { .. }
+                | AllocError::SharingTrafficPolicy { .. }
         )
     }
 
@@ -507,6 +622,7 @@ impl AllocError {
             AllocError::NoMatchingPool { .. } => "NoMatchingPool",
             AllocError::SharingConflict { .. } => "SharingConflict",
             AllocError::SharingKeyMismatch { .. } => "SharingKeyMismatch",
+            AllocError::SharingTrafficPolicy { .. } => "SharingTrafficPolicy",
             AllocError::FamilyNotRequested { .. } => "FamilyNotRequested",
             AllocError::TooManyRequested { .. } => "TooManyRequestedIPs",
             AllocError::RequestedFamilyMissing { .. } => "RequestedFamilyMissing",
@@ -568,6 +684,31 @@ struct Held {
     ips: Vec<IpAddr>,
     sharing_key: Option<String>,
     ports: Vec<Port>,
+    local: bool,
+    selector: BTreeMap<String, String>,
+}
+
+impl Held {
+    fn of(req: &Request, ips: Vec<IpAddr>) -> Self {
+        Held {
+            ips,
+            sharing_key: req.sharing_key.clone(),
+            ports: req.ports.clone(),
+            local: req.local,
+            selector: req.selector.clone(),
+        }
+    }
+}
+
+/// `a=b,c=d` (sorted), or `<none>` for the empty selector.
+fn selector_text(sel: &BTreeMap<String, String>) -> String {
+    if sel.is_empty() {
+        return "<none>".to_string();
+    }
+    sel.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Who holds one address. Every holder has `sharing_key` (at most one holder when it is `None`).
@@ -580,7 +721,7 @@ struct IpUse {
 /// The allocation state of the whole cluster. See the module docs for the rules.
 #[derive(Debug, Clone, Default)]
 pub struct Allocator {
-    /// Sorted by priority (highest first), then name: the auto-assign order.
+    /// In the auto-assign order: set priorities lowest first, then unset ones, ties by name.
     pools: Vec<Pool>,
     services: HashMap<ServiceKey, Held>,
     ips: HashMap<IpAddr, IpUse>,
@@ -613,12 +754,7 @@ impl Allocator {
             }
             new.push(pool);
         }
-        new.sort_by(|a, b| {
-            b.cfg
-                .priority
-                .cmp(&a.cfg.priority)
-                .then_with(|| a.cfg.name.cmp(&b.cfg.name))
-        });
+        new.sort_by(|a, b| a.cfg.order_key().cmp(&b.cfg.order_key()));
         for ip in self.ips.keys() {
             for p in new.iter_mut().filter(|p| p.cfg.offers(*ip)) {
                 p.assigned[fidx(Family::of(*ip))] += 1;
@@ -718,14 +854,7 @@ impl Allocator {
         for req in &existing {
             let families = req.wanted_families();
             // Registered before adopting so that newer Services see this one's key and ports.
-            self.services.insert(
-                req.key.clone(),
-                Held {
-                    ips: Vec::new(),
-                    sharing_key: req.sharing_key.clone(),
-                    ports: req.ports.clone(),
-                },
-            );
+            self.services.insert(req.key.clone(), Held::of(req, Vec::new()));
             for &ip in &req.current {
                 let f = Family::of(ip);
                 let has_family = self
@@ -855,6 +984,29 @@ impl Allocator {
                             ip,
                             by: by.clone(),
                             port: *port,
+                        });
+                    }
+                    let policy = |local: bool| if local { "Local" } else { "Cluster" };
+                    let why = if req.local != other.local {
+                        Some(format!(
+                            "this Service has externalTrafficPolicy: {} and {by} has {}",
+                            policy(req.local),
+                            policy(other.local)
+                        ))
+                    } else if req.local && req.selector != other.selector {
+                        Some(format!(
+                            "both are externalTrafficPolicy: Local with different spec.selector ({} here, {} on {by})",
+                            selector_text(&req.selector),
+                            selector_text(&other.selector)
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return Err(AllocError::SharingTrafficPolicy {
+                            ip,
+                            by: by.clone(),
+                            why,
                         });
                     }
                 }
@@ -994,14 +1146,7 @@ impl Allocator {
             self.unhold(*ip, &req.key);
         }
         let ips: Vec<IpAddr> = plan.iter().map(|(ip, _)| *ip).collect();
-        self.services.insert(
-            req.key.clone(),
-            Held {
-                ips: ips.clone(),
-                sharing_key: req.sharing_key.clone(),
-                ports: req.ports.clone(),
-            },
-        );
+        self.services.insert(req.key.clone(), Held::of(req, ips.clone()));
         for (ip, from_pool) in plan {
             self.hold(ip, &req.key, req.sharing_key.as_deref());
             if let Some(i) = from_pool
@@ -1011,9 +1156,9 @@ impl Allocator {
             }
         }
         let new_ips: BTreeSet<IpAddr> = ips.iter().copied().collect();
-        let mut pools: Vec<String> = ips
+        let pool_of: Vec<Option<String>> = ips
             .iter()
-            .filter_map(|ip| {
+            .map(|ip| {
                 let mut offering = self.pools.iter().filter(|p| p.cfg.offers(*ip));
                 match &req.pool {
                     Some(name)
@@ -1030,11 +1175,13 @@ impl Allocator {
                 }
             })
             .collect();
+        let mut pools: Vec<String> = pool_of.iter().flatten().cloned().collect();
         pools.sort();
         pools.dedup();
         Assignment {
             ips,
             pools,
+            pool_of,
             changed: old.is_none() || old_ips != new_ips,
         }
     }
@@ -1117,7 +1264,7 @@ mod tests {
 
     impl PoolConfig {
         fn prio(mut self, p: i32) -> Self {
-            self.priority = p;
+            self.priority = Some(p);
             self
         }
         fn manual(mut self) -> Self {
@@ -1133,11 +1280,11 @@ mod tests {
             self
         }
         fn svc_sel(mut self, pairs: &[(&str, &str)]) -> Self {
-            self.service_selector = selector(pairs);
+            self.service_selectors.extend(selector(pairs));
             self
         }
         fn ns_sel(mut self, pairs: &[(&str, &str)]) -> Self {
-            self.namespace_selector = selector(pairs);
+            self.namespace_selectors.extend(selector(pairs));
             self
         }
     }
@@ -1209,6 +1356,30 @@ mod tests {
 
     use Family::{V4, V6};
     use Protocol::{Tcp, Udp};
+
+    /// MetalLB's documented `serviceAllocation` example pool.
+    fn metallb_scoped() -> PoolConfig {
+        let mut p = pool("ip-pool-ns-service-alloc-sample", &["192.168.20.0/24"])
+            .prio(50)
+            .only_ns(&["namespace-a", "namespace-b"])
+            .ns_sel(&[("foo", "bar")]);
+        p.service_selectors.push(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["bar".into()]),
+                },
+            ]),
+        });
+        p
+    }
+
+    /// The catch-all pool next to it, tried after (priority 100).
+    fn metallb_rest() -> PoolConfig {
+        pool("default", &["192.168.30.0/24"]).prio(100)
+    }
 
     struct Case {
         name: &'static str,
@@ -1358,14 +1529,109 @@ mod tests {
                 want: Err("NoMatchingPool"),
             },
             Case {
-                name: "higher priority number wins",
+                name: "lower priority number wins (MetalLB's order)",
                 pools: vec![
-                    pool("low", &["198.51.100.0/30"]).prio(1),
-                    pool("high", &["203.0.113.0/30"]).prio(10),
+                    pool("first", &["198.51.100.0/30"]).prio(1),
+                    pool("second", &["203.0.113.0/30"]).prio(10),
+                ],
+                before: vec![],
+                req: svc("s"),
+                want: Ok(&["198.51.100.0"]),
+            },
+            Case {
+                name: "unset priority comes after every set one, even a large one",
+                pools: vec![
+                    pool("a-unset", &["198.51.100.0/30"]),
+                    pool("z-set", &["203.0.113.0/30"]).prio(1000),
                 ],
                 before: vec![],
                 req: svc("s"),
                 want: Ok(&["203.0.113.0"]),
+            },
+            Case {
+                name: "negative priority is before zero",
+                pools: vec![
+                    pool("zero", &["198.51.100.0/30"]).prio(0),
+                    pool("neg", &["203.0.113.0/30"]).prio(-3),
+                ],
+                before: vec![],
+                req: svc("s"),
+                want: Ok(&["203.0.113.0"]),
+            },
+            Case {
+                name: "equal set priorities go to the pool name",
+                pools: vec![
+                    pool("b", &["198.51.100.0/30"]).prio(5),
+                    pool("a", &["203.0.113.0/30"]).prio(5),
+                ],
+                before: vec![],
+                req: svc("s"),
+                want: Ok(&["203.0.113.0"]),
+            },
+            // MetalLB's documented example (Reduce scope of address allocation): a pool with priority 50
+            // for Services labelled app=bar in namespace-a, namespace-b or namespaces labelled foo=bar,
+            // beside a pool for everything else with priority 100 (tried after).
+            Case {
+                name: "metallb example: listed namespace and matching Service get the priority-50 pool",
+                pools: vec![metallb_scoped(), metallb_rest()],
+                before: vec![],
+                req: svc("s").ns("namespace-b").labels(&[("app", "bar")]),
+                want: Ok(&["192.168.20.0"]),
+            },
+            Case {
+                name: "metallb example: a namespace labelled foo=bar counts like a listed one (ORed)",
+                pools: vec![metallb_scoped(), metallb_rest()],
+                before: vec![],
+                req: svc("s")
+                    .ns("other")
+                    .ns_labels(&[("foo", "bar")])
+                    .labels(&[("app", "bar")]),
+                want: Ok(&["192.168.20.0"]),
+            },
+            Case {
+                name: "metallb example: right namespace, wrong Service labels (criteria ANDed)",
+                pools: vec![metallb_scoped(), metallb_rest()],
+                before: vec![],
+                req: svc("s").ns("namespace-a").labels(&[("app", "foo")]),
+                want: Ok(&["192.168.30.0"]),
+            },
+            Case {
+                name: "metallb example: right Service labels, namespace neither listed nor selected",
+                pools: vec![metallb_scoped(), metallb_rest()],
+                before: vec![],
+                req: svc("s").ns("other").labels(&[("app", "bar")]),
+                want: Ok(&["192.168.30.0"]),
+            },
+            Case {
+                name: "serviceSelectors are ORed: the second selector matches",
+                pools: vec![
+                    v4(),
+                    pool("web", &["203.0.113.0/30"])
+                        .prio(1)
+                        .svc_sel(&[("app", "web")])
+                        .svc_sel(&[("tier", "front")]),
+                ],
+                before: vec![],
+                req: svc("s").labels(&[("tier", "front")]),
+                want: Ok(&["203.0.113.0"]),
+            },
+            Case {
+                name: "namespaceSelectors are ORed: the second selector matches",
+                pools: vec![
+                    pool("team", &["203.0.113.0/30"])
+                        .ns_sel(&[("team", "a")])
+                        .ns_sel(&[("team", "b")]),
+                ],
+                before: vec![],
+                req: svc("s").ns_labels(&[("team", "b")]),
+                want: Ok(&["203.0.113.0"]),
+            },
+            Case {
+                name: "named pool whose serviceSelectors do not match",
+                pools: vec![pool("web", &["203.0.113.0/30"]).svc_sel(&[("app", "web")])],
+                before: vec![],
+                req: svc("s").in_pool("web").labels(&[("app", "db")]),
+                want: Err("PoolNotAllowed"),
             },
             Case {
                 name: "priority tie goes to the pool name",
@@ -1998,28 +2264,22 @@ mod tests {
 
     #[test]
     fn pool_config_from_ippool() {
-        use ferrite_api::lb::{IPPoolSpec, ServiceAllocation};
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-        let mk = |addresses: &[&str], sel: Option<LabelSelector>| {
-            let mut p = IPPool::new(
-                "lan",
-                IPPoolSpec {
-                    addresses: addresses.iter().map(|s| s.to_string()).collect(),
-                    auto_assign: false,
-                    avoid_buggy_ips: true,
-                    service_allocation: Some(ServiceAllocation {
-                        priority: Some(7),
-                        namespaces: vec!["prod".into()],
-                        namespace_selector: None,
-                        service_selector: sel,
-                    }),
-                    l2: None,
-                },
-            );
-            p.metadata.name = Some("lan".into());
-            p
+        let mk = |spec: serde_json::Value| -> IPPool {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
+                "metadata": {"name": "lan"}, "spec": spec,
+            }))
+            .expect("IPPool parses")
         };
-        let cfg = PoolConfig::from_pool(&mk(&["192.0.2.0/28"], selector(&[("a", "b")]))).unwrap();
+        let cfg = PoolConfig::from_pool(&mk(serde_json::json!({
+            "addresses": ["192.0.2.0/28"], "autoAssign": false, "avoidBuggyIPs": true,
+            "serviceAllocation": {"priority": 7, "namespaces": ["prod"],
+                                  "namespaceSelectors": [{"matchLabels": {"a": "b"}}],
+                                  "serviceSelectors": [{"matchLabels": {"c": "d"}}, {}]},
+            "l2": {"interfaces": ["eth0", "/^enp.*/"]},
+        })))
+        .unwrap();
         assert_eq!(
             (
                 cfg.name.as_str(),
@@ -2027,32 +2287,186 @@ mod tests {
                 cfg.auto_assign,
                 cfg.avoid_buggy_ips
             ),
-            ("lan", 7, false, true)
+            ("lan", Some(7), false, true)
         );
         assert_eq!(cfg.namespaces, vec!["prod".to_string()]);
+        assert_eq!(cfg.namespace_selectors, vec![selector(&[("a", "b")]).unwrap()]);
+        assert_eq!(cfg.service_selectors.len(), 2);
         assert_eq!(cfg.addresses.count_v4(), 16);
 
-        let err = PoolConfig::from_pool(&mk(&["10.0.0.300/24"], None)).unwrap_err();
+        let err =
+            PoolConfig::from_pool(&mk(serde_json::json!({"addresses": ["10.0.0.300/24"]}))).unwrap_err();
         assert_eq!(
             err.to_string(),
             "IPPool \"lan\": address \"10.0.0.300/24\" is not a CIDR or range: invalid IP"
         );
         assert_eq!(err.reason(), "InvalidAddress");
 
-        let bad = LabelSelector {
+        let bad = serde_json::to_value(LabelSelector {
             match_labels: None,
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "a".into(),
                 operator: "In".into(),
                 values: None,
             }]),
+        })
+        .unwrap();
+        // (spec, reason, the message starts with)
+        let cases = [
+            (
+                serde_json::json!({"addresses": ["192.0.2.0/28"],
+                    "serviceAllocation": {"serviceSelectors": [{}, bad.clone()]}}),
+                "InvalidSelector",
+                "IPPool \"lan\": spec.serviceAllocation.serviceSelectors[1]: matchExpressions[0]",
+            ),
+            (
+                serde_json::json!({"addresses": ["192.0.2.0/28"],
+                    "serviceAllocation": {"namespaceSelectors": [bad.clone()]}}),
+                "InvalidSelector",
+                "IPPool \"lan\": spec.serviceAllocation.namespaceSelectors[0]: matchExpressions[0]",
+            ),
+            (
+                serde_json::json!({"addresses": ["192.0.2.0/28"], "l2": {"nodeSelector": bad}}),
+                "InvalidSelector",
+                "IPPool \"lan\": spec.l2.nodeSelector: matchExpressions[0]",
+            ),
+            (
+                serde_json::json!({"addresses": ["192.0.2.0/28"], "l2": {"interfaces": ["/eth[/"]}}),
+                "InvalidInterface",
+                "IPPool \"lan\": spec.l2.interfaces: interface pattern \"/eth[/\" is invalid",
+            ),
+            (
+                serde_json::json!({"addresses": ["192.0.2.0/28"], "l2": {"interfaces": ["eth 0"]}}),
+                "InvalidInterface",
+                "IPPool \"lan\": spec.l2.interfaces: interface pattern \"eth 0\" is invalid: not an interface name",
+            ),
+            (
+                serde_json::json!({"addresses": ["192.0.2.0/28"],
+                    "serviceAllocation": {"namespaceSelector": {"matchLabels": {"a": "b"}}}}),
+                "UnknownField",
+                "IPPool \"lan\": unknown field spec.serviceAllocation.namespaceSelector (removed: use namespaceSelectors (a list, ORed as in MetalLB))",
+            ),
+            (
+                serde_json::json!({"addresses": ["10.0.0.300/24"], "autoassign": true,
+                    "serviceAllocation": {"serviceSelector": {}}}),
+                "UnknownField",
+                "IPPool \"lan\": unknown field spec.autoassign (not a field of IPPool lb.ferrite.dev/v1alpha1); unknown field spec.serviceAllocation.serviceSelector (removed: use serviceSelectors (a list, ORed as in MetalLB))",
+            ),
+        ];
+        for (spec, reason, start) in cases {
+            let err = PoolConfig::from_pool(&mk(spec)).unwrap_err();
+            assert_eq!(err.reason(), reason, "{err}");
+            assert!(err.to_string().starts_with(start), "{err}");
+        }
+    }
+
+    #[test]
+    fn sharing_follows_metallbs_rules() {
+        let p = || pool("p", &["192.0.2.0/30"]);
+        let web = |name: &str, port: u16| svc(name).share("k", &[(Tcp, port)]).want(&["192.0.2.1"]);
+        let local = |mut r: Request, sel: &[(&str, &str)]| {
+            r.local = true;
+            r.selector = labels(sel);
+            r
         };
-        let err = PoolConfig::from_pool(&mk(&["192.0.2.0/28"], Some(bad))).unwrap_err();
+        // (case, the holder, the newcomer, the error reason or None when it shares)
+        let cases: Vec<(&str, Request, Request, Option<&str>)> = vec![
+            ("Cluster and Cluster", web("a", 80), web("b", 443), None),
+            (
+                "Local and Local, same selector",
+                local(web("a", 80), &[("app", "x")]),
+                local(web("b", 443), &[("app", "x")]),
+                None,
+            ),
+            (
+                "Local and Local, other selector",
+                local(web("a", 80), &[("app", "x")]),
+                local(web("b", 443), &[("app", "y")]),
+                Some("SharingTrafficPolicy"),
+            ),
+            (
+                "Local holder, Cluster newcomer",
+                local(web("a", 80), &[("app", "x")]),
+                web("b", 443),
+                Some("SharingTrafficPolicy"),
+            ),
+            (
+                "Cluster holder, Local newcomer with the same selector",
+                web("a", 80),
+                local(web("b", 443), &[]),
+                Some("SharingTrafficPolicy"),
+            ),
+            ("same port", web("a", 80), web("b", 80), Some("SharingConflict")),
+            (
+                "other key",
+                web("a", 80),
+                svc("b").share("other", &[(Tcp, 443)]).want(&["192.0.2.1"]),
+                Some("SharingKeyMismatch"),
+            ),
+            (
+                "no key",
+                web("a", 80),
+                svc("b").ports(&[(Tcp, 443)]).want(&["192.0.2.1"]),
+                Some("IPInUse"),
+            ),
+        ];
+        for (name, holder, newcomer, want) in cases {
+            let mut a = Allocator::new();
+            a.set_pools(vec![p()]);
+            a.assign(&holder).expect(name);
+            match (a.assign(&newcomer), want) {
+                (Ok(got), None) => assert_eq!(got.ips, ips(&["192.0.2.1"]), "{name}"),
+                (Err(e), Some(reason)) => {
+                    assert_eq!(e.reason(), reason, "{name}: {e}");
+                    assert_eq!(e.is_sharing(), reason != "IPInUse", "{name}");
+                    assert!(e.to_string().contains("default/a"), "{name}: {e}");
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+            check_invariants(&a);
+        }
+        // The message says why.
+        let mut a = Allocator::new();
+        a.set_pools(vec![p()]);
+        a.assign(&local(web("a", 80), &[("app", "x")])).unwrap();
+        let e = a.assign(&web("b", 443)).unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("IPPool \"lan\": spec.serviceAllocation.serviceSelector: matchExpressions[0]")
+            e.to_string()
+                .contains("this Service has externalTrafficPolicy: Cluster and default/a has Local"),
+            "{e}"
         );
-        assert_eq!(err.reason(), "InvalidSelector");
+        let e = a.assign(&local(web("b", 443), &[("app", "y")])).unwrap_err();
+        assert!(e.to_string().contains("(app=y here, app=x on default/a)"), "{e}");
+        // Without a requested address a Local newcomer is not put on the Cluster holder's address.
+        let mut a = Allocator::new();
+        a.set_pools(vec![p()]);
+        a.assign(&svc("a").share("k", &[(Tcp, 80)])).unwrap();
+        let got = a.assign(&local(svc("b").share("k", &[(Tcp, 443)]), &[])).unwrap();
+        assert_ne!(
+            got.ips,
+            a.assigned(&ServiceKey::new("default", "a")).unwrap().to_vec()
+        );
+        check_invariants(&a);
+    }
+
+    #[test]
+    fn assignment_names_the_pool_of_each_address() {
+        let mut a = Allocator::new();
+        a.set_pools(vec![
+            pool("v4", &["192.0.2.0/30"]),
+            pool("v6", &["2001:db8::/126"]),
+        ]);
+        let got = a.assign(&svc("s").fam(&[V6, V4], true)).unwrap();
+        assert_eq!(got.ips, ips(&["2001:db8::", "192.0.2.0"]));
+        assert_eq!(got.pool_of, vec![Some("v6".to_string()), Some("v4".to_string())]);
+        assert_eq!(got.pools, vec!["v4".to_string(), "v6".to_string()]);
+        // The pool shrinks away from the address: it is kept, in no pool.
+        a.set_pools(vec![
+            pool("v4", &["192.0.2.2/31"]),
+            pool("v6", &["2001:db8::/126"]),
+        ]);
+        let got = a.assign(&svc("s").fam(&[V6, V4], true)).unwrap();
+        assert_eq!(got.pool_of, vec![Some("v6".to_string()), None]);
     }
 
     /// Checks every internal invariant: no address held by two Services that may not share it, the three
@@ -2069,6 +2483,10 @@ mod tests {
                     assert!(
                         h.ports.iter().all(|p| !o.ports.contains(p)),
                         "{ip}: two holders share a port"
+                    );
+                    assert!(
+                        !(h.local || o.local) || (h.local && o.local && h.selector == o.selector),
+                        "{ip}: a Local holder shares with a Cluster one or another selector"
                     );
                 }
             }
@@ -2140,10 +2558,10 @@ mod tests {
         for make in menu {
             if rng.chance(60) {
                 let mut p = make();
-                p.priority = rng.next(3) as i32;
+                p.priority = [None, Some(0), Some(1)][rng.next(3)];
                 p.avoid_buggy_ips = rng.chance(30);
                 if rng.chance(20) {
-                    p.service_selector = selector(&[("app", "web")]);
+                    p.service_selectors.extend(selector(&[("app", "web")]));
                 }
                 out.push(p);
             }
@@ -2189,6 +2607,10 @@ mod tests {
         }];
         if rng.chance(30) {
             r.labels = labels(&[("app", "web")]);
+        }
+        if rng.chance(30) {
+            r.local = true;
+            r.selector = labels(&[("app", ["web", "db"][rng.next(2)])]);
         }
         r
     }

@@ -28,7 +28,7 @@
 
 use crate::{
     alloc::{AllocError, Allocator, PoolConfig, PoolError, PoolProblem, PoolStats, ServiceKey},
-    service::{self, ClassPolicy, RequestError},
+    service::{self, Classes, RequestError},
 };
 use ferrite_api::{lb::IPPool, names};
 use ferrite_kit::{
@@ -177,7 +177,7 @@ pub struct Context {
     client: Client,
     events: Events,
     leadership: Leadership,
-    policy: ClassPolicy,
+    policy: Classes,
     metrics: Metrics,
     state: Mutex<State>,
     pools: Store<IPPool>,
@@ -225,9 +225,14 @@ fn changes(
 /// Options of the allocator controller.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ControllerArgs {
-    /// `loadBalancerClass` served besides Services without a class.
+    /// `loadBalancerClass` served.
     #[arg(long, env = "FERRITE_LB_CLASS", default_value = ferrite_api::lb::DEFAULT_LOAD_BALANCER_CLASS)]
     pub lb_class: String,
+
+    /// Serve Services without a `loadBalancerClass` too (this is the cluster's default load balancer,
+    /// MetalLB's rule). `--default-class=false` to run beside another load balancer that is the default.
+    #[arg(long, env = "FERRITE_LB_DEFAULT_CLASS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_class: bool,
 
     /// Secret of the speakers' gossip key: when set, the leader creates it (key `key`, 32 random bytes
     /// as hex) if it does not exist, and never changes it once it does (MetalLB's controller does the same
@@ -331,8 +336,9 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         client: client.clone(),
         events: app.events(names::LB_CONTROLLER_REPORTER),
         leadership: app.leadership.clone(),
-        policy: ClassPolicy {
+        policy: Classes {
             class: args.lb_class.clone(),
+            default_class: args.default_class,
         },
         metrics,
         state: Mutex::new(State::default()),
@@ -370,7 +376,7 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     let services_ctl = services_ctl.reconcile_all_on(changes(services_dirty_rx, Duration::ZERO));
 
     let opts = app.run_options();
-    tracing::info!(class = %ctx.policy.class, "allocator starting");
+    tracing::info!(class = %ctx.policy.class, default_class = ctx.policy.default_class, "allocator starting");
     let pool_runner = tokio::spawn(ferrite_kit::runner::run(
         pools_ctl,
         ctx.clone(),

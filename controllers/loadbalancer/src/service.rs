@@ -14,7 +14,36 @@ use ferrite_api::lb::annotations as ann;
 use k8s_openapi::api::core::v1::Service;
 use std::{collections::BTreeMap, net::IpAddr};
 
-/// Which Services this allocator serves.
+/// Whether `svc` is ferrite-lb's to serve: a `type: LoadBalancer` Service whose `loadBalancerClass` is
+/// `lb_class`, or that has no class when `default_class` (this ferrite-lb is the cluster's default load
+/// balancer, MetalLB's rule). Shared by the allocator and the speaker, so both serve the same Services.
+pub fn is_ours(svc: &Service, lb_class: &str, default_class: bool) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && match spec.load_balancer_class.as_deref() {
+            Some(c) => c == lb_class,
+            None => default_class,
+        }
+}
+
+/// Which Services the allocator serves: `--lb-class` and `--default-class`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classes {
+    /// The `loadBalancerClass` served (default `ferrite.dev/lb`).
+    pub class: String,
+    /// Whether Services without a class are served too (`--default-class`, default true).
+    pub default_class: bool,
+}
+
+impl Classes {
+    /// Whether `svc` is a LoadBalancer Service of our class (or of no class, when we are the default).
+    pub fn serves(&self, svc: &Service) -> bool {
+        is_ours(svc, &self.class, self.default_class)
+    }
+}
+
+/// The class rule of earlier releases: `class` and always the class-less Services too (as
+/// [`is_ours`] with `default_class` true). Kept for callers that have no `--default-class` yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClassPolicy {
     /// The `loadBalancerClass` served besides "no class" (default `ferrite.dev/lb`).
@@ -24,12 +53,7 @@ pub struct ClassPolicy {
 impl ClassPolicy {
     /// Whether `svc` is a LoadBalancer Service of our class (or of no class).
     pub fn serves(&self, svc: &Service) -> bool {
-        let Some(spec) = &svc.spec else { return false };
-        spec.type_.as_deref() == Some("LoadBalancer")
-            && spec
-                .load_balancer_class
-                .as_deref()
-                .is_none_or(|c| c == self.class)
+        is_ours(svc, &self.class, true)
     }
 }
 
@@ -90,7 +114,7 @@ fn is_legacy(key: &str) -> bool {
     key.starts_with("metallb.universe.tf/")
 }
 
-/// Reads `svc` into a [`Request`]. Call only for Services the [`ClassPolicy`] serves.
+/// Reads `svc` into a [`Request`]. Call only for Services [`is_ours`].
 pub fn parse(
     svc: &Service,
     namespace_labels: &BTreeMap<String, String>,
@@ -238,6 +262,8 @@ pub fn parse(
             pool,
             sharing_key,
             ports,
+            local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            selector: spec.selector.clone().unwrap_or_default(),
             current,
         },
         legacy_keys,
@@ -270,6 +296,16 @@ pub fn status_only_request(svc: &Service, namespace_labels: &BTreeMap<String, St
         namespace_labels: namespace_labels.clone(),
         families,
         current,
+        local: svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.external_traffic_policy.as_deref())
+            == Some("Local"),
+        selector: svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default(),
         ..Request::default()
     }
 }
@@ -307,31 +343,66 @@ mod tests {
 
     #[test]
     fn class_policy() {
-        let p = ClassPolicy {
-            class: "ferrite.dev/lb".into(),
-        };
+        // (case, spec, served as the default class, served when not the default)
         let cases = [
-            ("no class", json!({"type": "LoadBalancer"}), true),
+            ("no class", json!({"type": "LoadBalancer"}), true, false),
             (
                 "our class",
                 json!({"type": "LoadBalancer", "loadBalancerClass": "ferrite.dev/lb"}),
+                true,
                 true,
             ),
             (
                 "other class",
                 json!({"type": "LoadBalancer", "loadBalancerClass": "metallb.io/x"}),
                 false,
+                false,
             ),
-            ("ClusterIP", json!({"type": "ClusterIP"}), false),
-            ("NodePort", json!({"type": "NodePort"}), false),
+            ("ClusterIP", json!({"type": "ClusterIP"}), false, false),
+            (
+                "ClusterIP of our class",
+                json!({"type": "ClusterIP", "loadBalancerClass": "ferrite.dev/lb"}),
+                false,
+                false,
+            ),
+            ("NodePort", json!({"type": "NodePort"}), false, false),
         ];
-        for (name, spec, want) in cases {
-            assert_eq!(
-                p.serves(&svc(json!({"metadata": {"name": "x"}, "spec": spec}))),
-                want,
-                "{name}"
-            );
+        for (name, spec, as_default, not_default) in cases {
+            let s = svc(json!({"metadata": {"name": "x"}, "spec": spec}));
+            for (default_class, want) in [(true, as_default), (false, not_default)] {
+                let p = Classes {
+                    class: "ferrite.dev/lb".into(),
+                    default_class,
+                };
+                assert_eq!(p.serves(&s), want, "{name}, default_class={default_class}");
+                assert_eq!(is_ours(&s, "ferrite.dev/lb", default_class), want, "{name}");
+            }
         }
+        let other = svc(json!({"metadata": {"name": "x"},
+                               "spec": {"type": "LoadBalancer", "loadBalancerClass": "example.com/lb"}}));
+        assert!(is_ours(&other, "example.com/lb", false));
+    }
+
+    #[test]
+    fn traffic_policy_and_selector_are_read_for_sharing() {
+        let p = parse(
+            &lb(
+                json!({}),
+                json!({"externalTrafficPolicy": "Local", "selector": {"app": "web"}}),
+            ),
+            &BTreeMap::new(),
+        )
+        .expect("parses")
+        .request;
+        assert!(p.local);
+        assert_eq!(p.selector.get("app").map(String::as_str), Some("web"));
+        let p = parse(
+            &lb(json!({}), json!({"externalTrafficPolicy": "Cluster"})),
+            &BTreeMap::new(),
+        )
+        .expect("parses")
+        .request;
+        assert!(!p.local && p.selector.is_empty());
     }
 
     #[test]
