@@ -295,8 +295,7 @@ pub fn parse_advertisement(ad: &L2Advertisement) -> Result<ParsedAdvertisement, 
         validate_all("ipPoolSelectors", &spec.ip_pool_selectors)?;
         validate_all("nodeSelectors", &spec.node_selectors)?;
         validate_all("serviceSelectors", &spec.service_selectors)?;
-        crate::l2::InterfaceFilter::new(spec.interfaces.iter())
-            .map_err(|e| format!("interfaces: {e}"))?;
+        crate::l2::InterfaceFilter::new(spec.interfaces.iter()).map_err(|e| format!("interfaces: {e}"))?;
         Ok(())
     };
     check().map_err(|message| AdvertisementError {
@@ -347,8 +346,7 @@ pub fn inline_advertisement(pool: &IPPool) -> Option<Result<Advertisement, Adver
         if let Some(sel) = &l2.node_selector {
             selector::validate(sel).map_err(|e| format!("l2.nodeSelector: {e}"))?;
         }
-        crate::l2::InterfaceFilter::new(l2.interfaces.iter())
-            .map_err(|e| format!("l2.interfaces: {e}"))?;
+        crate::l2::InterfaceFilter::new(l2.interfaces.iter()).map_err(|e| format!("l2.interfaces: {e}"))?;
         Ok(())
     };
     Some(
@@ -875,7 +873,14 @@ mod tests {
         .collect();
         let only = |names: &[&str]| -> Vec<ParsedAdvertisement> {
             ads.iter()
-                .filter(|a| names.contains(&a.advertisement.source.to_string().trim_start_matches("L2Advertisement ")))
+                .filter(|a| {
+                    names.contains(
+                        &a.advertisement
+                            .source
+                            .to_string()
+                            .trim_start_matches("L2Advertisement "),
+                    )
+                })
                 .cloned()
                 .collect()
         };
@@ -900,9 +905,17 @@ mod tests {
             ),
             (
                 "empty ipPools and ipPoolSelectors select every pool; by name; inline last",
-                pool("lan", serde_json::json!({}), Some(serde_json::json!({"interfaces": ["eth0"]}))),
+                pool(
+                    "lan",
+                    serde_json::json!({}),
+                    Some(serde_json::json!({"interfaces": ["eth0"]})),
+                ),
                 ads.clone(),
-                vec!["L2Advertisement all", "L2Advertisement by-name", "IPPool lan (spec.l2)"],
+                vec![
+                    "L2Advertisement all",
+                    "L2Advertisement by-name",
+                    "IPPool lan (spec.l2)",
+                ],
             ),
             (
                 "by label; ipPools and ipPoolSelectors ORed",
@@ -928,22 +941,44 @@ mod tests {
     fn invalid_advertisements_are_refused_naming_the_field() {
         let bad_selector = serde_json::json!([{"matchExpressions": [{"key": "k", "operator": "Sometimes"}]}]);
         for (spec, field) in [
-            (serde_json::json!({"nodeSelectors": bad_selector}), "nodeSelectors[0]"),
-            (serde_json::json!({"serviceSelectors": bad_selector}), "serviceSelectors[0]"),
-            (serde_json::json!({"ipPoolSelectors": bad_selector}), "ipPoolSelectors[0]"),
+            (
+                serde_json::json!({"nodeSelectors": bad_selector}),
+                "nodeSelectors[0]",
+            ),
+            (
+                serde_json::json!({"serviceSelectors": bad_selector}),
+                "serviceSelectors[0]",
+            ),
+            (
+                serde_json::json!({"ipPoolSelectors": bad_selector}),
+                "ipPoolSelectors[0]",
+            ),
             (serde_json::json!({"interfaces": ["/eth[/"]}), "interfaces"),
         ] {
             let e = parse_advertisement(&l2adv("bad", spec)).expect_err(field);
-            assert!(e.to_string().starts_with(&format!("L2Advertisement bad: {field}")), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("L2Advertisement bad: {field}")),
+                "{e}"
+            );
         }
-        let p = pool("lan", serde_json::json!({}), Some(serde_json::json!({"interfaces": ["eth 0"]})));
+        let p = pool(
+            "lan",
+            serde_json::json!({}),
+            Some(serde_json::json!({"interfaces": ["eth 0"]})),
+        );
         let (ads, err) = pool_advertisements(&p, &[]);
         assert!(ads.is_empty());
         let err = err.expect("inline error").to_string();
         assert!(err.starts_with("IPPool lan (spec.l2): l2.interfaces"), "{err}");
     }
 
-    fn ad(name: &str, nodes: Vec<LabelSelector>, services: Vec<LabelSelector>, ifaces: &[&str]) -> Advertisement {
+    fn ad(
+        name: &str,
+        nodes: Vec<LabelSelector>,
+        services: Vec<LabelSelector>,
+        ifaces: &[&str],
+    ) -> Advertisement {
         Advertisement {
             source: AdvertisementSource::L2Advertisement(name.into()),
             node_selectors: nodes,
@@ -955,15 +990,30 @@ mod tests {
     #[test]
     fn service_selectors_node_selectors_and_the_interface_union() {
         let ads = vec![
-            ad("web-a", vec![sel(&[("zone", "a")])], vec![sel(&[("app", "web")])], &["eth0"]),
+            ad(
+                "web-a",
+                vec![sel(&[("zone", "a")])],
+                vec![sel(&[("app", "web")])],
+                &["eth0"],
+            ),
             ad(
                 "web-b-or-c",
                 vec![sel(&[("zone", "b")]), sel(&[("zone", "c")])],
                 vec![sel(&[("app", "web")])],
                 &["/bond[0-9]/"],
             ),
-            ad("db-anywhere", vec![], vec![sel(&[("app", "db")]), sel(&[("app", "cache")])], &["eth1"]),
-            ad("web-a-second", vec![sel(&[("zone", "a")])], vec![sel(&[("app", "web")])], &["eth2", "eth0"]),
+            ad(
+                "db-anywhere",
+                vec![],
+                vec![sel(&[("app", "db")]), sel(&[("app", "cache")])],
+                &["eth1"],
+            ),
+            ad(
+                "web-a-second",
+                vec![sel(&[("zone", "a")])],
+                vec![sel(&[("app", "web")])],
+                &["eth2", "eth0"],
+            ),
         ];
         let web = labels(&[("app", "web")]);
         let db = labels(&[("app", "db")]);
@@ -972,10 +1022,20 @@ mod tests {
         let names = |v: Vec<&Advertisement>| v.iter().map(|a| a.source.to_string()).collect::<Vec<_>>();
         assert_eq!(
             names(announcing(&ads, &[&web])),
-            ["L2Advertisement web-a", "L2Advertisement web-b-or-c", "L2Advertisement web-a-second"]
+            [
+                "L2Advertisement web-a",
+                "L2Advertisement web-b-or-c",
+                "L2Advertisement web-a-second"
+            ]
         );
-        assert_eq!(names(announcing(&ads, &[&cache])), ["L2Advertisement db-anywhere"]);
-        assert!(announcing(&ads, &[&other]).is_empty(), "no serviceSelector matches");
+        assert_eq!(
+            names(announcing(&ads, &[&cache])),
+            ["L2Advertisement db-anywhere"]
+        );
+        assert!(
+            announcing(&ads, &[&other]).is_empty(),
+            "no serviceSelector matches"
+        );
         assert_eq!(
             names(announcing(&ads, &[&other, &db])),
             ["L2Advertisement db-anywhere"],
@@ -983,11 +1043,28 @@ mod tests {
         );
 
         let for_web = announcing(&ads, &[&web]);
-        let node_selectors: Vec<Vec<LabelSelector>> = for_web.iter().map(|a| a.node_selectors.clone()).collect();
-        let table: Vec<(&str, BTreeMap<String, String>, bool, Option<Vec<&str>>)> = vec![
-            ("zone a: union of two advertisements", labels(&[("zone", "a")]), true, Some(vec!["eth0", "eth2"])),
-            ("zone c: second selector of an advertisement (ORed)", labels(&[("zone", "c")]), true, Some(vec!["/bond[0-9]/"])),
-            ("zone d: no advertisement selects it", labels(&[("zone", "d")]), false, None),
+        let node_selectors: Vec<Vec<LabelSelector>> =
+            for_web.iter().map(|a| a.node_selectors.clone()).collect();
+        type Row<'a> = (&'a str, BTreeMap<String, String>, bool, Option<Vec<&'a str>>);
+        let table: Vec<Row<'_>> = vec![
+            (
+                "zone a: union of two advertisements",
+                labels(&[("zone", "a")]),
+                true,
+                Some(vec!["eth0", "eth2"]),
+            ),
+            (
+                "zone c: second selector of an advertisement (ORed)",
+                labels(&[("zone", "c")]),
+                true,
+                Some(vec!["/bond[0-9]/"]),
+            ),
+            (
+                "zone d: no advertisement selects it",
+                labels(&[("zone", "d")]),
+                false,
+                None,
+            ),
         ];
         for (name, l, selected, ifaces) in table {
             assert_eq!(node_selected(&node_selectors, &l).unwrap(), selected, "{name}");
@@ -1015,8 +1092,13 @@ mod tests {
             with_zone(node("node-c"), "c"),
             with_zone(node("node-d"), "d"),
         ];
-        let table: Vec<(&str, Vec<Vec<LabelSelector>>, Option<&str>)> = vec![
-            ("one advertisement, zone a", vec![vec![zone_selector("a")]], Some("node-a")),
+        type Row<'a> = (&'a str, Vec<Vec<LabelSelector>>, Option<&'a str>);
+        let table: Vec<Row<'_>> = vec![
+            (
+                "one advertisement, zone a",
+                vec![vec![zone_selector("a")]],
+                Some("node-a"),
+            ),
             (
                 "two advertisements (a) and (b): both zones eligible",
                 vec![vec![zone_selector("a")], vec![zone_selector("b")]],

@@ -214,12 +214,8 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     let services = watch_store::<Service>(&app, Api::all(client.clone()), "services", wake.clone());
     let nodes = watch_store::<Node>(&app, nodes_api, "nodes", wake.clone());
     let pools = watch_store::<IPPool>(&app, Api::all(client.clone()), "ippools", wake.clone());
-    let advertisements = watch_store::<L2Advertisement>(
-        &app,
-        Api::all(client.clone()),
-        "l2advertisements",
-        wake.clone(),
-    );
+    let advertisements =
+        watch_store::<L2Advertisement>(&app, Api::all(client.clone()), "l2advertisements", wake.clone());
     let node_leases = watch_store::<Lease>(
         &app,
         Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
@@ -689,7 +685,9 @@ impl Speaker {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(ip = %first, error = %e, "an advertisement's nodeSelector is invalid"),
+                Err(e) => {
+                    tracing::warn!(ip = %first, error = %e, "an advertisement's nodeSelector is invalid")
+                }
             }
         }
         self.announcer.set(desired);
@@ -783,7 +781,9 @@ impl Speaker {
                     warning: true,
                     reason: "InvalidAdvertisement",
                     action: "Announce",
-                    note: format!("{text}; ignored until fixed (the pool's addresses are not announced through it)"),
+                    note: format!(
+                        "{text}; ignored until fixed (the pool's addresses are not announced through it)"
+                    ),
                     ip: None,
                 });
             }

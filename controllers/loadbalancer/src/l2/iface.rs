@@ -11,9 +11,15 @@
 //! - up (`IFF_UP`) and carrier (`IFF_LOWER_UP`, and an oper state that is not down): a reply or a
 //!   gratuitous ARP on a dead link is lost, and the election should not count on it.
 //! - not loopback, and an Ethernet MAC: ARP/NDP answers carry a link-layer address.
-//! - no master: a bond slave or bridge port is answered from its bond/bridge, which owns the MAC the
-//!   rest of the LAN sees (MetalLB answered on the slave, with the slave's MAC, on bonded hosts).
-//! - matches the pool's filter: exact names or `/regex/` (anchored: `/eth[0-9]/` does not match `veth0`).
+//! - no master and not a bond slave (`IFF_SLAVE`): a bond slave or bridge port is answered from its
+//!   bond/bridge, which owns the MAC the rest of the LAN sees (MetalLB skips interfaces with a master
+//!   too).
+//! - not `NOARP` (`IFF_NOARP`): the kernel does no neighbour resolution there (tunnels, some virtual
+//!   links), so nobody on it asks; MetalLB skips them too.
+//! - matches the advertisement's filter: exact names or `/regex/` (anchored: `/eth[0-9]/` does not match
+//!   `veth0`). With no interface named, MetalLB's default exclusion list applies ([`DEFAULT_EXCLUDED`]:
+//!   container bridges, CNI devices, veths, tunnels, IPVS), so a speaker does not answer on the pod
+//!   network. Naming an interface is the way to use one of those.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -36,6 +42,47 @@ pub struct Interface {
     pub loopback: bool,
     /// ifindex of the bond or bridge this interface is enslaved to.
     pub master: Option<u32>,
+    /// `IFF_NOARP`: no neighbour resolution on this link.
+    pub noarp: bool,
+    /// `IFF_SLAVE`: a bond slave (set by the bonding driver, also when the master is not visible).
+    pub bond_slave: bool,
+}
+
+/// MetalLB's default `announcedInterfacesToExclude` (config/native/exclude-l2-config.yaml, the
+/// `metallb-excludel2` ConfigMap), plus `cilium*` and `vxlan*` (Cilium's and VXLAN overlay devices,
+/// which MetalLB users add by hand). Each is a regex on the whole name; used only when an
+/// advertisement names no interface.
+pub const DEFAULT_EXCLUDED: &[&str] = &[
+    "^docker.*",
+    "^cbr.*",
+    "^dummy.*",
+    "^virbr.*",
+    "^lxcbr.*",
+    "^veth.*",
+    "^lo$",
+    "^cali.*",
+    "^tunl.*",
+    "^flannel.*",
+    "^kube-ipvs.*",
+    "^cni.*",
+    "^nodelocaldns.*",
+    "^lxc.*",
+    "^cilium.*",
+    "^vxlan.*",
+];
+
+fn default_excluded() -> &'static regex::RegexSet {
+    static SET: std::sync::OnceLock<regex::RegexSet> = std::sync::OnceLock::new();
+    SET.get_or_init(|| regex::RegexSet::new(DEFAULT_EXCLUDED).expect("the default exclusion list compiles"))
+}
+
+/// The entry of [`DEFAULT_EXCLUDED`] that excludes `name`, if any.
+pub fn excluded_by_default(name: &str) -> Option<&'static str> {
+    default_excluded()
+        .matches(name)
+        .iter()
+        .next()
+        .map(|i| DEFAULT_EXCLUDED[i])
 }
 
 /// Why an interface is not used. `Display` is the log text.
@@ -46,7 +93,13 @@ pub enum Ineligible {
     Loopback,
     /// A bond slave or bridge port: its master answers.
     Enslaved(u32),
+    /// `IFF_SLAVE` without a visible master (a bond slave).
+    BondSlave,
+    /// `IFF_NOARP`.
+    NoArp,
     NoEthernetMac,
+    /// No interface is named and this one is on the default exclusion list (the matching entry).
+    ExcludedByDefault(&'static str),
     FilteredOut,
 }
 
@@ -59,8 +112,14 @@ impl fmt::Display for Ineligible {
             Ineligible::Enslaved(m) => {
                 write!(f, "interface is a bond slave or bridge port (master ifindex {m})")
             }
+            Ineligible::BondSlave => f.write_str("interface is a bond slave (IFF_SLAVE)"),
+            Ineligible::NoArp => f.write_str("interface does not do ARP (NOARP)"),
             Ineligible::NoEthernetMac => f.write_str("interface has no Ethernet MAC"),
-            Ineligible::FilteredOut => f.write_str("interface does not match the pool's l2.interfaces"),
+            Ineligible::ExcludedByDefault(re) => write!(
+                f,
+                "interface is on the default exclusion list ({re}); name it in interfaces to use it"
+            ),
+            Ineligible::FilteredOut => f.write_str("interface does not match the advertisement's interfaces"),
         }
     }
 }
@@ -79,10 +138,20 @@ pub fn eligibility(iface: &Interface, filter: &InterfaceFilter) -> Result<(), In
     if let Some(m) = iface.master {
         return Err(Ineligible::Enslaved(m));
     }
+    if iface.bond_slave {
+        return Err(Ineligible::BondSlave);
+    }
+    if iface.noarp {
+        return Err(Ineligible::NoArp);
+    }
     if iface.mac.is_none() {
         return Err(Ineligible::NoEthernetMac);
     }
-    if !filter.matches(&iface.name) {
+    if filter.patterns.is_empty() {
+        if let Some(re) = excluded_by_default(&iface.name) {
+            return Err(Ineligible::ExcludedByDefault(re));
+        }
+    } else if !filter.matches(&iface.name) {
         return Err(Ineligible::FilteredOut);
     }
     Ok(())
@@ -142,13 +211,16 @@ impl InterfaceFilter {
         Ok(filter)
     }
 
-    /// True when `name` is selected.
+    /// True when `name` is selected: named by a pattern, or, with no pattern, not on the default
+    /// exclusion list ([`DEFAULT_EXCLUDED`]).
     pub fn matches(&self, name: &str) -> bool {
-        self.patterns.is_empty()
-            || self.patterns.iter().any(|p| match p {
-                Pattern::Exact(n) => n == name,
-                Pattern::Regex(re) => re.is_match(name),
-            })
+        if self.patterns.is_empty() {
+            return excluded_by_default(name).is_none();
+        }
+        self.patterns.iter().any(|p| match p {
+            Pattern::Exact(n) => n == name,
+            Pattern::Regex(re) => re.is_match(name),
+        })
     }
 
     /// The patterns as given.
@@ -286,6 +358,8 @@ pub fn interface_from_link(msg: &LinkMessage) -> Option<Interface> {
         carrier: h.flags.contains(LinkFlags::LowerUp) && !oper_down,
         loopback: h.flags.contains(LinkFlags::Loopback) || h.link_layer_type == LinkLayerType::Loopback,
         master,
+        noarp: h.flags.contains(LinkFlags::Noarp),
+        bond_slave: h.flags.contains(LinkFlags::Port),
     })
 }
 
@@ -302,6 +376,8 @@ mod tests {
             carrier: true,
             loopback: false,
             master: None,
+            noarp: false,
+            bond_slave: false,
         }
     }
 
@@ -309,6 +385,7 @@ mod tests {
     fn eligibility_table() {
         let all = InterfaceFilter::all();
         let only_eth = InterfaceFilter::new(["/eth[0-9]+/"]).unwrap();
+        let only_cni = InterfaceFilter::new(["cni0"]).unwrap();
         let cases: Vec<(&str, Interface, &InterfaceFilter, Result<(), Ineligible>)> = vec![
             ("plain ethernet", eth(2, "eth0"), &all, Ok(())),
             (
@@ -359,6 +436,76 @@ mod tests {
             ),
             ("bond itself", eth(7, "bond0"), &all, Ok(())),
             (
+                "bond slave without a visible master (IFF_SLAVE)",
+                Interface {
+                    bond_slave: true,
+                    ..eth(3, "eno1")
+                },
+                &all,
+                Err(Ineligible::BondSlave),
+            ),
+            (
+                "NOARP (a tunnel)",
+                Interface {
+                    noarp: true,
+                    ..eth(9, "eth5")
+                },
+                &all,
+                Err(Ineligible::NoArp),
+            ),
+            (
+                "NOARP even when named",
+                Interface {
+                    noarp: true,
+                    ..eth(9, "eth5")
+                },
+                &only_eth,
+                Err(Ineligible::NoArp),
+            ),
+            (
+                "CNI bridge excluded by default",
+                eth(10, "cni0"),
+                &all,
+                Err(Ineligible::ExcludedByDefault("^cni.*")),
+            ),
+            (
+                "docker bridge excluded by default",
+                eth(11, "docker0"),
+                &all,
+                Err(Ineligible::ExcludedByDefault("^docker.*")),
+            ),
+            (
+                "veth excluded by default",
+                eth(12, "veth1a2b"),
+                &all,
+                Err(Ineligible::ExcludedByDefault("^veth.*")),
+            ),
+            (
+                "flannel VXLAN excluded by default",
+                eth(13, "flannel.1"),
+                &all,
+                Err(Ineligible::ExcludedByDefault("^flannel.*")),
+            ),
+            (
+                "kube-ipvs0 excluded by default",
+                eth(14, "kube-ipvs0"),
+                &all,
+                Err(Ineligible::ExcludedByDefault("^kube-ipvs.*")),
+            ),
+            (
+                "cilium_host excluded by default",
+                eth(15, "cilium_host"),
+                &all,
+                Err(Ineligible::ExcludedByDefault("^cilium.*")),
+            ),
+            (
+                "an excluded name is used when named",
+                eth(10, "cni0"),
+                &only_cni,
+                Ok(()),
+            ),
+            ("not a prefix match: myveth0", eth(16, "myveth0"), &all, Ok(())),
+            (
                 "no mac (wireguard)",
                 Interface {
                     mac: None,
@@ -403,6 +550,30 @@ mod tests {
             assert_eq!(f.matches(name), want, "{name}");
         }
         assert!(InterfaceFilter::all().matches("anything"));
+        assert!(!InterfaceFilter::all().matches("docker0"), "default exclusions");
+        for name in [
+            "docker0",
+            "cbr0",
+            "dummy0",
+            "virbr0",
+            "lxcbr0",
+            "veth0",
+            "lo",
+            "cali123",
+            "tunl0",
+            "flannel.1",
+            "kube-ipvs0",
+            "cni0",
+            "nodelocaldns",
+            "lxc42",
+            "cilium_net",
+            "vxlan.calico",
+        ] {
+            assert!(excluded_by_default(name).is_some(), "{name}");
+        }
+        for name in ["eth0", "eno1", "bond0", "br0", "enp3s0", "lo0", "wlan0"] {
+            assert_eq!(excluded_by_default(name), None, "{name}");
+        }
         assert_eq!(f.patterns(), ["eth0", "/bond.*/"]);
         assert_eq!(f, InterfaceFilter::new(["eth0", "/bond.*/"]).unwrap());
     }
@@ -481,8 +652,13 @@ mod tests {
                 carrier: true,
                 loopback: false,
                 master: Some(9),
+                noarp: false,
+                bond_slave: false,
             }
         );
+        msg.header.flags = LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Noarp | LinkFlags::Port;
+        let i = interface_from_link(&msg).unwrap();
+        assert!(i.noarp && i.bond_slave);
         msg.attributes[3] = LinkAttribute::OperState(State::LowerLayerDown);
         msg.header.link_layer_type = LinkLayerType::Void;
         let i = interface_from_link(&msg).unwrap();
