@@ -11,6 +11,16 @@
 //! listening on 127.0.0.1:<api port> that forwards over a Unix socket (the filesystem is shared) to a
 //! host-side socat connected to the box's API server. The box's kubeconfig therefore works unchanged
 //! inside the namespaces. Everything is removed on drop, also when a test panics.
+//!
+//! **Data path** ([`NetLab::start_backends`], [`NetLab::deliver_locally`]): the lab can also play
+//! kube-proxy's part. Each node namespace gets a "pod" address on its loopback (198.51.100.<n> and
+//! 2001:db8:100::<n>, the node's last address byte) with a backend listening there (socat: HTTP on
+//! TCP 8080 answering the node's name, a UDP echo on 9000 answering `<node> <line>`), and, per Service
+//! port, an iptables DNAT rule in the `nat` table's PREROUTING path (`VIP:port -> pod:target port`), as
+//! kube-proxy's iptables mode writes it. The VIP itself is on no interface, so the kernel never answers
+//! ARP/NDP for it: only the speaker does, and the node it made the client send to is the node whose
+//! backend answers. The client asks with `curl` ([`NetLab::client_http_get`]) and a UDP socket
+//! ([`NetLab::client_udp`]).
 
 use crate::{KubeBox, Supervised};
 use anyhow::{Context, Result, bail};
@@ -20,7 +30,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::Duration,
@@ -28,6 +38,58 @@ use std::{
 
 /// What to install when a tool is missing.
 pub const INSTALL: &str = "apt-get install iproute2 arping ndisc6 socat";
+
+/// What the data path ([`NetLab::start_backends`]) needs on top of [`INSTALL`].
+pub const DATAPATH_INSTALL: &str = "apt-get install iptables curl socat";
+
+/// TCP port of every node's HTTP backend (the Services' `targetPort`).
+pub const BACKEND_HTTP_PORT: u16 = 8080;
+
+/// UDP port of every node's echo backend (the Services' `targetPort`).
+pub const BACKEND_UDP_PORT: u16 = 9000;
+
+/// Name of the nat chain the lab's kube-proxy stand-in fills (jumped to from PREROUTING).
+const SERVICES_CHAIN: &str = "FERRITE-LAB-SERVICES";
+
+/// The HTTP backend, run by socat once per connection with the node's name as `$1`: reads the request
+/// head (so closing does not reset the connection) and answers `<node>\n`.
+const HTTP_BACKEND: &str = r#"cr=$(printf '\r')
+while IFS= read -r line; do
+  case "$line" in ""|"$cr") break ;; esac
+done
+printf 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n' $((${#1} + 1)) "$1"
+"#;
+
+/// The UDP echo backend, run by socat once per datagram: answers `<node> <first line>`.
+const UDP_BACKEND: &str = r#"IFS= read -r line
+printf '%s %s\n' "$1" "$line"
+"#;
+
+/// Transport protocol of a Service port the lab delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP, delivered to [`BACKEND_HTTP_PORT`].
+    Tcp,
+    /// UDP, delivered to [`BACKEND_UDP_PORT`].
+    Udp,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// The backend port this protocol is delivered to.
+    pub fn backend_port(self) -> u16 {
+        match self {
+            Protocol::Tcp => BACKEND_HTTP_PORT,
+            Protocol::Udp => BACKEND_UDP_PORT,
+        }
+    }
+}
 
 /// One "node" of the lab.
 #[derive(Debug, Clone)]
@@ -44,6 +106,28 @@ pub struct LabNode {
     pub mac: String,
 }
 
+impl LabNode {
+    /// The node's "pod" IPv4 address, 198.51.100.<last byte of `ip4`>, on its loopback: where its
+    /// backends listen and where the lab's kube-proxy stand-in sends the VIP.
+    pub fn pod_ip4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 51, 100, self.ip4.octets()[3])
+    }
+
+    /// The node's "pod" IPv6 address, 2001:db8:100::<last group of `ip6`>, on its loopback.
+    pub fn pod_ip6(&self) -> Ipv6Addr {
+        let last = self.ip6.segments()[7];
+        Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, last)
+    }
+
+    /// The node's pod address of `vip`'s family.
+    pub fn pod_ip(&self, vip: IpAddr) -> IpAddr {
+        match vip {
+            IpAddr::V4(_) => IpAddr::V4(self.pod_ip4()),
+            IpAddr::V6(_) => IpAddr::V6(self.pod_ip6()),
+        }
+    }
+}
+
 /// The lab: a bridge, nodes and a client, plus the API forwarders.
 #[derive(Debug)]
 pub struct NetLab {
@@ -58,6 +142,7 @@ pub struct NetLab {
     dir: PathBuf,
     procs: Vec<Supervised>,
     namespaces: Vec<String>,
+    backends: bool,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<Output> {
@@ -134,6 +219,7 @@ impl NetLab {
             dir,
             procs: vec![],
             namespaces: vec![],
+            backends: false,
         };
         lab.add_ns(&lab.bridge_ns.clone())?;
         let br = lab.bridge_ns.clone();
@@ -426,6 +512,330 @@ impl NetLab {
     /// The node whose `eth0` has `mac`.
     pub fn node_by_mac(&self, mac: &str) -> Option<&LabNode> {
         self.nodes.iter().find(|n| n.mac == mac)
+    }
+
+    /// Plays the pods' part in every node namespace: puts the node's pod addresses
+    /// ([`LabNode::pod_ip4`], [`LabNode::pod_ip6`]) on its loopback and starts its backends there (socat:
+    /// HTTP on [`BACKEND_HTTP_PORT`] answering the node's name, a UDP echo on [`BACKEND_UDP_PORT`]
+    /// answering `<node> <line>`, both families), and creates the nat chain that
+    /// [`NetLab::deliver_locally`] fills. Idempotent.
+    pub fn start_backends(&mut self) -> Result<()> {
+        if self.backends {
+            return Ok(());
+        }
+        for (tool, arg) in [("iptables", "-V"), ("ip6tables", "-V"), ("curl", "-V")] {
+            if Command::new(tool)
+                .arg(arg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
+            {
+                bail!("{tool} is missing: {DATAPATH_INSTALL}");
+            }
+        }
+        let http = self.dir.join("http-backend.sh");
+        let udp = self.dir.join("udp-backend.sh");
+        std::fs::write(&http, HTTP_BACKEND).with_context(|| format!("writing {}", http.display()))?;
+        std::fs::write(&udp, UDP_BACKEND).with_context(|| format!("writing {}", udp.display()))?;
+        let socat = PathBuf::from("/usr/bin/socat");
+        for n in self.nodes.clone() {
+            let (pod4, pod6) = (n.pod_ip4(), n.pod_ip6());
+            sh(&[
+                "ip",
+                "-n",
+                &n.ns,
+                "addr",
+                "replace",
+                &format!("{pod4}/32"),
+                "dev",
+                "lo",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                &n.ns,
+                "addr",
+                "replace",
+                &format!("{pod6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ])?;
+            for iptables in ["iptables", "ip6tables"] {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &n.ns,
+                    iptables,
+                    "-w",
+                    "-t",
+                    "nat",
+                    "-N",
+                    SERVICES_CHAIN,
+                ])?;
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &n.ns,
+                    iptables,
+                    "-w",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-j",
+                    SERVICES_CHAIN,
+                ])?;
+            }
+            let listeners = [
+                (
+                    "http backend v4",
+                    format!("TCP4-LISTEN:{BACKEND_HTTP_PORT},bind={pod4},reuseaddr,fork"),
+                    &http,
+                ),
+                (
+                    "http backend v6",
+                    format!("TCP6-LISTEN:{BACKEND_HTTP_PORT},bind=[{pod6}],reuseaddr,fork"),
+                    &http,
+                ),
+                (
+                    "udp backend v4",
+                    format!("UDP4-RECVFROM:{BACKEND_UDP_PORT},bind={pod4},fork"),
+                    &udp,
+                ),
+                (
+                    "udp backend v6",
+                    format!("UDP6-RECVFROM:{BACKEND_UDP_PORT},bind=[{pod6}],fork"),
+                    &udp,
+                ),
+            ];
+            for (name, listen, script) in listeners {
+                let p = self.spawn_in(
+                    &n.ns,
+                    name,
+                    &socat,
+                    &[listen, format!("EXEC:/bin/sh {} {}", script.display(), n.name)],
+                    &[],
+                )?;
+                self.procs.push(p);
+            }
+        }
+        self.backends = true;
+        // socat binds right after it starts; wait (bounded) until every node answers on its own pod
+        // addresses, so a test's first request does not race the listeners.
+        for n in &self.nodes {
+            for pod in [IpAddr::V4(n.pod_ip4()), IpAddr::V6(n.pod_ip6())] {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    let got = self.http_get_in(&n.ns, pod, BACKEND_HTTP_PORT, Duration::from_secs(1));
+                    match got {
+                        Ok(name) if name == n.name => break,
+                        _ if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        other => bail!("the backend of {} on {pod} does not answer: {other:?}", n.name),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plays kube-proxy's part for one Service port: in every node namespace, traffic to `vip:port`
+    /// (`protocol`) arriving from the LAN is DNATed to that node's own backend (its pod address, port
+    /// [`Protocol::backend_port`]), the rule kube-proxy's iptables mode writes for a LoadBalancer IP
+    /// with a local endpoint. The VIP is configured on no interface, so the kernel never answers ARP or
+    /// NDP for it. Needs [`NetLab::start_backends`] first.
+    pub fn deliver_locally(&self, vip: IpAddr, port: u16, protocol: Protocol) -> Result<()> {
+        anyhow::ensure!(self.backends, "start_backends() first");
+        let iptables = if vip.is_ipv4() { "iptables" } else { "ip6tables" };
+        for n in &self.nodes {
+            let to = match n.pod_ip(vip) {
+                IpAddr::V4(a) => format!("{a}:{}", protocol.backend_port()),
+                IpAddr::V6(a) => format!("[{a}]:{}", protocol.backend_port()),
+            };
+            let dst = if vip.is_ipv4() {
+                format!("{vip}/32")
+            } else {
+                format!("{vip}/128")
+            };
+            let port = port.to_string();
+            let rule = [
+                "-d",
+                &dst,
+                "-p",
+                protocol.name(),
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ];
+            // Once per (VIP, port): a rule that is there already is not added twice.
+            let mut check = vec![
+                "netns",
+                "exec",
+                &n.ns,
+                iptables,
+                "-w",
+                "-t",
+                "nat",
+                "-C",
+                SERVICES_CHAIN,
+            ];
+            check.extend(rule);
+            if run("ip", &check)?.status.success() {
+                continue;
+            }
+            let mut add = vec![
+                "ip",
+                "netns",
+                "exec",
+                &n.ns,
+                iptables,
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                SERVICES_CHAIN,
+            ];
+            add.extend(rule);
+            sh(&add)?;
+        }
+        Ok(())
+    }
+
+    /// HTTP GET `http://ip:port/` with curl inside `ns`, bounded by `timeout`; the body, trimmed.
+    fn http_get_in(&self, ns: &str, ip: IpAddr, port: u16, timeout: Duration) -> Result<String> {
+        let url = match ip {
+            IpAddr::V4(a) => format!("http://{a}:{port}/"),
+            IpAddr::V6(a) => format!("http://[{a}]:{port}/"),
+        };
+        let secs = format!("{:.3}", timeout.as_secs_f64());
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "curl",
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--globoff",
+                "--noproxy",
+                "*",
+                "--max-time",
+                &secs,
+                &url,
+            ],
+        )?;
+        if !out.status.success() {
+            bail!("GET {url} from {ns}: {}", text(&out).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// HTTP GET `http://ip:port/` from the client namespace with curl, the whole request bounded by
+    /// `timeout`; the body, trimmed (the lab's backends answer the name of the node that served).
+    pub fn client_http_get(&self, ip: IpAddr, port: u16, timeout: Duration) -> Result<String> {
+        self.http_get_in(&self.client_ns, ip, port, timeout)
+    }
+
+    /// Sends the line `payload` in one UDP datagram from the client namespace to `ip:port` and returns
+    /// the first line of the answer (the lab's echo backends answer `<node> <payload>`), or an error
+    /// when none came within `timeout`.
+    pub fn client_udp(&self, ip: IpAddr, port: u16, payload: &str, timeout: Duration) -> Result<String> {
+        anyhow::ensure!(
+            !payload.contains(['\n', '\'']),
+            "payload must be one line without quotes"
+        );
+        let script =
+            format!("exec 3<>/dev/udp/{ip}/{port} && printf '%s\\n' '{payload}' >&3 && head -n 1 <&3");
+        let secs = format!("{:.3}", timeout.as_secs_f64());
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.client_ns,
+                "timeout",
+                &secs,
+                "bash",
+                "-c",
+                &script,
+            ],
+        )?;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || answer.is_empty() {
+            bail!(
+                "UDP {ip}:{port} from the client: no answer within {timeout:?} {}",
+                text(&out).trim()
+            );
+        }
+        Ok(answer)
+    }
+
+    /// Unplugs (`up == false`) or replugs node `i` from the bridge: its bridge port goes down, so the
+    /// node's `eth0` loses carrier, as when a node dies or its cable is pulled; everything inside the
+    /// node namespace stays as it was. Replugging restores its addresses.
+    pub fn set_node_link(&self, i: usize, up: bool) -> Result<()> {
+        let n = self.nodes.get(i).context("no such node")?;
+        let port = format!("{}n{i}", self.id);
+        sh(&[
+            "ip",
+            "-n",
+            &self.bridge_ns,
+            "link",
+            "set",
+            &port,
+            if up { "up" } else { "down" },
+        ])?;
+        if up {
+            // IPv6 may drop the global address when the carrier goes.
+            sh(&[
+                "ip",
+                "-n",
+                &n.ns,
+                "addr",
+                "replace",
+                &format!("{}/24", n.ip4),
+                "dev",
+                "eth0",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                &n.ns,
+                "addr",
+                "replace",
+                &format!("{}/64", n.ip6),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the lab's namespaces once this process has exited, for a lab kept in a static (which is
+    /// never dropped). Its processes die with the process anyway (their watchdogs).
+    pub fn delete_after_exit(&self) -> Result<()> {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(r#"owner=$1; shift; while kill -0 "$owner" 2>/dev/null; do sleep 0.5; done; sleep 1; for ns in "$@"; do ip netns del "$ns" 2>/dev/null; done"#)
+            .arg("ferrite-lab-janitor")
+            .arg(std::process::id().to_string())
+            .args(self.namespaces.iter().rev())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().context("starting the lab's janitor")?;
+        Ok(())
     }
 
     /// Directory of the lab's logs.
