@@ -25,12 +25,15 @@ enum Command {
         #[command(flatten)]
         args: ferrite_lb::speaker::SpeakerArgs,
     },
+    /// Print ferrite-lb objects for MetalLB manifests (exit 0: all translated, 1: partly, 2: unreadable).
+    ImportMetallb(ferrite_lb::import::ImportArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::ImportMetallb(args) => return std::process::ExitCode::from(ferrite_lb::import::run(&args)),
         Command::Controller { common, args } => {
             async {
                 let app = ferrite_kit::App::start(&common, "lb", "ferrite-lb-controller").await?;
