@@ -175,7 +175,7 @@ fn crds_dir() -> BTreeMap<String, serde_json::Value> {
 #[test]
 fn the_chart_renders_the_crds_of_crds_dir_once_each_from_its_subchart_and_kept() {
     let expected = crds_dir();
-    assert_eq!(expected.len(), 7, "{:?}", expected.keys());
+    assert_eq!(expected.len(), 9, "{:?}", expected.keys());
     let rendered = rendered_crds(&[]);
     assert_eq!(
         rendered.keys().collect::<Vec<_>>(),
@@ -223,7 +223,7 @@ fn crds_enabled_false_renders_no_crd_and_crds_keep_false_drops_the_annotation() 
     // One subchart off: only its CRDs go; the rest of that subchart still renders.
     let without_dns = rendered_crds(&["--set", "dns.crds.enabled=false"]);
     assert!(
-        without_dns.keys().all(|n| !n.ends_with(".dns.ferrite.dev")) && without_dns.len() == 5,
+        without_dns.keys().all(|n| !n.ends_with(".dns.ferrite.dev")) && without_dns.len() == 7,
         "{:?}",
         without_dns.keys()
     );

@@ -30,7 +30,10 @@ use crate::{
     alloc::{AllocError, Allocator, PoolConfig, PoolError, PoolProblem, PoolStats, ServiceKey},
     service::{self, Classes, RequestError},
 };
-use ferrite_api::{lb::IPPool, names};
+use ferrite_api::{
+    lb::{IPPool, L2Advertisement, L2AdvertisementStatus},
+    names,
+};
 use ferrite_kit::{
     App, ReasonedError,
     conditions::{self, NewCondition, Status},
@@ -311,6 +314,7 @@ async fn create_gossip_secret(
 pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     let client = app.client.clone();
     ferrite_kit::client::require_crd::<IPPool>(&client).await?;
+    ferrite_kit::client::require_crd::<L2Advertisement>(&client).await?;
     let metrics = Metrics::register(&app.registry)?;
 
     // Pools and namespaces: reflectors whose stores the reconcilers read.
@@ -383,6 +387,30 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         reconcile_pool,
         opts.clone(),
     ));
+    // L2Advertisements: validated by the leader (status + Events); the speakers act on them. Every
+    // change of a pool (its labels too) looks at all of them again: which pools they select may change.
+    let adverts_ctl = Controller::new(
+        Api::<L2Advertisement>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let adverts = adverts_ctl.store();
+    let adverts_ctl = adverts_ctl.watches(
+        Api::<IPPool>::all(client.clone()),
+        watcher::Config::default(),
+        move |_pool| {
+            adverts
+                .state()
+                .iter()
+                .map(|a| ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    );
+    let advert_runner = tokio::spawn(ferrite_kit::runner::run(
+        adverts_ctl,
+        ctx.clone(),
+        reconcile_advertisement,
+        opts.clone(),
+    ));
     // Services are looked at only once the pools and namespaces are known, so the first rebuild sees
     // every pool and no Service is told "no pool" while the pools are still loading.
     ferrite_kit::admin::wait_synced(&pools).await;
@@ -399,6 +427,7 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     }
     ferrite_kit::runner::run(services_ctl, ctx.clone(), reconcile_service, opts).await;
     let _ = pool_runner.await;
+    let _ = advert_runner.await;
     app.finish().await;
     Ok(())
 }
@@ -679,6 +708,67 @@ impl Context {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Sets `lb.ferrite.dev/ip-allocated-from-pool` to `pools` (removes it for `None`) and removes the
+    /// `lb.ferrite.dev/announcing-node` of earlier releases, with one merge patch of the Service's
+    /// metadata, only when something differs. Written after the status, in `term`.
+    async fn write_annotations(&self, svc: &Service, term: Term, pools: Option<String>) -> Result<(), Error> {
+        let patch = annotation_patch(svc, pools);
+        let Some(patch) = patch else { return Ok(()) };
+        if self.leadership.term() != Some(term) {
+            return Err(ferrite_kit::Error::NotLeader.into());
+        }
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
+        let name = svc.name_any();
+        let params = kube::api::PatchParams::default();
+        match self
+            .leadership
+            .bounded(async {
+                Ok(api
+                    .patch(&name, &params, &kube::api::Patch::Merge(&patch))
+                    .await?)
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Deleted meanwhile: nothing to annotate.
+            Err(ferrite_kit::Error::Kube(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The merge patch that makes the Service's annotations say `pools` (`None`: no
+/// `ip-allocated-from-pool`) without the old `announcing-node`; `None` when they already do.
+fn annotation_patch(svc: &Service, pools: Option<String>) -> Option<serde_json::Value> {
+    use ferrite_api::lb::annotations::{ANNOUNCING_NODE, IP_ALLOCATED_FROM_POOL};
+    let have = svc.annotations();
+    let mut changes = serde_json::Map::new();
+    if have.get(IP_ALLOCATED_FROM_POOL) != pools.as_ref() {
+        changes.insert(
+            IP_ALLOCATED_FROM_POOL.to_string(),
+            pools.map_or(serde_json::Value::Null, serde_json::Value::String),
+        );
+    }
+    if have.contains_key(ANNOUNCING_NODE) {
+        changes.insert(ANNOUNCING_NODE.to_string(), serde_json::Value::Null);
+    }
+    if changes.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({"metadata": {"annotations": changes}}))
+}
+
+/// The value of `ip-allocated-from-pool`: the pools of the addresses in the order of the status, each
+/// once, comma separated; `None` when no address is in a pool.
+fn pools_annotation(pool_of: &[Option<String>]) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for p in pool_of.iter().flatten() {
+        if !out.contains(&p.as_str()) {
+            out.push(p);
+        }
+    }
+    (!out.is_empty()).then(|| out.join(","))
 }
 
 async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -719,6 +809,11 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
                 .await?
         {
             return Ok(Action::requeue(CONFLICT_RETRY));
+        }
+        // What we wrote while it was ours goes with the addresses (only then: another ferrite-lb of
+        // another class may be annotating it now).
+        if held && svc.meta().deletion_timestamp.is_none() {
+            ctx.write_annotations(&svc, term, None).await?;
         }
         return Ok(requeue);
     }
@@ -823,6 +918,8 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
                 tracing::info!(service = %key, ips = %ips, term = %term, "assigned");
                 bump(&ctx.pools_dirty);
             }
+            ctx.write_annotations(&svc, term, pools_annotation(&assignment.pool_of))
+                .await?;
             Ok(requeue)
         }
         Err(e) => {
@@ -834,9 +931,16 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             {
                 return Ok(Action::requeue(CONFLICT_RETRY));
             }
-            ctx.events
-                .warning(&oref, "AllocationFailed", "Allocate", e.to_string())
-                .await;
+            if holds_nothing {
+                ctx.write_annotations(&svc, term, None).await?;
+            }
+            // Sharing refused (port, key, or the externalTrafficPolicy: Local rule): its own reason.
+            let reason = if e.is_sharing() {
+                "SharingConflict"
+            } else {
+                "AllocationFailed"
+            };
+            ctx.events.warning(&oref, reason, "Allocate", e.to_string()).await;
             Err(e.into())
         }
     }
@@ -974,4 +1078,317 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
         }
     }
     Ok(Action::requeue(ctx.resync))
+}
+
+/// Why an L2Advertisement cannot be used: (reason, message naming the field and entry).
+pub fn advertisement_problem(adv: &L2Advertisement) -> Option<(&'static str, String)> {
+    let spec = &adv.spec;
+    if !spec.unknown.is_empty() {
+        let fields: Vec<String> = spec.unknown.keys().map(|k| format!("spec.{k}")).collect();
+        return Some((
+            "UnknownField",
+            crate::alloc::unknown_fields_message(&fields, "L2Advertisement"),
+        ));
+    }
+    for (field, list) in [
+        ("ipPoolSelectors", &spec.ip_pool_selectors),
+        ("nodeSelectors", &spec.node_selectors),
+        ("serviceSelectors", &spec.service_selectors),
+    ] {
+        for (i, sel) in list.iter().enumerate() {
+            if let Err(e) = ferrite_kit::selector::validate(sel) {
+                return Some(("InvalidSelector", format!("spec.{field}[{i}]: {e}")));
+            }
+        }
+    }
+    if let Some(i) = spec.ip_pools.iter().position(|p| p.trim().is_empty()) {
+        return Some(("InvalidPoolName", format!("spec.ipPools[{i}]: empty pool name")));
+    }
+    if let Err(e) = crate::l2::iface::InterfaceFilter::new(spec.interfaces.iter().cloned()) {
+        return Some(("InvalidInterface", format!("spec.interfaces: {e}")));
+    }
+    None
+}
+
+/// The names of the pools `adv` selects (ipPools names OR ipPoolSelectors; both empty: every pool),
+/// sorted. Call only for a valid advertisement (an invalid selector selects nothing).
+pub fn advertised_pools(adv: &L2Advertisement, pools: &[Arc<IPPool>]) -> Vec<String> {
+    let spec = &adv.spec;
+    let every = spec.ip_pools.is_empty() && spec.ip_pool_selectors.is_empty();
+    let mut out: Vec<String> = pools
+        .iter()
+        .filter(|p| {
+            every
+                || spec.ip_pools.contains(&p.name_any())
+                || spec
+                    .ip_pool_selectors
+                    .iter()
+                    .any(|sel| ferrite_kit::selector::matches(sel, p.labels()).unwrap_or(false))
+        })
+        .map(|p| p.name_any())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The Ready condition of an advertisement: (status, reason, message).
+fn advertisement_ready(adv: &L2Advertisement, pools: &[Arc<IPPool>]) -> (Status, &'static str, String) {
+    if let Some((reason, message)) = advertisement_problem(adv) {
+        return (Status::False, reason, message);
+    }
+    let selected = advertised_pools(adv, pools);
+    let missing: Vec<&str> = adv
+        .spec
+        .ip_pools
+        .iter()
+        .filter(|n| !selected.contains(n))
+        .map(String::as_str)
+        .collect();
+    let missing = if missing.is_empty() {
+        String::new()
+    } else {
+        format!(" (no IPPool named {})", missing.join(", "))
+    };
+    if selected.is_empty() {
+        (
+            Status::True,
+            "NoPools",
+            format!("valid, but selects no pool{missing}: it announces nothing"),
+        )
+    } else {
+        (
+            Status::True,
+            "Ready",
+            format!("announces pools {}{missing}", selected.join(", ")),
+        )
+    }
+}
+
+async fn reconcile_advertisement(adv: Arc<L2Advertisement>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = adv.name_any();
+    let pools = ctx.pools.state();
+    let (status_value, reason, message) = advertisement_ready(&adv, &pools);
+    let mut status: L2AdvertisementStatus = adv.status.clone().unwrap_or_default();
+    let generation = adv.metadata.generation;
+    conditions::set(
+        &mut status.conditions,
+        NewCondition {
+            type_: names::CONDITION_READY,
+            status: status_value,
+            reason,
+            message: message.clone(),
+        },
+        generation,
+        Timestamp::now(),
+    );
+    status.observed_generation = generation;
+    if adv.status.as_ref() != Some(&status) {
+        let api: Api<L2Advertisement> = Api::all(ctx.client.clone());
+        apply_status(
+            &api,
+            &name,
+            names::LB_CONTROLLER_MANAGER,
+            serde_json::to_value(&status).map_err(|e| ferrite_kit::Error::Setup(e.to_string()))?,
+            &ctx.leadership,
+        )
+        .await?;
+        if status_value == Status::False {
+            ctx.events
+                .warning(
+                    &adv.object_ref(&()),
+                    reason,
+                    "Validate",
+                    format!("L2Advertisement \"{name}\": {message}"),
+                )
+                .await;
+        }
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(annotations: serde_json::Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "app", "annotations": annotations}}),
+        )
+        .expect("Service")
+    }
+
+    #[test]
+    fn annotations_name_the_pools_and_drop_the_old_announcing_node() {
+        let pools =
+            |v: &[Option<&str>]| -> Vec<Option<String>> { v.iter().map(|p| p.map(str::to_string)).collect() };
+        assert_eq!(
+            pools_annotation(&pools(&[Some("v6"), Some("v4")])).as_deref(),
+            Some("v6,v4")
+        );
+        assert_eq!(
+            pools_annotation(&pools(&[Some("dual"), Some("dual")])).as_deref(),
+            Some("dual")
+        );
+        assert_eq!(
+            pools_annotation(&pools(&[None, Some("v4")])).as_deref(),
+            Some("v4")
+        );
+        assert_eq!(pools_annotation(&pools(&[None])), None);
+        assert_eq!(pools_annotation(&[]), None);
+
+        // (case, annotations now, wanted pools, patch)
+        let cases = [
+            (
+                "new",
+                json!({}),
+                Some("lan"),
+                Some(json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan"})),
+            ),
+            (
+                "same",
+                json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan"}),
+                Some("lan"),
+                None,
+            ),
+            (
+                "moved",
+                json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan"}),
+                Some("dmz"),
+                Some(json!({"lb.ferrite.dev/ip-allocated-from-pool": "dmz"})),
+            ),
+            (
+                "lost its addresses",
+                json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan", "x": "y"}),
+                None,
+                Some(json!({"lb.ferrite.dev/ip-allocated-from-pool": null})),
+            ),
+            ("nothing to remove", json!({"x": "y"}), None, None),
+            (
+                "old announcing-node",
+                json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan", "lb.ferrite.dev/announcing-node": "n1"}),
+                Some("lan"),
+                Some(json!({"lb.ferrite.dev/announcing-node": null})),
+            ),
+        ];
+        for (name, have, want, patch) in cases {
+            let got = annotation_patch(&svc(have), want.map(str::to_string));
+            assert_eq!(
+                got,
+                patch.map(|a| json!({"metadata": {"annotations": a}})),
+                "{name}"
+            );
+        }
+    }
+
+    fn adv(spec: serde_json::Value) -> L2Advertisement {
+        serde_json::from_value(
+            json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "L2Advertisement",
+                                      "metadata": {"name": "adv"}, "spec": spec}),
+        )
+        .expect("L2Advertisement")
+    }
+
+    fn ippool(name: &str, labels: serde_json::Value) -> Arc<IPPool> {
+        Arc::new(
+            serde_json::from_value(json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
+                                          "metadata": {"name": name, "labels": labels},
+                                          "spec": {"addresses": ["192.0.2.0/30"]}}))
+            .expect("IPPool"),
+        )
+    }
+
+    #[test]
+    fn advertisement_validation_and_selected_pools() {
+        let pools = vec![
+            ippool("lan", json!({"zone": "a"})),
+            ippool("dmz", json!({"zone": "b"})),
+            ippool("lab", json!({})),
+        ];
+        // (case, spec, Ready status, reason, message contains)
+        let cases = [
+            (
+                "everything",
+                json!({}),
+                Status::True,
+                "Ready",
+                "announces pools dmz, lab, lan",
+            ),
+            (
+                "by name",
+                json!({"ipPools": ["lan"]}),
+                Status::True,
+                "Ready",
+                "announces pools lan",
+            ),
+            (
+                "names OR selectors",
+                json!({"ipPools": ["lab"], "ipPoolSelectors": [{"matchLabels": {"zone": "b"}}]}),
+                Status::True,
+                "Ready",
+                "announces pools dmz, lab",
+            ),
+            (
+                "a missing name is noted",
+                json!({"ipPools": ["lan", "gone"]}),
+                Status::True,
+                "Ready",
+                "announces pools lan (no IPPool named gone)",
+            ),
+            (
+                "selects no pool",
+                json!({"ipPoolSelectors": [{"matchLabels": {"zone": "z"}}]}),
+                Status::True,
+                "NoPools",
+                "selects no pool",
+            ),
+            (
+                "bad regex",
+                json!({"interfaces": ["eth0", "/eth[/"]}),
+                Status::False,
+                "InvalidInterface",
+                "spec.interfaces: interface pattern \"/eth[/\" is invalid",
+            ),
+            (
+                "name with a space",
+                json!({"interfaces": ["eth 0"]}),
+                Status::False,
+                "InvalidInterface",
+                "\"eth 0\"",
+            ),
+            (
+                "name with a slash",
+                json!({"interfaces": ["eth/0"]}),
+                Status::False,
+                "InvalidInterface",
+                "\"eth/0\"",
+            ),
+            (
+                "bad node selector",
+                json!({"nodeSelectors": [{}, {"matchExpressions": [{"key": "a", "operator": "Bogus"}]}]}),
+                Status::False,
+                "InvalidSelector",
+                "spec.nodeSelectors[1]",
+            ),
+            (
+                "MetalLB's field name",
+                json!({"ipAddressPools": ["lan"]}),
+                Status::False,
+                "UnknownField",
+                "unknown field spec.ipAddressPools (MetalLB's name: use ipPools)",
+            ),
+            (
+                "a typo",
+                json!({"interface": ["eth0"]}),
+                Status::False,
+                "UnknownField",
+                "unknown field spec.interface (not a field of L2Advertisement lb.ferrite.dev/v1alpha1)",
+            ),
+        ];
+        for (name, spec, status, reason, needle) in cases {
+            let (s, r, m) = advertisement_ready(&adv(spec), &pools);
+            assert_eq!((s, r), (status, reason), "{name}: {m}");
+            assert!(m.contains(needle), "{name}: {m}");
+        }
+    }
 }
