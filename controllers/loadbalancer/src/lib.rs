@@ -17,6 +17,7 @@ pub mod addr;
 pub mod alloc;
 pub mod controller;
 pub mod election;
+pub mod heartbeat;
 pub mod import;
 pub mod l2;
 pub mod member;

@@ -8,14 +8,16 @@
 //!        └──────── frame + HMAC <─── sends ┘  timers <─> queue └──> ferrite_lb_gossip_rejected_total{reason}
 //! ```
 //!
-//! One tokio task owns the socket, the `Foca` instance and its timer queue; [`Membership`] is a handle
-//! that talks to it over a channel. Speakers find each other through the Node objects: the caller
+//! One tokio task, on a thread of its own with a single-threaded runtime (`ferrite-gossip`), owns the
+//! socket, the `Foca` instance, its timer queue and the heartbeats; [`Membership`] is a handle that talks
+//! to it over a channel. Speakers find each other through the Node objects: the caller
 //! passes the gossip address of every Node to [`Membership::join`] whenever the Node list changes,
 //! and the task re-announces every `rejoin_period` to listed peers that are not members, so a healed
 //! partition or a late speaker converges without help.
 //!
 //! # Wire format and authentication
-//! Every datagram is `[0x01 version][HMAC-SHA256(key, version || payload), 32 bytes][foca payload]`,
+//! Every datagram is `[version][HMAC-SHA256(key, version || payload), 32 bytes][payload]`: version 1
+//! carries a foca payload, version 2 a heartbeat (`heartbeat::Beat`, 9 bytes),
 //! at most [`MAX_DATAGRAM`] bytes (under a 1500-byte Ethernet MTU, RFC 8085 §3.2). The key comes from a
 //! Secret (read by the caller). Datagrams that are too short, too long, of another version or with a bad
 //! MAC are dropped before foca parses anything and counted in
@@ -30,12 +32,45 @@
 //! of waiting for the old one to be forgotten. If the cluster wrongly declares us down,
 //! [`foca::Identity::renew`] bumps `boot` and we rejoin immediately.
 //!
-//! # Timings (why these numbers)
-//! The issue's target is "a dead node is detected in about a second" and failover (node death to
-//! clients on the new MAC) with a median under 1 s and a max under 2 s. Foca's `Config::simple()`
-//! (probe 1.5 s, suspect→down 3 s) and `Config::new_lan()` (memberlist's DefaultLANConfig: probe 1 s,
-//! suspect→down 4·max(1, log10 n) s) detect in 3–6 s: they are tuned for big memberlist
-//! deployments. A speaker fleet is a few to a few hundred nodes on one L2 segment with
+//! # Where failover time went, and the fast path
+//! Measured before the heartbeats (docs/benchmarks.md, SIGKILL of the announcing speaker -> the
+//! client's neighbour entry moves): median 860 ms, max 1.25 s, against 353 ms for keepalived VRRPv3
+//! with 100 ms adverts. Almost all of it was SWIM detection: waiting until somebody probes the dead
+//! member (0–2 probe periods of 250 ms with 3 speakers, a shuffled round robin), the failed probe's
+//! period (250 ms: foca marks Suspect at the *next* probe tick), then `suspect_to_down_after`
+//! (500 ms); and only the prober times the suspicion, so the other speakers learned of the Down at
+//! the next gossip round (up to 100 ms more). The takeover after that (the speaker's recompute, the
+//! announcer set, the first gratuitous ARP/NA) is immediate: a few milliseconds.
+//!
+//! So detection has a second, fast path (`heartbeat`): every speaker pings the next
+//! `heartbeat_peers` (3) speakers in the ring of node names every `heartbeat_interval` (25 ms) and
+//! the peer's gossip thread answers at once. A watched peer silent for `heartbeat_timeout` (100 ms:
+//! four pings) is *suspected* in SWIM — the suspicion is gossiped at once, to the suspect too — and
+//! declared Down after `heartbeat_suspect_to_down` (125 ms) unless it refuted (SWIM's refutation: a
+//! newer incarnation, which foca gossips the moment it hears it is suspected) or answered a ping
+//! again. A Down is pushed to the other speakers at once instead of at the next gossip round.
+//! Expected detection ≈ 75–125 ms until the silence counts (the last pong came 0–25 ms before the
+//! death) + 125 ms ≈ **0.20–0.25 s**, the same at every watcher; `tests/member_gossip.rs` measures
+//! about 0.23–0.27 s on loopback. SWIM's probes keep running unchanged as the slow path for peers
+//! that do not (yet) answer heartbeats, e.g. an older speaker during a rolling upgrade.
+//!
+//! **The trade-off.** A live speaker is declared down only if it is silent for 100 ms *and* does not
+//! refute within the next 125 ms: a stall of about 225 ms or more (SIGSTOP, a VM paused, CFS
+//! throttling of a CPU limit) is taken for a death, where SWIM alone tolerated about 0.75 s (and
+//! keepalived VRRPv3 at 100 ms adverts tolerates 3 adverts + skew ≈ 360 ms). A stall shorter than
+//! that is refuted (`stopped_for_less_than_the_suspicion_time_is_not_down_and_for_longer_is`).
+//! CPU starvation is not a stall: the gossip task runs on a thread of its own with its own runtime,
+//! so nothing else in the speaker (an election over 10,000 Services, a burst of watch events) delays
+//! an answer, and a thread that sleeps between pings is scheduled within milliseconds of waking
+//! even with busy loops pinned to its CPU (`busy_loops_pinned_to_the_members_cpu_do_not_make_it_down`;
+//! the benchmark's CPU-starvation run counts false failovers). Lost datagrams: four pings in a row
+//! on a LAN, then a lost refutation. Do not put a CPU limit on the speaker. Cost: per speaker
+//! 3 × 40 pings and as many pongs per second, 42 bytes each.
+//!
+//! # SWIM timings (why these numbers)
+//! Foca's `Config::simple()` (probe 1.5 s, suspect→down 3 s) and `Config::new_lan()` (memberlist's
+//! DefaultLANConfig: probe 1 s, suspect→down 4·max(1, log10 n) s) detect in 3–6 s: they are tuned for
+//! big memberlist deployments. A speaker fleet is a few to a few hundred nodes on one L2 segment with
 //! sub-millisecond RTT, so (see [`Timings::default`]):
 //! - `probe_period` 250 ms: each speaker pings one member per period, walking a shuffled
 //!   round-robin list; each of the n-1 others reaches a given member once per n-1 periods, so
@@ -43,21 +78,18 @@
 //! - `probe_rtt` 80 ms: the wait for a direct ack before asking 3 others to ping indirectly; ~100× a
 //!   LAN RTT, and leaves 170 ms for the indirect round inside the period.
 //! - `suspect_to_down_after` 500 ms: two probe periods and five gossip rounds for a falsely
-//!   suspected speaker (lost datagrams, a stalled node) to hear the suspicion and refute it. A false
-//!   "down" is expensive here (with no flip-back the IP moves for good and connections break), so it
-//!   is not shorter; do not put a CPU limit on the speaker (CFS throttling stalls it for 100 ms slices).
+//!   suspected speaker (lost datagrams, a stalled node) to hear the suspicion and refute it. The
+//!   heartbeats make detection fast, so this slow path stays conservative.
 //! - `gossip_period` 100 ms to 3 members: spreads Suspect/Down/Alive updates in a few hops;
 //!   datagrams are small (one member ≈ 40 bytes), about 10 per second per speaker.
 //!
-//! Expected detection = wait until probed (0–2 periods with 3 speakers) + one failed probe period +
-//! suspicion ≈ 0.75–1.25 s; `tests/member_gossip.rs` measures 1.0–1.25 s on loopback with 3 members.
-//! The brief's "probe 300–500 ms, suspicion ~1 s" would give 1.6–2.5 s, over the failover budget.
-//! Suspect members still count as alive; only Down removes a node from [`Membership::alive`]. A
-//! graceful stop announces the leave (foca's `leave_cluster`) and peers drop the node at once
-//! (under 1 ms on loopback).
+//! SWIM alone: wait until probed (0–2 periods with 3 speakers) + one failed probe period + suspicion
+//! ≈ 0.75–1.25 s (about 1.0 s on loopback). Suspect members still count as alive; only Down removes a
+//! node from [`Membership::alive`]. A graceful stop announces the leave (foca's `leave_cluster`) and
+//! peers drop the node at once (under 1 ms on loopback).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -79,6 +111,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::heartbeat;
 
 /// Default gossip port: the port MetalLB's memberlist uses, so firewall rules carry over.
 pub const DEFAULT_PORT: u16 = 7946;
@@ -107,6 +141,15 @@ pub struct Timings {
     pub gossip_period: Duration,
     /// How often listed peers that are not members are announced to again.
     pub rejoin_period: Duration,
+    /// How often each watched peer is pinged by the heartbeat fast path (`heartbeat`).
+    pub heartbeat_interval: Duration,
+    /// Silence (no pong, no ping) after which a watched peer is suspected; a multiple of the interval.
+    pub heartbeat_timeout: Duration,
+    /// How long a peer suspected for its silence may refute before it is declared down.
+    pub heartbeat_suspect_to_down: Duration,
+    /// How many peers each speaker watches (its successors in the ring of node names); 0 turns the
+    /// fast path off and leaves detection to SWIM's probes.
+    pub heartbeat_peers: usize,
 }
 
 impl Default for Timings {
@@ -117,6 +160,10 @@ impl Default for Timings {
             suspect_to_down_after: Duration::from_millis(500),
             gossip_period: Duration::from_millis(100),
             rejoin_period: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_millis(25),
+            heartbeat_timeout: Duration::from_millis(100),
+            heartbeat_suspect_to_down: Duration::from_millis(125),
+            heartbeat_peers: 3,
         }
     }
 }
@@ -192,6 +239,8 @@ pub enum MemberError {
     },
     #[error("registering gossip metrics: {0}")]
     Metrics(#[source] prometheus::Error),
+    #[error("starting the gossip thread: {0}")]
+    Thread(#[source] io::Error),
 }
 
 impl MemberError {
@@ -204,6 +253,7 @@ impl MemberError {
             }
             Self::Bind { .. } => "GossipBindFailed",
             Self::Metrics(_) => "MetricsRegistration",
+            Self::Thread(_) => "GossipThreadFailed",
         }
     }
 }
@@ -284,12 +334,13 @@ impl Membership {
         let mac = HmacSha256::new_from_slice(&cfg.key).map_err(|_| MemberError::EmptyKey)?;
         let metrics = Metrics::register(registry)?;
 
-        let socket = UdpSocket::bind(cfg.bind)
-            .await
-            .map_err(|source| MemberError::Bind {
-                addr: cfg.bind,
-                source,
-            })?;
+        // A std socket, registered with the gossip thread's own runtime below.
+        let bind_err = |source| MemberError::Bind {
+            addr: cfg.bind,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(cfg.bind).map_err(bind_err)?;
+        socket.set_nonblocking(true).map_err(bind_err)?;
         let mut advertise = cfg.advertise;
         if advertise.port() == 0 {
             let bound = socket.local_addr().map_err(|source| MemberError::Bind {
@@ -314,26 +365,21 @@ impl Membership {
 
         info!(node = %id.node, addr = %advertise, boot = id.boot, "gossip started");
         let exit = Arc::new(Mutex::new(None));
-        let gossip = Gossip {
-            foca,
-            runtime: foca::AccumulatingRuntime::new(),
+        let task = spawn_gossip_thread(
             socket,
-            mac,
-            metrics,
-            timers: TimerQueue::default(),
-            peers: BTreeSet::new(),
-            alive: alive_tx,
-            timings: cfg.timings,
-            frame: Vec::with_capacity(MAX_DATAGRAM),
-        };
-        let task = {
-            let exit = exit.clone();
-            tokio::spawn(async move {
-                if let Err(why) = gossip.run(commands_rx, shutdown).await {
-                    *exit.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
-                }
-            })
-        };
+            GossipParts {
+                foca,
+                mac,
+                metrics,
+                alive: alive_tx,
+                timings: cfg.timings,
+                watcher: heartbeat::Watcher::new(rand::random()),
+            },
+            commands_rx,
+            shutdown,
+            exit.clone(),
+        )
+        .await?;
         Ok(Membership {
             id,
             commands,
@@ -396,6 +442,87 @@ impl Membership {
     }
 }
 
+/// What [`Gossip`] is made of, built by [`Membership::start`] before the socket is registered.
+struct GossipParts {
+    foca: Swim,
+    mac: HmacSha256,
+    metrics: Metrics,
+    alive: watch::Sender<BTreeSet<String>>,
+    timings: Timings,
+    watcher: heartbeat::Watcher,
+}
+
+/// Runs the gossip task on a thread of its own with a single-threaded runtime, so that nothing else
+/// the process does (an election over 10,000 Services, a burst of watch events) delays a ping's answer
+/// or a refutation: a busy speaker stays a live speaker. Returns the task's handle (abort, await)
+/// once the socket is registered with that runtime.
+async fn spawn_gossip_thread(
+    socket: std::net::UdpSocket,
+    parts: GossipParts,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+    exit: Arc<Mutex<Option<String>>>,
+) -> Result<JoinHandle<()>, MemberError> {
+    let (handle_tx, handle_rx) = tokio::sync::oneshot::channel::<Result<JoinHandle<()>, io::Error>>();
+    let spawned = std::thread::Builder::new()
+        .name("ferrite-gossip".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                    return;
+                }
+            };
+            // The thread ends when the task does (returned, panicked or aborted: the guard is dropped
+            // with the task's future in every case).
+            let ended = CancellationToken::new();
+            let guard = ended.clone().drop_guard();
+            let socket = match rt.block_on(async { UdpSocket::from_std(socket) }) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                    return;
+                }
+            };
+            let gossip = Gossip {
+                foca: parts.foca,
+                runtime: foca::AccumulatingRuntime::new(),
+                socket,
+                mac: parts.mac,
+                metrics: parts.metrics,
+                timers: TimerQueue::default(),
+                peers: BTreeSet::new(),
+                alive: parts.alive,
+                timings: parts.timings,
+                frame: Vec::with_capacity(MAX_DATAGRAM),
+                watcher: parts.watcher,
+                beats_out: Vec::new(),
+                suspected: BTreeMap::new(),
+            };
+            let task = rt.spawn(async move {
+                let _guard = guard;
+                if let Err(why) = gossip.run(commands, shutdown).await {
+                    *exit.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                }
+            });
+            if handle_tx.send(Ok(task)).is_err() {
+                return;
+            }
+            rt.block_on(ended.cancelled());
+        });
+    if let Err(e) = spawned {
+        return Err(MemberError::Thread(e));
+    }
+    match handle_rx.await {
+        Ok(Ok(task)) => Ok(task),
+        Ok(Err(e)) => Err(MemberError::Thread(e)),
+        Err(_) => Err(MemberError::Thread(io::Error::other(
+            "the gossip thread ended before it started",
+        ))),
+    }
+}
+
 /// Foca's LAN configuration with Ferrite's timings (module docs explain the numbers).
 fn foca_config(t: &Timings) -> Result<Config, MemberError> {
     let bad = |m: &str| Err(MemberError::InvalidTimings(m.to_owned()));
@@ -404,6 +531,15 @@ fn foca_config(t: &Timings) -> Result<Config, MemberError> {
     }
     if t.suspect_to_down_after.is_zero() || t.gossip_period.is_zero() || t.rejoin_period.is_zero() {
         return bad("suspect_to_down_after, gossip_period and rejoin_period must be non-zero");
+    }
+    if t.heartbeat_peers > 0 {
+        if t.heartbeat_interval.is_zero() || t.heartbeat_suspect_to_down.is_zero() {
+            return bad("heartbeat_interval and heartbeat_suspect_to_down must be non-zero");
+        }
+        // One lost pong must never look like a dead peer.
+        if t.heartbeat_timeout < t.heartbeat_interval * 2 {
+            return bad("heartbeat_timeout must be at least two heartbeat intervals");
+        }
     }
     // The cluster-size hint only sets max_transmissions (4·log10(n+1) = 6 for 32 speakers): how many
     // times each update piggybacks; plenty for clusters a few times larger with 100 ms gossip.
@@ -430,6 +566,7 @@ fn foca_config(t: &Timings) -> Result<Config, MemberError> {
 struct Metrics {
     members: IntGauge,
     rejected: IntCounterVec,
+    beats: IntCounterVec,
 }
 
 impl Metrics {
@@ -457,7 +594,29 @@ impl Metrics {
             // Export zeros so dashboards and alerts see the series before the first rejection.
             rejected.with_label_values(&[reason]);
         }
-        Ok(Self { members, rejected })
+        let beats = IntCounterVec::new(
+            Opts::new(
+                "ferrite_lb_gossip_heartbeat_suspicions_total",
+                "Peers suspected because their heartbeats stopped, and how each suspicion ended (event: suspected, refuted, down).",
+            ),
+            &["event"],
+        )
+        .map_err(MemberError::Metrics)?;
+        registry
+            .register(Box::new(beats.clone()))
+            .map_err(MemberError::Metrics)?;
+        for event in ["suspected", "refuted", "down"] {
+            beats.with_label_values(&[event]);
+        }
+        Ok(Self {
+            members,
+            rejected,
+            beats,
+        })
+    }
+
+    fn beat(&self, event: &str) {
+        self.beats.with_label_values(&[event]).inc();
     }
 
     fn reject(&self, reason: &str) {
@@ -539,6 +698,20 @@ struct Gossip {
     alive: watch::Sender<BTreeSet<String>>,
     timings: Timings,
     frame: Vec<u8>,
+    watcher: heartbeat::Watcher,
+    /// Heartbeats to send at the next drain.
+    beats_out: Vec<(SocketAddr, heartbeat::Beat)>,
+    /// Peers this speaker suspected for their silence: the incarnation suspected and when it is
+    /// declared down unless it refuted or spoke again.
+    suspected: BTreeMap<SocketAddr, Suspicion>,
+}
+
+/// A suspicion raised by missing heartbeats.
+#[derive(Debug, Clone, Copy)]
+struct Suspicion {
+    incarnation: foca::Incarnation,
+    since: Instant,
+    down_at: Instant,
 }
 
 impl Gossip {
@@ -553,6 +726,14 @@ impl Gossip {
         let mut recv_errors = 0u32;
         let mut rejoin = tokio::time::interval(self.timings.rejoin_period);
         rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let beats_on = self.timings.heartbeat_peers > 0;
+        let mut beat = tokio::time::interval(if beats_on {
+            self.timings.heartbeat_interval
+        } else {
+            Duration::from_secs(3600)
+        });
+        // After a stall, one round at once (the datagrams that queued up meanwhile are read first).
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = self.timers.next_deadline();
             tokio::select! {
@@ -593,13 +774,14 @@ impl Gossip {
                     self.announce_to_strangers();
                 }
                 _ = rejoin.tick() => self.announce_to_strangers(),
+                _ = beat.tick(), if beats_on => self.heartbeat_round(),
             }
             self.drain().await;
         }
     }
 
     fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
-        let payload = match open(&self.mac, datagram) {
+        let (version, payload) = match open(&self.mac, datagram) {
             Ok(p) => p,
             Err(reason) => {
                 self.metrics.reject(reason);
@@ -607,6 +789,10 @@ impl Gossip {
                 return;
             }
         };
+        if version == heartbeat::VERSION {
+            self.on_beat(payload, from);
+            return;
+        }
         match self.foca.handle_data(payload, &mut self.runtime) {
             Ok(()) => {}
             Err(foca::Error::DataFromOurselves) => {}
@@ -615,6 +801,137 @@ impl Gossip {
                 debug!(%from, error = %e, "gossip: authenticated datagram not understood");
             }
         }
+    }
+
+    /// A heartbeat datagram: answer a ping, note a pong.
+    fn on_beat(&mut self, payload: &[u8], from: SocketAddr) {
+        let now = Instant::now();
+        match heartbeat::Beat::decode(payload) {
+            Ok(heartbeat::Beat::Ping(seq)) => {
+                self.watcher.on_ping(from, now);
+                self.beats_out.push((from, heartbeat::Beat::Pong(seq)));
+            }
+            Ok(heartbeat::Beat::Pong(seq)) => {
+                if self.watcher.on_pong(from, seq, now)
+                    && let Some(s) = self.suspected.remove(&from)
+                {
+                    self.metrics.beat("refuted");
+                    info!(
+                        %from,
+                        after = ?now.saturating_duration_since(s.since),
+                        "gossip: suspected speaker answers heartbeats again"
+                    );
+                }
+            }
+            Err(reason) => {
+                self.metrics.reject(reason);
+                debug!(%from, reason, "gossip: heartbeat not understood");
+            }
+        }
+    }
+
+    /// One heartbeat round: follow the ring, suspect the silent, declare down the unrefuted, ping.
+    fn heartbeat_round(&mut self) {
+        let now = Instant::now();
+        let me = self.foca.identity().node.clone();
+        let watched = heartbeat::watched(
+            &me,
+            self.foca
+                .iter_members()
+                .map(|m| (m.id().node.as_str(), m.id().addr)),
+            self.timings.heartbeat_peers,
+        );
+        self.watcher.set_watched(&watched, now);
+        self.suspected.retain(|a, _| watched.contains(a));
+        for addr in self.watcher.silent(now, self.timings.heartbeat_timeout) {
+            self.suspect_silent(addr, now);
+        }
+        let due: Vec<SocketAddr> = self
+            .suspected
+            .iter()
+            .filter(|(_, s)| s.down_at <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in due {
+            self.verdict(addr);
+        }
+        let seq = self.watcher.next_round();
+        for addr in watched {
+            self.beats_out.push((addr, heartbeat::Beat::Ping(seq)));
+        }
+    }
+
+    /// `addr` has been silent for the heartbeat timeout: suspect it in SWIM (once per window) and push
+    /// the suspicion at once, so that a live speaker hears it and refutes.
+    fn suspect_silent(&mut self, addr: SocketAddr, now: Instant) {
+        if self.suspected.contains_key(&addr) {
+            return;
+        }
+        let Some(member) = self.foca.iter_members().find(|m| m.id().addr == addr).cloned() else {
+            return;
+        };
+        let incarnation = member.incarnation();
+        if member.state() == foca::State::Alive {
+            let suspect = foca::Member::new(member.id().clone(), incarnation, foca::State::Suspect);
+            if let Err(e) = self
+                .foca
+                .apply_many(std::iter::once(suspect), true, &mut self.runtime)
+            {
+                debug!(error = %e, "gossip: suspecting a silent speaker");
+            }
+        }
+        self.suspected.insert(
+            addr,
+            Suspicion {
+                incarnation,
+                since: now,
+                down_at: now + self.timings.heartbeat_suspect_to_down,
+            },
+        );
+        if let Err(e) = self.foca.gossip(&mut self.runtime) {
+            debug!(error = %e, "gossip: pushing a suspicion");
+        }
+        self.metrics.beat("suspected");
+        info!(
+            node = %member.id().node,
+            %addr,
+            silent = ?self.watcher.heard(addr).map(|h| now.saturating_duration_since(h)),
+            down_in = ?self.timings.heartbeat_suspect_to_down,
+            "gossip: no heartbeat from speaker; suspected"
+        );
+    }
+
+    /// The refutation window of a silence suspicion is over: down, unless the speaker refuted (a newer
+    /// incarnation) or spoke again.
+    fn verdict(&mut self, addr: SocketAddr) {
+        let Some(s) = self.suspected.remove(&addr) else {
+            return;
+        };
+        let Some(member) = self.foca.iter_members().find(|m| m.id().addr == addr).cloned() else {
+            // Down or gone already (SWIM, a leave, or another watcher's verdict).
+            return;
+        };
+        let spoke = self.watcher.heard(addr).is_some_and(|h| h > s.since);
+        if spoke || member.incarnation() != s.incarnation {
+            self.metrics.beat("refuted");
+            debug!(node = %member.id().node, spoke, "gossip: silence suspicion refuted");
+            return;
+        }
+        let down = foca::Member::new(member.id().clone(), s.incarnation, foca::State::Down);
+        if let Err(e) = self
+            .foca
+            .apply_many(std::iter::once(down), true, &mut self.runtime)
+        {
+            debug!(error = %e, "gossip: declaring a silent speaker down");
+            return;
+        }
+        self.metrics.beat("down");
+        info!(
+            node = %member.id().node,
+            %addr,
+            silent = ?self.watcher.heard(addr).map(|h| Instant::now().saturating_duration_since(h)),
+            "gossip: speaker silent and did not refute; declared down"
+        );
     }
 
     /// Announce to listed peers that are not active members (new, restarted, or partitioned away).
@@ -637,30 +954,65 @@ impl Gossip {
 
     /// Sends what foca produced, schedules its timers and publishes membership changes.
     async fn drain(&mut self) {
+        // Pongs first: they are what a watcher is waiting for.
+        for (to, beat) in std::mem::take(&mut self.beats_out) {
+            seal(&self.mac, heartbeat::VERSION, &beat.encode(), &mut self.frame);
+            if let Err(e) = self.socket.send_to(&self.frame, to).await {
+                debug!(%to, error = %e, "gossip: heartbeat send failed");
+            }
+        }
+        let mut changed = false;
+        let mut pushed = false;
+        loop {
+            self.send_swim().await;
+            let now = Instant::now();
+            while let Some((after, timer)) = self.runtime.to_schedule() {
+                self.timers.push(now + after, timer);
+            }
+            let mut down = false;
+            while let Some(n) = self.runtime.to_notify() {
+                down |= self.on_notification(n);
+                changed = true;
+            }
+            // A member just went down here: tell the others now rather than at the next gossip
+            // round, so that every speaker's election sees it at about the same time.
+            if down && !pushed {
+                pushed = true;
+                if let Err(e) = self.foca.gossip(&mut self.runtime) {
+                    debug!(error = %e, "gossip: pushing a down member");
+                }
+                continue;
+            }
+            break;
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    async fn send_swim(&mut self) {
         while let Some((to, data)) = self.runtime.to_send() {
-            seal(&self.mac, &data, &mut self.frame);
+            seal(&self.mac, WIRE_VERSION, &data, &mut self.frame);
             if let Err(e) = self.socket.send_to(&self.frame, to.addr).await {
                 debug!(to = %to.addr, error = %e, "gossip: send failed");
             }
         }
-        let now = Instant::now();
-        while let Some((after, timer)) = self.runtime.to_schedule() {
-            self.timers.push(now + after, timer);
-        }
-        let mut changed = false;
-        while let Some(n) = self.runtime.to_notify() {
+    }
+
+    /// Logs a notification; true when a member went down.
+    fn on_notification(&mut self, n: OwnedNotification<SpeakerId>) -> bool {
+        {
             match n {
                 OwnedNotification::MemberUp(id) => {
                     info!(node = %id.node, addr = %id.addr, "gossip: speaker up");
-                    changed = true;
                 }
                 OwnedNotification::MemberDown(id) => {
                     info!(node = %id.node, addr = %id.addr, "gossip: speaker down");
-                    changed = true;
+                    self.suspected.remove(&id.addr);
+                    return true;
                 }
                 OwnedNotification::Rename(old, new) => {
                     debug!(node = %new.node, old_boot = old.boot, new_boot = new.boot, "gossip: speaker restarted");
-                    changed = true;
                 }
                 OwnedNotification::Rejoin(id) => {
                     warn!(
@@ -672,9 +1024,7 @@ impl Gossip {
                 other => debug!(notification = ?other, "gossip"),
             }
         }
-        if changed {
-            self.publish();
-        }
+        false
     }
 
     fn publish(&self) {
@@ -706,19 +1056,20 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Frames `payload` into `out`: version, MAC over version and payload, payload.
-fn seal(key: &HmacSha256, payload: &[u8], out: &mut Vec<u8>) {
+/// Frames `payload` into `out`: version (1 SWIM, 2 heartbeat), MAC over version and payload, payload.
+fn seal(key: &HmacSha256, version: u8, payload: &[u8], out: &mut Vec<u8>) {
     let mut mac = key.clone();
-    mac.update(&[WIRE_VERSION]);
+    mac.update(&[version]);
     mac.update(payload);
     out.clear();
-    out.push(WIRE_VERSION);
+    out.push(version);
     out.extend_from_slice(&mac.finalize().into_bytes());
     out.extend_from_slice(payload);
 }
 
-/// Checks a datagram and returns its foca payload, or the rejection reason (a metric label).
-fn open<'a>(key: &HmacSha256, datagram: &'a [u8]) -> Result<&'a [u8], &'static str> {
+/// Checks a datagram and returns its version and payload (foca's or a heartbeat), or the rejection
+/// reason (a metric label).
+fn open<'a>(key: &HmacSha256, datagram: &'a [u8]) -> Result<(u8, &'a [u8]), &'static str> {
     if datagram.len() > MAX_DATAGRAM {
         return Err("oversize");
     }
@@ -727,7 +1078,7 @@ fn open<'a>(key: &HmacSha256, datagram: &'a [u8]) -> Result<&'a [u8], &'static s
     }
     let (header, payload) = datagram.split_at(HEADER_LEN);
     let (version, tag) = header.split_at(1);
-    if version != [WIRE_VERSION] {
+    if version != [WIRE_VERSION] && version != [heartbeat::VERSION] {
         return Err("bad_version");
     }
     let mut mac = key.clone();
@@ -735,7 +1086,7 @@ fn open<'a>(key: &HmacSha256, datagram: &'a [u8]) -> Result<&'a [u8], &'static s
     mac.update(payload);
     // Constant-time comparison.
     mac.verify_slice(tag).map_err(|_| "bad_mac")?;
-    Ok(payload)
+    Ok((version[0], payload))
 }
 
 #[cfg(test)]
@@ -750,19 +1101,26 @@ mod tests {
     fn frames_round_trip_and_rejections() {
         let k = key(b"0123456789abcdef");
         let mut frame = Vec::new();
-        seal(&k, b"hello swim", &mut frame);
+        seal(&k, WIRE_VERSION, b"hello swim", &mut frame);
         assert_eq!(frame.len(), HEADER_LEN + 10);
-        assert_eq!(open(&k, &frame), Ok(&b"hello swim"[..]));
+        assert_eq!(open(&k, &frame), Ok((WIRE_VERSION, &b"hello swim"[..])));
+        let mut beat = Vec::new();
+        seal(&k, heartbeat::VERSION, b"beat", &mut beat);
+        assert_eq!(open(&k, &beat), Ok((heartbeat::VERSION, &b"beat"[..])));
 
         let mut tampered = frame.clone();
         *tampered.last_mut().unwrap() ^= 1;
         let mut wrong_version = frame.clone();
-        wrong_version[0] = 2;
+        wrong_version[0] = 3;
+        // The MAC covers the version: a SWIM frame relabelled as a heartbeat is refused.
+        let mut relabelled = frame.clone();
+        relabelled[0] = heartbeat::VERSION;
         let other = key(b"fedcba9876543210");
         let table: Vec<(&str, Vec<u8>, &HmacSha256, &str)> = vec![
             ("other key", frame.clone(), &other, "bad_mac"),
             ("tampered payload", tampered, &k, "bad_mac"),
             ("version", wrong_version, &k, "bad_version"),
+            ("relabelled", relabelled, &k, "bad_mac"),
             ("header only", frame[..HEADER_LEN].to_vec(), &k, "truncated"),
             ("empty", vec![], &k, "truncated"),
             ("oversize", vec![WIRE_VERSION; MAX_DATAGRAM + 1], &k, "oversize"),
