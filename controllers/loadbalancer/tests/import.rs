@@ -30,6 +30,8 @@ const CASES: &[(&str, &[&str], i32)] = &[
     ("configsamples-l2adv-node-selector.yaml", &[], 0),
     ("configsamples-bgpadv-communities-localpref.yaml", &[], 1),
     ("kubectl-list.yaml", &[], 0),
+    // The example of docs/loadbalancer.md "Migrating from MetalLB" (documented examples together).
+    ("metallb.yaml", &[], 1),
     // The ConfigMap format (MetalLB <= 0.12) and the 0.13 AddressPool CR.
     ("legacy-docs-layer2.yaml", &[], 0),
     ("legacy-docs-auto-assign.yaml", &[], 1),
