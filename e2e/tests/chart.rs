@@ -33,6 +33,8 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "--set",
             "loadbalancer.logFormat=plain",
             "--set",
+            "loadbalancer.defaultClass=false",
+            "--set",
             "dns.tsigSecrets[0].namespace=ferrite-system",
             "--set",
             "dns.tsigSecrets[0].name=bind-tsig",
@@ -488,6 +490,7 @@ fn the_schema_refuses_bad_values_with_a_clear_message() {
         ("certs.replicas=-1", "replicas"),
         ("loadbalancer.speaker.gossipKey=short", "gossipKey"),
         ("loadbalancer.controller.replicas=0", "replicas"),
+        ("loadbalancer.defaultClass=maybe", "defaultClass"),
         ("prometheus.rules.reconcileErrorRatio=2", "reconcileErrorRatio"),
         (
             "prometheus.rules.certificateNotReadyFor=soon",
