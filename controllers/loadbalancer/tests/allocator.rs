@@ -4,9 +4,11 @@
 mod common;
 
 use common::*;
-use ferrite_api::lb::IPPool;
+use ferrite_api::lb::{IPPool, L2Advertisement};
 use ferrite_e2e::KubeBox;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -330,7 +332,7 @@ async fn sharing_a_key_shares_the_ip_and_port_conflicts_are_refused() {
         ),
     )
     .await;
-    let note = wait_event(kb, &ns, "clash", "AllocationFailed").await;
+    let note = wait_event(kb, &ns, "clash", "SharingConflict").await;
     assert!(note.contains("dns-udp") && note.contains("53/UDP"), "{note}");
 
     // No longer a LoadBalancer: the address is released and its status cleared.
@@ -471,4 +473,455 @@ async fn deleted_services_give_their_addresses_back_at_once() {
     eprintln!("waiting Service got {late:?} {took:?} after the delete");
     assert_eq!(late, c);
     assert!(took < Duration::from_secs(3), "retried on release, took {took:?}");
+}
+
+/// The condition `type_` of a pool once its status is `status` (and, if given, its reason `reason`).
+async fn wait_pool_condition(
+    pools: &Api<IPPool>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Condition {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{type_}={status} {reason:?} on IPPool {name}"),
+        || async {
+            let p = pools.get(name).await.ok()?;
+            let c = p.status?.conditions.into_iter().find(|c| c.type_ == type_)?;
+            (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(c)
+        },
+    )
+    .await
+}
+
+/// MetalLB's order: the lowest priority number first, unset after every set one; serviceSelectors and
+/// namespaceSelectors are lists, any entry matching is enough.
+#[tokio::test]
+async fn priority_lower_first_unset_last_and_list_selectors_are_ored() {
+    let kb = controller().await;
+    let ns = kb.namespace("prio").await;
+    let client = kb.client().await;
+    // A label only this namespace has, for the namespaceSelectors pool below (set first, so the
+    // controller's namespace watch has it before any Service is looked at).
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"prio-test": ns}}})),
+        )
+        .await
+        .expect("namespace labelled");
+    let pools: Api<IPPool> = Api::all(client.clone());
+    create(
+        &pools,
+        pool(&format!("{ns}-a-unset"), &ns, &["203.0.113.0/29"], json!({})),
+    )
+    .await;
+    create(
+        &pools,
+        pool(
+            &format!("{ns}-p20"),
+            &ns,
+            &["203.0.113.8/29"],
+            json!({"serviceAllocation": {"namespaces": [ns], "priority": 20}}),
+        ),
+    )
+    .await;
+    create(
+        &pools,
+        pool(
+            &format!("{ns}-p10"),
+            &ns,
+            &["203.0.113.16/29"],
+            json!({"serviceAllocation": {"namespaces": [ns], "priority": 10,
+                   "serviceSelectors": [{"matchLabels": {"app": "web"}}, {"matchLabels": {"tier": "front"}}]}}),
+        ),
+    )
+    .await;
+    for name in [format!("{ns}-a-unset"), format!("{ns}-p20"), format!("{ns}-p10")] {
+        wait_pool_condition(&pools, &name, "Ready", "True", None).await;
+    }
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let labelled = |name: &str, labels: serde_json::Value| {
+        json!({"metadata": {"name": name, "labels": labels},
+               "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})
+    };
+    create(&svcs, labelled("plain", json!({}))).await;
+    create(&svcs, labelled("front", json!({"tier": "front"}))).await;
+    create(&svcs, labelled("web", json!({"app": "web"}))).await;
+    let (plain, _) = wait_ips(&svcs, "plain", Duration::from_secs(10)).await;
+    let (front, _) = wait_ips(&svcs, "front", Duration::from_secs(10)).await;
+    let (web, _) = wait_ips(&svcs, "web", Duration::from_secs(10)).await;
+    let octet = |ip: &str| {
+        ip.rsplit('.')
+            .next()
+            .and_then(|o| o.parse::<u8>().ok())
+            .expect("IPv4")
+    };
+    assert!(
+        (8..16).contains(&octet(&plain[0])),
+        "no selector matches: priority 20 before unset: {plain:?}"
+    );
+    assert!(
+        (16..24).contains(&octet(&front[0])),
+        "second serviceSelectors entry: priority 10: {front:?}"
+    );
+    assert!(
+        (16..24).contains(&octet(&web[0])),
+        "first serviceSelectors entry: {web:?}"
+    );
+
+    // A negative priority with a namespaceSelectors list (the second entry matches this namespace's
+    // label) comes before all of them; Services already placed stay where they are.
+    create(
+        &pools,
+        json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": format!("{ns}-neg")},
+               "spec": {"addresses": ["203.0.113.24/29"],
+                        "serviceAllocation": {"priority": -1, "namespaceSelectors": [
+                            {"matchLabels": {"prio-test": "no-such-namespace"}},
+                            {"matchLabels": {"prio-test": ns}}]}}}),
+    )
+    .await;
+    wait_pool_condition(&pools, &format!("{ns}-neg"), "Ready", "True", None).await;
+    create(&svcs, labelled("late", json!({}))).await;
+    let (late, _) = wait_ips(&svcs, "late", Duration::from_secs(10)).await;
+    assert!((24..32).contains(&octet(&late[0])), "{late:?}");
+    assert_eq!(wait_ips(&svcs, "plain", Duration::from_secs(1)).await.0, plain);
+    let note = wait_event(kb, &ns, "late", "IPAllocated").await;
+    assert!(note.contains(&format!("{ns}-neg")), "{note}");
+
+    // Update: the priority of p20 goes below -1; new Services go there. Delete: back to neg.
+    pools
+        .patch(
+            &format!("{ns}-p20"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"serviceAllocation": {"priority": -5}}})),
+        )
+        .await
+        .expect("patched");
+    eventually(Duration::from_secs(10), "p20 at priority -5", || async {
+        let p = pools.get(&format!("{ns}-p20")).await.ok()?;
+        (p.status?.observed_generation == p.metadata.generation).then_some(())
+    })
+    .await;
+    create(&svcs, labelled("later", json!({}))).await;
+    let (later, _) = wait_ips(&svcs, "later", Duration::from_secs(10)).await;
+    assert!((8..16).contains(&octet(&later[0])), "{later:?}");
+    pools
+        .delete(&format!("{ns}-p20"), &Default::default())
+        .await
+        .expect("deleted");
+    eventually(Duration::from_secs(10), "p20 gone", || async {
+        pools
+            .get_opt(&format!("{ns}-p20"))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // The pool watch of the controller sees the delete within moments; a new Service then goes to neg.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    create(&svcs, labelled("last", json!({}))).await;
+    let (last, _) = wait_ips(&svcs, "last", Duration::from_secs(10)).await;
+    assert!((24..32).contains(&octet(&last[0])), "{last:?}");
+}
+
+/// Fields the API does not define are kept by the CRD and refused by the controller, each named; the
+/// removed singular selectors name their replacement. Fixing the pool makes it Ready.
+#[tokio::test]
+async fn unknown_fields_are_refused_naming_each_field() {
+    let kb = controller().await;
+    let ns = kb.namespace("unknown").await;
+    let client = kb.client().await;
+    let pools: Api<IPPool> = Api::all(client.clone());
+    let name = format!("{ns}-old");
+    let old_style = json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": name},
+        "spec": {"addresses": ["203.0.113.32/29"], "autoassign": true,
+                 "serviceAllocation": {"namespaces": [ns], "namespaceSelector": {"matchLabels": {"team": "a"}}}}});
+    let created = create(&pools, old_style.clone()).await;
+    // The API server kept the fields (x-kubernetes-preserve-unknown-fields) instead of pruning them.
+    assert_eq!(
+        created.spec.unknown_fields(),
+        vec!["spec.autoassign", "spec.serviceAllocation.namespaceSelector"]
+    );
+    let ready = wait_pool_condition(&pools, &name, "Ready", "False", Some("UnknownField")).await;
+    assert!(
+        ready.message.contains(
+            "unknown field spec.serviceAllocation.namespaceSelector (removed: use namespaceSelectors (a list, ORed as in MetalLB))"
+        ) && ready.message.contains("unknown field spec.autoassign"),
+        "{}",
+        ready.message
+    );
+    let invalid = wait_pool_condition(&pools, &name, "Invalid", "True", Some("UnknownField")).await;
+    assert_eq!(invalid.message, ready.message);
+    let note = wait_event(kb, "default", &name, "UnknownField").await;
+    assert!(note.contains("namespaceSelectors"), "{note}");
+
+    // A refused pool hands out nothing.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    create(&svcs, lb_service("web", json!({}), json!([{"port": 80}]))).await;
+    wait_event(kb, &ns, "web", "AllocationFailed").await;
+    assert!(ips(&svcs.get("web").await.expect("get")).is_empty());
+
+    // Update: the fields removed (merge patch null) -> Ready, and the waiting Service gets an address.
+    pools
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"autoassign": null, "serviceAllocation": {"namespaceSelector": null}}}),
+            ),
+        )
+        .await
+        .expect("patched");
+    wait_pool_condition(&pools, &name, "Ready", "True", None).await;
+    wait_pool_condition(&pools, &name, "Invalid", "False", None).await;
+    let (got, _) = wait_ips(&svcs, "web", Duration::from_secs(15)).await;
+    assert!(got[0].starts_with("203.0.113.3"), "{got:?}");
+
+    // Delete and recreate it old-style: refused again (a fresh object, a fresh condition).
+    pools.delete(&name, &Default::default()).await.expect("deleted");
+    eventually(Duration::from_secs(10), "pool gone", || async {
+        pools.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    create(&pools, old_style).await;
+    wait_pool_condition(&pools, &name, "Ready", "False", Some("UnknownField")).await;
+
+    // The inline l2 block is validated too.
+    let l2 = format!("{ns}-l2");
+    create(
+        &pools,
+        pool(
+            &l2,
+            &ns,
+            &["203.0.113.40/29"],
+            json!({"l2": {"interfaces": ["eth0", "/eth[/"]}}),
+        ),
+    )
+    .await;
+    let c = wait_pool_condition(&pools, &l2, "Ready", "False", Some("InvalidInterface")).await;
+    assert!(
+        c.message.contains("spec.l2.interfaces") && c.message.contains("/eth[/"),
+        "{}",
+        c.message
+    );
+    wait_event(kb, "default", &l2, "InvalidInterface").await;
+}
+
+/// MetalLB's sharing rule: a Service with externalTrafficPolicy: Local shares its address only with
+/// Local Services of the same selector; a refusal is a SharingConflict Event that says why.
+#[tokio::test]
+async fn local_services_share_only_with_local_services_of_the_same_selector() {
+    let kb = controller().await;
+    let ns = kb.namespace("local").await;
+    let client = kb.client().await;
+    let pools: Api<IPPool> = Api::all(client.clone());
+    create(
+        &pools,
+        pool(&format!("{ns}-p"), &ns, &["203.0.113.48/29"], json!({})),
+    )
+    .await;
+    let svcs: Api<Service> = Api::namespaced(client, &ns);
+    let svc = |name: &str, policy: &str, app: &str, port: u16, ip: Option<&str>| {
+        let mut annotations = json!({"lb.ferrite.dev/allow-shared-ip": "k"});
+        if let Some(ip) = ip {
+            annotations["lb.ferrite.dev/ips"] = json!(ip);
+        }
+        json!({"metadata": {"name": name, "annotations": annotations},
+               "spec": {"type": "LoadBalancer", "externalTrafficPolicy": policy, "selector": {"app": app},
+                        "ports": [{"port": port}]}})
+    };
+    create(&svcs, svc("a", "Local", "x", 80, None)).await;
+    let (a, _) = wait_ips(&svcs, "a", Duration::from_secs(10)).await;
+    create(&svcs, svc("cluster", "Cluster", "x", 81, Some(&a[0]))).await;
+    let note = wait_event(kb, &ns, "cluster", "SharingConflict").await;
+    assert!(
+        note.contains("externalTrafficPolicy: Cluster") && note.contains(&format!("{ns}/a has Local")),
+        "{note}"
+    );
+    create(&svcs, svc("other-app", "Local", "y", 82, Some(&a[0]))).await;
+    let note = wait_event(kb, &ns, "other-app", "SharingConflict").await;
+    assert!(note.contains("app=y here, app=x on"), "{note}");
+    create(&svcs, svc("same-app", "Local", "x", 83, Some(&a[0]))).await;
+    let (same, _) = wait_ips(&svcs, "same-app", Duration::from_secs(10)).await;
+    assert_eq!(same, a, "Local, same selector, same key, other port: shared");
+    for name in ["cluster", "other-app"] {
+        assert!(ips(&svcs.get(name).await.expect("get")).is_empty(), "{name}");
+    }
+    // Update: the Cluster one turns Local with the same selector -> it shares now.
+    svcs.patch(
+        "cluster",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Local"}})),
+    )
+    .await
+    .expect("patched");
+    let (now, _) = wait_ips(&svcs, "cluster", Duration::from_secs(15)).await;
+    assert_eq!(now, a);
+}
+
+/// The allocator names the pool in lb.ferrite.dev/ip-allocated-from-pool, removes it when the Service
+/// loses its addresses, and strips the announcing-node annotation of earlier releases.
+#[tokio::test]
+async fn ip_allocated_from_pool_is_written_and_removed() {
+    let kb = controller().await;
+    let ns = kb.namespace("frompool").await;
+    let client = kb.client().await;
+    let pools: Api<IPPool> = Api::all(client.clone());
+    let pool_name = format!("{ns}-p");
+    create(&pools, pool(&pool_name, &ns, &["203.0.113.56/29"], json!({}))).await;
+    let svcs: Api<Service> = Api::namespaced(client, &ns);
+    create(
+        &svcs,
+        lb_service(
+            "web",
+            json!({"lb.ferrite.dev/announcing-node": "old-node"}),
+            json!([{"port": 80}]),
+        ),
+    )
+    .await;
+    let annotations = |s: &Service| s.metadata.annotations.clone().unwrap_or_default();
+    let wait_annotation = |want: Option<String>| {
+        let svcs = svcs.clone();
+        async move {
+            eventually(
+                Duration::from_secs(10),
+                &format!("ip-allocated-from-pool = {want:?}"),
+                || async {
+                    let s = svcs.get("web").await.ok()?;
+                    let a = annotations(&s);
+                    (a.get("lb.ferrite.dev/ip-allocated-from-pool") == want.as_ref()).then_some(s)
+                },
+            )
+            .await
+        }
+    };
+    let s = wait_annotation(Some(pool_name.clone())).await;
+    assert!(!ips(&s).is_empty());
+    let s = eventually(Duration::from_secs(10), "announcing-node removed", || async {
+        let s = svcs.get("web").await.ok()?;
+        (!annotations(&s).contains_key("lb.ferrite.dev/announcing-node")).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        annotations(&s).get("lb.ferrite.dev/ip-allocated-from-pool"),
+        Some(&pool_name)
+    );
+
+    // No longer a LoadBalancer: address and annotation go.
+    svcs.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
+    )
+    .await
+    .expect("patched");
+    let s = wait_annotation(None).await;
+    eventually(Duration::from_secs(10), "status cleared", || async {
+        ips(&svcs.get("web").await.ok()?).is_empty().then_some(())
+    })
+    .await;
+    drop(s);
+    // A LoadBalancer again: back.
+    svcs.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"type": "LoadBalancer"}})),
+    )
+    .await
+    .expect("patched");
+    wait_annotation(Some(pool_name.clone())).await;
+
+    // Delete and recreate under the same name: annotated again.
+    svcs.delete("web", &Default::default()).await.expect("deleted");
+    eventually(Duration::from_secs(10), "Service gone", || async {
+        svcs.get_opt("web").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    create(&svcs, lb_service("web", json!({}), json!([{"port": 80}]))).await;
+    wait_annotation(Some(pool_name)).await;
+}
+
+/// L2Advertisements are validated by the controller: a bad `/regex/` is Ready=False with a Warning
+/// Event, a fixed one is Ready and says which pools it announces, one selecting nothing says so.
+#[tokio::test]
+async fn advertisements_get_a_ready_condition_and_events() {
+    let kb = controller().await;
+    let ns = kb.namespace("adv").await;
+    let client = kb.client().await;
+    let pools: Api<IPPool> = Api::all(client.clone());
+    let pool_name = format!("{ns}-p");
+    create(&pools, pool(&pool_name, &ns, &["203.0.113.64/29"], json!({}))).await;
+    let advs: Api<L2Advertisement> = Api::all(client);
+    let name = format!("{ns}-adv");
+    let bad = json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "L2Advertisement", "metadata": {"name": name},
+                     "spec": {"ipPools": [pool_name], "interfaces": ["/eth[/"]}});
+    create(&advs, bad.clone()).await;
+    let ready = |status: &'static str, reason: &'static str| {
+        let advs = advs.clone();
+        let name = name.clone();
+        async move {
+            eventually(
+                Duration::from_secs(10),
+                &format!("Ready={status} {reason} on L2Advertisement {name}"),
+                || async {
+                    let a = advs.get(&name).await.ok()?;
+                    let st = a.status?;
+                    let c = st.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+                    (c.status == status
+                        && c.reason == reason
+                        && st.observed_generation == a.metadata.generation)
+                        .then_some(c)
+                },
+            )
+            .await
+        }
+    };
+    let c = ready("False", "InvalidInterface").await;
+    assert!(c.message.contains("/eth[/"), "{}", c.message);
+    let note = wait_event(kb, "default", &name, "InvalidInterface").await;
+    assert!(note.contains("/eth[/"), "{note}");
+
+    // Update: fixed.
+    advs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"interfaces": ["eth0", "/^enp.*/"]}})),
+    )
+    .await
+    .expect("patched");
+    let c = ready("True", "Ready").await;
+    assert_eq!(c.message, format!("announces pools {pool_name}"));
+
+    // The pool goes away: the advertisement selects nothing now (noted, still valid).
+    pools
+        .delete(&pool_name, &Default::default())
+        .await
+        .expect("deleted");
+    let c = ready("True", "NoPools").await;
+    assert!(c.message.contains("selects no pool"), "{}", c.message);
+
+    // MetalLB's field name is refused, naming ours.
+    advs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"ipAddressPools": ["x"]}})),
+    )
+    .await
+    .expect("patched");
+    let c = ready("False", "UnknownField").await;
+    assert!(c.message.contains("use ipPools"), "{}", c.message);
+
+    // Delete and recreate the bad one: refused again.
+    advs.delete(&name, &Default::default()).await.expect("deleted");
+    eventually(Duration::from_secs(10), "advertisement gone", || async {
+        advs.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    create(&advs, bad).await;
+    ready("False", "InvalidInterface").await;
 }
