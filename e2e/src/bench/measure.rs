@@ -223,8 +223,8 @@ fn arping(lab: &NetLab, ip: &str, limit: Duration) -> Option<String> {
     tokio::task::block_in_place(|| lab.arping_within(ip, ARP_INTERVAL, limit))
 }
 
-/// Benchmark 1: `n` Services, one at a time.
-pub async fn latency(client: &Client, rig: &Rig, ns: &str, n: usize) -> Result<Latency> {
+/// The IPPool of benchmarks 1, 2 and 2c (`192.0.2.100-192.0.2.199`, interface `eth0`) for `ns`.
+pub async fn lan_pool(client: &Client, rig: &Rig, ns: &str) -> Result<()> {
     create_pool(
         client,
         rig.admin,
@@ -232,7 +232,11 @@ pub async fn latency(client: &Client, rig: &Rig, ns: &str, n: usize) -> Result<L
         &["192.0.2.100-192.0.2.199"],
         ns,
     )
-    .await?;
+    .await
+}
+
+/// Benchmark 1: `n` Services, one at a time (the pool of [`lan_pool`] must exist).
+pub async fn latency(client: &Client, rig: &Rig, ns: &str, n: usize) -> Result<Latency> {
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
     let mut out = Latency::default();
     let mut last_vip = None;
@@ -509,4 +513,456 @@ pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurre
         reconcile_p50: stats::bucket_quantile(&hb, &ha, 0.5),
         reconcile_p99: stats::bucket_quantile(&hb, &ha, 0.99),
     })
+}
+
+/// Waits (at most [`FAILOVER_LIMIT`]) until the client's neighbour entry for `vip` holds a lab node's
+/// MAC other than `mac`; that node and the time since `t0`.
+async fn wait_moved(lab: &NetLab, vip: &str, mac: &str, t0: Instant) -> Option<(String, Duration)> {
+    while t0.elapsed() < FAILOVER_LIMIT {
+        if let Some(m) = lab.client_neighbour(vip)
+            && m != mac
+            && let Some(node) = lab.node_by_mac(&m)
+        {
+            return Some((node.name.clone(), t0.elapsed()));
+        }
+        tokio::time::sleep(NEIGH_INTERVAL).await;
+    }
+    None
+}
+
+fn kill(sig: &str, pids: &[u32]) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids.iter().map(u32::to_string))
+        .status()
+        .context("kill")?;
+    if !status.success() {
+        bail!("kill -{sig} {pids:?} failed");
+    }
+    Ok(())
+}
+
+/// keepalived's address in the lab: outside every IPPool of the benchmark.
+pub const KEEPALIVED_VIP: &str = "192.0.2.250";
+/// VRRP virtual router id of the benchmark.
+const KEEPALIVED_VRID: u8 = 51;
+
+/// The keepalived configurations run beside ferrite-lb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vrrp {
+    /// VRRPv2 (keepalived's default version) with the default 1 s advertisement interval.
+    V2Default,
+    /// VRRPv3 with 100 ms advertisements (VRRPv3 allows centiseconds).
+    V3Fast,
+}
+
+impl Vrrp {
+    /// Both, in the order they run.
+    pub const ALL: [Vrrp; 2] = [Vrrp::V2Default, Vrrp::V3Fast];
+
+    /// For the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Vrrp::V2Default => "keepalived VRRPv2, `advert_int 1` (default)",
+            Vrrp::V3Fast => "keepalived VRRPv3, `advert_int 0.1`",
+        }
+    }
+
+    /// Advertisement interval.
+    pub fn advert(self) -> Duration {
+        match self {
+            Vrrp::V2Default => Duration::from_secs(1),
+            Vrrp::V3Fast => Duration::from_millis(100),
+        }
+    }
+
+    /// RFC 5798 Master_Down_Interval for priority 100: 3 adverts + skew ((256 - 100) / 256 adverts).
+    pub fn master_down(self) -> Duration {
+        self.advert() * 3 + self.advert() * 156 / 256
+    }
+
+    /// keepalived.conf of node `router`: every node BACKUP with one priority and `nopreempt`, so a
+    /// restarted node does not take the address back (like ferrite-lb's no flip-back).
+    pub fn config(self, router: &str) -> String {
+        let (version, advert) = match self {
+            Vrrp::V2Default => (2, "1"),
+            Vrrp::V3Fast => (3, "0.1"),
+        };
+        format!(
+            "global_defs {{\n    router_id {router}\n}}\n\
+             vrrp_instance bench {{\n    version {version}\n    state BACKUP\n    interface eth0\n    \
+             virtual_router_id {KEEPALIVED_VRID}\n    priority 100\n    advert_int {advert}\n    nopreempt\n    \
+             virtual_ipaddress {{\n        {KEEPALIVED_VIP}/32 dev eth0\n    }}\n}}\n"
+        )
+    }
+}
+
+/// One keepalived run (of the configuration it is paired with): its version and the trials.
+#[derive(Debug, Clone)]
+pub struct VrrpRun {
+    /// `keepalived --version`'s first line.
+    pub version: String,
+    /// The trials (the VIP is [`KEEPALIVED_VIP`]).
+    pub failover: Failover,
+}
+
+/// keepalived in node namespace `i`, with its own configuration and PID files in the lab directory.
+fn start_keepalived(
+    lab: &NetLab,
+    i: usize,
+    vrrp: Vrrp,
+) -> Result<(ferrite_e2e::Supervised, std::path::PathBuf)> {
+    let n = &lab.nodes[i];
+    let dir = lab.dir().join(format!("keepalived-{}", n.name));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("keepalived.conf");
+    std::fs::write(&conf, vrrp.config(&n.name))?;
+    let vrrp_pid = dir.join("vrrp.pid");
+    let _ = std::fs::remove_file(&vrrp_pid);
+    let args: Vec<String> = vec![
+        "--dont-fork".into(),
+        "--log-console".into(),
+        "--log-detail".into(),
+        "--no-syslog".into(),
+        "--vrrp".into(),
+        // A killed VRRP child must stay dead (the parent would respawn it).
+        "--dont-respawn".into(),
+        format!("--use-file={}", conf.display()),
+        format!("--pid={}", dir.join("keepalived.pid").display()),
+        format!("--vrrp_pid={}", vrrp_pid.display()),
+    ];
+    let p = lab.spawn_in(
+        &n.ns,
+        "keepalived",
+        std::path::Path::new("keepalived"),
+        &args,
+        &[],
+    )?;
+    Ok((p, vrrp_pid))
+}
+
+fn keepalived_version() -> String {
+    std::process::Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            all.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// The VRRP child's PID from its PID file (written once it runs).
+fn read_pid(path: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Benchmark 2b: `trials` crashes (SIGKILL of keepalived's VRRP process and its parent) of the
+/// keepalived master, in the same lab, measured with the same clock as ferrite-lb's.
+pub async fn keepalived(rig: &Rig, vrrp: Vrrp, trials: usize) -> Result<VrrpRun> {
+    let lab = &rig.lab;
+    let version = keepalived_version();
+    if version.is_empty() {
+        bail!(
+            "keepalived not found: run `make deps` (e2e/scripts/install-deps.sh installs the Debian package)"
+        );
+    }
+    let mut procs = Vec::new();
+    for i in 0..lab.nodes.len() {
+        procs.push(Some(start_keepalived(lab, i, vrrp)?));
+    }
+    let result = keepalived_trials(rig, vrrp, trials, &mut procs).await;
+    // Stop them all and leave no VIP behind, also on error.
+    for (i, p) in procs.iter_mut().enumerate() {
+        if let Some((mut p, _)) = p.take() {
+            p.stop(Duration::from_secs(3));
+        }
+        let _ = del_vip(lab, i);
+    }
+    Ok(VrrpRun {
+        version,
+        failover: result?,
+    })
+}
+
+fn del_vip(lab: &NetLab, i: usize) -> Result<()> {
+    let ns = &lab.nodes[i].ns;
+    let has = std::process::Command::new("ip")
+        .args(["-n", ns, "-4", "addr", "show", "dev", "eth0"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{KEEPALIVED_VIP}/32")))
+        .unwrap_or(false);
+    if has {
+        std::process::Command::new("ip")
+            .args([
+                "-n",
+                ns,
+                "addr",
+                "del",
+                &format!("{KEEPALIVED_VIP}/32"),
+                "dev",
+                "eth0",
+            ])
+            .status()
+            .context("ip addr del")?;
+    }
+    Ok(())
+}
+
+async fn keepalived_trials(
+    rig: &Rig,
+    vrrp: Vrrp,
+    trials: usize,
+    procs: &mut [Option<(ferrite_e2e::Supervised, std::path::PathBuf)>],
+) -> Result<Failover> {
+    let lab = &rig.lab;
+    let vip = KEEPALIVED_VIP;
+    let mut out = Failover {
+        vip: vip.to_string(),
+        trials: vec![],
+    };
+    // The first master: every node starts BACKUP and waits Master_Down_Interval.
+    let settle = vrrp.master_down() + vrrp.advert() * 2 + Duration::from_secs(1);
+    tokio::time::sleep(settle).await;
+    for t in 0..trials {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (idx, mac) = loop {
+            for (i, p) in procs.iter_mut().enumerate() {
+                if let Some((p, _)) = p
+                    && !p.is_running()
+                {
+                    bail!("keepalived on {} exited:\n{}", lab.nodes[i].name, p.log_tail(30));
+                }
+            }
+            if let Some(mac) = arping(lab, vip, Duration::from_secs(1))
+                && let Some(idx) = lab.nodes.iter().position(|n| n.mac == mac)
+            {
+                break (idx, mac);
+            }
+            if Instant::now() > deadline {
+                bail!("trial {t}: no keepalived master answers {vip} within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let from = lab.nodes[idx].name.clone();
+        let (parent, child) = {
+            let (p, pidfile) = procs[idx].as_ref().context("keepalived running")?;
+            (
+                p.program_pid()
+                    .with_context(|| format!("trial {t}: keepalived on {from} has no PID"))?,
+                read_pid(pidfile).with_context(|| format!("trial {t}: no VRRP child PID file on {from}"))?,
+            )
+        };
+        lab.set_client_neighbour(vip, &mac)?;
+        let t0 = Instant::now();
+        // The VRRP process first, then its parent, in one kill(1): neither can react.
+        kill("KILL", &[child, parent])?;
+        let to = wait_moved(lab, vip, &mac, t0).await;
+        match &to {
+            Some((node, d)) => {
+                eprintln!("    trial {t:2}: {from} killed -> client holds {node}'s MAC after {d:?}")
+            }
+            None => eprintln!("    trial {t:2}: {from} killed -> no move within {FAILOVER_LIMIT:?}"),
+        }
+        out.trials.push(Trial { from, to });
+        // The dead node's address stays configured (nobody removed it): remove it as a reboot would,
+        // then start keepalived there again, BACKUP with nopreempt, and let it hear the new master.
+        if let Some((mut p, _)) = procs[idx].take() {
+            p.stop(Duration::from_secs(2));
+        }
+        del_vip(lab, idx)?;
+        procs[idx] = Some(start_keepalived(lab, idx, vrrp)?);
+        tokio::time::sleep(vrrp.advert() * 3 + Duration::from_secs(1)).await;
+    }
+    Ok(out)
+}
+
+/// Benchmark 2c: the announcing speaker starved of CPU.
+#[derive(Debug, Clone, Default)]
+pub struct Starvation {
+    /// The node whose speaker was starved.
+    pub node: String,
+    /// The CPU it and the busy loops were pinned to.
+    pub cpu: usize,
+    /// Busy loops on that CPU.
+    pub hogs: usize,
+    /// How long.
+    pub period: Duration,
+    /// VIP moves seen by the client during the period (none was killed): node and time.
+    pub moves: Vec<(String, Duration)>,
+    /// Distinct announcers recorded for the Service during the period, beyond the first.
+    pub owner_changes: usize,
+    /// Heartbeat suspicions of the starved node raised by its peers during the period (from their
+    /// `ferrite_lb_gossip_heartbeat_suspicions_total`), when readable.
+    pub suspicions: Option<f64>,
+    /// CPU time the starved speaker got during the period.
+    pub speaker_cpu: Option<Duration>,
+}
+
+/// `/metrics` of the speaker in `ns` (its admin server on 127.0.0.1:9091 there).
+fn speaker_metrics(ns: &str) -> Option<String> {
+    let script = "exec 3<>/dev/tcp/127.0.0.1/9091 && printf 'GET /metrics HTTP/1.0\\r\\nHost: speaker\\r\\n\\r\\n' >&3 && timeout 2 cat <&3";
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "bash", "-c", script])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn suspicions_total(rig: &Rig, except: usize) -> Option<f64> {
+    let mut sum = 0.0;
+    for (i, n) in rig.lab.nodes.iter().enumerate() {
+        if i == except {
+            continue;
+        }
+        let body = speaker_metrics(&n.ns)?;
+        sum += stats::sample(
+            &body,
+            "ferrite_lb_gossip_heartbeat_suspicions_total",
+            &[("event", "suspected")],
+        )?;
+    }
+    Some(sum)
+}
+
+/// utime + stime of every thread of `pid`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based), i.e. 11 and 12 here.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Benchmark 2c: `hogs` bounded busy loops pinned, with every thread of the announcing speaker, to one
+/// CPU for `period`; counts VIP moves (none is killed, so every move is a false failover).
+pub async fn starvation(
+    client: &Client,
+    rig: &mut Rig,
+    ns: &str,
+    hogs: usize,
+    period: Duration,
+) -> Result<Starvation> {
+    let name = "starve";
+    create_slice(client, &rig.lab, ns, name).await?;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    svcs.create(&PostParams::default(), &lb_service(name)?).await?;
+    let vip = wait_ip(&svcs, name, Duration::from_millis(50), Duration::from_secs(15)).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (idx, owner_name) = loop {
+        if let Some(o) = owner(&svcs, name).await
+            && let Some(idx) = rig.lab.nodes.iter().position(|n| n.name == o)
+            && arping(&rig.lab, &vip, Duration::from_secs(1)).as_deref()
+                == Some(rig.lab.nodes[idx].mac.as_str())
+        {
+            break (idx, o);
+        }
+        if Instant::now() > deadline {
+            bail!("starvation: nobody announces {vip} within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mac = rig.lab.nodes[idx].mac.clone();
+    let pid = rig.speakers[idx]
+        .as_ref()
+        .and_then(|s| s.program_pid())
+        .context("starved speaker has no PID")?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = cpus - 1;
+    let all_cpus = format!("0-{}", cpus - 1);
+    let pin = |list: &str| -> Result<()> {
+        let st = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", list, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("taskset")?;
+        if !st.success() {
+            bail!("taskset -a -p -c {list} {pid} failed");
+        }
+        Ok(())
+    };
+    rig.lab.set_client_neighbour(&vip, &mac)?;
+    let before = suspicions_total(rig, idx);
+    pin(&cpu.to_string())?;
+    // Bounded twice: `timeout` ends each loop after the period plus 10 s even if this process dies;
+    // normally they are stopped by PID (SIGTERM to timeout, which passes it on) right after the period.
+    let limit = (period + Duration::from_secs(10)).as_secs().to_string();
+    let mut loops = Vec::new();
+    for _ in 0..hogs {
+        let c = std::process::Command::new("taskset")
+            .args([
+                "-c",
+                &cpu.to_string(),
+                "timeout",
+                "-s",
+                "KILL",
+                &limit,
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting a busy loop (taskset, timeout, sh)")?;
+        loops.push(c);
+    }
+    eprintln!(
+        "    {owner_name}'s speaker (pid {pid}) and {hogs} busy loops (pids {:?}) on CPU {cpu} for {period:?}",
+        loops.iter().map(|c| c.id()).collect::<Vec<_>>()
+    );
+    let cpu0 = cpu_time(pid);
+    let t0 = Instant::now();
+    let mut out = Starvation {
+        node: owner_name.clone(),
+        cpu,
+        hogs,
+        period,
+        ..Default::default()
+    };
+    let mut held = mac.clone();
+    let mut owners = vec![owner_name.clone()];
+    let mut last_owner_check = Instant::now();
+    while t0.elapsed() < period {
+        if let Some(m) = rig.lab.client_neighbour(&vip)
+            && m != held
+        {
+            let node = rig
+                .lab
+                .node_by_mac(&m)
+                .map_or_else(|| m.clone(), |n| n.name.clone());
+            eprintln!(
+                "    false failover: the client now holds {node}'s MAC after {:?}",
+                t0.elapsed()
+            );
+            out.moves.push((node, t0.elapsed()));
+            held = m;
+        }
+        if last_owner_check.elapsed() > Duration::from_secs(1) {
+            last_owner_check = Instant::now();
+            if let Some(o) = owner(&svcs, name).await
+                && owners.last() != Some(&o)
+            {
+                owners.push(o);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    out.speaker_cpu = cpu0.zip(cpu_time(pid)).map(|(a, b)| b.saturating_sub(a));
+    let pids: Vec<u32> = loops.iter().map(|c| c.id()).collect();
+    let _ = kill("TERM", &pids);
+    for mut c in loops {
+        let _ = c.wait();
+    }
+    pin(&all_cpus)?;
+    out.owner_changes = owners.len() - 1;
+    out.suspicions = before.zip(suspicions_total(rig, idx)).map(|(a, b)| b - a);
+    Ok(out)
 }

@@ -12,7 +12,9 @@
 //! ```
 //! 1. latency: N Services created one by one; create -> IP in status, create -> first ARP answer.
 //! 2. failover: SIGKILL the announcing node's speaker; kill -> the client's neighbour entry shows
-//!    another node's MAC.
+//!    another node's MAC. 2b: the same with keepalived in the same namespaces (VRRPv2 with 1 s
+//!    adverts, VRRPv3 with 100 ms). 2c: the announcing speaker and busy loops pinned to one CPU for a
+//!    fixed period; every VIP move then is a false failover.
 //! 3. allocation throughput: 10,000 Services (bounded concurrency) until all have an IP in status.
 //! 4. RSS of the controller and the speakers, idle and at 10,000 Services.
 //!
@@ -53,7 +55,11 @@ usage: ferrite-bench [--only lb|dns|certs|ingress] [--write FILE] [--services N]
   --write FILE      write the markdown report to FILE (default: print it)
   --services N      Services of the allocation benchmark (default 10000)
   --latency-n N     Services of the create -> IP / ARP benchmark (default 20)
-  --trials N        failover trials (default 20)
+  --trials N        failover trials (default 20), for ferrite-lb and for each keepalived configuration
+  --lb-parts LIST   ferrite-lb parts to run, comma-separated: latency, failover, keepalived, starvation,
+                    alloc (the 10,000-Service allocation and its RSS), or all (default all); e.g.
+                    `--only lb --lb-parts failover,keepalived,starvation` for the failover comparison only
+  --starve-seconds N  length of the CPU-starvation run (default 60)
   --concurrency N   creates in flight in the allocation benchmark (default 16)
   --dns-seconds N   dnsperf's -l for the DNS throughput pass (default 10; the latency pass is half)
   --dns-rounds N    DNS throughput rounds, each server once a round, median reported (default 3)
@@ -125,6 +131,10 @@ pub struct Options {
     pub latency_n: usize,
     /// Failover trials.
     pub trials: usize,
+    /// Which ferrite-lb parts run (`--lb-parts`).
+    pub lb_parts: LbParts,
+    /// Length of the CPU-starvation run.
+    pub starve_seconds: u64,
     /// Creates in flight.
     pub concurrency: usize,
     /// Which parts run.
@@ -159,6 +169,8 @@ impl Options {
             services: 10_000,
             latency_n: 20,
             trials: 20,
+            lb_parts: LbParts::ALL,
+            starve_seconds: 60,
             concurrency: 16,
             only: Only::Both,
             dns_seconds: 10,
@@ -202,6 +214,8 @@ impl Options {
                 "--services" => o.services = number()?,
                 "--latency-n" => o.latency_n = number()?.min(90),
                 "--trials" => o.trials = number()?.min(200),
+                "--lb-parts" => o.lb_parts = LbParts::parse(&value)?,
+                "--starve-seconds" => o.starve_seconds = number()?.min(600) as u64,
                 "--concurrency" => o.concurrency = number()?.min(256),
                 "--dns-seconds" => o.dns_seconds = number()?.min(600) as u64,
                 "--dns-rounds" => o.dns_rounds = number()?.min(20),
@@ -243,6 +257,75 @@ impl Options {
     }
 }
 
+/// The ferrite-lb parts (`--lb-parts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbParts {
+    /// Create -> IP / first ARP answer.
+    pub latency: bool,
+    /// ferrite-lb failover trials.
+    pub failover: bool,
+    /// The same trials with keepalived (VRRPv2 1 s, VRRPv3 100 ms).
+    pub keepalived: bool,
+    /// The announcing speaker starved of CPU: false failovers.
+    pub starvation: bool,
+    /// 10,000-Service allocation throughput and RSS at that scale.
+    pub alloc: bool,
+}
+
+impl LbParts {
+    /// Every part.
+    pub const ALL: LbParts = LbParts {
+        latency: true,
+        failover: true,
+        keepalived: true,
+        starvation: true,
+        alloc: true,
+    };
+
+    /// `all` or a comma-separated list of part names.
+    pub fn parse(value: &str) -> Result<Self> {
+        if value == "all" {
+            return Ok(Self::ALL);
+        }
+        let mut p = LbParts {
+            latency: false,
+            failover: false,
+            keepalived: false,
+            starvation: false,
+            alloc: false,
+        };
+        for part in value.split(',').map(str::trim) {
+            match part {
+                "latency" => p.latency = true,
+                "failover" => p.failover = true,
+                "keepalived" => p.keepalived = true,
+                "starvation" => p.starvation = true,
+                "alloc" => p.alloc = true,
+                _ => {
+                    bail!("--lb-parts: latency, failover, keepalived, starvation, alloc or all, not {part:?}")
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The flag that selects these parts, empty for all.
+    pub fn flag(self) -> String {
+        if self == Self::ALL {
+            return String::new();
+        }
+        let names = [
+            (self.latency, "latency"),
+            (self.failover, "failover"),
+            (self.keepalived, "keepalived"),
+            (self.starvation, "starvation"),
+            (self.alloc, "alloc"),
+        ];
+        let list: Vec<&str> = names.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        format!(" --lb-parts {}", list.join(","))
+    }
+}
+
 /// `--certs-counts`: comma-separated counts, each 1 to 50,000, or `none` (no scale runs).
 fn parse_counts(value: &str) -> Result<Vec<usize>> {
     if value == "none" {
@@ -262,6 +345,9 @@ fn parse_counts(value: &str) -> Result<Vec<usize>> {
     ensure!(counts.len() <= 5, "--certs-counts: at most 5 counts");
     Ok(counts)
 }
+
+/// Busy loops pinned beside the announcing speaker in the CPU-starvation run.
+pub const STARVE_HOGS: usize = 4;
 
 /// Set in the re-executed child: the API server is already wrapped.
 const WRAPPED: &str = "FERRITE_BENCH_APISERVER_WRAPPED";
@@ -565,30 +651,67 @@ async fn bench(kb: &KubeBox, lb: &Path, opts: &Options) -> Result<report::LbResu
 
     let client = kb.client().await;
     let ns_lat = kb.namespace("bench-lat").await;
-    eprintln!(
-        "==> 1. create -> IP in status / first ARP answer, {} Services",
-        opts.latency_n
-    );
-    let latency = measure::latency(&client, &rig, &ns_lat, opts.latency_n).await?;
-    rig.check_alive()?;
-    eprintln!("==> 2. failover, {} trials", opts.trials);
-    let failover = measure::failover(&client, &mut rig, &ns_lat, opts.trials).await?;
-    rig.check_alive()?;
+    let parts = opts.lb_parts;
+    measure::lan_pool(&client, &rig, &ns_lat).await?;
+    let mut latency = measure::Latency::default();
+    if parts.latency {
+        eprintln!(
+            "==> 1. create -> IP in status / first ARP answer, {} Services",
+            opts.latency_n
+        );
+        latency = measure::latency(&client, &rig, &ns_lat, opts.latency_n).await?;
+        rig.check_alive()?;
+    }
+    let mut failover = measure::Failover::default();
+    if parts.failover {
+        eprintln!("==> 2. failover, {} trials", opts.trials);
+        failover = measure::failover(&client, &mut rig, &ns_lat, opts.trials).await?;
+        rig.check_alive()?;
+    }
+    let mut keepalived = vec![];
+    if parts.keepalived {
+        for vrrp in measure::Vrrp::ALL {
+            eprintln!("==> 2b. failover with {}, {} trials", vrrp.label(), opts.trials);
+            // A missing keepalived is said in the report, not fatal to the other parts.
+            let run = measure::keepalived(&rig, vrrp, opts.trials)
+                .await
+                .map_err(|e| format!("{e:#}"));
+            if let Err(e) = &run {
+                eprintln!("    keepalived run failed: {e}");
+            }
+            keepalived.push((vrrp, run));
+            rig.check_alive()?;
+        }
+    }
+    let mut starvation = None;
+    if parts.starvation {
+        let period = Duration::from_secs(opts.starve_seconds);
+        eprintln!("==> 2c. the announcing speaker starved of CPU for {period:?}");
+        starvation = Some(measure::starvation(&client, &mut rig, &ns_lat, STARVE_HOGS, period).await?);
+        rig.check_alive()?;
+    }
     // Memory again after the failover restarts, still with only a handful of Services.
     let rss_before = rig.rss();
-    let ns_alloc = kb.namespace("bench-alloc").await;
-    eprintln!(
-        "==> 3. allocation throughput, {} Services, {} in flight",
-        opts.services, opts.concurrency
-    );
-    let alloc = measure::allocation(&client, &rig, &ns_alloc, opts.services, opts.concurrency).await?;
-    rig.check_alive()?;
-    let rss_loaded = rig.rss();
-    eprintln!("    RSS at {} Services: {rss_loaded:?}", opts.services);
+    let mut alloc = measure::Alloc::default();
+    let mut rss_loaded = report::Rss::default();
+    if parts.alloc {
+        let ns_alloc = kb.namespace("bench-alloc").await;
+        eprintln!(
+            "==> 3. allocation throughput, {} Services, {} in flight",
+            opts.services, opts.concurrency
+        );
+        alloc = measure::allocation(&client, &rig, &ns_alloc, opts.services, opts.concurrency).await?;
+        rig.check_alive()?;
+        rss_loaded = rig.rss();
+        eprintln!("    RSS at {} Services: {rss_loaded:?}", opts.services);
+    }
     Ok(report::LbResults {
         apiserver,
+        parts,
         latency,
         failover,
+        keepalived,
+        starvation,
         alloc,
         rss_idle,
         rss_before,
@@ -633,6 +756,21 @@ mod tests {
         let certs = parse(&["--only", "certs"]).expect("certs only");
         assert!(certs.only.certs() && !certs.only.lb() && !certs.only.dns());
         assert!(both.only.certs());
+    }
+
+    #[test]
+    fn lb_parts_flag() {
+        let d = parse(&[]).expect("defaults");
+        assert_eq!((d.lb_parts, d.starve_seconds), (LbParts::ALL, 60));
+        assert_eq!(d.lb_parts.flag(), "");
+        let o = parse(&["--lb-parts", "failover, keepalived", "--starve-seconds=5"]).expect("parts");
+        assert!(o.lb_parts.failover && o.lb_parts.keepalived);
+        assert!(!o.lb_parts.latency && !o.lb_parts.alloc && !o.lb_parts.starvation);
+        assert_eq!(o.lb_parts.flag(), " --lb-parts failover,keepalived");
+        assert_eq!(o.starve_seconds, 5);
+        let err = parse(&["--lb-parts", "failover,bgp"]).expect_err("unknown part");
+        assert!(err.to_string().contains("\"bgp\""), "{err}");
+        assert_eq!(parse(&["--lb-parts=all"]).expect("all").lb_parts, LbParts::ALL);
     }
 
     #[test]
