@@ -17,7 +17,10 @@
 //! - `externalTrafficPolicy: Local` with endpoints on one node only: that node announces and serves;
 //!   a node labelled `node.kubernetes.io/exclude-from-external-load-balancers` and one with
 //!   `NetworkUnavailable=True` never announce (the MetalLB ranking would have picked them), and the
-//!   label moves an address off its owner.
+//!   label moves an address off its owner;
+//! - an L2Advertisement with `nodeSelectors` matching one node only (the one the ranking puts last):
+//!   that node announces and serves its pool; a pool that no advertisement selects and that has no
+//!   inline `l2` is allocate-only: its Service gets an address that nobody answers for.
 //!
 //! One box, one lab and one set of speakers for the binary (started by the first test); the tests take
 //! turns, each in its own namespace with its own pool range, and each first heals what an earlier one
@@ -332,6 +335,24 @@ impl Case {
         }
     }
 
+    /// Another IPPool `<ns>-<suffix>` over `range` for this namespace, with `l2` as its inline block
+    /// (`None`: no inline block, so only an L2Advertisement can announce it).
+    async fn pool(&self, suffix: &str, range: &str, l2: Option<serde_json::Value>) -> String {
+        let name = format!("{}-{suffix}", self.ns);
+        let mut spec = json!({"addresses": [range], "serviceAllocation": {"namespaces": [self.ns]}});
+        if let Some(l2) = l2 {
+            spec["l2"] = l2;
+        }
+        let pools: Api<IPPool> = Api::all(self.kb.client().await);
+        create(
+            &pools,
+            json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
+                "metadata": {"name": name}, "spec": spec}),
+        )
+        .await;
+        name
+    }
+
     /// Creates a LoadBalancer Service `name` with one port and waits for its address.
     async fn service(
         &self,
@@ -413,12 +434,12 @@ impl Case {
     }
 }
 
-/// Sets (any value counts) or removes Node `node`'s exclude label with kubectl (synchronous, so it also
-/// works from Drop).
-fn exclude_node(kb: &KubeBox, node: &str, value: Option<&str>) {
+/// Sets (`Some(value)`) or removes (`None`) label `key` of Node `node` with kubectl (synchronous, so it
+/// also works from Drop).
+fn label_node(kb: &KubeBox, node: &str, key: &str, value: Option<&str>) {
     let arg = match value {
-        Some(v) => format!("{EXCLUDE_LABEL}={v}"),
-        None => format!("{EXCLUDE_LABEL}-"),
+        Some(v) => format!("{key}={v}"),
+        None => format!("{key}-"),
     };
     let out = kb
         .kubectl()
@@ -461,14 +482,15 @@ fn network_unavailable(kb: &KubeBox, node: &str, unavailable: bool) {
 /// Undoes the node changes of a test, also when it fails.
 struct NodeChanges {
     kb: &'static KubeBox,
-    labelled: Vec<String>,
+    /// (node, label key) to remove.
+    labelled: Vec<(String, String)>,
     unavailable: Vec<String>,
 }
 
 impl Drop for NodeChanges {
     fn drop(&mut self) {
-        for n in &self.labelled {
-            exclude_node(self.kb, n, None);
+        for (n, key) in &self.labelled {
+            label_node(self.kb, n, key, None);
         }
         for n in &self.unavailable {
             network_unavailable(self.kb, n, false);
@@ -885,8 +907,10 @@ async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_a
         labelled: vec![],
         unavailable: vec![],
     };
-    exclude_node(case.kb, rig.name(r[0]), Some(""));
-    changes.labelled.push(rig.name(r[0]).to_string());
+    label_node(case.kb, rig.name(r[0]), EXCLUDE_LABEL, Some(""));
+    changes
+        .labelled
+        .push((rig.name(r[0]).to_string(), EXCLUDE_LABEL.to_string()));
     network_unavailable(case.kb, rig.name(r[1]), true);
     changes.unavailable.push(rig.name(r[1]).to_string());
     // Node changes and the Service arrive on different watches: give the Node events a head start.
@@ -925,12 +949,111 @@ async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_a
     drop(changes);
     let changes = NodeChanges {
         kb: case.kb,
-        labelled: vec![rig.name(r[2]).to_string()],
+        labelled: vec![(rig.name(r[2]).to_string(), EXCLUDE_LABEL.to_string())],
         unavailable: vec![],
     };
-    exclude_node(case.kb, rig.name(r[2]), Some("true"));
+    label_node(case.kb, rig.name(r[2]), EXCLUDE_LABEL, Some("true"));
     rig.served_by(vip, r[0], 5).await;
     assert_eq!(rig.neighbour_owner(vip), Some(r[0]), "the client's entry moved");
     case.status_names("cluster", rig.name(r[0])).await;
     drop(changes);
+}
+
+#[tokio::test]
+async fn an_advertisements_node_selector_picks_who_serves_and_a_pool_nobody_advertises_is_allocate_only() {
+    let mut rig = rig().lock().await;
+    rig.heal().await;
+    // The namespace's default pool (`l2: {}`) is not used here: both Services name their pool.
+    let case = Case::new("dp-adv", "192.0.2.120-192.0.2.121").await;
+    let advertised = case.pool("adv", "192.0.2.122-192.0.2.123", None).await;
+    let quiet = case.pool("quiet", "192.0.2.124-192.0.2.125", None).await;
+    let names: Vec<String> = rig.lab.nodes.iter().map(|n| n.name.clone()).collect();
+    let ip = "192.0.2.122";
+    let last = rig
+        .index(&ferrite_lb::election::ranking(ip.parse().expect("ip"), names.iter().map(String::as_str))[2]);
+    let key = "ferrite.dev/datapath-l2";
+    let _changes = NodeChanges {
+        kb: case.kb,
+        labelled: vec![(rig.name(last).to_string(), key.to_string())],
+        unavailable: vec![],
+    };
+    label_node(case.kb, rig.name(last), key, Some(&case.ns));
+    let ads: Api<DynamicObject> = Api::all_with(
+        case.kb.client().await,
+        &kube::discovery::ApiResource::erase::<ferrite_api::lb::L2Advertisement>(&()),
+    );
+    let ad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "L2Advertisement",
+        "metadata": {"name": advertised},
+        "spec": {"ipPools": [advertised], "interfaces": ["eth0"],
+                 "nodeSelectors": [{"matchLabels": {key: case.ns}}]}}))
+    .expect("advertisement");
+    ads.create(&PostParams::default(), &ad)
+        .await
+        .expect("L2Advertisement created");
+    // Let the speakers see the label and the advertisement before the Service exists.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let vip = case
+        .service(
+            "adv",
+            HTTP_PORT,
+            Protocol::Tcp,
+            json!({"lb.ferrite.dev/pool": advertised, "lb.ferrite.dev/ips": ip}),
+            false,
+        )
+        .await;
+    case.endpoints(&rig, "adv", &[0, 1, 2], vip, Protocol::Tcp).await;
+    rig.lab
+        .deliver_locally(vip, HTTP_PORT, Protocol::Tcp)
+        .expect("VIP delivered");
+    for _ in 0..3 {
+        assert_eq!(
+            rig.arp_owner(vip).await,
+            last,
+            "only the node the advertisement selects announces{}",
+            rig.logs()
+        );
+    }
+    case.status_names("adv", rig.name(last)).await;
+    rig.served_by(vip, last, 5).await;
+
+    // Allocate-only: the address is handed out, and nobody answers for it or serves it.
+    let silent = case
+        .service(
+            "quiet",
+            HTTP_PORT,
+            Protocol::Tcp,
+            json!({"lb.ferrite.dev/pool": quiet}),
+            false,
+        )
+        .await;
+    case.endpoints(&rig, "quiet", &[0, 1, 2], silent, Protocol::Tcp)
+        .await;
+    rig.lab
+        .deliver_locally(silent, HTTP_PORT, Protocol::Tcp)
+        .expect("VIP delivered");
+    assert_eq!(
+        rig.lab.arping_within(
+            &silent.to_string(),
+            Duration::from_millis(200),
+            Duration::from_secs(2)
+        ),
+        None,
+        "the address of a pool no advertisement selects was answered{}",
+        rig.logs()
+    );
+    assert!(
+        rig.lab
+            .client_http_get(silent, HTTP_PORT, Duration::from_millis(500))
+            .is_err(),
+        "an allocate-only address was served"
+    );
+    assert!(
+        case.l2.get_opt("quiet").await.expect("get").is_none(),
+        "a ServiceL2Status for an address nobody announces"
+    );
+    ads.delete(&advertised, &Default::default())
+        .await
+        .expect("L2Advertisement deleted");
 }
