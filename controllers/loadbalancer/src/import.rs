@@ -279,6 +279,19 @@ struct Ctx {
     items: Vec<Item>,
     /// Whether any MetalLB object (translatable or not) was seen.
     saw_metallb: bool,
+    /// LoadBalancer Services of the input, checked against the translated pools.
+    services: Vec<Svc>,
+    /// Labels of the Namespaces of the input (for `namespaceSelectors`).
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A LoadBalancer Service of the input (`kubectl get svc -A -o yaml`): what it holds and asks for.
+struct Svc {
+    at: String,
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    ips: Vec<String>,
 }
 
 impl Ctx {
@@ -559,6 +572,7 @@ pub fn translate(sources: &[Source], namespace: Option<&str>) -> Result<Translat
         })
         .collect();
     allocate_only_notes(&mut ctx);
+    check_services(&mut ctx);
     let mut out = Translation {
         sources: sources.iter().map(|s| s.name.clone()).collect(),
         ..Default::default()
@@ -602,6 +616,196 @@ pub fn translate(sources: &[Source], namespace: Option<&str>) -> Result<Translat
     }
     out.findings = ctx.findings;
     Ok(out)
+}
+
+/// `metadata.<key>` as a string map (labels, annotations); anything else is left out.
+fn string_map(meta: Option<&Value>, key: &str) -> BTreeMap<String, String> {
+    meta.and_then(|m| m.get(key))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A Service of the input: kept for [`check_services`] if it is a LoadBalancer with addresses; any other
+/// Service (ClusterIP, pending) is of no interest and left out silently.
+fn service(obj: &Obj, ctx: &mut Ctx) {
+    let spec_type = obj
+        .map
+        .get("spec")
+        .and_then(|s| s.get("type"))
+        .and_then(Value::as_str);
+    if spec_type != Some("LoadBalancer") {
+        return;
+    }
+    let ips: Vec<String> = obj
+        .map
+        .get("status")
+        .and_then(|s| s.get("loadBalancer"))
+        .and_then(|l| l.get("ingress"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i.get("ip").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let meta = obj.map.get("metadata");
+    ctx.services.push(Svc {
+        at: obj.origin(),
+        namespace: obj.namespace.clone().unwrap_or_else(|| "default".into()),
+        labels: string_map(meta, "labels"),
+        annotations: string_map(meta, "annotations"),
+        ips,
+    });
+}
+
+/// The cut-over keeps a Service's address only if an IPPool offers it and allows the Service (see the
+/// allocator's adoption rule); an address in no pool is kept but not announced. Say so before the switch.
+fn check_services(ctx: &mut Ctx) {
+    struct P<'a> {
+        name: &'a str,
+        addrs: PoolAddresses,
+        spec: &'a PoolSpec,
+    }
+    let pools: Vec<P<'_>> = ctx
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Pool { name, spec, .. } => {
+                PoolAddresses::parse(&spec.addresses)
+                    .ok()
+                    .map(|addrs| P { name, addrs, spec })
+            }
+            Item::Adv { .. } => None,
+        })
+        .collect();
+    let mut lines: Vec<(String, Severity, String)> = Vec::new();
+    for svc in &ctx.services {
+        for key in [
+            ferrite_api::lb::annotations::POOL,
+            ferrite_api::lb::annotations::METALLB_POOL,
+            ferrite_api::lb::annotations::METALLB_LEGACY_POOL,
+        ] {
+            if let Some(p) = svc.annotations.get(key)
+                && !pools.iter().any(|pool| pool.name == p)
+            {
+                lines.push((
+                    svc.at.clone(),
+                    Severity::NotTranslated,
+                    format!("annotation {key}: pool \"{p}\" is not in the output: the Service gets no new address until it names an IPPool that exists"),
+                ));
+            }
+        }
+        let from = svc
+            .annotations
+            .get(ferrite_api::lb::annotations::METALLB_IP_ALLOCATED_FROM_POOL)
+            .map(|p| format!(" (MetalLB allocated it from pool \"{p}\")"))
+            .unwrap_or_default();
+        for raw in &svc.ips {
+            let Ok(ip) = raw.parse::<std::net::IpAddr>() else {
+                lines.push((
+                    svc.at.clone(),
+                    Severity::Note,
+                    format!("status address \"{raw}\" is not an IP; not checked"),
+                ));
+                continue;
+            };
+            let offering: Vec<&P<'_>> = pools
+                .iter()
+                .filter(|p| p.addrs.offers(ip, p.spec.avoid_buggy_ips))
+                .collect();
+            if offering.is_empty() {
+                lines.push((
+                    svc.at.clone(),
+                    Severity::NotTranslated,
+                    format!(
+                        "{ip}{from} is in no IPPool of the output: ferrite-lb keeps it with the Service but \
+                         does not announce it (Warning NotAnnounced); add it to a pool"
+                    ),
+                ));
+                continue;
+            }
+            let mut unknown_ns = false;
+            let allowed = offering
+                .iter()
+                .any(|p| match allows(p.spec, svc, &ctx.namespaces) {
+                    Some(a) => a,
+                    None => {
+                        unknown_ns = true;
+                        false
+                    }
+                });
+            if allowed {
+                continue;
+            }
+            let names = offering
+                .iter()
+                .map(|p| format!("\"{}\"", p.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if unknown_ns {
+                lines.push((
+                    svc.at.clone(),
+                    Severity::Note,
+                    format!(
+                        "{ip}: IPPool {names} selects namespaces by label and Namespace {} is not in the \
+                         input: not checked (add `kubectl get namespaces -o yaml` to the input)",
+                        svc.namespace
+                    ),
+                ));
+            } else {
+                lines.push((
+                    svc.at.clone(),
+                    Severity::NotTranslated,
+                    format!(
+                        "{ip} is in IPPool {names}, whose serviceAllocation does not allow this Service: \
+                         ferrite-lb's allocator will move it to another address"
+                    ),
+                ));
+            }
+        }
+    }
+    for (at, severity, message) in lines {
+        ctx.findings.push(Finding {
+            at,
+            severity,
+            message,
+        });
+    }
+}
+
+/// Whether `pool` allows `svc` (MetalLB's rule: namespace criterion AND Service criterion). `None`: the
+/// answer depends on labels of a Namespace the input does not have.
+fn allows(
+    pool: &PoolSpec,
+    svc: &Svc,
+    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Option<bool> {
+    let Some(a) = &pool.service_allocation else {
+        return Some(true);
+    };
+    let matches = |sels: &[LabelSelector], labels: &BTreeMap<String, String>| {
+        sels.iter()
+            .any(|s| ferrite_kit::selector::matches(s, labels).unwrap_or(false))
+    };
+    let service_ok = a.service_selectors.is_empty() || matches(&a.service_selectors, &svc.labels);
+    let no_criterion = a.namespaces.is_empty() && a.namespace_selectors.is_empty();
+    let namespace_ok = if no_criterion || a.namespaces.contains(&svc.namespace) {
+        true
+    } else if a.namespace_selectors.is_empty() {
+        false
+    } else {
+        match namespaces.get(&svc.namespace) {
+            Some(labels) => matches(&a.namespace_selectors, labels),
+            None if service_ok => return None,
+            None => false,
+        }
+    };
+    Some(service_ok && namespace_ok)
 }
 
 /// MetalLB's rule, and ours: a pool no advertisement selects is handed out but never announced.
@@ -830,6 +1034,17 @@ fn translate_object(obj: &Obj, ctx: &mut Ctx) {
     }
     if is_legacy_candidate(obj) {
         legacy_config_map(obj, ctx);
+        return;
+    }
+    if obj.api_version == "v1" && obj.kind == "Service" {
+        service(obj, ctx);
+        return;
+    }
+    if obj.api_version == "v1" && obj.kind == "Namespace" {
+        if let Some(name) = &obj.name {
+            ctx.namespaces
+                .insert(name.clone(), string_map(obj.map.get("metadata"), "labels"));
+        }
         return;
     }
     ctx.untranslated(

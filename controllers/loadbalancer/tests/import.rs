@@ -32,6 +32,8 @@ const CASES: &[(&str, &[&str], i32)] = &[
     ("kubectl-list.yaml", &[], 0),
     // The example of docs/loadbalancer.md "Migrating from MetalLB" (documented examples together).
     ("metallb.yaml", &[], 1),
+    // With the cluster's Services and Namespaces: their addresses checked against the translated pools.
+    ("services.yaml", &[], 1),
     // The ConfigMap format (MetalLB <= 0.12) and the 0.13 AddressPool CR.
     ("legacy-docs-layer2.yaml", &[], 0),
     ("legacy-docs-auto-assign.yaml", &[], 1),
