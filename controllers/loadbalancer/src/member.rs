@@ -1154,6 +1154,18 @@ mod tests {
             ..Timings::default()
         };
         assert!(matches!(foca_config(&bad), Err(MemberError::InvalidTimings(_))));
+        // One lost pong must not look like a death: the silence spans at least two intervals.
+        let hasty = Timings {
+            heartbeat_timeout: Duration::from_millis(40),
+            ..Timings::default()
+        };
+        assert!(matches!(foca_config(&hasty), Err(MemberError::InvalidTimings(_))));
+        // With the fast path off its timings do not matter.
+        let off = Timings {
+            heartbeat_peers: 0,
+            ..hasty
+        };
+        assert!(foca_config(&off).is_ok());
     }
 
     #[tokio::test]
