@@ -306,3 +306,39 @@ fn unreadable_file_is_exit_2() {
     // No file at all is a usage error (clap's exit code 2 too).
     assert_eq!(import(&[], None).code, 2);
 }
+
+/// The example of docs/loadbalancer.md "Migrating from MetalLB" is this test's fixture `metallb.yaml`: its
+/// input, its stdout and its stderr appear in the docs exactly as the binary prints them.
+#[test]
+fn the_documented_example_is_what_the_binary_prints() {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/loadbalancer.md");
+    let doc = std::fs::read_to_string(&doc_path).expect("docs/loadbalancer.md");
+    let start = doc
+        .find("## Migrating from MetalLB")
+        .expect("the migration section");
+    let section = &doc[start..];
+    let input = std::fs::read_to_string(fixtures().join("metallb.yaml")).expect("fixture");
+    let input: String = input
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        section.contains(&format!("```yaml\n{input}```")),
+        "the docs show metallb.yaml (without its comments)"
+    );
+    let run = import(&["metallb.yaml"], None);
+    assert_eq!(run.code, 1);
+    assert!(
+        section.contains(&format!("```yaml\n{}```", run.stdout)),
+        "the docs show the output:\n{}",
+        run.stdout
+    );
+    for line in run.stderr.lines() {
+        assert!(
+            section.contains(&format!("\n{line}\n")),
+            "the docs show the stderr line {line:?}"
+        );
+    }
+    assert!(section.contains("$ echo $?\n1\n"), "the docs show the exit code");
+}

@@ -25,7 +25,7 @@ enum Command {
         #[command(flatten)]
         args: ferrite_lb::speaker::SpeakerArgs,
     },
-    /// Print ferrite-lb objects for MetalLB manifests (exit 0: all translated, 1: partly, 2: unreadable).
+    /// Print ferrite-lb objects for MetalLB manifests (exit 0: all translated, 1: partly, 2: refused).
     ImportMetallb(ferrite_lb::import::ImportArgs),
 }
 
