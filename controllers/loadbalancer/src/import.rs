@@ -8,6 +8,7 @@
 //!        ├─ metallb.io AddressPool (0.13, legacy) ─┐
 //!        ├─ ConfigMap data.config (<= 0.12) ───────┼> IPPool (+ L2Advertisement for a layer2 pool)
 //!        ├─ bare ConfigMap data (address-pools:) ──┘
+//!        ├─ v1 Service (LoadBalancer), Namespace ─> checked: is each address still offered and allowed?
 //!        └─ BGP*, BFDProfile, Community, other kinds, unknown fields ──> one line each ("not translated")
 //!
 //!   checks: one namespace, unique names, valid addresses and selectors ──> refused (exit 2) otherwise
