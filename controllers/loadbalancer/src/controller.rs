@@ -1209,7 +1209,39 @@ async fn reconcile_advertisement(adv: Arc<L2Advertisement>, ctx: Arc<Context>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
     use serde_json::json;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn default_class_flag_defaults_to_true_and_takes_a_value() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()));
+        let a = parse(&[]).expect("no flags").args;
+        assert!(a.default_class);
+        assert_eq!(a.lb_class, "ferrite.dev/lb");
+        assert!(
+            !parse(&["--default-class=false"])
+                .expect("false")
+                .args
+                .default_class
+        );
+        assert!(
+            parse(&["--default-class", "true"])
+                .expect("true")
+                .args
+                .default_class
+        );
+        assert!(parse(&["--default-class=maybe"]).is_err());
+        let a = parse(&["--lb-class=example.com/lb", "--default-class=false"])
+            .expect("both")
+            .args;
+        assert_eq!((a.lb_class.as_str(), a.default_class), ("example.com/lb", false));
+    }
 
     fn svc(annotations: serde_json::Value) -> Service {
         serde_json::from_value(
