@@ -408,15 +408,17 @@ pub fn service_ips(svc: &Service) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The node named by the Service's `lb.ferrite.dev/announcing-node` annotation.
+/// The node that announces Service `name`: `spec.node` of its `ServiceL2Status` (same namespace and
+/// name, written by the announcing speaker; `kubectl get servicel2statuses`). None while nobody does.
 pub async fn announcing_node(svcs: &Api<Service>, name: &str) -> Option<String> {
-    svcs.get(name)
-        .await
-        .ok()?
-        .metadata
-        .annotations?
-        .get("lb.ferrite.dev/announcing-node")
-        .cloned()
+    let ns = svcs.namespace()?.to_string();
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("lb.ferrite.dev", "v1alpha1", "ServiceL2Status"),
+        "servicel2statuses",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(svcs.clone().into_client(), &ns, &ar);
+    let st = api.get_opt(name).await.ok()??;
+    st.data.get("spec")?.get("node")?.as_str().map(String::from)
 }
 
 /// Polls `f` every 50 ms until it returns Some; an error naming `what` after `limit`.

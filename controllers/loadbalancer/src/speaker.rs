@@ -4,21 +4,30 @@
 //!   Services ─┐                                         ┌─> l2::Announcer::set(ip -> interfaces)
 //!   Nodes ────┤                                         │     (answers ARP/NDP, GARP/NA on takeover)
 //!   EndpointSlices (v1 | v1beta1) ──> step() ──> election::elect per Service
-//!   IPPools (l2.interfaces, l2.nodeSelector) ┘   ^      └─> ApiQueue (bounded, latest wins) ─> one task:
-//!   member::Membership (SWIM gossip: live speakers) ┘         annotation lb.ferrite.dev/announcing-node,
-//!                                                             Events, each call with a timeout
+//!   IPPools + L2Advertisements ┤                 ^      └─> ApiQueue (bounded, latest wins) ─> one task:
+//!   ServiceL2Statuses (owners) ┘                 │          ServiceL2Status apply / delete,
+//!   member::Membership (SWIM gossip: live speakers) ┘         Events, each call with a timeout
 //! ```
 //! Every input change (or a tick every second, as a safety net) recomputes the whole desired set;
 //! the computation is pure and cheap (one sha256 per Service and node). The speaker is not
 //! leader-elected: every node decides for itself, and all decide alike because they see the same
-//! objects and the same gossip view. The owner recorded in the annotation keeps the IP while it stays
-//! eligible, so a recovered node does not take it back (no flip-back).
+//! objects and the same gossip view. The owner recorded in the Service's `ServiceL2Status` keeps the IP
+//! while it stays eligible, so a recovered node does not take it back (no flip-back).
+//!
+//! # Who announces: ServiceL2Status
+//! The speaker that announces a Service applies (server-side apply, field manager
+//! `lb.ferrite.dev/speaker`) a `ServiceL2Status` in the Service's namespace, named like the Service,
+//! owned by it (owner reference: deleting the Service deletes it) and labelled with
+//! `lb.ferrite.dev/service-name` and `lb.ferrite.dev/node`. When it stops announcing it deletes it,
+//! with the object's `resourceVersion` as precondition, and only while it still names this node (a
+//! peer that took over has rewritten it). On graceful shutdown it deletes every one naming it. The
+//! speaker never writes Services.
 //!
 //! # Never waiting on the API server
 //! [`Speaker::step`] does no I/O: it reads the watch caches and the gossip view, sets the announcer and
 //! *enqueues* what it wants written (claims, Events) in [`ApiQueue`]. One background task drains the
 //! queue, each call bounded by [`API_CALL_TIMEOUT`]. So a stalled or half-open connection to the API
-//! server delays the annotation and the Events, never the ARP/NDP answers or a takeover after a
+//! server delays the ServiceL2Status and the Events, never the ARP/NDP answers or a takeover after a
 //! peer's death (gossip alone decides that). The queue holds one entry per (kind, Service): a newer
 //! claim or Event replaces a pending one, a claim this node no longer wins is withdrawn, and past
 //! [`API_QUEUE_CAPACITY`] entries new ones are dropped and counted.
@@ -29,8 +38,8 @@
 //! `/livez` failed ("gossip task: ..."), and exits non-zero after [`GOSSIP_FAILURE_EXIT_DELAY`].
 //!
 //! # Inputs gate the first election
-//! Nothing is elected before every watch the step reads (Services, IPPools, Nodes, EndpointSlices,
-//! node Leases) has its first full list: before the IPPools are known every address would look
+//! Nothing is elected before every watch the step reads (Services, IPPools, L2Advertisements,
+//! ServiceL2Statuses, Nodes, EndpointSlices, node Leases) has its first full list: before the IPPools are known every address would look
 //! out-of-pool, and before the Nodes are known every peer would look dead.
 //!
 //! # Only pool addresses
@@ -44,11 +53,11 @@ use crate::{
     election::{self, Advertisement, NodeInfo, ServiceView},
     l2::{Announcer, InterfaceFilter},
     member::{MemberConfig, Membership},
-    service::{self, ClassPolicy},
+    service::{self, Classes},
 };
 use anyhow::Context as _;
 use ferrite_api::{
-    lb::{IPPool, L2Advertisement, annotations::ANNOUNCING_NODE},
+    lb::{IPPool, L2Advertisement, NODE_LABEL, SERVICE_NAME_LABEL, ServiceL2Status},
     names,
 };
 use ferrite_kit::{
@@ -57,7 +66,7 @@ use ferrite_kit::{
     events::Events,
     kube::{
         Api, Client, Resource, ResourceExt,
-        api::DynamicObject,
+        api::{DeleteParams, DynamicObject, Preconditions},
         runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
     },
 };
@@ -83,9 +92,15 @@ pub struct SpeakerArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
 
-    /// `loadBalancerClass` served besides Services without a class.
+    /// `loadBalancerClass` served (the allocator's `--lb-class`).
     #[arg(long, env = "FERRITE_LB_CLASS", default_value = ferrite_api::lb::DEFAULT_LOAD_BALANCER_CLASS)]
     pub lb_class: String,
+
+    /// Announce Services without a `loadBalancerClass` too (this is the cluster's default load
+    /// balancer, MetalLB's rule; the allocator's `--default-class`). `--default-class=false` beside
+    /// another load balancer that is the default.
+    #[arg(long, env = "FERRITE_LB_DEFAULT_CLASS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_class: bool,
 
     /// UDP port of the gossip between speakers.
     #[arg(long, env = "FERRITE_GOSSIP_PORT", default_value_t = 7946)]
@@ -99,7 +114,7 @@ pub struct SpeakerArgs {
     #[arg(long, env = "FERRITE_GOSSIP_SECRET", default_value = "ferrite-lb-gossip")]
     pub gossip_secret: String,
 
-    /// After start, announce only the Services that already name this node as their announcer, for this
+    /// After start, announce only the Services whose ServiceL2Status already names this node, for this
     /// long: the gossip view needs a moment to fill, and a speaker that saw only itself would claim every
     /// address (a restarted fleet would flap).
     #[arg(long, env = "FERRITE_STARTUP_GRACE", value_parser = ferrite_kit::cli::parse_duration, default_value = "3s")]
@@ -196,6 +211,15 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         &["ip", "node"],
     )?;
     app.registry.register(Box::new(announced_metric.clone()))?;
+    let speaker_announced = IntGaugeVec::new(
+        Opts::new(
+            "ferrite_lb_speaker_announced",
+            "1 for each (Service, address) this node announces (MetalLB's metallb_speaker_announced).",
+        ),
+        &["service", "protocol", "node", "ip"],
+    )?;
+    app.registry.register(Box::new(speaker_announced.clone()))?;
+    let shutdown_client = client.clone();
     let writes = ApiQueue::start(
         &app.registry,
         ApiWriter {
@@ -216,6 +240,8 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
     let pools = watch_store::<IPPool>(&app, Api::all(client.clone()), "ippools", wake.clone());
     let advertisements =
         watch_store::<L2Advertisement>(&app, Api::all(client.clone()), "l2advertisements", wake.clone());
+    let statuses =
+        watch_store::<ServiceL2Status>(&app, Api::all(client.clone()), "servicel2statuses", wake.clone());
     let node_leases = watch_store::<Lease>(
         &app,
         Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
@@ -254,15 +280,20 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
 
     let speaker = Speaker {
         me: me.clone(),
-        policy: ClassPolicy { class: args.lb_class },
+        policy: Classes {
+            class: args.lb_class,
+            default_class: args.default_class,
+        },
         writes,
         announcer,
         membership,
         announced_metric,
+        speaker_announced,
         services,
         nodes,
         pools,
         advertisements,
+        statuses,
         node_leases,
         slices,
         gossip_port: args.gossip_port,
@@ -286,6 +317,7 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         ferrite_kit::admin::wait_synced(&speaker.services).await
             && ferrite_kit::admin::wait_synced(&speaker.pools).await
             && ferrite_kit::admin::wait_synced(&speaker.advertisements).await
+            && ferrite_kit::admin::wait_synced(&speaker.statuses).await
             && ferrite_kit::admin::wait_synced(&speaker.nodes).await
             && ferrite_kit::admin::wait_synced(&speaker.slices).await
             && ferrite_kit::admin::wait_synced(&speaker.node_leases).await
@@ -327,8 +359,12 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
             }
         }
     };
-    // Stop answering before the process goes away; the gossip task sends its leave on the same token.
+    // Stop answering before the process goes away. On a graceful shutdown the token that ended the loop
+    // also made the gossip task send its leave and stopped the announcer's workers, at the same moment;
+    // this also empties the plan for any worker still finishing. Then the ServiceL2Statuses naming
+    // this node go (bounded; a peer that takes over rewrites them anyway).
     speaker.announcer.set(BTreeMap::new());
+    speaker.release_all(&shutdown_client).await;
     if let Some(why) = why.filter(|_| !app.shutdown.is_cancelled()) {
         // A frozen membership view while the peers take over would make two nodes answer: stop
         // announcing (above), say so on /livez, then exit so the node's pod is restarted.
@@ -382,15 +418,17 @@ fn internal_ip(node: &Node) -> Option<IpAddr> {
 
 struct Speaker {
     me: String,
-    policy: ClassPolicy,
+    policy: Classes,
     writes: ApiQueue,
     announcer: Announcer,
     membership: Membership,
     announced_metric: IntGaugeVec,
+    speaker_announced: IntGaugeVec,
     services: Store<Service>,
     nodes: Store<Node>,
     pools: Store<IPPool>,
     advertisements: Store<L2Advertisement>,
+    statuses: Store<ServiceL2Status>,
     node_leases: Store<Lease>,
     slices: Store<DynamicObject>,
     gossip_port: u16,
@@ -403,8 +441,14 @@ struct Announced {
     services: BTreeMap<(String, String), Vec<IpAddr>>,
     peers: BTreeSet<SocketAddr>,
     /// When this speaker last recorded itself as a Service's announcer. During a partition two speakers
-    /// may both win; this keeps them from rewriting the annotation back and forth on every event.
+    /// may both win; this keeps them from rewriting the ServiceL2Status back and forth on every event.
     claimed: BTreeMap<(String, String), tokio::time::Instant>,
+    /// When this node started announcing each Service (the ServiceL2Status's `since`).
+    since: BTreeMap<(String, String), jiff::Timestamp>,
+    /// When a delete of a ServiceL2Status naming this node (that it no longer announces) was queued.
+    released: BTreeMap<(String, String), tokio::time::Instant>,
+    /// (advertisement, node-specific problem) already reported, while it persists.
+    warned_interfaces: BTreeSet<(String, String)>,
     /// Nodes gossip has shown alive at least once since this speaker started.
     ever_seen: BTreeSet<String>,
     /// (namespace, name, address) outside every pool that a Warning Event was queued for.
@@ -442,6 +486,13 @@ fn node_healthy(node: &Node, lease: Option<&Lease>, now: jiff::Timestamp) -> boo
 
 /// How often a speaker may re-record itself as a Service's announcer.
 const CLAIM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long after queueing the delete of a ServiceL2Status it still sees naming this node a speaker
+/// queues it again.
+const RELEASE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest wait for the deletes of this node's ServiceL2Statuses on graceful shutdown.
+const SHUTDOWN_RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A parsed pool: its addresses and its advertisements (none: allocate-only).
 struct PoolL2 {
@@ -562,6 +613,8 @@ impl Speaker {
             tracing::info!("startup grace over: electing every Service");
         }
         let mut desired: BTreeMap<IpAddr, InterfaceFilter> = BTreeMap::new();
+        // The advertisements each desired address is announced through (Events about interfaces).
+        let mut sources: BTreeMap<IpAddr, Vec<election::AdvertisementSource>> = BTreeMap::new();
         let mut mine: BTreeMap<(String, String), (Arc<Service>, Vec<IpAddr>)> = BTreeMap::new();
         let mut out_of_pool_now: BTreeSet<(String, String, IpAddr)> = BTreeSet::new();
         for (first, group) in &groups {
@@ -609,11 +662,11 @@ impl Speaker {
                     .flat_map(|s| s.serving_nodes().map(String::from))
                     .collect(),
                 has_serving_endpoint: slices.iter().any(|s| s.has_serving()),
-                // The recorded owner of the group: the oldest Service that names one.
-                current_owner: group
-                    .services
-                    .iter()
-                    .find_map(|s| s.annotations().get(ANNOUNCING_NODE).cloned()),
+                // The recorded owner of the group: the oldest Service whose ServiceL2Status names one.
+                current_owner: group.services.iter().find_map(|s| {
+                    let key = (s.namespace().unwrap_or_default(), s.name_any());
+                    self.status_of(&key).map(|st| st.spec.node.clone())
+                }),
                 node_selectors: announcing.iter().map(|a| a.node_selectors.clone()).collect(),
             };
             // Fallback liveness for the recorded owner when gossip cannot tell: a node this speaker has
@@ -666,6 +719,7 @@ impl Speaker {
                         match InterfaceFilter::new(patterns) {
                             Ok(f) => {
                                 desired.insert(*ip, f);
+                                sources.insert(*ip, ads.iter().map(|a| a.source.clone()).collect());
                             }
                             Err(e) => tracing::warn!(%ip, error = %e, "interfaces invalid; not announcing"),
                         }
@@ -690,12 +744,27 @@ impl Speaker {
                 }
             }
         }
-        self.announcer.set(desired);
+        self.announcer.set(desired.clone());
         prev.warned_out_of_pool.retain(|k| out_of_pool_now.contains(k));
 
         // Record ownership, tell people, keep the metric: all through the background queue.
-        self.writes.set_wanted(mine.keys().cloned().collect());
         let announced_on = self.announcer.announced();
+        self.report_interface_problems(&desired, &announced_on, &sources, prev);
+        // The Services recorded as announced here: won, and answered on at least one interface (as
+        // MetalLB, an elected node with no matching interface announces nothing and records nothing).
+        let interfaces_of = |ips: &[IpAddr]| -> BTreeSet<String> {
+            ips.iter()
+                .filter_map(|ip| announced_on.get(ip))
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        let recorded: BTreeSet<(String, String)> = mine
+            .iter()
+            .filter(|(_, (_, ips))| !interfaces_of(ips).is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.writes.set_wanted(recorded.clone());
         let now = tokio::time::Instant::now();
         for (key, (svc, ips)) in &mine {
             let newly = prev.services.get(key) != Some(ips);
@@ -703,41 +772,66 @@ impl Speaker {
                 .claimed
                 .get(key)
                 .is_some_and(|t| now.duration_since(*t) < CLAIM_INTERVAL);
-            if svc.annotations().get(ANNOUNCING_NODE) != Some(&self.me) && !recent {
+            let ifaces = interfaces_of(ips);
+            let current = self.status_of(key);
+            let recorded_since = current
+                .as_ref()
+                .filter(|st| st.spec.node == self.me)
+                .and_then(|st| st.spec.since.as_ref().map(|t| t.0));
+            let since = *prev
+                .since
+                .entry(key.clone())
+                .or_insert_with(|| recorded_since.unwrap_or_else(jiff::Timestamp::now));
+            let spec = ferrite_api::lb::ServiceL2StatusSpec {
+                node: self.me.clone(),
+                addresses: ips.iter().map(ToString::to_string).collect(),
+                interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+                since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since)),
+            };
+            if recorded.contains(key) && current.as_ref().map(|st| &st.spec) != Some(&spec) && !recent {
                 self.writes.push(Write::Claim {
                     namespace: key.0.clone(),
                     name: key.1.clone(),
+                    uid: svc.uid().unwrap_or_default(),
+                    spec,
                 });
                 prev.claimed.insert(key.clone(), now);
             }
             if newly {
-                let ifaces: BTreeSet<&String> = ips
-                    .iter()
-                    .filter_map(|ip| announced_on.get(ip))
-                    .flatten()
-                    .collect();
                 let ip_list = ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                let note = if ifaces.is_empty() {
-                    format!(
-                        "node {} is elected for {ip_list} but has no eligible interface (see the speaker log)",
-                        self.me
+                let (warning, reason, note) = if ifaces.is_empty() {
+                    (
+                        true,
+                        "AnnounceFailed",
+                        format!(
+                            "node {} is elected for {ip_list} but no interface there matches (Warning NoInterface on the advertisement says why)",
+                            self.me
+                        ),
                     )
                 } else {
                     let names: Vec<&str> = ifaces.iter().map(|s| s.as_str()).collect();
-                    format!("node {} announces {ip_list} on {}", self.me, names.join(", "))
+                    (
+                        false,
+                        "Announcing",
+                        format!("node {} announces {ip_list} on {}", self.me, names.join(", ")),
+                    )
                 };
                 self.writes.push(Write::Event {
                     on: svc.object_ref(&()),
-                    warning: false,
-                    reason: "Announcing",
+                    warning,
+                    reason,
                     action: "Announce",
                     note,
                     ip: None,
                 });
                 tracing::info!(service = %key.1, namespace = %key.0, ips = %ip_list, "announcing");
+                let service = format!("{}/{}", key.0, key.1);
                 for ip in ips {
                     self.announced_metric
                         .with_label_values(&[&ip.to_string(), &self.me])
+                        .set(1);
+                    self.speaker_announced
+                        .with_label_values(&[&service, "layer2", &self.me, &ip.to_string()])
                         .set(1);
                 }
             }
@@ -747,15 +841,159 @@ impl Speaker {
                 .get(key)
                 .map(|(_, v)| v.iter().copied().collect())
                 .unwrap_or_default();
+            let service = format!("{}/{}", key.0, key.1);
             for ip in ips.iter().filter(|ip| !still.contains(ip)) {
                 let _ = self
                     .announced_metric
                     .remove_label_values(&[&ip.to_string(), &self.me]);
+                let _ = self.speaker_announced.remove_label_values(&[
+                    &service,
+                    "layer2",
+                    &self.me,
+                    &ip.to_string(),
+                ]);
                 tracing::info!(service = %key.1, namespace = %key.0, ip = %ip, "stopped announcing");
             }
         }
+        // ServiceL2Statuses naming this node for Services it does not announce: delete them (not while
+        // converging: then only the Services already naming this node are elected at all).
+        if !converging {
+            for st in self.statuses.state() {
+                if st.spec.node != self.me {
+                    continue;
+                }
+                let key = (st.namespace().unwrap_or_default(), st.name_any());
+                if recorded.contains(&key)
+                    || prev
+                        .released
+                        .get(&key)
+                        .is_some_and(|t| now.duration_since(*t) < RELEASE_INTERVAL)
+                {
+                    continue;
+                }
+                self.writes.push(Write::Release {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    resource_version: st.resource_version(),
+                });
+                prev.released.insert(key, now);
+            }
+        }
+        prev.released.retain(|k, _| !recorded.contains(k));
+        prev.since.retain(|k, _| mine.contains_key(k));
         prev.claimed.retain(|k, _| mine.contains_key(k));
         prev.services = mine.into_iter().map(|(k, (_, ips))| (k, ips)).collect();
+    }
+
+    /// The ServiceL2Status of Service `key` (namespace, name), from the watch cache.
+    fn status_of(&self, key: &(String, String)) -> Option<Arc<ServiceL2Status>> {
+        self.statuses
+            .get(&reflector::ObjectRef::new(&key.1).within(&key.0))
+    }
+
+    /// Graceful shutdown: deletes every ServiceL2Status naming this node (each with its
+    /// resourceVersion as precondition), all at once, for at most [`SHUTDOWN_RELEASE_TIMEOUT`].
+    async fn release_all(&self, client: &Client) {
+        let mine: Vec<Arc<ServiceL2Status>> = self
+            .statuses
+            .state()
+            .into_iter()
+            .filter(|st| st.spec.node == self.me)
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        let deletes = mine.iter().map(|st| {
+            let ns = st.namespace().unwrap_or_default();
+            let name = st.name_any();
+            let rv = st.resource_version();
+            async move {
+                let api: Api<ServiceL2Status> = Api::namespaced(client.clone(), &ns);
+                if let Err(e) = delete_status(&api, &name, rv).await {
+                    tracing::warn!(namespace = %ns, service = %name, error = %e, "deleting ServiceL2Status on shutdown");
+                }
+            }
+        });
+        let n = mine.len();
+        match tokio::time::timeout(SHUTDOWN_RELEASE_TIMEOUT, futures::future::join_all(deletes)).await {
+            Ok(_) => tracing::info!(count = n, "shutdown: ServiceL2Statuses of this node deleted"),
+            Err(_) => {
+                tracing::warn!(count = n, timeout = ?SHUTDOWN_RELEASE_TIMEOUT, "shutdown: deleting ServiceL2Statuses timed out")
+            }
+        }
+    }
+
+    /// Node-specific problems: an address this node is elected for that no interface here answers for
+    /// (a named interface missing on this node, or every interface excluded). One Warning Event
+    /// `NoInterface` per (advertisement, problem) from this speaker, on the L2Advertisement or IPPool,
+    /// while it persists (the kit's recorder also folds repeats into a series).
+    fn report_interface_problems(
+        &self,
+        desired: &BTreeMap<IpAddr, InterfaceFilter>,
+        announced_on: &BTreeMap<IpAddr, Vec<String>>,
+        sources: &BTreeMap<IpAddr, Vec<election::AdvertisementSource>>,
+        prev: &mut Announced,
+    ) {
+        let mut now: BTreeSet<(String, String)> = BTreeSet::new();
+        for (ip, filter) in desired {
+            if announced_on.contains_key(ip) {
+                continue;
+            }
+            let wanted = if filter.patterns().is_empty() {
+                "every interface not excluded by default".to_string()
+            } else {
+                format!("interfaces {}", filter.patterns().join(", "))
+            };
+            let why: Vec<String> = self
+                .announcer
+                .interfaces(filter)
+                .into_iter()
+                .filter_map(|(i, r)| r.err().map(|r| format!("{}: {r}", i.name)))
+                .collect();
+            let note = format!(
+                "node {}: no interface answers ARP/NDP for {ip} ({wanted}): {}",
+                self.me,
+                if why.is_empty() {
+                    "no interface at all".to_string()
+                } else {
+                    why.join("; ")
+                }
+            );
+            for source in sources.get(ip).into_iter().flatten() {
+                let key = (source.to_string(), wanted.clone());
+                now.insert(key.clone());
+                if prev.warned_interfaces.contains(&key) {
+                    continue;
+                }
+                tracing::warn!(advertisement = %source, %ip, %note, "no eligible interface");
+                if let Some(on) = self.source_ref(source) {
+                    self.writes.push(Write::Event {
+                        on,
+                        warning: true,
+                        reason: "NoInterface",
+                        action: "Announce",
+                        note: note.clone(),
+                        ip: None,
+                    });
+                }
+                prev.warned_interfaces.insert(key);
+            }
+        }
+        prev.warned_interfaces.retain(|k| now.contains(k));
+    }
+
+    /// The object an advertisement comes from, for Events.
+    fn source_ref(&self, source: &election::AdvertisementSource) -> Option<ObjectReference> {
+        match source {
+            election::AdvertisementSource::L2Advertisement(n) => self
+                .advertisements
+                .get(&reflector::ObjectRef::new(n))
+                .map(|a| a.object_ref(&())),
+            election::AdvertisementSource::InlineL2(n) => self
+                .pools
+                .get(&reflector::ObjectRef::new(n))
+                .map(|p| p.object_ref(&())),
+        }
     }
 
     /// Logs each advertisement that cannot be used once (while it stays broken) and queues one Warning
@@ -845,8 +1083,21 @@ impl Speaker {
 /// What the election asks the API server to do; see [`ApiQueue`].
 #[derive(Debug, Clone)]
 enum Write {
-    /// Record this node in the Service's `lb.ferrite.dev/announcing-node` annotation.
-    Claim { namespace: String, name: String },
+    /// Apply the Service's ServiceL2Status naming this node.
+    Claim {
+        namespace: String,
+        name: String,
+        /// The Service's uid (the owner reference).
+        uid: String,
+        spec: ferrite_api::lb::ServiceL2StatusSpec,
+    },
+    /// Delete the Service's ServiceL2Status, if it is still at `resource_version` (so still names this
+    /// node).
+    Release {
+        namespace: String,
+        name: String,
+        resource_version: Option<String>,
+    },
     /// Publish an Event on a Service.
     Event {
         on: ObjectReference,
@@ -862,14 +1113,17 @@ enum Write {
 /// Identity of a queued write: a newer write with the same key replaces a pending one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum WriteKey {
-    Claim(String, String),
+    /// A claim or a release of one Service's ServiceL2Status: the newer replaces the older.
+    Status(String, String),
     Event(&'static str, String, String, Option<IpAddr>),
 }
 
 impl Write {
     fn key(&self) -> WriteKey {
         match self {
-            Self::Claim { namespace, name } => WriteKey::Claim(namespace.clone(), name.clone()),
+            Self::Claim { namespace, name, .. } | Self::Release { namespace, name, .. } => {
+                WriteKey::Status(namespace.clone(), name.clone())
+            }
             Self::Event { on, reason, ip, .. } => WriteKey::Event(
                 reason,
                 on.namespace.clone().unwrap_or_default(),
@@ -882,6 +1136,7 @@ impl Write {
     fn kind(&self) -> &'static str {
         match self {
             Self::Claim { .. } => "claim",
+            Self::Release { .. } => "release",
             Self::Event { .. } => "event",
         }
     }
@@ -921,11 +1176,13 @@ impl Pending {
         None
     }
 
-    /// Sets the Services this node won; pending claims for the others are withdrawn.
+    /// Sets the Services this node won; pending claims for the others, and pending releases of these,
+    /// are withdrawn.
     fn set_wanted(&mut self, wanted: BTreeSet<(String, String)>) {
-        self.writes.retain(|k, _| match k {
-            WriteKey::Claim(ns, name) => wanted.contains(&(ns.clone(), name.clone())),
-            WriteKey::Event(..) => true,
+        self.writes.retain(|k, w| match (k, w) {
+            (WriteKey::Status(ns, name), Write::Claim { .. }) => wanted.contains(&(ns.clone(), name.clone())),
+            (WriteKey::Status(ns, name), _) => !wanted.contains(&(ns.clone(), name.clone())),
+            (WriteKey::Event(..), _) => true,
         });
         let writes = &self.writes;
         self.order.retain(|k| writes.contains_key(k));
@@ -933,15 +1190,23 @@ impl Pending {
     }
 
     /// Puts back a write that failed, unless a newer one with its key is pending or, for a claim,
-    /// this node no longer wins the Service.
+    /// this node no longer wins the Service (for a release: wins it again).
     fn retry(&mut self, w: Write, capacity: usize) -> bool {
         if self.writes.contains_key(&w.key()) {
             return true;
         }
-        if let Write::Claim { namespace, name } = &w
-            && !self.wanted.contains(&(namespace.clone(), name.clone()))
-        {
-            return true;
+        match &w {
+            Write::Claim { namespace, name, .. }
+                if !self.wanted.contains(&(namespace.clone(), name.clone())) =>
+            {
+                return true;
+            }
+            Write::Release { namespace, name, .. }
+                if self.wanted.contains(&(namespace.clone(), name.clone())) =>
+            {
+                return true;
+            }
+            _ => {}
         }
         self.push(w, capacity)
     }
@@ -963,13 +1228,26 @@ struct ApiWriter {
 impl ApiWriter {
     async fn write(&self, w: &Write) -> Result<(), String> {
         match w {
-            Write::Claim { namespace, name } => {
-                let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
-                let body = serde_json::json!({"metadata": {"annotations": {ANNOUNCING_NODE: self.me}}});
+            Write::Claim {
+                namespace,
+                name,
+                uid,
+                spec,
+            } => {
+                let api: Api<ServiceL2Status> = Api::namespaced(self.client.clone(), namespace);
+                let body = status_body(name, uid, &self.me, spec);
                 ferrite_kit::status::apply(&api, name, names::LB_SPEAKER_MANAGER, body, &self.leadership)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
+            }
+            Write::Release {
+                namespace,
+                name,
+                resource_version,
+            } => {
+                let api: Api<ServiceL2Status> = Api::namespaced(self.client.clone(), namespace);
+                delete_status(&api, name, resource_version.clone()).await
             }
             Write::Event {
                 on,
@@ -1115,6 +1393,44 @@ impl ApiQueue {
     }
 }
 
+/// The apply body of a Service's ServiceL2Status: named like the Service, owned by it (so deleting the
+/// Service deletes it), labelled with the Service's name and the node.
+fn status_body(
+    service: &str,
+    uid: &str,
+    node: &str,
+    spec: &ferrite_api::lb::ServiceL2StatusSpec,
+) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "labels": {SERVICE_NAME_LABEL: service, NODE_LABEL: node},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service, "uid": uid}],
+        },
+        "spec": spec,
+    })
+}
+
+/// Deletes a ServiceL2Status if it is still at `resource_version`. Gone already, or changed since (a
+/// peer took over and rewrote it): nothing to do, not an error.
+async fn delete_status(
+    api: &Api<ServiceL2Status>,
+    name: &str,
+    resource_version: Option<String>,
+) -> Result<(), String> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version,
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(ferrite_kit::kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn node_info(n: &Node, alive: &BTreeSet<String>) -> NodeInfo {
     let name = n.name_any();
     let network_unavailable = n
@@ -1153,6 +1469,19 @@ mod tests {
         Write::Claim {
             namespace: ns.into(),
             name: name.into(),
+            uid: "uid".into(),
+            spec: ferrite_api::lb::ServiceL2StatusSpec {
+                node: "n".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn release(ns: &str, name: &str) -> Write {
+        Write::Release {
+            namespace: ns.into(),
+            name: name.into(),
+            resource_version: Some("7".into()),
         }
     }
 
@@ -1175,6 +1504,7 @@ mod tests {
         match w {
             Write::Event { note, .. } => note.clone(),
             Write::Claim { name, .. } => format!("claim {name}"),
+            Write::Release { name, .. } => format!("release {name}"),
         }
     }
 
@@ -1211,6 +1541,50 @@ mod tests {
         assert!(p.retry(event("a", "Announcing", "older"), 10));
         let order: Vec<String> = std::iter::from_fn(|| p.pop()).map(|w| note(&w)).collect();
         assert_eq!(order, ["claim b", "newer"]);
+    }
+
+    #[test]
+    fn a_release_and_a_claim_of_one_service_replace_each_other() {
+        let mut p = Pending::default();
+        p.push(claim("ns", "a"), 10);
+        p.push(release("ns", "b"), 10);
+        // Lost a, won b: the newer write replaces the pending one in place.
+        p.push(release("ns", "a"), 10);
+        p.push(claim("ns", "b"), 10);
+        assert_eq!(p.len(), 2);
+        // Winning a again withdraws its pending release; b is not won: its claim goes.
+        p.set_wanted(BTreeSet::from([("ns".to_string(), "a".to_string())]));
+        assert!(p.pop().is_none(), "nothing left to send");
+        // A failed release comes back only while the Service is not won.
+        assert!(p.retry(release("ns", "a"), 10));
+        assert!(p.pop().is_none(), "a is won again: no release");
+        assert!(p.retry(release("ns", "c"), 10));
+        let order: Vec<String> = std::iter::from_fn(|| p.pop()).map(|w| note(&w)).collect();
+        assert_eq!(order, ["release c"]);
+    }
+
+    #[test]
+    fn service_l2_status_body_is_owned_by_the_service_and_labelled() {
+        let spec = ferrite_api::lb::ServiceL2StatusSpec {
+            node: "node-b".into(),
+            addresses: vec!["192.0.2.10".into()],
+            interfaces: vec!["eth0".into()],
+            since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-12-01T10:00:00Z".parse().expect("time"),
+            )),
+        };
+        let v = status_body("web", "uid-1", "node-b", &spec);
+        assert_eq!(
+            v["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "uid-1"}])
+        );
+        assert_eq!(v["metadata"]["labels"][SERVICE_NAME_LABEL], "web");
+        assert_eq!(v["metadata"]["labels"][NODE_LABEL], "node-b");
+        assert_eq!(
+            v["spec"],
+            json!({"node": "node-b", "addresses": ["192.0.2.10"], "interfaces": ["eth0"],
+                   "since": "2026-12-01T10:00:00Z"})
+        );
     }
 
     #[test]

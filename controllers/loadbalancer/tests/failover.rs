@@ -17,7 +17,7 @@
 mod common;
 
 use common::*;
-use ferrite_api::lb::{IPPool, annotations::ANNOUNCING_NODE};
+use ferrite_api::lb::IPPool;
 use ferrite_e2e::{KubeBox, Supervised, netlab::NetLab};
 use ferrite_kit::endpointslice::SliceVersion;
 use k8s_openapi::api::{core::v1::Service, events::v1::Event};
@@ -51,14 +51,9 @@ fn start_speaker(lab: &NetLab, i: usize, kubeconfig: &Path) -> Supervised {
     .expect("speaker starts")
 }
 
+/// The announcing node, from the Service's ServiceL2Status.
 async fn owner(svcs: &Api<Service>, name: &str) -> Option<String> {
-    svcs.get(name)
-        .await
-        .ok()?
-        .metadata
-        .annotations?
-        .get(ANNOUNCING_NODE)
-        .cloned()
+    ferrite_e2e::demo::announcing_node(svcs, name).await
 }
 
 /// The process's log with terminal colour codes removed (the plain log format colours field names).
@@ -371,7 +366,7 @@ async fn killed_owner_moves_the_vip_to_a_peer_and_on_return_after_joining_gossip
     assert_eq!(rig.lab.arping(&rig.vip).as_deref(), Some(new_mac.as_str()));
     eventually(
         Duration::from_secs(10),
-        "the annotation to name the new owner",
+        "the ServiceL2Status to name the new owner",
         || async { (owner(&rig.svcs, "web").await.as_deref() == Some(second_name.as_str())).then_some(()) },
     )
     .await;
@@ -476,7 +471,7 @@ async fn with_every_api_connection_stalled_the_owner_still_answers_arp_and_gossi
     drop(stalls);
     eventually(
         Duration::from_secs(20),
-        "the annotation to name the new owner once the API is back",
+        "the ServiceL2Status to name the new owner once the API is back",
         || async { (owner(&rig.svcs, "web").await.as_deref() == Some(second_name.as_str())).then_some(()) },
     )
     .await;

@@ -18,8 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// `lb.ferrite.dev/announcing-node` (the e2e crate does not link ferrite-api).
-const ANNOUNCING_NODE: &str = "lb.ferrite.dev/announcing-node";
 /// How often the client asks by ARP while waiting for the first answer.
 pub const ARP_INTERVAL: Duration = Duration::from_millis(10);
 /// How often the client's neighbour table is read during a failover.
@@ -282,14 +280,9 @@ pub async fn latency(client: &Client, rig: &Rig, ns: &str, n: usize) -> Result<L
     Ok(out)
 }
 
+/// The announcing node, from the Service's ServiceL2Status.
 async fn owner(svcs: &Api<Service>, name: &str) -> Option<String> {
-    svcs.get(name)
-        .await
-        .ok()?
-        .metadata
-        .annotations?
-        .get(ANNOUNCING_NODE)
-        .cloned()
+    ferrite_e2e::demo::announcing_node(svcs, name).await
 }
 
 /// Benchmark 2: `trials` crashes of the announcing node's speaker.
@@ -304,7 +297,7 @@ pub async fn failover(client: &Client, rig: &mut Rig, ns: &str, trials: usize) -
         trials: vec![],
     };
     for t in 0..trials {
-        // The owner: named by the annotation, its speaker running, answering ARP with its MAC.
+        // The owner: named by the ServiceL2Status, its speaker running, answering ARP with its MAC.
         let deadline = Instant::now() + Duration::from_secs(20);
         let (idx, mac) = loop {
             let named = owner(&svcs, name).await;

@@ -194,13 +194,13 @@ async fn failover(d: &mut Demo) -> Result<()> {
 
     let first = demo::eventually(
         Duration::from_secs(20),
-        "the annotation lb.ferrite.dev/announcing-node",
+        "a ServiceL2Status naming the announcing node",
         || demo::announcing_node(&svcs, DEMO_SERVICE),
     )
     .await
     .map_err(|e| anyhow!("{e}\n{}", speaker_logs(d)))?;
     eprintln!(
-        "    elected node: {first} (lb.ferrite.dev/announcing-node) after {}",
+        "    elected node: {first} (ServiceL2Status {DEMO_SERVICE}) after {}",
         ms(t.elapsed())
     );
     let first_node = d
@@ -264,7 +264,7 @@ async fn failover(d: &mut Demo) -> Result<()> {
     }
     demo::eventually(
         Duration::from_secs(10),
-        &format!("the annotation to name {second}"),
+        &format!("the ServiceL2Status to name {second}"),
         || async {
             (demo::announcing_node(&svcs, DEMO_SERVICE).await.as_deref() == Some(second.as_str()))
                 .then_some(())
@@ -273,7 +273,7 @@ async fn failover(d: &mut Demo) -> Result<()> {
     .await
     .map_err(|e| anyhow!("{e}\n{}", speaker_logs(d)))?;
     eprintln!(
-        "    annotation lb.ferrite.dev/announcing-node={second}, {}",
+        "    ServiceL2Status {DEMO_SERVICE}: node {second}, {}",
         ms(t.elapsed())
     );
 
@@ -287,7 +287,7 @@ async fn failover(d: &mut Demo) -> Result<()> {
     let answer = d.lab.arping(&vip);
     if owner.as_deref() != Some(second.as_str()) || answer.as_deref() != Some(new_mac.as_str()) {
         bail!(
-            "flip-back: 4 s after {first}'s speaker came back the annotation names {owner:?} and {vip} is answered by {answer:?} (want {second}, {new_mac})\n{}",
+            "flip-back: 4 s after {first}'s speaker came back the ServiceL2Status names {owner:?} and {vip} is answered by {answer:?} (want {second}, {new_mac})\n{}",
             speaker_logs(d)
         );
     }

@@ -1,0 +1,396 @@
+//! The speaker as the chart deploys it, on the box: its ServiceAccount (`ferrite-lb-speaker`, the
+//! chart's ClusterRole) cannot write Services at all, yet it records who announces each Service in a
+//! `ServiceL2Status` (named like the Service, in its namespace, owned by it, labelled, written with the
+//! speaker's field manager) and removes it when it stops announcing (Service deleted, graceful
+//! shutdown). Also: `ferrite_lb_speaker_announced{service,protocol="layer2",node,ip}`; an allocate-only
+//! pool (no advertisement, no `l2`) is allocated from but never announced; an L2Advertisement whose
+//! interface this node does not have becomes a Warning Event `NoInterface` on the advertisement.
+//!
+//! One lab node (a network namespace with `eth0` on the lab bridge), the allocator and the speaker both
+//! running as the chart's ServiceAccounts. Needs root and `apt-get install iproute2 arping ndisc6 socat`.
+
+mod common;
+
+use common::*;
+use ferrite_api::lb::{IPPool, L2Advertisement, NODE_LABEL, SERVICE_NAME_LABEL, ServiceL2Status};
+use ferrite_e2e::{KubeBox, Supervised, netlab::NetLab};
+use ferrite_kit::endpointslice::SliceVersion;
+use k8s_openapi::api::{core::v1::Service, events::v1::Event};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+async fn client_from(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+fn status_code<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Option<u16> {
+    match r {
+        Err(kube::Error::Api(e)) => Some(e.code),
+        Err(e) => panic!("not an API error: {e}"),
+        Ok(_) => None,
+    }
+}
+
+/// GET `path` from the speaker's admin server inside its namespace (127.0.0.1:9091 there).
+fn speaker_http(ns: &str, path: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/9091 && printf 'GET {path} HTTP/1.0\\r\\nHost: speaker\\r\\n\\r\\n' >&3 && timeout 2 cat <&3"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "bash", "-c", &script])
+        .output()
+        .expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The sample of `metric` whose labels include every one of `labels` (`name="value"`), if any.
+fn sample(metrics: &str, metric: &str, labels: &[String]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want.as_str())))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn endpoints_on(slices: &Api<DynamicObject>, version: SliceVersion, service: &str, node: &str) {
+    let v1 = version == SliceVersion::V1;
+    let mut endpoint = json!({"addresses": ["198.51.100.10"], "conditions": {"ready": true},
+        "topology": {"kubernetes.io/hostname": node}, "nodeName": node});
+    if !v1 {
+        endpoint.as_object_mut().expect("object").remove("nodeName");
+    }
+    let slice = json!({"apiVersion": format!("discovery.k8s.io/{}", if v1 { "v1" } else { "v1beta1" }),
+        "kind": "EndpointSlice", "metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4", "endpoints": [endpoint], "ports": [{"port": 8080, "protocol": "TCP"}]});
+    let obj: DynamicObject = serde_json::from_value(slice).expect("slice");
+    slices
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("EndpointSlice created");
+}
+
+async fn lb_service(svcs: &Api<Service>, name: &str, pool: &str) -> Service {
+    create(
+        svcs,
+        json!({"metadata": {"name": name, "annotations": {"lb.ferrite.dev/pool": pool}},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}}}),
+    )
+    .await
+}
+
+async fn wait_status(statuses: &Api<ServiceL2Status>, name: &str, speaker: &Supervised) -> ServiceL2Status {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(st)) = statuses.get_opt(name).await {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ServiceL2Status {name} within 20 s:\n{}",
+            speaker.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_gone(
+    statuses: &Api<ServiceL2Status>,
+    name: &str,
+    limit: Duration,
+    why: &str,
+    speaker: &Supervised,
+) {
+    let deadline = Instant::now() + limit;
+    while statuses
+        .get_opt(name)
+        .await
+        .expect("get ServiceL2Status")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "ServiceL2Status {name} still there {limit:?} after {why}:\n{}",
+            speaker.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2_status() {
+    let kb = KubeBox::shared();
+    ferrite_e2e::demo::install_chart(kb)
+        .await
+        .expect("chart installed");
+    let controller_kc = kb
+        .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
+        .await
+        .expect("controller kubeconfig");
+    let speaker_kc = kb
+        .service_account_kubeconfig("ferrite-system", "ferrite-lb-speaker")
+        .await
+        .expect("speaker kubeconfig");
+    let admin = kb.client().await;
+    let ns = kb.namespace("speaker").await;
+    let svcs: Api<Service> = Api::namespaced(admin.clone(), &ns);
+
+    // RBAC first, before anything runs: the speaker's account may read Services, never write them.
+    lb_service(&svcs, "web", &format!("{ns}-lan")).await;
+    let as_speaker = client_from(&speaker_kc).await;
+    let speaker_svcs: Api<Service> = Api::namespaced(as_speaker.clone(), &ns);
+    assert!(
+        speaker_svcs.get("web").await.is_ok(),
+        "the speaker reads Services"
+    );
+    let merge = Patch::Merge(json!({"metadata": {"annotations": {"lb.ferrite.dev/announcing-node": "x"}}}));
+    assert_eq!(
+        status_code(speaker_svcs.patch("web", &PatchParams::default(), &merge).await),
+        Some(403),
+        "a merge patch of a Service by the speaker's account"
+    );
+    let apply = Patch::Apply(
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web",
+        "annotations": {"lb.ferrite.dev/announcing-node": "x"}}}),
+    );
+    assert_eq!(
+        status_code(
+            speaker_svcs
+                .patch(
+                    "web",
+                    &PatchParams::apply("lb.ferrite.dev/speaker").force(),
+                    &apply
+                )
+                .await
+        ),
+        Some(403),
+        "a server-side apply of a Service by the speaker's account"
+    );
+    let status = Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.250"}]}}}));
+    assert_eq!(
+        status_code(
+            speaker_svcs
+                .patch_status("web", &PatchParams::default(), &status)
+                .await
+        ),
+        Some(403),
+        "a status patch of a Service by the speaker's account"
+    );
+
+    let lab = NetLab::new(kb, 1).expect("lab network");
+    lab.register_nodes(kb).await.expect("Node objects");
+    let node = lab.nodes[0].clone();
+    let _controller = start_controller(kb, &controller_kc, &["--lease-namespace=ferrite-system"]).await;
+    let mut speaker = lab
+        .spawn_in(
+            &node.ns,
+            "speaker",
+            Path::new(env!("CARGO_BIN_EXE_ferrite-lb")),
+            &ferrite_e2e::demo::speaker_args(&speaker_kc, &node.name),
+            &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
+        )
+        .expect("speaker starts");
+
+    // Three pools of this namespace: one announced by its inline l2, one allocate-only (no l2, no
+    // advertisement), one announced by an L2Advertisement naming an interface the node does not have.
+    let pools: Api<IPPool> = Api::all(admin.clone());
+    for (pool, range, l2) in [
+        (
+            "lan",
+            "192.0.2.120-192.0.2.123",
+            Some(json!({"interfaces": ["eth0"]})),
+        ),
+        ("quiet", "192.0.2.124-192.0.2.125", None),
+        ("eth7", "192.0.2.126-192.0.2.127", None),
+    ] {
+        let mut spec =
+            json!({"addresses": [range], "autoAssign": false, "serviceAllocation": {"namespaces": [ns]}});
+        if let Some(l2) = l2 {
+            spec["l2"] = l2;
+        }
+        create(
+            &pools,
+            json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
+                "metadata": {"name": format!("{ns}-{pool}")}, "spec": spec}),
+        )
+        .await;
+    }
+    let ads: Api<L2Advertisement> = Api::all(admin.clone());
+    let ad_name = format!("{ns}-eth7");
+    create(
+        &ads,
+        json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "L2Advertisement",
+            "metadata": {"name": ad_name}, "spec": {"ipPools": [format!("{ns}-eth7")], "interfaces": ["eth7"]}}),
+    )
+    .await;
+
+    let version = SliceVersion::detect(&admin).await.expect("discovery");
+    let slices: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns, &version.api_resource());
+    endpoints_on(&slices, version, "web", &node.name).await;
+    let (ips, _) = wait_ips(&svcs, "web", Duration::from_secs(15)).await;
+    let vip = ips[0].clone();
+
+    // The ServiceL2Status: the speaker's own record, although it may not touch the Service.
+    let statuses: Api<ServiceL2Status> = Api::namespaced(admin.clone(), &ns);
+    let st = wait_status(&statuses, "web", &speaker).await;
+    let svc = svcs.get("web").await.expect("Service");
+    assert_eq!(st.spec.node, node.name);
+    assert_eq!(st.spec.addresses, std::slice::from_ref(&vip));
+    assert_eq!(st.spec.interfaces, ["eth0"]);
+    assert!(st.spec.since.is_some());
+    let labels = st.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get(SERVICE_NAME_LABEL).map(String::as_str), Some("web"));
+    assert_eq!(labels.get(NODE_LABEL), Some(&node.name));
+    let owners = st.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].name.as_str()),
+        ("Service", "web")
+    );
+    assert_eq!(Some(&owners[0].uid), svc.metadata.uid.as_ref());
+    let managers: Vec<String> = st
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "lb.ferrite.dev/speaker"),
+        "{managers:?}"
+    );
+    // The Service itself carries nothing from the speaker.
+    let annotations = svc.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        !annotations.contains_key("lb.ferrite.dev/announcing-node"),
+        "{annotations:?}"
+    );
+    let svc_managers: Vec<String> = svc
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        !svc_managers.iter().any(|m| m == "lb.ferrite.dev/speaker"),
+        "{svc_managers:?}"
+    );
+    // The speaker's own account can read its records (kubectl get servicel2statuses).
+    let speaker_statuses: Api<ServiceL2Status> = Api::namespaced(as_speaker.clone(), &ns);
+    assert!(speaker_statuses.get("web").await.is_ok());
+
+    // Answered on the LAN, and counted as MetalLB counts it.
+    eventually(Duration::from_secs(10), "an ARP answer for the VIP", || async {
+        lab.arping(&vip).filter(|m| *m == node.mac)
+    })
+    .await;
+    let metrics = speaker_http(&node.ns, "/metrics");
+    let want = [
+        format!("service=\"{ns}/web\""),
+        "protocol=\"layer2\"".to_string(),
+        format!("node=\"{}\"", node.name),
+        format!("ip=\"{vip}\""),
+    ];
+    assert_eq!(
+        sample(&metrics, "ferrite_lb_speaker_announced", &want),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // Allocate-only: an address, but no announcement, no record, no ARP answer.
+    lb_service(&svcs, "quiet", &format!("{ns}-quiet")).await;
+    endpoints_on(&slices, version, "quiet", &node.name).await;
+    let (quiet_ips, _) = wait_ips(&svcs, "quiet", Duration::from_secs(15)).await;
+    // An announced Service created after it gets its record: the speaker has seen "quiet" by then.
+    lb_service(&svcs, "later", &format!("{ns}-lan")).await;
+    endpoints_on(&slices, version, "later", &node.name).await;
+    wait_status(&statuses, "later", &speaker).await;
+    assert!(
+        statuses.get_opt("quiet").await.expect("get").is_none(),
+        "an allocate-only pool's Service got a ServiceL2Status"
+    );
+    assert_eq!(
+        lab.arping_within(&quiet_ips[0], Duration::from_millis(200), Duration::from_secs(2)),
+        None,
+        "an allocate-only pool's address was answered"
+    );
+
+    // A named interface missing on this node: a Warning Event on the L2Advertisement, from this node.
+    lb_service(&svcs, "nowhere", &format!("{ns}-eth7")).await;
+    endpoints_on(&slices, version, "nowhere", &node.name).await;
+    let (nowhere_ips, _) = wait_ips(&svcs, "nowhere", Duration::from_secs(15)).await;
+    let events: Api<Event> = Api::all(admin.clone());
+    let note = eventually(
+        Duration::from_secs(15),
+        "Warning NoInterface on the L2Advertisement",
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("NoInterface")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(ad_name.as_str())
+                        && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("L2Advertisement")
+                })
+                .map(|e| (e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+        },
+    )
+    .await;
+    assert_eq!(note.0, "Warning");
+    assert!(
+        note.1.contains(&node.name) && note.1.contains("eth7") && note.1.contains(&nowhere_ips[0]),
+        "{}",
+        note.1
+    );
+    assert_eq!(
+        lab.arping_within(
+            &nowhere_ips[0],
+            Duration::from_millis(200),
+            Duration::from_secs(2)
+        ),
+        None,
+        "answered although no interface matches"
+    );
+
+    // The Service goes: so does its record (owner reference, or the speaker's delete).
+    svcs.delete("web", &DeleteParams::default())
+        .await
+        .expect("Service deleted");
+    wait_gone(
+        &statuses,
+        "web",
+        Duration::from_secs(15),
+        "the Service was deleted",
+        &speaker,
+    )
+    .await;
+
+    // Graceful shutdown: the speaker deletes the records naming its node before it exits.
+    assert!(statuses.get_opt("later").await.expect("get").is_some());
+    speaker.stop(Duration::from_secs(10));
+    let log = std::fs::read_to_string(&speaker.log).unwrap_or_default();
+    assert!(
+        log.contains("ServiceL2Statuses of this node deleted"),
+        "{}",
+        speaker.log_tail(40)
+    );
+    wait_gone(&statuses, "later", Duration::from_secs(2), "SIGTERM", &speaker).await;
+}
