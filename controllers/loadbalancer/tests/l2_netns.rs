@@ -16,6 +16,14 @@
 //!
 //! Needs root (namespaces, raw sockets) and `ip`, `arping`, `ndisc6`: the test fails, saying how to
 //! install them, when they are missing. Namespaces and the announcer are removed even when it fails.
+//!
+//! The second test runs real speakers (`ferrite-lb speaker`, the chart's ServiceAccount, one per node
+//! namespace of a three-node `ferrite_e2e::netlab` on the box) and checks what L2Advertisements decide,
+//! by who answers the client's ARP: an allocate-only pool is never answered; `nodeSelectors` pick the
+//! answering node; `serviceSelectors` pick the Services; an `interfaces` regex that matches no
+//! interface means no answer, and fixing it (an edit of the advertisement) brings the answer; the
+//! Service's `ServiceL2Status` names the node that answers, moves with a failover, and disappears when
+//! the Service is deleted.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
@@ -520,4 +528,315 @@ fn announcer_answers_arp_and_ndp_from_the_bridge_with_its_mac() {
     lab.stop_announcer();
     assert_eq!(lab.arping(TAKEOVER4), None, "no ARP answer after SIGTERM");
     assert_eq!(lab.ndisc6(VIP6), None, "no NDP answer after SIGTERM");
+}
+
+mod common;
+
+mod advertisements {
+    use super::common::*;
+    use ferrite_api::lb::{NODE_LABEL, ServiceL2Status};
+    use ferrite_e2e::{KubeBox, Supervised, netlab::NetLab};
+    use ferrite_kit::endpointslice::SliceVersion;
+    use k8s_openapi::api::core::v1::{Node, Service};
+    use kube::{
+        Api,
+        api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+    };
+    use serde_json::json;
+    use std::{path::Path, time::Duration};
+
+    fn start_speaker(lab: &NetLab, i: usize, kubeconfig: &Path) -> Supervised {
+        let n = &lab.nodes[i];
+        lab.spawn_in(
+            &n.ns,
+            "speaker",
+            Path::new(env!("CARGO_BIN_EXE_ferrite-lb")),
+            &ferrite_e2e::demo::speaker_args(kubeconfig, &n.name),
+            &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
+        )
+        .expect("speaker starts")
+    }
+
+    struct Rig {
+        lab: NetLab,
+        ns: String,
+        svcs: Api<Service>,
+        slices: Api<DynamicObject>,
+        version: SliceVersion,
+        statuses: Api<ServiceL2Status>,
+        speakers: Vec<Option<Supervised>>,
+    }
+
+    impl Rig {
+        fn logs(&self) -> String {
+            let mut s = String::new();
+            for p in self.speakers.iter().flatten() {
+                s.push_str(&format!(
+                    "\n--- {} ({}):\n{}",
+                    p.name,
+                    p.log.display(),
+                    p.log_tail(25)
+                ));
+            }
+            s
+        }
+
+        /// A Service of pool `pool` with `labels` and a ready endpoint on every node; returns its IP.
+        async fn service(&self, name: &str, pool: &str, labels: serde_json::Value) -> String {
+            create(
+                &self.svcs,
+                json!({"metadata": {"name": name, "labels": labels,
+                    "annotations": {"lb.ferrite.dev/pool": format!("{}-{pool}", self.ns)}},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}}}),
+            )
+            .await;
+            let endpoints: Vec<_> = self
+                .lab
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    json!({"addresses": [format!("198.51.100.{}", 10 + i)], "conditions": {"ready": true},
+                        "topology": {"kubernetes.io/hostname": n.name}, "nodeName": n.name})
+                })
+                .collect();
+            let v1 = self.version == SliceVersion::V1;
+            let mut slice = json!({"apiVersion": format!("discovery.k8s.io/{}", if v1 { "v1" } else { "v1beta1" }),
+                "kind": "EndpointSlice", "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4", "endpoints": endpoints, "ports": [{"port": 8080, "protocol": "TCP"}]});
+            if !v1 {
+                for e in slice["endpoints"].as_array_mut().expect("array") {
+                    e.as_object_mut().expect("object").remove("nodeName");
+                }
+            }
+            let obj: DynamicObject = serde_json::from_value(slice).expect("slice");
+            self.slices
+                .create(&PostParams::default(), &obj)
+                .await
+                .expect("EndpointSlice created");
+            let (ips, _) = wait_ips(&self.svcs, name, Duration::from_secs(15)).await;
+            ips[0].clone()
+        }
+
+        /// The index of the node whose MAC answers `ip` within `limit`, or None.
+        fn answered_by(&self, ip: &str, limit: Duration) -> Option<usize> {
+            let mac = self.lab.arping_within(ip, Duration::from_millis(200), limit)?;
+            self.lab.nodes.iter().position(|n| n.mac == mac)
+        }
+
+        /// Waits until node `i` answers `ip` and its ServiceL2Status names it.
+        async fn wait_announced(&self, service: &str, ip: &str, i: usize) {
+            let want = self.lab.nodes[i].name.clone();
+            let mut last = None;
+            for _ in 0..100 {
+                let st = self.statuses.get_opt(service).await.ok().flatten();
+                let by = self.answered_by(ip, Duration::from_millis(300));
+                if by == Some(i) && st.as_ref().is_some_and(|st| st.spec.node == want) {
+                    let st = st.expect("status");
+                    let labels = st.metadata.labels.unwrap_or_default();
+                    assert_eq!(
+                        labels.get(NODE_LABEL),
+                        Some(&want),
+                        "the node label follows spec.node"
+                    );
+                    return;
+                }
+                last = Some((by, st.map(|s| s.spec.node)));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!(
+                "{service} ({ip}): want {want} answering and in its ServiceL2Status, last saw (answering node index, status node) {last:?}{}",
+                self.logs()
+            );
+        }
+
+        async fn assert_not_announced(&self, service: &str, ip: &str, why: &str) {
+            assert_eq!(
+                self.answered_by(ip, Duration::from_secs(2)),
+                None,
+                "{service} ({ip}) answered: {why}{}",
+                self.logs()
+            );
+            assert!(
+                self.statuses.get_opt(service).await.expect("get").is_none(),
+                "{service} has a ServiceL2Status: {why}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn advertisements_pick_pools_nodes_services_and_interfaces_and_the_service_l2_status_follows_the_answer()
+     {
+        let kb = KubeBox::shared();
+        ferrite_e2e::demo::install_chart(kb)
+            .await
+            .expect("chart installed");
+        let controller_kc = kb
+            .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
+            .await
+            .expect("controller kubeconfig");
+        let speaker_kc = kb
+            .service_account_kubeconfig("ferrite-system", "ferrite-lb-speaker")
+            .await
+            .expect("speaker kubeconfig");
+        let client = kb.client().await;
+        let lab = NetLab::new(kb, 3).expect("lab network");
+        lab.register_nodes(kb).await.expect("Node objects");
+        // Zones a, b, c for nodes 0, 1, 2.
+        let nodes: Api<Node> = Api::all(client.clone());
+        for (i, n) in lab.nodes.iter().enumerate() {
+            let zone = ["a", "b", "c"][i];
+            nodes
+                .patch(
+                    &n.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"zone": zone}}})),
+                )
+                .await
+                .expect("zone label");
+        }
+        let _controller = start_controller(kb, &controller_kc, &["--lease-namespace=ferrite-system"]).await;
+        let speakers = (0..3)
+            .map(|i| Some(start_speaker(&lab, i, &speaker_kc)))
+            .collect();
+
+        let ns = kb.namespace("l2adv").await;
+        let pools: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &kube::api::ApiResource::erase::<ferrite_api::lb::IPPool>(&()),
+        );
+        let ads: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &kube::api::ApiResource::erase::<ferrite_api::lb::L2Advertisement>(&()),
+        );
+        // Every advertisement names its pools: one that names none would select every pool.
+        let pool_specs = [
+            ("quiet", "192.0.2.130-192.0.2.131", None),
+            ("zone", "192.0.2.132-192.0.2.133", None),
+            ("picked", "192.0.2.134-192.0.2.136", None),
+            ("iface", "192.0.2.137-192.0.2.138", None),
+            ("inline", "192.0.2.139-192.0.2.140", Some(json!({}))),
+        ];
+        for (pool, range, l2) in pool_specs {
+            let mut spec =
+                json!({"addresses": [range], "autoAssign": false, "serviceAllocation": {"namespaces": [ns]}});
+            if let Some(l2) = l2 {
+                spec["l2"] = l2;
+            }
+            create(
+                &pools,
+                json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
+                    "metadata": {"name": format!("{ns}-{pool}")}, "spec": spec}),
+            )
+            .await;
+        }
+        for (name, spec) in [
+            // Zone b only, on interfaces matching a regex.
+            (
+                "zone",
+                json!({"ipPools": [format!("{ns}-zone")], "nodeSelectors": [{"matchLabels": {"zone": "b"}}],
+                "interfaces": ["/eth[0-9]+/"]}),
+            ),
+            // Zone a or c (ORed), Services labelled announce=yes only.
+            (
+                "picked",
+                json!({"ipPools": [format!("{ns}-picked")],
+                "nodeSelectors": [{"matchLabels": {"zone": "a"}}, {"matchLabels": {"zone": "c"}}],
+                "serviceSelectors": [{"matchLabels": {"announce": "yes"}}]}),
+            ),
+            // An interface regex no node has.
+            (
+                "iface",
+                json!({"ipPools": [format!("{ns}-iface")], "interfaces": ["/eth[1-9]/"]}),
+            ),
+        ] {
+            create(
+                &ads,
+                json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "L2Advertisement",
+                    "metadata": {"name": format!("{ns}-{name}")}, "spec": spec}),
+            )
+            .await;
+        }
+        let version = SliceVersion::detect(&client).await.expect("discovery");
+        let mut rig = Rig {
+            lab,
+            svcs: Api::namespaced(client.clone(), &ns),
+            slices: Api::namespaced_with(client.clone(), &ns, &version.api_resource()),
+            version,
+            statuses: Api::namespaced(client.clone(), &ns),
+            ns: ns.clone(),
+            speakers,
+        };
+
+        // nodeSelectors: only zone b (node 1) answers, through the regex /eth[0-9]+/.
+        let zone_ip = rig.service("zoned", "zone", json!({})).await;
+        rig.wait_announced("zoned", &zone_ip, 1).await;
+        let st = rig.statuses.get("zoned").await.expect("status");
+        assert_eq!(st.spec.interfaces, ["eth0"]);
+
+        // serviceSelectors: the labelled Service is answered (by zone a or c), the other is not.
+        let picked_ip = rig.service("picked", "picked", json!({"announce": "yes"})).await;
+        let skipped_ip = rig.service("skipped", "picked", json!({})).await;
+        let by = rig
+            .answered_by(&picked_ip, Duration::from_secs(10))
+            .expect("the labelled Service is answered");
+        assert!(by == 0 || by == 2, "answered by node {by}, outside zones a and c");
+        rig.wait_announced("picked", &picked_ip, by).await;
+        rig.assert_not_announced("skipped", &skipped_ip, "no serviceSelector matches it")
+            .await;
+
+        // Allocate-only: an address, never an answer.
+        let quiet_ip = rig.service("quiet", "quiet", json!({})).await;
+        rig.assert_not_announced("quiet", &quiet_ip, "its pool is allocate-only")
+            .await;
+
+        // An interface regex matching no interface: nobody answers; fixed, the elected node does.
+        let iface_ip = rig.service("iface", "iface", json!({})).await;
+        rig.assert_not_announced("iface", &iface_ip, "/eth[1-9]/ matches no interface")
+            .await;
+        ads.patch(
+            &format!("{ns}-iface"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"interfaces": ["/e.h0/"]}})),
+        )
+        .await
+        .expect("advertisement fixed");
+        let by = rig
+            .answered_by(&iface_ip, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("answered once the regex matches eth0{}", rig.logs()));
+        rig.wait_announced("iface", &iface_ip, by).await;
+
+        // The inline l2 block is one more advertisement; its ServiceL2Status follows a failover.
+        let web_ip = rig.service("web", "inline", json!({})).await;
+        let first = rig
+            .answered_by(&web_ip, Duration::from_secs(10))
+            .expect("the inline pool is answered");
+        rig.wait_announced("web", &web_ip, first).await;
+        if let Some(mut s) = rig.speakers[first].take() {
+            s.crash();
+        }
+        let mut second = None;
+        for _ in 0..100 {
+            second = rig
+                .answered_by(&web_ip, Duration::from_millis(300))
+                .filter(|i| *i != first);
+            if second.is_some() {
+                break;
+            }
+        }
+        let second = second.unwrap_or_else(|| panic!("no failover off node {first}{}", rig.logs()));
+        rig.wait_announced("web", &web_ip, second).await;
+
+        // The Service goes: so does its record.
+        rig.svcs
+            .delete("web", &DeleteParams::default())
+            .await
+            .expect("Service deleted");
+        eventually(
+            Duration::from_secs(15),
+            "the ServiceL2Status of a deleted Service to go",
+            || async { rig.statuses.get_opt("web").await.ok()?.is_none().then_some(()) },
+        )
+        .await;
+    }
 }
