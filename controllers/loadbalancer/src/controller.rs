@@ -5,8 +5,13 @@
 //!                         │                └─> IPPool status: counts, Ready / Overlapping conditions
 //!   Service watch ─> service reconcile ──> service::parse ──> Allocator::assign ──> status.loadBalancer
 //!                         │                                        └─> Events, "pools need a refresh"
-//!   Namespace watch (labels for namespaceSelector)
+//!   Namespace watch (labels for namespaceSelectors)
+//!   L2Advertisement watch (+ every IPPool change) ──> advertisement reconcile ──> status Ready, Events
 //! ```
+//! Service writes: `status.loadBalancer` (server-side apply, resourceVersion precondition), then one merge
+//! patch of the metadata when `lb.ferrite.dev/ip-allocated-from-pool` differs or the old
+//! `lb.ferrite.dev/announcing-node` is present. Sharing refusals are `SharingConflict` Events, other
+//! failures `AllocationFailed`.
 //! One [`Allocator`] in memory is the source of truth while this replica leads. It is an index of the
 //! cluster, not of reconciles:
 //!
