@@ -1560,11 +1560,16 @@ fn legacy_config_map(obj: &Obj, ctx: &mut Ctx) {
         }
         let mut rest = pool.clone();
         if rest.remove("interfaces").is_some() {
+            let hint = if pool.get("protocol").and_then(Value::as_str) == Some("layer2") {
+                format!("; to restrict them, add spec.interfaces to L2Advertisement \"{name}\"")
+            } else {
+                String::new()
+            };
             ctx.untranslated(
                 &pool_at,
                 format!(
                     "{path}.interfaces: not translated: the ConfigMap format has no interfaces (MetalLB 0.12 \
-                     refuses the field); to restrict them, add spec.interfaces to L2Advertisement \"{name}\""
+                     refuses the field){hint}"
                 ),
             );
         }
@@ -1802,6 +1807,29 @@ mod tests {
             ["IPPool", "L2Advertisement"]
         );
         assert!(t.objects[0].yaml.contains("autoAssign: false"));
+        // Interfaces in the ConfigMap: reported; the hint names the advertisement only where there is one.
+        let t = one(&cm(
+            "[{name: a, protocol: bgp, interfaces: [eth0], addresses: [192.0.2.0/28]}]",
+        ))
+        .expect("translates");
+        assert!(
+            t.findings[0]
+                .message
+                .ends_with("(MetalLB 0.12 refuses the field)"),
+            "{}",
+            t.findings[0]
+        );
+        let t = one(&cm(
+            "[{name: a, protocol: layer2, interfaces: [eth0], addresses: [192.0.2.0/28]}]",
+        ))
+        .expect("translates");
+        assert!(
+            t.findings[0]
+                .message
+                .ends_with("add spec.interfaces to L2Advertisement \"a\""),
+            "{}",
+            t.findings[0]
+        );
         // Not MetalLB's ConfigMap: reported, and with nothing else the input is refused.
         let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {config: 'log: debug'}\n";
         assert!(errors(other)[0].contains("no MetalLB configuration found"));
