@@ -7,6 +7,9 @@
 //! node the speakers elected. The chart is installed with helm; the controller and three speakers run
 //! as the chart's ServiceAccounts, the speakers inside the node namespaces.
 //!
+//! Wherever a test finds who serves, the Service's ServiceL2Status (written by the announcing speaker)
+//! must name that node too.
+//!
 //! - HTTP to the VIP reaches the announcing node's backend (and an address nobody announces is not
 //!   reachable: the lab's kube-proxy stand-in does not answer ARP by itself);
 //! - the announcing node dies (its speaker SIGKILLed, its link cut): a client loop with 100 ms timeouts
@@ -288,18 +291,6 @@ impl Rig {
     }
 }
 
-/// True when the speaker records who announces in ServiceL2Status objects (its chart Role may write
-/// them); then every owner the client observes must also be the one the object names.
-fn speaker_writes_l2_status() -> bool {
-    let dir =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/ferrite/charts/loadbalancer/templates");
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-        let name = e.file_name().to_string_lossy().to_string();
-        name.starts_with("speaker")
-            && std::fs::read_to_string(e.path()).is_ok_and(|s| s.contains("servicel2statuses"))
-    })
-}
-
 /// One test's namespace, pool and API handles.
 struct Case {
     kb: &'static KubeBox,
@@ -417,11 +408,9 @@ impl Case {
             .expect("EndpointSlice created");
     }
 
-    /// When the speaker writes ServiceL2Status: waits until the object of `service` names `node`.
+    /// Waits until the ServiceL2Status of `service` (written by the announcing speaker) names `node`:
+    /// who `kubectl get servicel2statuses` says announces is who the client reaches.
     async fn status_names(&self, service: &str, node: &str) {
-        if !speaker_writes_l2_status() {
-            return;
-        }
         eventually(
             Duration::from_secs(10),
             &format!("ServiceL2Status {}/{service} to name {node}", self.ns),
