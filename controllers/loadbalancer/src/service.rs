@@ -42,21 +42,6 @@ impl Classes {
     }
 }
 
-/// The class rule of earlier releases: `class` and always the class-less Services too (as
-/// [`is_ours`] with `default_class` true). Kept for callers that have no `--default-class` yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClassPolicy {
-    /// The `loadBalancerClass` served besides "no class" (default `ferrite.dev/lb`).
-    pub class: String,
-}
-
-impl ClassPolicy {
-    /// Whether `svc` is a LoadBalancer Service of our class (or of no class).
-    pub fn serves(&self, svc: &Service) -> bool {
-        is_ours(svc, &self.class, true)
-    }
-}
-
 /// A Service annotation or field Ferrite cannot use.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
