@@ -617,6 +617,8 @@ impl Speaker {
         let mut sources: BTreeMap<IpAddr, Vec<election::AdvertisementSource>> = BTreeMap::new();
         let mut mine: BTreeMap<(String, String), (Arc<Service>, Vec<IpAddr>)> = BTreeMap::new();
         let mut out_of_pool_now: BTreeSet<(String, String, IpAddr)> = BTreeSet::new();
+        // Services some live node is elected for (its speaker records them).
+        let mut won_by_someone: BTreeSet<(String, String)> = BTreeSet::new();
         for (first, group) in &groups {
             // Only addresses an IPPool contains are announced (module docs); the others are reported.
             let (in_pool, outside): (Vec<IpAddr>, Vec<IpAddr>) = group
@@ -700,7 +702,13 @@ impl Speaker {
                 }
                 None => &nodes,
             };
-            match election::elect(&view, nodes) {
+            let result = election::elect(&view, nodes);
+            if let Ok(Some(_)) = &result {
+                for svc in &group.services {
+                    won_by_someone.insert((svc.namespace().unwrap_or_default(), svc.name_any()));
+                }
+            }
+            match result {
                 Ok(Some(winner))
                     if winner == self.me
                         && (!converging || view.current_owner.as_deref() == Some(&self.me)) =>
@@ -856,13 +864,21 @@ impl Speaker {
             }
         }
         // ServiceL2Statuses naming this node for Services it does not announce: delete them (not while
-        // converging: then only the Services already naming this node are elected at all).
+        // converging: then only the Services already naming this node are elected at all). Also those
+        // left behind by a node whose speaker is gone (crashed, node deleted) for Services nobody is
+        // elected for any more (no endpoint, no address, no advertisement, not served): nobody would
+        // ever rewrite them, so one speaker, the first live node by name, deletes them.
         if !converging {
+            let janitor = alive.iter().next().map(String::as_str) == Some(self.me.as_str());
             for st in self.statuses.state() {
-                if st.spec.node != self.me {
+                let key = (st.namespace().unwrap_or_default(), st.name_any());
+                let stale = st.spec.node != self.me
+                    && janitor
+                    && !alive.contains(&st.spec.node)
+                    && !won_by_someone.contains(&key);
+                if st.spec.node != self.me && !stale {
                     continue;
                 }
-                let key = (st.namespace().unwrap_or_default(), st.name_any());
                 if recorded.contains(&key)
                     || prev
                         .released

@@ -2,7 +2,8 @@
 //! chart's ClusterRole) cannot write Services at all, yet it records who announces each Service in a
 //! `ServiceL2Status` (named like the Service, in its namespace, owned by it, labelled, written with the
 //! speaker's field manager) and removes it when it stops announcing (Service deleted, graceful
-//! shutdown). Also: `ferrite_lb_speaker_announced{service,protocol="layer2",node,ip}`; an allocate-only
+//! shutdown), and deletes one a vanished node left behind for a Service nobody announces. Also:
+//! `ferrite_lb_speaker_announced{service,protocol="layer2",node,ip}`; an allocate-only
 //! pool (no advertisement, no `l2`) is allocated from but never announced; an L2Advertisement whose
 //! interface this node does not have becomes a Warning Event `NoInterface` on the advertisement.
 //!
@@ -369,6 +370,34 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
         None,
         "answered although no interface matches"
     );
+
+    // A record left by a node whose speaker is gone, for a Service nobody is elected for (no endpoint):
+    // nobody would rewrite it, so a live speaker deletes it.
+    lb_service(&svcs, "orphan", &format!("{ns}-lan")).await;
+    wait_ips(&svcs, "orphan", Duration::from_secs(15)).await;
+    let orphan_uid = svcs
+        .get("orphan")
+        .await
+        .expect("Service")
+        .metadata
+        .uid
+        .unwrap_or_default();
+    create(
+        &statuses,
+        json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "ServiceL2Status",
+            "metadata": {"name": "orphan", "labels": {SERVICE_NAME_LABEL: "orphan", NODE_LABEL: "ghost"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "orphan", "uid": orphan_uid}]},
+            "spec": {"node": "ghost", "addresses": ["192.0.2.99"]}}),
+    )
+    .await;
+    wait_gone(
+        &statuses,
+        "orphan",
+        Duration::from_secs(15),
+        "it was written for a node without a speaker",
+        &speaker,
+    )
+    .await;
 
     // The Service goes: so does its record (owner reference, or the speaker's delete).
     svcs.delete("web", &DeleteParams::default())
