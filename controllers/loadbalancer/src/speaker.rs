@@ -130,7 +130,7 @@ pub struct SpeakerArgs {
     pub fault_gossip_sigusr1: bool,
 }
 
-/// Longest wait for one API call of the background queue (a claim or an Event).
+/// Longest wait for one API call of the background queue (a ServiceL2Status write or delete, an Event).
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most entries the background queue holds; past it new entries are dropped (and counted).
@@ -1299,12 +1299,12 @@ impl ApiQueue {
     fn start(registry: &Registry, writer: ApiWriter, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let depth = IntGauge::new(
             "ferrite_lb_speaker_api_queue_depth",
-            "Claims and Events waiting for the API server.",
+            "ServiceL2Status writes and deletes and Events waiting for the API server.",
         )?;
         let results = IntCounterVec::new(
             Opts::new(
                 "ferrite_lb_speaker_api_writes_total",
-                "Claims and Events the speaker sent or gave up on, by kind (claim, event) and result (ok, error, timeout, dropped).",
+                "Writes the speaker sent or gave up on, by kind (claim: ServiceL2Status apply, release: its delete, event) and result (ok, error, timeout, dropped).",
             ),
             &["kind", "result"],
         )?;

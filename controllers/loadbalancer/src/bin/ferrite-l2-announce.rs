@@ -26,7 +26,8 @@ struct Args {
     /// IP to announce (IPv4: ARP, IPv6: NDP). Repeatable.
     #[arg(long = "ip", required = true)]
     ips: Vec<IpAddr>,
-    /// Interface name or /regex/ (whole-name match). Repeatable; none = every eligible interface.
+    /// Interface name or /regex/ (whole-name match). Repeatable; none = every eligible interface not on
+    /// the default exclusion list (docker*, veth*, cni*, flannel*, kube-ipvs*, ...).
     #[arg(long = "interface")]
     interfaces: Vec<String>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9473).
