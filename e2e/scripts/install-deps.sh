@@ -13,7 +13,7 @@ log() { printf '[install-deps] %s\n' "$*" >&2; }
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-APT_PKGS=(etcd-server golang-go golang-github-modern-go-reflect2-dev rsync jq socat iproute2 arping ndisc6 unzip curl ca-certificates dpkg-dev bind9 bind9-dnsutils dnsperf knot pebble lego certbot
+APT_PKGS=(etcd-server golang-go golang-github-modern-go-reflect2-dev rsync jq socat iproute2 iptables arping ndisc6 unzip curl ca-certificates dpkg-dev bind9 bind9-dnsutils dnsperf knot pebble lego certbot
   nginx haproxy caddy wrk nghttp2-client prometheus buildah umoci keepalived)
 missing=()
 for p in "${APT_PKGS[@]}"; do
