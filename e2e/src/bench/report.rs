@@ -673,7 +673,7 @@ fn lb_markdown(w: &mut String, m: &Machine, r: &LbResults) {
                 let t = k.failover.times();
                 let _ = writeln!(
                     w,
-                    "| Failover, **{}** ({}), same lab, same kill (its VRRP process and its parent), same clock ({} trials) | median {}, max {}; moved in {}/{} trials (Master_Down_Interval {}) | – | measured here |",
+                    "| Failover, **{}** ({}), same lab, same kill (its VRRP process and its parent), same clock ({} trials) | median {}, max {}; moved in {}/{} trials (Master_Down_Interval {}) | – | – |",
                     vrrp.label(),
                     k.version,
                     k.failover.trials.len(),
