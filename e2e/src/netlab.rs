@@ -878,4 +878,25 @@ mod tests {
         );
         assert_eq!(super::first_mac("no mac here 12:34"), None);
     }
+
+    #[test]
+    fn pod_addresses_follow_the_node_address() {
+        let n = super::LabNode {
+            name: "laba-b".into(),
+            ns: "fe-a-n1".into(),
+            ip4: "192.0.2.11".parse().unwrap(),
+            ip6: "2001:db8::11".parse().unwrap(),
+            mac: "02:00:00:00:00:01".into(),
+        };
+        assert_eq!(n.pod_ip4().to_string(), "198.51.100.11");
+        assert_eq!(n.pod_ip6().to_string(), "2001:db8:100::11");
+        assert_eq!(
+            n.pod_ip("192.0.2.100".parse().unwrap()).to_string(),
+            "198.51.100.11"
+        );
+        assert_eq!(
+            n.pod_ip("2001:db8::100".parse().unwrap()).to_string(),
+            "2001:db8:100::11"
+        );
+    }
 }
