@@ -21,5 +21,6 @@ pub mod heartbeat;
 pub mod import;
 pub mod l2;
 pub mod member;
+pub mod pacing;
 pub mod service;
 pub mod speaker;

@@ -335,10 +335,15 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
             // `ferrite_lb_speaker_reconcile_*{kind="Announcement"}`: one per recompute of what this node
             // announces (a step cannot fail: what it cannot do becomes an Event or a metric).
             let reconciles = app.reconcile_metrics().for_kind("Announcement");
+            // Pacing (crate::pacing): after a round that took d the next waits until 9·d has passed
+            // (at most 1 s), so rounds use at most 1/10 of a core; a gossip view change ends the wait.
+            let mut alive_changes = speaker.membership.alive();
             loop {
                 let started = tokio::time::Instant::now();
                 speaker.step(&mut state);
-                reconciles.success(started.elapsed());
+                let took = started.elapsed();
+                reconciles.success(took);
+                let next_round = tokio::time::Instant::now() + crate::pacing::SPEAKER.gap(took);
                 tokio::select! {
                     _ = app.shutdown.cancelled() => break None,
                     why = &mut gossip_stopped => break Some(why),
@@ -355,6 +360,12 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
                     _ = wake.notified() => {}
                     // Safety net, and the end of the startup grace.
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                tokio::select! {
+                    _ = app.shutdown.cancelled() => break None,
+                    why = &mut gossip_stopped => break Some(why),
+                    _ = alive_changes.changed() => {}
+                    _ = tokio::time::sleep_until(next_round) => {}
                 }
             }
         }

@@ -1,0 +1,110 @@
+//! Pacing of the speaker's election rounds: a bounded share of a core, whatever the cluster's size.
+//!
+//! The speaker recomputes its whole desired set in one round ([`crate::speaker`]); a round costs time
+//! proportional to the Services, EndpointSlices and ServiceL2Statuses it reads. Input changes are
+//! coalesced (one wake-up stands for every change since the last round), but during a burst of changes
+//! (10,000 Services created, each written three times by the allocator and the API server) a speaker
+//! that starts the next round as soon as the last one ends is busy all the time: at 10,000 Services three
+//! speakers on a 2-core machine took the CPU the API server and the allocator needed, and the whole
+//! burst slowed down with the size of the cluster (work per change grows with the cluster, and so does the
+//! number of changes).
+//!
+//! ```text
+//!   round (took d) ──> wait until d·idle_per_busy has passed (at most max_gap) ──> next round
+//!                      ^ a change of the gossip view (a peer died or came back) ends the wait at once
+//! ```
+//!
+//! So a speaker uses at most `1 / (1 + idle_per_busy)` of a core for its rounds, while a small cluster,
+//! whose rounds take well under a millisecond, still reacts within a few milliseconds (the gap is as
+//! short as the round). Changes that arrive during the wait are folded into the next round. Failover does
+//! not wait: a change of the live members ends the gap (the caller selects on it).
+
+use std::time::Duration;
+
+/// How long the speaker waits after a round before starting the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pacer {
+    /// Idle time per unit of round time: the rounds use at most `1 / (1 + idle_per_busy)` of a core.
+    pub idle_per_busy: u32,
+    /// The gap never exceeds this (a very slow round must not delay the next one without bound).
+    pub max_gap: Duration,
+}
+
+/// The speaker's pacing: rounds use at most 1/10 of a core; the gap is at most 1 s (the safety-net
+/// tick of the speaker's loop).
+pub const SPEAKER: Pacer = Pacer {
+    idle_per_busy: 9,
+    max_gap: Duration::from_secs(1),
+};
+
+impl Pacer {
+    /// The wait after a round that took `took` before the next round may start.
+    pub fn gap(&self, took: Duration) -> Duration {
+        took.saturating_mul(self.idle_per_busy).min(self.max_gap)
+    }
+
+    /// The largest share of a core the rounds can use while changes keep coming (rounds shorter than
+    /// `max_gap / idle_per_busy`).
+    pub fn max_share(&self) -> f64 {
+        1.0 / (1.0 + f64::from(self.idle_per_busy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_gap_is_proportional_to_the_round_and_capped() {
+        let p = SPEAKER;
+        assert_eq!(p.gap(Duration::ZERO), Duration::ZERO);
+        assert_eq!(p.gap(Duration::from_micros(300)), Duration::from_micros(2700));
+        assert_eq!(p.gap(20 * MS), 180 * MS);
+        assert_eq!(p.gap(200 * MS), Duration::from_secs(1));
+        assert_eq!(p.gap(Duration::MAX), Duration::from_secs(1));
+        let none = Pacer {
+            idle_per_busy: 0,
+            max_gap: Duration::from_secs(1),
+        };
+        assert_eq!(none.gap(50 * MS), Duration::ZERO);
+    }
+
+    /// A burst of changes that never stops: rounds back to back as soon as the gap allows. The busy
+    /// share stays at the bound whatever the round costs (small or large cluster), and a small cluster's
+    /// rounds still start every few milliseconds.
+    #[test]
+    fn a_continuous_burst_uses_a_bounded_share_of_a_core() {
+        let p = SPEAKER;
+        for round in [Duration::from_micros(200), 2 * MS, 20 * MS, 100 * MS] {
+            let (mut busy, mut t) = (Duration::ZERO, Duration::ZERO);
+            let mut rounds = 0u32;
+            while t < Duration::from_secs(60) {
+                busy += round;
+                t += round + p.gap(round);
+                rounds += 1;
+            }
+            let share = busy.as_secs_f64() / t.as_secs_f64();
+            assert!(
+                (share - p.max_share()).abs() < 0.01,
+                "round {round:?}: share {share}"
+            );
+            assert!(rounds > 0);
+            if round < MS {
+                // Round + gap: a change waits at most this long before a round sees it.
+                assert!(round + p.gap(round) <= 2 * MS + round);
+            }
+        }
+        assert!((p.max_share() - 0.1).abs() < 1e-9);
+    }
+
+    /// Rounds slower than max_gap / idle_per_busy are only delayed by max_gap.
+    #[test]
+    fn a_slow_round_is_delayed_at_most_max_gap() {
+        let p = SPEAKER;
+        assert_eq!(p.gap(Duration::from_secs(3)), p.max_gap);
+        assert_eq!(p.gap(111 * MS), 999 * MS);
+        assert_eq!(p.gap(112 * MS), p.max_gap);
+    }
+}
