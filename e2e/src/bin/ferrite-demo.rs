@@ -416,6 +416,7 @@ fn print_hints(d: &Demo) {
     );
     println!("  kubectl get ippools");
     println!("  kubectl -n {DEMO_NAMESPACE} get svc {DEMO_SERVICE} -o yaml");
+    println!("  kubectl get servicel2statuses -A   # who announces each Service");
     println!("  kubectl get events -A");
     println!("  {}", demo::arping_command(&d.lab, &d.vip));
     println!("  curl -s http://{}/metrics | grep ferrite_", d.lb.admin);
