@@ -558,16 +558,14 @@ fn client_loop(
 }
 
 /// Checks a failover run: before `fired` every answer came from `from` (most requests answered); after
-/// it, errors only within a window shorter than `max_window` (and some errors if `expect_errors`),
-/// answers from `from` and then only from one other node, the last 10 from it. Returns that node and
-/// the error window.
+/// it, errors only within a window shorter than `max_window`, answers from `from` and then only from
+/// one other node, the last 10 from it. Returns that node and the error window.
 fn check_failover(
     rig: &Rig,
     samples: &[Sample],
     fired: Duration,
     from: usize,
     max_window: Duration,
-    expect_errors: bool,
 ) -> (usize, Duration) {
     let summary = || {
         samples
@@ -646,11 +644,6 @@ fn check_failover(
         rig.name(new),
         summary(),
         rig.logs()
-    );
-    assert!(
-        !expect_errors || !errors.is_empty(),
-        "no request failed although the node was cut off:\n{}",
-        summary()
     );
     assert!(
         window < max_window,
@@ -753,7 +746,14 @@ async fn when_the_announcing_node_dies_a_client_loop_sees_errors_only_within_the
             },
         )
     };
-    let (second, _) = check_failover(&rig, &samples, fired, first, Duration::from_secs(3), true);
+    let (second, _) = check_failover(&rig, &samples, fired, first, Duration::from_secs(3));
+    // The cut was real: the dead node does not even answer ARP for its own address. (Whether a request
+    // failed depends on how fast the loop runs on a loaded machine; the window check above does not.)
+    assert_eq!(
+        rig.lab.arping(&rig.lab.nodes[first].ip4.to_string()),
+        None,
+        "the cut-off node still answers"
+    );
     case.status_names("web", rig.name(second)).await;
     assert_eq!(rig.neighbour_owner(vip), Some(second));
 
@@ -857,7 +857,7 @@ async fn an_ipv6_vip_is_served_before_and_after_its_speaker_is_sigkilled() {
             || killed.crash(),
         )
     };
-    let (second, _) = check_failover(&rig, &samples, fired, first, Duration::from_secs(3), false);
+    let (second, _) = check_failover(&rig, &samples, fired, first, Duration::from_secs(3));
     assert_eq!(rig.neighbour_owner(vip), Some(second), "the client's entry moved");
     case.status_names("web6", rig.name(second)).await;
     rig.heal().await;
