@@ -37,6 +37,26 @@ pub const SPEAKER: Pacer = Pacer {
     max_gap: Duration::from_secs(1),
 };
 
+/// Environment variable overriding [`SPEAKER`]'s `idle_per_busy` (an integer, 0 = no pacing): for
+/// measuring (the benchmark compares both) and for a cluster that wants a different share.
+pub const IDLE_PER_BUSY_ENV: &str = "FERRITE_LB_SPEAKER_IDLE_PER_BUSY";
+
+/// The speaker's pacing: [`SPEAKER`], with `idle_per_busy` from `value` (the environment variable
+/// [`IDLE_PER_BUSY_ENV`]) when set.
+pub fn speaker(value: Option<&str>) -> Result<Pacer, String> {
+    let Some(v) = value else { return Ok(SPEAKER) };
+    let idle_per_busy = v
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 1000)
+        .ok_or_else(|| format!("{IDLE_PER_BUSY_ENV}={v:?}: want an integer from 0 (no pacing) to 1000"))?;
+    Ok(Pacer {
+        idle_per_busy,
+        ..SPEAKER
+    })
+}
+
 impl Pacer {
     /// The wait after a round that took `took` before the next round may start.
     pub fn gap(&self, took: Duration) -> Duration {
@@ -97,6 +117,17 @@ mod tests {
             }
         }
         assert!((p.max_share() - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_share_can_be_set_from_the_environment() {
+        assert_eq!(speaker(None), Ok(SPEAKER));
+        assert_eq!(speaker(Some("0")).unwrap().gap(50 * MS), Duration::ZERO);
+        assert_eq!(speaker(Some(" 4 ")).unwrap().gap(10 * MS), 40 * MS);
+        for bad in ["", "-1", "x", "1.5", "1001"] {
+            let e = speaker(Some(bad)).unwrap_err();
+            assert!(e.contains(IDLE_PER_BUSY_ENV), "{e}");
+        }
     }
 
     /// Rounds slower than max_gap / idle_per_busy are only delayed by max_gap.

@@ -337,13 +337,15 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
             let reconciles = app.reconcile_metrics().for_kind("Announcement");
             // Pacing (crate::pacing): after a round that took d the next waits until 9·d has passed
             // (at most 1 s), so rounds use at most 1/10 of a core; a gossip view change ends the wait.
+            let pacer = crate::pacing::speaker(std::env::var(crate::pacing::IDLE_PER_BUSY_ENV).ok().as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?;
             let mut alive_changes = speaker.membership.alive();
             loop {
                 let started = tokio::time::Instant::now();
                 speaker.step(&mut state);
                 let took = started.elapsed();
                 reconciles.success(took);
-                let next_round = tokio::time::Instant::now() + crate::pacing::SPEAKER.gap(took);
+                let next_round = tokio::time::Instant::now() + pacer.gap(took);
                 tokio::select! {
                     _ = app.shutdown.cancelled() => break None,
                     why = &mut gossip_stopped => break Some(why),

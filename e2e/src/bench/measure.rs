@@ -94,6 +94,18 @@ pub struct Alloc {
     pub reconcile_p50: Option<f64>,
     /// See `reconcile_p50`.
     pub reconcile_p99: Option<f64>,
+    /// The API server's own create rate: the same creates (same names, same concurrency, same rig running)
+    /// of Services of a `loadBalancerClass` nobody serves, first sent -> last answered; created count.
+    /// Run before the allocation run, then deleted.
+    pub apiserver_created: Option<(usize, Duration)>,
+    /// Watch events (Services and EndpointSlices of the namespace, as the speakers see them) during the
+    /// allocation run, counted by a watch of the benchmark's own.
+    pub events: u64,
+    /// CPU time (utime + stime) each speaker used during the allocation run (first create -> all have an
+    /// IP, plus the 5 s settle).
+    pub speaker_cpu: Vec<(String, Option<Duration>)>,
+    /// Wall time of that window.
+    pub cpu_window: Duration,
 }
 
 fn pool_resource() -> ApiResource {
@@ -390,11 +402,145 @@ async fn count_with_ip(svcs: &Api<Service>) -> Result<usize> {
 }
 
 /// Benchmark 3: `n` Services with `concurrency` creates in flight, until every one has an IP.
+/// The class of the API-server-only create run: no controller or speaker serves it.
+const UNSERVED_CLASS: &str = "bench.invalid/unserved";
+
+/// Creates `n` Services named like the allocation run's with `concurrency` in flight; (created, time).
+async fn create_services(
+    svcs: &Api<Service>,
+    n: usize,
+    concurrency: usize,
+    class: Option<&'static str>,
+    limit: Duration,
+) -> (usize, Duration) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (svcs, next, errors) = (svcs.clone(), next.clone(), errors.clone());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || t0.elapsed() > limit {
+                    return;
+                }
+                let Ok(mut svc) = lb_service(&format!("s-{i:05}")) else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if let (Some(c), Some(spec)) = (class, svc.spec.as_mut()) {
+                    spec.load_balancer_class = Some(c.to_string());
+                }
+                let mut ok = false;
+                for attempt in 0..5u32 {
+                    match svcs.create(&PostParams::default(), &svc).await {
+                        Ok(_) => ok = true,
+                        Err(kube::Error::Api(e)) if e.code == 409 => ok = true,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(200) * (attempt + 1)).await;
+                            continue;
+                        }
+                    }
+                    break;
+                }
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let created = next.load(Ordering::Relaxed).min(n) - errors.load(Ordering::Relaxed).min(n);
+    (created, t0.elapsed())
+}
+
+/// The API server's create rate in this rig: `n` Services of [`UNSERVED_CLASS`] in namespace `ns`,
+/// then deleted (one deletecollection) and waited for, so the allocation run starts from the same
+/// number of objects.
+async fn apiserver_create_rate(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<(usize, Duration)> {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let (created, took) = create_services(
+        &svcs,
+        n,
+        concurrency,
+        Some(UNSERVED_CLASS),
+        Duration::from_secs(10 * 60),
+    )
+    .await;
+    eprintln!(
+        "    API server alone: {created} Services of class {UNSERVED_CLASS} created in {took:?} ({:.0}/s)",
+        created as f64 / took.as_secs_f64().max(1e-9)
+    );
+    svcs.delete_collection(&Default::default(), &ListParams::default())
+        .await
+        .context("deleting the unserved Services")?;
+    let deadline = Instant::now() + Duration::from_secs(5 * 60);
+    while Instant::now() < deadline {
+        if svcs.list(&ListParams::default().limit(1)).await?.items.is_empty() {
+            return Ok((created, took));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("the unserved Services were not deleted within 5 min")
+}
+
+/// Counts watch events (after the initial list) of `api` until the task is aborted.
+fn count_events<K>(api: Api<K>, counter: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default());
+        futures::pin_mut!(stream);
+        let mut listed = false;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::InitDone) => listed = true,
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) if listed => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
 pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurrency: usize) -> Result<Alloc> {
+    let apiserver_created = Some(apiserver_create_rate(client, ns, n, concurrency).await?);
     let pool = format!("{ns}-bench");
     create_pool(client, rig.admin, &pool, &["198.18.0.0/15"], ns).await?;
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
     let before = scrape(rig.admin).await?;
+    let events = Arc::new(AtomicUsize::new(0));
+    let counting = [
+        count_events(svcs.clone(), events.clone()),
+        count_events(
+            Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client.clone(), ns),
+            events.clone(),
+        ),
+    ];
+    // The counting watches list first: give them a moment, so the first creates are counted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let speaker_pids: Vec<(String, Option<u32>)> = rig
+        .speakers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                rig.lab.nodes[i].name.clone(),
+                s.as_ref().and_then(|s| s.program_pid()),
+            )
+        })
+        .collect();
+    let cpu_before: Vec<Option<Duration>> = speaker_pids.iter().map(|(_, p)| p.and_then(cpu_time)).collect();
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let limit = Duration::from_secs(15 * 60);
@@ -493,6 +639,21 @@ pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurre
     );
     // The speakers catch up with the last status writes before their memory is read.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let cpu_window = t0.elapsed();
+    for task in &counting {
+        task.abort();
+    }
+    let speaker_cpu = speaker_pids
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| {
+            let used = pid
+                .and_then(cpu_time)
+                .zip(before)
+                .map(|(after, before)| after.saturating_sub(before));
+            (name.clone(), used)
+        })
+        .collect();
     Ok(Alloc {
         n,
         concurrency,
@@ -505,6 +666,10 @@ pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurre
         reconcile_mean: (count > 0.0).then(|| sum / count),
         reconcile_p50: stats::bucket_quantile(&hb, &ha, 0.5),
         reconcile_p99: stats::bucket_quantile(&hb, &ha, 0.99),
+        apiserver_created,
+        events: events.load(Ordering::Relaxed) as u64,
+        speaker_cpu,
+        cpu_window,
     })
 }
 

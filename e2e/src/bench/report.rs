@@ -739,6 +739,46 @@ fn lb_markdown(w: &mut String, m: &Machine, r: &LbResults) {
                 ),
             }
         );
+        let alloc_rate = a.all_with_ip.map(|t| allocated / t.as_secs_f64().max(1e-9));
+        match a.apiserver_created {
+            Some((created, took)) => {
+                let api_rate = created as f64 / took.as_secs_f64().max(1e-9);
+                let share = alloc_rate.map(|r| r / api_rate.max(1e-9));
+                let _ = writeln!(
+                    w,
+                    "| API server's own create rate: the same {} creates, {} in flight, same rig running, Services of a loadBalancerClass nobody serves (then deleted) | {:.0} Services/s ({created} in {:.1} s); allocation rate / this: {} | >= 90%: {} | – |",
+                    a.n,
+                    a.concurrency,
+                    api_rate,
+                    took.as_secs_f64(),
+                    share.map_or("–".into(), |s| format!("**{:.0}%**", s * 100.0)),
+                    met(share.is_some_and(|s| s >= 0.9))
+                );
+            }
+            None => {
+                let _ = writeln!(w, "| API server's own create rate | not measured | – | – |");
+            }
+        }
+        let cpu: Vec<String> = a
+            .speaker_cpu
+            .iter()
+            .map(|(node, c)| match c {
+                Some(c) => format!(
+                    "{node} {:.1} s ({:.0}% of a core, {:.2} ms per event)",
+                    c.as_secs_f64(),
+                    100.0 * c.as_secs_f64() / a.cpu_window.as_secs_f64().max(1e-9),
+                    1000.0 * c.as_secs_f64() / (a.events.max(1) as f64)
+                ),
+                None => format!("{node} –"),
+            })
+            .collect();
+        let _ = writeln!(
+            w,
+            "| Speakers' CPU (utime + stime) during the allocation run ({:.1} s, {} Service and EndpointSlice watch events) | {} | – | – |",
+            a.cpu_window.as_secs_f64(),
+            a.events,
+            cpu.join("; ")
+        );
         let _ = writeln!(
             w,
             "| Controller reconciles during the allocation run (from its /metrics) | {:.0} successful ({:.0}/s), {:.0} failed; duration mean {}, p50 {}, p99 {} | – | – |",
