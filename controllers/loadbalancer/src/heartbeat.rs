@@ -2,10 +2,10 @@
 //! (`member`) sends and receives the datagrams and turns a long silence into a SWIM suspicion.
 //!
 //! ```text
-//!   node-a ──ping(seq)──> node-b        every `heartbeat_interval` (25 ms) to each watched peer
+//!   node-a ──ping(seq)──> node-b        every `heartbeat_interval` (20 ms) to each watched peer
 //!   node-a <──pong(seq)── node-b        answered at once by the peer's gossip thread
 //!   no pong for `heartbeat_timeout` (100 ms) ──> suspect in SWIM ──> refuted, or Down after
-//!   `heartbeat_suspect_to_down` (125 ms)
+//!   `heartbeat_suspect_to_down` (100 ms)
 //! ```
 //!
 //! Each speaker watches the [`watched`] members: the `k` that follow it in the ring of node names, so
@@ -16,6 +16,8 @@
 //!
 //! A pong counts only if it echoes a sequence number this watcher sent and has not seen acked yet, so a
 //! recorded pong replayed later proves nothing. Sequence numbers start at a random value per process.
+//! Silence is counted from the first ping a peer left unanswered, so a watcher that was itself not
+//! scheduled for a while (and sent nothing) does not take its peers for dead.
 //!
 //! Wire payload (inside the authenticated frame of `member`, version byte 2): `[kind: 1 ping | 2 pong]
 //! [seq: u64 big-endian]`.
@@ -98,9 +100,18 @@ struct Peer {
     armed: bool,
     /// Highest sequence number acknowledged.
     acked: u64,
+    /// The round before the peer was first pinged.
+    added: u64,
 }
 
+/// Rounds remembered (sequence number and when it was sent): far more than a timeout's worth.
+const ROUNDS_KEPT: usize = 64;
+
 /// Heartbeat bookkeeping of one speaker: whom it pings, when it last heard from each.
+///
+/// A peer's silence is measured from the *first ping it left unanswered*, not from the last answer:
+/// when this speaker itself stalls, it sends no pings and holds no silence against anybody for that
+/// time (a watcher that was not scheduled must not take its peers for dead).
 #[derive(Debug)]
 pub struct Watcher {
     peers: BTreeMap<SocketAddr, Peer>,
@@ -108,6 +119,8 @@ pub struct Watcher {
     seq: u64,
     /// Sequence number of the first ping of this process.
     first: u64,
+    /// When the last [`ROUNDS_KEPT`] rounds were sent.
+    rounds: std::collections::VecDeque<(u64, Instant)>,
 }
 
 impl Watcher {
@@ -119,6 +132,7 @@ impl Watcher {
             peers: BTreeMap::new(),
             seq: start,
             first: start.wrapping_add(1),
+            rounds: std::collections::VecDeque::with_capacity(ROUNDS_KEPT),
         }
     }
 
@@ -130,6 +144,7 @@ impl Watcher {
                 heard: now,
                 armed: false,
                 acked: 0,
+                added: self.seq,
             });
         }
     }
@@ -139,9 +154,13 @@ impl Watcher {
         self.peers.keys().copied()
     }
 
-    /// The sequence number of the next round of pings.
-    pub fn next_round(&mut self) -> u64 {
+    /// The sequence number of the next round of pings, sent at `now`.
+    pub fn next_round(&mut self, now: Instant) -> u64 {
         self.seq = self.seq.wrapping_add(1);
+        if self.rounds.len() == ROUNDS_KEPT {
+            self.rounds.pop_front();
+        }
+        self.rounds.push_back((self.seq, now));
         self.seq
     }
 
@@ -173,11 +192,26 @@ impl Watcher {
         self.peers.get(&addr).map(|p| p.heard)
     }
 
-    /// Armed peers not heard from for at least `timeout`.
+    /// Armed peers that left every ping of at least `timeout` unanswered (counted from the first
+    /// such ping) and have not been heard from for as long.
     pub fn silent(&self, now: Instant, timeout: Duration) -> Vec<SocketAddr> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.armed && now.saturating_duration_since(p.heard) >= timeout)
+            .filter(|(_, p)| {
+                if !p.armed || now.saturating_duration_since(p.heard) < timeout {
+                    return false;
+                }
+                let unanswered = p.acked.max(p.added).wrapping_add(1);
+                if unanswered > self.seq {
+                    // Nothing outstanding: it answered the last round.
+                    return false;
+                }
+                match self.rounds.iter().find(|(seq, _)| *seq == unanswered) {
+                    Some((_, sent)) => now.saturating_duration_since(*sent) >= timeout,
+                    // Older than every round kept: unanswered for very long.
+                    None => true,
+                }
+            })
             .map(|(a, _)| *a)
             .collect()
     }
@@ -200,6 +234,28 @@ mod tests {
         assert_eq!(Beat::decode(&[1; 8]), Err("malformed"));
         assert_eq!(Beat::decode(&[3; PAYLOAD_LEN]), Err("malformed"));
         assert_eq!(Beat::decode(&[1; PAYLOAD_LEN + 1]), Err("malformed"));
+    }
+
+    #[test]
+    fn a_watcher_that_stalled_holds_no_silence_against_its_peers() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut w = Watcher::new(7);
+        w.set_watched(&[addr(1)], t0);
+        let s = w.next_round(t0);
+        assert!(w.on_pong(addr(1), s, t0 + ms(1)));
+        // This speaker was not scheduled for 500 ms: no ping went out meanwhile.
+        let back = t0 + ms(500);
+        assert!(w.silent(back, ms(100)).is_empty());
+        w.next_round(back);
+        assert!(w.silent(back + ms(50), ms(100)).is_empty());
+        // Unanswered for 100 ms after it resumed pinging: now that counts.
+        assert_eq!(w.silent(back + ms(100), ms(100)), vec![addr(1)]);
+        // Rounds beyond what is kept: the oldest unanswered one is long gone, still silent.
+        for i in 0..(ROUNDS_KEPT as u64 + 5) {
+            w.next_round(back + ms(101 + i));
+        }
+        assert_eq!(w.silent(back + ms(400), ms(100)), vec![addr(1)]);
     }
 
     #[test]
@@ -234,7 +290,7 @@ mod tests {
         // Never answered: not held against them.
         assert!(w.silent(t0 + ms(500), ms(100)).is_empty());
 
-        let s1 = w.next_round();
+        let s1 = w.next_round(t0);
         assert!(!w.on_pong(addr(1), s1 + 1, t0), "a ping never sent");
         assert!(!w.on_pong(addr(1), 3, t0), "before this process's first ping");
         assert!(!w.on_pong(addr(9), s1, t0), "not watched");
@@ -242,8 +298,14 @@ mod tests {
         assert!(!w.on_pong(addr(1), s1, t0 + ms(20)), "replayed");
         assert_eq!(w.heard(addr(1)), Some(t0 + ms(10)));
 
-        assert!(w.silent(t0 + ms(100), ms(100)).is_empty());
-        assert_eq!(w.silent(t0 + ms(110), ms(100)), vec![addr(1)]);
+        // Answered the last round: nothing outstanding, however long ago.
+        assert!(w.silent(t0 + ms(500), ms(100)).is_empty());
+        // Pinged every 20 ms from 20 ms on, never answered: silent from the first of those pings.
+        for i in 1..=5 {
+            w.next_round(t0 + ms(20 * i));
+        }
+        assert!(w.silent(t0 + ms(110), ms(100)).is_empty());
+        assert_eq!(w.silent(t0 + ms(120), ms(100)), vec![addr(1)]);
         // Its ping shows it alive again.
         w.on_ping(addr(1), t0 + ms(150));
         assert!(w.silent(t0 + ms(200), ms(100)).is_empty());

@@ -43,19 +43,19 @@
 //! announcer set, the first gratuitous ARP/NA) is immediate: a few milliseconds.
 //!
 //! So detection has a second, fast path (`heartbeat`): every speaker pings the next
-//! `heartbeat_peers` (3) speakers in the ring of node names every `heartbeat_interval` (25 ms) and
+//! `heartbeat_peers` (3) speakers in the ring of node names every `heartbeat_interval` (20 ms) and
 //! the peer's gossip thread answers at once. A watched peer silent for `heartbeat_timeout` (100 ms:
-//! four pings) is *suspected* in SWIM — the suspicion is gossiped at once, to the suspect too — and
-//! declared Down after `heartbeat_suspect_to_down` (125 ms) unless it refuted (SWIM's refutation: a
+//! five pings) is *suspected* in SWIM — the suspicion is gossiped at once, to the suspect too — and
+//! declared Down after `heartbeat_suspect_to_down` (100 ms) unless it refuted (SWIM's refutation: a
 //! newer incarnation, which foca gossips the moment it hears it is suspected) or answered a ping
 //! again. A Down is pushed to the other speakers at once instead of at the next gossip round.
-//! Expected detection ≈ 75–125 ms until the silence counts (the last pong came 0–25 ms before the
-//! death) + 125 ms ≈ **0.20–0.25 s**, the same at every watcher; `tests/member_gossip.rs` measures
-//! about 0.23–0.27 s on loopback. SWIM's probes keep running unchanged as the slow path for peers
+//! Expected detection ≈ 80–120 ms until the silence counts (the last pong came 0–20 ms before the
+//! death, the silence is checked every round) + 100 ms ≈ **0.18–0.22 s**, the same at every watcher;
+//! `tests/member_gossip.rs` measures about 0.2 s on loopback. SWIM's probes keep running unchanged as the slow path for peers
 //! that do not (yet) answer heartbeats, e.g. an older speaker during a rolling upgrade.
 //!
 //! **The trade-off.** A live speaker is declared down only if it is silent for 100 ms *and* does not
-//! refute within the next 125 ms: a stall of about 225 ms or more (SIGSTOP, a VM paused, CFS
+//! refute within the next 100 ms: a stall of about 200 ms or more (SIGSTOP, a VM paused, CFS
 //! throttling of a CPU limit) is taken for a death, where SWIM alone tolerated about 0.75 s (and
 //! keepalived VRRPv3 at 100 ms adverts tolerates 3 adverts + skew ≈ 360 ms). A stall shorter than
 //! that is refuted (`stopped_for_less_than_the_suspicion_time_is_not_down_and_for_longer_is`).
@@ -65,7 +65,7 @@
 //! even with busy loops pinned to its CPU (`busy_loops_pinned_to_the_members_cpu_do_not_make_it_down`;
 //! the benchmark's CPU-starvation run counts false failovers). Lost datagrams: four pings in a row
 //! on a LAN, then a lost refutation. Do not put a CPU limit on the speaker. Cost: per speaker
-//! 3 × 40 pings and as many pongs per second, 42 bytes each.
+//! 3 × 50 pings and as many pongs per second, 42 bytes each.
 //!
 //! # SWIM timings (why these numbers)
 //! Foca's `Config::simple()` (probe 1.5 s, suspect→down 3 s) and `Config::new_lan()` (memberlist's
@@ -160,9 +160,9 @@ impl Default for Timings {
             suspect_to_down_after: Duration::from_millis(500),
             gossip_period: Duration::from_millis(100),
             rejoin_period: Duration::from_secs(5),
-            heartbeat_interval: Duration::from_millis(25),
+            heartbeat_interval: Duration::from_millis(20),
             heartbeat_timeout: Duration::from_millis(100),
-            heartbeat_suspect_to_down: Duration::from_millis(125),
+            heartbeat_suspect_to_down: Duration::from_millis(100),
             heartbeat_peers: 3,
         }
     }
@@ -775,6 +775,8 @@ impl Gossip {
                 }
                 _ = rejoin.tick() => self.announce_to_strangers(),
                 _ = beat.tick(), if beats_on => self.heartbeat_round(),
+                // A suspicion's verdict on time, not at the next heartbeat round.
+                () = sleep_until_opt(self.next_verdict()) => self.verdicts_due(),
             }
             self.drain().await;
         }
@@ -846,6 +848,21 @@ impl Gossip {
         for addr in self.watcher.silent(now, self.timings.heartbeat_timeout) {
             self.suspect_silent(addr, now);
         }
+        self.verdicts_due();
+        let seq = self.watcher.next_round(now);
+        for addr in watched {
+            self.beats_out.push((addr, heartbeat::Beat::Ping(seq)));
+        }
+    }
+
+    /// When the earliest silence suspicion is due its verdict.
+    fn next_verdict(&self) -> Option<Instant> {
+        self.suspected.values().map(|s| s.down_at).min()
+    }
+
+    /// The verdicts of every suspicion whose refutation window is over.
+    fn verdicts_due(&mut self) {
+        let now = Instant::now();
         let due: Vec<SocketAddr> = self
             .suspected
             .iter()
@@ -854,10 +871,6 @@ impl Gossip {
             .collect();
         for addr in due {
             self.verdict(addr);
-        }
-        let seq = self.watcher.next_round();
-        for addr in watched {
-            self.beats_out.push((addr, heartbeat::Beat::Ping(seq)));
         }
     }
 
@@ -1156,7 +1169,7 @@ mod tests {
         assert!(matches!(foca_config(&bad), Err(MemberError::InvalidTimings(_))));
         // One lost pong must not look like a death: the silence spans at least two intervals.
         let hasty = Timings {
-            heartbeat_timeout: Duration::from_millis(40),
+            heartbeat_timeout: Duration::from_millis(30),
             ..Timings::default()
         };
         assert!(matches!(foca_config(&hasty), Err(MemberError::InvalidTimings(_))));
