@@ -45,7 +45,8 @@
 //! So detection has a second, fast path (`heartbeat`): every speaker pings the next
 //! `heartbeat_peers` (3) speakers in the ring of node names every `heartbeat_interval` (20 ms) and
 //! the peer's gossip thread answers at once. A watched peer silent for `heartbeat_timeout` (100 ms:
-//! five pings) is *suspected* in SWIM — the suspicion is gossiped at once, to the suspect too — and
+//! five pings, counted from the first unanswered one, so a watcher that was itself not scheduled
+//! suspects nobody for that time) is *suspected* in SWIM — the suspicion is gossiped at once, to the suspect too — and
 //! declared Down after `heartbeat_suspect_to_down` (100 ms) unless it refuted (SWIM's refutation: a
 //! newer incarnation, which foca gossips the moment it hears it is suspected) or answered a ping
 //! again. A Down is pushed to the other speakers at once instead of at the next gossip round.
