@@ -5,7 +5,7 @@
 //! Field names follow MetalLB's `IPAddressPool` + `L2Advertisement` so a migration is a rename.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{CustomResource, ResourceExt};
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 /// API group of the load balancer.
 pub const GROUP: &str = "lb.ferrite.dev";
 
-/// The `loadBalancerClass` Ferrite serves by default (Services with no class are served too).
+/// The `loadBalancerClass` Ferrite serves by default (`--lb-class`). Services with no class are served
+/// too only while `--default-class` is true (its default), as MetalLB does when it is the default.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "ferrite.dev/lb";
 
 /// Annotation keys on Services. Each own key has the MetalLB keys as aliases, read in this order.
@@ -112,8 +113,9 @@ pub struct IPPoolSpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct ServiceAllocation {
-    /// Order among the auto-assign pools that serve a Service: the LOWER number is tried first (MetalLB's
-    /// order); pools without a priority come after every pool with one; ties go to the pool name.
+    /// Order among the auto-assign pools that serve a Service (MetalLB's): pools that have a
+    /// `serviceAllocation` (even `{}`) are tried before pools without one; among them the LOWER number
+    /// first, and unset or 0 (MetalLB's "unset") after every set one; ties go to the pool name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
 
@@ -246,7 +248,10 @@ pub struct L2AdvertisementSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<String>,
 
-    /// Services announced (ORed; Ferrite's addition, MetalLB has none). Empty: every Service.
+    /// Labels of the Services announced (ORed, MetalLB's `serviceSelectors`). Empty: every Service of the
+    /// selected pools. MetalLB's API says Services matching these selectors cannot use `allow-shared-ip`;
+    /// here Services sharing an address are announced together, and one Service of the group matching is
+    /// enough.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_selectors: Vec<LabelSelector>,
 
@@ -303,10 +308,15 @@ pub struct ServiceL2StatusSpec {
     pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
-/// Sort key of the auto-assign order for a pool of `priority` named `name`: (unset, priority, name), so
-/// set priorities come first, lowest number first, then unset ones, each group by name.
-pub fn priority_order(priority: Option<i32>, name: &str) -> (bool, i32, String) {
-    (priority.is_none(), priority.unwrap_or(0), name.to_string())
+/// Sort key of the auto-assign order (MetalLB's `Allocate`: the pinned pools sorted by `sortPools`, then
+/// the others) for a pool named `name` that has a `serviceAllocation` (`pinned`, even `{}`) with `priority`:
+/// pinned pools first, among them set priorities lowest number first, then unset ones (`None` or 0: MetalLB's
+/// `priority` is a plain int, so 0 is its "unset"); then the pools without a `serviceAllocation`, whose
+/// priority does not count. Ties go to the name (MetalLB leaves them to map order and an unstable sort).
+/// Compare with `Ord` on the tuple.
+pub fn auto_assign_order(pinned: bool, priority: Option<i32>, name: &str) -> (bool, bool, i32, &str) {
+    let set = priority.filter(|p| pinned && *p != 0);
+    (!pinned, set.is_none(), set.unwrap_or(0), name)
 }
 
 fn default_true() -> bool {
@@ -315,15 +325,19 @@ fn default_true() -> bool {
 
 impl IPPool {
     /// The pool's `serviceAllocation.priority`: among auto-assign pools the LOWER number is tried first,
-    /// and `None` (unset) after every set one. See [`IPPool::priority_order`].
+    /// and `None` or 0 (unset) after every set one. See [`IPPool::auto_assign_order`].
     pub fn priority(&self) -> Option<i32> {
         self.spec.service_allocation.as_ref().and_then(|a| a.priority)
     }
 
-    /// Sort key of the auto-assign order (MetalLB's): set priorities ascending, then unset ones, ties
-    /// by name. Compare with `Ord` on the tuple.
-    pub fn priority_order(&self) -> (bool, i32, String) {
-        priority_order(self.priority(), &self.name_any())
+    /// Sort key of the auto-assign order (MetalLB's, see [`auto_assign_order`]): pools with a
+    /// `serviceAllocation` first, by priority, then the others; ties by name.
+    pub fn auto_assign_order(&self) -> (bool, bool, i32, &str) {
+        auto_assign_order(
+            self.spec.service_allocation.is_some(),
+            self.priority(),
+            self.metadata.name.as_deref().unwrap_or_default(),
+        )
     }
 }
 
@@ -411,17 +425,30 @@ mod tests {
     }
 
     #[test]
-    fn priority_order_is_metallbs_lower_first_unset_last_then_name() {
+    fn auto_assign_order_is_metallbs_pinned_first_lower_first_unset_last_then_name() {
+        // (pinned, priority, name): MetalLB's Allocate tries the pools with a serviceAllocation (sorted by
+        // sortPools: positive priorities ascending, 0 = unset after them) before the pools without one.
         let mut pools = [
-            priority_order(None, "a"),
-            priority_order(Some(10), "z"),
-            priority_order(Some(-5), "m"),
-            priority_order(Some(10), "b"),
-            priority_order(None, "0"),
+            auto_assign_order(false, None, "a-plain"),
+            auto_assign_order(true, None, "z-empty"),
+            auto_assign_order(true, Some(10), "z"),
+            auto_assign_order(true, Some(0), "b-zero"),
+            auto_assign_order(true, Some(-5), "m"),
+            auto_assign_order(true, Some(10), "b"),
+            auto_assign_order(false, Some(1), "0-plain"),
         ];
         pools.sort();
-        let names: Vec<&str> = pools.iter().map(|(_, _, n)| n.as_str()).collect();
-        assert_eq!(names, vec!["m", "b", "z", "0", "a"]);
+        let names: Vec<&str> = pools.iter().map(|(_, _, _, n)| *n).collect();
+        assert_eq!(
+            names,
+            vec!["m", "b", "z", "b-zero", "z-empty", "0-plain", "a-plain"]
+        );
+        let pool: IPPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "p"},
+            "spec": {"addresses": ["192.0.2.0/28"], "serviceAllocation": {}},
+        }))
+        .expect("parses");
+        assert_eq!(pool.auto_assign_order(), (false, true, 0, "p"));
     }
 
     #[test]

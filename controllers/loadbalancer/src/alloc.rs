@@ -30,15 +30,20 @@
 //!   named pool when one is named); `autoAssign: false` pools are used only when named or when an address
 //!   of theirs is requested. At most one requested IP per family; requested IPs are the whole answer.
 //! - **Pool choice** without a named pool: among the pools that allow the Service, have `autoAssign` and have
-//!   a free address of the family, MetalLB's order: the **lowest `serviceAllocation.priority` number** is
-//!   tried first, pools without a priority after every pool with one, ties by pool name (alphabetical).
-//!   (Ferrite before v1alpha1's MetalLB parity used the opposite, higher-wins order.)
+//!   a free address of the family, MetalLB's order (its `Allocate`: the pinned pools sorted by `sortPools`,
+//!   then the others): first every pool that **has a `serviceAllocation`** (even `{}` or only a priority),
+//!   the **lowest `priority` number** first and those without a priority (or with 0, MetalLB's "unset")
+//!   after them; then the pools without a `serviceAllocation`. Ties by pool name (alphabetical), where
+//!   MetalLB's order is left to Go's map order and unstable sort. (Ferrite before v1alpha1's MetalLB
+//!   parity used the opposite, higher-wins order.)
 //! - **A pool allows a Service** (MetalLB's `serviceAllocation`) when both criteria hold: the namespace
 //!   criterion (the namespace is in `namespaces` OR its labels match any of `namespaceSelectors`) and the
 //!   Service criterion (its labels match any of `serviceSelectors`). An empty criterion matches everything.
 //! - **Sharing** (MetalLB's rules): holders of one address have the same sharing key, no port (protocol +
-//!   port) in common, and when any of them is `externalTrafficPolicy: Local` all of them are, with equal
-//!   `spec.selector` (so the node announcing the address has endpoints of every one). With a sharing key
+//!   port) in common, and equal MetalLB backend keys: a Local Service's key is its `spec.selector`, a
+//!   Cluster Service's is empty (so is a Local one's without a selector), so Local Services with a selector
+//!   share only with Local Services of the same selector and the node announcing the address has
+//!   endpoints of every one. With a sharing key
 //!   and no requested IP, an address already used by the same key in a candidate pool is preferred (if the
 //!   rules allow) over a free one, so `allow-shared-ip` alone is enough to put a TCP and a UDP Service on
 //!   one address.
@@ -143,7 +148,12 @@ pub struct PoolConfig {
     pub auto_assign: bool,
     /// `spec.avoidBuggyIPs`
     pub avoid_buggy_ips: bool,
-    /// `spec.serviceAllocation.priority`: lower is tried first; `None` after every set one.
+    /// Whether the pool has a `spec.serviceAllocation` at all, even `{}` or one with only a priority
+    /// (MetalLB then pins it to every Service): such pools, when they allow the Service, are tried before
+    /// every pool without one (see [`ferrite_api::lb::auto_assign_order`]).
+    pub pinned: bool,
+    /// `spec.serviceAllocation.priority`: lower is tried first; `None` or 0 (MetalLB's "unset") after
+    /// every set one.
     pub priority: Option<i32>,
     /// `spec.serviceAllocation.namespaces` (ORed with `namespace_selectors`; both empty: every namespace).
     pub namespaces: Vec<String>,
@@ -294,6 +304,7 @@ impl PoolConfig {
             addresses,
             auto_assign: p.spec.auto_assign,
             avoid_buggy_ips: p.spec.avoid_buggy_ips,
+            pinned: p.spec.service_allocation.is_some(),
             priority: p.priority(),
             namespaces: alloc.namespaces,
             namespace_selectors: alloc.namespace_selectors,
@@ -327,13 +338,10 @@ impl PoolConfig {
         Ok(())
     }
 
-    /// The sort key of the auto-assign order: set priorities first, lowest first, then unset; then name.
-    fn order_key(&self) -> (bool, i32, &str) {
-        (
-            self.priority.is_none(),
-            self.priority.unwrap_or(0),
-            self.name.as_str(),
-        )
+    /// The sort key of the auto-assign order, MetalLB's: pools with a `serviceAllocation` first (set
+    /// priorities lowest first, then unset or 0), then the pools without one; ties by name.
+    fn order_key(&self) -> (bool, bool, i32, &str) {
+        ferrite_api::lb::auto_assign_order(self.pinned, self.priority, &self.name)
     }
 
     /// Whether the allocator may hand out `ip` from this pool (inside it, not skipped by `avoidBuggyIPs`).
@@ -366,7 +374,9 @@ pub struct Request {
     pub sharing_key: Option<String>,
     /// `spec.ports`, for sharing conflicts.
     pub ports: Vec<Port>,
-    /// `spec.externalTrafficPolicy: Local`: may share only with Local Services of the same selector.
+    /// `spec.externalTrafficPolicy: Local`: with a non-empty `selector`, may share only with Local
+    /// Services of the same selector (MetalLB's backend key; without a selector the key is empty, as for
+    /// Cluster).
     pub local: bool,
     /// `spec.selector` (compared between Local Services that share an address).
     pub selector: BTreeMap<String, String>,
@@ -534,10 +544,11 @@ pub enum AllocError {
         /// The conflicting port.
         port: Port,
     },
-    /// Same sharing key and no port conflict, but MetalLB's `externalTrafficPolicy: Local` rule refuses:
-    /// a Local Service shares only with Local Services of the same `spec.selector`.
+    /// Same sharing key and no port conflict, but MetalLB's backend rule refuses: the holders' backend
+    /// keys (a Local Service's `spec.selector`, empty for Cluster or a Local Service without a selector)
+    /// differ.
     #[error(
-        "IP {ip} is shared with {by}, but {why}; a Service with externalTrafficPolicy: Local shares an address only with Local Services of the same spec.selector (the announcing node must have endpoints of all of them); use another address or key"
+        "IP {ip} is shared with {by}, but {why}; a Service with externalTrafficPolicy: Local and a spec.selector shares an address only with Local Services of the same spec.selector (the announcing node must have endpoints of all of them); use another address or key"
     )]
     SharingTrafficPolicy {
         /// The address.
@@ -700,6 +711,12 @@ impl Held {
     }
 }
 
+/// MetalLB's backend key of a Service (`k8salloc.BackendKey`): its `spec.selector` when it is
+/// `externalTrafficPolicy: Local`, empty for Cluster. Services share an address only with equal keys.
+fn backend_key(local: bool, selector: &BTreeMap<String, String>) -> Option<&BTreeMap<String, String>> {
+    (local && !selector.is_empty()).then_some(selector)
+}
+
 /// `a=b,c=d` (sorted), or `<none>` for the empty selector.
 fn selector_text(sel: &BTreeMap<String, String>) -> String {
     if sel.is_empty() {
@@ -721,7 +738,8 @@ struct IpUse {
 /// The allocation state of the whole cluster. See the module docs for the rules.
 #[derive(Debug, Clone, Default)]
 pub struct Allocator {
-    /// In the auto-assign order: set priorities lowest first, then unset ones, ties by name.
+    /// In the auto-assign order: pools with a `serviceAllocation` (set priorities lowest first, then unset
+    /// ones), then the others, ties by name.
     pools: Vec<Pool>,
     services: HashMap<ServiceKey, Held>,
     ips: HashMap<IpAddr, IpUse>,
@@ -986,21 +1004,32 @@ impl Allocator {
                             port: *port,
                         });
                     }
-                    let policy = |local: bool| if local { "Local" } else { "Cluster" };
-                    let why = if req.local != other.local {
-                        Some(format!(
-                            "this Service has externalTrafficPolicy: {} and {by} has {}",
-                            policy(req.local),
-                            policy(other.local)
-                        ))
-                    } else if req.local && req.selector != other.selector {
+                    // MetalLB's backend key (k8salloc.BackendKey, compared by sharingOK): a Local
+                    // Service's spec.selector, "" for Cluster; holders must have equal keys. So a Local
+                    // Service without a selector shares with Cluster ones, like MetalLB.
+                    let why = if backend_key(req.local, &req.selector)
+                        == backend_key(other.local, &other.selector)
+                    {
+                        None
+                    } else if req.local && other.local {
                         Some(format!(
                             "both are externalTrafficPolicy: Local with different spec.selector ({} here, {} on {by})",
                             selector_text(&req.selector),
                             selector_text(&other.selector)
                         ))
                     } else {
-                        None
+                        let policy = |local: bool, sel: &BTreeMap<String, String>| {
+                            if local {
+                                format!("Local (spec.selector {})", selector_text(sel))
+                            } else {
+                                "Cluster".to_string()
+                            }
+                        };
+                        Some(format!(
+                            "this Service has externalTrafficPolicy: {} and {by} has {}",
+                            policy(req.local, &req.selector),
+                            policy(other.local, &other.selector)
+                        ))
                     };
                     if let Some(why) = why {
                         return Err(AllocError::SharingTrafficPolicy {
@@ -1264,7 +1293,13 @@ mod tests {
 
     impl PoolConfig {
         fn prio(mut self, p: i32) -> Self {
+            self.pinned = true;
             self.priority = Some(p);
+            self
+        }
+        /// `serviceAllocation: {}`: pinned to every Service, no priority.
+        fn pinned(mut self) -> Self {
+            self.pinned = true;
             self
         }
         fn manual(mut self) -> Self {
@@ -1276,14 +1311,17 @@ mod tests {
             self
         }
         fn only_ns(mut self, ns: &[&str]) -> Self {
+            self.pinned = true;
             self.namespaces = ns.iter().map(|s| s.to_string()).collect();
             self
         }
         fn svc_sel(mut self, pairs: &[(&str, &str)]) -> Self {
+            self.pinned = true;
             self.service_selectors.extend(selector(pairs));
             self
         }
         fn ns_sel(mut self, pairs: &[(&str, &str)]) -> Self {
+            self.pinned = true;
             self.namespace_selectors.extend(selector(pairs));
             self
         }
@@ -1549,14 +1587,77 @@ mod tests {
                 want: Ok(&["203.0.113.0"]),
             },
             Case {
-                name: "negative priority is before zero",
+                name: "negative priority is before a positive one",
                 pools: vec![
-                    pool("zero", &["198.51.100.0/30"]).prio(0),
+                    pool("one", &["198.51.100.0/30"]).prio(1),
                     pool("neg", &["203.0.113.0/30"]).prio(-3),
                 ],
                 before: vec![],
                 req: svc("s"),
                 want: Ok(&["203.0.113.0"]),
+            },
+            // MetalLB's priority is a plain int (omitempty): 0 is "unset", sorted after every set one.
+            Case {
+                name: "priority 0 is unset: after priority 7",
+                pools: vec![
+                    pool("a-zero", &["198.51.100.0/30"]).prio(0),
+                    pool("z-seven", &["203.0.113.0/30"]).prio(7),
+                ],
+                before: vec![],
+                req: svc("s"),
+                want: Ok(&["203.0.113.0"]),
+            },
+            Case {
+                name: "priority 0 and unset tie: the pool name",
+                pools: vec![
+                    pool("b-zero", &["198.51.100.0/30"]).prio(0),
+                    pool("a-empty", &["203.0.113.0/30"]).pinned(),
+                ],
+                before: vec![],
+                req: svc("s"),
+                want: Ok(&["203.0.113.0"]),
+            },
+            // MetalLB's Allocate: the pools with a serviceAllocation (an empty one, or one with only a
+            // priority, matches every Service) first, then the pools without one.
+            Case {
+                name: "serviceAllocation: {} is tried before a pool without one, whatever the names",
+                pools: vec![
+                    pool("a-plain", &["198.51.100.0/30"]),
+                    pool("z-empty", &["203.0.113.0/30"]).pinned(),
+                ],
+                before: vec![],
+                req: svc("s"),
+                want: Ok(&["203.0.113.0"]),
+            },
+            Case {
+                name: "a pinned pool without priority is tried before a pool without serviceAllocation",
+                pools: vec![
+                    pool("a-plain", &["198.51.100.0/30"]),
+                    pool("z-ns", &["203.0.113.0/30"]).only_ns(&["default"]),
+                ],
+                before: vec![],
+                req: svc("s"),
+                want: Ok(&["203.0.113.0"]),
+            },
+            Case {
+                name: "a full pinned pool falls back to the pools without serviceAllocation",
+                pools: vec![
+                    pool("a-plain", &["198.51.100.0/30"]),
+                    pool("z-empty", &["203.0.113.7/32"]).prio(3),
+                ],
+                before: vec![svc("a")],
+                req: svc("s"),
+                want: Ok(&["198.51.100.0"]),
+            },
+            Case {
+                name: "a pinned pool that does not match is never used, the unpinned one is",
+                pools: vec![
+                    pool("a-plain", &["198.51.100.0/30"]),
+                    pool("z-other", &["203.0.113.0/30"]).prio(1).only_ns(&["other"]),
+                ],
+                before: vec![],
+                req: svc("s"),
+                want: Ok(&["198.51.100.0"]),
             },
             Case {
                 name: "equal set priorities go to the pool name",
@@ -1872,6 +1973,109 @@ mod tests {
                 }
                 _ => panic!("case {}: got {got:?}, want {:?}", c.name, c.want),
             }
+        }
+    }
+
+    /// The IPv4 pools of MetalLB's controller/controller_test.go (`testSelector` as `app=web`): which pool a
+    /// new Service gets, by namespace and labels.
+    #[test]
+    fn metallb_controller_test_pools_in_metallbs_order() {
+        let pools = || {
+            vec![
+                pool("pool1", &["1.2.3.0/31"]),
+                pool("pool2", &["3.4.5.6/32"]).manual(),
+                pool("pool6", &["7.8.9.0/31"]).only_ns(&["test-ns1"]).prio(10),
+                pool("pool7", &["10.11.12.0/31"]).only_ns(&["test-ns1"]).prio(11),
+                pool("pool8", &["13.14.15.0/31"])
+                    .svc_sel(&[("app", "web")])
+                    .prio(9),
+                pool("pool9", &["16.17.18.0/31"]).only_ns(&["test-ns2"]),
+                pool("pool10", &["19.20.21.0/31"])
+                    .svc_sel(&[("app", "web")])
+                    .prio(8),
+                pool("pool11", &["22.23.24.0/31"])
+                    .only_ns(&["test-ns1"])
+                    .svc_sel(&[("app", "web")])
+                    .prio(8),
+                pool("pool12", &["25.26.27.0/31"])
+                    .only_ns(&["test-ns1"])
+                    .svc_sel(&[("app", "web")])
+                    .prio(5),
+            ]
+        };
+        let web = [("app", "web")];
+        /// (case, namespace, labels, the addresses of the Services created one after the other)
+        type OrderCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Vec<&'a str>);
+        let cases: Vec<OrderCase<'_>> = vec![
+            (
+                "test-ns1: pool6 (10), then pool7 (11), then the unpinned pool1",
+                "test-ns1",
+                &[],
+                vec!["7.8.9.0", "7.8.9.1", "10.11.12.0", "10.11.12.1", "1.2.3.0"],
+            ),
+            (
+                "test-ns1 and app=web: pool12 (5), then pool10 and pool11 (8, by name), pool8 (9), pool6",
+                "test-ns1",
+                &web,
+                vec![
+                    "25.26.27.0",
+                    "25.26.27.1",
+                    "19.20.21.0",
+                    "19.20.21.1",
+                    "22.23.24.0",
+                    "22.23.24.1",
+                    "13.14.15.0",
+                    "13.14.15.1",
+                    "7.8.9.0",
+                ],
+            ),
+            (
+                "test-ns2: pool9 (pinned, no priority) before the unpinned pool1",
+                "test-ns2",
+                &[],
+                vec!["16.17.18.0", "16.17.18.1", "1.2.3.0"],
+            ),
+            (
+                "test-ns2 and app=web: pool10 (8), pool8 (9), then pool9 (unset), then pool1",
+                "test-ns2",
+                &web,
+                vec![
+                    "19.20.21.0",
+                    "19.20.21.1",
+                    "13.14.15.0",
+                    "13.14.15.1",
+                    "16.17.18.0",
+                    "16.17.18.1",
+                    "1.2.3.0",
+                ],
+            ),
+            (
+                "another namespace: only the unpinned pool1 (pool2 is not autoAssign)",
+                "other",
+                &[],
+                vec!["1.2.3.0", "1.2.3.1"],
+            ),
+        ];
+        let mut a = Allocator::new();
+        a.set_pools(pools());
+        a.assign(&svc("a").ns("other")).unwrap();
+        a.assign(&svc("b").ns("other")).unwrap();
+        let e = a.assign(&svc("c").ns("other")).unwrap_err();
+        assert_eq!(e.reason(), "PoolExhausted", "{e}");
+        assert!(
+            e.to_string().contains("\"pool1\""),
+            "only pool1 is a candidate: {e}"
+        );
+        for (name, ns, labels, want) in cases {
+            let mut a = Allocator::new();
+            a.set_pools(pools());
+            for (i, ip) in want.iter().enumerate() {
+                let got = a
+                    .assign(&svc(&format!("s{i}")).ns(ns).labels(labels))
+                    .unwrap_or_else(|e| panic!("{name}: Service {i}: {e}"));
+                assert_eq!(got.ips, ips(&[ip]), "{name}: Service {i}");
+            }
+            check_invariants(&a);
         }
     }
 
@@ -2391,9 +2595,40 @@ mod tests {
                 Some("SharingTrafficPolicy"),
             ),
             (
-                "Cluster holder, Local newcomer with the same selector",
+                "Cluster holder, Local newcomer with a selector",
+                web("a", 80),
+                local(web("b", 443), &[("app", "x")]),
+                Some("SharingTrafficPolicy"),
+            ),
+            // MetalLB's BackendKey of a Local Service without a selector is "", a Cluster one's too.
+            (
+                "Cluster holder, Local newcomer without a selector: both backend keys empty",
                 web("a", 80),
                 local(web("b", 443), &[]),
+                None,
+            ),
+            (
+                "Local holder without a selector, Cluster newcomer",
+                local(web("a", 80), &[]),
+                web("b", 443),
+                None,
+            ),
+            (
+                "Local without a selector, Local with one",
+                local(web("a", 80), &[]),
+                local(web("b", 443), &[("app", "x")]),
+                Some("SharingTrafficPolicy"),
+            ),
+            (
+                "Local and Local, same two-label selector",
+                local(web("a", 80), &[("app", "x"), ("tier", "web")]),
+                local(web("b", 443), &[("tier", "web"), ("app", "x")]),
+                None,
+            ),
+            (
+                "Local and Local, one selector a subset of the other",
+                local(web("a", 80), &[("app", "x"), ("tier", "web")]),
+                local(web("b", 443), &[("app", "x")]),
                 Some("SharingTrafficPolicy"),
             ),
             ("same port", web("a", 80), web("b", 80), Some("SharingConflict")),
@@ -2431,21 +2666,27 @@ mod tests {
         a.assign(&local(web("a", 80), &[("app", "x")])).unwrap();
         let e = a.assign(&web("b", 443)).unwrap_err();
         assert!(
-            e.to_string()
-                .contains("this Service has externalTrafficPolicy: Cluster and default/a has Local"),
+            e.to_string().contains(
+                "this Service has externalTrafficPolicy: Cluster and default/a has Local (spec.selector app=x)"
+            ),
             "{e}"
         );
         let e = a.assign(&local(web("b", 443), &[("app", "y")])).unwrap_err();
         assert!(e.to_string().contains("(app=y here, app=x on default/a)"), "{e}");
-        // Without a requested address a Local newcomer is not put on the Cluster holder's address.
+        let e = a.assign(&local(web("b", 443), &[])).unwrap_err();
+        assert!(e.to_string().contains("(<none> here, app=x on default/a)"), "{e}");
+        // Without a requested address a Local newcomer with a selector is not put on the Cluster holder's
+        // address; one without a selector is (equal backend keys, the sharing key's address preferred).
         let mut a = Allocator::new();
         a.set_pools(vec![p()]);
         a.assign(&svc("a").share("k", &[(Tcp, 80)])).unwrap();
-        let got = a.assign(&local(svc("b").share("k", &[(Tcp, 443)]), &[])).unwrap();
-        assert_ne!(
-            got.ips,
-            a.assigned(&ServiceKey::new("default", "a")).unwrap().to_vec()
-        );
+        let held = a.assigned(&ServiceKey::new("default", "a")).unwrap().to_vec();
+        let got = a
+            .assign(&local(svc("b").share("k", &[(Tcp, 443)]), &[("app", "x")]))
+            .unwrap();
+        assert_ne!(got.ips, held);
+        let got = a.assign(&local(svc("c").share("k", &[(Tcp, 444)]), &[])).unwrap();
+        assert_eq!(got.ips, held);
         check_invariants(&a);
     }
 
@@ -2484,9 +2725,10 @@ mod tests {
                         h.ports.iter().all(|p| !o.ports.contains(p)),
                         "{ip}: two holders share a port"
                     );
-                    assert!(
-                        !(h.local || o.local) || (h.local && o.local && h.selector == o.selector),
-                        "{ip}: a Local holder shares with a Cluster one or another selector"
+                    assert_eq!(
+                        backend_key(h.local, &h.selector),
+                        backend_key(o.local, &o.selector),
+                        "{ip}: holders with other backend keys (a Local one with a selector next to a Cluster one or another selector)"
                     );
                 }
             }
@@ -2559,6 +2801,7 @@ mod tests {
             if rng.chance(60) {
                 let mut p = make();
                 p.priority = [None, Some(0), Some(1)][rng.next(3)];
+                p.pinned = p.priority.is_some() || rng.chance(50);
                 p.avoid_buggy_ips = rng.chance(30);
                 if rng.chance(20) {
                     p.service_selectors.extend(selector(&[("app", "web")]));
