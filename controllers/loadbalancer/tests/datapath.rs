@@ -62,6 +62,8 @@ const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balan
 /// The lab with its speakers and the controller, shared by every test of the binary.
 struct Rig {
     lab: NetLab,
+    /// The speaker binary of this run (see [`Rig::start`]).
+    bin: PathBuf,
     speaker_kc: PathBuf,
     speakers: Vec<Option<Supervised>>,
     _controller: Running,
@@ -88,12 +90,12 @@ fn rig() -> &'static tokio::sync::Mutex<Rig> {
     })
 }
 
-fn start_speaker(lab: &NetLab, i: usize, kubeconfig: &Path) -> Supervised {
+fn start_speaker(lab: &NetLab, bin: &Path, i: usize, kubeconfig: &Path) -> Supervised {
     let n = &lab.nodes[i];
     lab.spawn_in(
         &n.ns,
         "speaker",
-        Path::new(env!("CARGO_BIN_EXE_ferrite-lb")),
+        bin,
         &ferrite_e2e::demo::speaker_args(kubeconfig, &n.name),
         &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
     )
@@ -147,14 +149,22 @@ impl Rig {
             .expect("speaker kubeconfig");
         let mut lab = NetLab::new(kb, 3).expect("lab network");
         lab.delete_after_exit().expect("lab janitor");
+        // Speakers restarted later in the run run this same binary, even if the build directory's is
+        // replaced by a rebuild meanwhile (a hard link keeps the file; a copy where links cannot be).
+        let bin = lab.dir().join("ferrite-lb");
+        let built = Path::new(env!("CARGO_BIN_EXE_ferrite-lb"));
+        if std::fs::hard_link(built, &bin).is_err() {
+            std::fs::copy(built, &bin).expect("speaker binary copied");
+        }
         lab.start_backends().expect("the lab's backends");
         lab.register_nodes(kb).await.expect("Node objects");
         let controller = start_controller(kb, &controller_kc, &["--lease-namespace=ferrite-system"]).await;
         let speakers = (0..lab.nodes.len())
-            .map(|i| Some(start_speaker(&lab, i, &speaker_kc)))
+            .map(|i| Some(start_speaker(&lab, &bin, i, &speaker_kc)))
             .collect();
         let mut rig = Rig {
             lab,
+            bin,
             speaker_kc,
             speakers,
             _controller: controller,
@@ -174,7 +184,7 @@ impl Rig {
                 None => None,
             };
             if self.speakers[i].is_none() || exited.is_some() {
-                self.speakers[i] = Some(start_speaker(&self.lab, i, &self.speaker_kc));
+                self.speakers[i] = Some(start_speaker(&self.lab, &self.bin, i, &self.speaker_kc));
             }
             // Restarted first, so the tests after this one find a whole lab.
             if let Some(log) = exited {
