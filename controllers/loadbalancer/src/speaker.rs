@@ -124,6 +124,26 @@ pub struct SpeakerArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferrite-system")]
     pub namespace: String,
 
+    /// Heartbeat fast path of failure detection: how often each watched peer is pinged. With the
+    /// defaults a dead speaker is detected in about 0.2 s and a live one may stall for about 0.2 s
+    /// without being taken for dead; raise the three durations together on nodes whose speaker is often
+    /// starved of CPU (see docs/loadbalancer.md, "Liveness").
+    #[arg(long, env = "FERRITE_HEARTBEAT_INTERVAL", value_parser = ferrite_kit::cli::parse_duration, default_value = "20ms")]
+    pub heartbeat_interval: Duration,
+
+    /// Silence (no answer to a heartbeat) after which a peer is suspected; at least two intervals.
+    #[arg(long, env = "FERRITE_HEARTBEAT_TIMEOUT", value_parser = ferrite_kit::cli::parse_duration, default_value = "100ms")]
+    pub heartbeat_timeout: Duration,
+
+    /// How long a peer suspected for its silence may refute before it is declared down.
+    #[arg(long, env = "FERRITE_HEARTBEAT_SUSPECT_TO_DOWN", value_parser = ferrite_kit::cli::parse_duration, default_value = "100ms")]
+    pub heartbeat_suspect_to_down: Duration,
+
+    /// How many peers each speaker watches by heartbeats (its successors in the ring of node names);
+    /// 0 turns the fast path off and leaves detection to SWIM's probes (about 1 s).
+    #[arg(long, env = "FERRITE_HEARTBEAT_PEERS", default_value_t = 3)]
+    pub heartbeat_peers: usize,
+
     /// Fault injection for tests and drills: SIGUSR1 aborts the gossip task, as if it had died (the
     /// speaker then stops announcing, fails /livez and exits non-zero). Off by default.
     #[arg(long, env = "FERRITE_FAULT_GOSSIP_SIGUSR1", default_value_t = false)]
@@ -196,13 +216,14 @@ pub async fn run(app: App, args: SpeakerArgs) -> anyhow::Result<()> {
         })?;
 
     let bind = SocketAddr::new(my_ip, args.gossip_port);
-    let membership = Membership::start(
-        MemberConfig::new(me.clone(), bind, key),
-        &app.registry,
-        app.shutdown.clone(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut member_config = MemberConfig::new(me.clone(), bind, key);
+    member_config.timings.heartbeat_interval = args.heartbeat_interval;
+    member_config.timings.heartbeat_timeout = args.heartbeat_timeout;
+    member_config.timings.heartbeat_suspect_to_down = args.heartbeat_suspect_to_down;
+    member_config.timings.heartbeat_peers = args.heartbeat_peers;
+    let membership = Membership::start(member_config, &app.registry, app.shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let announcer = Announcer::start_with_shutdown(&app.registry, app.shutdown.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1482,6 +1503,44 @@ fn node_info(n: &Node, alive: &BTreeSet<String>) -> NodeInfo {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SpeakerArgs,
+    }
+
+    #[test]
+    fn heartbeat_flags_default_to_the_gossip_defaults_and_parse() {
+        use clap::Parser as _;
+        let d = crate::member::Timings::default();
+        let cli = Cli::try_parse_from(["x", "--node-name", "a"]).expect("defaults parse");
+        assert_eq!(cli.args.heartbeat_interval, d.heartbeat_interval);
+        assert_eq!(cli.args.heartbeat_timeout, d.heartbeat_timeout);
+        assert_eq!(cli.args.heartbeat_suspect_to_down, d.heartbeat_suspect_to_down);
+        assert_eq!(cli.args.heartbeat_peers, d.heartbeat_peers);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--node-name",
+            "a",
+            "--heartbeat-interval",
+            "50ms",
+            "--heartbeat-timeout=1s",
+            "--heartbeat-suspect-to-down",
+            "500ms",
+            "--heartbeat-peers",
+            "0",
+        ])
+        .expect("set values parse");
+        assert_eq!(cli.args.heartbeat_interval, Duration::from_millis(50));
+        assert_eq!(cli.args.heartbeat_timeout, Duration::from_secs(1));
+        assert_eq!(cli.args.heartbeat_suspect_to_down, Duration::from_millis(500));
+        assert_eq!(cli.args.heartbeat_peers, 0);
+        let err = Cli::try_parse_from(["x", "--node-name", "a", "--heartbeat-timeout", "soon"])
+            .err()
+            .expect("a bad duration is refused");
+        assert!(err.to_string().contains("heartbeat-timeout"), "{err}");
+    }
 
     fn node(ready: &str) -> Node {
         serde_json::from_value(json!({"metadata": {"name": "n"},
