@@ -590,6 +590,11 @@ impl Speaker {
         let alive = self.membership.alive().borrow().clone();
         prev.ever_seen.extend(alive.iter().cloned());
         let node_objs = self.nodes.state();
+        // Bounded by the cluster's Nodes: names of deleted Nodes (autoscaling) are forgotten.
+        if prev.ever_seen.len() > node_objs.len() {
+            let names: BTreeSet<String> = node_objs.iter().map(|n| n.name_any()).collect();
+            prev.ever_seen.retain(|n| names.contains(n) || alive.contains(n));
+        }
         let nodes: Vec<NodeInfo> = node_objs.iter().map(|n| node_info(n, &alive)).collect();
         let (pools, ad_errors) = self.pools();
         self.report_advertisement_errors(&ad_errors, &alive, prev);
@@ -929,7 +934,10 @@ impl Speaker {
                 prev.released.insert(key, now);
             }
         }
-        prev.released.retain(|k, _| !recorded.contains(k));
+        // Bounded: a release older than the retry interval has done its job (the record is gone, or the
+        // next round queues it again), so deleted Services leave nothing behind.
+        prev.released
+            .retain(|k, t| !recorded.contains(k) && now.duration_since(*t) < RELEASE_INTERVAL);
         prev.since.retain(|k, _| mine.contains_key(k));
         prev.claimed.retain(|k, _| mine.contains_key(k));
         prev.services = mine.into_iter().map(|(k, (_, ips))| (k, ips)).collect();
