@@ -428,16 +428,29 @@ impl Case {
 
     /// Waits until the ServiceL2Status of `service` (written by the announcing speaker) names `node`:
     /// who `kubectl get servicel2statuses` says announces is who the client reaches.
-    async fn status_names(&self, service: &str, node: &str) {
-        eventually(
-            Duration::from_secs(10),
-            &format!("ServiceL2Status {}/{service} to name {node}", self.ns),
-            || async {
-                let s = self.l2.get_opt(service).await.ok()??;
-                (s.spec.node == node).then_some(())
-            },
-        )
-        .await;
+    async fn status_names(&self, rig: &Rig, service: &str, node: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.l2.get_opt(service).await;
+            if let Ok(Some(s)) = &got
+                && s.spec.node == node
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                let now = match got {
+                    Ok(Some(s)) => format!("it names {:?}: {:?}", s.spec.node, s.spec),
+                    Ok(None) => "there is none".to_string(),
+                    Err(e) => format!("cannot read it: {e}"),
+                };
+                panic!(
+                    "the ServiceL2Status {}/{service} does not name {node} after 10 s: {now}{}",
+                    self.ns,
+                    rig.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -684,7 +697,7 @@ async fn http_to_the_vip_reaches_the_announcing_nodes_backend_and_nothing_else_a
         .expect("VIP delivered");
 
     let owner = rig.arp_owner(vip).await;
-    case.status_names("web", rig.name(owner)).await;
+    case.status_names(&rig, "web", rig.name(owner)).await;
     rig.served_by(vip, owner, 10).await;
     assert_eq!(
         rig.neighbour_owner(vip),
@@ -764,7 +777,7 @@ async fn when_the_announcing_node_dies_a_client_loop_sees_errors_only_within_the
         None,
         "the cut-off node still answers"
     );
-    case.status_names("web", rig.name(second)).await;
+    case.status_names(&rig, "web", rig.name(second)).await;
     assert_eq!(rig.neighbour_owner(vip), Some(second));
 
     // The node comes back (link, then its speaker): it does not take the address back, traffic stays
@@ -797,8 +810,8 @@ async fn a_tcp_and_a_udp_service_sharing_an_ip_are_both_answered_through_it_by_t
         .expect("UDP delivered");
 
     let owner = rig.arp_owner(tcp).await;
-    case.status_names("dns-tcp", rig.name(owner)).await;
-    case.status_names("dns-udp", rig.name(owner)).await;
+    case.status_names(&rig, "dns-tcp", rig.name(owner)).await;
+    case.status_names(&rig, "dns-udp", rig.name(owner)).await;
     rig.served_by(tcp, owner, 3).await;
     for i in 0..5 {
         let answer = rig
@@ -850,7 +863,7 @@ async fn an_ipv6_vip_is_served_before_and_after_its_speaker_is_sigkilled() {
         Some(first),
         "served by the node the client's NDP resolved"
     );
-    case.status_names("web6", rig.name(first)).await;
+    case.status_names(&rig, "web6", rig.name(first)).await;
     rig.served_by(vip, first, 5).await;
 
     // Only the speaker dies; the node keeps serving what reaches it, so the client keeps being
@@ -869,7 +882,7 @@ async fn an_ipv6_vip_is_served_before_and_after_its_speaker_is_sigkilled() {
     };
     let (second, _) = check_failover(&rig, &samples, fired, first, Duration::from_secs(3));
     assert_eq!(rig.neighbour_owner(vip), Some(second), "the client's entry moved");
-    case.status_names("web6", rig.name(second)).await;
+    case.status_names(&rig, "web6", rig.name(second)).await;
     rig.heal().await;
     rig.served_by(vip, second, 5).await;
 }
@@ -911,7 +924,7 @@ async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_a
         "the node with the endpoint announces{}",
         rig.logs()
     );
-    case.status_names("local", rig.name(only)).await;
+    case.status_names(&rig, "local", rig.name(only)).await;
     rig.served_by(vip, only, 5).await;
 
     // The two best-ranked nodes for another address are out: the first by the exclude label, the
@@ -956,7 +969,7 @@ async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_a
             rig.logs()
         );
     }
-    case.status_names("cluster", rig.name(r[2])).await;
+    case.status_names(&rig, "cluster", rig.name(r[2])).await;
     rig.served_by(vip, r[2], 5).await;
     assert_eq!(rig.neighbour_owner(vip), Some(r[2]));
 
@@ -971,7 +984,7 @@ async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_a
     label_node(case.kb, rig.name(r[2]), EXCLUDE_LABEL, Some("true")).expect("label set");
     rig.served_by(vip, r[0], 5).await;
     assert_eq!(rig.neighbour_owner(vip), Some(r[0]), "the client's entry moved");
-    case.status_names("cluster", rig.name(r[0])).await;
+    case.status_names(&rig, "cluster", rig.name(r[0])).await;
     drop(changes);
 }
 
@@ -1031,7 +1044,7 @@ async fn an_advertisements_node_selector_picks_who_serves_and_a_pool_nobody_adve
             rig.logs()
         );
     }
-    case.status_names("adv", rig.name(last)).await;
+    case.status_names(&rig, "adv", rig.name(last)).await;
     rig.served_by(vip, last, 5).await;
 
     // Allocate-only: the address is handed out, and nobody answers for it or serves it.
