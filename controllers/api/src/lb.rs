@@ -116,7 +116,11 @@ pub struct ServiceAllocation {
     /// Order among the auto-assign pools that serve a Service (MetalLB's): pools that have a
     /// `serviceAllocation` (even `{}`) are tried before pools without one; among them the LOWER number
     /// first, and unset or 0 (MetalLB's "unset") after every set one; ties go to the pool name.
+    ///
+    /// An int32: the schema bounds it (`format: int32` alone is not checked by the API server), so a number
+    /// outside it is refused when written instead of stored for the controller to fail on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = i32::MIN, max = i32::MAX))]
     pub priority: Option<i32>,
 
     /// Namespaces whose Services may use this pool (ORed with `namespaceSelectors`).
@@ -465,7 +469,19 @@ mod tests {
             assert_eq!(alloc["properties"][field]["type"], "array", "{field}");
         }
         assert!(alloc["properties"].get("namespaceSelector").is_none());
-        assert!(alloc["properties"]["priority"].get("maximum").is_none());
+        // No 0-1000 bound as in earlier releases: any int32, bounded so the API server refuses the rest.
+        let priority = &alloc["properties"]["priority"];
+        assert_eq!(priority["format"], "int32", "{priority}");
+        assert_eq!(
+            priority["minimum"].as_f64(),
+            Some(f64::from(i32::MIN)),
+            "{priority}"
+        );
+        assert_eq!(
+            priority["maximum"].as_f64(),
+            Some(f64::from(i32::MAX)),
+            "{priority}"
+        );
         assert_eq!(
             spec["properties"]["l2"]["x-kubernetes-preserve-unknown-fields"],
             true

@@ -205,7 +205,7 @@ struct PoolSpec {
 #[serde(rename_all = "camelCase")]
 struct Allocation {
     #[serde(skip_serializing_if = "Option::is_none")]
-    priority: Option<i64>,
+    priority: Option<i32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     namespaces: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -1140,7 +1140,10 @@ fn ip_address_pool(obj: &Obj, ctx: &mut Ctx) {
     });
 }
 
-/// `serviceAllocation`: the same fields and meaning in both (priority: lower wins, 0 or unset = last).
+/// `serviceAllocation`: the same fields and meaning in both. A pool that has one (even `{}` or only a
+/// priority) is tried before the pools without one, by priority (lower first, 0 or unset last), so the
+/// block is kept even when empty. MetalLB's priority is a Go `int`; ferrite-lb's is an int32 (the CRD's
+/// `format: int32`), so a larger one is refused.
 fn allocation(at: &str, a: &Map<String, Value>, ctx: &mut Ctx) -> Option<Allocation> {
     let path = "spec.serviceAllocation";
     ctx.unknown_fields(
@@ -1149,11 +1152,29 @@ fn allocation(at: &str, a: &Map<String, Value>, ctx: &mut Ctx) -> Option<Allocat
         "spec.serviceAllocation.",
         &["priority", "namespaces", "namespaceSelectors", "serviceSelectors"],
     );
+    let priority = match a.get("priority") {
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => {
+            let p = n.as_i64().and_then(|p| i32::try_from(p).ok());
+            if p.is_none() {
+                ctx.error(
+                    at,
+                    format!(
+                        "{path}.priority: {n} is out of range: ferrite-lb's priority is an int32 ({} to {}); \
+                         renumber the pools' priorities within it (only their order counts)",
+                        i32::MIN,
+                        i32::MAX
+                    ),
+                );
+            }
+            p
+        }
+        other => ctx
+            .int(at, other, &format!("{path}.priority"))
+            .and_then(|p| i32::try_from(p).ok()),
+    };
     let out = Allocation {
-        // MetalLB's 0 is "unset" (its field is a plain int with omitempty): last, as an absent priority is here.
-        priority: ctx
-            .int(at, a.get("priority"), &format!("{path}.priority"))
-            .filter(|p| *p != 0),
+        // MetalLB's 0 is "unset" (its field is a plain int with omitempty); here too, so it is left out.
+        priority: priority.filter(|p| *p != 0),
         namespaces: ctx.strings(at, a.get("namespaces"), &format!("{path}.namespaces")),
         namespace_selectors: ctx.selectors(
             at,
@@ -1162,7 +1183,7 @@ fn allocation(at: &str, a: &Map<String, Value>, ctx: &mut Ctx) -> Option<Allocat
         ),
         service_selectors: ctx.selectors(at, a.get("serviceSelectors"), &format!("{path}.serviceSelectors")),
     };
-    (out != Allocation::default()).then_some(out)
+    Some(out)
 }
 
 fn l2_advertisement(obj: &Obj, ctx: &mut Ctx) {
@@ -1720,11 +1741,21 @@ mod tests {
     }
 
     #[test]
-    fn priority_zero_is_unset_as_in_metallb() {
-        let t = one(&pool(
+    fn priority_zero_is_unset_as_in_metallb_and_the_pinning_is_kept() {
+        // MetalLB pins a pool with an empty serviceAllocation or one with only a priority to every
+        // Service (tried before the pools without one): the block stays, empty.
+        for spec in [
             "{addresses: [192.0.2.0/28], serviceAllocation: {priority: 0}}",
-        ))
-        .expect("translates");
+            "{addresses: [192.0.2.0/28], serviceAllocation: {}}",
+        ] {
+            let t = one(&pool(spec)).expect("translates");
+            assert!(
+                t.objects[0].yaml.contains("serviceAllocation: {}\n"),
+                "{spec}: {}",
+                t.objects[0].yaml
+            );
+        }
+        let t = one(&pool("{addresses: [192.0.2.0/28], serviceAllocation: null}")).expect("translates");
         assert!(
             !t.objects[0].yaml.contains("serviceAllocation"),
             "{}",
@@ -1757,6 +1788,18 @@ mod tests {
             (
                 "{addresses: [192.0.2.0/28], serviceAllocation: {priority: high}}",
                 "spec.serviceAllocation.priority: expected an integer",
+            ),
+            (
+                "{addresses: [192.0.2.0/28], serviceAllocation: {priority: 2147483648}}",
+                "spec.serviceAllocation.priority: 2147483648 is out of range: ferrite-lb's priority is an int32 (-2147483648 to 2147483647)",
+            ),
+            (
+                "{addresses: [192.0.2.0/28], serviceAllocation: {priority: -2147483649}}",
+                "spec.serviceAllocation.priority: -2147483649 is out of range",
+            ),
+            (
+                "{addresses: [192.0.2.0/28], serviceAllocation: {priority: 18446744073709551615}}",
+                "spec.serviceAllocation.priority: 18446744073709551615 is out of range",
             ),
             (
                 "{addresses: [192.0.2.0/28], serviceAllocation: {namespaces: web}}",
