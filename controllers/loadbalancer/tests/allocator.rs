@@ -712,8 +712,10 @@ async fn unknown_fields_are_refused_naming_each_field() {
     wait_event(kb, "default", &l2, "InvalidInterface").await;
 }
 
-/// MetalLB's sharing rule: a Service with externalTrafficPolicy: Local shares its address only with
-/// Local Services of the same selector; a refusal is a SharingConflict Event that says why.
+/// MetalLB's sharing rule (equal backend keys: a Local Service's spec.selector, empty for Cluster): a
+/// Service with externalTrafficPolicy: Local and a selector shares its address only with Local Services of
+/// the same selector; a Local one without a selector shares with Cluster ones. A refusal is a
+/// SharingConflict Event that says why.
 #[tokio::test]
 async fn local_services_share_only_with_local_services_of_the_same_selector() {
     let kb = controller().await;
@@ -762,6 +764,32 @@ async fn local_services_share_only_with_local_services_of_the_same_selector() {
     .expect("patched");
     let (now, _) = wait_ips(&svcs, "cluster", Duration::from_secs(15)).await;
     assert_eq!(now, a);
+
+    // A Local Service without a selector has MetalLB's empty backend key, like a Cluster one: they share.
+    let no_selector = |name: &str, policy: &str, port: u16, ip: Option<&str>| {
+        let mut annotations = json!({"lb.ferrite.dev/allow-shared-ip": "k2"});
+        if let Some(ip) = ip {
+            annotations["lb.ferrite.dev/ips"] = json!(ip);
+        }
+        json!({"metadata": {"name": name, "annotations": annotations},
+               "spec": {"type": "LoadBalancer", "externalTrafficPolicy": policy, "ports": [{"port": port}]}})
+    };
+    create(&svcs, no_selector("plain-cluster", "Cluster", 90, None)).await;
+    let (b, _) = wait_ips(&svcs, "plain-cluster", Duration::from_secs(10)).await;
+    assert_ne!(b, a);
+    create(&svcs, no_selector("local-no-selector", "Local", 91, Some(&b[0]))).await;
+    let (shared, _) = wait_ips(&svcs, "local-no-selector", Duration::from_secs(10)).await;
+    assert_eq!(shared, b, "Local without a selector shares with Cluster");
+    // ... but a Local Service with a selector does not share with either.
+    let mut with_selector = no_selector("local-selector", "Local", 92, Some(&b[0]));
+    with_selector["spec"]["selector"] = json!({"app": "z"});
+    create(&svcs, with_selector).await;
+    let note = wait_event(kb, &ns, "local-selector", "SharingConflict").await;
+    // The first holder by name is the Local one without a selector.
+    assert!(
+        note.contains(&format!("(app=z here, <none> on {ns}/local-no-selector)")),
+        "{note}"
+    );
 }
 
 /// The allocator names the pool in lb.ferrite.dev/ip-allocated-from-pool, removes it when the Service
