@@ -1172,6 +1172,15 @@ fn allocation(at: &str, a: &Map<String, Value>, ctx: &mut Ctx) -> Option<Allocat
             .int(at, other, &format!("{path}.priority"))
             .and_then(|p| i32::try_from(p).ok()),
     };
+    if let Some(p) = priority.filter(|p| *p < 0) {
+        ctx.note(
+            at,
+            format!(
+                "{path}.priority: {p} is negative: MetalLB's order of negative priorities is undefined (its \
+                 sort compares them inconsistently); ferrite-lb tries them before every positive one, lowest first"
+            ),
+        );
+    }
     let out = Allocation {
         // MetalLB's 0 is "unset" (its field is a plain int with omitempty); here too, so it is left out.
         priority: priority.filter(|p| *p != 0),
@@ -1755,6 +1764,22 @@ mod tests {
                 t.objects[0].yaml
             );
         }
+        let t = one(&pool(
+            "{addresses: [192.0.2.0/28], serviceAllocation: {priority: -4}}",
+        ))
+        .expect("translates");
+        assert!(
+            t.objects[0].yaml.contains("priority: -4\n"),
+            "{}",
+            t.objects[0].yaml
+        );
+        assert!(
+            t.findings.iter().any(|f| f.severity == Severity::Note
+                && f.message
+                    .starts_with("spec.serviceAllocation.priority: -4 is negative: MetalLB's order")),
+            "{:?}",
+            t.findings
+        );
         let t = one(&pool("{addresses: [192.0.2.0/28], serviceAllocation: null}")).expect("translates");
         assert!(
             !t.objects[0].yaml.contains("serviceAllocation"),
