@@ -2853,7 +2853,13 @@ mod tests {
         }
         if rng.chance(30) {
             r.local = true;
-            r.selector = labels(&[("app", ["web", "db"][rng.next(2)])]);
+            // No selector: MetalLB's empty backend key, like a Cluster Service's.
+            r.selector = match rng.next(3) {
+                0 => BTreeMap::new(),
+                n => labels(&[("app", ["web", "db"][n - 1])]),
+            };
+        } else if rng.chance(20) {
+            r.selector = labels(&[("app", "web")]); // ignored for Cluster
         }
         r
     }
