@@ -1073,8 +1073,11 @@ pub async fn starvation(
     let limit = (period + Duration::from_secs(10)).as_secs().to_string();
     let mut loops = Vec::new();
     for _ in 0..hogs {
-        let c = std::process::Command::new("taskset")
+        // In a session of their own (setsid), hence their own scheduler autogroup: another workload on
+        // the speaker's CPU, as another pod in its own cgroup would be, not part of the speaker's group.
+        let c = std::process::Command::new("setsid")
             .args([
+                "taskset",
                 "-c",
                 &cpu.to_string(),
                 "timeout",

@@ -965,8 +965,8 @@ fn lb_method(w: &mut String, m: &Machine, r: &LbResults) {
         let _ = writeln!(
             w,
             "2c. **CPU starvation** ({} s). A Service `starve` is announced; every thread of the announcing \
-             speaker's process is pinned to CPU {} (`taskset -a -p`), and {} busy loops (`taskset -c {} timeout \
-             -s KILL … sh -c 'while :; do :; done'`, stopped by PID after the period) run on that CPU beside it. \
+             speaker's process is pinned to CPU {} (`taskset -a -p`), and {} busy loops (`setsid taskset -c {} timeout \
+             -s KILL … sh -c 'while :; do :; done'`, in a session, hence a scheduler autogroup, of their own, as another pod's workload has its own cgroup; stopped by PID after the period) run on that CPU beside it. \
              Nobody is killed, so any VIP move is a false failover: the client's neighbour entry (set to the \
              owner's MAC at the start) is read every 20 ms and the recorded announcer every second. The peers' \
              `ferrite_lb_gossip_heartbeat_suspicions_total{{event=\"suspected\"}}` (read from their admin ports \
