@@ -64,8 +64,11 @@
 //! so nothing else in the speaker (an election over 10,000 Services, a burst of watch events) delays
 //! an answer, and a thread that sleeps between pings is scheduled within milliseconds of waking
 //! even with busy loops pinned to its CPU (`busy_loops_pinned_to_the_members_cpu_do_not_make_it_down`;
-//! the benchmark's CPU-starvation run counts false failovers). Lost datagrams: four pings in a row
-//! on a LAN, then a lost refutation. Do not put a CPU limit on the speaker. Cost: per speaker
+//! the benchmark's CPU-starvation run counts false failovers). Busy loops in the speaker's *own*
+//! scheduling group (its cgroup, or its session's autogroup) are different: they use up the group's
+//! share and the whole group waits; the benchmark saw 100–200+ ms waits and a false failover that
+//! way, and none with the loops in a group of their own (docs/loadbalancer.md). Lost datagrams: five
+//! pings in a row on a LAN, then a lost refutation. Do not put a CPU limit on the speaker. Cost: per speaker
 //! 3 × 50 pings and as many pongs per second, 42 bytes each.
 //!
 //! # SWIM timings (why these numbers)
