@@ -1100,14 +1100,11 @@ async fn start_ferrite(
         version: format!(
             "{} ({} build)",
             version_of(&bin.display().to_string(), &["--version"]),
-            if std::fs::canonicalize(bin)
-                .unwrap_or_else(|_| bin.to_path_buf())
-                .components()
-                .any(|c| c.as_os_str() == "release")
-            {
-                "release"
-            } else {
+            // ferrite-ingress is this binary's sibling (same build), wherever the two were copied.
+            if cfg!(debug_assertions) {
                 "**debug**"
+            } else {
+                "release"
             }
         ),
         setup: if pinned {

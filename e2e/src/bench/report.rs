@@ -72,11 +72,16 @@ impl Machine {
             load: std::fs::read_to_string("/proc/loadavg")
                 .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
                 .unwrap_or_default(),
-            profile: if lb.components().any(|c| c.as_os_str() == "release") {
-                "release".into()
-            } else {
-                "debug (numbers not representative)".into()
-            },
+            // The measured binaries are this binary's siblings (same build), wherever they were copied.
+            profile: format!(
+                "{} (binaries in `{}`)",
+                if cfg!(debug_assertions) {
+                    "debug (numbers not representative)"
+                } else {
+                    "release"
+                },
+                lb.parent().map(|d| d.display().to_string()).unwrap_or_default()
+            ),
         }
     }
 }
@@ -192,7 +197,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(w, "| kernel | {} |", m.kernel);
     let _ = writeln!(w, "| load average at start (1/5/15 min) | {} |", m.load);
     let _ = writeln!(w, "| compiler | {} |", m.rustc);
-    let _ = writeln!(w, "| build | {} (`target/release/`) |", m.profile);
+    let _ = writeln!(w, "| build | {} |", m.profile);
     let _ = writeln!(w);
     match &r.lb {
         Some(lb) => lb_markdown(w, m, lb),
@@ -990,8 +995,11 @@ fn lb_method(w: &mut String, m: &Machine, r: &LbResults) {
          `ferrite_lb_reconcile_total` and `ferrite_lb_reconcile_duration_seconds` (histogram: p50/p99 are bucket \
          upper bounds) between a scrape before the first create and one after the stop; a Service is usually \
          reconciled more than once (its create, then its own status write), and IPPool status reconciles count too. \
-         These Services have no endpoints, so no speaker announces them (the speakers still watch and cache them).",
-        a.n, a.concurrency, a.concurrency
+         These Services have no endpoints, so no speaker announces them (the speakers still watch and cache them).          **The API server's own create rate**, the yardstick of the allocation rate (goal: at least 90% of it), is          measured first in the same rig with everything running: up to {} of the same creates, same names and          concurrency, of Services with a `loadBalancerClass` nobody serves (`bench.invalid/unserved`), first create          sent -> last answered; they are then deleted one by one (Services have no deletecollection) before the          allocation run starts. **The speakers' CPU** is utime + stime of each speaker process (/proc/PID/stat)          from the first create to the stop plus the 5 s settle; it is divided by the watch events of the          namespace's Services and EndpointSlices in that window, counted by a watch of the benchmark's own (an          event is what wakes a speaker; several may be folded into one election round).",
+        a.n,
+        a.concurrency,
+        a.concurrency,
+        measure::APISERVER_SAMPLE
     );
     let _ = writeln!(
         w,
@@ -1028,7 +1036,7 @@ fn lb_method(w: &mut String, m: &Machine, r: &LbResults) {
     );
     let _ = writeln!(
         w,
-        "- Release build ({}). Debug builds of the same code are several times slower and larger in memory; do \
+        "- Build: {}. Debug builds of the same code are several times slower and larger in memory; do \
          not compare numbers across profiles.",
         m.profile
     );
