@@ -598,32 +598,38 @@ impl Context {
             }
             watcher::Event::Init => {
                 st.relist = Some(HashSet::new());
-                false
+                Released::default()
             }
             watcher::Event::InitApply(svc) => {
                 let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
                 if let Some(seen) = st.relist.as_mut() {
                     seen.insert(key);
                 }
-                false
+                Released::default()
             }
             watcher::Event::InitDone => match st.relist.take() {
                 // Held by the allocator, absent from the fresh list: deleted while the watch was down.
                 Some(seen) if st.term.is_some() && st.rebuilding.is_none() => {
                     let gone: Vec<ServiceKey> =
                         st.uids.keys().filter(|k| !seen.contains(*k)).cloned().collect();
-                    let mut any = false;
+                    let mut any = Released::default();
                     for key in gone {
-                        any |= release_deleted(&mut st, &key, None);
+                        let r = release_deleted(&mut st, &key, None);
+                        any.held |= r.held;
+                        any.out_of_pool |= r.out_of_pool;
                     }
                     any
                 }
-                _ => false,
+                _ => Released::default(),
             },
-            watcher::Event::Apply(_) => false,
+            watcher::Event::Apply(_) => Released::default(),
         };
-        if released {
-            self.refresh_out_of_pool(&mut st);
+        if released.held {
+            // The out-of-pool list changes only when a released address was out of pool (computing it
+            // walks every allocation: per Delete that was quadratic in a mass deletion).
+            if released.out_of_pool {
+                self.refresh_out_of_pool(&mut st);
+            }
             self.retry_waiting(&mut st);
             drop(st);
             bump(&self.pools_dirty);
@@ -648,25 +654,34 @@ impl Context {
     }
 }
 
-/// Releases what `key` holds if it is the incarnation `uid` (None: whatever is there). True if anything
-/// was held.
-fn release_deleted(st: &mut State, key: &ServiceKey, uid: Option<&str>) -> bool {
+/// What [`release_deleted`] freed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Released {
+    /// The Service held an address.
+    held: bool,
+    /// One of them was outside every pool (the out-of-pool gauge changes).
+    out_of_pool: bool,
+}
+
+/// Releases what `key` holds if it is the incarnation `uid` (None: whatever is there).
+fn release_deleted(st: &mut State, key: &ServiceKey, uid: Option<&str>) -> Released {
     if let (Some(uid), Some(held_by)) = (uid, st.uids.get(key))
         && held_by != uid
     {
         // A recreated Service of the same name holds it now; the Delete is of an older one.
-        return false;
+        return Released::default();
     }
     st.uids.remove(key);
     st.rebuild_losers.remove(key);
     st.waiting.remove(key);
     st.warned_out_of_pool.retain(|(k, _)| k != key);
     let held = st.alloc.assigned(key).is_some();
+    let out_of_pool = !st.alloc.out_of_pool_of(key).is_empty();
     st.alloc.release(key);
     if held {
         tracing::info!(service = %key, "released (Service deleted)");
     }
-    held
+    Released { held, out_of_pool }
 }
 
 fn ingress_status(ips: &[IpAddr]) -> serde_json::Value {
@@ -789,11 +804,14 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         let (held, term) = {
             let (mut st, term) = ctx.state_for_term().await?;
             let held = st.alloc.assigned(&key).is_some();
+            let out_of_pool = !st.alloc.out_of_pool_of(&key).is_empty();
             st.alloc.release(&key);
             st.uids.remove(&key);
             st.waiting.remove(&key);
             if held {
-                ctx.refresh_out_of_pool(&mut st);
+                if out_of_pool {
+                    ctx.refresh_out_of_pool(&mut st);
+                }
                 ctx.retry_waiting(&mut st);
             }
             (held, term)
@@ -1221,6 +1239,59 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: ControllerArgs,
+    }
+
+    fn pool_config(name: &str, cidr: &str) -> PoolConfig {
+        let p: IPPool = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"addresses": [cidr]},
+        }))
+        .expect("IPPool");
+        PoolConfig::from_pool(&p).expect("valid pool")
+    }
+
+    fn lb_request(name: &str, ip: &str) -> crate::alloc::Request {
+        let s: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "app"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
+        }))
+        .expect("Service");
+        service::status_only_request(&s, &BTreeMap::new())
+    }
+
+    /// A deleted Service says whether it held an address outside every pool: only then is the
+    /// out-of-pool list (a walk over every allocation) computed again.
+    #[test]
+    fn released_tells_whether_an_out_of_pool_address_went() {
+        let mut st = State::default();
+        st.alloc.set_pools(vec![pool_config("a", "10.0.0.0/24")]);
+        let (inside, outside) = (lb_request("in", "10.0.0.5"), lb_request("out", "192.0.2.9"));
+        assert!(st.alloc.rebuild(vec![inside.clone(), outside.clone()]).is_empty());
+        assert_eq!(st.alloc.out_of_pool().len(), 1);
+        st.uids.insert(inside.key.clone(), "u1".into());
+        st.uids.insert(outside.key.clone(), "u2".into());
+        // Another incarnation's Delete releases nothing.
+        assert_eq!(
+            release_deleted(&mut st, &inside.key, Some("old")),
+            Released::default()
+        );
+        assert_eq!(
+            release_deleted(&mut st, &inside.key, Some("u1")),
+            Released {
+                held: true,
+                out_of_pool: false
+            }
+        );
+        assert_eq!(
+            release_deleted(&mut st, &outside.key, None),
+            Released {
+                held: true,
+                out_of_pool: true
+            }
+        );
+        assert!(st.alloc.out_of_pool().is_empty());
+        assert_eq!(release_deleted(&mut st, &outside.key, None), Released::default());
     }
 
     #[test]
