@@ -3,8 +3,8 @@
 //! ```text
 //!   Nodes (labels, NetworkUnavailable)  ─┐
 //!   member::Membership::alive()          ├─> [NodeInfo]  ─┐
-//!   Service (status IPs, eTP, annotation ┘                 ├─> elect() ─> Some("node-b") | None
-//!     lb.ferrite.dev/announcing-node),                      │
+//!   Service (status IPs, eTP), its      ┘                 ├─> elect() ─> Some("node-b") | None
+//!     ServiceL2Status (current owner),                      │
 //!   EndpointSlices, advertisements'          ──> ServiceView ─┘
 //!     nodeSelectors (L2Advertisement, IPPool.l2)
 //!

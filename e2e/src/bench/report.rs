@@ -932,13 +932,13 @@ fn lb_method(w: &mut String, m: &Machine, r: &LbResults) {
     let _ = writeln!(
         w,
         "2. **Failover** ({} trials, one Service with endpoints on all three nodes). Each trial: the owner is the node \
-         named by the annotation `lb.ferrite.dev/announcing-node`, confirmed by an ARP answer with that node's MAC; \
+         named by the Service's `ServiceL2Status` (written by the announcing speaker), confirmed by an ARP answer with that node's MAC; \
          the client's neighbour entry for the VIP is set to the owner's MAC (as a client that had been talking to \
          it would hold); the **clock starts** just before SIGKILL to the owner's speaker process (a crash: no \
          goodbye on the gossip, no withdrawal). `ip neigh show` in the client namespace is read every {}; the \
          **clock stops** when the entry holds another lab node's MAC (learnt from the new owner's gratuitous ARP: \
          the client sends nothing). A trial that has not moved after {} counts as not moved. Then the killed \
-         speaker is restarted, the annotation is awaited to name the new owner, and {} pass (the restarted \
+         speaker is restarted, its ServiceL2Status is awaited to name the new owner, and {} pass (the restarted \
          speaker's 3 s startup grace and a gossip round) before the next trial. Because there is no flip-back, the \
          owner wanders between the nodes.",
         f.trials.len(),
