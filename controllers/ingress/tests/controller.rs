@@ -374,7 +374,8 @@ async fn routes_follow_ingresses_endpoints_and_report_broken_rules() {
     let note = wait_event(kb, &ns, "broken", "PathConflict").await;
     assert!(note.contains("older Ingress"), "{note}");
     wait_get(ctl.http, &format!("ok.{host}"), "/", 200, Some("B")).await;
-    wait_get(ctl.http, &format!("missing.{host}"), "/", 404, None).await;
+    // The missing Service keeps its path: 503 (no endpoints), not a fall-through.
+    wait_get(ctl.http, &format!("missing.{host}"), "/", 503, None).await;
     wait_get(ctl.http, &host, "/v2", 200, Some("B")).await;
     // Told once, not at every rebuild.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -422,8 +423,7 @@ async fn routes_follow_ingresses_endpoints_and_report_broken_rules() {
     endpoints(&client, &ns, "nope", a).await;
     wait_get(ctl.http, &format!("missing.{host}"), "/", 200, Some("A")).await;
 
-    // Leaving the class: no route, status cleared (the broken Ingress, which also asks for /v2, goes
-    // first: with `web` gone its /v2 would win).
+    // Leaving the class: no route, status cleared.
     ingresses
         .delete("broken", &DeleteParams::default())
         .await

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!   IngressClasses + Ingresses ──class::decide──> served Ingresses
-//!        │ each backend checked against the Services: missing Service / port ──> that path skipped
-//!        v                                                          (Problem on the Ingress)
+//!        │ each backend checked against the Services: missing Service / port, ExternalName
+//!        v          ──> Problem on the Ingress; the path stays, with no endpoints (503)
 //!   RouteTable::compile ──> route warnings (invalid host/path/backend, conflicts: on the younger Ingress)
 //!        │ every backend: Service port -> EndpointSlice port (by the Service port's name) -> ready addresses
 //!        │ every TLS Secret: loaded certificate | missing | malformed  (Problem on each referencing Ingress)
@@ -12,9 +12,11 @@
 //!   Snapshot + problems + served Ingresses + referenced Secrets
 //! ```
 //!
-//! A path whose Service (or Service port) does not exist is removed from a copy of its Ingress before
-//! compiling, so the rule is skipped as a whole (a younger Ingress may route that path instead) and
-//! everything else keeps routing. A Service that appears later brings the path back at the next build.
+//! A path (or defaultBackend) whose Service or Service port does not exist, or whose Service is of type
+//! ExternalName, stays in the table with no endpoints: its requests get 503 (ingress-nginx keeps such a
+//! location with an empty upstream the same way), never a shorter path, a younger Ingress's rule or the
+//! default backend, and a Warning Event names the problem. A Service that appears later gets endpoints
+//! at the next build.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -119,6 +121,10 @@ fn service_port<'a>(svc: &'a Service, port: &ServicePort) -> Option<&'a SvcPort>
     })
 }
 
+fn is_external_name(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName")
+}
+
 /// Why a backend cannot be used: `None` when its Service and port exist.
 fn backend_problem(
     services: &HashMap<(String, String), Arc<Service>>,
@@ -130,7 +136,7 @@ fn backend_problem(
             format!("Service {}/{} does not exist", backend.namespace, backend.service),
         ));
     };
-    if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+    if is_external_name(svc) {
         return Some((
             "UnsupportedService",
             format!(
@@ -151,62 +157,40 @@ fn backend_problem(
     None
 }
 
-/// A copy of `ing` without the paths (and default backend) whose Service or port is missing, with the
-/// problems; `None` when nothing had to be removed.
-fn without_missing_backends(
+/// The problems of the backends of `ing` whose Service or port is missing (or that are ExternalName
+/// Services). Nothing is removed: such a path stays routed, with no endpoints, so the proxy answers 503
+/// for it (as ingress-nginx does) instead of letting the request fall through to a shorter path, a
+/// younger Ingress or the default backend. Indices are those of the Ingress as written.
+fn backend_problems(
     ing: &Ingress,
     services: &HashMap<(String, String), Arc<Service>>,
     problems: &mut Vec<Problem>,
-) -> Option<Ingress> {
+) {
     let me = IngressRef::of(ing);
-    let spec = ing.spec.as_ref()?;
+    let Some(spec) = ing.spec.as_ref() else { return };
     let check = |b: &IngressBackend| -> Option<(&'static str, String)> {
         // Backends the route table rejects anyway are left for its own warning.
         let r = BackendRef::from_spec(&me.namespace, b).ok()?;
         backend_problem(services, &r)
     };
-    let mut found: Vec<Problem> = Vec::new();
-    let drop_default = spec.default_backend.as_ref().and_then(check).map(|(reason, m)| {
-        found.push(Problem {
+    if let Some((reason, m)) = spec.default_backend.as_ref().and_then(check) {
+        problems.push(Problem {
             ingress: me.clone(),
             reason,
-            message: format!("defaultBackend skipped: {m}"),
-        })
-    });
-    let mut drops: Vec<(usize, usize)> = Vec::new();
+            message: format!("defaultBackend: {m}; it answers 503"),
+        });
+    }
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {
         for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
             if let Some((reason, m)) = check(&p.backend) {
-                found.push(Problem {
+                problems.push(Problem {
                     ingress: me.clone(),
                     reason,
-                    message: format!("rules[{ri}].http.paths[{pi}] skipped: {m}"),
-                });
-                drops.push((ri, pi));
-            }
-        }
-    }
-    if found.is_empty() {
-        return None;
-    }
-    problems.extend(found);
-    let mut copy = ing.clone();
-    if let Some(spec) = copy.spec.as_mut() {
-        if drop_default.is_some() {
-            spec.default_backend = None;
-        }
-        for (ri, rule) in spec.rules.iter_mut().flatten().enumerate() {
-            if let Some(http) = rule.http.as_mut() {
-                let mut pi = 0;
-                http.paths.retain(|_| {
-                    let keep = !drops.contains(&(ri, pi));
-                    pi += 1;
-                    keep
+                    message: format!("rules[{ri}].http.paths[{pi}]: {m}; the path answers 503"),
                 });
             }
         }
     }
-    Some(copy)
 }
 
 /// Ready endpoints of a backend whose Service and port exist.
@@ -215,6 +199,9 @@ fn endpoints(inputs: &Inputs<'_>, backend: &BackendRef) -> Vec<SocketAddr> {
     let Some(svc) = inputs.services.get(&key) else {
         return Vec::new();
     };
+    if is_external_name(svc) {
+        return Vec::new();
+    }
     let Some(sp) = service_port(svc, &backend.port) else {
         return Vec::new();
     };
@@ -288,16 +275,10 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
             )
         })
         .collect();
-    let patched: Vec<(usize, Ingress)> = served_objs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, ing)| without_missing_backends(ing, inputs.services, &mut problems).map(|c| (i, c)))
-        .collect();
-    let mut to_compile: Vec<&Ingress> = served_objs.clone();
-    for (i, copy) in &patched {
-        to_compile[*i] = copy;
+    for ing in &served_objs {
+        backend_problems(ing, inputs.services, &mut problems);
     }
-    let compiled = RouteTable::compile(to_compile);
+    let compiled = RouteTable::compile(served_objs.iter().copied());
     problems.extend(compiled.warnings.iter().map(|w| Problem {
         ingress: w.ingress.clone(),
         reason: w.kind.reason(),
@@ -501,11 +482,103 @@ mod tests {
             let b = s.routes().route(host, "/").backend().cloned().expect("routed");
             assert_eq!(s.endpoints(&b), &want[..], "{host}");
         }
-        for host in ["c.test", "d.test", "x.test"] {
-            assert!(s.routes().route(host, "/").backend().is_none(), "{host} skipped");
+        // A missing Service or port keeps its route, with no endpoints: the proxy answers 503.
+        for (host, service) in [("c.test", "gone"), ("d.test", "web")] {
+            let b = s
+                .routes()
+                .route(host, "/")
+                .backend()
+                .cloned()
+                .expect("still routed");
+            assert_eq!(b.service, service, "{host}");
+            assert!(s.endpoints(&b).is_empty(), "{host} has no endpoints");
         }
+        assert!(s.routes().route("x.test", "/").backend().is_none(), "not ours");
         let reasons: Vec<&str> = built.problems.iter().map(|p| p.reason).collect();
         assert_eq!(reasons, vec!["ServiceNotFound", "ServicePortNotFound"]);
+    }
+
+    #[test]
+    fn a_broken_backend_answers_503_instead_of_falling_through() {
+        let classes = vec![class("ferrite", "ferrite.dev/ingress")];
+        let path = |p: &str, svc: &str| json!({"path": p, "pathType": "Prefix", "backend": {"service": {"name": svc, "port": {"number": 80}}}});
+        let ingresses = vec![
+            ingress(
+                json!({"metadata": {"name": "shop", "namespace": "app", "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"ingressClassName": "ferrite",
+                    "defaultBackend": {"service": {"name": "fallback-gone", "port": {"number": 80}}},
+                    "rules": [{"host": "shop.test", "http": {"paths": [
+                        path("/", "storefront"), path("/admin", "admin"), path("/ext", "external")]}}]}}),
+            ),
+            // A younger Ingress routing the same path must not take it over.
+            ingress(
+                json!({"metadata": {"name": "young", "namespace": "app", "creationTimestamp": "2024-01-02T00:00:00Z"},
+                "spec": {"ingressClassName": "ferrite",
+                    "rules": [{"host": "shop.test", "http": {"paths": [path("/admin", "storefront")]}}]}}),
+            ),
+        ];
+        let mut services: HashMap<_, _> = [service("app", "storefront", json!([{"port": 80}]))].into();
+        services.insert(
+            ("app".into(), "external".into()),
+            Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": "external", "namespace": "app"},
+                    "spec": {"type": "ExternalName", "externalName": "example.org", "ports": [{"port": 80}]}}))
+                .expect("service"),
+            ),
+        );
+        let slices: HashMap<_, _> = [(
+            ("app".to_string(), "storefront".to_string()),
+            vec![Arc::new(slice(
+                "app",
+                "storefront",
+                json!([{"port": 8080}]),
+                json!([{"addresses": ["127.0.0.2"]}]),
+            ))],
+        )]
+        .into();
+        let self_signed = crate::proxy::self_signed_default().expect("cert");
+        let built = build(&Inputs {
+            controller: crate::CONTROLLER_NAME,
+            classes: &classes,
+            ingresses: &ingresses,
+            services: &services,
+            slices: &slices,
+            certificates: &HashMap::new(),
+            default_secret: None,
+            self_signed: &self_signed,
+            acme: &[],
+        });
+        let s = &built.snapshot;
+        let to = |host: &str, target: &str| {
+            let m = s.routes().route(host, target);
+            let b = m.backend().cloned().expect("routed");
+            (b.service.clone(), s.endpoints(&b).len())
+        };
+        assert_eq!(to("shop.test", "/admin/users"), ("admin".into(), 0));
+        assert_eq!(to("shop.test", "/ext"), ("external".into(), 0));
+        assert_eq!(to("shop.test", "/cart"), ("storefront".into(), 1));
+        // The messages name the paths as written (no index shifted by a removed path).
+        let mut messages: Vec<(&str, &str)> = built
+            .problems
+            .iter()
+            .filter(|p| p.ingress.name == "shop")
+            .map(|p| (p.reason, p.message.as_str()))
+            .collect();
+        messages.sort();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].0 == "ServiceNotFound" && messages[0].1.starts_with("defaultBackend:"));
+        assert!(messages[1].0 == "ServiceNotFound" && messages[1].1.starts_with("rules[0].http.paths[1]:"));
+        assert!(
+            messages[2].0 == "UnsupportedService" && messages[2].1.starts_with("rules[0].http.paths[2]:"),
+            "{messages:?}"
+        );
+        let young: Vec<&str> = built
+            .problems
+            .iter()
+            .filter(|p| p.ingress.name == "young")
+            .map(|p| p.reason)
+            .collect();
+        assert_eq!(young, vec!["PathConflict"]);
     }
 
     #[test]
