@@ -165,6 +165,52 @@ fn sh(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `ip -n <ns> args...`, which must succeed.
+fn ip_n(ns: &str, args: &[&str]) -> Result<()> {
+    sh(&[&["ip", "-n", ns][..], args].concat())
+}
+
+/// `args` run inside `ns` (`ip netns exec`); its output.
+fn ns_run(ns: &str, args: &[&str]) -> Result<Output> {
+    run("ip", &[&["netns", "exec", ns][..], args].concat())
+}
+
+/// `args` run inside `ns`, which must succeed.
+fn ns_sh(ns: &str, args: &[&str]) -> Result<()> {
+    sh(&[&["ip", "netns", "exec", ns][..], args].concat())
+}
+
+/// Fails naming `install` when one of `tools` (each run with its argument, e.g. a version flag) cannot be
+/// run.
+fn require(tools: &[(&str, &str)], install: &str) -> Result<()> {
+    for (tool, arg) in tools {
+        if Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            bail!("{tool} is missing: {install}");
+        }
+    }
+    Ok(())
+}
+
+/// Whether the installed arping is Thomas Habets' (Debian `arping`: interface flag `-i`, fractional
+/// deadlines) rather than iputils' (`-I`, whole seconds).
+fn habets_arping() -> bool {
+    run("arping", &["--help"]).is_ok_and(|o| text(&o).contains("Habets"))
+}
+
+/// The MAC of the answer for `ip` in arping's output.
+fn arping_answer(out: &Output, ip: &str) -> Option<String> {
+    text(out)
+        .lines()
+        .find(|l| l.contains("from") && l.contains(ip))
+        .and_then(first_mac)
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -189,17 +235,7 @@ pub fn first_mac(s: &str) -> Option<String> {
 impl NetLab {
     /// Builds the network with `nodes` node namespaces and forwards the box's API into them.
     pub fn new(kb: &KubeBox, nodes: usize) -> Result<NetLab> {
-        for (tool, arg) in [("ip", "-V"), ("socat", "-V"), ("arping", "--help")] {
-            if Command::new(tool)
-                .arg(arg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_err()
-            {
-                bail!("{tool} is missing: {INSTALL}");
-            }
-        }
+        require(&[("ip", "-V"), ("socat", "-V"), ("arping", "--help")], INSTALL)?;
         anyhow::ensure!((1..=50).contains(&nodes), "1 to 50 nodes");
         let id = format!(
             "{:04x}",
@@ -223,21 +259,13 @@ impl NetLab {
         };
         lab.add_ns(&lab.bridge_ns.clone())?;
         let br = lab.bridge_ns.clone();
-        sh(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        ip_n(&br, &["link", "add", "br0", "type", "bridge"])?;
         // Multicast snooping would hold back Neighbor Solicitations until it has seen an MLD report.
-        sh(&[
-            "ip",
-            "-n",
+        ip_n(
             &br,
-            "link",
-            "set",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ])?;
-        sh(&["ip", "-n", &br, "link", "set", "br0", "up"])?;
+            &["link", "set", "br0", "type", "bridge", "mcast_snooping", "0"],
+        )?;
+        ip_n(&br, &["link", "set", "br0", "up"])?;
 
         let client = lab.client_ns.clone();
         lab.attach(&client, &format!("{id}c"), "192.0.2.2", "2001:db8::2")?;
@@ -245,7 +273,7 @@ impl NetLab {
             "net.ipv4.conf.all.arp_accept=1",
             "net.ipv4.conf.eth0.arp_accept=1",
         ] {
-            sh(&["ip", "netns", "exec", &client, "sysctl", "-qw", key])?;
+            ns_sh(&client, &["sysctl", "-qw", key])?;
         }
         for i in 0..nodes {
             let ns = format!("fe-{id}-n{i}");
@@ -268,12 +296,12 @@ impl NetLab {
     fn add_ns(&mut self, ns: &str) -> Result<()> {
         sh(&["ip", "netns", "add", ns])?;
         self.namespaces.push(ns.to_string());
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        ip_n(ns, &["link", "set", "lo", "up"])?;
         for key in [
             "net.ipv6.conf.all.accept_dad=0",
             "net.ipv6.conf.default.accept_dad=0",
         ] {
-            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", key])?;
+            ns_sh(ns, &["sysctl", "-qw", key])?;
         }
         Ok(())
     }
@@ -284,32 +312,12 @@ impl NetLab {
         let peer = format!("{port}x");
         sh(&["ip", "link", "add", port, "type", "veth", "peer", "name", &peer])?;
         sh(&["ip", "link", "set", port, "netns", &self.bridge_ns])?;
-        sh(&[
-            "ip",
-            "-n",
-            &self.bridge_ns,
-            "link",
-            "set",
-            port,
-            "master",
-            "br0",
-            "up",
-        ])?;
+        ip_n(&self.bridge_ns, &["link", "set", port, "master", "br0", "up"])?;
         sh(&["ip", "link", "set", &peer, "netns", ns])?;
-        sh(&["ip", "-n", ns, "link", "set", &peer, "name", "eth0"])?;
-        sh(&["ip", "-n", ns, "addr", "add", &format!("{ip4}/24"), "dev", "eth0"])?;
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{ip6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        ip_n(ns, &["link", "set", &peer, "name", "eth0"])?;
+        ip_n(ns, &["addr", "add", &format!("{ip4}/24"), "dev", "eth0"])?;
+        ip_n(ns, &["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
+        ip_n(ns, &["link", "set", "eth0", "up"])?;
         Ok(())
     }
 
@@ -407,33 +415,17 @@ impl NetLab {
 
     /// Asks `ip` by ARP from the client; returns the MAC that answered.
     pub fn arping(&self, ip: &str) -> Option<String> {
-        let out = run("arping", &["--help"]).ok()?;
-        let (flag, wait) = if text(&out).contains("Habets") {
+        let (flag, wait) = if habets_arping() {
             ("-i", "0.5")
         } else {
             ("-I", "1")
         };
-        let out = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.client_ns,
-                "arping",
-                "-c",
-                "1",
-                "-w",
-                wait,
-                flag,
-                "eth0",
-                ip,
-            ],
+        let out = ns_run(
+            &self.client_ns,
+            &["arping", "-c", "1", "-w", wait, flag, "eth0", ip],
         )
         .ok()?;
-        text(&out)
-            .lines()
-            .find(|l| l.contains("from") && l.contains(ip))
-            .and_then(first_mac)
+        arping_answer(&out, ip)
     }
 
     /// Asks `ip` by ARP from the client every `interval` until the first answer or until `limit`;
@@ -441,8 +433,7 @@ impl NetLab {
     /// first answer is seen within about `interval` of the address becoming answered (plus the tool's
     /// start-up); with iputils arping it falls back to [`NetLab::arping`] in a loop bounded by `limit`.
     pub fn arping_within(&self, ip: &str, interval: Duration, limit: Duration) -> Option<String> {
-        let habets = run("arping", &["--help"]).is_ok_and(|o| text(&o).contains("Habets"));
-        if !habets {
+        if !habets_arping() {
             let deadline = std::time::Instant::now() + limit;
             while std::time::Instant::now() < deadline {
                 if let Some(mac) = self.arping(ip) {
@@ -455,48 +446,22 @@ impl NetLab {
             format!("{:.3}", interval.as_secs_f64()),
             format!("{:.3}", limit.as_secs_f64()),
         );
-        let out = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.client_ns,
-                "arping",
-                "-C",
-                "1",
-                "-W",
-                &interval,
-                "-w",
-                &limit,
-                "-i",
-                "eth0",
-                ip,
-            ],
-        )
-        .ok()?;
-        text(&out)
-            .lines()
-            .find(|l| l.contains("from") && l.contains(ip))
-            .and_then(first_mac)
+        let args = [
+            "arping", "-C", "1", "-W", &interval, "-w", &limit, "-i", "eth0", ip,
+        ];
+        let out = ns_run(&self.client_ns, &args).ok()?;
+        arping_answer(&out, ip)
     }
 
     /// Sets the client's neighbour entry for `ip` to `mac` (state STALE), as a client that has been
     /// talking to that address would hold it.
     pub fn set_client_neighbour(&self, ip: &str, mac: &str) -> Result<()> {
-        sh(&[
-            "ip",
-            "-n",
+        ip_n(
             &self.client_ns,
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            mac,
-            "dev",
-            "eth0",
-            "nud",
-            "stale",
-        ])
+            &[
+                "neigh", "replace", ip, "lladdr", mac, "dev", "eth0", "nud", "stale",
+            ],
+        )
     }
 
     /// The MAC the client's neighbour table holds for `ip`.
@@ -514,6 +479,16 @@ impl NetLab {
         self.nodes.iter().find(|n| n.mac == mac)
     }
 
+    /// The index in [`NetLab::nodes`] of the node whose `eth0` has `mac`.
+    pub fn node_index_by_mac(&self, mac: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.mac == mac)
+    }
+
+    /// The index in [`NetLab::nodes`] of the node named `name`.
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
     /// Plays the pods' part in every node namespace: puts the node's pod addresses
     /// ([`LabNode::pod_ip4`], [`LabNode::pod_ip6`]) on its loopback and starts its backends there (socat:
     /// HTTP on [`BACKEND_HTTP_PORT`] answering the node's name, a UDP echo on [`BACKEND_UDP_PORT`]
@@ -523,17 +498,10 @@ impl NetLab {
         if self.backends {
             return Ok(());
         }
-        for (tool, arg) in [("iptables", "-V"), ("ip6tables", "-V"), ("curl", "-V")] {
-            if Command::new(tool)
-                .arg(arg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_err()
-            {
-                bail!("{tool} is missing: {DATAPATH_INSTALL}");
-            }
-        }
+        require(
+            &[("iptables", "-V"), ("ip6tables", "-V"), ("curl", "-V")],
+            DATAPATH_INSTALL,
+        )?;
         let http = self.dir.join("http-backend.sh");
         let udp = self.dir.join("udp-backend.sh");
         std::fs::write(&http, HTTP_BACKEND).with_context(|| format!("writing {}", http.display()))?;
@@ -541,54 +509,26 @@ impl NetLab {
         let socat = PathBuf::from("/usr/bin/socat");
         for n in self.nodes.clone() {
             let (pod4, pod6) = (n.pod_ip4(), n.pod_ip6());
-            sh(&[
-                "ip",
-                "-n",
+            ip_n(&n.ns, &["addr", "replace", &format!("{pod4}/32"), "dev", "lo"])?;
+            ip_n(
                 &n.ns,
-                "addr",
-                "replace",
-                &format!("{pod4}/32"),
-                "dev",
-                "lo",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                &n.ns,
-                "addr",
-                "replace",
-                &format!("{pod6}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ])?;
+                &["addr", "replace", &format!("{pod6}/128"), "dev", "lo", "nodad"],
+            )?;
             for iptables in ["iptables", "ip6tables"] {
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
+                ns_sh(&n.ns, &[iptables, "-w", "-t", "nat", "-N", SERVICES_CHAIN])?;
+                ns_sh(
                     &n.ns,
-                    iptables,
-                    "-w",
-                    "-t",
-                    "nat",
-                    "-N",
-                    SERVICES_CHAIN,
-                ])?;
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &n.ns,
-                    iptables,
-                    "-w",
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-j",
-                    SERVICES_CHAIN,
-                ])?;
+                    &[
+                        iptables,
+                        "-w",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-j",
+                        SERVICES_CHAIN,
+                    ],
+                )?;
             }
             let listeners = [
                 (
@@ -676,35 +616,14 @@ impl NetLab {
                 &to,
             ];
             // Once per (VIP, port): a rule that is there already is not added twice.
-            let mut check = vec![
-                "netns",
-                "exec",
-                &n.ns,
-                iptables,
-                "-w",
-                "-t",
-                "nat",
-                "-C",
-                SERVICES_CHAIN,
-            ];
-            check.extend(rule);
-            if run("ip", &check)?.status.success() {
+            let check = [&[iptables, "-w", "-t", "nat", "-C", SERVICES_CHAIN][..], &rule].concat();
+            if ns_run(&n.ns, &check)?.status.success() {
                 continue;
             }
-            let mut add = vec![
-                "ip",
-                "netns",
-                "exec",
+            ns_sh(
                 &n.ns,
-                iptables,
-                "-w",
-                "-t",
-                "nat",
-                "-A",
-                SERVICES_CHAIN,
-            ];
-            add.extend(rule);
-            sh(&add)?;
+                &[&[iptables, "-w", "-t", "nat", "-A", SERVICES_CHAIN][..], &rule].concat(),
+            )?;
         }
         Ok(())
     }
@@ -716,24 +635,19 @@ impl NetLab {
             IpAddr::V6(a) => format!("http://[{a}]:{port}/"),
         };
         let secs = format!("{:.3}", timeout.as_secs_f64());
-        let out = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "curl",
-                "--silent",
-                "--show-error",
-                "--fail",
-                "--globoff",
-                "--noproxy",
-                "*",
-                "--max-time",
-                &secs,
-                &url,
-            ],
-        )?;
+        let curl = [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--globoff",
+            "--noproxy",
+            "*",
+            "--max-time",
+            &secs,
+            &url,
+        ];
+        let out = ns_run(ns, &curl)?;
         if !out.status.success() {
             bail!("GET {url} from {ns}: {}", text(&out).trim());
         }
@@ -757,19 +671,7 @@ impl NetLab {
         let script =
             format!("exec 3<>/dev/udp/{ip}/{port} && printf '%s\\n' '{payload}' >&3 && head -n 1 <&3");
         let secs = format!("{:.3}", timeout.as_secs_f64());
-        let out = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.client_ns,
-                "timeout",
-                &secs,
-                "bash",
-                "-c",
-                &script,
-            ],
-        )?;
+        let out = ns_run(&self.client_ns, &["timeout", &secs, "bash", "-c", &script])?;
         let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || answer.is_empty() {
             bail!(
@@ -786,38 +688,27 @@ impl NetLab {
     pub fn set_node_link(&self, i: usize, up: bool) -> Result<()> {
         let n = self.nodes.get(i).context("no such node")?;
         let port = format!("{}n{i}", self.id);
-        sh(&[
-            "ip",
-            "-n",
+        ip_n(
             &self.bridge_ns,
-            "link",
-            "set",
-            &port,
-            if up { "up" } else { "down" },
-        ])?;
+            &["link", "set", &port, if up { "up" } else { "down" }],
+        )?;
         if up {
             // IPv6 may drop the global address when the carrier goes.
-            sh(&[
-                "ip",
-                "-n",
+            ip_n(
                 &n.ns,
-                "addr",
-                "replace",
-                &format!("{}/24", n.ip4),
-                "dev",
-                "eth0",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
+                &["addr", "replace", &format!("{}/24", n.ip4), "dev", "eth0"],
+            )?;
+            ip_n(
                 &n.ns,
-                "addr",
-                "replace",
-                &format!("{}/64", n.ip6),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
+                &[
+                    "addr",
+                    "replace",
+                    &format!("{}/64", n.ip6),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
         }
         Ok(())
     }
