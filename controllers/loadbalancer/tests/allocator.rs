@@ -41,22 +41,6 @@ async fn admin_addr() -> std::net::SocketAddr {
         .admin
 }
 
-/// A pool that serves only `ns`, so tests running side by side do not take each other's addresses.
-fn pool(name: &str, ns: &str, addresses: &[&str], extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"addresses": addresses, "serviceAllocation": {"namespaces": [ns]}});
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec})
-}
-
-fn lb_service(name: &str, annotations: serde_json::Value, ports: serde_json::Value) -> serde_json::Value {
-    json!({"metadata": {"name": name, "annotations": annotations},
-           "spec": {"type": "LoadBalancer", "ports": ports}})
-}
-
 #[tokio::test]
 async fn a_service_gets_an_ip_from_its_pool_within_a_second() {
     let kb = controller().await;

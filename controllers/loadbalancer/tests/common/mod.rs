@@ -1,13 +1,22 @@
-//! Shared by the box tests of ferrite-lb: CRDs installed, a controller process running against the box.
+//! Shared by the box tests of ferrite-lb: CRDs installed, a controller process running against the box,
+//! the objects the tests create (pools, Services), waits. [`lab`]: the tests that run real speakers in a
+//! `ferrite_e2e::netlab` lab; [`gossip`]: the gossip component tests.
+//!
+//! Every test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod gossip;
+pub mod lab;
+
+use ferrite_api::lb::IPPool;
 pub use ferrite_e2e::http_get;
-use ferrite_e2e::{KubeBox, Supervised, process::free_port};
+use ferrite_e2e::{KubeBox, Supervised, netlab::Protocol, process::free_port};
 use k8s_openapi::api::{core::v1::Service, events::v1::Event};
 use kube::{
-    Api,
+    Api, Client,
     api::{ListParams, PostParams},
 };
+use serde_json::json;
 use std::{
     net::SocketAddr,
     path::Path,
@@ -58,6 +67,15 @@ pub async fn start_controller(kb: &KubeBox, kubeconfig: &Path, extra: &[&str]) -
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("controller not ready within 30 s:\n{}", proc.log_tail(30));
+}
+
+/// A client that authenticates as `kubeconfig` says.
+pub async fn client_from(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
 }
 
 /// Creates an object from JSON, retrying connection hiccups.
@@ -133,4 +151,147 @@ pub async fn wait_event(kb: &KubeBox, ns: &str, name: &str, reason: &str) -> Str
         },
     )
     .await
+}
+
+/// A pool that serves only `ns`, so tests running side by side do not take each other's addresses;
+/// `extra` is merged into its spec (and may replace `serviceAllocation`).
+pub fn pool(name: &str, ns: &str, addresses: &[&str], extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({"addresses": addresses, "serviceAllocation": {"namespaces": [ns]}});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec})
+}
+
+/// A LoadBalancer Service without a selector.
+pub fn lb_service(name: &str, annotations: serde_json::Value, ports: serde_json::Value) -> serde_json::Value {
+    json!({"metadata": {"name": name, "annotations": annotations},
+           "spec": {"type": "LoadBalancer", "ports": ports}})
+}
+
+/// A LoadBalancer Service selecting `app: <name>`, port 80 unless [`LbService::port`] says otherwise.
+pub struct LbService {
+    name: String,
+    annotations: serde_json::Value,
+    labels: serde_json::Value,
+    ports: Option<(u16, Protocol)>,
+    local: bool,
+}
+
+impl LbService {
+    pub fn new(name: &str) -> LbService {
+        LbService {
+            name: name.to_string(),
+            annotations: json!({}),
+            labels: json!({}),
+            ports: None,
+            local: false,
+        }
+    }
+
+    pub fn annotations(mut self, annotations: serde_json::Value) -> LbService {
+        self.annotations = annotations;
+        self
+    }
+
+    /// The `lb.ferrite.dev/pool` annotation.
+    pub fn pool(self, pool: &str) -> LbService {
+        self.annotations(json!({"lb.ferrite.dev/pool": pool}))
+    }
+
+    pub fn labels(mut self, labels: serde_json::Value) -> LbService {
+        self.labels = labels;
+        self
+    }
+
+    /// One port `port`/`protocol` with the lab backends' port of that protocol as its `targetPort`.
+    pub fn port(mut self, port: u16, protocol: Protocol) -> LbService {
+        self.ports = Some((port, protocol));
+        self
+    }
+
+    /// `externalTrafficPolicy: Local`.
+    pub fn local(mut self) -> LbService {
+        self.local = true;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Service's port and protocol.
+    pub fn port_protocol(&self) -> (u16, Protocol) {
+        self.ports.unwrap_or((80, Protocol::Tcp))
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let ports = match self.ports {
+            None => json!([{"port": 80}]),
+            Some((port, protocol)) => {
+                let proto = match protocol {
+                    Protocol::Tcp => "TCP",
+                    Protocol::Udp => "UDP",
+                };
+                json!([{"port": port, "protocol": proto, "targetPort": protocol.backend_port()}])
+            }
+        };
+        let mut spec = json!({"type": "LoadBalancer", "selector": {"app": self.name}, "ports": ports});
+        if self.local {
+            spec["externalTrafficPolicy"] = json!("Local");
+        }
+        json!({"metadata": {"name": self.name, "annotations": self.annotations, "labels": self.labels},
+               "spec": spec})
+    }
+
+    /// Creates it in `svcs`.
+    pub async fn create(&self, svcs: &Api<Service>) -> Service {
+        create(svcs, self.json()).await
+    }
+}
+
+/// A fresh namespace with a pool `<ns>-p` over `addresses` serving only it.
+pub struct NsPool {
+    pub ns: String,
+    pub client: Client,
+    pub pools: Api<IPPool>,
+    /// The pool's name.
+    pub pool: String,
+    pub svcs: Api<Service>,
+}
+
+impl NsPool {
+    /// A namespace `<prefix>-...` and its pool (the CRDs must be installed).
+    pub async fn new(kb: &KubeBox, prefix: &str, addresses: &[&str]) -> NsPool {
+        let ns = kb.namespace(prefix).await;
+        let client = kb.client().await;
+        let pools: Api<IPPool> = Api::all(client.clone());
+        let pool_name = format!("{ns}-p");
+        create(&pools, pool(&pool_name, &ns, addresses, json!({}))).await;
+        NsPool {
+            svcs: Api::namespaced(client.clone(), &ns),
+            ns,
+            client,
+            pools,
+            pool: pool_name,
+        }
+    }
+}
+
+/// The value of the sample of `name` in a Prometheus text whose labels include every one of `labels`
+/// (`key="value"`); `labels` empty: the unlabelled sample (or the first labelled one).
+pub fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let labelled = format!("{name}{{");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|key| key == name || key.starts_with(&labelled))
+        })
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
