@@ -5,9 +5,8 @@
 mod common;
 
 use common::*;
-use ferrite_api::lb::IPPool;
 use ferrite_e2e::KubeBox;
-use k8s_openapi::api::{core::v1::Service, events::v1::Event};
+use k8s_openapi::api::events::v1::Event;
 use kube::{Api, api::ListParams};
 use serde_json::json;
 use std::time::Duration;
@@ -16,22 +15,14 @@ use std::time::Duration;
 async fn default_class_false_leaves_class_less_services_alone() {
     let kb = KubeBox::shared();
     crds(kb).await;
-    let ns = kb.namespace("classes").await;
-    let client = kb.client().await;
-    let pools: Api<IPPool> = Api::all(client.clone());
-    let pool = format!("{ns}-p");
-    create(
-        &pools,
-        json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": pool},
-               "spec": {"addresses": ["203.0.113.96/29"], "serviceAllocation": {"namespaces": [ns]}}}),
-    )
-    .await;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
-    create(
-        &svcs,
-        json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
-    )
-    .await;
+    let NsPool {
+        ns,
+        client,
+        pools,
+        pool,
+        svcs,
+    } = NsPool::new(kb, "classes", &["203.0.113.96/29"]).await;
+    create(&svcs, lb_service("web", json!({}), json!([{"port": 80}]))).await;
 
     let not_default = start_controller(
         kb,

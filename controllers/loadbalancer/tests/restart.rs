@@ -5,13 +5,8 @@
 mod common;
 
 use common::*;
-use ferrite_api::lb::IPPool;
 use ferrite_e2e::KubeBox;
-use k8s_openapi::api::core::v1::Service;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
 
@@ -20,26 +15,18 @@ async fn start_keeps_the_older_claim_of_a_shared_ip_a_shrunk_pool_leaves_address
  {
     let kb = KubeBox::shared();
     crds(kb).await;
-    let ns = kb.namespace("restart").await;
-    let client = kb.client().await;
-    let pools: Api<IPPool> = Api::all(client.clone());
-    let pool = format!("{ns}-p");
-    create(
-        &pools,
-        json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": pool},
-        "spec": {"addresses": ["198.51.100.128/29"], "serviceAllocation": {"namespaces": [ns]}}}),
-    )
-    .await;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let NsPool {
+        ns,
+        pools,
+        pool,
+        svcs,
+        ..
+    } = NsPool::new(kb, "restart", &["198.51.100.128/29"]).await;
 
     // Two Services that both show 198.51.100.130, as after a split brain or a restored backup; the
     // older one by creation time must keep it. (No controller runs while they are written.)
     let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.130"}]}}});
-    let older = create(
-        &svcs,
-        json!({"metadata": {"name": "older"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
-    )
-    .await;
+    let older = create(&svcs, lb_service("older", json!({}), json!([{"port": 80}]))).await;
     svcs.patch_status("older", &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("status");
@@ -58,11 +45,7 @@ async fn start_keeps_the_older_claim_of_a_shared_ip_a_shrunk_pool_leaves_address
         || async { (jiff::Timestamp::now().as_second() > created).then_some(()) },
     )
     .await;
-    create(
-        &svcs,
-        json!({"metadata": {"name": "newer"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
-    )
-    .await;
+    create(&svcs, lb_service("newer", json!({}), json!([{"port": 80}]))).await;
     svcs.patch_status("newer", &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("status");
@@ -124,11 +107,7 @@ async fn start_keeps_the_older_claim_of_a_shared_ip_a_shrunk_pool_leaves_address
     );
 
     // A new Service never gets an address outside the pools.
-    create(
-        &svcs,
-        json!({"metadata": {"name": "third"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
-    )
-    .await;
+    create(&svcs, lb_service("third", json!({}), json!([{"port": 80}]))).await;
     let (third, _) = wait_ips(&svcs, "third", Duration::from_secs(10)).await;
     let n: u8 = third[0]
         .rsplit('.')
