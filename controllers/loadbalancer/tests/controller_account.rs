@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::*;
-use ferrite_api::lb::{IPPool, L2Advertisement};
+use common::{lab::Accounts, *};
+use ferrite_api::lb::L2Advertisement;
 use ferrite_e2e::KubeBox;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
@@ -16,23 +16,14 @@ use std::time::Duration;
 #[tokio::test]
 async fn the_chart_account_writes_status_annotations_and_advertisement_status() {
     let kb = KubeBox::shared();
-    ferrite_e2e::demo::install_chart(kb)
-        .await
-        .expect("chart installed");
-    let kubeconfig = kb
-        .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
-        .await
-        .expect("controller kubeconfig");
-    let ns = kb.namespace("account").await;
-    let admin = kb.client().await;
-    let pools: Api<IPPool> = Api::all(admin.clone());
-    let pool = format!("{ns}-p");
-    create(
-        &pools,
-        json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": pool},
-               "spec": {"addresses": ["203.0.113.112/29"], "serviceAllocation": {"namespaces": [ns]}}}),
-    )
-    .await;
+    let accounts = Accounts::install(kb).await;
+    let NsPool {
+        ns,
+        client: admin,
+        pools,
+        pool,
+        svcs,
+    } = NsPool::new(kb, "account", &["203.0.113.112/29"]).await;
     let advs: Api<L2Advertisement> = Api::all(admin.clone());
     let adv = format!("{ns}-adv");
     create(
@@ -41,15 +32,17 @@ async fn the_chart_account_writes_status_annotations_and_advertisement_status() 
                "spec": {"ipPools": [pool]}}),
     )
     .await;
-    let svcs: Api<Service> = Api::namespaced(admin.clone(), &ns);
     create(
         &svcs,
-        json!({"metadata": {"name": "web", "annotations": {"lb.ferrite.dev/announcing-node": "old"}},
-               "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
+        lb_service(
+            "web",
+            json!({"lb.ferrite.dev/announcing-node": "old"}),
+            json!([{"port": 80}]),
+        ),
     )
     .await;
 
-    let running = start_controller(kb, &kubeconfig, &["--lease-namespace=ferrite-system"]).await;
+    let running = accounts.start_controller(kb).await;
     let (got, _) = wait_ips(&svcs, "web", Duration::from_secs(20)).await;
     assert!(got[0].starts_with("203.0.113.11"), "{got:?}");
     eventually(
@@ -87,15 +80,7 @@ async fn the_chart_account_writes_status_annotations_and_advertisement_status() 
     .await;
 
     // patch is all it got on Services: deleting one is denied.
-    let as_controller = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
-            &Default::default(),
-        )
-        .await
-        .expect("config"),
-    )
-    .expect("client");
+    let as_controller = client_from(&accounts.controller).await;
     let theirs: Api<Service> = Api::namespaced(as_controller, &ns);
     let denied = theirs.delete("web", &Default::default()).await;
     assert!(
