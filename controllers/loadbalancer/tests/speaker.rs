@@ -12,28 +12,30 @@
 
 mod common;
 
-use common::*;
+use common::{
+    lab::{
+        Accounts, Slices, Speakers, built_binary, registered_lab, speaker_http, wait_status, wait_status_gone,
+    },
+    *,
+};
 use ferrite_api::lb::{IPPool, L2Advertisement, NODE_LABEL, SERVICE_NAME_LABEL, ServiceL2Status};
-use ferrite_e2e::{KubeBox, Supervised, netlab::NetLab};
-use ferrite_kit::endpointslice::SliceVersion;
+use ferrite_e2e::{KubeBox, netlab::Protocol};
 use k8s_openapi::api::{core::v1::Service, events::v1::Event};
 use kube::{
-    Api, Client,
-    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, time::Duration};
 
-async fn client_from(kubeconfig: &Path) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("config");
-    Client::try_from(config).expect("client")
+/// The field managers of an object.
+fn managers(meta: &kube::api::ObjectMeta) -> Vec<String> {
+    meta.managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect()
 }
 
 fn status_code<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Option<u16> {
@@ -44,113 +46,20 @@ fn status_code<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Option<u16> {
     }
 }
 
-/// GET `path` from the speaker's admin server inside its namespace (127.0.0.1:9091 there).
-fn speaker_http(ns: &str, path: &str) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/9091 && printf 'GET {path} HTTP/1.0\\r\\nHost: speaker\\r\\n\\r\\n' >&3 && timeout 2 cat <&3"
-    );
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "bash", "-c", &script])
-        .output()
-        .expect("ip netns exec");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// The sample of `metric` whose labels include every one of `labels` (`name="value"`), if any.
-fn sample(metrics: &str, metric: &str, labels: &[String]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .find(|l| labels.iter().all(|want| l.contains(want.as_str())))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn endpoints_on(slices: &Api<DynamicObject>, version: SliceVersion, service: &str, node: &str) {
-    let v1 = version == SliceVersion::V1;
-    let mut endpoint = json!({"addresses": ["198.51.100.10"], "conditions": {"ready": true},
-        "topology": {"kubernetes.io/hostname": node}, "nodeName": node});
-    if !v1 {
-        endpoint.as_object_mut().expect("object").remove("nodeName");
-    }
-    let slice = json!({"apiVersion": format!("discovery.k8s.io/{}", if v1 { "v1" } else { "v1beta1" }),
-        "kind": "EndpointSlice", "metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4", "endpoints": [endpoint], "ports": [{"port": 8080, "protocol": "TCP"}]});
-    let obj: DynamicObject = serde_json::from_value(slice).expect("slice");
-    slices
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("EndpointSlice created");
-}
-
-async fn lb_service(svcs: &Api<Service>, name: &str, pool: &str) -> Service {
-    create(
-        svcs,
-        json!({"metadata": {"name": name, "annotations": {"lb.ferrite.dev/pool": pool}},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}}}),
-    )
-    .await
-}
-
-async fn wait_status(statuses: &Api<ServiceL2Status>, name: &str, speaker: &Supervised) -> ServiceL2Status {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(st)) = statuses.get_opt(name).await {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no ServiceL2Status {name} within 20 s:\n{}",
-            speaker.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_gone(
-    statuses: &Api<ServiceL2Status>,
-    name: &str,
-    limit: Duration,
-    why: &str,
-    speaker: &Supervised,
-) {
-    let deadline = Instant::now() + limit;
-    while statuses
-        .get_opt(name)
-        .await
-        .expect("get ServiceL2Status")
-        .is_some()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "ServiceL2Status {name} still there {limit:?} after {why}:\n{}",
-            speaker.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2_status() {
     let kb = KubeBox::shared();
-    ferrite_e2e::demo::install_chart(kb)
-        .await
-        .expect("chart installed");
-    let controller_kc = kb
-        .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
-        .await
-        .expect("controller kubeconfig");
-    let speaker_kc = kb
-        .service_account_kubeconfig("ferrite-system", "ferrite-lb-speaker")
-        .await
-        .expect("speaker kubeconfig");
+    let accounts = Accounts::install(kb).await;
     let admin = kb.client().await;
     let ns = kb.namespace("speaker").await;
     let svcs: Api<Service> = Api::namespaced(admin.clone(), &ns);
 
     // RBAC first, before anything runs: the speaker's account may read Services, never write them.
-    lb_service(&svcs, "web", &format!("{ns}-lan")).await;
-    let as_speaker = client_from(&speaker_kc).await;
+    LbService::new("web")
+        .pool(&format!("{ns}-lan"))
+        .create(&svcs)
+        .await;
+    let as_speaker = client_from(&accounts.speaker).await;
     let speaker_svcs: Api<Service> = Api::namespaced(as_speaker.clone(), &ns);
     assert!(
         speaker_svcs.get("web").await.is_ok(),
@@ -190,24 +99,15 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
         "a status patch of a Service by the speaker's account"
     );
 
-    let lab = NetLab::new(kb, 1).expect("lab network");
-    lab.register_nodes(kb).await.expect("Node objects");
+    let lab = registered_lab(kb, 1).await;
     let node = lab.nodes[0].clone();
-    let _controller = start_controller(kb, &controller_kc, &["--lease-namespace=ferrite-system"]).await;
-    let mut speaker = lab
-        .spawn_in(
-            &node.ns,
-            "speaker",
-            Path::new(env!("CARGO_BIN_EXE_ferrite-lb")),
-            &ferrite_e2e::demo::speaker_args(&speaker_kc, &node.name),
-            &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
-        )
-        .expect("speaker starts");
+    let _controller = accounts.start_controller(kb).await;
+    let mut speakers = Speakers::start(&lab, built_binary(), &accounts.speaker, &[]);
 
     // Three pools of this namespace: one announced by its inline l2, one allocate-only (no l2, no
     // advertisement), one announced by an L2Advertisement naming an interface the node does not have.
     let pools: Api<IPPool> = Api::all(admin.clone());
-    for (pool, range, l2) in [
+    for (name, range, l2) in [
         (
             "lan",
             "192.0.2.120-192.0.2.123",
@@ -216,17 +116,11 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
         ("quiet", "192.0.2.124-192.0.2.125", None),
         ("eth7", "192.0.2.126-192.0.2.127", None),
     ] {
-        let mut spec =
-            json!({"addresses": [range], "autoAssign": false, "serviceAllocation": {"namespaces": [ns]}});
+        let mut extra = json!({"autoAssign": false});
         if let Some(l2) = l2 {
-            spec["l2"] = l2;
+            extra["l2"] = l2;
         }
-        create(
-            &pools,
-            json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
-                "metadata": {"name": format!("{ns}-{pool}")}, "spec": spec}),
-        )
-        .await;
+        create(&pools, pool(&format!("{ns}-{name}"), &ns, &[range], extra)).await;
     }
     let ads: Api<L2Advertisement> = Api::all(admin.clone());
     let ad_name = format!("{ns}-eth7");
@@ -237,15 +131,18 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
     )
     .await;
 
-    let version = SliceVersion::detect(&admin).await.expect("discovery");
-    let slices: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns, &version.api_resource());
-    endpoints_on(&slices, version, "web", &node.name).await;
+    let slices = Slices::new(&admin, &ns).await;
+    // One ready endpoint, on the node.
+    let v4 = IpAddr::V4(node.ip4);
+    let endpoint = |service: &'static str| slices.on_nodes(&lab, service, &[0], v4, Protocol::Tcp);
+    endpoint("web").await;
     let (ips, _) = wait_ips(&svcs, "web", Duration::from_secs(15)).await;
     let vip = ips[0].clone();
 
     // The ServiceL2Status: the speaker's own record, although it may not touch the Service.
     let statuses: Api<ServiceL2Status> = Api::namespaced(admin.clone(), &ns);
-    let st = wait_status(&statuses, "web", &speaker).await;
+    let logs = || speakers.get(0).log_tail(40);
+    let st = wait_status(&statuses, "web", Duration::from_secs(20), logs).await;
     let svc = svcs.get("web").await.expect("Service");
     assert_eq!(st.spec.node, node.name);
     assert_eq!(st.spec.addresses, std::slice::from_ref(&vip));
@@ -261,17 +158,10 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
         ("Service", "web")
     );
     assert_eq!(Some(&owners[0].uid), svc.metadata.uid.as_ref());
-    let managers: Vec<String> = st
-        .metadata
-        .managed_fields
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| m.manager)
-        .collect();
+    let st_managers = managers(&st.metadata);
     assert!(
-        managers.iter().any(|m| m == "lb.ferrite.dev/speaker"),
-        "{managers:?}"
+        st_managers.iter().any(|m| m == "lb.ferrite.dev/speaker"),
+        "{st_managers:?}"
     );
     // The Service itself carries nothing from the speaker.
     let annotations = svc.metadata.annotations.clone().unwrap_or_default();
@@ -279,14 +169,7 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
         !annotations.contains_key("lb.ferrite.dev/announcing-node"),
         "{annotations:?}"
     );
-    let svc_managers: Vec<String> = svc
-        .metadata
-        .managed_fields
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| m.manager)
-        .collect();
+    let svc_managers = managers(&svc.metadata);
     assert!(
         !svc_managers.iter().any(|m| m == "lb.ferrite.dev/speaker"),
         "{svc_managers:?}"
@@ -300,27 +183,34 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
         lab.arping(&vip).filter(|m| *m == node.mac)
     })
     .await;
-    let metrics = speaker_http(&node.ns, "/metrics");
+    let (_, metrics) = speaker_http(&node.ns, "/metrics").expect("the speaker's admin server answers");
     let want = [
         format!("service=\"{ns}/web\""),
         "protocol=\"layer2\"".to_string(),
         format!("node=\"{}\"", node.name),
         format!("ip=\"{vip}\""),
     ];
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
     assert_eq!(
-        sample(&metrics, "ferrite_lb_speaker_announced", &want),
+        metric(&metrics, "ferrite_lb_speaker_announced", &want),
         Some(1.0),
         "{metrics}"
     );
 
     // Allocate-only: an address, but no announcement, no record, no ARP answer.
-    lb_service(&svcs, "quiet", &format!("{ns}-quiet")).await;
-    endpoints_on(&slices, version, "quiet", &node.name).await;
+    LbService::new("quiet")
+        .pool(&format!("{ns}-quiet"))
+        .create(&svcs)
+        .await;
+    endpoint("quiet").await;
     let (quiet_ips, _) = wait_ips(&svcs, "quiet", Duration::from_secs(15)).await;
     // An announced Service created after it gets its record: the speaker has seen "quiet" by then.
-    lb_service(&svcs, "later", &format!("{ns}-lan")).await;
-    endpoints_on(&slices, version, "later", &node.name).await;
-    wait_status(&statuses, "later", &speaker).await;
+    LbService::new("later")
+        .pool(&format!("{ns}-lan"))
+        .create(&svcs)
+        .await;
+    endpoint("later").await;
+    wait_status(&statuses, "later", Duration::from_secs(20), logs).await;
     assert!(
         statuses.get_opt("quiet").await.expect("get").is_none(),
         "an allocate-only pool's Service got a ServiceL2Status"
@@ -332,8 +222,11 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
     );
 
     // A named interface missing on this node: a Warning Event on the L2Advertisement, from this node.
-    lb_service(&svcs, "nowhere", &format!("{ns}-eth7")).await;
-    endpoints_on(&slices, version, "nowhere", &node.name).await;
+    LbService::new("nowhere")
+        .pool(&format!("{ns}-eth7"))
+        .create(&svcs)
+        .await;
+    endpoint("nowhere").await;
     let (nowhere_ips, _) = wait_ips(&svcs, "nowhere", Duration::from_secs(15)).await;
     let events: Api<Event> = Api::all(admin.clone());
     let note = eventually(
@@ -373,7 +266,10 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
 
     // A record left by a node whose speaker is gone, for a Service nobody is elected for (no endpoint):
     // nobody would rewrite it, so a live speaker deletes it.
-    lb_service(&svcs, "orphan", &format!("{ns}-lan")).await;
+    LbService::new("orphan")
+        .pool(&format!("{ns}-lan"))
+        .create(&svcs)
+        .await;
     wait_ips(&svcs, "orphan", Duration::from_secs(15)).await;
     let orphan_uid = svcs
         .get("orphan")
@@ -390,12 +286,12 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
             "spec": {"node": "ghost", "addresses": ["192.0.2.99"]}}),
     )
     .await;
-    wait_gone(
+    wait_status_gone(
         &statuses,
         "orphan",
         Duration::from_secs(15),
         "it was written for a node without a speaker",
-        &speaker,
+        logs,
     )
     .await;
 
@@ -403,23 +299,24 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
     svcs.delete("web", &DeleteParams::default())
         .await
         .expect("Service deleted");
-    wait_gone(
+    wait_status_gone(
         &statuses,
         "web",
         Duration::from_secs(15),
         "the Service was deleted",
-        &speaker,
+        logs,
     )
     .await;
 
     // Graceful shutdown: the speaker deletes the records naming its node before it exits.
     assert!(statuses.get_opt("later").await.expect("get").is_some());
+    let speaker = speakers.get_mut(0);
     speaker.stop(Duration::from_secs(10));
     let log = std::fs::read_to_string(&speaker.log).unwrap_or_default();
-    assert!(
-        log.contains("ServiceL2Statuses of this node deleted"),
-        "{}",
-        speaker.log_tail(40)
-    );
-    wait_gone(&statuses, "later", Duration::from_secs(2), "SIGTERM", &speaker).await;
+    let tail = speaker.log_tail(40);
+    assert!(log.contains("ServiceL2Statuses of this node deleted"), "{tail}");
+    wait_status_gone(&statuses, "later", Duration::from_secs(2), "SIGTERM", || {
+        tail.clone()
+    })
+    .await;
 }
