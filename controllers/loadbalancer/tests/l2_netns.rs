@@ -25,6 +25,7 @@
 //! Service's `ServiceL2Status` names the node that answers, moves with a failover, and disappears when
 //! the Service is deleted.
 
+use ferrite_e2e::netlab::first_mac;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -64,11 +65,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn first_mac(s: &str) -> Option<String> {
-    let re = regex::Regex::new(r"(?i)\b([0-9a-f]{2}(?::[0-9a-f]{2}){5})\b").ok()?;
-    re.captures(s).map(|c| c[1].to_lowercase())
 }
 
 /// Which arping is installed: Thomas Habets' (Debian `arping`, interface flag `-i`) or iputils' (`-I`).
@@ -533,87 +529,42 @@ fn announcer_answers_arp_and_ndp_from_the_bridge_with_its_mac() {
 mod common;
 
 mod advertisements {
-    use super::common::*;
+    use super::common::{
+        lab::{Accounts, Slices, Speakers, built_binary, registered_lab, wait_status_gone},
+        *,
+    };
     use ferrite_api::lb::{NODE_LABEL, ServiceL2Status};
-    use ferrite_e2e::{KubeBox, Supervised, netlab::NetLab};
-    use ferrite_kit::endpointslice::SliceVersion;
+    use ferrite_e2e::{KubeBox, netlab::NetLab};
     use k8s_openapi::api::core::v1::{Node, Service};
     use kube::{
         Api,
-        api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+        api::{DeleteParams, DynamicObject, Patch, PatchParams},
     };
     use serde_json::json;
-    use std::{path::Path, time::Duration};
-
-    fn start_speaker(lab: &NetLab, i: usize, kubeconfig: &Path) -> Supervised {
-        let n = &lab.nodes[i];
-        lab.spawn_in(
-            &n.ns,
-            "speaker",
-            Path::new(env!("CARGO_BIN_EXE_ferrite-lb")),
-            &ferrite_e2e::demo::speaker_args(kubeconfig, &n.name),
-            &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
-        )
-        .expect("speaker starts")
-    }
+    use std::time::Duration;
 
     struct Rig {
         lab: NetLab,
         ns: String,
         svcs: Api<Service>,
-        slices: Api<DynamicObject>,
-        version: SliceVersion,
+        slices: Slices,
         statuses: Api<ServiceL2Status>,
-        speakers: Vec<Option<Supervised>>,
+        speakers: Speakers,
     }
 
     impl Rig {
         fn logs(&self) -> String {
-            let mut s = String::new();
-            for p in self.speakers.iter().flatten() {
-                s.push_str(&format!(
-                    "\n--- {} ({}):\n{}",
-                    p.name,
-                    p.log.display(),
-                    p.log_tail(25)
-                ));
-            }
-            s
+            self.speakers.logs()
         }
 
         /// A Service of pool `pool` with `labels` and a ready endpoint on every node; returns its IP.
         async fn service(&self, name: &str, pool: &str, labels: serde_json::Value) -> String {
-            create(
-                &self.svcs,
-                json!({"metadata": {"name": name, "labels": labels,
-                    "annotations": {"lb.ferrite.dev/pool": format!("{}-{pool}", self.ns)}},
-                "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}}}),
-            )
-            .await;
-            let endpoints: Vec<_> = self
-                .lab
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    json!({"addresses": [format!("198.51.100.{}", 10 + i)], "conditions": {"ready": true},
-                        "topology": {"kubernetes.io/hostname": n.name}, "nodeName": n.name})
-                })
-                .collect();
-            let v1 = self.version == SliceVersion::V1;
-            let mut slice = json!({"apiVersion": format!("discovery.k8s.io/{}", if v1 { "v1" } else { "v1beta1" }),
-                "kind": "EndpointSlice", "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
-                "addressType": "IPv4", "endpoints": endpoints, "ports": [{"port": 8080, "protocol": "TCP"}]});
-            if !v1 {
-                for e in slice["endpoints"].as_array_mut().expect("array") {
-                    e.as_object_mut().expect("object").remove("nodeName");
-                }
-            }
-            let obj: DynamicObject = serde_json::from_value(slice).expect("slice");
-            self.slices
-                .create(&PostParams::default(), &obj)
-                .await
-                .expect("EndpointSlice created");
+            LbService::new(name)
+                .labels(labels)
+                .pool(&format!("{}-{pool}", self.ns))
+                .create(&self.svcs)
+                .await;
+            self.slices.everywhere(&self.lab, name).await;
             let (ips, _) = wait_ips(&self.svcs, name, Duration::from_secs(15)).await;
             ips[0].clone()
         }
@@ -621,7 +572,7 @@ mod advertisements {
         /// The index of the node whose MAC answers `ip` within `limit`, or None.
         fn answered_by(&self, ip: &str, limit: Duration) -> Option<usize> {
             let mac = self.lab.arping_within(ip, Duration::from_millis(200), limit)?;
-            self.lab.nodes.iter().position(|n| n.mac == mac)
+            self.lab.node_index_by_mac(&mac)
         }
 
         /// Waits until node `i` answers `ip` and its ServiceL2Status names it.
@@ -668,20 +619,9 @@ mod advertisements {
     async fn advertisements_pick_pools_nodes_services_and_interfaces_and_the_service_l2_status_follows_the_answer()
      {
         let kb = KubeBox::shared();
-        ferrite_e2e::demo::install_chart(kb)
-            .await
-            .expect("chart installed");
-        let controller_kc = kb
-            .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
-            .await
-            .expect("controller kubeconfig");
-        let speaker_kc = kb
-            .service_account_kubeconfig("ferrite-system", "ferrite-lb-speaker")
-            .await
-            .expect("speaker kubeconfig");
+        let accounts = Accounts::install(kb).await;
         let client = kb.client().await;
-        let lab = NetLab::new(kb, 3).expect("lab network");
-        lab.register_nodes(kb).await.expect("Node objects");
+        let lab = registered_lab(kb, 3).await;
         // Zones a, b, c for nodes 0, 1, 2.
         let nodes: Api<Node> = Api::all(client.clone());
         for (i, n) in lab.nodes.iter().enumerate() {
@@ -695,10 +635,8 @@ mod advertisements {
                 .await
                 .expect("zone label");
         }
-        let _controller = start_controller(kb, &controller_kc, &["--lease-namespace=ferrite-system"]).await;
-        let speakers = (0..3)
-            .map(|i| Some(start_speaker(&lab, i, &speaker_kc)))
-            .collect();
+        let _controller = accounts.start_controller(kb).await;
+        let speakers = Speakers::start(&lab, built_binary(), &accounts.speaker, &[]);
 
         let ns = kb.namespace("l2adv").await;
         let pools: Api<DynamicObject> = Api::all_with(
@@ -717,18 +655,12 @@ mod advertisements {
             ("iface", "192.0.2.137-192.0.2.138", None),
             ("inline", "192.0.2.139-192.0.2.140", Some(json!({}))),
         ];
-        for (pool, range, l2) in pool_specs {
-            let mut spec =
-                json!({"addresses": [range], "autoAssign": false, "serviceAllocation": {"namespaces": [ns]}});
+        for (name, range, l2) in pool_specs {
+            let mut extra = json!({"autoAssign": false});
             if let Some(l2) = l2 {
-                spec["l2"] = l2;
+                extra["l2"] = l2;
             }
-            create(
-                &pools,
-                json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
-                    "metadata": {"name": format!("{ns}-{pool}")}, "spec": spec}),
-            )
-            .await;
+            create(&pools, pool(&format!("{ns}-{name}"), &ns, &[range], extra)).await;
         }
         for (name, spec) in [
             // Zone b only, on interfaces matching a regex.
@@ -757,12 +689,10 @@ mod advertisements {
             )
             .await;
         }
-        let version = SliceVersion::detect(&client).await.expect("discovery");
         let mut rig = Rig {
             lab,
             svcs: Api::namespaced(client.clone(), &ns),
-            slices: Api::namespaced_with(client.clone(), &ns, &version.api_resource()),
-            version,
+            slices: Slices::new(&client, &ns).await,
             statuses: Api::namespaced(client.clone(), &ns),
             ns: ns.clone(),
             speakers,
@@ -812,9 +742,7 @@ mod advertisements {
             .answered_by(&web_ip, Duration::from_secs(10))
             .expect("the inline pool is answered");
         rig.wait_announced("web", &web_ip, first).await;
-        if let Some(mut s) = rig.speakers[first].take() {
-            s.crash();
-        }
+        rig.speakers.crash(first);
         let mut second = None;
         for _ in 0..100 {
             second = rig
@@ -832,10 +760,12 @@ mod advertisements {
             .delete("web", &DeleteParams::default())
             .await
             .expect("Service deleted");
-        eventually(
+        wait_status_gone(
+            &rig.statuses,
+            "web",
             Duration::from_secs(15),
-            "the ServiceL2Status of a deleted Service to go",
-            || async { rig.statuses.get_opt("web").await.ok()?.is_none().then_some(()) },
+            "the Service was deleted",
+            || rig.logs(),
         )
         .await;
     }
