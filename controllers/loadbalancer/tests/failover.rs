@@ -16,45 +16,25 @@
 
 mod common;
 
-use common::*;
-use ferrite_api::lb::IPPool;
+use common::{
+    lab::{Accounts, Slices, Speakers, built_binary, registered_lab, speaker_http, status_node},
+    *,
+};
+use ferrite_api::lb::ServiceL2Status;
 use ferrite_e2e::{KubeBox, Supervised, netlab::NetLab};
-use ferrite_kit::endpointslice::SliceVersion;
 use k8s_openapi::api::{core::v1::Service, events::v1::Event};
 use kube::{
     Api,
-    api::{DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 use std::{
-    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 /// The tests share one box but not the CPU well: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn start_speaker(lab: &NetLab, i: usize, kubeconfig: &Path) -> Supervised {
-    let n = &lab.nodes[i];
-    lab.spawn_in(
-        &n.ns,
-        "speaker",
-        Path::new(env!("CARGO_BIN_EXE_ferrite-lb")),
-        &ferrite_e2e::demo::speaker_args(kubeconfig, &n.name),
-        &[
-            ("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug"),
-            // Documented fault injection (docs/loadbalancer.md): SIGUSR1 aborts the gossip task.
-            ("FERRITE_FAULT_GOSSIP_SIGUSR1", "true"),
-        ],
-    )
-    .expect("speaker starts")
-}
-
-/// The announcing node, from the Service's ServiceL2Status.
-async fn owner(svcs: &Api<Service>, name: &str) -> Option<String> {
-    ferrite_e2e::demo::announcing_node(svcs, name).await
-}
 
 /// The process's log with terminal colour codes removed (the plain log format colours field names).
 fn log_text(p: &Supervised) -> String {
@@ -83,21 +63,6 @@ fn joined(p: &Supervised, peers: &[&str]) -> bool {
         log.lines()
             .any(|l| l.contains("gossip: speaker up") && l.contains(&format!("node={peer} ")))
     })
-}
-
-/// GET `path` from the speaker's admin server inside its namespace (127.0.0.1:9091 there); the status
-/// code, or None when nothing answers.
-fn speaker_http(ns: &str, path: &str) -> Option<(u16, String)> {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/9091 && printf 'GET {path} HTTP/1.0\\r\\nHost: speaker\\r\\n\\r\\n' >&3 && timeout 2 cat <&3"
-    );
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "bash", "-c", &script])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text))
 }
 
 /// PIDs of this lab's API forwarders (socat, the listener and its per-connection children) in `ns`.
@@ -162,13 +127,12 @@ impl Drop for ApiStall {
 struct Rig {
     kb: &'static KubeBox,
     lab: NetLab,
-    speaker_kc: PathBuf,
-    speakers: Vec<Option<Supervised>>,
+    speakers: Speakers,
     controller: Option<Running>,
     ns: String,
     svcs: Api<Service>,
-    slices: Api<DynamicObject>,
-    version: SliceVersion,
+    slices: Slices,
+    statuses: Api<ServiceL2Status>,
     vip: String,
     /// Index of the node that announces `vip`.
     first: usize,
@@ -177,73 +141,50 @@ struct Rig {
 impl Rig {
     async fn new(prefix: &str, range: &str) -> Rig {
         let kb = KubeBox::shared();
-        ferrite_e2e::demo::install_chart(kb)
-            .await
-            .expect("chart installed");
-        let controller_kc = kb
-            .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
-            .await
-            .expect("controller kubeconfig");
-        let speaker_kc = kb
-            .service_account_kubeconfig("ferrite-system", "ferrite-lb-speaker")
-            .await
-            .expect("speaker kubeconfig");
-
-        let lab = NetLab::new(kb, 3).expect("lab network");
-        lab.register_nodes(kb).await.expect("Node objects");
-        let controller = start_controller(kb, &controller_kc, &["--lease-namespace=ferrite-system"]).await;
-        let speakers: Vec<Option<Supervised>> = (0..3)
-            .map(|i| Some(start_speaker(&lab, i, &speaker_kc)))
-            .collect();
+        let accounts = Accounts::install(kb).await;
+        let lab = registered_lab(kb, 3).await;
+        let controller = accounts.start_controller(kb).await;
+        // Documented fault injection (docs/loadbalancer.md): SIGUSR1 aborts the gossip task.
+        let speakers = Speakers::start(
+            &lab,
+            built_binary(),
+            &accounts.speaker,
+            &[("FERRITE_FAULT_GOSSIP_SIGUSR1", "true")],
+        );
 
         let client = kb.client().await;
         let ns = kb.namespace(prefix).await;
-        let pools: Api<IPPool> = Api::all(client.clone());
+        let pools: Api<ferrite_api::lb::IPPool> = Api::all(client.clone());
         create(
             &pools,
-            json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
-            "metadata": {"name": format!("{ns}-lan")},
-            "spec": {"addresses": [range], "serviceAllocation": {"namespaces": [ns]},
-                     "l2": {"interfaces": ["eth0"]}}}),
+            pool(
+                &format!("{ns}-lan"),
+                &ns,
+                &[range],
+                json!({"l2": {"interfaces": ["eth0"]}}),
+            ),
         )
         .await;
-        let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
-        let version = SliceVersion::detect(&client).await.expect("discovery");
-        let slices: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &version.api_resource());
         let mut rig = Rig {
             kb,
             lab,
-            speaker_kc,
             speakers,
             controller: Some(controller),
+            svcs: Api::namespaced(client.clone(), &ns),
+            slices: Slices::new(&client, &ns).await,
+            statuses: Api::namespaced(client, &ns),
             ns,
-            svcs,
-            slices,
-            version,
             vip: String::new(),
             first: 0,
         };
-        create(
-            &rig.svcs,
-            json!({"metadata": {"name": "web"},
-            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": "web"}}}),
-        )
-        .await;
-        rig.endpoints_everywhere("web").await;
+        LbService::new("web").create(&rig.svcs).await;
+        rig.slices.everywhere(&rig.lab, "web").await;
 
         let (ips, took) = wait_ips(&rig.svcs, "web", Duration::from_secs(15)).await;
         rig.vip = ips[0].clone();
         eprintln!("VIP {} in status after {took:?}", rig.vip);
-        let first = eventually(Duration::from_secs(20), "an announcing node", || {
-            owner(&rig.svcs, "web")
-        })
-        .await;
-        rig.first = rig
-            .lab
-            .nodes
-            .iter()
-            .position(|n| n.name == first)
-            .expect("owner is a lab node");
+        let first = eventually(Duration::from_secs(20), "an announcing node", || rig.owner("web")).await;
+        rig.first = rig.lab.node_index(&first).expect("owner is a lab node");
         let want = rig.lab.nodes[rig.first].mac.clone();
         eventually(
             Duration::from_secs(10),
@@ -254,39 +195,17 @@ impl Rig {
         rig
     }
 
-    /// What an endpoint controller would write: one ready endpoint of `service` on every node.
-    async fn endpoints_everywhere(&self, service: &str) {
-        let endpoints: Vec<_> = self
-            .lab
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                json!({
-                    "addresses": [format!("198.51.100.{}", 10 + i)], "conditions": {"ready": true},
-                    "topology": {"kubernetes.io/hostname": n.name}, "nodeName": n.name,
-                })
-            })
-            .collect();
-        let v1 = self.version == SliceVersion::V1;
-        let mut slice = json!({"apiVersion": format!("discovery.k8s.io/{}", if v1 { "v1" } else { "v1beta1" }),
-            "kind": "EndpointSlice", "metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4", "endpoints": endpoints, "ports": [{"port": 8080, "protocol": "TCP"}]});
-        if !v1 {
-            // v1beta1 on 1.20 carries the node in topology; nodeName is behind a feature gate there.
-            for e in slice["endpoints"].as_array_mut().expect("array") {
-                e.as_object_mut().expect("object").remove("nodeName");
-            }
-        }
-        let obj: DynamicObject = serde_json::from_value(slice).expect("slice");
-        self.slices
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect("EndpointSlice created");
+    /// The announcing node, from the Service's ServiceL2Status.
+    async fn owner(&self, service: &str) -> Option<String> {
+        status_node(&self.statuses, service).await
     }
 
-    fn speaker(&self, i: usize) -> &Supervised {
-        self.speakers[i].as_ref().expect("speaker running")
+    /// Waits (at most `limit`, `what`) until the ServiceL2Status of web names `node`.
+    async fn wait_owner(&self, node: &str, limit: Duration, what: &str) {
+        eventually(limit, what, || async {
+            (self.owner("web").await.as_deref() == Some(node)).then_some(())
+        })
+        .await;
     }
 
     fn others(&self, i: usize) -> Vec<usize> {
@@ -294,16 +213,7 @@ impl Rig {
     }
 
     fn logs(&self) -> String {
-        let mut s = String::new();
-        for p in self.speakers.iter().flatten() {
-            s.push_str(&format!(
-                "\n--- {} ({}):\n{}",
-                p.name,
-                p.log.display(),
-                p.log_tail(25)
-            ));
-        }
-        s
+        self.speakers.logs()
     }
 
     /// Waits until the client's neighbour entry for the VIP moved off `mac`; returns the new owner's
@@ -315,9 +225,7 @@ impl Rig {
                 let moved = since.elapsed();
                 let i = self
                     .lab
-                    .nodes
-                    .iter()
-                    .position(|n| n.mac == m)
+                    .node_index_by_mac(&m)
                     .expect("the new MAC is a lab node's");
                 return (i, moved);
             }
@@ -354,9 +262,7 @@ async fn killed_owner_moves_the_vip_to_a_peer_and_on_return_after_joining_gossip
     // Kill the elected node's speaker: another node takes over and the client learns its MAC from the
     // gratuitous ARP, without asking.
     let killed = Instant::now();
-    if let Some(mut s) = rig.speakers[first].take() {
-        s.crash();
-    }
+    rig.speakers.crash(first);
     let (second, moved) = rig.wait_moved(&mac, killed, Duration::from_secs(10)).await;
     let second_name = rig.lab.nodes[second].name.clone();
     let new_mac = rig.lab.nodes[second].mac.clone();
@@ -364,16 +270,16 @@ async fn killed_owner_moves_the_vip_to_a_peer_and_on_return_after_joining_gossip
     assert_ne!(second, first);
     assert!(moved < Duration::from_secs(5), "failover took {moved:?}");
     assert_eq!(rig.lab.arping(&rig.vip).as_deref(), Some(new_mac.as_str()));
-    eventually(
+    rig.wait_owner(
+        &second_name,
         Duration::from_secs(10),
         "the ServiceL2Status to name the new owner",
-        || async { (owner(&rig.svcs, "web").await.as_deref() == Some(second_name.as_str())).then_some(()) },
     )
     .await;
 
     // The first node comes back: once it has joined gossip and its startup grace is over (it then
     // elects every Service), it must not take the address back (no flip-back).
-    rig.speakers[first] = Some(start_speaker(&rig.lab, first, &rig.speaker_kc));
+    rig.speakers.restart(&rig.lab, first);
     let peers: Vec<String> = rig
         .others(first)
         .iter()
@@ -382,7 +288,7 @@ async fn killed_owner_moves_the_vip_to_a_peer_and_on_return_after_joining_gossip
     let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s = rig.speaker(first);
+        let s = rig.speakers.get(first);
         if joined(s, &peers) && log_text(s).contains("startup grace over") {
             break;
         }
@@ -395,7 +301,7 @@ async fn killed_owner_moves_the_vip_to_a_peer_and_on_return_after_joining_gossip
     }
     // The round that ended the grace elected every Service; it logs "announcing" in that same round
     // for anything it won.
-    let log = log_text(rig.speaker(first));
+    let log = log_text(rig.speakers.get(first));
     assert!(
         !log.lines()
             .any(|l| l.contains("announcing") && l.contains("service=web")),
@@ -403,7 +309,7 @@ async fn killed_owner_moves_the_vip_to_a_peer_and_on_return_after_joining_gossip
         rig.logs()
     );
     assert_eq!(
-        owner(&rig.svcs, "web").await.as_deref(),
+        rig.owner("web").await.as_deref(),
         Some(second_name.as_str()),
         "no flip-back"
     );
@@ -440,9 +346,7 @@ async fn with_every_api_connection_stalled_the_owner_still_answers_arp_and_gossi
 
     // The owner dies: gossip alone (no API) makes a stalled peer take over.
     let killed = Instant::now();
-    if let Some(mut s) = rig.speakers[first].take() {
-        s.crash();
-    }
+    rig.speakers.crash(first);
     let (second, moved) = rig.wait_moved(&mac, killed, Duration::from_secs(10)).await;
     let second_name = rig.lab.nodes[second].name.clone();
     eprintln!("failover with the API stalled {first_name} -> {second_name} after {moved:?}");
@@ -453,7 +357,7 @@ async fn with_every_api_connection_stalled_the_owner_still_answers_arp_and_gossi
     );
     // The stall is real: the new owner's claim has not reached the API server.
     assert_eq!(
-        owner(&rig.svcs, "web").await.as_deref(),
+        rig.owner("web").await.as_deref(),
         Some(first_name.as_str()),
         "the claim landed although the API was stalled"
     );
@@ -461,7 +365,7 @@ async fn with_every_api_connection_stalled_the_owner_still_answers_arp_and_gossi
         Duration::from_secs(15),
         "the new owner's claim to time out (or fail) in its background queue",
         || async {
-            let log = log_text(rig.speaker(second));
+            let log = log_text(rig.speakers.get(second));
             (log.contains("API write timed out") || log.contains("API write failed")).then_some(())
         },
     )
@@ -469,10 +373,10 @@ async fn with_every_api_connection_stalled_the_owner_still_answers_arp_and_gossi
 
     // The API comes back: the queued claim lands.
     drop(stalls);
-    eventually(
+    rig.wait_owner(
+        &second_name,
         Duration::from_secs(20),
         "the ServiceL2Status to name the new owner once the API is back",
-        || async { (owner(&rig.svcs, "web").await.as_deref() == Some(second_name.as_str())).then_some(()) },
     )
     .await;
 }
@@ -486,7 +390,7 @@ async fn owner_whose_gossip_task_dies_fails_livez_exits_non_zero_and_a_peer_take
     let mac = rig.lab.nodes[first].mac.clone();
     assert_eq!(speaker_http(&first_ns, "/livez").map(|r| r.0), Some(200));
 
-    let pid = rig.speaker(first).program_pid().expect("speaker pid");
+    let pid = rig.speakers.get(first).program_pid().expect("speaker pid");
     let killed = Instant::now();
     signal(&[pid], "USR1");
     // /livez says why, before the process goes away.
@@ -504,7 +408,7 @@ async fn owner_whose_gossip_task_dies_fails_livez_exits_non_zero_and_a_peer_take
     );
     assert_ne!(second, first);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while rig.speakers[first].as_mut().is_some_and(|s| s.is_running()) {
+    while rig.speakers.procs[first].as_mut().is_some_and(|s| s.is_running()) {
         assert!(
             Instant::now() < deadline,
             "the speaker still runs 10 s after its gossip task died:\n{}",
@@ -513,7 +417,7 @@ async fn owner_whose_gossip_task_dies_fails_livez_exits_non_zero_and_a_peer_take
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // main() prints the error and returns a failure exit code only on an error from run().
-    let log = log_text(rig.speaker(first));
+    let log = log_text(rig.speakers.get(first));
     assert!(
         log.contains("ferrite-lb: gossip task stopped"),
         "no fatal exit line in the speaker log:\n{}",
@@ -536,12 +440,7 @@ async fn status_ip_outside_every_ippool_is_never_answered_and_gets_one_warning_e
         c.proc.stop(Duration::from_secs(5));
     }
     let rogue_ip = "192.0.2.200";
-    create(
-        &rig.svcs,
-        json!({"metadata": {"name": "rogue"},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": "rogue"}}}),
-    )
-    .await;
+    LbService::new("rogue").create(&rig.svcs).await;
     rig.svcs
         .patch_status(
             "rogue",
@@ -551,7 +450,7 @@ async fn status_ip_outside_every_ippool_is_never_answered_and_gets_one_warning_e
         .await
         .expect("status written");
     // Serving endpoints everywhere: with the address in a pool, a node would be elected.
-    rig.endpoints_everywhere("rogue").await;
+    rig.slices.everywhere(&rig.lab, "rogue").await;
 
     let note = wait_event(rig.kb, &rig.ns, "rogue", "NotAnnounced").await;
     assert!(note.contains(rogue_ip), "{note}");
@@ -564,7 +463,7 @@ async fn status_ip_outside_every_ippool_is_never_answered_and_gets_one_warning_e
     );
     // The pool address is still answered (the speakers work), and nobody records itself for rogue.
     assert!(rig.lab.arping(&rig.vip).is_some(), "the pool address is answered");
-    assert_eq!(owner(&rig.svcs, "rogue").await, None, "nobody claims rogue");
+    assert_eq!(rig.owner("rogue").await, None, "nobody claims rogue");
     let events: Api<Event> = Api::namespaced(rig.kb.client().await, &rig.ns);
     let warnings: Vec<Event> = events
         .list(&ListParams::default())
