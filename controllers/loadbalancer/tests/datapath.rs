@@ -31,13 +31,15 @@
 
 mod common;
 
-use common::*;
+use common::{
+    lab::{Accounts, Slices, Speakers, built_binary, registered_lab, speaker_http, wait_status_names},
+    *,
+};
 use ferrite_api::lb::{IPPool, ServiceL2Status};
 use ferrite_e2e::{
-    KubeBox, Supervised,
+    KubeBox,
     netlab::{NetLab, Protocol},
 };
-use ferrite_kit::endpointslice::SliceVersion;
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api,
@@ -46,8 +48,7 @@ use kube::{
 use serde_json::json;
 use std::{
     net::IpAddr,
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -62,10 +63,7 @@ const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balan
 /// The lab with its speakers and the controller, shared by every test of the binary.
 struct Rig {
     lab: NetLab,
-    /// The speaker binary of this run (see [`Rig::start`]).
-    bin: PathBuf,
-    speaker_kc: PathBuf,
-    speakers: Vec<Option<Supervised>>,
+    speakers: Speakers,
     _controller: Running,
 }
 
@@ -90,82 +88,23 @@ fn rig() -> &'static tokio::sync::Mutex<Rig> {
     })
 }
 
-fn start_speaker(lab: &NetLab, bin: &Path, i: usize, kubeconfig: &Path) -> Supervised {
-    let n = &lab.nodes[i];
-    lab.spawn_in(
-        &n.ns,
-        "speaker",
-        bin,
-        &ferrite_e2e::demo::speaker_args(kubeconfig, &n.name),
-        &[("FERRITE_LOG_LEVEL", "info,ferrite_lb=debug")],
-    )
-    .expect("speaker starts")
-}
-
-/// GET `path` from the speaker's admin server inside node namespace `ns` (127.0.0.1:9091 there).
-fn speaker_get(ns: &str, path: &str) -> Option<String> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "curl",
-            "-s",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "1",
-        ])
-        .arg(format!("http://127.0.0.1:9091{path}"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-/// The value of the unlabelled gauge `name` in a metrics text.
-fn gauge(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 impl Rig {
     async fn start() -> Rig {
         let kb = KubeBox::shared();
-        ferrite_e2e::demo::install_chart(kb)
-            .await
-            .expect("chart installed");
-        let controller_kc = kb
-            .service_account_kubeconfig("ferrite-system", "ferrite-lb-controller")
-            .await
-            .expect("controller kubeconfig");
-        let speaker_kc = kb
-            .service_account_kubeconfig("ferrite-system", "ferrite-lb-speaker")
-            .await
-            .expect("speaker kubeconfig");
-        let mut lab = NetLab::new(kb, 3).expect("lab network");
+        let accounts = Accounts::install(kb).await;
+        let mut lab = registered_lab(kb, 3).await;
         lab.delete_after_exit().expect("lab janitor");
         // Speakers restarted later in the run run this same binary, even if the build directory's is
         // replaced by a rebuild meanwhile (a hard link keeps the file; a copy where links cannot be).
-        let bin = lab.dir().join("ferrite-lb");
-        let built = Path::new(env!("CARGO_BIN_EXE_ferrite-lb"));
-        if std::fs::hard_link(built, &bin).is_err() {
-            std::fs::copy(built, &bin).expect("speaker binary copied");
+        let bin: PathBuf = lab.dir().join("ferrite-lb");
+        if std::fs::hard_link(built_binary(), &bin).is_err() {
+            std::fs::copy(built_binary(), &bin).expect("speaker binary copied");
         }
         lab.start_backends().expect("the lab's backends");
-        lab.register_nodes(kb).await.expect("Node objects");
-        let controller = start_controller(kb, &controller_kc, &["--lease-namespace=ferrite-system"]).await;
-        let speakers = (0..lab.nodes.len())
-            .map(|i| Some(start_speaker(&lab, &bin, i, &speaker_kc)))
-            .collect();
+        let controller = accounts.start_controller(kb).await;
+        let speakers = Speakers::start(&lab, &bin, &accounts.speaker, &[]);
         let mut rig = Rig {
             lab,
-            bin,
-            speaker_kc,
             speakers,
             _controller: controller,
         };
@@ -179,12 +118,12 @@ impl Rig {
     async fn heal(&mut self) {
         for i in 0..self.lab.nodes.len() {
             self.lab.set_node_link(i, true).expect("node link up");
-            let exited = match self.speakers[i].as_mut() {
+            let exited = match self.speakers.procs[i].as_mut() {
                 Some(s) => (!s.is_running()).then(|| s.log_tail(40)),
                 None => None,
             };
-            if self.speakers[i].is_none() || exited.is_some() {
-                self.speakers[i] = Some(start_speaker(&self.lab, &self.bin, i, &self.speaker_kc));
+            if self.speakers.procs[i].is_none() || exited.is_some() {
+                self.speakers.restart(&self.lab, i);
             }
             // Restarted first, so the tests after this one find a whole lab.
             if let Some(log) = exited {
@@ -200,8 +139,9 @@ impl Rig {
         for i in 0..n {
             loop {
                 let ns = &self.lab.nodes[i].ns;
-                let members = speaker_get(ns, "/metrics").and_then(|m| gauge(&m, "ferrite_lb_members"));
-                let log = std::fs::read_to_string(&self.speaker(i).log).unwrap_or_default();
+                let members =
+                    speaker_http(ns, "/metrics").and_then(|(_, m)| metric(&m, "ferrite_lb_members", &[]));
+                let log = std::fs::read_to_string(&self.speakers.get(i).log).unwrap_or_default();
                 if members == Some(n as f64) && log.contains("startup grace over") {
                     break;
                 }
@@ -215,21 +155,8 @@ impl Rig {
         }
     }
 
-    fn speaker(&self, i: usize) -> &Supervised {
-        self.speakers[i].as_ref().expect("speaker running")
-    }
-
     fn logs(&self) -> String {
-        let mut s = String::new();
-        for p in self.speakers.iter().flatten() {
-            s.push_str(&format!(
-                "\n--- {} ({}):\n{}",
-                p.name,
-                p.log.display(),
-                p.log_tail(25)
-            ));
-        }
-        s
+        self.speakers.logs()
     }
 
     fn name(&self, i: usize) -> &str {
@@ -238,10 +165,18 @@ impl Rig {
 
     fn index(&self, name: &str) -> usize {
         self.lab
-            .nodes
-            .iter()
-            .position(|n| n.name == name)
+            .node_index(name)
             .unwrap_or_else(|| panic!("{name:?} is not a lab node"))
+    }
+
+    /// The nodes in the order MetalLB's ranking puts them for `ip`.
+    fn ranking(&self, ip: &str) -> Vec<usize> {
+        let names: Vec<String> = self.lab.nodes.iter().map(|n| n.name.clone()).collect();
+        let ip: IpAddr = ip.parse().expect("ip");
+        ferrite_lb::election::ranking(ip, names.iter().map(String::as_str))
+            .iter()
+            .map(|n| self.index(n))
+            .collect()
     }
 
     /// The node whose MAC answers the client's ARP for `vip` (IPv4), waiting up to 15 s for an answer.
@@ -254,16 +189,21 @@ impl Rig {
         )
         .await;
         self.lab
-            .nodes
-            .iter()
-            .position(|n| n.mac == mac)
+            .node_index_by_mac(&mac)
             .unwrap_or_else(|| panic!("{ip} answered by {mac}, which is no lab node's MAC"))
+    }
+
+    /// Asks `times` times who answers ARP for `vip`: node `want` every time (`why`, with the logs).
+    async fn arp_owner_is(&self, vip: IpAddr, want: usize, times: usize, why: &str) {
+        for _ in 0..times {
+            assert_eq!(self.arp_owner(vip).await, want, "{why}{}", self.logs());
+        }
     }
 
     /// The node the client's neighbour entry for `vip` points at.
     fn neighbour_owner(&self, vip: IpAddr) -> Option<usize> {
         let mac = self.lab.client_neighbour(&vip.to_string())?;
-        self.lab.nodes.iter().position(|n| n.mac == mac)
+        self.lab.node_index_by_mac(&mac)
     }
 
     /// One HTTP GET from the client to `vip:80`; the node whose backend answered.
@@ -273,9 +213,7 @@ impl Rig {
             .client_http_get(vip, HTTP_PORT, timeout)
             .map_err(|e| format!("{e:#}"))?;
         self.lab
-            .nodes
-            .iter()
-            .position(|n| n.name == body)
+            .node_index(&body)
             .ok_or_else(|| format!("answer {body:?} names no lab node"))
     }
 
@@ -314,9 +252,8 @@ struct Case {
     kb: &'static KubeBox,
     ns: String,
     svcs: Api<Service>,
-    slices: Api<DynamicObject>,
+    slices: Slices,
     l2: Api<ServiceL2Status>,
-    version: SliceVersion,
 }
 
 impl Case {
@@ -325,133 +262,57 @@ impl Case {
         let kb = KubeBox::shared();
         let client = kb.client().await;
         let ns = kb.namespace(prefix).await;
-        let pools: Api<IPPool> = Api::all(client.clone());
-        create(
-            &pools,
-            json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
-            "metadata": {"name": format!("{ns}-lan")},
-            "spec": {"addresses": [range], "serviceAllocation": {"namespaces": [ns]}, "l2": {}}}),
-        )
-        .await;
-        let version = SliceVersion::detect(&client).await.expect("discovery");
-        Case {
+        let case = Case {
             kb,
             svcs: Api::namespaced(client.clone(), &ns),
-            slices: Api::namespaced_with(client.clone(), &ns, &version.api_resource()),
+            slices: Slices::new(&client, &ns).await,
             l2: Api::namespaced(client, &ns),
             ns,
-            version,
-        }
+        };
+        case.pool("lan", range, Some(json!({}))).await;
+        case
     }
 
     /// Another IPPool `<ns>-<suffix>` over `range` for this namespace, with `l2` as its inline block
     /// (`None`: no inline block, so only an L2Advertisement can announce it).
     async fn pool(&self, suffix: &str, range: &str, l2: Option<serde_json::Value>) -> String {
         let name = format!("{}-{suffix}", self.ns);
-        let mut spec = json!({"addresses": [range], "serviceAllocation": {"namespaces": [self.ns]}});
-        if let Some(l2) = l2 {
-            spec["l2"] = l2;
-        }
+        let extra = match l2 {
+            Some(l2) => json!({"l2": l2}),
+            None => json!({}),
+        };
         let pools: Api<IPPool> = Api::all(self.kb.client().await);
-        create(
-            &pools,
-            json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "IPPool",
-                "metadata": {"name": name}, "spec": spec}),
-        )
-        .await;
+        create(&pools, pool(&name, &self.ns, &[range], extra)).await;
         name
     }
 
-    /// Creates a LoadBalancer Service `name` with one port and waits for its address.
-    async fn service(
-        &self,
-        name: &str,
-        port: u16,
-        protocol: Protocol,
-        annotations: serde_json::Value,
-        local: bool,
-    ) -> IpAddr {
-        let proto = match protocol {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        };
-        let mut spec = json!({"type": "LoadBalancer", "selector": {"app": name},
-            "ports": [{"port": port, "protocol": proto, "targetPort": protocol.backend_port()}]});
-        if local {
-            spec["externalTrafficPolicy"] = json!("Local");
-        }
-        create(
-            &self.svcs,
-            json!({"metadata": {"name": name, "annotations": annotations}, "spec": spec}),
-        )
-        .await;
-        let (ips, took) = wait_ips(&self.svcs, name, Duration::from_secs(15)).await;
+    /// Creates the LoadBalancer Service `svc` and waits for its address; then writes one ready endpoint
+    /// of it on each of `nodes` (at the node's pod address of the address's family) and has every node
+    /// deliver the address's port locally, as kube-proxy would. Returns the address.
+    async fn serve(&self, rig: &Rig, svc: LbService, nodes: &[usize]) -> IpAddr {
+        let name = svc.name().to_string();
+        svc.create(&self.svcs).await;
+        let (ips, took) = wait_ips(&self.svcs, &name, Duration::from_secs(15)).await;
         eprintln!("{}/{name}: {ips:?} after {took:?}", self.ns);
-        ips[0].parse().expect("an IP in the status")
-    }
-
-    /// What an endpoint controller would write: one ready endpoint of `service` on each of `nodes`
-    /// (at the node's pod address of `family`'s family).
-    async fn endpoints(&self, rig: &Rig, service: &str, nodes: &[usize], family: IpAddr, protocol: Protocol) {
-        let endpoints: Vec<_> = nodes
-            .iter()
-            .map(|i| {
-                let n = &rig.lab.nodes[*i];
-                json!({
-                    "addresses": [n.pod_ip(family).to_string()], "conditions": {"ready": true},
-                    "topology": {"kubernetes.io/hostname": n.name}, "nodeName": n.name,
-                })
-            })
-            .collect();
-        let v1 = self.version == SliceVersion::V1;
-        let proto = match protocol {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        };
-        let mut slice = json!({"apiVersion": format!("discovery.k8s.io/{}", if v1 { "v1" } else { "v1beta1" }),
-            "kind": "EndpointSlice",
-            "metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
-            "addressType": if family.is_ipv4() { "IPv4" } else { "IPv6" }, "endpoints": endpoints,
-            "ports": [{"port": protocol.backend_port(), "protocol": proto}]});
-        if !v1 {
-            // v1beta1 on 1.20 carries the node in topology; nodeName is behind a feature gate there.
-            for e in slice["endpoints"].as_array_mut().expect("array") {
-                e.as_object_mut().expect("object").remove("nodeName");
-            }
-        }
-        let obj: DynamicObject = serde_json::from_value(slice).expect("slice");
-        self.slices
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect("EndpointSlice created");
+        let vip: IpAddr = ips[0].parse().expect("an IP in the status");
+        let (port, protocol) = svc.port_protocol();
+        self.slices.on_nodes(&rig.lab, &name, nodes, vip, protocol).await;
+        rig.lab
+            .deliver_locally(vip, port, protocol)
+            .expect("VIP delivered");
+        vip
     }
 
     /// Waits until the ServiceL2Status of `service` (written by the announcing speaker) names `node`:
     /// who `kubectl get servicel2statuses` says announces is who the client reaches.
     async fn status_names(&self, rig: &Rig, service: &str, node: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let got = self.l2.get_opt(service).await;
-            if let Ok(Some(s)) = &got
-                && s.spec.node == node
-            {
-                return;
-            }
-            if Instant::now() > deadline {
-                let now = match got {
-                    Ok(Some(s)) => format!("it names {:?}: {:?}", s.spec.node, s.spec),
-                    Ok(None) => "there is none".to_string(),
-                    Err(e) => format!("cannot read it: {e}"),
-                };
-                panic!(
-                    "the ServiceL2Status {}/{service} does not name {node} after 10 s: {now}{}",
-                    self.ns,
-                    rig.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_status_names(&self.l2, service, node, Duration::from_secs(10), || rig.logs()).await;
     }
+}
+
+/// A Service `name` on `port` (`protocol`) with `annotations`.
+fn web(name: &str, port: u16, protocol: Protocol, annotations: serde_json::Value) -> LbService {
+    LbService::new(name).port(port, protocol).annotations(annotations)
 }
 
 /// Sets (`Some(value)`) or removes (`None`) label `key` of Node `node` with kubectl (synchronous, so it
@@ -689,12 +550,8 @@ async fn http_to_the_vip_reaches_the_announcing_nodes_backend_and_nothing_else_a
     rig.heal().await;
     let case = Case::new("dp-http", "192.0.2.100-192.0.2.103").await;
     let vip = case
-        .service("web", HTTP_PORT, Protocol::Tcp, json!({}), false)
+        .serve(&rig, web("web", HTTP_PORT, Protocol::Tcp, json!({})), &[0, 1, 2])
         .await;
-    case.endpoints(&rig, "web", &[0, 1, 2], vip, Protocol::Tcp).await;
-    rig.lab
-        .deliver_locally(vip, HTTP_PORT, Protocol::Tcp)
-        .expect("VIP delivered");
 
     let owner = rig.arp_owner(vip).await;
     case.status_names(&rig, "web", rig.name(owner)).await;
@@ -704,13 +561,8 @@ async fn http_to_the_vip_reaches_the_announcing_nodes_backend_and_nothing_else_a
         Some(owner),
         "the client sends to the node that answered its ARP"
     );
-    for _ in 0..3 {
-        assert_eq!(
-            rig.arp_owner(vip).await,
-            owner,
-            "one node answers ARP for the VIP"
-        );
-    }
+    rig.arp_owner_is(vip, owner, 3, "one node answers ARP for the VIP")
+        .await;
 
     // The stand-in for kube-proxy does not make the kernel answer for an address: another address of
     // the pool, delivered on every node but held by no Service, is not reachable.
@@ -743,18 +595,14 @@ async fn when_the_announcing_node_dies_a_client_loop_sees_errors_only_within_the
     rig.heal().await;
     let case = Case::new("dp-failover", "192.0.2.104-192.0.2.107").await;
     let vip = case
-        .service("web", HTTP_PORT, Protocol::Tcp, json!({}), false)
+        .serve(&rig, web("web", HTTP_PORT, Protocol::Tcp, json!({})), &[0, 1, 2])
         .await;
-    case.endpoints(&rig, "web", &[0, 1, 2], vip, Protocol::Tcp).await;
-    rig.lab
-        .deliver_locally(vip, HTTP_PORT, Protocol::Tcp)
-        .expect("VIP delivered");
     let first = rig.arp_owner(vip).await;
     rig.served_by(vip, first, 5).await;
 
     // The node dies: its speaker is SIGKILLed and its link is cut at the same moment (a node that stops
     // answering altogether; a speaker crash alone leaves its node serving, see the IPv6 test).
-    let mut killed = rig.speakers[first].take().expect("speaker running");
+    let mut killed = rig.speakers.take(first);
     let (samples, fired) = {
         let r: &Rig = &rig;
         client_loop(
@@ -794,20 +642,16 @@ async fn a_tcp_and_a_udp_service_sharing_an_ip_are_both_answered_through_it_by_t
     let case = Case::new("dp-shared", "192.0.2.108-192.0.2.111").await;
     let key = json!({"lb.ferrite.dev/allow-shared-ip": "dns"});
     let tcp = case
-        .service("dns-tcp", HTTP_PORT, Protocol::Tcp, key.clone(), false)
+        .serve(
+            &rig,
+            web("dns-tcp", HTTP_PORT, Protocol::Tcp, key.clone()),
+            &[0, 1, 2],
+        )
         .await;
-    let udp = case.service("dns-udp", UDP_PORT, Protocol::Udp, key, false).await;
+    let udp = case
+        .serve(&rig, web("dns-udp", UDP_PORT, Protocol::Udp, key), &[0, 1, 2])
+        .await;
     assert_eq!(tcp, udp, "both Services hold one address");
-    case.endpoints(&rig, "dns-tcp", &[0, 1, 2], tcp, Protocol::Tcp)
-        .await;
-    case.endpoints(&rig, "dns-udp", &[0, 1, 2], udp, Protocol::Udp)
-        .await;
-    rig.lab
-        .deliver_locally(tcp, HTTP_PORT, Protocol::Tcp)
-        .expect("TCP delivered");
-    rig.lab
-        .deliver_locally(udp, UDP_PORT, Protocol::Udp)
-        .expect("UDP delivered");
 
     let owner = rig.arp_owner(tcp).await;
     case.status_names(&rig, "dns-tcp", rig.name(owner)).await;
@@ -838,20 +682,14 @@ async fn an_ipv6_vip_is_served_before_and_after_its_speaker_is_sigkilled() {
     let mut rig = rig().lock().await;
     rig.heal().await;
     let case = Case::new("dp-v6", "2001:db8::100-2001:db8::103").await;
-    let vip = case
-        .service(
-            "web6",
-            HTTP_PORT,
-            Protocol::Tcp,
-            json!({"lb.ferrite.dev/ips": "2001:db8::101"}),
-            false,
-        )
-        .await;
+    let svc = web(
+        "web6",
+        HTTP_PORT,
+        Protocol::Tcp,
+        json!({"lb.ferrite.dev/ips": "2001:db8::101"}),
+    );
+    let vip = case.serve(&rig, svc, &[0, 1, 2]).await;
     assert_eq!(vip.to_string(), "2001:db8::101");
-    case.endpoints(&rig, "web6", &[0, 1, 2], vip, Protocol::Tcp).await;
-    rig.lab
-        .deliver_locally(vip, HTTP_PORT, Protocol::Tcp)
-        .expect("VIP delivered");
 
     // Reached over NDP: the node that answers is the one the client's neighbour entry points at.
     let first = eventually(Duration::from_secs(15), "HTTP to the IPv6 VIP", || async {
@@ -868,7 +706,7 @@ async fn an_ipv6_vip_is_served_before_and_after_its_speaker_is_sigkilled() {
 
     // Only the speaker dies; the node keeps serving what reaches it, so the client keeps being
     // answered until the new owner's unsolicited Neighbor Advertisement moves its entry.
-    let mut killed = rig.speakers[first].take().expect("speaker running");
+    let mut killed = rig.speakers.take(first);
     let (samples, fired) = {
         let r: &Rig = &rig;
         client_loop(
@@ -892,45 +730,27 @@ async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_a
     let mut rig = rig().lock().await;
     rig.heal().await;
     let case = Case::new("dp-policy", "192.0.2.112-192.0.2.119").await;
-    let names: Vec<String> = rig.lab.nodes.iter().map(|n| n.name.clone()).collect();
-    let rank = |ip: &str| -> Vec<usize> {
-        let ip: IpAddr = ip.parse().expect("ip");
-        ferrite_lb::election::ranking(ip, names.iter().map(String::as_str))
-            .iter()
-            .map(|n| rig.index(n))
-            .collect()
-    };
 
     // externalTrafficPolicy: Local with the only endpoint on the node MetalLB's ranking puts last:
     // that node announces and serves.
     let local_ip = "192.0.2.112";
-    let only = rank(local_ip)[2];
-    let vip = case
-        .service(
-            "local",
-            HTTP_PORT,
-            Protocol::Tcp,
-            json!({"lb.ferrite.dev/ips": local_ip}),
-            true,
-        )
-        .await;
-    case.endpoints(&rig, "local", &[only], vip, Protocol::Tcp).await;
-    rig.lab
-        .deliver_locally(vip, HTTP_PORT, Protocol::Tcp)
-        .expect("VIP delivered");
-    assert_eq!(
-        rig.arp_owner(vip).await,
-        only,
-        "the node with the endpoint announces{}",
-        rig.logs()
+    let only = rig.ranking(local_ip)[2];
+    let svc = web(
+        "local",
+        HTTP_PORT,
+        Protocol::Tcp,
+        json!({"lb.ferrite.dev/ips": local_ip}),
     );
+    let vip = case.serve(&rig, svc.local(), &[only]).await;
+    rig.arp_owner_is(vip, only, 1, "the node with the endpoint announces")
+        .await;
     case.status_names(&rig, "local", rig.name(only)).await;
     rig.served_by(vip, only, 5).await;
 
     // The two best-ranked nodes for another address are out: the first by the exclude label, the
     // second by NetworkUnavailable=True. A Service on that address is announced by the third only.
     let cluster_ip = "192.0.2.113";
-    let r = rank(cluster_ip);
+    let r = rig.ranking(cluster_ip);
     let mut changes = NodeChanges {
         kb: case.kb,
         labelled: vec![],
@@ -944,31 +764,20 @@ async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_a
     changes.unavailable.push(rig.name(r[1]).to_string());
     // Node changes and the Service arrive on different watches: give the Node events a head start.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let vip = case
-        .service(
-            "cluster",
-            HTTP_PORT,
-            Protocol::Tcp,
-            json!({"lb.ferrite.dev/ips": cluster_ip}),
-            false,
-        )
-        .await;
-    case.endpoints(&rig, "cluster", &[0, 1, 2], vip, Protocol::Tcp)
-        .await;
-    rig.lab
-        .deliver_locally(vip, HTTP_PORT, Protocol::Tcp)
-        .expect("VIP delivered");
-    for _ in 0..5 {
-        assert_eq!(
-            rig.arp_owner(vip).await,
-            r[2],
-            "only {} may announce {cluster_ip} ({} is excluded, {} has NetworkUnavailable){}",
-            rig.name(r[2]),
-            rig.name(r[0]),
-            rig.name(r[1]),
-            rig.logs()
-        );
-    }
+    let svc = web(
+        "cluster",
+        HTTP_PORT,
+        Protocol::Tcp,
+        json!({"lb.ferrite.dev/ips": cluster_ip}),
+    );
+    let vip = case.serve(&rig, svc, &[0, 1, 2]).await;
+    let why = format!(
+        "only {} may announce {cluster_ip} ({} is excluded, {} has NetworkUnavailable)",
+        rig.name(r[2]),
+        rig.name(r[0]),
+        rig.name(r[1])
+    );
+    rig.arp_owner_is(vip, r[2], 5, &why).await;
     case.status_names(&rig, "cluster", rig.name(r[2])).await;
     rig.served_by(vip, r[2], 5).await;
     assert_eq!(rig.neighbour_owner(vip), Some(r[2]));
@@ -996,10 +805,8 @@ async fn an_advertisements_node_selector_picks_who_serves_and_a_pool_nobody_adve
     let case = Case::new("dp-adv", "192.0.2.120-192.0.2.121").await;
     let advertised = case.pool("adv", "192.0.2.122-192.0.2.123", None).await;
     let quiet = case.pool("quiet", "192.0.2.124-192.0.2.125", None).await;
-    let names: Vec<String> = rig.lab.nodes.iter().map(|n| n.name.clone()).collect();
     let ip = "192.0.2.122";
-    let last = rig
-        .index(&ferrite_lb::election::ranking(ip.parse().expect("ip"), names.iter().map(String::as_str))[2]);
+    let last = rig.ranking(ip)[2];
     let key = "ferrite.dev/datapath-l2";
     let _changes = NodeChanges {
         kb: case.kb,
@@ -1023,45 +830,26 @@ async fn an_advertisements_node_selector_picks_who_serves_and_a_pool_nobody_adve
     // Let the speakers see the label and the advertisement before the Service exists.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let vip = case
-        .service(
-            "adv",
-            HTTP_PORT,
-            Protocol::Tcp,
-            json!({"lb.ferrite.dev/pool": advertised, "lb.ferrite.dev/ips": ip}),
-            false,
-        )
+    let svc = web(
+        "adv",
+        HTTP_PORT,
+        Protocol::Tcp,
+        json!({"lb.ferrite.dev/pool": advertised, "lb.ferrite.dev/ips": ip}),
+    );
+    let vip = case.serve(&rig, svc, &[0, 1, 2]).await;
+    rig.arp_owner_is(vip, last, 3, "only the node the advertisement selects announces")
         .await;
-    case.endpoints(&rig, "adv", &[0, 1, 2], vip, Protocol::Tcp).await;
-    rig.lab
-        .deliver_locally(vip, HTTP_PORT, Protocol::Tcp)
-        .expect("VIP delivered");
-    for _ in 0..3 {
-        assert_eq!(
-            rig.arp_owner(vip).await,
-            last,
-            "only the node the advertisement selects announces{}",
-            rig.logs()
-        );
-    }
     case.status_names(&rig, "adv", rig.name(last)).await;
     rig.served_by(vip, last, 5).await;
 
     // Allocate-only: the address is handed out, and nobody answers for it or serves it.
-    let silent = case
-        .service(
-            "quiet",
-            HTTP_PORT,
-            Protocol::Tcp,
-            json!({"lb.ferrite.dev/pool": quiet}),
-            false,
-        )
-        .await;
-    case.endpoints(&rig, "quiet", &[0, 1, 2], silent, Protocol::Tcp)
-        .await;
-    rig.lab
-        .deliver_locally(silent, HTTP_PORT, Protocol::Tcp)
-        .expect("VIP delivered");
+    let svc = web(
+        "quiet",
+        HTTP_PORT,
+        Protocol::Tcp,
+        json!({"lb.ferrite.dev/pool": quiet}),
+    );
+    let silent = case.serve(&rig, svc, &[0, 1, 2]).await;
     assert_eq!(
         rig.lab.arping_within(
             &silent.to_string(),
