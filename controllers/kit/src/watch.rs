@@ -27,6 +27,7 @@
 //! dispatch.
 
 use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Resource,
     core::PartialObjectMeta,
@@ -83,6 +84,27 @@ impl Trim {
                 self.apply(o)
             }
             watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+}
+
+/// Keeps only the labels whose key `keep` accepts (none left: no labels at all). For a [`Transform`]
+/// that keeps what a controller selects on, e.g. only `kubernetes.io/service-name` of EndpointSlices.
+pub fn retain_labels(meta: &mut ObjectMeta, keep: impl Fn(&str) -> bool) {
+    retain_keys(&mut meta.labels, keep)
+}
+
+/// Keeps only the annotations whose key `keep` accepts (none left: no annotations at all). For a
+/// [`Transform`] of a controller that reads a few annotations or none.
+pub fn retain_annotations(meta: &mut ObjectMeta, keep: impl Fn(&str) -> bool) {
+    retain_keys(&mut meta.annotations, keep)
+}
+
+fn retain_keys(map: &mut Option<std::collections::BTreeMap<String, String>>, keep: impl Fn(&str) -> bool) {
+    if let Some(m) = map.as_mut() {
+        m.retain(|k, _| keep(k));
+        if m.is_empty() {
+            *map = None;
         }
     }
 }
@@ -683,6 +705,30 @@ mod tests {
         let ann = b.metadata.annotations.as_ref().expect("other annotations stay");
         assert!(!ann.contains_key(LAST_APPLIED));
         assert_eq!(ann.get("keep").map(String::as_str), Some("me"));
+    }
+
+    #[test]
+    fn retain_labels_and_annotations_keep_what_is_asked_and_drop_empty_maps() {
+        let mut a = cm("a", "1");
+        a.metadata.labels = Some([("app".to_string(), "web".to_string()), ("x".into(), "y".into())].into());
+        retain_labels(&mut a.metadata, |k| k == "app");
+        assert_eq!(a.labels().len(), 1);
+        assert_eq!(a.labels().get("app").map(String::as_str), Some("web"));
+        retain_annotations(&mut a.metadata, |k| k == "keep");
+        assert_eq!(
+            a.metadata
+                .annotations
+                .as_ref()
+                .map(|m| m.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["keep".to_string()])
+        );
+        retain_annotations(&mut a.metadata, |_| false);
+        assert!(a.metadata.annotations.is_none(), "an empty map is dropped");
+        retain_labels(&mut a.metadata, |_| false);
+        assert!(a.metadata.labels.is_none());
+        // Nothing to keep from: stays None.
+        retain_labels(&mut a.metadata, |_| true);
+        assert!(a.metadata.labels.is_none());
     }
 
     async fn next(sub: &mut Subscription<ConfigMap>) -> Change<ConfigMap> {

@@ -18,8 +18,19 @@
 //! whose rounds take well under a millisecond, still reacts within a few milliseconds (the gap is as
 //! short as the round). Changes that arrive during the wait are folded into the next round. Failover does
 //! not wait: a change of the live members ends the gap (the caller selects on it).
+//!
+//! # Full and incremental rounds ([`Schedule`])
+//! Most rounds are incremental: they recompute only the groups whose Services, EndpointSlices or
+//! ServiceL2Statuses changed, so they cost in proportion to the change, not to the cluster. A full round
+//! (every group: a Node, pool or advertisement changed, a watch relisted, the startup grace) costs in
+//! proportion to the cluster. Each kind is paced by its own cost: a full round of d delays the next
+//! *full* round by `gap(d)`, an incremental round of d the next round of either kind by `gap(d)`. So a
+//! Service that gets its first address right after a full round at 10,000 Services is announced after
+//! the (short) incremental gap, not after the full round's (up to 1 s): pacing bounds repeated rounds,
+//! never a first announcement. Each kind uses at most `1 / (1 + idle_per_busy)` of a core.
 
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long the speaker waits after a round before starting the next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +78,48 @@ impl Pacer {
     /// `max_gap / idle_per_busy`).
     pub fn max_share(&self) -> f64 {
         1.0 / (1.0 + f64::from(self.idle_per_busy))
+    }
+}
+
+/// When the next round may start, after full and incremental rounds (module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pacer: Pacer,
+    /// The next full round starts no earlier.
+    full_at: Instant,
+    /// The next round of either kind starts no earlier.
+    any_at: Instant,
+}
+
+impl Schedule {
+    /// Nothing ran yet: the first round may start at once.
+    pub fn new(pacer: Pacer, now: Instant) -> Self {
+        Self {
+            pacer,
+            full_at: now,
+            any_at: now,
+        }
+    }
+
+    /// A round (`full` or incremental) that took `took` ended at `end`.
+    pub fn finished(&mut self, full: bool, end: Instant, took: Duration) {
+        let at = end + self.pacer.gap(took);
+        if full {
+            // Only the next full round waits for a full round; an incremental one may follow at once.
+            self.full_at = at;
+            self.any_at = end;
+        } else {
+            self.any_at = at;
+        }
+    }
+
+    /// The earliest start of the next round, which is a full one if `full`.
+    pub fn next(&self, full: bool) -> Instant {
+        if full {
+            self.full_at.max(self.any_at)
+        } else {
+            self.any_at
+        }
     }
 }
 
@@ -137,5 +190,30 @@ mod tests {
         assert_eq!(p.gap(Duration::from_secs(3)), p.max_gap);
         assert_eq!(p.gap(111 * MS), 999 * MS);
         assert_eq!(p.gap(112 * MS), p.max_gap);
+    }
+
+    /// A Service allocated right after a slow full round is elected at once (an incremental round),
+    /// while another full round still waits for the full round's gap.
+    #[test]
+    fn a_first_announcement_does_not_wait_for_a_full_rounds_gap() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(SPEAKER, t0);
+        assert_eq!(s.next(true), t0, "the first round at once");
+        // A full round at 10,000 Services: 80 ms, so the next full round waits 720 ms.
+        let end = t0 + 80 * MS;
+        s.finished(true, end, 80 * MS);
+        assert_eq!(s.next(true), end + 720 * MS);
+        assert_eq!(s.next(false), end, "a new address goes out without waiting");
+        // The incremental round (one Service) takes 100 us: the next one waits 900 us, and a full round
+        // still waits for its own gap.
+        let end2 = end + Duration::from_micros(100);
+        s.finished(false, end2, Duration::from_micros(100));
+        assert_eq!(s.next(false), end2 + Duration::from_micros(900));
+        assert_eq!(s.next(true), end + 720 * MS);
+        // A slow incremental round (a burst) delays everything behind it.
+        let end3 = end + 800 * MS;
+        s.finished(false, end3, 50 * MS);
+        assert_eq!(s.next(true), end3 + 450 * MS);
+        assert_eq!(s.next(false), end3 + 450 * MS);
     }
 }

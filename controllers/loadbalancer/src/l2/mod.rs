@@ -248,6 +248,12 @@ impl Announcer {
         self.shared.update(|st| st.desired = desired);
     }
 
+    /// The plan, to be told when it changes: by [`Announcer::set`], or because an interface came, went
+    /// or changed (the speaker then looks again at which interfaces each address is answered on).
+    pub fn plan_changes(&self) -> watch::Receiver<Arc<Plan>> {
+        self.shared.plan.subscribe()
+    }
+
     /// ip -> names of the interfaces it is answered on right now. An IP of the desired set that is missing
     /// here has no eligible interface on this node.
     pub fn announced(&self) -> BTreeMap<IpAddr, Vec<String>> {
