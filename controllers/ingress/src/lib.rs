@@ -15,7 +15,8 @@
 //!         │   hosts: exact "a.example.com" | wildcard "*.example.com"     │──> Warnings (invalid host,
 //!         │          | rules without host                                 │    path, backend, TLS entry;
 //!         │     └─ paths: Exact map + Prefix map ──> BackendRef           │    conflicts: oldest wins)
-//!         │   default backend (oldest Ingress that sets one) | 404        │    -> Events on the Ingress
+//!         │   defaultBackend: per host (oldest Ingress with a rule for    │    -> Events on the Ingress
+//!         │     it) | catch-all (oldest Ingress without rules) | 404      │
 //!         │   TLS: host pattern ──> Secret (namespace/name)               │
 //!         └───────────────────────────────────────────────────────────────┘
 //!                  │ SharedRouteTable (arc-swap)

@@ -4,19 +4,22 @@
 //!   served Ingresses, oldest first (creationTimestamp, then namespace/name)
 //!     │  each rule: HostPattern::parse(host) | any host      ─┐  invalid host/path/backend:
 //!     │  each path: RulePath::compile + BackendRef::from_spec  ├─> that rule skipped, a Warning
-//!     │  spec.defaultBackend, spec.tls                        ─┘  same host+path+match kind: oldest wins
+//!     │  spec.defaultBackend (per host | catch-all), spec.tls ─┘  same host+path+match kind: oldest wins
 //!     v
-//!   RouteTable { exact hosts, one-label wildcard hosts, any-host rules, default backend, TLS by host }
+//!   RouteTable { exact hosts, one-label wildcard hosts, any-host rules, catch-all default, TLS by host }
 //!     │
-//!   route(host, target): host -> HostRoutes (exact > wildcard > rules without host)
-//!                        path -> Exact lookup, else the longest Prefix (hash lookups per '/')
-//!                        no path -> default backend -> NotFound (the proxy's built-in 404)
+//!   route(host, target): host with rules (exact > wildcard) -> its paths -> its fallback -> NotFound
+//!                        any other host -> rules without host -> catch-all default -> NotFound
+//!                        paths: Exact lookup, else the longest Prefix (hash lookups per '/')
 //! ```
 //!
 //! Host selection comes first and does not fall through: when `a.example.com` has rules, a request for
-//! it that matches none of their paths goes to the default backend, not to `*.example.com`'s rules or
-//! to rules without a host (ingress-nginx's server blocks behave the same way). A rule with a host and
-//! no `http` claims that host with no paths.
+//! it that matches none of their paths goes to that host's fallback, not to `*.example.com`'s rules, to
+//! rules without a host or to the catch-all. A rule with a host and no `http` claims that host with no
+//! paths. Default backends follow ingress-nginx (its `createServers`): the fallback of a host is the
+//! `spec.defaultBackend` of the oldest Ingress with a rule for that host (none: the built-in 404); only
+//! an Ingress **without rules** sets the catch-all default (the oldest one; a younger one is reported),
+//! which serves hosts no rule names, after the rules without a host (nginx's `_` server).
 //!
 //! Conflicts are decided by age: the same host, the same path key and the same match kind
 //! (`ImplementationSpecific` matches as `Prefix`, and `/foo/` as Prefix is `/foo`) from two rules
@@ -299,9 +302,10 @@ pub struct DefaultBackend {
 pub enum Match<'a> {
     /// A rule's path matched.
     Route(&'a Route),
-    /// No rule matched; the oldest served Ingress's `spec.defaultBackend`.
+    /// No rule matched: the host's fallback (`spec.defaultBackend` of the oldest Ingress with a rule
+    /// for it) or, for a host no rule names, the catch-all (of the oldest Ingress without rules).
     Default(&'a DefaultBackend),
-    /// Nothing matched and no Ingress has a default backend: the proxy answers its built-in 404.
+    /// Nothing matched and no default backend applies: the proxy answers its built-in 404.
     NotFound,
 }
 
@@ -361,6 +365,12 @@ pub struct TlsBinding {
 struct HostRoutes {
     exact: HashMap<String, usize>,
     prefix: HashMap<String, usize>,
+    /// The oldest Ingress with a rule for this host (it decides the fallback); `None` for rules
+    /// without a host.
+    owner: Option<IngressRef>,
+    /// Index in `RouteTable::fallbacks`: the owner's `spec.defaultBackend`, for requests of this host
+    /// that match no path. `None`: the proxy's 404.
+    fallback: Option<usize>,
 }
 
 impl HostRoutes {
@@ -422,7 +432,10 @@ pub struct RouteTable {
     routes: Vec<Route>,
     hosts: ByHost<HostRoutes>,
     any_host: Option<HostRoutes>,
+    /// The catch-all: `spec.defaultBackend` of the oldest served Ingress without rules.
     default_backend: Option<DefaultBackend>,
+    /// `spec.defaultBackend` of Ingresses with rules, each the fallback of the hosts its Ingress owns.
+    fallbacks: Vec<DefaultBackend>,
     tls: ByHost<TlsBinding>,
 }
 
@@ -482,11 +495,18 @@ impl RouteTable {
     pub fn route(&self, host: &str, target: &str) -> Match<'_> {
         let path = request_path(target);
         let host = RequestHost::parse(host);
-        let routes = host
-            .as_ref()
-            .and_then(|h| self.hosts.get(h.as_str()))
-            .or(self.any_host.as_ref());
-        if let Some(id) = routes.and_then(|r| r.lookup(path)) {
+        if let Some(routes) = host.as_ref().and_then(|h| self.hosts.get(h.as_str())) {
+            // A host with rules: its paths, else its owner's defaultBackend, else 404 (never the
+            // catch-all, which is for hosts no rule names).
+            if let Some(id) = routes.lookup(path) {
+                return Match::Route(&self.routes[id]);
+            }
+            return match routes.fallback {
+                Some(i) => Match::Default(&self.fallbacks[i]),
+                None => Match::NotFound,
+            };
+        }
+        if let Some(id) = self.any_host.as_ref().and_then(|r| r.lookup(path)) {
             return Match::Route(&self.routes[id]);
         }
         match &self.default_backend {
@@ -544,8 +564,25 @@ impl RouteTable {
         &self.routes
     }
 
+    /// The catch-all default backend: `spec.defaultBackend` of the oldest served Ingress without rules,
+    /// for requests whose host no rule names and that match no rule without a host.
     pub fn default_backend(&self) -> Option<&DefaultBackend> {
         self.default_backend.as_ref()
+    }
+
+    /// Every default backend a request can reach: the catch-all first, then the fallbacks of hosts
+    /// (`spec.defaultBackend` of Ingresses with rules), in build order.
+    pub fn default_backends(&self) -> impl Iterator<Item = &DefaultBackend> {
+        self.default_backend.iter().chain(self.fallbacks.iter())
+    }
+
+    /// The fallback of a host that has rules (`spec.defaultBackend` of the oldest Ingress with a rule
+    /// for it): `Some(None)` when that Ingress has none (the proxy's 404), `None` when no rule names the
+    /// host (the request goes to the rules without a host and the catch-all).
+    pub fn host_fallback(&self, host: &str) -> Option<Option<&DefaultBackend>> {
+        let host = RequestHost::parse(host)?;
+        let routes = self.hosts.get(host.as_str())?;
+        Some(routes.fallback.map(|i| &self.fallbacks[i]))
     }
 }
 
@@ -577,25 +614,40 @@ impl Builder {
             self.warn(&me, WarningKind::InvalidBackend, message);
             BackendProtocol::Http1
         });
+        let has_rules = spec.rules.as_ref().is_some_and(|r| !r.is_empty());
+        let mut default = None;
         if let Some(backend) = &spec.default_backend {
             match BackendRef::from_spec(&me.namespace, backend) {
                 Err(e) => self.warn(&me, WarningKind::InvalidBackend, format!("defaultBackend: {e}")),
-                Ok(backend) => match &self.table.default_backend {
+                Ok(backend) => {
+                    default = Some(DefaultBackend {
+                        ingress: me.clone(),
+                        backend,
+                        protocol,
+                    })
+                }
+            }
+        }
+        // Without rules, defaultBackend is the catch-all (oldest first); with rules, it is the fallback
+        // of the hosts this Ingress is the first to route (ingress-nginx's createServers).
+        let mut fallback: Option<usize> = None;
+        let mut unused_for: Vec<String> = Vec::new();
+        if let Some(d) = default.take() {
+            if has_rules {
+                fallback = Some(self.table.fallbacks.len());
+                self.table.fallbacks.push(d);
+            } else {
+                match &self.table.default_backend {
                     Some(older) => {
                         let message = format!(
-                            "defaultBackend {backend} ignored: the older Ingress {} already sets the default backend",
-                            older.ingress
+                            "defaultBackend {} ignored: the older Ingress {} (also without rules) already \
+                             sets the catch-all default backend",
+                            d.backend, older.ingress
                         );
                         self.warn(&me, WarningKind::DefaultBackendConflict, message);
                     }
-                    None => {
-                        self.table.default_backend = Some(DefaultBackend {
-                            ingress: me.clone(),
-                            backend,
-                            protocol,
-                        })
-                    }
-                },
+                    None => self.table.default_backend = Some(d),
+                }
             }
         }
         let mut rule_hosts = Vec::new();
@@ -616,18 +668,49 @@ impl Builder {
             if let Some(h) = &host {
                 rule_hosts.push(h.clone());
             }
-            // A rule claims its host even without paths (see the module docs).
+            // A rule claims its host even without paths (see the module docs); the first Ingress to
+            // claim it decides its fallback.
             match &host {
                 Some(h) => {
-                    self.table.hosts.entry(h).or_default();
+                    let routes = self.table.hosts.entry(h).or_insert_with(|| HostRoutes {
+                        owner: Some(me.clone()),
+                        fallback,
+                        ..HostRoutes::default()
+                    });
+                    if fallback.is_some()
+                        && let Some(owner) = routes.owner.as_ref().filter(|o| **o != me)
+                    {
+                        unused_for.push(format!(
+                            "host {h} (the older Ingress {owner} decides its fallback)"
+                        ));
+                    }
                 }
                 None => {
                     self.table.any_host.get_or_insert_with(HostRoutes::default);
+                    if fallback.is_some() {
+                        unused_for.push(
+                            "rules without a host (their fallback is the catch-all default backend, which \
+                             only an Ingress without rules sets)"
+                                .to_owned(),
+                        );
+                    }
                 }
             }
             for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
                 self.add_path(&me, host.as_ref(), ri, pi, p, protocol);
             }
+        }
+        if let Some(i) = fallback
+            && !unused_for.is_empty()
+        {
+            let mut seen = std::collections::HashSet::new();
+            unused_for.retain(|u| seen.insert(u.clone()));
+            let message = format!(
+                "defaultBackend {} is not the fallback of {}",
+                self.table.fallbacks[i].backend,
+                unused_for.join(", ")
+            );
+            self.warn(&me, WarningKind::DefaultBackendConflict, message);
         }
         self.add_tls(ing, &me, &rule_hosts);
     }

@@ -264,7 +264,15 @@ fn hosts() {
             rule(Some("a.example.com"), vec![path("/api", "Prefix", "exact")]),
         ]}),
     );
-    let compiled = compile(&[ing]);
+    // Hosts no rule names get the catch-all of an Ingress without rules; the named ones the
+    // defaultBackend of their Ingress.
+    let catch_all = ingress(
+        "default",
+        "catch-all",
+        Some(T1),
+        json!({"defaultBackend": svc("catch-all")}),
+    );
+    let compiled = compile(&[ing, catch_all]);
     assert_eq!(compiled.warnings, vec![]);
     let t = &compiled.table;
     let cases: &[(&str, &str, Option<&str>, &str)] = &[
@@ -277,13 +285,13 @@ fn hosts() {
         (
             "baz.bar.foo.com",
             "/",
-            Some("default:fallback"),
+            Some("default:catch-all"),
             "docs: wildcard only covers a single DNS label",
         ),
         (
             "foo.com",
             "/",
-            Some("default:fallback"),
+            Some("default:catch-all"),
             "docs: wildcard only covers a single DNS label",
         ),
         ("a.example.com", "/api/v1", Some("exact"), "exact beats wildcard"),
@@ -301,11 +309,17 @@ fn hosts() {
         (
             "example.com",
             "/",
-            Some("default:fallback"),
+            Some("default:catch-all"),
             "the wildcard's own suffix",
         ),
-        ("other.org", "/", Some("default:fallback"), "unknown host"),
-        (".example.com", "/", Some("default:fallback"), "empty first label"),
+        ("other.org", "/", Some("default:catch-all"), "unknown host"),
+        (
+            ".example.com",
+            "/",
+            Some("default:catch-all"),
+            "empty first label",
+        ),
+        ("b.example.com", "/", Some("wild"), "wildcard"),
     ];
     for (host, target, want, why) in cases {
         assert_eq!(reach(t, host, target).as_deref(), *want, "{host} {target}: {why}");
@@ -518,12 +532,18 @@ fn default_backend() {
         Some(T0),
         json!({"defaultBackend": svc("old-default")}),
     );
-    let newer = ingress(
+    let younger_catch_all = ingress(
+        "default",
+        "young",
+        Some(T1),
+        json!({"defaultBackend": svc("young-default")}),
+    );
+    let with_rules = ingress(
         "default",
         "new",
         Some(T1),
         json!({"defaultBackend": {"service": {"name": "new-default", "port": {"name": "http"}}},
-               "rules": [rule(Some("n.test"), vec![path("/", "Prefix", "n")])]}),
+               "rules": [rule(Some("n.test"), vec![path("/api", "Prefix", "n")])]}),
     );
     let resource = ingress(
         "default",
@@ -531,13 +551,19 @@ fn default_backend() {
         Some(T2),
         json!({"defaultBackend": {"resource": {"apiGroup": "k8s.example.com", "kind": "StorageBucket", "name": "static"}}}),
     );
-    let compiled = compile(&[resource, newer, older]);
+    let compiled = compile(&[resource, with_rules, younger_catch_all, older]);
     let t = &compiled.table;
+    // The catch-all (oldest Ingress without rules) serves hosts no rule names.
     assert_eq!(
         reach(t, "other.test", "/").as_deref(),
         Some("default:old-default")
     );
-    assert_eq!(reach(t, "n.test", "/").as_deref(), Some("n"));
+    // An Ingress with rules: its defaultBackend is the fallback of its own host only.
+    assert_eq!(reach(t, "n.test", "/api/x").as_deref(), Some("n"));
+    assert_eq!(
+        reach(t, "n.test", "/other").as_deref(),
+        Some("default:new-default")
+    );
     match t.route("other.test", "/") {
         Match::Default(d) => {
             assert_eq!(d.ingress.to_string(), "default/old");
@@ -546,6 +572,8 @@ fn default_backend() {
         }
         other => panic!("expected the default backend, got {other:?}"),
     }
+    let all: Vec<String> = t.default_backends().map(|d| d.backend.service.clone()).collect();
+    assert_eq!(all, ["old-default", "new-default"]);
     let kinds: Vec<(String, WarningKind)> = compiled
         .warnings
         .iter()
@@ -554,7 +582,7 @@ fn default_backend() {
     assert_eq!(
         kinds,
         [
-            ("default/new".to_owned(), WarningKind::DefaultBackendConflict),
+            ("default/young".to_owned(), WarningKind::DefaultBackendConflict),
             ("default/res".to_owned(), WarningKind::InvalidBackend),
         ]
     );
@@ -563,6 +591,139 @@ fn default_backend() {
         "{}",
         compiled.warnings[1].message
     );
+}
+
+/// ingress-nginx's createServers: an Ingress with rules AND a defaultBackend uses it for the hosts it
+/// is the first to route; the catch-all is only set by an Ingress without rules; everything else is
+/// the built-in 404.
+#[test]
+fn default_backend_is_per_host_like_ingress_nginx() {
+    // The review's example: team-a (older) defaultBackend a-fallback + rule a.example.com; team-b rule
+    // b.example.com /api.
+    let team_a = ingress(
+        "team-a",
+        "a",
+        Some(T0),
+        json!({"defaultBackend": svc("a-fallback"),
+               "rules": [rule(Some("a.example.com"), vec![path("/", "Exact", "a")])]}),
+    );
+    let team_b = ingress(
+        "team-b",
+        "b",
+        Some(T1),
+        json!({"rules": [rule(Some("b.example.com"), vec![path("/api", "Prefix", "b")])]}),
+    );
+    let compiled = compile(&[team_b.clone(), team_a.clone()]);
+    assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+    let t = &compiled.table;
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("a.example.com", "/", Some("a")),
+        ("a.example.com", "/x", Some("default:a-fallback")),
+        ("A.Example.COM.:80", "/x", Some("default:a-fallback")),
+        ("b.example.com", "/api/v1", Some("b")),
+        ("b.example.com", "/other", None),
+        ("unknown.org", "/", None),
+        ("", "/", None),
+    ];
+    for (host, target, want) in cases {
+        assert_eq!(reach(t, host, target).as_deref(), *want, "{host}{target}");
+    }
+    assert_eq!(t.default_backend(), None);
+    assert!(matches!(t.host_fallback("a.example.com"), Some(Some(d)) if d.backend.service == "a-fallback"));
+    assert_eq!(t.host_fallback("b.example.com"), Some(None));
+    assert_eq!(t.host_fallback("unknown.org"), None);
+
+    // The oldest Ingress with a rule for a host decides its fallback; a younger one's defaultBackend
+    // is not used for that host (a warning says so), but is for its own other hosts. Wildcard hosts
+    // alike; a rule with a host and no http is all fallback.
+    let shared = ingress(
+        "team-c",
+        "c",
+        Some(T2),
+        json!({"defaultBackend": svc("c-fallback"),
+               "rules": [rule(Some("a.example.com"), vec![path("/c", "Prefix", "c")]),
+                         rule(Some("*.c.example.com"), vec![path("/c", "Prefix", "c")]),
+                         {"host": "only-default.example.com"}]}),
+    );
+    let compiled = compile(&[shared, team_b, team_a]);
+    let t = &compiled.table;
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("a.example.com", "/c/1", Some("c")),
+        ("a.example.com", "/x", Some("default:a-fallback")),
+        ("x.c.example.com", "/c", Some("c")),
+        ("x.c.example.com", "/x", Some("default:c-fallback")),
+        (
+            "only-default.example.com",
+            "/anything",
+            Some("default:c-fallback"),
+        ),
+        ("y.x.c.example.com", "/x", None),
+    ];
+    for (host, target, want) in cases {
+        assert_eq!(reach(t, host, target).as_deref(), *want, "{host}{target}");
+    }
+    let w: Vec<(String, WarningKind, String)> = compiled
+        .warnings
+        .iter()
+        .map(|w| (w.ingress.to_string(), w.kind, w.message.clone()))
+        .collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "team-c/c");
+    assert_eq!(w[0].1, WarningKind::DefaultBackendConflict);
+    assert!(
+        w[0].2.contains("host a.example.com") && w[0].2.contains("team-a/a"),
+        "{}",
+        w[0].2
+    );
+}
+
+/// Rules without a host are nginx's `_` server: they serve every host no rule names, and what they do
+/// not match goes to the catch-all of an Ingress without rules, never to the defaultBackend of the
+/// Ingress holding them.
+#[test]
+fn default_backend_and_rules_without_host() {
+    let hostless = ingress(
+        "default",
+        "hostless",
+        Some(T0),
+        json!({"defaultBackend": svc("hostless-fallback"),
+               "rules": [rule(None, vec![path("/any", "Prefix", "any")])]}),
+    );
+    let named = ingress(
+        "default",
+        "named",
+        Some(T0),
+        json!({"rules": [rule(Some("named.test"), vec![path("/named", "Prefix", "named")])]}),
+    );
+    let compiled = compile(&[hostless.clone(), named.clone()]);
+    let t = &compiled.table;
+    assert_eq!(reach(t, "other.test", "/any/1").as_deref(), Some("any"));
+    assert_eq!(reach(t, "other.test", "/x"), None);
+    // A host with rules does not use the rules without a host.
+    assert_eq!(reach(t, "named.test", "/any"), None);
+    let w: Vec<(String, WarningKind)> = compiled
+        .warnings
+        .iter()
+        .map(|w| (w.ingress.to_string(), w.kind))
+        .collect();
+    assert_eq!(
+        w,
+        [("default/hostless".to_owned(), WarningKind::DefaultBackendConflict)]
+    );
+    assert!(compiled.warnings[0].message.contains("rules without a host"));
+
+    let catch_all = ingress(
+        "default",
+        "catch-all",
+        Some(T1),
+        json!({"defaultBackend": svc("catch-all")}),
+    );
+    let compiled = compile(&[hostless, named, catch_all]);
+    let t = &compiled.table;
+    assert_eq!(reach(t, "other.test", "/any").as_deref(), Some("any"));
+    assert_eq!(reach(t, "other.test", "/x").as_deref(), Some("default:catch-all"));
+    assert_eq!(reach(t, "", "/x").as_deref(), Some("default:catch-all"));
+    assert_eq!(reach(t, "named.test", "/x"), None);
 }
 
 #[test]

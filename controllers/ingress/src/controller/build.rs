@@ -288,9 +288,7 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
 
     // Endpoints of every backend the table can route to.
     let mut backends: Vec<&BackendRef> = table.routes().iter().map(|r| &r.backend).collect();
-    if let Some(d) = table.default_backend() {
-        backends.push(&d.backend);
-    }
+    backends.extend(table.default_backends().map(|d| &d.backend));
     let mut resolved: HashMap<BackendRef, Vec<SocketAddr>> = HashMap::new();
     for b in backends {
         if !resolved.contains_key(b) {
