@@ -53,14 +53,14 @@ use ferrite_kit::{
         },
     },
     leader::{Leadership, Term},
-    status::{apply_status, apply_status_at},
+    status::apply_status,
 };
 use futures::{StreamExt, TryStreamExt, channel::mpsc, stream};
 use k8s_openapi::{
     api::core::v1::{Namespace, Secret, Service},
     jiff::Timestamp,
 };
-use prometheus::{GaugeVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
@@ -103,6 +103,7 @@ pub struct Metrics {
     addresses: GaugeVec,
     in_use: GaugeVec,
     out_of_pool: IntGauge,
+    events_suppressed: IntCounterVec,
 }
 
 impl Metrics {
@@ -126,13 +127,22 @@ impl Metrics {
             "ferrite_lb_addresses_out_of_pool",
             "Addresses still held by Services that are no longer inside any IPPool (kept, see docs).",
         )?;
+        let events_suppressed = IntCounterVec::new(
+            Opts::new(
+                "ferrite_lb_events_suppressed_total",
+                "Normal Events not published because more came than the Event budget allows (mass creations).",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(addresses.clone()))?;
         registry.register(Box::new(in_use.clone()))?;
         registry.register(Box::new(out_of_pool.clone()))?;
+        registry.register(Box::new(events_suppressed.clone()))?;
         Ok(Self {
             addresses,
             in_use,
             out_of_pool,
+            events_suppressed,
         })
     }
 
@@ -203,6 +213,10 @@ pub struct Context {
     /// Set once pools, namespaces and Services are all listed: nothing is rebuilt or assigned before,
     /// or the rebuild would miss Services and hand out their addresses.
     ready: std::sync::atomic::AtomicBool,
+    /// Whether the annotation can ride along with the status write.
+    status_metadata: StatusMetadata,
+    /// Normal `IPAllocated` Events left to publish (see [`EventBudget`]).
+    event_budget: Mutex<EventBudget>,
 }
 
 impl std::fmt::Debug for Context {
@@ -251,6 +265,12 @@ pub struct ControllerArgs {
     /// Namespace of the gossip Secret (the pod's namespace in the chart).
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferrite-system")]
     pub gossip_namespace: String,
+
+    /// Service reconciles run at once (at least 1). Each one makes up to a few API calls; more in flight
+    /// than the API server serves at once only queue there, time out and are retried (at 10,000 Services
+    /// an unbounded number failed by the thousand).
+    #[arg(long, env = "FERRITE_LB_SERVICE_WORKERS", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub service_workers: u16,
 }
 
 /// Creates the gossip Secret once, as the leader, if it is missing. Retries until it exists.
@@ -360,6 +380,8 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         services_dirty,
         resync: app.run_options().resync,
         ready: std::sync::atomic::AtomicBool::new(false),
+        status_metadata: StatusMetadata::default(),
+        event_budget: Mutex::new(EventBudget::new(std::time::Instant::now())),
     });
     // The Services watch feeds the store, then the allocator index (deletes, relists), then the Controller.
     let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
@@ -371,7 +393,11 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
             move |ev| ctx.observe(ev)
         })
         .touched_objects();
-    let services_ctl = Controller::for_stream(svc_events, services).reconcile_on(retry_rx);
+    let services_ctl = Controller::for_stream(svc_events, services)
+        .with_config(
+            ferrite_kit::kube::runtime::controller::Config::default().concurrency(args.service_workers),
+        )
+        .reconcile_on(retry_rx);
     if let Some(name) = args.gossip_secret.clone() {
         tokio::spawn(ensure_gossip_secret(
             Api::namespaced(client.clone(), &args.gossip_namespace),
@@ -523,6 +549,26 @@ impl Context {
         bump(&self.services_dirty);
         bump(&self.pools_dirty);
         Ok(())
+    }
+
+    /// Publishes a Normal Event within the [`EventBudget`]; counts it as suppressed otherwise.
+    async fn normal_event(
+        &self,
+        on: &k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let allowed = self
+            .event_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(std::time::Instant::now());
+        if allowed {
+            self.events.normal(on, reason, action, note).await;
+        } else {
+            self.metrics.events_suppressed.with_label_values(&[reason]).inc();
+        }
     }
 
     /// Gives the allocator the current pools when they changed (or always, with `force`).
@@ -701,37 +747,60 @@ const CONFLICT_RETRY: Duration = Duration::from_millis(200);
 
 impl Context {
     /// Writes a Service's `status.loadBalancer` in `term`, with the Service's resourceVersion as a
-    /// precondition. Ok(false): the Service changed meanwhile (409); nothing was written.
+    /// precondition, and in the same request `lb.ferrite.dev/ip-allocated-from-pool` = `pools` when given
+    /// (see [`StatusMetadata`]). Ok(None): the Service changed meanwhile (409); nothing was written.
+    /// Ok(Some(svc)): the Service as written, for [`Context::write_annotations`] to compare with.
     async fn write_lb_status(
         &self,
         svc: &Service,
         term: Term,
         status: serde_json::Value,
-    ) -> Result<bool, Error> {
+        pools: Option<&str>,
+    ) -> Result<Option<Service>, Error> {
+        use ferrite_api::lb::annotations::IP_ALLOCATED_FROM_POOL;
         if self.leadership.term() != Some(term) {
             return Err(ferrite_kit::Error::NotLeader.into());
         }
         let api: Api<Service> = Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
-        let rv = svc.resource_version();
-        match apply_status_at(
-            &api,
-            &svc.name_any(),
-            rv.as_deref(),
-            names::LB_CONTROLLER_MANAGER,
-            status,
-            &self.leadership,
-        )
-        .await
+        let name = svc.name_any();
+        let carry = pools.filter(|_| self.status_metadata.may_carry());
+        let body = status_body(&name, svc.resource_version().as_deref(), status, carry);
+        let params = kube::api::PatchParams::apply(names::LB_CONTROLLER_MANAGER).force();
+        match self
+            .leadership
+            .bounded(async {
+                Ok(api
+                    .patch_status(&name, &params, &kube::api::Patch::Apply(&body))
+                    .await?)
+            })
+            .await
         {
-            Ok(_) => Ok(true),
-            Err(ferrite_kit::Error::Kube(kube::Error::Api(e))) if e.code == 409 => Ok(false),
+            Ok(written) => {
+                if let Some(want) = carry {
+                    let kept = written
+                        .annotations()
+                        .get(IP_ALLOCATED_FROM_POOL)
+                        .map(String::as_str)
+                        == Some(want);
+                    if self.status_metadata.learn(kept) {
+                        tracing::info!(
+                            carries = kept,
+                            "the API server {} annotations written through a Service's status",
+                            if kept { "keeps" } else { "drops" }
+                        );
+                    }
+                }
+                Ok(Some(written))
+            }
+            Err(ferrite_kit::Error::Kube(kube::Error::Api(e))) if e.code == 409 => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Sets `lb.ferrite.dev/ip-allocated-from-pool` to `pools` (removes it for `None`) and removes the
     /// `lb.ferrite.dev/announcing-node` of earlier releases, with one merge patch of the Service's
-    /// metadata, only when something differs. Written after the status, in `term`.
+    /// metadata, only when something differs from `svc` (pass the object a status write returned: the
+    /// annotation it carried is not written again). Written after the status, in `term`.
     async fn write_annotations(&self, svc: &Service, term: Term, pools: Option<String>) -> Result<(), Error> {
         let patch = annotation_patch(svc, pools);
         let Some(patch) = patch else { return Ok(()) };
@@ -756,6 +825,86 @@ impl Context {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A token bucket for Normal `IPAllocated` Events: [`EventBudget::BURST`] in a row, then
+/// [`EventBudget::PER_SECOND`]. Every Service gets its Event in ordinary use; in a mass creation (thousands
+/// of Services at once) one Event per Service would be one more API write per Service, each as costly as
+/// the status write, for something the status already says. The surplus is counted in
+/// `ferrite_lb_events_suppressed_total{reason}`. Warning Events are never suppressed.
+#[derive(Debug, Clone)]
+struct EventBudget {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl EventBudget {
+    const BURST: f64 = 100.0;
+    const PER_SECOND: f64 = 5.0;
+
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: Self::BURST,
+            last: now,
+        }
+    }
+
+    /// Takes one token at `now`; false when none is left.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * Self::PER_SECOND;
+        self.tokens = (self.tokens + refill).min(Self::BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Whether the API server keeps `metadata.annotations` written through a Service's `status`
+/// subresource. The 1.20-era Service status strategy resets only `spec`, so the allocator's annotation
+/// rides along with the status write (one request per new Service instead of two); a server that drops
+/// it is noticed on the first write (the returned object lacks it) and from then on the annotation is a
+/// separate merge patch of the metadata, as before.
+#[derive(Debug, Default)]
+struct StatusMetadata(std::sync::atomic::AtomicU8);
+
+impl StatusMetadata {
+    // 0: not known yet (nothing written).
+    const KEPT: u8 = 1;
+    const DROPPED: u8 = 2;
+
+    /// Carry the annotation in the status write: not known to be dropped.
+    fn may_carry(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) != Self::DROPPED
+    }
+
+    /// Records what one write showed; true when this is news (worth a log line).
+    fn learn(&self, kept: bool) -> bool {
+        let v = if kept { Self::KEPT } else { Self::DROPPED };
+        self.0.swap(v, std::sync::atomic::Ordering::Relaxed) != v
+    }
+}
+
+/// The server-side-apply body of a Service status write: `status`, the `resourceVersion` precondition
+/// when given, and `ip-allocated-from-pool` = `pools` when given.
+fn status_body(
+    name: &str,
+    resource_version: Option<&str>,
+    status: serde_json::Value,
+    pools: Option<&str>,
+) -> serde_json::Value {
+    use ferrite_api::lb::annotations::IP_ALLOCATED_FROM_POOL;
+    let mut meta = serde_json::json!({ "name": name });
+    if let Some(rv) = resource_version {
+        meta["resourceVersion"] = rv.into();
+    }
+    if let Some(pools) = pools {
+        meta["annotations"] = serde_json::json!({ IP_ALLOCATED_FROM_POOL: pools });
+    }
+    serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": meta, "status": status})
 }
 
 /// The merge patch that makes the Service's annotations say `pools` (`None`: no
@@ -823,20 +972,21 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         // A Service that stopped being a LoadBalancer loses its address; one handed to another class is
         // that class's business.
         let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-        if held
-            && !is_lb
-            && !current.is_empty()
-            && svc.meta().deletion_timestamp.is_none()
-            && !ctx
-                .write_lb_status(&svc, term, serde_json::json!({"loadBalancer": {}}))
+        let mut written = None;
+        if held && !is_lb && !current.is_empty() && svc.meta().deletion_timestamp.is_none() {
+            match ctx
+                .write_lb_status(&svc, term, serde_json::json!({"loadBalancer": {}}), None)
                 .await?
-        {
-            return Ok(Action::requeue(CONFLICT_RETRY));
+            {
+                Some(w) => written = Some(w),
+                None => return Ok(Action::requeue(CONFLICT_RETRY)),
+            }
         }
         // What we wrote while it was ours goes with the addresses (only then: another ferrite-lb of
         // another class may be annotating it now).
         if held && svc.meta().deletion_timestamp.is_none() {
-            ctx.write_annotations(&svc, term, None).await?;
+            ctx.write_annotations(written.as_ref().unwrap_or(&svc), term, None)
+                .await?;
         }
         return Ok(requeue);
     }
@@ -911,12 +1061,16 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     }
     match result {
         Ok(assignment) => {
-            if assignment.ips != current
-                && !ctx
-                    .write_lb_status(&svc, term, ingress_status(&assignment.ips))
+            let pools = pools_annotation(&assignment.pool_of);
+            let mut written = None;
+            if assignment.ips != current {
+                match ctx
+                    .write_lb_status(&svc, term, ingress_status(&assignment.ips), pools.as_deref())
                     .await?
-            {
-                return Ok(Action::requeue(CONFLICT_RETRY));
+                {
+                    Some(w) => written = Some(w),
+                    None => return Ok(Action::requeue(CONFLICT_RETRY)),
+                }
             }
             if assignment.changed || assignment.ips != current {
                 let ips = assignment
@@ -930,32 +1084,33 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
                 } else {
                     format!("from pool {}", assignment.pools.join(", "))
                 };
-                ctx.events
-                    .normal(
-                        &oref,
-                        "IPAllocated",
-                        "Allocate",
-                        format!("Assigned IP {ips} {from}"),
-                    )
-                    .await;
+                ctx.normal_event(
+                    &oref,
+                    "IPAllocated",
+                    "Allocate",
+                    format!("Assigned IP {ips} {from}"),
+                )
+                .await;
                 tracing::info!(service = %key, ips = %ips, term = %term, "assigned");
                 bump(&ctx.pools_dirty);
             }
-            ctx.write_annotations(&svc, term, pools_annotation(&assignment.pool_of))
+            ctx.write_annotations(written.as_ref().unwrap_or(&svc), term, pools)
                 .await?;
             Ok(requeue)
         }
         Err(e) => {
             // Its status shows an address it does not hold (it lost it to an older Service): take it back
             // off the status so one address is never advertised for two Services.
-            if holds_nothing
-                && !current.is_empty()
-                && !ctx.write_lb_status(&svc, term, ingress_status(&[])).await?
-            {
-                return Ok(Action::requeue(CONFLICT_RETRY));
+            let mut written = None;
+            if holds_nothing && !current.is_empty() {
+                match ctx.write_lb_status(&svc, term, ingress_status(&[]), None).await? {
+                    Some(w) => written = Some(w),
+                    None => return Ok(Action::requeue(CONFLICT_RETRY)),
+                }
             }
             if holds_nothing {
-                ctx.write_annotations(&svc, term, None).await?;
+                ctx.write_annotations(written.as_ref().unwrap_or(&svc), term, None)
+                    .await?;
             }
             // Sharing refused (port, key, or the externalTrafficPolicy: Local rule): its own reason.
             let reason = if e.is_sharing() {
@@ -1387,6 +1542,69 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// The status write carries the annotation (and the resourceVersion precondition) only when asked.
+    #[test]
+    fn status_body_carries_the_annotation_when_given() {
+        let st = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+        let b = status_body("web", Some("7"), st.clone(), Some("lan"));
+        assert_eq!(
+            b,
+            json!({"apiVersion": "v1", "kind": "Service", "status": st,
+                   "metadata": {"name": "web", "resourceVersion": "7",
+                                "annotations": {"lb.ferrite.dev/ip-allocated-from-pool": "lan"}}})
+        );
+        let b = status_body("web", None, json!({}), None);
+        assert_eq!(b["metadata"], json!({"name": "web"}));
+        // What the API server returned is what the follow-up patch compares with: nothing left to write.
+        let written = svc(json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan"}));
+        assert_eq!(annotation_patch(&written, Some("lan".into())), None);
+    }
+
+    /// The first write decides; only a change is news (one log line).
+    #[test]
+    fn status_metadata_is_learnt_from_the_first_write() {
+        let m = StatusMetadata::default();
+        assert!(m.may_carry());
+        assert!(m.learn(true));
+        assert!(!m.learn(true));
+        assert!(m.may_carry());
+        assert!(m.learn(false));
+        assert!(!m.may_carry());
+    }
+
+    /// BURST Events in a row, then PER_SECOND; tokens never exceed BURST.
+    #[test]
+    fn event_budget_allows_a_burst_then_a_rate() {
+        let t0 = std::time::Instant::now();
+        let mut b = EventBudget::new(t0);
+        let burst = (0..1000).filter(|_| b.take(t0)).count();
+        assert_eq!(burst, EventBudget::BURST as usize);
+        assert!(!b.take(t0));
+        // One second later: PER_SECOND more.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            (0..100).filter(|_| b.take(t1)).count(),
+            EventBudget::PER_SECOND as usize
+        );
+        // A long quiet time refills to BURST, not beyond.
+        let t2 = t1 + Duration::from_secs(3600);
+        assert_eq!(
+            (0..1000).filter(|_| b.take(t2)).count(),
+            EventBudget::BURST as usize
+        );
+    }
+
+    #[test]
+    fn service_workers_flag_is_bounded_below() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()));
+        assert_eq!(parse(&[]).expect("default").args.service_workers, 32);
+        assert_eq!(
+            parse(&["--service-workers=4"]).expect("4").args.service_workers,
+            4
+        );
+        assert!(parse(&["--service-workers=0"]).is_err());
     }
 
     fn adv(spec: serde_json::Value) -> L2Advertisement {

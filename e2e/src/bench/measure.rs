@@ -18,8 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How often the client asks by ARP while waiting for the first answer.
+/// How often the client asks by ARP while waiting for the first answer (arping, failover checks).
 pub const ARP_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the prober of the create -> first ARP answer clock asks.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// How often the client's neighbour table is read during a failover.
 pub const NEIGH_INTERVAL: Duration = Duration::from_millis(10);
 /// A failover trial that has not moved after this long counts as not moved.
@@ -32,13 +34,13 @@ pub const REJOIN_WAIT: Duration = Duration::from_secs(4);
 pub struct Latency {
     /// Create sent -> IP seen in status (GET every 5 ms).
     pub to_ip: Vec<Duration>,
-    /// Create sent -> first ARP answer from a lab node.
+    /// Create sent -> first ARP answer from a lab node, read by the long-running prober.
     pub to_arp: Vec<Duration>,
     /// Services that got no ARP answer within 10 s.
     pub no_answer: usize,
-    /// Median time arping takes to get an answer from an address that is already announced (the
-    /// tool's own start-up and round trip, included in `to_arp`).
-    pub arping_overhead: Option<Duration>,
+    /// Median time the prober takes to get an answer from an address that is already announced (its
+    /// round trip; the resolution of `to_arp` is this plus [`PROBE_INTERVAL`]).
+    pub probe_overhead: Option<Duration>,
 }
 
 /// One failover trial.
@@ -95,9 +97,10 @@ pub struct Alloc {
     /// See `reconcile_p50`.
     pub reconcile_p99: Option<f64>,
     /// The API server's own create rate: the same creates (same names, same concurrency, same rig running)
-    /// of Services of a `loadBalancerClass` nobody serves, first sent -> last answered; created count.
-    /// Run before the allocation run, then deleted.
-    pub apiserver_created: Option<(usize, Duration)>,
+    /// of Services of a `loadBalancerClass` nobody serves. Run before the allocation run, then deleted.
+    pub apiserver_created: Option<ApiserverRate>,
+    /// Failed reconciles during the run by `kind/reason` (from `ferrite_lb_reconcile_errors_total`).
+    pub error_reasons: Vec<(String, f64)>,
     /// Watch events (Services and EndpointSlices of the namespace, as the speakers see them) during the
     /// allocation run, counted by a watch of the benchmark's own.
     pub events: u64,
@@ -107,6 +110,28 @@ pub struct Alloc {
     /// Wall time of that window.
     pub cpu_window: Duration,
 }
+
+/// The API server's own create rate, the yardstick of the allocation rate.
+#[derive(Debug, Default, Clone)]
+pub struct ApiserverRate {
+    /// Services created.
+    pub created: usize,
+    /// First create sent -> last answered.
+    pub took: Duration,
+    /// When the sample is larger than [`EARLY_SAMPLE`]: first create sent -> the `EARLY_SAMPLE`th answered
+    /// (the size of the yardstick of earlier reports: a smaller, emptier API server creates faster).
+    pub early: Option<(usize, Duration)>,
+}
+
+impl ApiserverRate {
+    /// Creates per second over the whole sample.
+    pub fn rate(&self) -> f64 {
+        self.created as f64 / self.took.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The yardstick size of earlier reports, shown beside the full-size one.
+pub const EARLY_SAMPLE: usize = 2000;
 
 fn pool_resource() -> ApiResource {
     ApiResource {
@@ -250,6 +275,11 @@ pub async fn latency(client: &Client, rig: &Rig, ns: &str, n: usize) -> Result<L
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
     let mut out = Latency::default();
     let mut last_vip = None;
+    // Started once, before any Service: the ARP clock carries no process start-up.
+    let mut prober = super::arp_probe::ArpProber::start(&rig.lab.client_ns, "eth0")?;
+    let mut probe = |ip: std::net::Ipv4Addr, limit: Duration| {
+        tokio::task::block_in_place(|| prober.probe(ip, PROBE_INTERVAL, limit))
+    };
     for i in 0..n {
         let name = format!("lat-{i:02}");
         // The endpoints exist first, as an endpoint controller would have written them by the time the
@@ -261,11 +291,14 @@ pub async fn latency(client: &Client, rig: &Rig, ns: &str, n: usize) -> Result<L
         svcs.create(&PostParams::default(), &svc).await?;
         let vip = wait_ip(&svcs, &name, Duration::from_millis(5), Duration::from_secs(10)).await?;
         let to_ip = t0.elapsed();
-        let mac = arping(&rig.lab, &vip, Duration::from_secs(10));
-        let to_arp = t0.elapsed();
         out.to_ip.push(to_ip);
-        match mac.as_deref().and_then(|m| rig.lab.node_by_mac(m)) {
-            Some(node) => {
+        let ip: std::net::Ipv4Addr = vip
+            .parse()
+            .with_context(|| format!("{name}: status IP {vip} is not IPv4"))?;
+        let answer = probe(ip, Duration::from_secs(10));
+        match answer.and_then(|(m, at)| Some((rig.lab.node_by_mac(&m)?, at))) {
+            Some((node, at)) => {
+                let to_arp = at.duration_since(t0);
                 out.to_arp.push(to_arp);
                 eprintln!(
                     "    {name}: {vip} in status after {to_ip:?}, ARP answer from {} after {to_arp:?}",
@@ -277,17 +310,17 @@ pub async fn latency(client: &Client, rig: &Rig, ns: &str, n: usize) -> Result<L
                 eprintln!("    {name}: {vip} in status after {to_ip:?}, no ARP answer within 10 s");
             }
         }
-        last_vip = Some(vip);
+        last_vip = Some(ip);
     }
-    if let Some(vip) = last_vip {
+    if let Some(ip) = last_vip {
         let mut took = vec![];
         for _ in 0..10 {
             let t = Instant::now();
-            if arping(&rig.lab, &vip, Duration::from_secs(2)).is_some() {
-                took.push(t.elapsed());
+            if let Some((_, at)) = probe(ip, Duration::from_secs(2)) {
+                took.push(at.duration_since(t));
             }
         }
-        out.arping_overhead = stats::quantile(&took, 0.5);
+        out.probe_overhead = stats::quantile(&took, 0.5);
     }
     Ok(out)
 }
@@ -405,20 +438,25 @@ async fn count_with_ip(svcs: &Api<Service>) -> Result<usize> {
 /// The class of the API-server-only create run: no controller or speaker serves it.
 const UNSERVED_CLASS: &str = "bench.invalid/unserved";
 
-/// Creates `n` Services named like the allocation run's with `concurrency` in flight; (created, time).
+/// Creates `n` Services named like the allocation run's with `concurrency` in flight; (created, time,
+/// time when `mark` creates had been answered).
 async fn create_services(
     svcs: &Api<Service>,
     n: usize,
     concurrency: usize,
     class: Option<&'static str>,
     limit: Duration,
-) -> (usize, Duration) {
+    mark: usize,
+) -> (usize, Duration, Option<Duration>) {
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let at_mark = Arc::new(std::sync::OnceLock::new());
     let t0 = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (svcs, next, errors) = (svcs.clone(), next.clone(), errors.clone());
+        let (answered, at_mark) = (answered.clone(), at_mark.clone());
         workers.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -446,41 +484,54 @@ async fn create_services(
                 }
                 if !ok {
                     errors.fetch_add(1, Ordering::Relaxed);
+                } else if answered.fetch_add(1, Ordering::Relaxed) + 1 == mark {
+                    let _ = at_mark.set(t0.elapsed());
                 }
             }
         });
     }
     while workers.join_next().await.is_some() {}
     let created = next.load(Ordering::Relaxed).min(n) - errors.load(Ordering::Relaxed).min(n);
-    (created, t0.elapsed())
+    (created, t0.elapsed(), at_mark.get().copied())
 }
 
 /// The API server's create rate in this rig: `n` Services of [`UNSERVED_CLASS`] in namespace `ns`,
-/// then deleted (one deletecollection) and waited for, so the allocation run starts from the same
-/// number of objects.
+/// then deleted and waited for, so the allocation run starts from the same number of objects.
 async fn apiserver_create_rate(
     client: &Client,
     ns: &str,
     n: usize,
     concurrency: usize,
-) -> Result<(usize, Duration)> {
+) -> Result<ApiserverRate> {
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
-    let (created, took) = create_services(
+    let mark = if n > EARLY_SAMPLE { EARLY_SAMPLE } else { 0 };
+    let (created, took, at_mark) = create_services(
         &svcs,
         n,
         concurrency,
         Some(UNSERVED_CLASS),
-        Duration::from_secs(10 * 60),
+        Duration::from_secs(30 * 60),
+        mark,
     )
     .await;
+    let rate = ApiserverRate {
+        created,
+        took,
+        early: at_mark.map(|t| (mark, t)),
+    };
     eprintln!(
-        "    API server alone: {created} Services of class {UNSERVED_CLASS} created in {took:?} ({:.0}/s)",
-        created as f64 / took.as_secs_f64().max(1e-9)
+        "    API server alone: {created} Services of class {UNSERVED_CLASS} created in {took:?} ({:.0}/s{})",
+        rate.rate(),
+        rate.early.map_or(String::new(), |(m, t)| format!(
+            "; the first {m} in {t:?}, {:.0}/s",
+            m as f64 / t.as_secs_f64().max(1e-9)
+        ))
     );
-    // Services have no deletecollection: delete one by one, as many in flight as the creates.
+    // Services have no deletecollection: delete one by one, 4 times as many in flight as the creates (the
+    // deletes are not measured; only their end is awaited).
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for _ in 0..concurrency * 4 {
         let (svcs, next) = (svcs.clone(), next.clone());
         workers.spawn(async move {
             loop {
@@ -493,14 +544,14 @@ async fn apiserver_create_rate(
         });
     }
     while workers.join_next().await.is_some() {}
-    let deadline = Instant::now() + Duration::from_secs(5 * 60);
+    let deadline = Instant::now() + Duration::from_secs(10 * 60);
     while Instant::now() < deadline {
         if svcs.list(&ListParams::default().limit(1)).await?.items.is_empty() {
-            return Ok((created, took));
+            return Ok(rate);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    bail!("the unserved Services were not deleted within 5 min")
+    bail!("the unserved Services were not deleted within 10 min")
 }
 
 /// Counts watch events (after the initial list) of `api` until the task is aborted.
@@ -526,13 +577,17 @@ where
     })
 }
 
-/// The API server's create rate is measured on at most this many creates (they are deleted again before
-/// the allocation run, one by one: Services have no deletecollection).
-pub const APISERVER_SAMPLE: usize = 2000;
-
-pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurrency: usize) -> Result<Alloc> {
-    let apiserver_created =
-        Some(apiserver_create_rate(client, ns, n.min(APISERVER_SAMPLE), concurrency).await?);
+/// Benchmark 3: `n` Services with `concurrency` creates in flight, after the API server's own create rate
+/// on `sample` creates (`--apiserver-sample`, default `n`: the yardstick is as large as the run).
+pub async fn allocation(
+    client: &Client,
+    rig: &Rig,
+    ns: &str,
+    n: usize,
+    concurrency: usize,
+    sample: usize,
+) -> Result<Alloc> {
+    let apiserver_created = Some(apiserver_create_rate(client, ns, sample, concurrency).await?);
     let pool = format!("{ns}-bench");
     create_pool(client, rig.admin, &pool, &["198.18.0.0/15"], ns).await?;
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
@@ -649,6 +704,7 @@ pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurre
     };
     let reconciles = delta("ferrite_lb_reconcile_total", &[("result", "success")]);
     let reconcile_errors = delta("ferrite_lb_reconcile_total", &[("result", "error")]);
+    let error_reasons = error_reasons(&before, &after);
     let sum = delta("ferrite_lb_reconcile_duration_seconds_sum", &[]);
     let count = delta("ferrite_lb_reconcile_duration_seconds_count", &[]);
     let (hb, ha) = (
@@ -681,6 +737,7 @@ pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurre
         with_ip,
         reconciles,
         reconcile_errors,
+        error_reasons,
         reconcile_mean: (count > 0.0).then(|| sum / count),
         reconcile_p50: stats::bucket_quantile(&hb, &ha, 0.5),
         reconcile_p99: stats::bucket_quantile(&hb, &ha, 0.99),
@@ -689,6 +746,44 @@ pub async fn allocation(client: &Client, rig: &Rig, ns: &str, n: usize, concurre
         speaker_cpu,
         cpu_window,
     })
+}
+
+/// `kind/reason` -> failed reconciles between two scrapes (`ferrite_lb_reconcile_errors_total`), the
+/// largest first; reasons that did not grow are left out.
+fn error_reasons(before: &str, after: &str) -> Vec<(String, f64)> {
+    fn parse(body: &str) -> std::collections::BTreeMap<String, f64> {
+        let label = |l: &str, k: &str| {
+            let start = l.find(&format!("{k}=\""))? + k.len() + 2;
+            let end = l[start..].find('"')? + start;
+            Some(l[start..end].to_string())
+        };
+        let mut out = std::collections::BTreeMap::new();
+        for l in body
+            .lines()
+            .filter(|l| l.starts_with("ferrite_lb_reconcile_errors_total{"))
+        {
+            let (Some(kind), Some(reason), Some(v)) = (
+                label(l, "kind"),
+                label(l, "reason"),
+                l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            *out.entry(format!("{kind}/{reason}")).or_insert(0.0) += v;
+        }
+        out
+    }
+    let b = parse(before);
+    let mut out: Vec<(String, f64)> = parse(after)
+        .into_iter()
+        .map(|(k, v)| {
+            let d = v - b.get(&k).copied().unwrap_or(0.0);
+            (k, d)
+        })
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    out.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+    out
 }
 
 /// Waits (at most [`FAILOVER_LIMIT`]) until the client's neighbour entry for `vip` holds a lab node's
@@ -1144,4 +1239,26 @@ pub async fn starvation(
     out.owner_changes = owners.len() - 1;
     out.suspicions = before.zip(suspicions_total(rig, idx)).map(|(a, b)| b - a);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_reasons_are_the_growth_by_kind_and_reason() {
+        let before = "# HELP x\n\
+            ferrite_lb_reconcile_errors_total{kind=\"Service\",reason=\"Timeout\"} 3\n\
+            ferrite_lb_reconcile_errors_total{kind=\"IPPool\",reason=\"Conflict\"} 1\n";
+        let after = "ferrite_lb_reconcile_errors_total{kind=\"Service\",reason=\"Timeout\"} 10\n\
+            ferrite_lb_reconcile_errors_total{kind=\"Service\",reason=\"NotLeader\"} 20\n\
+            ferrite_lb_reconcile_errors_total{kind=\"IPPool\",reason=\"Conflict\"} 1\n\
+            ferrite_lb_reconcile_total{kind=\"Service\",result=\"error\"} 30\n";
+        assert_eq!(
+            super::error_reasons(before, after),
+            vec![
+                ("Service/NotLeader".to_string(), 20.0),
+                ("Service/Timeout".to_string(), 7.0)
+            ]
+        );
+        assert!(super::error_reasons(after, after).is_empty());
+    }
 }

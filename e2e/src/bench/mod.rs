@@ -22,6 +22,7 @@
 //! run ends, also on error. Addresses: 192.0.2.0/24 on the lab's bridge, and 198.18.0.0/15 (RFC 2544
 //! benchmarking range) for the 10,000 Services, which is only written into status, never sent to.
 
+mod arp_probe;
 pub mod certs;
 pub mod dns;
 pub mod dns_controller;
@@ -61,6 +62,8 @@ usage: ferrite-bench [--only lb|dns|certs|ingress] [--write FILE] [--services N]
                     `--only lb --lb-parts failover,keepalived,starvation` for the failover comparison only
   --starve-seconds N  length of the CPU-starvation run (default 60)
   --concurrency N   creates in flight in the allocation benchmark (default 16)
+  --apiserver-sample N  creates of the API server's own create rate, the allocation benchmark's yardstick
+                    (default: as many as --services, so both run at the same size)
   --dns-seconds N   dnsperf's -l for the DNS throughput pass (default 10; the latency pass is half)
   --dns-rounds N    DNS throughput rounds, each server once a round, median reported (default 3)
   --dns-trials N    change -> answer trials of the DNS controller, per provider (default 20)
@@ -137,6 +140,8 @@ pub struct Options {
     pub starve_seconds: u64,
     /// Creates in flight.
     pub concurrency: usize,
+    /// Creates of the API server's own create rate (`--apiserver-sample`; None: `services`).
+    pub apiserver_sample: Option<usize>,
     /// Which parts run.
     pub only: Only,
     /// dnsperf's `-l` for the DNS throughput pass.
@@ -172,6 +177,7 @@ impl Options {
             lb_parts: LbParts::ALL,
             starve_seconds: 60,
             concurrency: 16,
+            apiserver_sample: None,
             only: Only::Both,
             dns_seconds: 10,
             dns_rounds: 3,
@@ -217,6 +223,7 @@ impl Options {
                 "--lb-parts" => o.lb_parts = LbParts::parse(&value)?,
                 "--starve-seconds" => o.starve_seconds = number()?.min(600) as u64,
                 "--concurrency" => o.concurrency = number()?.min(256),
+                "--apiserver-sample" => o.apiserver_sample = Some(number()?),
                 "--dns-seconds" => o.dns_seconds = number()?.min(600) as u64,
                 "--dns-rounds" => o.dns_rounds = number()?.min(20),
                 "--dns-trials" => o.dns_trials = number()?.min(200),
@@ -700,7 +707,9 @@ async fn bench(kb: &KubeBox, lb: &Path, opts: &Options) -> Result<report::LbResu
             "==> 3. allocation throughput, {} Services, {} in flight",
             opts.services, opts.concurrency
         );
-        alloc = measure::allocation(&client, &rig, &ns_alloc, opts.services, opts.concurrency).await?;
+        let sample = opts.apiserver_sample.unwrap_or(opts.services);
+        alloc =
+            measure::allocation(&client, &rig, &ns_alloc, opts.services, opts.concurrency, sample).await?;
         rig.check_alive()?;
         rss_loaded = rig.rss();
         eprintln!("    RSS at {} Services: {rss_loaded:?}", opts.services);
@@ -756,6 +765,15 @@ mod tests {
         let certs = parse(&["--only", "certs"]).expect("certs only");
         assert!(certs.only.certs() && !certs.only.lb() && !certs.only.dns());
         assert!(both.only.certs());
+    }
+
+    #[test]
+    fn apiserver_sample_defaults_to_the_run_size() {
+        let d = parse(&["--services", "5000"]).expect("services");
+        assert_eq!((d.services, d.apiserver_sample), (5000, None));
+        let o = parse(&["--apiserver-sample=2000"]).expect("sample");
+        assert_eq!(o.apiserver_sample, Some(2000));
+        assert!(parse(&["--apiserver-sample", "0"]).is_err());
     }
 
     #[test]
