@@ -136,6 +136,18 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
     let v4 = IpAddr::V4(node.ip4);
     let endpoint = |service: &'static str| slices.on_nodes(&lab, service, &[0], v4, Protocol::Tcp);
     endpoint("web").await;
+    // A Service of pool `<ns>-<pool>` with its endpoint; its addresses.
+    let served = |name: &'static str, pool: &'static str| {
+        let (svcs, ns, endpoint) = (&svcs, &ns, &endpoint);
+        async move {
+            LbService::new(name)
+                .pool(&format!("{ns}-{pool}"))
+                .create(svcs)
+                .await;
+            endpoint(name).await;
+            wait_ips(svcs, name, Duration::from_secs(15)).await.0
+        }
+    };
     let (ips, _) = wait_ips(&svcs, "web", Duration::from_secs(15)).await;
     let vip = ips[0].clone();
 
@@ -198,18 +210,9 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
     );
 
     // Allocate-only: an address, but no announcement, no record, no ARP answer.
-    LbService::new("quiet")
-        .pool(&format!("{ns}-quiet"))
-        .create(&svcs)
-        .await;
-    endpoint("quiet").await;
-    let (quiet_ips, _) = wait_ips(&svcs, "quiet", Duration::from_secs(15)).await;
+    let quiet_ips = served("quiet", "quiet").await;
     // An announced Service created after it gets its record: the speaker has seen "quiet" by then.
-    LbService::new("later")
-        .pool(&format!("{ns}-lan"))
-        .create(&svcs)
-        .await;
-    endpoint("later").await;
+    served("later", "lan").await;
     wait_status(&statuses, "later", Duration::from_secs(20), logs).await;
     assert!(
         statuses.get_opt("quiet").await.expect("get").is_none(),
@@ -222,12 +225,7 @@ async fn speaker_cannot_write_services_and_records_who_announces_in_a_service_l2
     );
 
     // A named interface missing on this node: a Warning Event on the L2Advertisement, from this node.
-    LbService::new("nowhere")
-        .pool(&format!("{ns}-eth7"))
-        .create(&svcs)
-        .await;
-    endpoint("nowhere").await;
-    let (nowhere_ips, _) = wait_ips(&svcs, "nowhere", Duration::from_secs(15)).await;
+    let nowhere_ips = served("nowhere", "eth7").await;
     let events: Api<Event> = Api::all(admin.clone());
     let note = eventually(
         Duration::from_secs(15),

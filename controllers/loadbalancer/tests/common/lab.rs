@@ -237,6 +237,32 @@ pub async fn status_node(statuses: &Api<ServiceL2Status>, service: &str) -> Opti
     Some(statuses.get_opt(service).await.ok()??.spec.node)
 }
 
+/// What reading a ServiceL2Status gave.
+type Read = kube::Result<Option<ServiceL2Status>>;
+
+/// Reads the ServiceL2Status of `service` every `step` until `done` takes what it read; after `limit`
+/// panics with `failed(what it read last)` and `logs()`.
+async fn poll_status<T>(
+    statuses: &Api<ServiceL2Status>,
+    service: &str,
+    (limit, step): (Duration, Duration),
+    mut done: impl FnMut(&Read) -> Option<T>,
+    failed: impl FnOnce(Read) -> String,
+    logs: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = statuses.get_opt(service).await;
+        if let Some(v) = done(&got) {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("{}{}", failed(got), logs());
+        }
+        tokio::time::sleep(step).await;
+    }
+}
+
 /// Waits (polling every 50 ms, at most `limit`) until the ServiceL2Status of `service` names `node`;
 /// the panic says what it names instead, and `logs()`.
 pub async fn wait_status_names(
@@ -246,28 +272,18 @@ pub async fn wait_status_names(
     limit: Duration,
     logs: impl Fn() -> String,
 ) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let got = statuses.get_opt(service).await;
-        if let Ok(Some(s)) = &got
-            && s.spec.node == node
-        {
-            return;
-        }
-        if Instant::now() > deadline {
-            let now = match got {
-                Ok(Some(s)) => format!("it names {:?}: {:?}", s.spec.node, s.spec),
-                Ok(None) => "there is none".to_string(),
-                Err(e) => format!("cannot read it: {e}"),
-            };
-            panic!(
-                "the ServiceL2Status {}/{service} does not name {node} after {limit:?}: {now}{}",
-                statuses.namespace().unwrap_or_default(),
-                logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let names = |got: &Read| matches!(got, Ok(Some(s)) if s.spec.node == node).then_some(());
+    let failed = |got: Read| {
+        let now = match got {
+            Ok(Some(s)) => format!("it names {:?}: {:?}", s.spec.node, s.spec),
+            Ok(None) => "there is none".to_string(),
+            Err(e) => format!("cannot read it: {e}"),
+        };
+        let ns = statuses.namespace().unwrap_or_default();
+        format!("the ServiceL2Status {ns}/{service} does not name {node} after {limit:?}: {now}")
+    };
+    let every = Duration::from_millis(50);
+    poll_status(statuses, service, (limit, every), names, failed, logs).await
 }
 
 /// Waits (polling every 100 ms, at most `limit`) for the ServiceL2Status of `service`.
@@ -277,18 +293,10 @@ pub async fn wait_status(
     limit: Duration,
     logs: impl Fn() -> String,
 ) -> ServiceL2Status {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(st)) = statuses.get_opt(service).await {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no ServiceL2Status {service} within {limit:?}:\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let there = |got: &Read| got.as_ref().ok().cloned().flatten();
+    let failed = |_| format!("no ServiceL2Status {service} within {limit:?}:\n");
+    let every = Duration::from_millis(100);
+    poll_status(statuses, service, (limit, every), there, failed, logs).await
 }
 
 /// Waits (polling every 100 ms, at most `limit`) until the ServiceL2Status of `service` is gone,
@@ -300,21 +308,14 @@ pub async fn wait_status_gone(
     why: &str,
     logs: impl Fn() -> String,
 ) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let got = statuses.get_opt(service).await;
-        if matches!(got, Ok(None)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ServiceL2Status {service} still there {limit:?} after {why} ({}):\n{}",
-            match got {
-                Ok(_) => "it exists".to_string(),
-                Err(e) => format!("cannot read it: {e}"),
-            },
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gone = |got: &Read| matches!(got, Ok(None)).then_some(());
+    let failed = |got: Read| {
+        let now = match got {
+            Ok(_) => "it exists".to_string(),
+            Err(e) => format!("cannot read it: {e}"),
+        };
+        format!("ServiceL2Status {service} still there {limit:?} after {why} ({now}):\n")
+    };
+    let every = Duration::from_millis(100);
+    poll_status(statuses, service, (limit, every), gone, failed, logs).await
 }
