@@ -21,6 +21,10 @@
 //! an Ingress **without rules** sets the catch-all default (the oldest one; a younger one is reported),
 //! which serves hosts no rule names, after the rules without a host (nginx's `_` server).
 //!
+//! TLS binds only rule hosts (nginx attaches certificates to the servers its rules create): each rule
+//! host of an Ingress takes the tls entry naming it, else one without hosts, else a wildcard covering
+//! it; a tls host without a rule of its Ingress binds nothing.
+//!
 //! Conflicts are decided by age: the same host, the same path key and the same match kind
 //! (`ImplementationSpecific` matches as `Prefix`, and `/foo/` as Prefix is `/foo`) from two rules
 //! keeps the rule of the oldest Ingress, and the other one is reported as a [`Warning`].
@@ -34,7 +38,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::class::{self, ClassDecision};
-use crate::host::{HostError, HostPattern, RequestHost, wildcard_suffix};
+use crate::host::{HostPattern, RequestHost, wildcard_suffix};
 use crate::path::{MatchKind, PathError, PathType, RulePath, prefix_candidates, request_path};
 
 /// namespace/name of an Ingress.
@@ -350,7 +354,8 @@ impl fmt::Display for SecretRef {
     }
 }
 
-/// The TLS configuration of one host pattern.
+/// The TLS configuration of one host pattern: a rule host of [`TlsBinding::ingress`], the oldest
+/// Ingress with a rule and a matching `spec.tls` entry for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsBinding {
     pub host: HostPattern,
@@ -771,10 +776,16 @@ impl Builder {
         });
     }
 
+    /// TLS as ingress-nginx binds it (`createServers`, `extractTLSSecretName`): only the hosts of this
+    /// Ingress's rules get a binding; for each, an entry naming it exactly (or an entry without
+    /// hosts, which names every rule host) comes first, then an entry with a wildcard covering it. A
+    /// host already bound by an older Ingress (which had a rule for it) keeps that binding.
     fn add_tls(&mut self, ing: &Ingress, me: &IngressRef, rule_hosts: &[HostPattern]) {
         let Some(tls) = ing.spec.as_ref().and_then(|s| s.tls.as_ref()) else {
             return;
         };
+        // Every entry's hosts, parsed (`None`: the entry lists none, so it means every rule host).
+        let mut entries: Vec<(usize, Option<SecretRef>, Option<Vec<HostPattern>>)> = Vec::new();
         for (ti, entry) in tls.iter().enumerate() {
             let secret = entry
                 .secret_name
@@ -784,59 +795,96 @@ impl Builder {
                     namespace: me.namespace.clone(),
                     name: name.to_owned(),
                 });
-            // The API's "defaults to the wildcard host setting of the load balancer": for us, the hosts of
-            // this Ingress's own rules, never another Ingress's.
-            let hosts: Vec<Result<HostPattern, HostError>> = match entry.hosts.as_deref() {
-                Some(hosts) if !hosts.is_empty() => hosts.iter().map(|h| HostPattern::parse(h)).collect(),
-                _ => rule_hosts.iter().cloned().map(Ok).collect(),
-            };
-            if hosts.is_empty() {
-                let message = format!(
-                    "tls[{ti}] skipped: it names no hosts and the Ingress's rules name none \
-                     (TLS needs a host to select the certificate by SNI)"
-                );
-                self.warn(me, WarningKind::InvalidTls, message);
-            }
-            for (hi, host) in hosts.into_iter().enumerate() {
-                let host = match host {
-                    Ok(h) => h,
-                    Err(e) => {
-                        self.warn(
-                            me,
-                            WarningKind::InvalidTls,
-                            format!("tls[{ti}].hosts[{hi}] skipped: {e}"),
+            let hosts = match entry.hosts.as_deref() {
+                Some(hosts) if !hosts.is_empty() => {
+                    let mut parsed = Vec::new();
+                    for (hi, h) in hosts.iter().enumerate() {
+                        match HostPattern::parse(h) {
+                            Ok(h) => parsed.push(h),
+                            Err(e) => self.warn(
+                                me,
+                                WarningKind::InvalidTls,
+                                format!("tls[{ti}].hosts[{hi}] skipped: {e}"),
+                            ),
+                        }
+                    }
+                    Some(parsed)
+                }
+                _ => {
+                    if rule_hosts.is_empty() {
+                        let message = format!(
+                            "tls[{ti}] skipped: it names no hosts and the Ingress's rules name none \
+                             (TLS needs a host to select the certificate by SNI)"
                         );
-                        continue;
+                        self.warn(me, WarningKind::InvalidTls, message);
                     }
-                };
-                let binding = TlsBinding {
-                    host: host.clone(),
-                    secret: secret.clone(),
-                    ingress: me.clone(),
-                };
-                let conflict = match self.table.tls.entry(&host) {
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(binding);
-                        None
-                    }
-                    // Several tls entries naming the same Secret for a host agree: nothing to report.
-                    std::collections::hash_map::Entry::Occupied(o) if o.get().secret == secret => None,
-                    std::collections::hash_map::Entry::Occupied(o) => Some(o.get().clone()),
-                };
-                if let Some(older) = conflict {
-                    let by = if older.ingress == *me {
-                        "an earlier tls entry of this Ingress".to_owned()
-                    } else {
-                        format!("the older Ingress {}", older.ingress)
-                    };
-                    let theirs = older
-                        .secret
-                        .map_or_else(|| "the default certificate".to_owned(), |s| s.to_string());
-                    let message =
-                        format!("tls[{ti}] host {host} skipped: {by} already serves it with {theirs}");
-                    self.warn(me, WarningKind::TlsConflict, message);
+                    None
+                }
+            };
+            entries.push((ti, secret, hosts));
+        }
+        // A tls host that covers none of this Ingress's rule hosts binds nothing (nginx creates no
+        // server for it): the default certificate and no redirect. Said once per host.
+        for (ti, _, hosts) in &entries {
+            for h in hosts.iter().flatten() {
+                let covers = rule_hosts.iter().any(|r| {
+                    r == h || matches!((h, r), (HostPattern::Wildcard(_), HostPattern::Exact(name)) if h.matches(name))
+                });
+                if !covers {
+                    let message = format!(
+                        "tls[{ti}] host {h} binds nothing: no rule of this Ingress is for that host \
+                         (it gets the default certificate and no HTTPS redirect)"
+                    );
+                    self.warn(me, WarningKind::InvalidTls, message);
                 }
             }
+        }
+        let mut seen: Vec<&HostPattern> = Vec::new();
+        for host in rule_hosts {
+            if seen.contains(&host) {
+                continue;
+            }
+            seen.push(host);
+            let exact = entries
+                .iter()
+                .find(|(_, _, hosts)| hosts.as_ref().is_none_or(|hs| hs.contains(host)));
+            let chosen = exact.or_else(|| {
+                let HostPattern::Exact(name) = host else {
+                    return None;
+                };
+                entries.iter().find(|(_, _, hosts)| {
+                    hosts
+                        .iter()
+                        .flatten()
+                        .any(|h| matches!(h, HostPattern::Wildcard(_)) && h.matches(name))
+                })
+            });
+            let Some((ti, secret, _)) = chosen else { continue };
+            let binding = TlsBinding {
+                host: host.clone(),
+                secret: secret.clone(),
+                ingress: me.clone(),
+            };
+            let older = match self.table.tls.entry(host) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(binding);
+                    continue;
+                }
+                std::collections::hash_map::Entry::Occupied(o) => o.get().clone(),
+            };
+            // The same Secret from an older Ingress agrees: nothing to report.
+            if older.secret == *secret {
+                continue;
+            }
+            let theirs = older
+                .secret
+                .map_or_else(|| "the default certificate".to_owned(), |s| s.to_string());
+            let message = format!(
+                "tls[{ti}] host {host} skipped: the older Ingress {}, which also has a rule for it, already \
+                 serves it with {theirs}",
+                older.ingress
+            );
+            self.warn(me, WarningKind::TlsConflict, message);
         }
     }
 }

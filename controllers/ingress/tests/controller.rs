@@ -502,9 +502,18 @@ async fn tls_secrets_default_class_and_challenges() {
     let (cert, key) = self_signed("first", &host);
     create(&secrets, tls_secret("cert", &cert, &key)).await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
-    let mut v = ingress_json("tls", Some("ferrite"), json!([rule(&host, "/", "Prefix", "web")]));
+    // TLS binds only hosts the Ingress has a rule for: bad.{host} has one.
+    let mut v = ingress_json(
+        "tls",
+        Some("ferrite"),
+        json!([
+            rule(&host, "/", "Prefix", "web"),
+            rule(&format!("bad.{host}"), "/", "Prefix", "web")
+        ]),
+    );
     v["spec"]["tls"] = json!([{"hosts": [&host], "secretName": "cert"},
-                              {"hosts": [format!("bad.{host}")], "secretName": "broken"}]);
+                              {"hosts": [format!("bad.{host}")], "secretName": "broken"},
+                              {"hosts": [format!("norule.{host}")], "secretName": "cert"}]);
     create(&ingresses, v).await;
     let addr = ctl.https;
     let h = host.clone();
@@ -515,6 +524,10 @@ async fn tls_secrets_default_class_and_challenges() {
     .await;
     // Plain HTTP for a TLS host: redirected.
     wait_get(ctl.http, &host, "/", 308, None).await;
+    // A tls host without a rule binds nothing: no redirect (no route either), an InvalidTLS Event.
+    wait_get(ctl.http, &format!("norule.{host}"), "/", 404, None).await;
+    let note = wait_event(kb, &ns, "tls", "InvalidTLS").await;
+    assert!(note.contains("binds nothing"), "{note}");
 
     // Secret updated: the new certificate from the next handshake on, no restart.
     let (cert2, key2) = self_signed("second", &host);

@@ -734,11 +734,16 @@ fn tls_selection() {
         Some(T0),
         json!({
             "tls": [
-                {"hosts": ["a.example.com"], "secretName": "a-tls"},
+                // Exact beats wildcard whatever the entry order.
                 {"hosts": ["*.example.com"], "secretName": "wild-tls"},
+                {"hosts": ["A.Example.COM"], "secretName": "a-tls"},
                 {"hosts": ["plain.example.org"]},
             ],
-            "rules": [rule(Some("a.example.com"), vec![path("/", "Prefix", "a")])],
+            "rules": [
+                rule(Some("a.example.com"), vec![path("/", "Prefix", "a")]),
+                rule(Some("c.example.com"), vec![path("/", "Prefix", "c")]),
+                rule(Some("plain.example.org"), vec![path("/", "Prefix", "plain")]),
+            ],
         }),
     );
     let b = ingress(
@@ -747,10 +752,12 @@ fn tls_selection() {
         Some(T1),
         json!({
             "tls": [
-                {"hosts": ["a.example.com", "b.example.net"], "secretName": "b-tls"},
+                {"hosts": ["b.example.net", "c.example.com"], "secretName": "b-tls"},
                 {"secretName": "rules-tls"},
             ],
             "rules": [
+                rule(Some("b.example.net"), vec![path("/", "Prefix", "b")]),
+                rule(Some("c.example.com"), vec![path("/b", "Prefix", "b")]),
                 rule(Some("r.example.net"), vec![path("/", "Prefix", "r")]),
                 rule(Some("*.w.example.net"), vec![path("/", "Prefix", "w")]),
             ],
@@ -767,14 +774,15 @@ fn tls_selection() {
     let cases: &[(&str, Option<SecretRef>, &str)] = &[
         ("a.example.com", secret("web", "a-tls"), "exact beats wildcard"),
         ("A.EXAMPLE.COM", secret("web", "a-tls"), "case-insensitive"),
-        ("b.example.com", secret("web", "wild-tls"), "wildcard"),
+        (
+            "c.example.com",
+            secret("web", "wild-tls"),
+            "the wildcard binds a rule host it covers; the older Ingress decides",
+        ),
+        ("b.example.com", None, "the wildcard binds no host without a rule"),
         ("x.b.example.com", None, "one label only"),
         ("example.com", None, "not the wildcard's suffix"),
-        (
-            "b.example.net",
-            secret("other", "b-tls"),
-            "second host of b's entry",
-        ),
+        ("b.example.net", secret("other", "b-tls"), "exact entry"),
         (
             "r.example.net",
             secret("other", "rules-tls"),
@@ -793,13 +801,14 @@ fn tls_selection() {
     }
     assert!(t.tls_for("plain.example.org").is_some_and(|b| b.secret.is_none()));
     assert!(t.tls_for("unknown.test").is_none());
+    assert!(t.tls_for("b.example.com").is_none(), "no redirect either");
     assert_eq!(
         t.hosts_with_tls(),
         [
-            "*.example.com",
             "*.w.example.net",
             "a.example.com",
             "b.example.net",
+            "c.example.com",
             "plain.example.org",
             "r.example.net"
         ]
@@ -813,7 +822,8 @@ fn tls_selection() {
     assert_eq!(compiled.warnings[0].kind, WarningKind::TlsConflict);
     assert_eq!(compiled.warnings[0].ingress.to_string(), "other/b");
     assert!(
-        compiled.warnings[0].message.contains("web/a-tls"),
+        compiled.warnings[0].message.contains("web/wild-tls")
+            && compiled.warnings[0].message.contains("c.example.com"),
         "{}",
         compiled.warnings[0].message
     );
@@ -831,6 +841,101 @@ fn tls_selection() {
     let kinds: Vec<WarningKind> = compiled.warnings.iter().map(|w| w.kind).collect();
     assert_eq!(kinds, [WarningKind::InvalidTls]);
     assert_eq!(reach(&compiled.table, "a.test", "/").as_deref(), Some("any"));
+}
+
+/// The review's examples (ingress-nginx binds certificates to the servers of rule hosts only).
+#[test]
+fn tls_binds_only_rule_hosts() {
+    // An older Ingress lists shop.example.com in tls without a rule for it: it binds nothing, the
+    // Ingress that routes the host decides, and nobody gets a TLSConflict.
+    let team_b = ingress(
+        "team-b",
+        "b",
+        Some(T0),
+        json!({"tls": [{"hosts": ["shop.example.com", "b.example.com"], "secretName": "b-cert"}],
+               "rules": [rule(Some("b.example.com"), vec![path("/", "Prefix", "b")])]}),
+    );
+    let shop = ingress(
+        "shop",
+        "shop",
+        Some(T1),
+        json!({"tls": [{"hosts": ["shop.example.com"], "secretName": "shop-cert"}],
+               "rules": [rule(Some("shop.example.com"), vec![path("/", "Prefix", "shop")])]}),
+    );
+    let compiled = compile(&[shop.clone(), team_b.clone()]);
+    let t = &compiled.table;
+    assert_eq!(
+        t.tls_secret_for("shop.example.com")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("shop/shop-cert")
+    );
+    assert_eq!(
+        t.tls_secret_for("b.example.com")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("team-b/b-cert")
+    );
+    let w: Vec<(String, WarningKind)> = compiled
+        .warnings
+        .iter()
+        .map(|w| (w.ingress.to_string(), w.kind))
+        .collect();
+    assert_eq!(w, [("team-b/b".to_owned(), WarningKind::InvalidTls)]);
+    assert!(
+        compiled.warnings[0]
+            .message
+            .contains("shop.example.com binds nothing"),
+        "{}",
+        compiled.warnings[0].message
+    );
+
+    // A wildcard tls host of A covers only A's rule hosts: b.example.com, routed by B without TLS,
+    // gets no binding (so no certificate of A and no redirect).
+    let wild = ingress(
+        "a",
+        "a",
+        Some(T0),
+        json!({"tls": [{"hosts": ["*.example.com"], "secretName": "wild"}],
+               "rules": [rule(Some("a.example.com"), vec![path("/", "Prefix", "a")])]}),
+    );
+    let plain = ingress(
+        "b",
+        "b",
+        Some(T1),
+        json!({"rules": [rule(Some("b.example.com"), vec![path("/", "Prefix", "b")])]}),
+    );
+    let compiled = compile(&[wild, plain]);
+    let t = &compiled.table;
+    assert_eq!(
+        t.tls_secret_for("a.example.com")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("a/wild")
+    );
+    assert!(t.tls_for("b.example.com").is_none());
+    assert!(t.tls_for("z.example.com").is_none());
+    assert_eq!(t.hosts_with_tls(), ["a.example.com"]);
+    assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+
+    // A wildcard rule host takes a tls entry naming the same wildcard.
+    let w = ingress(
+        "w",
+        "w",
+        Some(T0),
+        json!({"tls": [{"hosts": ["*.w.test"], "secretName": "w"}],
+               "rules": [rule(Some("*.w.test"), vec![path("/", "Prefix", "w")])]}),
+    );
+    let compiled = compile(&[w]);
+    assert_eq!(
+        compiled
+            .table
+            .tls_secret_for("x.w.test")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("w/w")
+    );
+    assert!(compiled.warnings.is_empty());
 }
 
 /// Each broken part yields one warning of the right kind; the valid parts of the same Ingress and every

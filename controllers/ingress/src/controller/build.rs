@@ -586,7 +586,9 @@ mod tests {
             "spec": {"ingressClassName": "ferrite",
                 "tls": [{"hosts": ["a.test"], "secretName": "good"}, {"hosts": ["b.test"], "secretName": "bad"},
                         {"hosts": ["c.test"], "secretName": "absent"}],
-                "rules": [rule("a.test", "/", "web", json!({"number": 80}))]}}))];
+                "rules": [rule("a.test", "/", "web", json!({"number": 80})),
+                          rule("b.test", "/", "web", json!({"number": 80})),
+                          rule("c.test", "/", "web", json!({"number": 80}))]}}))];
         let services: HashMap<_, _> = [service("app", "web", json!([{"port": 80}]))].into();
         let self_signed = crate::proxy::self_signed_default().expect("cert");
         let r = |n: &str| SecretRef {
