@@ -112,11 +112,14 @@ pub struct Built {
     pub expiry: BTreeMap<SecretRef, i64>,
 }
 
-/// The Service port an Ingress backend port names.
+/// The Service port an Ingress backend port names. By number only TCP ports count (as ingress-nginx):
+/// a Service with `443/UDP` (QUIC) and `443/TCP` serves HTTP on the TCP one. Names are unique.
 fn service_port<'a>(svc: &'a Service, port: &ServicePort) -> Option<&'a SvcPort> {
     let ports = svc.spec.as_ref()?.ports.as_ref()?;
     ports.iter().find(|p| match port {
-        ServicePort::Number(n) => p.port == i32::from(*n),
+        ServicePort::Number(n) => {
+            p.port == i32::from(*n) && p.protocol.as_deref().is_none_or(|proto| proto == "TCP")
+        }
         ServicePort::Name(n) => p.name.as_deref() == Some(n.as_str()),
     })
 }
@@ -149,8 +152,15 @@ fn backend_problem(
         return Some((
             "ServicePortNotFound",
             format!(
-                "Service {}/{} has no port {}",
-                backend.namespace, backend.service, backend.port
+                "Service {}/{} has no {}port {}",
+                backend.namespace,
+                backend.service,
+                if matches!(backend.port, ServicePort::Number(_)) {
+                    "TCP "
+                } else {
+                    ""
+                },
+                backend.port
             ),
         ));
     }
@@ -506,7 +516,9 @@ mod tests {
                 "spec": {"ingressClassName": "ferrite",
                     "defaultBackend": {"service": {"name": "fallback-gone", "port": {"number": 80}}},
                     "rules": [{"host": "shop.test", "http": {"paths": [
-                        path("/", "storefront"), path("/admin", "admin"), path("/ext", "external")]}}]}}),
+                        path("/", "storefront"), path("/admin", "admin"), path("/ext", "external"),
+                        {"path": "/quic", "pathType": "Prefix", "backend": {"service": {"name": "quic", "port": {"number": 443}}}},
+                        {"path": "/dns", "pathType": "Prefix", "backend": {"service": {"name": "udp-only", "port": {"number": 53}}}}]}}]}}),
             ),
             // A younger Ingress routing the same path must not take it over.
             ingress(
@@ -515,7 +527,22 @@ mod tests {
                     "rules": [{"host": "shop.test", "http": {"paths": [path("/admin", "storefront")]}}]}}),
             ),
         ];
-        let mut services: HashMap<_, _> = [service("app", "storefront", json!([{"port": 80}]))].into();
+        let mut services: HashMap<_, _> = [
+            service("app", "storefront", json!([{"port": 80}])),
+            // By number, only TCP ports count: 443/UDP (QUIC) is not an HTTP backend.
+            service(
+                "app",
+                "quic",
+                json!([{"name": "quic", "port": 443, "protocol": "UDP"},
+                       {"name": "https", "port": 443, "protocol": "TCP"}]),
+            ),
+            service(
+                "app",
+                "udp-only",
+                json!([{"name": "dns", "port": 53, "protocol": "UDP"}]),
+            ),
+        ]
+        .into();
         services.insert(
             ("app".into(), "external".into()),
             Arc::new(
@@ -524,15 +551,27 @@ mod tests {
                 .expect("service"),
             ),
         );
-        let slices: HashMap<_, _> = [(
-            ("app".to_string(), "storefront".to_string()),
-            vec![Arc::new(slice(
-                "app",
-                "storefront",
-                json!([{"port": 8080}]),
-                json!([{"addresses": ["127.0.0.2"]}]),
-            ))],
-        )]
+        let slices: HashMap<_, _> = [
+            (
+                ("app".to_string(), "storefront".to_string()),
+                vec![Arc::new(slice(
+                    "app",
+                    "storefront",
+                    json!([{"port": 8080}]),
+                    json!([{"addresses": ["127.0.0.2"]}]),
+                ))],
+            ),
+            (
+                ("app".to_string(), "quic".to_string()),
+                vec![Arc::new(slice(
+                    "app",
+                    "quic",
+                    json!([{"name": "quic", "port": 9443, "protocol": "UDP"},
+                           {"name": "https", "port": 8443, "protocol": "TCP"}]),
+                    json!([{"addresses": ["127.0.0.5"]}]),
+                ))],
+            ),
+        ]
         .into();
         let self_signed = crate::proxy::self_signed_default().expect("cert");
         let built = build(&Inputs {
@@ -555,6 +594,17 @@ mod tests {
         assert_eq!(to("shop.test", "/admin/users"), ("admin".into(), 0));
         assert_eq!(to("shop.test", "/ext"), ("external".into(), 0));
         assert_eq!(to("shop.test", "/cart"), ("storefront".into(), 1));
+        let quic = s
+            .routes()
+            .route("shop.test", "/quic")
+            .backend()
+            .cloned()
+            .expect("routed");
+        assert_eq!(
+            s.endpoints(&quic),
+            &["127.0.0.5:8443".parse::<SocketAddr>().expect("addr")][..]
+        );
+        assert_eq!(to("shop.test", "/dns"), ("udp-only".into(), 0));
         // The messages name the paths as written (no index shifted by a removed path).
         let mut messages: Vec<(&str, &str)> = built
             .problems
@@ -563,11 +613,15 @@ mod tests {
             .map(|p| (p.reason, p.message.as_str()))
             .collect();
         messages.sort();
-        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert_eq!(messages.len(), 4, "{messages:?}");
         assert!(messages[0].0 == "ServiceNotFound" && messages[0].1.starts_with("defaultBackend:"));
         assert!(messages[1].0 == "ServiceNotFound" && messages[1].1.starts_with("rules[0].http.paths[1]:"));
         assert!(
-            messages[2].0 == "UnsupportedService" && messages[2].1.starts_with("rules[0].http.paths[2]:"),
+            messages[2].0 == "ServicePortNotFound" && messages[2].1.starts_with("rules[0].http.paths[4]:"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[3].0 == "UnsupportedService" && messages[3].1.starts_with("rules[0].http.paths[2]:"),
             "{messages:?}"
         );
         let young: Vec<&str> = built
