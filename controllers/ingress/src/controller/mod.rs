@@ -129,8 +129,9 @@ pub struct ControllerArgs {
     /// TLS listener.
     #[arg(long, env = "FERRITE_INGRESS_HTTPS_LISTEN", default_value = "0.0.0.0:443")]
     pub https_listen: SocketAddr,
-    /// NAMESPACE/NAME of the proxy's own Service: its status.loadBalancer addresses are written into
-    /// every served Ingress's status.
+    /// NAMESPACE/NAME of the proxy's own Service: its addresses (LoadBalancer: status.loadBalancer
+    /// ip and hostname, and externalIPs; NodePort: externalIPs or the ClusterIP; ClusterIP: the
+    /// ClusterIP; ExternalName: the name) are written into every served Ingress's status.
     #[arg(
         long,
         env = "FERRITE_INGRESS_PUBLISH_SERVICE",

@@ -3,8 +3,8 @@
 //! Each build hands its served Ingresses and problems over a latest-wins channel; the writer works on
 //! the newest, so a burst of builds is one pass, and a slow API server never delays a route change.
 //!
-//! - Status: every served Ingress gets the publish addresses (`--publish-service`'s
-//!   `status.loadBalancer.ingress`, or `--publish-status-address`) when its status differs; an Ingress
+//! - Status: every served Ingress gets the publish addresses (`--publish-service`'s addresses, see
+//!   [`service_addresses`], or `--publish-status-address`) when its status differs; an Ingress
 //!   no longer served whose status this replica wrote, or that carries exactly our addresses, is
 //!   cleared. Without either flag no status is written. JSON merge patches of the status subresource,
 //!   at most [`WRITE_CONCURRENCY`] at once, each bounded by the leader fence.
@@ -38,7 +38,7 @@ pub const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Where the addresses written into Ingress status come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Publish {
-    /// `--publish-service NAMESPACE/NAME`: that Service's `status.loadBalancer.ingress`.
+    /// `--publish-service NAMESPACE/NAME`: that Service's addresses ([`service_addresses`]).
     Service { namespace: String, name: String },
     /// `--publish-status-address`: fixed IPs or hostnames.
     Addresses(Vec<String>),
@@ -51,6 +51,11 @@ pub enum Publish {
 pub enum Address {
     Ip(String),
     Hostname(String),
+    /// An entry with both (a cloud load balancer reporting its IP and DNS name).
+    IpAndHostname {
+        ip: String,
+        hostname: String,
+    },
 }
 
 impl Address {
@@ -58,6 +63,29 @@ impl Address {
         match self {
             Address::Ip(ip) => serde_json::json!({ "ip": ip }),
             Address::Hostname(h) => serde_json::json!({ "hostname": h }),
+            Address::IpAndHostname { ip, hostname } => serde_json::json!({ "ip": ip, "hostname": hostname }),
+        }
+    }
+
+    /// The address of a `status.loadBalancer.ingress` entry: both fields kept; `None` when empty.
+    fn of_entry(ip: Option<&str>, hostname: Option<&str>) -> Option<Address> {
+        let ip = ip.filter(|s| !s.is_empty());
+        let hostname = hostname.filter(|s| !s.is_empty());
+        match (ip, hostname) {
+            (Some(ip), Some(h)) => Some(Address::IpAndHostname {
+                ip: ip.to_owned(),
+                hostname: h.to_owned(),
+            }),
+            (Some(ip), None) => Some(Address::Ip(ip.to_owned())),
+            (None, Some(h)) => Some(Address::Hostname(h.to_owned())),
+            (None, None) => None,
+        }
+    }
+
+    fn ip(&self) -> Option<&str> {
+        match self {
+            Address::Ip(ip) | Address::IpAndHostname { ip, .. } => Some(ip),
+            Address::Hostname(_) => None,
         }
     }
 
@@ -107,20 +135,64 @@ fn current(ing: &Ingress) -> Vec<Address> {
         .and_then(|l| l.ingress.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|a| {
-            a.ip.clone()
-                .filter(|s| !s.is_empty())
-                .map(Address::Ip)
-                .or_else(|| {
-                    a.hostname
-                        .clone()
-                        .filter(|s| !s.is_empty())
-                        .map(Address::Hostname)
-                })
-        })
+        .filter_map(|a| Address::of_entry(a.ip.as_deref(), a.hostname.as_deref()))
         .collect();
     v.sort();
     v
+}
+
+/// The addresses `--publish-service` publishes, as ingress-nginx's `statusAddressFromService`:
+/// LoadBalancer: every `status.loadBalancer.ingress` entry (ip and hostname both), then the
+/// `spec.externalIPs` not listed yet; NodePort: `spec.externalIPs`, or the ClusterIP when there are none;
+/// ClusterIP (or no type): the ClusterIP (none for a headless Service); ExternalName: its
+/// `externalName` as a hostname.
+pub fn service_addresses(svc: &Service) -> Vec<Address> {
+    let spec = svc.spec.as_ref();
+    fn text(v: Option<&String>) -> Option<&str> {
+        v.map(String::as_str).filter(|s| !s.is_empty())
+    }
+    let cluster_ip = || {
+        text(spec.and_then(|s| s.cluster_ip.as_ref()))
+            .filter(|ip| *ip != "None")
+            .map(|ip| Address::Ip(ip.to_owned()))
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let external_ips: Vec<&str> = spec
+        .and_then(|s| s.external_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    match spec.and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP") {
+        "ExternalName" => text(spec.and_then(|s| s.external_name.as_ref()))
+            .map(|h| Address::Hostname(h.to_owned()))
+            .into_iter()
+            .collect(),
+        "NodePort" if !external_ips.is_empty() => external_ips
+            .iter()
+            .map(|ip| Address::Ip((*ip).to_owned()))
+            .collect(),
+        "LoadBalancer" => {
+            let mut v: Vec<Address> = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|a| Address::of_entry(a.ip.as_deref(), a.hostname.as_deref()))
+                .collect();
+            for ip in external_ips {
+                if !v.iter().any(|a| a.ip() == Some(ip)) {
+                    v.push(Address::Ip(ip.to_owned()));
+                }
+            }
+            v
+        }
+        _ => cluster_ip(),
+    }
 }
 
 impl Writer {
@@ -152,20 +224,11 @@ impl Writer {
         let mut v = match &self.publish {
             Publish::Off => return None,
             Publish::Addresses(a) => a.iter().map(|s| Address::parse(s)).collect::<Vec<_>>(),
-            Publish::Service { namespace, name } => {
-                let svc = self.services.get(&ObjectRef::new(name).within(namespace));
-                svc.and_then(|s| s.status.clone())
-                    .and_then(|s| s.load_balancer)
-                    .and_then(|l| l.ingress)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| {
-                        a.ip.filter(|s| !s.is_empty())
-                            .map(Address::Ip)
-                            .or_else(|| a.hostname.filter(|s| !s.is_empty()).map(Address::Hostname))
-                    })
-                    .collect()
-            }
+            Publish::Service { namespace, name } => self
+                .services
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|svc| service_addresses(&svc))
+                .unwrap_or_default(),
         };
         v.sort();
         v.dedup();
@@ -372,6 +435,85 @@ mod tests {
             namespace: "ns".into(),
             name: name.into(),
         }
+    }
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).expect("service")
+    }
+
+    #[test]
+    fn publish_service_addresses_follow_ingress_nginx() {
+        use Address::*;
+        let ip = |s: &str| Ip(s.to_owned());
+        let cases: Vec<(serde_json::Value, Vec<Address>)> = vec![
+            (
+                serde_json::json!({"spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.1",
+                    "externalIPs": ["192.0.2.5", "192.0.2.1"]},
+                    "status": {"loadBalancer": {"ingress": [
+                        {"ip": "192.0.2.1", "hostname": "lb.example.com"}, {"hostname": "other.example.com"},
+                        {"ip": "192.0.2.2"}, {}]}}}),
+                vec![
+                    IpAndHostname {
+                        ip: "192.0.2.1".into(),
+                        hostname: "lb.example.com".into(),
+                    },
+                    Hostname("other.example.com".into()),
+                    ip("192.0.2.2"),
+                    ip("192.0.2.5"),
+                ],
+            ),
+            // No address assigned yet: nothing (not the ClusterIP).
+            (
+                serde_json::json!({"spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.1"}}),
+                vec![],
+            ),
+            (
+                serde_json::json!({"spec": {"type": "NodePort", "clusterIP": "10.0.0.1",
+                    "externalIPs": ["192.0.2.7"]}}),
+                vec![ip("192.0.2.7")],
+            ),
+            (
+                serde_json::json!({"spec": {"type": "NodePort", "clusterIP": "10.0.0.1"}}),
+                vec![ip("10.0.0.1")],
+            ),
+            (
+                serde_json::json!({"spec": {"type": "ClusterIP", "clusterIP": "10.0.0.1",
+                    "externalIPs": ["192.0.2.7"]}}),
+                vec![ip("10.0.0.1")],
+            ),
+            (
+                serde_json::json!({"spec": {"clusterIP": "10.0.0.2"}}),
+                vec![ip("10.0.0.2")],
+            ),
+            (serde_json::json!({"spec": {"clusterIP": "None"}}), vec![]),
+            (
+                serde_json::json!({"spec": {"type": "ExternalName", "externalName": "proxy.example.com"}}),
+                vec![Hostname("proxy.example.com".into())],
+            ),
+            (serde_json::json!({}), vec![]),
+        ];
+        for (v, want) in cases {
+            assert_eq!(service_addresses(&svc(v.clone())), want, "{v}");
+        }
+        assert_eq!(
+            IpAndHostname {
+                ip: "192.0.2.1".into(),
+                hostname: "lb.example.com".into()
+            }
+            .json(),
+            serde_json::json!({"ip": "192.0.2.1", "hostname": "lb.example.com"})
+        );
+        // An Ingress whose status already has both fields is read back as equal (no rewrite loop).
+        let ing: Ingress = serde_json::from_value(serde_json::json!({"metadata": {"name": "x"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "hostname": "lb.example.com"}]}}}))
+        .expect("ingress");
+        assert_eq!(
+            current(&ing),
+            vec![IpAndHostname {
+                ip: "192.0.2.1".into(),
+                hostname: "lb.example.com".into()
+            }]
+        );
     }
 
     #[test]
