@@ -8,15 +8,18 @@
 //!   Namespace watch (labels for namespaceSelectors)
 //!   L2Advertisement watch (+ every IPPool change) ──> advertisement reconcile ──> status Ready, Events
 //! ```
-//! Service writes: `status.loadBalancer` (server-side apply, resourceVersion precondition), then one merge
-//! patch of the metadata when `lb.ferrite.dev/ip-allocated-from-pool` differs or the old
-//! `lb.ferrite.dev/announcing-node` is present. Sharing refusals are `SharingConflict` Events, other
-//! failures `AllocationFailed`.
+//! Service writes: `status.loadBalancer` (server-side apply, resourceVersion precondition) carrying
+//! `lb.ferrite.dev/ip-allocated-from-pool` in the same request ([`StatusMetadata`]), then a merge patch of
+//! the metadata only when the annotation still differs or the old `lb.ferrite.dev/announcing-node` is
+//! present. Normal `IPAllocated` Events are within an [`EventBudget`]. Sharing refusals are
+//! `SharingConflict` Events, other failures `AllocationFailed`.
 //! One [`Allocator`] in memory is the source of truth while this replica leads. It is an index of the
 //! cluster, not of reconciles:
 //!
 //! ```text
 //!   Service watch ──> reflector (store, managedFields dropped) ──> Context::observe ──> Controller
+//!                     (and last-applied-configuration)              │                   (--service-workers
+//!                                                                   │                    reconciles at once)
 //!                                                                   │ Delete: release now (same uid)
 //!                                                                   │ relist: release what is gone
 //!                                                                   └ release: retry Services waiting
@@ -386,7 +389,14 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     // The Services watch feeds the store, then the allocator index (deletes, relists), then the Controller.
     let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
+        // Cached without what the allocator never reads: managedFields, and kubectl's copy of the whole
+        // object in last-applied-configuration (as large as the Service itself in kubectl-applied clusters).
+        .modify(|s| {
+            s.managed_fields_mut().clear();
+            if let Some(a) = s.metadata.annotations.as_mut() {
+                a.remove(LAST_APPLIED);
+            }
+        })
         .reflect(svc_writer)
         .inspect_ok({
             let ctx = ctx.clone();
@@ -737,6 +747,9 @@ fn ingress_status(ips: &[IpAddr]) -> serde_json::Value {
         .collect();
     serde_json::json!({"loadBalancer": {"ingress": ingress}})
 }
+
+/// kubectl's client-side apply annotation: dropped from the Service cache (never read, never written here).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Until every watch has listed, reconciles wait (and are triggered again once it has).
 const NOT_READY_RETRY: Duration = Duration::from_millis(500);
