@@ -74,6 +74,147 @@ pub struct Flags {
     pub ingresses: Option<usize>,
     pub trials: Option<usize>,
     pub quick: bool,
+    /// `--ingress-parts`: the metrics to run (`None`: all).
+    pub parts: Option<Parts>,
+    /// `--ingress-targets`: the proxies to measure (`None`: all).
+    pub targets: Option<Targets>,
+}
+
+/// The ingress metrics (`--ingress-parts`), for quick comparisons of one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    pub plain: bool,
+    pub tls: bool,
+    pub h2: bool,
+    pub handshakes: bool,
+    pub rate: bool,
+    pub idle: bool,
+    pub changes: bool,
+    pub propagation: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        plain: true,
+        tls: true,
+        h2: true,
+        handshakes: true,
+        rate: true,
+        idle: true,
+        changes: true,
+        propagation: true,
+    };
+    const NAMES: &'static str = "plain, tls, h2, handshake, rate, idle, changes, propagation or all";
+
+    /// `plain,tls,...` or `all`.
+    pub fn parse(list: &str) -> Result<Parts> {
+        let mut p = Parts {
+            plain: false,
+            tls: false,
+            h2: false,
+            handshakes: false,
+            rate: false,
+            idle: false,
+            changes: false,
+            propagation: false,
+        };
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "all" => p = Parts::ALL,
+                "plain" => p.plain = true,
+                "tls" => p.tls = true,
+                "h2" => p.h2 = true,
+                "handshake" => p.handshakes = true,
+                "rate" => p.rate = true,
+                "idle" => p.idle = true,
+                "changes" => p.changes = true,
+                "propagation" => p.propagation = true,
+                _ => bail!("--ingress-parts: {}, not {name:?}", Self::NAMES),
+            }
+        }
+        Ok(p)
+    }
+
+    fn names(&self) -> String {
+        let all = [
+            (self.plain, "plain"),
+            (self.tls, "tls"),
+            (self.h2, "h2"),
+            (self.handshakes, "handshake"),
+            (self.rate, "rate"),
+            (self.idle, "idle"),
+            (self.changes, "changes"),
+            (self.propagation, "propagation"),
+        ];
+        let on: Vec<&str> = all.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+        on.join(",")
+    }
+}
+
+/// The measured proxies (`--ingress-targets`); the backend always runs (it is the upstream), its
+/// own row only when named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    pub backend: bool,
+    pub nginx: bool,
+    pub haproxy: bool,
+    pub caddy: bool,
+    pub ferrite: bool,
+}
+
+impl Targets {
+    pub const ALL: Targets = Targets {
+        backend: true,
+        nginx: true,
+        haproxy: true,
+        caddy: true,
+        ferrite: true,
+    };
+
+    /// `ferrite,nginx,...` or `all`.
+    pub fn parse(list: &str) -> Result<Targets> {
+        let mut t = Targets {
+            backend: false,
+            nginx: false,
+            haproxy: false,
+            caddy: false,
+            ferrite: false,
+        };
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "all" => t = Targets::ALL,
+                "backend" => t.backend = true,
+                "nginx" => t.nginx = true,
+                "haproxy" => t.haproxy = true,
+                "caddy" => t.caddy = true,
+                "ferrite" => t.ferrite = true,
+                _ => bail!("--ingress-targets: backend, nginx, haproxy, caddy, ferrite or all, not {name:?}"),
+            }
+        }
+        Ok(t)
+    }
+
+    fn has(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Backend => self.backend,
+            Kind::Nginx => self.nginx,
+            Kind::Haproxy => self.haproxy,
+            Kind::Caddy => self.caddy,
+            Kind::Ferrite => self.ferrite,
+        }
+    }
+
+    fn names(&self) -> String {
+        let all = [
+            (self.backend, "backend"),
+            (self.nginx, "nginx"),
+            (self.haproxy, "haproxy"),
+            (self.caddy, "caddy"),
+            (self.ferrite, "ferrite"),
+        ];
+        let on: Vec<&str> = all.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+        on.join(",")
+    }
 }
 
 /// What one run does.
@@ -98,6 +239,8 @@ pub struct Settings {
     /// Change -> served trials at that scale.
     pub trials: usize,
     pub quick: bool,
+    pub parts: Parts,
+    pub targets: Targets,
 }
 
 impl Flags {
@@ -116,6 +259,8 @@ impl Flags {
             ingresses: self.ingresses.unwrap_or(if q { 1_000 } else { 10_000 }),
             trials: self.trials.unwrap_or(if q { 3 } else { 10 }),
             quick: q,
+            parts: self.parts.unwrap_or(Parts::ALL),
+            targets: self.targets.unwrap_or(Targets::ALL),
         }
     }
 
@@ -141,6 +286,8 @@ impl Flags {
         );
         add("ingresses", self.ingresses.map(|v| v.to_string()));
         add("trials", self.trials.map(|v| v.to_string()));
+        add("parts", self.parts.map(|p| p.names()));
+        add("targets", self.targets.map(|t| t.names()));
         s
     }
 }
@@ -1408,9 +1555,10 @@ pub async fn run(flags: &Flags) -> Result<IngressResults> {
     let nofile = raise_nofile(200_000)?;
     // The box starts on every CPU (pinned to one it may not come up within its limit on a busy
     // machine), and is moved to the load CPU once it runs.
-    let bin = binary();
+    let bin = binary().filter(|_| s.targets.ferrite);
     let mut kb = None;
     match &bin {
+        None if !s.targets.ferrite => {}
         None => res.notes.push(
             "ferrite-ingress was not measured: no `ferrite-ingress` binary next to ferrite-bench \
              (cargo build --release -p ferrite-ingress --bin ferrite-ingress)"
@@ -1497,109 +1645,115 @@ pub async fn run(flags: &Flags) -> Result<IngressResults> {
     }];
 
     // The peers.
-    let (p, q) = (free_port()?, free_port()?);
-    std::fs::write(
-        d.join("nginx.conf"),
-        nginx_conf(d, p, q, bport, &cert.cert, &cert.key),
-    )?;
-    let proc = spawn(
-        "nginx",
-        pinned.then_some(PROXY_CPU),
-        &nginx_bin,
-        &[
-            "-e".into(),
-            "stderr".into(),
-            "-p".into(),
-            d.join("nginx").display().to_string(),
-            "-c".into(),
-            d.join("nginx.conf").display().to_string(),
-        ],
-        &[],
-        &d.join("nginx.log"),
-    )?;
-    targets.push(Target {
-        row: Row {
-            name: "nginx".into(),
-            version: version_of("nginx", &["-v"]).replace("nginx version: ", ""),
-            setup: format!("`worker_processes 1`{}", on(PROXY_CPU)),
-            ..Default::default()
-        },
-        http: addr(p),
-        https: addr(q),
-        proc,
-        kind: Kind::Nginx,
-        admin: None,
-    });
-    let (p, q) = (free_port()?, free_port()?);
-    std::fs::write(d.join("haproxy.cfg"), haproxy_conf(p, q, bport, &cert.both))?;
-    let proc = spawn(
-        "haproxy",
-        pinned.then_some(PROXY_CPU),
-        &which("haproxy").context("haproxy")?,
-        &[
-            "-db".into(),
-            "-f".into(),
-            d.join("haproxy.cfg").display().to_string(),
-        ],
-        &[],
-        &d.join("haproxy.log"),
-    )?;
-    targets.push(Target {
-        row: Row {
-            name: "HAProxy".into(),
-            version: version_of("haproxy", &["-v"])
-                .replace("HAProxy version", "haproxy")
-                .split(' ')
-                .take(2)
-                .collect::<Vec<_>>()
-                .join(" "),
-            setup: format!("`nbthread 1`{}", on(PROXY_CPU)),
-            ..Default::default()
-        },
-        http: addr(p),
-        https: addr(q),
-        proc,
-        kind: Kind::Haproxy,
-        admin: None,
-    });
-    let (p, q) = (free_port()?, free_port()?);
-    std::fs::write(
-        d.join("Caddyfile"),
-        caddy_conf(p, q, bport, &cert.cert, &cert.key),
-    )?;
-    let caddy_home = d.join("caddy").display().to_string();
-    let proc = spawn(
-        "caddy",
-        pinned.then_some(PROXY_CPU),
-        &which("caddy").context("caddy")?,
-        &[
-            "run".into(),
-            "--config".into(),
-            d.join("Caddyfile").display().to_string(),
-            "--adapter".into(),
-            "caddyfile".into(),
-        ],
-        &[
-            ("GOMAXPROCS", "1"),
-            ("HOME", &caddy_home),
-            ("XDG_DATA_HOME", &caddy_home),
-            ("XDG_CONFIG_HOME", &caddy_home),
-        ],
-        &d.join("caddy.log"),
-    )?;
-    targets.push(Target {
-        row: Row {
-            name: "Caddy".into(),
-            version: format!("caddy {}", version_of("caddy", &["version"])),
-            setup: format!("`GOMAXPROCS=1`{}", on(PROXY_CPU)),
-            ..Default::default()
-        },
-        http: addr(p),
-        https: addr(q),
-        proc,
-        kind: Kind::Caddy,
-        admin: None,
-    });
+    if s.targets.nginx {
+        let (p, q) = (free_port()?, free_port()?);
+        std::fs::write(
+            d.join("nginx.conf"),
+            nginx_conf(d, p, q, bport, &cert.cert, &cert.key),
+        )?;
+        let proc = spawn(
+            "nginx",
+            pinned.then_some(PROXY_CPU),
+            &nginx_bin,
+            &[
+                "-e".into(),
+                "stderr".into(),
+                "-p".into(),
+                d.join("nginx").display().to_string(),
+                "-c".into(),
+                d.join("nginx.conf").display().to_string(),
+            ],
+            &[],
+            &d.join("nginx.log"),
+        )?;
+        targets.push(Target {
+            row: Row {
+                name: "nginx".into(),
+                version: version_of("nginx", &["-v"]).replace("nginx version: ", ""),
+                setup: format!("`worker_processes 1`{}", on(PROXY_CPU)),
+                ..Default::default()
+            },
+            http: addr(p),
+            https: addr(q),
+            proc,
+            kind: Kind::Nginx,
+            admin: None,
+        });
+    }
+    if s.targets.haproxy {
+        let (p, q) = (free_port()?, free_port()?);
+        std::fs::write(d.join("haproxy.cfg"), haproxy_conf(p, q, bport, &cert.both))?;
+        let proc = spawn(
+            "haproxy",
+            pinned.then_some(PROXY_CPU),
+            &which("haproxy").context("haproxy")?,
+            &[
+                "-db".into(),
+                "-f".into(),
+                d.join("haproxy.cfg").display().to_string(),
+            ],
+            &[],
+            &d.join("haproxy.log"),
+        )?;
+        targets.push(Target {
+            row: Row {
+                name: "HAProxy".into(),
+                version: version_of("haproxy", &["-v"])
+                    .replace("HAProxy version", "haproxy")
+                    .split(' ')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                setup: format!("`nbthread 1`{}", on(PROXY_CPU)),
+                ..Default::default()
+            },
+            http: addr(p),
+            https: addr(q),
+            proc,
+            kind: Kind::Haproxy,
+            admin: None,
+        });
+    }
+    if s.targets.caddy {
+        let (p, q) = (free_port()?, free_port()?);
+        std::fs::write(
+            d.join("Caddyfile"),
+            caddy_conf(p, q, bport, &cert.cert, &cert.key),
+        )?;
+        let caddy_home = d.join("caddy").display().to_string();
+        let proc = spawn(
+            "caddy",
+            pinned.then_some(PROXY_CPU),
+            &which("caddy").context("caddy")?,
+            &[
+                "run".into(),
+                "--config".into(),
+                d.join("Caddyfile").display().to_string(),
+                "--adapter".into(),
+                "caddyfile".into(),
+            ],
+            &[
+                ("GOMAXPROCS", "1"),
+                ("HOME", &caddy_home),
+                ("XDG_DATA_HOME", &caddy_home),
+                ("XDG_CONFIG_HOME", &caddy_home),
+            ],
+            &d.join("caddy.log"),
+        )?;
+        targets.push(Target {
+            row: Row {
+                name: "Caddy".into(),
+                version: format!("caddy {}", version_of("caddy", &["version"])),
+                setup: format!("`GOMAXPROCS=1`{}", on(PROXY_CPU)),
+                ..Default::default()
+            },
+            http: addr(p),
+            https: addr(q),
+            proc,
+            kind: Kind::Caddy,
+            admin: None,
+        });
+    }
     for t in targets.iter_mut() {
         let name = t.row.name.clone();
         wait_serving(&mut t.proc, &name, t.http, Duration::from_secs(20)).await?;
@@ -1624,7 +1778,11 @@ pub async fn run(flags: &Flags) -> Result<IngressResults> {
     for t in targets.iter_mut() {
         t.proc.stop(Duration::from_secs(5));
     }
-    res.rows = targets.into_iter().map(|t| t.row).collect();
+    res.rows = targets
+        .into_iter()
+        .filter(|t| s.targets.has(t.kind))
+        .map(|t| t.row)
+        .collect();
     if let Some(b) = kb {
         b.stop();
     }
@@ -1645,8 +1803,11 @@ async fn measure(
     backend: u16,
 ) -> Result<()> {
     macro_rules! each {
-        ($label:expr, |$t:ident| $body:expr, $set:ident) => {
-            for $t in targets.iter_mut() {
+        ($part:ident, $label:expr, |$t:ident| $body:expr, $set:ident) => {
+            for $t in targets
+                .iter_mut()
+                .filter(|t| s.parts.$part && s.targets.has(t.kind))
+            {
                 eprintln!("==> ingress: {} — {}", $label, $t.row.name);
                 if let Err(e) = $t.alive() {
                     $t.row.failures.push(format!("{}: {e:#}", $label));
@@ -1662,17 +1823,20 @@ async fn measure(
     let plain = |t: &Target| format!("http://127.0.0.1:{}/", t.http.port());
     let tls = |t: &Target| format!("https://127.0.0.1:{}/", t.https.port());
     each!(
+        plain,
         "HTTP/1.1 keep-alive",
         |t| wrk(pinned, &plain(t), s.connections, s.duration, false),
         plain
     );
     each!(
+        tls,
         "HTTP/1.1 keep-alive over TLS",
         |t| wrk(pinned, &tls(t), s.connections, s.duration, false),
         tls
     );
-    each!("HTTP/2 over TLS", |t| h2load(pinned, &tls(t), s.duration), h2);
+    each!(h2, "HTTP/2 over TLS", |t| h2load(pinned, &tls(t), s.duration), h2);
     each!(
+        handshakes,
         "new TLS connection per request",
         |t| wrk(pinned, &tls(t), HANDSHAKE_CONNECTIONS, s.handshake_duration, true),
         handshakes
@@ -1693,11 +1857,13 @@ async fn measure(
         }
     };
     each!(
+        rate,
         "fixed rate",
         |t| fixed_rate(pinned, &plain(t), rate, s.duration, dir),
         fixed
     );
-    for t in targets.iter_mut() {
+    let measured = |t: &&mut Target| s.targets.has(t.kind);
+    for t in targets.iter_mut().filter(measured).filter(|_| s.parts.idle) {
         eprintln!("==> ingress: {} idle connections — {}", s.idle, t.row.name);
         if t.alive().is_ok() {
             let r = idle(t, s.idle).await;
@@ -1706,7 +1872,7 @@ async fn measure(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    for t in targets.iter_mut() {
+    for t in targets.iter_mut().filter(measured).filter(|_| s.parts.changes) {
         let r = match t.kind {
             Kind::Nginx => {
                 eprintln!("==> ingress: {} nginx reloads under load", s.changes);
@@ -1725,7 +1891,8 @@ async fn measure(
             Err(e) => t.row.failures.push(format!("changes under load: {e:#}")),
         }
     }
-    if let (Some(kb), Some(t)) = (kb, targets.iter_mut().find(|t| t.kind == Kind::Ferrite)) {
+    let ferrite = targets.iter_mut().find(|t| t.kind == Kind::Ferrite);
+    if let (Some(kb), Some(t), true) = (kb, ferrite, s.parts.propagation) {
         eprintln!(
             "==> ingress: {} Ingresses, {} change -> served trials",
             s.ingresses, s.trials

@@ -83,6 +83,10 @@ usage: ferrite-bench [--only lb|dns|certs|ingress] [--write FILE] [--services N]
   --ingress-change-interval-ms N  pause between two changes (default 20)
   --ingress-ingresses N  Ingresses of the route-table propagation run (default 10000)
   --ingress-trials N  change -> served trials at that scale (default 10)
+  --ingress-parts LIST  ingress metrics to run, comma-separated: plain, tls, h2, handshake, rate, idle,
+                    changes, propagation, or all (default all)
+  --ingress-targets LIST  proxies measured, comma-separated: backend, nginx, haproxy, caddy, ferrite, or all
+                    (default all); e.g. `--ingress-parts plain --ingress-targets ferrite,nginx` for one row
 
 Build first: cargo build --release --workspace --bins (or run `make bench`).";
 
@@ -248,6 +252,8 @@ impl Options {
                 }
                 "--ingress-ingresses" => o.ingress.ingresses = Some(number()?),
                 "--ingress-trials" => o.ingress.trials = Some(number()?.min(100)),
+                "--ingress-parts" => o.ingress.parts = Some(ingress::Parts::parse(&value)?),
+                "--ingress-targets" => o.ingress.targets = Some(ingress::Targets::parse(&value)?),
                 "--only" => {
                     o.only = match value.as_str() {
                         "lb" => Only::Lb,
