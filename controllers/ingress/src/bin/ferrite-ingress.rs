@@ -22,7 +22,8 @@ enum Command {
         common: CommonArgs,
         #[command(flatten)]
         args: ferrite_ingress::controller::ControllerArgs,
-        /// Tokio worker threads (proxy and controller); default: one per core.
+        /// Tokio worker threads (proxy and controller); default: one per core. 1: a single-threaded
+        /// runtime (no work stealing or cross-thread wake-ups: the fastest for one core).
         #[arg(long, env = "FERRITE_INGRESS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         worker_threads: Option<u16>,
     },
@@ -35,11 +36,16 @@ fn main() -> std::process::ExitCode {
         args,
         worker_threads,
     } = cli.command;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    let mut runtime = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all().thread_name("ferrite-ingress");
-    if let Some(n) = worker_threads {
-        runtime.worker_threads(usize::from(n));
-    }
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::access_log::{AccessLog, Entry};
-use super::metrics::{ProxyMetrics, RouteLabels, code_class, method_label};
+use super::metrics::{ProxyMetrics, RouteLabels, RouteSeries};
 use super::snapshot::Snapshot;
-use super::upstream::{InFlight, Upstreams};
+use super::upstream::{InFlight, Pool, Pooled, SendError, Upstreams};
 use super::{BoxError, ProxyBody, ProxyConfig, SharedSnapshot};
 use crate::host::RequestHost;
 use crate::routes::{BackendProtocol, BackendRef, Match};
@@ -47,6 +47,71 @@ pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+}
+
+/// One downstream connection as the request path sees it: its addresses, the forwarded header
+/// values that depend on the connection only (built once, cloned per request), and the metric
+/// series of the route its last request matched (a connection mostly asks one route).
+pub(crate) struct Conn {
+    pub info: ConnInfo,
+    pub state: Arc<ConnState>,
+    x_forwarded_for: Option<HeaderValue>,
+    x_forwarded_proto: HeaderValue,
+    x_forwarded_port: HeaderValue,
+    /// `for=...;proto=...` of the `Forwarded` header.
+    forwarded: String,
+    /// The `Forwarded` value without a host (a request without a printable Host).
+    forwarded_no_host: Option<HeaderValue>,
+    last_route: Mutex<Option<CachedRoute>>,
+}
+
+/// The series of one route of one snapshot. The snapshot is held weakly: the pointer is compared
+/// only, and a `Weak` keeps the address from being reused by a later snapshot.
+struct CachedRoute {
+    snapshot: Weak<Snapshot>,
+    route: usize,
+    series: Arc<RouteSeries>,
+}
+
+impl Conn {
+    pub fn new(info: ConnInfo, state: Arc<ConnState>) -> Arc<Self> {
+        let proto = if info.tls { "https" } else { "http" };
+        let forwarded = format!("for={};proto={}", forwarded_for(info.peer.ip()), proto);
+        Arc::new(Conn {
+            x_forwarded_for: HeaderValue::from_str(&info.peer.ip().to_string()).ok(),
+            x_forwarded_proto: HeaderValue::from_static(proto),
+            x_forwarded_port: HeaderValue::from(info.local.port()),
+            forwarded_no_host: HeaderValue::from_str(&forwarded).ok(),
+            forwarded,
+            info,
+            state,
+            last_route: Mutex::new(None),
+        })
+    }
+
+    /// The series of `route` (a pointer into `snapshot`), cached for the next request.
+    fn series(
+        &self,
+        metrics: &ProxyMetrics,
+        snapshot: &Arc<Snapshot>,
+        route: usize,
+        labels: impl FnOnce() -> RouteLabels,
+    ) -> Arc<RouteSeries> {
+        let mut last = self.last_route.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = last.as_ref()
+            && c.route == route
+            && std::ptr::eq(c.snapshot.as_ptr(), Arc::as_ptr(snapshot))
+        {
+            return c.series.clone();
+        }
+        let series = Arc::new(RouteSeries::new(metrics, labels()));
+        *last = Some(CachedRoute {
+            snapshot: Arc::downgrade(snapshot),
+            route,
+            series: series.clone(),
+        });
+        series
+    }
 }
 
 pub(crate) struct Shared {
@@ -144,8 +209,14 @@ impl RequestIds {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // Mixing the counter keeps ids from looking sequential in logs while staying unique.
         let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.prefix.rotate_left(17);
-        let id = format!("{:016x}{:016x}", self.prefix, mixed);
-        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        let mut id = [0u8; 32];
+        for (i, word) in [self.prefix, mixed].into_iter().enumerate() {
+            for j in 0..16 {
+                let nibble = (word >> (60 - 4 * j)) & 0xf;
+                id[16 * i + j] = b"0123456789abcdef"[nibble as usize];
+            }
+        }
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 
@@ -223,14 +294,20 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+/// The request's host as sent (HTTP/2 `:authority` or the Host header), when printable: the value
+/// is reused for Host, X-Forwarded-Host and routing without copies.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return HeaderValue::from_str(a.as_str()).ok();
     }
     req.headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
+        .filter(|h| h.to_str().is_ok())
+        .cloned()
+}
+
+fn host_str(host: &Option<HeaderValue>) -> &str {
+    host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("")
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -243,12 +320,11 @@ fn is_idempotent(m: &Method) -> bool {
 /// The request entry point (a hyper service function).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    conn: ConnInfo,
-    state: Arc<ConnState>,
+    conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    state.classify(if req.version() == Version::HTTP_2 {
+    conn.state.classify(if req.version() == Version::HTTP_2 {
         "h2"
     } else {
         "http1"
@@ -264,7 +340,7 @@ pub(crate) async fn handle(
         shared: shared.clone(),
         time: SystemTime::now(),
         started,
-        peer: conn.peer,
+        peer: conn.info.peer,
         method: req.method().clone(),
         // Only the access log needs these copies; without it a request allocates none of them.
         target: if logging {
@@ -275,7 +351,9 @@ pub(crate) async fn handle(
             String::new()
         },
         host: if logging {
-            request_host(&req).unwrap_or_default()
+            request_host(&req)
+                .map(|h| host_str(&Some(h)).to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         },
@@ -290,11 +368,12 @@ pub(crate) async fn handle(
             String::new()
         },
         labels: RouteLabels::fixed("unmatched"),
+        series: None,
         // Until a response exists: a client that goes away first is recorded as nginx's 499.
         status: CLIENT_CLOSED,
         upstream_addr: None,
         upstream_duration: None,
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        body: Arc::new(BodyState::default()),
         bytes_out: 0,
         endpoint: None,
     };
@@ -311,7 +390,7 @@ pub(crate) async fn handle(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         resp
     } else {
-        route(&shared, conn, req, request_id.clone(), &mut record).await
+        route(&shared, &conn, req, request_id.clone(), &mut record).await
     };
     resp.headers_mut()
         .insert(HeaderName::from_static("x-request-id"), request_id);
@@ -343,10 +422,13 @@ struct Record {
     user_agent: String,
     request_id: String,
     labels: RouteLabels,
+    /// The matched route's series (cached per connection); `None`: looked up from `labels`.
+    series: Option<Arc<RouteSeries>>,
     status: StatusCode,
     upstream_addr: Option<SocketAddr>,
     upstream_duration: Option<Duration>,
-    bytes_in: Arc<AtomicU64>,
+    /// The request body's byte count and state, shared with the body on its way upstream.
+    body: Arc<BodyState>,
     bytes_out: u64,
     /// The upstream endpoint's in-flight count (P2C), held until the response is done.
     endpoint: Option<InFlight>,
@@ -358,30 +440,23 @@ impl Drop for Record {
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         shared.metrics.in_flight.dec();
         let took = self.started.elapsed();
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        let l = &self.labels;
-        shared
-            .metrics
-            .requests
-            .with_label_values(&[
-                &*l.namespace,
-                &*l.ingress,
-                &*l.service,
-                method_label(&self.method),
-                code_class(self.status),
-            ])
-            .inc();
-        let route = shared.metrics.route(l);
-        route.request_duration.observe(took.as_secs_f64());
-        route.request_bytes.inc_by(bytes_in);
-        route.response_bytes.inc_by(self.bytes_out);
-        if let Some(d) = self.upstream_duration {
-            shared
-                .metrics
-                .upstream_duration
-                .with_label_values(&[&*l.namespace, &*l.ingress, &*l.service])
-                .observe(d.as_secs_f64());
+        let bytes_in = self.body.seen.load(Ordering::Relaxed);
+        let series = match self.series.take() {
+            Some(s) => s,
+            None => Arc::new(RouteSeries::new(&shared.metrics, self.labels.clone())),
+        };
+        series.requests(&shared.metrics, &self.method, self.status).inc();
+        series.request_duration.observe(took.as_secs_f64());
+        if bytes_in > 0 {
+            series.request_bytes.inc_by(bytes_in);
         }
+        if self.bytes_out > 0 {
+            series.response_bytes.inc_by(self.bytes_out);
+        }
+        if let Some(d) = self.upstream_duration {
+            series.upstream_duration(&shared.metrics).observe(d.as_secs_f64());
+        }
+        let l = &self.labels;
         if let Some(log) = &shared.access_log {
             let protocol = match self.version {
                 Version::HTTP_09 => "HTTP/0.9",
@@ -462,13 +537,23 @@ struct BodyTooLarge(u64);
 #[error("upstream sent nothing for {0:?} (upstream_response_timeout)")]
 struct UpstreamStalled(Duration);
 
+/// What the request path learns from the request body while it streams upstream.
+#[derive(Default)]
+struct BodyState {
+    /// Bytes received.
+    seen: AtomicU64,
+    /// The size limit was passed (the upstream error becomes a 413).
+    over: AtomicBool,
+    /// Read to its end: the upstream connection is idle once the response is too.
+    done: AtomicBool,
+}
+
 /// The downstream request body on its way upstream: bytes counted, the size limit enforced while
 /// it streams (a chunked body has no length to check up front).
 struct RequestBody {
     inner: Incoming,
-    seen: Arc<AtomicU64>,
+    state: Arc<BodyState>,
     limit: Option<u64>,
-    over: Arc<AtomicBool>,
 }
 
 impl Body for RequestBody {
@@ -483,18 +568,24 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
-                    let total = self.seen.fetch_add(n, Ordering::Relaxed) + n;
+                    let total = self.state.seen.fetch_add(n, Ordering::Relaxed) + n;
                     if let Some(limit) = self.limit
                         && total > limit
                     {
-                        self.over.store(true, Ordering::Relaxed);
+                        self.state.over.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))));
                     }
+                }
+                if self.inner.is_end_stream() {
+                    self.state.done.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.state.done.store(true, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -509,13 +600,31 @@ impl Body for RequestBody {
 }
 
 /// The upstream response body: fails (the downstream response is cut, never silently truncated)
-/// when the upstream sends nothing for `timeout`.
+/// when the upstream sends nothing for `timeout`. Read to its end (and the request body too), it
+/// hands its HTTP/1.1 connection back to the pool.
 struct UpstreamBody {
     inner: Incoming,
     timeout: Option<Duration>,
+    /// Armed when the body first waits, re-armed when a wait follows progress: no timer at all for
+    /// a body that is there when asked for.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
     /// `upstream_timeouts` and its (namespace, service) labels, looked up only on a timeout.
     stalled: Option<(prometheus::IntCounterVec, Arc<str>, Arc<str>)>,
+    /// The pooled connection (HTTP/1.1), the pool, and the request body's state.
+    conn: Option<(Pooled, Arc<Pool>, Arc<BodyState>)>,
+    done: bool,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some((conn, pool, request)) = self.conn.take()
+            && (self.done || self.inner.is_end_stream())
+            && request.done.load(Ordering::Relaxed)
+        {
+            pool.put(conn);
+        }
+    }
 }
 
 impl Body for UpstreamBody {
@@ -528,15 +637,30 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                if let (Some(t), Some(sleep)) = (self.timeout, self.sleep.as_mut()) {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + t);
+                self.progressed = true;
+                match &r {
+                    None | Some(Err(_)) => self.done = r.is_none(),
+                    Some(Ok(_)) => self.done = self.inner.is_end_stream(),
                 }
                 Poll::Ready(r.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
             }
             Poll::Pending => {
-                let timeout = self.timeout;
-                if let (Some(t), Some(sleep)) = (timeout, self.sleep.as_mut())
-                    && sleep.as_mut().poll(cx).is_ready()
+                let Some(t) = self.timeout else {
+                    return Poll::Pending;
+                };
+                let deadline = tokio::time::Instant::now() + t;
+                let progressed = std::mem::replace(&mut self.progressed, false);
+                if let Some(sleep) = self.sleep.as_mut() {
+                    if progressed {
+                        sleep.as_mut().reset(deadline);
+                    }
+                } else {
+                    self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                }
+                if self
+                    .sleep
+                    .as_mut()
+                    .is_some_and(|s| s.as_mut().poll(cx).is_ready())
                 {
                     if let Some((c, namespace, service)) = self.stalled.take() {
                         c.with_label_values(&[&*namespace, &*service]).inc();
@@ -595,7 +719,7 @@ fn labels_for(m: &Match<'_>) -> RouteLabels {
 
 async fn route(
     shared: &Arc<Shared>,
-    conn: ConnInfo,
+    conn: &Conn,
     req: Request<Incoming>,
     request_id: HeaderValue,
     record: &mut Record,
@@ -617,11 +741,12 @@ async fn route(
     }
     let snapshot = shared.snapshot.load();
     let host = request_host(&req);
-    let host_ref = host.as_deref().unwrap_or("");
+    let host_ref = host_str(&host);
     let path = req.uri().path();
+    let tls = conn.info.tls;
 
     let mut skip_redirect = false;
-    if !conn.tls && path.starts_with(ACME_PREFIX) {
+    if !tls && path.starts_with(ACME_PREFIX) {
         let token = &path[ACME_PREFIX.len()..];
         if let Some(answer) = snapshot.acme_answer(host_ref, token) {
             record.labels = RouteLabels::fixed("acme");
@@ -634,7 +759,7 @@ async fn route(
         skip_redirect = true;
     }
 
-    if !conn.tls
+    if !tls
         && !skip_redirect
         && shared.config.redirect_to_https
         && let Some((resp, ingress)) = redirect(shared, &snapshot, host_ref, req.uri())
@@ -650,7 +775,19 @@ async fn route(
     let matched = snapshot
         .routes()
         .route(host_ref, req.uri().path_and_query().map_or("/", |p| p.as_str()));
-    record.labels = labels_for(&matched);
+    let route_ptr = match &matched {
+        Match::Route(r) => Some(std::ptr::from_ref::<crate::routes::Route>(r) as usize),
+        Match::Default(d) => Some(std::ptr::from_ref::<crate::routes::DefaultBackend>(d) as usize),
+        Match::NotFound => None,
+    };
+    match route_ptr {
+        Some(ptr) => {
+            let series = conn.series(&shared.metrics, &snapshot, ptr, || labels_for(&matched));
+            record.labels = series.labels.clone();
+            record.series = Some(series);
+        }
+        None => record.labels = labels_for(&matched),
+    }
     let Some(backend) = matched.backend() else {
         return local_response(StatusCode::NOT_FOUND, "Not Found");
     };
@@ -703,46 +840,51 @@ fn forwarded_for(ip: std::net::IpAddr) -> String {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 fn set_forwarded_headers(
     headers: &mut HeaderMap,
-    conn: ConnInfo,
-    host: Option<&str>,
+    conn: &Conn,
+    host: Option<&HeaderValue>,
     request_id: HeaderValue,
 ) {
-    let proto = if conn.tls { "https" } else { "http" };
-    let client = conn.peer.ip().to_string();
     // The proxy is the edge: what a client claims in X-Forwarded-*/Forwarded is replaced, never
     // trusted (a client could otherwise choose the address a backend logs or rate-limits).
-    headers.remove("forwarded");
-    let put = |headers: &mut HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
-        } else {
+    let put = |headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>| match value {
+        Some(v) => {
+            headers.insert(name, v);
+        }
+        None => {
             headers.remove(name);
         }
     };
-    put(headers, "x-forwarded-for", &client);
-    put(headers, "x-forwarded-proto", proto);
-    put(headers, "x-forwarded-port", &conn.local.port().to_string());
-    match host {
-        Some(h) => put(headers, "x-forwarded-host", h),
-        None => {
-            headers.remove("x-forwarded-host");
-        }
-    }
-    let mut forwarded = format!("for={};proto={}", forwarded_for(conn.peer.ip()), proto);
-    if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
-        forwarded.push_str(&format!(";host=\"{h}\""));
-    }
-    put(headers, "forwarded", &forwarded);
-    headers.insert(HeaderName::from_static("x-request-id"), request_id);
+    put(headers, X_FORWARDED_FOR, conn.x_forwarded_for.clone());
+    put(headers, X_FORWARDED_PROTO, Some(conn.x_forwarded_proto.clone()));
+    put(headers, X_FORWARDED_PORT, Some(conn.x_forwarded_port.clone()));
+    put(headers, X_FORWARDED_HOST, host.cloned());
+    let quotable = host.filter(|h| {
+        h.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
+    });
+    let forwarded = match quotable.and_then(|h| h.to_str().ok()) {
+        Some(h) => HeaderValue::from_str(&format!("{};host=\"{h}\"", conn.forwarded)).ok(),
+        None => conn.forwarded_no_host.clone(),
+    };
+    put(headers, FORWARDED, forwarded);
+    headers.insert(X_REQUEST_ID, request_id);
 }
 
 async fn forward(
     shared: &Arc<Shared>,
-    conn: ConnInfo,
+    conn: &Conn,
     mut req: Request<Incoming>,
-    host: Option<String>,
+    host: Option<HeaderValue>,
     request_id: HeaderValue,
     target: Target<'_>,
     record: &mut Record,
@@ -772,25 +914,25 @@ async fn forward(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    set_forwarded_headers(&mut parts.headers, conn, host.as_deref(), request_id);
+    set_forwarded_headers(&mut parts.headers, conn, host.as_ref(), request_id);
     // HTTP/1.1 upstream needs a Host; a client without one (HTTP/1.0) gets the empty value RFC 9112
     // section 3.2 prescribes for a target without authority.
-    let host_value = host
-        .as_deref()
-        .and_then(|h| HeaderValue::from_str(h).ok())
-        .unwrap_or_else(|| HeaderValue::from_static(""));
-    parts.headers.insert(header::HOST, host_value);
+    parts
+        .headers
+        .insert(header::HOST, host.unwrap_or_else(|| HeaderValue::from_static("")));
     // A body-less idempotent request can be sent again as is; anything else has been (partly)
     // consumed by the first attempt.
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let over = Arc::new(AtomicBool::new(false));
+    let state = record.body.clone();
+    if body.is_end_stream() {
+        state.done.store(true, Ordering::Relaxed);
+    }
+    let path_and_query = parts.uri.path_and_query().cloned();
     let mut body = Some(
         RequestBody {
             inner: body,
-            seen: record.bytes_in.clone(),
+            state: state.clone(),
             limit: shared.config.max_body_bytes,
-            over: over.clone(),
         }
         .boxed(),
     );
@@ -798,26 +940,53 @@ async fn forward(
     let attempts = if retryable { endpoints.len().min(3) } else { 1 };
     let service = [target.backend.namespace.as_str(), target.backend.service.as_str()];
     let timeout = Some(shared.config.upstream_response_timeout).filter(|t| !t.is_zero());
-    let client = shared.upstreams.client(target.protocol);
+    let pool = shared.upstreams.http1();
 
     for (i, endpoint) in endpoints.iter().take(attempts).enumerate() {
         if i > 0 {
             shared.metrics.upstream_retries.with_label_values(&service).inc();
         }
-        let uri = match format!("http://{endpoint}{pq}").parse::<Uri>() {
-            Ok(u) => u,
-            Err(_) => return bad_request("Bad Request: request target"),
+        // HTTP/1.1 connections are to the endpoint already: the target is origin-form. The h2c
+        // client picks its connection by the absolute URI's authority.
+        let uri = match (&path_and_query, h2c) {
+            (Some(pq), false) => Uri::from(pq.clone()),
+            (None, false) => Uri::from_static("/"),
+            (pq, true) => {
+                let pq = pq.as_ref().map_or("/", |p| p.as_str());
+                match format!("http://{endpoint}{pq}").parse::<Uri>() {
+                    Ok(u) => u,
+                    Err(_) => return bad_request("Bad Request: request target"),
+                }
+            }
         };
         let mut upstream = Request::new(body.take().unwrap_or_else(empty));
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
-        *upstream.headers_mut() = parts.headers.clone();
+        // The last attempt takes the headers; earlier ones (retries are possible) copy them.
+        *upstream.headers_mut() = if i + 1 < attempts {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         record.upstream_addr = Some(*endpoint);
         record.endpoint = shared.upstreams.track(*endpoint);
         let sent = Instant::now();
+        let send = async {
+            if h2c {
+                match shared.upstreams.h2c().request(upstream).await {
+                    Ok(resp) => Ok((resp, None)),
+                    Err(e) if e.is_connect() => Err(SendError::Connect(Box::new(e))),
+                    Err(e) => Err(SendError::Request(Box::new(e))),
+                }
+            } else {
+                pool.send(*endpoint, upstream)
+                    .await
+                    .map(|(resp, pooled)| (resp, Some(pooled)))
+            }
+        };
         let result = match timeout {
-            Some(t) => match tokio::time::timeout(t, client.request(upstream)).await {
+            Some(t) => match tokio::time::timeout(t, send).await {
                 Ok(r) => r,
                 Err(_) => {
                     shared.metrics.upstream_timeouts.with_label_values(&service).inc();
@@ -825,12 +994,13 @@ async fn forward(
                     return local_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout");
                 }
             },
-            None => client.request(upstream).await,
+            None => send.await,
         };
         match result {
-            Ok(mut resp) => {
+            Ok((mut resp, pooled)) => {
                 record.upstream_duration = Some(sent.elapsed());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // The connection belongs to the tunnel now, never back to the pool.
                     return match downstream_upgrade {
                         Some(down) => tunnel(shared, down, resp),
                         None => local_response(StatusCode::BAD_GATEWAY, "Bad Gateway: unexpected 101"),
@@ -842,16 +1012,19 @@ async fn forward(
                 let body = UpstreamBody {
                     inner: body,
                     timeout,
-                    sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+                    sleep: None,
+                    progressed: false,
                     stalled: Some((
                         shared.metrics.upstream_timeouts.clone(),
                         record.labels.namespace.clone(),
                         record.labels.service.clone(),
                     )),
+                    conn: pooled.map(|p| (p, pool.clone(), state.clone())),
+                    done: false,
                 };
                 return Response::from_parts(parts, body.boxed());
             }
-            Err(e) if e.is_connect() => {
+            Err(SendError::Connect(e)) => {
                 shared.upstreams.eject(*endpoint);
                 shared
                     .metrics
@@ -865,8 +1038,8 @@ async fn forward(
                     .inc();
                 tracing::debug!(%endpoint, attempt = i + 1, error = %e, "upstream connect failed");
             }
-            Err(e) => {
-                if over.load(Ordering::Relaxed) {
+            Err(SendError::Request(e)) => {
+                if state.over.load(Ordering::Relaxed) {
                     let mut resp = local_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));

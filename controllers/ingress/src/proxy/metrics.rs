@@ -6,7 +6,7 @@
 //! matched none, `acme`/`redirect` for the proxy's own answers), `method` is one of the standard
 //! methods or `other`, `code` is a class (`2xx` .. `5xx`). Paths and Host headers never become labels.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hyper::{Method, StatusCode};
 use std::collections::{HashMap, HashSet};
@@ -233,15 +233,6 @@ impl ProxyMetrics {
         prune_vec(&self.upstream_ejections, &live_service);
         prune_vec(&self.upstream_timeouts, &live_service);
     }
-
-    pub(crate) fn route(&self, labels: &RouteLabels) -> RouteMetrics {
-        let l = [&*labels.namespace, &*labels.ingress, &*labels.service];
-        RouteMetrics {
-            request_duration: self.request_duration.with_label_values(&l),
-            request_bytes: self.request_bytes.with_label_values(&l),
-            response_bytes: self.response_bytes.with_label_values(&l),
-        }
-    }
 }
 
 fn prune_vec<T: MetricVecBuilder>(vec: &MetricVec<T>, live: &dyn Fn(&HashMap<&str, &str>) -> bool) {
@@ -274,36 +265,94 @@ impl RouteLabels {
     }
 }
 
-/// The per-route series a request records into at its end.
-pub(crate) struct RouteMetrics {
+/// The per-route series a request records into at its end, looked up once per route (the request
+/// path caches them per connection): the labelled vectors hash and lock on every lookup.
+pub(crate) struct RouteSeries {
+    pub labels: RouteLabels,
     pub request_duration: Histogram,
-    pub request_bytes: prometheus::IntCounter,
-    pub response_bytes: prometheus::IntCounter,
+    pub request_bytes: IntCounter,
+    pub response_bytes: IntCounter,
+    /// Only routes that reached an upstream have this series.
+    upstream_duration: OnceLock<Histogram>,
+    /// `ferrite_ingress_requests_total` by method and code class, each made on first use.
+    requests: [OnceLock<IntCounter>; METHODS.len() * CODES.len()],
 }
 
-pub(crate) fn method_label(m: &Method) -> &'static str {
+impl RouteSeries {
+    pub fn new(metrics: &ProxyMetrics, labels: RouteLabels) -> Self {
+        let l = [&*labels.namespace, &*labels.ingress, &*labels.service];
+        RouteSeries {
+            request_duration: metrics.request_duration.with_label_values(&l),
+            request_bytes: metrics.request_bytes.with_label_values(&l),
+            response_bytes: metrics.response_bytes.with_label_values(&l),
+            upstream_duration: OnceLock::new(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            labels,
+        }
+    }
+
+    pub fn requests(&self, metrics: &ProxyMetrics, method: &Method, status: StatusCode) -> &IntCounter {
+        let (m, c) = (method_index(method), code_index(status));
+        self.requests[m * CODES.len() + c].get_or_init(|| {
+            let l = &self.labels;
+            metrics.requests.with_label_values(&[
+                &*l.namespace,
+                &*l.ingress,
+                &*l.service,
+                METHODS[m],
+                CODES[c],
+            ])
+        })
+    }
+
+    pub fn upstream_duration(&self, metrics: &ProxyMetrics) -> &Histogram {
+        self.upstream_duration.get_or_init(|| {
+            let l = &self.labels;
+            metrics
+                .upstream_duration
+                .with_label_values(&[&*l.namespace, &*l.ingress, &*l.service])
+        })
+    }
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "other",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
     }
 }
 
-pub(crate) fn code_class(s: StatusCode) -> &'static str {
+fn code_index(s: StatusCode) -> usize {
     match s.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
+}
+
+#[cfg(test)]
+pub(crate) fn method_label(m: &Method) -> &'static str {
+    METHODS[method_index(m)]
+}
+
+#[cfg(test)]
+pub(crate) fn code_class(s: StatusCode) -> &'static str {
+    CODES[code_index(s)]
 }
 
 /// Classifies an error a downstream connection ended with.

@@ -45,7 +45,7 @@ pub use snapshot::{
 pub use tls::server_config;
 pub use upstream::LoadBalance;
 
-use handler::{ConnInfo, ConnState, RequestIds, Shared};
+use handler::{Conn, ConnInfo, ConnState, RequestIds, Shared};
 use upstream::Upstreams;
 
 /// The error type of the proxy's bodies (hyper's, a body over the size limit, a stalled upstream).
@@ -250,6 +250,21 @@ impl Proxy {
         } = self;
         let connections = TaskTracker::new();
         let builder = Arc::new(http_builder(&shared.config));
+        // Idle upstream connections past the idle timeout are closed even when no request comes.
+        let reaper = {
+            let pool = shared.upstreams.http1().clone();
+            let every = (shared.config.upstream_idle_timeout / 2)
+                .clamp(Duration::from_millis(100), Duration::from_secs(5));
+            let stop = shared.cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(every) => pool.reap(),
+                    }
+                }
+            })
+        };
         loop {
             let (stream, tls) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -359,6 +374,7 @@ impl Proxy {
         }
         drop((http, https));
         shared.cancel.cancel();
+        let _ = reaper.await;
         connections.close();
         shared.tunnels.close();
         let drain = shared.config.drain_timeout;
@@ -400,7 +416,8 @@ async fn serve_connection<I>(
 {
     let (io, idle) = idle::IdleIo::new(io);
     let svc_shared = shared.clone();
-    let service = service_fn(move |req| handler::handle(svc_shared.clone(), info, state.clone(), req));
+    let conn = Conn::new(info, state);
+    let service = service_fn(move |req| handler::handle(svc_shared.clone(), conn.clone(), req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle_timeout = shared.config.idle_timeout;

@@ -1,20 +1,33 @@
 //! Upstream selection and connections: round-robin or power-of-two-choices least-requests over a
-//! backend's ready endpoints, passive ejection of endpoints that refuse connections, and two pooled
-//! clients: HTTP/1.1 keep-alive and cleartext HTTP/2 (h2c, prior knowledge) for gRPC backends.
-//! hyper-util's pooled client keys its pool by `ip:port`, which is exactly one pool per endpoint.
+//! backend's ready endpoints, passive ejection of endpoints that refuse connections, and two pools:
+//! HTTP/1.1 keep-alive connections per endpoint (hyper's low-level `client::conn::http1`, see
+//! [`Pool`]) and hyper-util's pooled client for cleartext HTTP/2 (h2c, prior knowledge) to gRPC
+//! backends, keyed by `ip:port`, which is also one pool per endpoint.
+//!
+//! ```text
+//!   request ──checkout(endpoint)──> idle sender (newest first; closed or idle too long: dropped)
+//!              └─ none: TCP connect (connect timeout, TCP_NODELAY) + HTTP/1.1 handshake, the
+//!                 connection driven by its own task (upgrades kept: WebSocket)
+//!           ──send──> response head ──> body streamed downstream ──last byte──> sender back idle
+//!   a pooled connection the upstream closed before our request went out: one new connection, the
+//!   same request (it was never sent)
+//! ```
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::ProxyBody;
-use crate::routes::{BackendProtocol, BackendRef};
+use super::{BoxError, ProxyBody};
+use crate::routes::BackendRef;
 
 /// How the first endpoint of a request is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,11 +69,13 @@ impl std::fmt::Display for LoadBalance {
 
 /// The upstream side shared by every connection of the proxy.
 pub struct Upstreams {
-    http1: Client<HttpConnector, ProxyBody>,
+    http1: Arc<Pool>,
     h2c: Client<HttpConnector, ProxyBody>,
     balance: LoadBalance,
     cursors: Mutex<HashMap<BackendRef, Arc<AtomicUsize>>>,
     ejected: Mutex<HashMap<SocketAddr, Instant>>,
+    /// True while `ejected` may hold an entry: the common case (no endpoint ejected) skips its lock.
+    any_ejected: AtomicBool,
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
     ejection: Duration,
     rng: AtomicU64,
@@ -101,13 +116,11 @@ impl Upstreams {
         ejection: Duration,
         balance: LoadBalance,
     ) -> Self {
-        let http1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(pool_idle_timeout)
-            // Host is set from the downstream request, never from the endpoint address.
-            .set_host(false)
-            .build(connector(connect_timeout));
+        let http1 = Arc::new(Pool {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle_timeout: pool_idle_timeout,
+        });
         let h2c = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -127,18 +140,21 @@ impl Upstreams {
             balance,
             cursors: Mutex::new(HashMap::new()),
             ejected: Mutex::new(HashMap::new()),
+            any_ejected: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             ejection,
             rng: AtomicU64::new(seed),
         }
     }
 
-    /// The pooled client for a backend protocol.
-    pub fn client(&self, protocol: BackendProtocol) -> &Client<HttpConnector, ProxyBody> {
-        match protocol {
-            BackendProtocol::Http1 => &self.http1,
-            BackendProtocol::H2c => &self.h2c,
-        }
+    /// The pooled h2c client (hyper-util's; it multiplexes requests over one connection per endpoint).
+    pub fn h2c(&self) -> &Client<HttpConnector, ProxyBody> {
+        &self.h2c
+    }
+
+    /// The HTTP/1.1 keep-alive pool.
+    pub fn http1(&self) -> &Arc<Pool> {
+        &self.http1
     }
 
     /// splitmix64 over an atomic counter: cheap, lock-free, good enough to pick two endpoints.
@@ -193,14 +209,26 @@ impl Upstreams {
             return Vec::new();
         }
         let start = match self.balance {
+            // One endpoint: nothing to rotate (no cursor lookup).
+            LoadBalance::RoundRobin if endpoints.len() == 1 => 0,
             LoadBalance::RoundRobin => self.cursor(backend).fetch_add(1, Ordering::Relaxed) % endpoints.len(),
             // Rotation start is random; the P2C choice is moved to the front below.
             LoadBalance::P2c => (self.random() % endpoints.len() as u64) as usize,
         };
+        if !self.any_ejected.load(Ordering::Relaxed) && self.balance == LoadBalance::RoundRobin {
+            // Nothing ejected: the rotation as is, without a lock.
+            let mut order = Vec::with_capacity(endpoints.len());
+            order.extend_from_slice(&endpoints[start..]);
+            order.extend_from_slice(&endpoints[..start]);
+            return order;
+        }
         let now = Instant::now();
         let ejected = {
             let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
             ejected.retain(|_, until| *until > now);
+            if ejected.is_empty() {
+                self.any_ejected.store(false, Ordering::Relaxed);
+            }
             endpoints
                 .iter()
                 .map(|e| ejected.contains_key(e))
@@ -235,6 +263,150 @@ impl Upstreams {
     pub fn eject(&self, endpoint: SocketAddr) {
         let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
         ejected.insert(endpoint, Instant::now() + self.ejection);
+        self.any_ejected.store(true, Ordering::Relaxed);
+    }
+}
+
+/// HTTP/1.1 keep-alive connections per endpoint: idle senders kept until reused (newest first) or
+/// older than the idle timeout. Each connection is driven by its own task, which ends when the
+/// upstream closes it or its last sender is dropped; [`Pool::reap`] drops senders idle too long.
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+struct IdleConn {
+    tx: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// A connection in use: handed back with [`Pool::put`] once its response is complete.
+pub struct Pooled {
+    tx: http1::SendRequest<ProxyBody>,
+    endpoint: SocketAddr,
+}
+
+/// Why a request could not be sent upstream.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection: refused, unreachable, or the connect timeout (the endpoint is ejected).
+    Connect(BoxError),
+    /// The connection failed after the request was (perhaps partly) sent.
+    Request(BoxError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::Request(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl Pool {
+    fn checkout(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&endpoint)?;
+        while let Some(c) = list.pop() {
+            if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    /// Hands a connection back once its response body was read to the end (else it is dropped,
+    /// which closes it).
+    pub fn put(&self, conn: Pooled) {
+        if conn.tx.is_closed() || self.idle_timeout.is_zero() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.entry(conn.endpoint).or_default().push(IdleConn {
+            tx: conn.tx,
+            since: Instant::now(),
+        });
+    }
+
+    /// Drops senders idle longer than the idle timeout (their connections close) and endpoints
+    /// without any.
+    pub fn reap(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout);
+            !list.is_empty()
+        });
+    }
+
+    async fn connect(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<ProxyBody>, SendError> {
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(endpoint),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SendError::Connect(Box::new(e))),
+            Err(_) => {
+                return Err(SendError::Connect(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Request(Box::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Sends `req` (origin-form target, Host set) to `endpoint` on an idle connection or a new one.
+    /// A pooled connection that turns out closed before the request went out is replaced by a new
+    /// one, with the same request.
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        let mut pooled = self.checkout(endpoint);
+        loop {
+            let reused = pooled.is_some();
+            let mut tx = match pooled.take() {
+                Some(tx) => tx,
+                None => self.connect(endpoint).await?,
+            };
+            // A returned connection is normally ready at once; one that is not within the connect
+            // timeout is dropped rather than waited on.
+            if reused
+                && !matches!(
+                    tokio::time::timeout(self.connect_timeout, tx.ready()).await,
+                    Ok(Ok(()))
+                )
+            {
+                pooled = self.checkout(endpoint);
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Pooled { tx, endpoint })),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the upstream had closed the pooled connection.
+                    Some(r) if reused => {
+                        req = r;
+                        pooled = self.checkout(endpoint);
+                    }
+                    _ => return Err(SendError::Request(Box::new(e.into_error()))),
+                },
+            }
+        }
     }
 }
 
