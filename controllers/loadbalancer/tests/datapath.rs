@@ -247,6 +247,23 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// 500 ms into a client loop against `vip` (requests bounded by `timeout`, see [`client_loop`]),
+    /// node `from`'s speaker is SIGKILLed (with `cut_link`, its link is cut at the same moment); checks
+    /// the failover ([`check_failover`]: errors for less than 3 s) and returns the new node.
+    fn fail_over(&mut self, vip: IpAddr, from: usize, timeout: Duration, cut_link: bool) -> usize {
+        let mut killed = self.speakers.take(from);
+        let r: &Rig = self;
+        let (samples, fired) = client_loop(r, vip, timeout, Duration::from_secs(15), from, || {
+            if cut_link {
+                r.lab.set_node_link(from, false).expect("link cut");
+            }
+            killed.crash();
+        });
+        check_failover(r, &samples, fired, from, Duration::from_secs(3)).0
+    }
+}
+
 /// One test's namespace, pool and API handles.
 struct Case {
     kb: &'static KubeBox,
@@ -308,6 +325,14 @@ impl Case {
     async fn status_names(&self, rig: &Rig, service: &str, node: &str) {
         wait_status_names(&self.l2, service, node, Duration::from_secs(10), || rig.logs()).await;
     }
+}
+
+/// The test's turn: the shared rig, locked for the whole test and healed (see [`Rig::heal`]), and a
+/// fresh namespace with a pool over `range` (see [`Case::new`]).
+async fn turn(prefix: &str, range: &str) -> (tokio::sync::MutexGuard<'static, Rig>, Case) {
+    let mut rig = rig().lock().await;
+    rig.heal().await;
+    (rig, Case::new(prefix, range).await)
 }
 
 /// A Service `name` on `port` (`protocol`) with `annotations`.
@@ -546,9 +571,7 @@ fn check_failover(
 
 #[tokio::test]
 async fn http_to_the_vip_reaches_the_announcing_nodes_backend_and_nothing_else_answers_for_it() {
-    let mut rig = rig().lock().await;
-    rig.heal().await;
-    let case = Case::new("dp-http", "192.0.2.100-192.0.2.103").await;
+    let (rig, case) = turn("dp-http", "192.0.2.100-192.0.2.103").await;
     let vip = case
         .serve(&rig, web("web", HTTP_PORT, Protocol::Tcp, json!({})), &[0, 1, 2])
         .await;
@@ -591,9 +614,7 @@ async fn http_to_the_vip_reaches_the_announcing_nodes_backend_and_nothing_else_a
 
 #[tokio::test]
 async fn when_the_announcing_node_dies_a_client_loop_sees_errors_only_within_the_failover_window() {
-    let mut rig = rig().lock().await;
-    rig.heal().await;
-    let case = Case::new("dp-failover", "192.0.2.104-192.0.2.107").await;
+    let (mut rig, case) = turn("dp-failover", "192.0.2.104-192.0.2.107").await;
     let vip = case
         .serve(&rig, web("web", HTTP_PORT, Protocol::Tcp, json!({})), &[0, 1, 2])
         .await;
@@ -602,22 +623,7 @@ async fn when_the_announcing_node_dies_a_client_loop_sees_errors_only_within_the
 
     // The node dies: its speaker is SIGKILLed and its link is cut at the same moment (a node that stops
     // answering altogether; a speaker crash alone leaves its node serving, see the IPv6 test).
-    let mut killed = rig.speakers.take(first);
-    let (samples, fired) = {
-        let r: &Rig = &rig;
-        client_loop(
-            r,
-            vip,
-            Duration::from_millis(100),
-            Duration::from_secs(15),
-            first,
-            || {
-                r.lab.set_node_link(first, false).expect("link cut");
-                killed.crash();
-            },
-        )
-    };
-    let (second, _) = check_failover(&rig, &samples, fired, first, Duration::from_secs(3));
+    let second = rig.fail_over(vip, first, Duration::from_millis(100), true);
     // The cut was real: the dead node does not even answer ARP for its own address. (Whether a request
     // failed depends on how fast the loop runs on a loaded machine; the window check above does not.)
     assert_eq!(
@@ -637,9 +643,7 @@ async fn when_the_announcing_node_dies_a_client_loop_sees_errors_only_within_the
 
 #[tokio::test]
 async fn a_tcp_and_a_udp_service_sharing_an_ip_are_both_answered_through_it_by_the_same_node() {
-    let mut rig = rig().lock().await;
-    rig.heal().await;
-    let case = Case::new("dp-shared", "192.0.2.108-192.0.2.111").await;
+    let (rig, case) = turn("dp-shared", "192.0.2.108-192.0.2.111").await;
     let key = json!({"lb.ferrite.dev/allow-shared-ip": "dns"});
     let tcp = case
         .serve(
@@ -679,9 +683,7 @@ async fn a_tcp_and_a_udp_service_sharing_an_ip_are_both_answered_through_it_by_t
 
 #[tokio::test]
 async fn an_ipv6_vip_is_served_before_and_after_its_speaker_is_sigkilled() {
-    let mut rig = rig().lock().await;
-    rig.heal().await;
-    let case = Case::new("dp-v6", "2001:db8::100-2001:db8::103").await;
+    let (mut rig, case) = turn("dp-v6", "2001:db8::100-2001:db8::103").await;
     let svc = web(
         "web6",
         HTTP_PORT,
@@ -706,19 +708,7 @@ async fn an_ipv6_vip_is_served_before_and_after_its_speaker_is_sigkilled() {
 
     // Only the speaker dies; the node keeps serving what reaches it, so the client keeps being
     // answered until the new owner's unsolicited Neighbor Advertisement moves its entry.
-    let mut killed = rig.speakers.take(first);
-    let (samples, fired) = {
-        let r: &Rig = &rig;
-        client_loop(
-            r,
-            vip,
-            Duration::from_millis(200),
-            Duration::from_secs(15),
-            first,
-            || killed.crash(),
-        )
-    };
-    let (second, _) = check_failover(&rig, &samples, fired, first, Duration::from_secs(3));
+    let second = rig.fail_over(vip, first, Duration::from_millis(200), false);
     assert_eq!(rig.neighbour_owner(vip), Some(second), "the client's entry moved");
     case.status_names(&rig, "web6", rig.name(second)).await;
     rig.heal().await;
@@ -727,9 +717,7 @@ async fn an_ipv6_vip_is_served_before_and_after_its_speaker_is_sigkilled() {
 
 #[tokio::test]
 async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_announces_and_serves() {
-    let mut rig = rig().lock().await;
-    rig.heal().await;
-    let case = Case::new("dp-policy", "192.0.2.112-192.0.2.119").await;
+    let (rig, case) = turn("dp-policy", "192.0.2.112-192.0.2.119").await;
 
     // externalTrafficPolicy: Local with the only endpoint on the node MetalLB's ranking puts last:
     // that node announces and serves.
@@ -799,10 +787,8 @@ async fn local_traffic_policy_exclude_label_and_network_unavailable_decide_who_a
 
 #[tokio::test]
 async fn an_advertisements_node_selector_picks_who_serves_and_a_pool_nobody_advertises_is_allocate_only() {
-    let mut rig = rig().lock().await;
-    rig.heal().await;
     // The namespace's default pool (`l2: {}`) is not used here: both Services name their pool.
-    let case = Case::new("dp-adv", "192.0.2.120-192.0.2.121").await;
+    let (rig, case) = turn("dp-adv", "192.0.2.120-192.0.2.121").await;
     let advertised = case.pool("adv", "192.0.2.122-192.0.2.123", None).await;
     let quiet = case.pool("quiet", "192.0.2.124-192.0.2.125", None).await;
     let ip = "192.0.2.122";
