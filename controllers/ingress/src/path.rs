@@ -5,12 +5,18 @@
 //!                        (rejects what is      Exact:  key = path as written ("/foo/" stays "/foo/")
 //!                         unsafe or ambiguous) Prefix: key = path without trailing '/' ("/" stays "/")
 //!
-//!   request target ──> request_path ("/a/b?x=1" -> "/a/b") ──> prefix_candidates:
-//!                      "/a/b", "/a", "/" (longest first: one hash lookup each, no allocation)
+//!   request target ──> request_path ("/a/b?x=1" -> "/a/b") ──> normalize_path ──> prefix_candidates:
+//!                      "/a/./c//b" -> "/a/c/b" (as nginx's $uri)     "/a/c/b", "/a/c", "/a", "/"
+//!                      (borrowed unless it changes)                  (longest first: one hash lookup each)
 //! ```
 //!
-//! Request paths are matched as received: no percent-decoding and no dot-segment removal, so a
-//! request for `/foo%2Fbar` has the single element `foo%2Fbar`. Rule paths, on the other hand, are
+//! Request paths are normalized for matching only, like nginx's `$uri` (which ingress-nginx matches
+//! its locations against): escapes of unreserved characters decoded (`%2e` is `.`, `%41` is `A`), the
+//! hex digits of the other escapes upper-cased (`%c3%a9` is `%C3%A9`), `.` and `..` segments resolved
+//! (never above the root) and repeated slashes merged. `%2F` stays an escape inside its element, so
+//! `/foo%2Fbar` has the single element `foo%2Fbar`. The proxy forwards the request target as received.
+//! Rule keys get the same escape normalization (rule paths cannot hold dot segments or `//`). Rule
+//! paths, on the other hand, are
 //! validated strictly (the 2026 ingress-nginx CVEs came in through `path`): only RFC 3986 path
 //! characters, well-formed percent escapes, no empty (`//`) or dot (`.`, `..`) segments, no encoded
 //! `/`, `\` or NUL, and for `ImplementationSpecific` (matched as `Prefix`) nothing that looks like a
@@ -119,9 +125,10 @@ impl RulePath {
             (_, t) => return Err(PathError::Missing(t)),
         };
         validate(path, path_type)?;
+        let normalized = normalize_path(path);
         let key = match path_type.match_kind() {
-            MatchKind::Exact => path.to_owned(),
-            MatchKind::Prefix => prefix_key(path).to_owned(),
+            MatchKind::Exact => normalized.into_owned(),
+            MatchKind::Prefix => prefix_key(&normalized).to_owned(),
         };
         Ok(RulePath {
             path: path.to_owned(),
@@ -130,12 +137,14 @@ impl RulePath {
         })
     }
 
-    /// Whether a request path (as received, query already removed) matches this rule path.
-    /// The route table does the same through hash lookups; this is the reference definition.
+    /// Whether a request path (as received, query already removed; normalized here with
+    /// [`normalize_path`]) matches this rule path. The route table does the same through hash lookups;
+    /// this is the reference definition.
     pub fn matches(&self, request_path: &str) -> bool {
+        let path = normalize_path(request_path);
         match self.path_type.match_kind() {
-            MatchKind::Exact => request_path == self.key,
-            MatchKind::Prefix => prefix_candidates(request_path).any(|c| c == self.key),
+            MatchKind::Exact => *path == self.key,
+            MatchKind::Prefix => prefix_candidates(&path).any(|c| c == self.key),
         }
     }
 }
@@ -231,8 +240,89 @@ pub fn request_path(target: &str) -> &str {
     }
 }
 
-/// The Prefix keys a request path can match, longest first: the path itself (unless it ends with `/`,
-/// which no key does, except the root), each prefix ending before a `/`, and `/`. Element-wise by
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether [`normalize_path`] would change `path`: an escape, an empty, `.` or `..` segment.
+fn needs_normalizing(path: &str) -> bool {
+    path.starts_with('/')
+        && (path.contains('%') || path.contains("//") || path.split('/').any(|s| s == "." || s == ".."))
+}
+
+/// The path as nginx's `$uri` sees it, for matching (see the module docs): unreserved escapes
+/// decoded, other escapes' hex upper-cased, `.`/`..` resolved (clamped at the root), `//` merged; a
+/// trailing `/` (also one left by a final `.` or `..`) is kept. Borrowed when nothing changes, which is
+/// every ordinary path; targets that do not start with `/` (`*`) are returned as they are.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    if !needs_normalizing(path) {
+        return Cow::Borrowed(path);
+    }
+    // 1. Escapes. A '%' not followed by two hex digits stays as it is.
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex_value),
+                bytes.get(i + 2).copied().and_then(hex_value),
+            )
+        {
+            let v = h * 16 + l;
+            if is_unreserved(v) {
+                decoded.push(v as char);
+            } else {
+                decoded.push('%');
+                decoded.push(bytes[i + 1].to_ascii_uppercase() as char);
+                decoded.push(bytes[i + 2].to_ascii_uppercase() as char);
+            }
+            i += 3;
+            continue;
+        }
+        // Copy the run up to the next '%' at once (keeps multi-byte characters whole).
+        let end = path[i + 1..].find('%').map_or(path.len(), |e| i + 1 + e);
+        decoded.push_str(&path[i..end]);
+        i = end;
+    }
+    // 2. Segments: merge empty ones, resolve dot segments.
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    let parts: Vec<&str> = decoded[1..].split('/').collect();
+    let last = parts.len() - 1;
+    for (n, seg) in parts.into_iter().enumerate() {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+        trailing = n == last && matches!(seg, "" | "." | "..");
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// The Prefix keys a (normalized) request path can match, longest first: the path itself (unless it
+/// ends with `/`, which no key does, except the root), each prefix ending before a `/`, and `/`. Element-wise by
 /// construction: `/aaa/bbbxyz` yields `/aaa/bbbxyz` and `/`, never `/aaa/bbb`. Nothing for a path that
 /// does not start with `/` (`*`, an absolute URI): such targets only reach the default backend.
 pub(crate) fn prefix_candidates(path: &str) -> impl Iterator<Item = &str> {
@@ -393,6 +483,50 @@ mod tests {
             PathType::parse("prefix"),
             Err(PathError::UnknownPathType(_))
         ));
+    }
+
+    #[test]
+    fn normalized_paths() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("/public/../secret", "/secret"),
+            ("/public/%2e%2e/secret", "/secret"),
+            ("/public/%2E./secret", "/secret"),
+            ("/public/.%2e", "/"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/..", "/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("//a///b//", "/a/b/"),
+            ("//", "/"),
+            ("/%61%70%69", "/api"),
+            ("/%7Euser", "/~user"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2F..%2Fb", "/a%2F..%2Fb"),
+            ("/a/%2F/../b", "/a/b"),
+            ("/100%", "/100%"),
+            ("/%zz/%4", "/%zz/%4"),
+            ("/é/./x", "/é/x"),
+            ("/...", "/..."),
+            ("/.well-known/x", "/.well-known/x"),
+            ("*", "*"),
+            ("", ""),
+        ];
+        for (path, want) in cases {
+            assert_eq!(normalize_path(path), want, "{path:?}");
+        }
+        assert!(matches!(normalize_path("/a/b/c"), std::borrow::Cow::Borrowed(_)));
+        let p = RulePath::compile(Some("/public"), PathType::Prefix).expect("path");
+        assert!(p.matches("/public/%2e/x"));
+        assert!(!p.matches("/public/../secret"));
+        assert!(p.matches("/x/../public"));
+        let p = RulePath::compile(Some("/caf%c3%A9/%41"), PathType::Exact).expect("path");
+        assert_eq!(p.key, "/caf%C3%A9/A");
+        assert!(p.matches("/caf%C3%a9/A"));
     }
 
     #[test]

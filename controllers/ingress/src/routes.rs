@@ -39,7 +39,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::class::{self, ClassDecision};
 use crate::host::{HostPattern, RequestHost, wildcard_suffix};
-use crate::path::{MatchKind, PathError, PathType, RulePath, prefix_candidates, request_path};
+use crate::path::{
+    MatchKind, PathError, PathType, RulePath, normalize_path, prefix_candidates, request_path,
+};
 
 /// namespace/name of an Ingress.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -496,9 +498,12 @@ impl RouteTable {
     }
 
     /// Routes a request. `host` is the Host header (or `:authority`), port and trailing dot allowed;
-    /// `target` is the request target, whose query string is ignored. Allocates nothing.
+    /// `target` is the request target, whose query string is ignored; its path is matched normalized
+    /// ([`crate::path::normalize_path`]). Allocates nothing unless the path needs normalizing.
     pub fn route(&self, host: &str, target: &str) -> Match<'_> {
-        let path = request_path(target);
+        // Matched normalized (as nginx's $uri); the proxy forwards the target as received.
+        let path = normalize_path(request_path(target));
+        let path: &str = &path;
         let host = RequestHost::parse(host);
         if let Some(routes) = host.as_ref().and_then(|h| self.hosts.get(h.as_str())) {
             // A host with rules: its paths, else its owner's defaultBackend, else 404 (never the

@@ -364,7 +364,7 @@ fn rules_without_host_match_any_host() {
 }
 
 #[test]
-fn path_precedence_and_raw_paths() {
+fn path_precedence_and_normalized_paths() {
     let ing = ingress(
         "default",
         "paths",
@@ -391,24 +391,34 @@ fn path_precedence_and_raw_paths() {
         ("/foo/", Some("prefix-foo"), "Exact /foo does not match /foo/"),
         ("/foo/bar/baz", Some("prefix-foo-bar"), "longest match wins"),
         ("/foo/barbaz", Some("prefix-foo"), "element-wise"),
-        (
-            "/foo%2Fbar",
-            None,
-            "percent-encoded '/' is not a separator: matched as received",
-        ),
+        ("/foo%2Fbar", None, "percent-encoded '/' is not a separator"),
         (
             "/foo/bar%2Fbaz",
             Some("prefix-foo"),
-            "as received: the element is bar%2Fbaz, not bar",
+            "the element is bar%2Fbaz, not bar",
         ),
-        ("/foo//bar", Some("prefix-foo"), "an empty element is an element"),
+        (
+            "/foo//bar",
+            Some("prefix-foo-bar"),
+            "slashes merged (nginx's $uri)",
+        ),
+        ("/foo/./bar", Some("prefix-foo-bar"), "'.' resolved"),
+        ("/foo/x/../bar/1", Some("prefix-foo-bar"), "'..' resolved"),
+        ("/foo/bar/..", Some("prefix-foo"), "'..' at the end leaves /foo/"),
+        ("/x/../foo", Some("exact-foo"), "Exact on the normalized path"),
+        ("/%66oo", Some("exact-foo"), "unreserved escapes decoded"),
+        ("/foo%2e/bar", None, "a decoded '.' inside an element is literal"),
         (
             "/caf%C3%A9/menu",
             Some("cafe"),
             "percent-encoded rule path, same bytes",
         ),
-        ("/caf%c3%a9", None, "escapes compared byte for byte"),
-        ("/café", None, "not decoded"),
+        (
+            "/caf%c3%a9",
+            Some("cafe"),
+            "escape hex digits are case-insensitive",
+        ),
+        ("/café", None, "other escapes are not decoded"),
         ("/Case", Some("case"), "case-sensitive"),
         ("/case", None, "case-sensitive"),
         ("*", None, "asterisk-form target"),
@@ -428,6 +438,41 @@ fn path_precedence_and_raw_paths() {
             );
         }
         other => panic!("expected a route, got {other:?}"),
+    }
+}
+
+/// The review's example: `/public` -> static, `/` -> app. A dot segment (also percent-encoded) cannot
+/// reach the static backend's prefix for a path outside it, nor hide a path from its own rule.
+#[test]
+fn dot_segments_cannot_escape_a_prefix() {
+    let ing = ingress(
+        "default",
+        "site",
+        Some(T0),
+        json!({"rules": [rule(Some("x.test"), vec![
+            path("/public", "Prefix", "static"),
+            path("/", "Prefix", "app"),
+            path("/admin", "Exact", "admin"),
+        ])]}),
+    );
+    let compiled = compile(&[ing]);
+    let t = &compiled.table;
+    let cases: &[(&str, &str)] = &[
+        ("/public/../secret", "app"),
+        ("/public/%2e%2e/secret", "app"),
+        ("/public/%2E%2e/secret?x=/public", "app"),
+        ("/public//../secret", "app"),
+        ("/public/./css/a.css", "static"),
+        ("//public///css", "static"),
+        ("/x/../public/a", "static"),
+        ("/%70ublic/a", "static"),
+        ("/admin/.", "app"),
+        ("/./admin", "admin"),
+        ("/admin/x/..", "app"),
+        ("/../../admin", "admin"),
+    ];
+    for (target, want) in cases {
+        assert_eq!(reach(t, "x.test", target).as_deref(), Some(*want), "{target:?}");
     }
 }
 
