@@ -11,10 +11,16 @@
 //! so the field decides and the annotation is read only when the field is empty. The annotation's value
 //! is looked up as an IngressClass name, like the field's.
 //!
-//! Several default classes: the admission controller then refuses new class-less Ingresses, but old
-//! ones may exist. Serving one is safe only when no other controller can claim it too, so a class-less
-//! Ingress is served when every default IngressClass is ours, and left alone as soon as one default
-//! belongs to another controller.
+//! Several default classes: the `DefaultIngressClass` admission plugin sets `ingressClassName` of new
+//! Ingresses without field or legacy annotation; up to Kubernetes 1.24 it refused them when several
+//! classes were marked default, since 1.25 (kubernetes#110974) it picks the newest default (ties: the
+//! lower name). Class-less Ingresses still exist (stored before a default class existed, or without the
+//! plugin). Serving one is safe only when no other controller can claim it too, so a class-less
+//! Ingress is served when every default IngressClass is ours (reported as the first by name), and left
+//! alone as soon as one default belongs to another controller.
+//!
+//! The legacy annotation names an IngressClass here; ingress-nginx compares it with its
+//! `--ingress-class` flag instead (see docs/ingress.md, Ingress classes).
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
