@@ -33,7 +33,9 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub enum PathType {
     Exact,
     Prefix,
-    /// Matched exactly like [`PathType::Prefix`] (the API leaves it to the implementation).
+    /// Matched exactly like [`PathType::Prefix`] (the API leaves it to the implementation). ingress-nginx
+    /// differs: a plain string prefix (`/foo` matches `/foobar`), regex with its annotations; see
+    /// docs/ingress.md, Paths.
     ImplementationSpecific,
 }
 
