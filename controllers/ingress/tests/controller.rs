@@ -346,6 +346,24 @@ async fn routes_follow_ingresses_endpoints_and_report_broken_rules() {
     wait_get(ctl.http, &host, "/", 404, None).await;
     wait_get(ctl.http, &host, "/v2", 200, Some("B")).await;
 
+    // defaultBackend of an Ingress with rules (ingress-nginx): the fallback of its own host only; the
+    // other hosts keep the built-in 404.
+    let mut fb = ingress_json(
+        "fallback",
+        Some("ferrite"),
+        json!([rule(&format!("fb.{host}"), "/only", "Exact", "web")]),
+    );
+    fb["spec"]["defaultBackend"] = json!({"service": {"name": "web", "port": {"number": 80}}});
+    create(&ingresses, fb).await;
+    wait_get(ctl.http, &format!("fb.{host}"), "/other", 200, Some("B")).await;
+    wait_get(ctl.http, &host, "/", 404, None).await;
+    wait_get(ctl.http, &format!("unknown.{host}"), "/", 404, None).await;
+    ingresses
+        .delete("fallback", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_get(ctl.http, &format!("fb.{host}"), "/other", 404, None).await;
+
     // Broken Ingresses: each problem is an Event on its Ingress; the good route keeps serving. Ages
     // are in seconds: `broken` must be younger than `web` to lose their conflict.
     tokio::time::sleep(Duration::from_millis(1100)).await;
