@@ -330,6 +330,12 @@ impl Pool {
         });
     }
 
+    #[cfg(test)]
+    fn idle_count(&self, endpoint: SocketAddr) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get(&endpoint).map_or(0, Vec::len)
+    }
+
     /// Drops senders idle longer than the idle timeout (their connections close) and endpoints
     /// without any.
     pub fn reap(&self) {
@@ -518,6 +524,118 @@ mod tests {
             assert_eq!(order.len(), 3);
             assert_eq!(order[2], e[2], "{order:?}");
         }
+    }
+
+    /// A raw HTTP/1.1 server on loopback: answers each request `ok` (keep-alive unless
+    /// `close_after_one`, then it closes the connection right after the response, without saying
+    /// so); returns its address and the count of connections it accepted.
+    async fn server(close_after_one: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(reply).await.is_err() {
+                                return;
+                            }
+                            if close_after_one {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(pool: &Arc<Pool>, endpoint: SocketAddr) -> Result<(), String> {
+        use http_body_util::{BodyExt, Empty};
+        let body: ProxyBody = Empty::new().map_err(|never| match never {}).boxed();
+        let mut req = Request::new(body);
+        req.headers_mut()
+            .insert(hyper::header::HOST, hyper::header::HeaderValue::from_static("t"));
+        let (resp, conn) = pool.send(endpoint, req).await.map_err(|e| e.to_string())?;
+        let (_, body) = resp.into_parts();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        assert_eq!(&bytes[..], b"ok");
+        pool.put(conn);
+        Ok(())
+    }
+
+    fn pool(idle_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout,
+        })
+    }
+
+    #[tokio::test]
+    async fn pool_reuses_a_connection_and_replaces_closed_ones() {
+        let (addr, accepted) = server(false).await;
+        let p = pool(Duration::from_secs(60));
+        for _ in 0..5 {
+            get(&p, addr).await.expect("request");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept-alive connection");
+        assert_eq!(p.idle_count(addr), 1);
+
+        // The upstream closes every connection after its response: each request still succeeds,
+        // on a new connection when the pooled one is found closed.
+        let (addr, accepted) = server(true).await;
+        for _ in 0..5 {
+            get(&p, addr).await.expect("request after the upstream closed");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+
+        // Nobody listening: a connect error, not a request error.
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let body: ProxyBody = {
+            use http_body_util::BodyExt;
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed()
+        };
+        match p.send(gone, Request::new(body)).await {
+            Err(SendError::Connect(_)) => {}
+            other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn pool_reaps_idle_connections() {
+        let (addr, accepted) = server(false).await;
+        let p = pool(Duration::from_millis(50));
+        get(&p, addr).await.expect("request");
+        assert_eq!(p.idle_count(addr), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        p.reap();
+        assert_eq!(p.idle_count(addr), 0, "idle past the timeout");
+        get(&p, addr).await.expect("request");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the reaped connection was not reused"
+        );
     }
 
     #[test]
