@@ -1,7 +1,8 @@
 //! Pacing of the speaker's election rounds: a bounded share of a core, whatever the cluster's size.
 //!
-//! The speaker recomputes its whole desired set in one round ([`crate::speaker`]); a round costs time
-//! proportional to the Services, EndpointSlices and ServiceL2Statuses it reads. Input changes are
+//! A full round of the speaker recomputes its whole desired set ([`crate::speaker`]) and costs time
+//! proportional to the Services, EndpointSlices and ServiceL2Statuses it reads (an incremental round, in
+//! proportion to what changed: see [`Schedule`]). Input changes are
 //! coalesced (one wake-up stands for every change since the last round), but during a burst of changes
 //! (10,000 Services created, each written three times by the allocator and the API server) a speaker
 //! that starts the next round as soon as the last one ends is busy all the time: at 10,000 Services three

@@ -8,8 +8,8 @@
 //!   ServiceL2Statuses (owners) ┘                 │          ServiceL2Status apply / delete,
 //!   member::Membership (SWIM gossip: live speakers) ┘         Events, each call with a timeout
 //! ```
-//! Every input change (or a tick every second, as a safety net) recomputes the whole desired set;
-//! the computation is pure and cheap (one sha256 per Service and node). The speaker is not
+//! Every input change (or a tick every second, as a safety net) starts a round (see "Incremental
+//! rounds"); the computation is pure and cheap (one sha256 per Service and node). The speaker is not
 //! leader-elected: every node decides for itself, and all decide alike because they see the same
 //! objects and the same gossip view. The owner recorded in the Service's `ServiceL2Status` keeps the IP
 //! while it stays eligible, so a recovered node does not take it back (no flip-back).
@@ -23,10 +23,30 @@
 //! peer that took over has rewritten it). On graceful shutdown it deletes every one naming it. The
 //! speaker never writes Services.
 //!
+//! # Incremental rounds
+//! Services are elected in groups (Services by their first address, [`Index`]). Each watch records
+//! what it changed ([`ChangeLog`]): Service, EndpointSlice and ServiceL2Status keys; for Nodes, pools
+//! and advertisements only whether a field the election reads changed (a Node heartbeat or a pool
+//! status write is no change). A round re-elects only the groups of the changed Services (an update
+//! that changes nothing the election reads is skipped: [`service_digest`]), of the Services whose
+//! EndpointSlices (endpoints' node and serving state) or ServiceL2Status changed, and those whose
+//! recorded owner is judged by the Node/Lease fallback ([`Outcome::fallback`]). It updates the
+//! announcer, metrics, claims and releases only for the Services of those groups. A full round (every
+//! group) runs when [`GlobalInputs`] changed (Nodes as the election sees them, the gossip view, pools,
+//! advertisements, the startup grace), after a relist, and every [`FULL_ROUND_INTERVAL`].
+//! [`crate::pacing::Schedule`] paces full and incremental rounds by their own cost, so a new address
+//! never waits for a full round's gap.
+//!
+//! # What is cached
+//! Only what the election reads: [`trim_service`] (a stub for Services of other classes or types),
+//! [`trim_slice`], [`trim_node`]; pools and advertisements without status; everything without
+//! managedFields (kit [`Trim`]).
+//!
 //! # Never waiting on the API server
 //! [`Speaker::step`] does no I/O: it reads the watch caches and the gossip view, sets the announcer and
 //! *enqueues* what it wants written (claims, Events) in [`ApiQueue`]. One background task drains the
-//! queue, each call bounded by [`API_CALL_TIMEOUT`]. So a stalled or half-open connection to the API
+//! queue, up to [`API_CONCURRENCY`] calls at once but never two of one key, each call bounded by
+//! [`API_CALL_TIMEOUT`]. So a stalled or half-open connection to the API
 //! server delays the ServiceL2Status and the Events, never the ARP/NDP answers or a takeover after a
 //! peer's death (gossip alone decides that). The queue holds one entry per (kind, Service): a newer
 //! claim or Event replaces a pending one, a claim this node no longer wins is withdrawn, and past
