@@ -191,6 +191,24 @@ struct State {
     rebuild_losers: BTreeMap<ServiceKey, IpAddr>,
     /// Out-of-pool addresses already warned about.
     warned_out_of_pool: BTreeSet<(ServiceKey, IpAddr)>,
+    /// The allocation failure last published as a Warning Event per Service (reason, message): a Service
+    /// that keeps failing the same way is retried with backoff but told once, not one Event write per
+    /// retry (10,000 Services no pool served made ~70,000 of them in 10 minutes).
+    reported: HashMap<ServiceKey, (&'static str, String)>,
+}
+
+impl State {
+    /// Records that `key` failed with (`reason`, `message`); true when that was not the last failure
+    /// published for it (so it is worth an Event).
+    fn newly_failed(&mut self, key: &ServiceKey, reason: &'static str, message: &str) -> bool {
+        match self.reported.get(key) {
+            Some((r, m)) if *r == reason && m == message => false,
+            _ => {
+                self.reported.insert(key.clone(), (reason, message.to_string()));
+                true
+            }
+        }
+    }
 }
 
 /// Shared by both reconcilers.
@@ -731,6 +749,7 @@ fn release_deleted(st: &mut State, key: &ServiceKey, uid: Option<&str>) -> Relea
     st.rebuild_losers.remove(key);
     st.waiting.remove(key);
     st.warned_out_of_pool.retain(|(k, _)| k != key);
+    st.reported.remove(key);
     let held = st.alloc.assigned(key).is_some();
     let out_of_pool = !st.alloc.out_of_pool_of(key).is_empty();
     st.alloc.release(key);
@@ -970,6 +989,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             st.alloc.release(&key);
             st.uids.remove(&key);
             st.waiting.remove(&key);
+            st.reported.remove(&key);
             if held {
                 if out_of_pool {
                     ctx.refresh_out_of_pool(&mut st);
@@ -1007,9 +1027,10 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     let parsed = match service::parse(&svc, &ctx.namespace_labels(&svc)) {
         Ok(p) => p,
         Err(e) => {
-            ctx.events
-                .warning(&oref, e.reason(), "Allocate", e.to_string())
-                .await;
+            let message = e.to_string();
+            if ctx.lock().newly_failed(&key, e.reason(), &message) {
+                ctx.events.warning(&oref, e.reason(), "Allocate", message).await;
+            }
             return Err(e.into());
         }
     };
@@ -1039,6 +1060,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
                 st.uids.insert(key.clone(), uid);
             }
             st.waiting.remove(&key);
+            st.reported.remove(&key);
             st.alloc
                 .out_of_pool_of(&key)
                 .into_iter()
@@ -1131,7 +1153,11 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             } else {
                 "AllocationFailed"
             };
-            ctx.events.warning(&oref, reason, "Allocate", e.to_string()).await;
+            let message = e.to_string();
+            let news = ctx.lock().newly_failed(&key, reason, &message);
+            if news {
+                ctx.events.warning(&oref, reason, "Allocate", message).await;
+            }
             Err(e.into())
         }
     }
@@ -1555,6 +1581,24 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// The same failure of a Service is told once; another failure, or the same after a success, again.
+    #[test]
+    fn a_repeated_allocation_failure_is_told_once() {
+        let mut st = State::default();
+        let (a, b) = (ServiceKey::new("ns", "a"), ServiceKey::new("ns", "b"));
+        assert!(st.newly_failed(&a, "AllocationFailed", "no pool"));
+        assert!(!st.newly_failed(&a, "AllocationFailed", "no pool"));
+        assert!(st.newly_failed(&b, "AllocationFailed", "no pool"));
+        assert!(st.newly_failed(&a, "AllocationFailed", "pool p is full"));
+        assert!(st.newly_failed(&a, "SharingConflict", "pool p is full"));
+        // A success (or a release) forgets it: the next failure is news.
+        st.reported.remove(&a);
+        assert!(st.newly_failed(&a, "SharingConflict", "pool p is full"));
+        // A deleted Service forgets it too.
+        release_deleted(&mut st, &b, None);
+        assert!(st.newly_failed(&b, "AllocationFailed", "no pool"));
     }
 
     /// The status write carries the annotation (and the resourceVersion precondition) only when asked.
