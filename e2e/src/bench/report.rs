@@ -765,7 +765,7 @@ fn lb_markdown(w: &mut String, m: &Machine, r: &LbResults) {
                 };
                 let _ = writeln!(
                     w,
-                    "| API server's own create rate: {} of the same creates, {} in flight, same rig running, Services of a loadBalancerClass nobody serves (then deleted) | {:.0} Services/s ({} in {:.1} s); allocation rate / this: {}{early} | >= 90%: {} | – |",
+                    "| API server's own create rate: {} of the same creates, {} in flight, same rig running, `type: NodePort` Services nobody serves (then deleted) | {:.0} Services/s ({} in {:.1} s); allocation rate / this: {}{early} | >= 90%: {} | – |",
                     y.created,
                     a.concurrency,
                     api_rate,
@@ -1044,8 +1044,10 @@ fn lb_method(w: &mut String, m: &Machine, r: &LbResults) {
          **The API server's own create rate**, the yardstick of the allocation rate (goal: at least 90% of it), is \
          measured first in the same rig with everything running: {} of the same creates (`--apiserver-sample`, \
          by default as many as the allocation run, so both end with the API server holding the same number of \
-         Services), same names and concurrency, of Services with a `loadBalancerClass` nobody serves \
-         (`bench.invalid/unserved`), first create sent -> last answered; the rate of its first {} creates is \
+         Services), same names and concurrency, of `type: NodePort` Services (the same ClusterIP and NodePort \
+         allocations as a LoadBalancer Service on this 1.20 API server, and nobody serves them: a LoadBalancer \
+         Service of another `loadBalancerClass` is no yardstick here, since 1.20 drops that field and the \
+         controller then serves it as class-less), first create sent -> last answered; the rate of its first {} creates is \
          shown too (the yardstick size of earlier reports; an emptier API server creates faster). They are then \
          deleted one by one (Services have no deletecollection; {} in flight, not measured) and the namespace is \
          awaited empty before the allocation run starts. **The speakers' CPU** is utime + stime of each speaker \
