@@ -2444,6 +2444,27 @@ time for request:      332us     21.24ms      2.30ms      2.18ms    89.44%
     }
 
     #[test]
+    fn parts_and_targets_select_rows() {
+        let p = Parts::parse("plain,tls").expect("parts");
+        assert!(p.plain && p.tls && !p.h2 && !p.rate && !p.propagation);
+        assert_eq!(Parts::parse("all").expect("all"), Parts::ALL);
+        assert!(Parts::parse("plain,nope").is_err());
+        let t = Targets::parse("ferrite,nginx").expect("targets");
+        assert!(t.has(Kind::Ferrite) && t.has(Kind::Nginx) && !t.has(Kind::Backend) && !t.has(Kind::Caddy));
+        assert!(Targets::parse("squid").is_err());
+        let f = Flags {
+            parts: Some(p),
+            targets: Some(t),
+            ..Default::default()
+        };
+        assert_eq!(
+            f.command(),
+            "ferrite-bench --only ingress --ingress-parts plain,tls --ingress-targets nginx,ferrite"
+        );
+        assert_eq!(Flags::default().settings().parts, Parts::ALL);
+    }
+
+    #[test]
     fn configs_name_their_ports_and_files() {
         let dir = Path::new("/tmp/x");
         let (cert, key, both) = (Path::new("/c.pem"), Path::new("/k.pem"), Path::new("/b.pem"));
