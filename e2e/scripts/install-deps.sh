@@ -14,7 +14,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 APT_PKGS=(etcd-server golang-go golang-github-modern-go-reflect2-dev rsync jq socat iproute2 iptables arping ndisc6 unzip curl ca-certificates dpkg-dev bind9 bind9-dnsutils dnsperf knot pebble lego certbot
-  nginx haproxy caddy wrk nghttp2-client prometheus buildah umoci keepalived)
+  nginx haproxy caddy wrk nghttp2-client prometheus buildah umoci keepalived python3)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

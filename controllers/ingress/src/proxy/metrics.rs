@@ -201,7 +201,7 @@ impl ProxyMetrics {
     pub(crate) fn prune(&self, routes: &crate::routes::RouteTable) {
         let mut ingresses: HashSet<(&str, &str)> = HashSet::new();
         let mut services: HashSet<(&str, &str)> = HashSet::new();
-        let defaults = routes.default_backend().map(|d| (&d.ingress, &d.backend));
+        let defaults = routes.default_backends().map(|d| (&d.ingress, &d.backend));
         for (ingress, backend) in routes
             .routes()
             .iter()
