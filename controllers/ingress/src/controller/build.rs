@@ -426,6 +426,28 @@ mod tests {
         Slice::from_dynamic(&o)
     }
 
+    /// `build` with no default certificate and no ACME tokens (most tests).
+    fn build_plain(
+        classes: &[IngressClass],
+        ingresses: &[Arc<Ingress>],
+        services: &HashMap<(String, String), Arc<Service>>,
+        slices: &SlicesByService,
+        certificates: &HashMap<SecretRef, CertState>,
+        self_signed: &Arc<CertifiedKey>,
+    ) -> Built {
+        build(&Inputs {
+            controller: crate::CONTROLLER_NAME,
+            classes,
+            ingresses,
+            services,
+            slices,
+            certificates,
+            default_secret: None,
+            self_signed,
+            acme: &[],
+        })
+    }
+
     fn rule(host: &str, path: &str, svc: &str, port: serde_json::Value) -> serde_json::Value {
         json!({"host": host, "http": {"paths": [
             {"path": path, "pathType": "Prefix", "backend": {"service": {"name": svc, "port": port}}}
@@ -472,17 +494,14 @@ mod tests {
         .into();
         let certificates = HashMap::new();
         let self_signed = crate::proxy::self_signed_default().expect("cert");
-        let built = build(&Inputs {
-            controller: crate::CONTROLLER_NAME,
-            classes: &classes,
-            ingresses: &ingresses,
-            services: &services,
-            slices: &slices,
-            certificates: &certificates,
-            default_secret: None,
-            self_signed: &self_signed,
-            acme: &[],
-        });
+        let built = build_plain(
+            &classes,
+            &ingresses,
+            &services,
+            &slices,
+            &certificates,
+            &self_signed,
+        );
         assert_eq!(built.served.len(), 1);
         let s = &built.snapshot;
         let want: Vec<SocketAddr> = vec!["127.0.0.2:8080".parse().expect("addr")];
@@ -574,17 +593,14 @@ mod tests {
         ]
         .into();
         let self_signed = crate::proxy::self_signed_default().expect("cert");
-        let built = build(&Inputs {
-            controller: crate::CONTROLLER_NAME,
-            classes: &classes,
-            ingresses: &ingresses,
-            services: &services,
-            slices: &slices,
-            certificates: &HashMap::new(),
-            default_secret: None,
-            self_signed: &self_signed,
-            acme: &[],
-        });
+        let built = build_plain(
+            &classes,
+            &ingresses,
+            &services,
+            &slices,
+            &HashMap::new(),
+            &self_signed,
+        );
         let s = &built.snapshot;
         let to = |host: &str, target: &str| {
             let m = s.routes().route(host, target);
@@ -714,17 +730,14 @@ mod tests {
         .into();
         let self_signed = crate::proxy::self_signed_default().expect("cert");
         let started = std::time::Instant::now();
-        let built = build(&Inputs {
-            controller: crate::CONTROLLER_NAME,
-            classes: &classes,
-            ingresses: &ingresses,
-            services: &services,
-            slices: &slices,
-            certificates: &HashMap::new(),
-            default_secret: None,
-            self_signed: &self_signed,
-            acme: &[],
-        });
+        let built = build_plain(
+            &classes,
+            &ingresses,
+            &services,
+            &slices,
+            &HashMap::new(),
+            &self_signed,
+        );
         let took = started.elapsed();
         assert_eq!(built.served.len(), N);
         assert_eq!(built.snapshot.routes().routes().len(), N);
