@@ -64,6 +64,19 @@ pub enum RequestError {
     /// A port has a protocol the API does not define.
     #[error("spec.ports: protocol {0:?} is not TCP, UDP or SCTP")]
     BadProtocol(String),
+    /// An address annotation and a different `spec.loadBalancerIP` (MetalLB refuses both set).
+    #[error(
+        "service can not have both {key}={value:?} and spec.loadBalancerIP {spec_ip:?}; \
+         remove one (or make them the same address)"
+    )]
+    ConflictingRequest {
+        /// The address annotation key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// `spec.loadBalancerIP`.
+        spec_ip: String,
+    },
 }
 
 impl RequestError {
@@ -73,6 +86,7 @@ impl RequestError {
             RequestError::BadAnnotation { .. } => "InvalidAnnotation",
             RequestError::BadLoadBalancerIP { .. } => "InvalidLoadBalancerIP",
             RequestError::BadProtocol(_) => "InvalidProtocol",
+            RequestError::ConflictingRequest { .. } => "ConflictingRequest",
         }
     }
 }
@@ -86,17 +100,31 @@ pub struct ParsedService {
     pub legacy_keys: Vec<&'static str>,
 }
 
-/// The first of `keys` present on the Service: (key, value).
+/// The first of `keys` present on the Service: (key, value, trimmed).
+///
+/// A MetalLB key (`metallb.io/*`, `metallb.universe.tf/*`) whose value is empty after trimming counts
+/// as absent, as in MetalLB (its `valueForAnnotation` and `SharingKey` return "", which means no pool,
+/// no sharing, no requested address): the key is returned with `None` and the later keys are not read
+/// (MetalLB reads its legacy key only when the current one is missing, not when it is empty). An empty
+/// `lb.ferrite.dev/*` value stays an error, reported by the caller.
 fn annotation<'a>(
     annotations: &'a BTreeMap<String, String>,
     keys: &[&'static str],
-) -> Option<(&'static str, &'a str)> {
-    keys.iter()
-        .find_map(|k| annotations.get(*k).map(|v| (*k, v.trim())))
+) -> Option<(&'static str, Option<&'a str>)> {
+    keys.iter().find_map(|k| {
+        annotations.get(*k).map(|v| {
+            let v = v.trim();
+            (*k, (!(v.is_empty() && is_metallb(k))).then_some(v))
+        })
+    })
 }
 
 fn is_legacy(key: &str) -> bool {
     key.starts_with("metallb.universe.tf/")
+}
+
+fn is_metallb(key: &str) -> bool {
+    key.starts_with("metallb.io/") || is_legacy(key)
 }
 
 /// Reads `svc` into a [`Request`]. Call only for Services [`is_ours`].
@@ -111,13 +139,21 @@ pub fn parse(
     let mut legacy_keys = vec![];
 
     let mut requested = vec![];
-    if let Some((key, value)) = annotation(
+    let spec_ip = spec
+        .load_balancer_ip
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let ips = annotation(
         annotations,
         &[ann::IPS, ann::METALLB_IPS, ann::METALLB_LEGACY_IPS],
-    ) {
-        if is_legacy(key) {
-            legacy_keys.push(key);
-        }
+    );
+    if let Some((key, _)) = ips
+        && is_legacy(key)
+    {
+        legacy_keys.push(key);
+    }
+    if let Some((key, Some(value))) = ips {
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let ip: IpAddr = part.parse().map_err(|_| RequestError::BadAnnotation {
                 key,
@@ -140,12 +176,19 @@ pub fn parse(
                 why: "no address given; remove the annotation or list addresses separated by commas".into(),
             });
         }
-    } else if let Some(v) = spec
-        .load_balancer_ip
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-    {
+        // MetalLB refuses the annotation and spec.loadBalancerIP together ("service can not have
+        // both"); Ferrite accepts them when they ask for the same single address, and refuses
+        // otherwise rather than quietly ignoring one of them.
+        if let Some(v) = spec_ip
+            && (requested.len() != 1 || v.parse::<IpAddr>().ok() != Some(requested[0]))
+        {
+            return Err(RequestError::ConflictingRequest {
+                key,
+                value: value.to_string(),
+                spec_ip: v.to_string(),
+            });
+        }
+    } else if let Some(v) = spec_ip {
         requested.push(
             v.parse()
                 .map_err(|_| RequestError::BadLoadBalancerIP { value: v.to_string() })?,
@@ -159,6 +202,8 @@ pub fn parse(
                 if is_legacy(key) {
                     legacy_keys.push(key);
                 }
+                // An empty MetalLB value is absent (see `annotation`).
+                let Some(value) = value else { return Ok(None) };
                 if value.is_empty() {
                     return Err(RequestError::BadAnnotation {
                         key,
@@ -491,10 +536,150 @@ mod tests {
                 json!({"ports": [{"port": 80, "protocol": "ICMP"}]}),
                 "ICMP",
             ),
+            (
+                "empty own ips",
+                json!({"lb.ferrite.dev/ips": ""}),
+                json!({}),
+                "lb.ferrite.dev/ips",
+            ),
+            (
+                "empty own sharing key",
+                json!({"lb.ferrite.dev/allow-shared-ip": " "}),
+                json!({}),
+                "lb.ferrite.dev/allow-shared-ip",
+            ),
+            (
+                "annotation and a different loadBalancerIP",
+                json!({"metallb.io/loadBalancerIPs": "192.0.2.10"}),
+                json!({"loadBalancerIP": "192.0.2.11"}),
+                "can not have both metallb.io/loadBalancerIPs",
+            ),
+            (
+                "own key and a different loadBalancerIP",
+                json!({"lb.ferrite.dev/ips": "192.0.2.10"}),
+                json!({"loadBalancerIP": "192.0.2.11"}),
+                "can not have both lb.ferrite.dev/ips",
+            ),
+            (
+                "dual-stack annotation and a loadBalancerIP",
+                json!({"metallb.universe.tf/loadBalancerIPs": "192.0.2.10,2001:db8::10"}),
+                json!({"loadBalancerIP": "192.0.2.10"}),
+                "spec.loadBalancerIP \"192.0.2.10\"",
+            ),
+            (
+                "annotation and an unparsable loadBalancerIP",
+                json!({"metallb.io/loadBalancerIPs": "192.0.2.10"}),
+                json!({"loadBalancerIP": "nope"}),
+                "can not have both",
+            ),
         ];
         for (name, annotations, spec, needle) in cases {
             let err = parse(&lb(annotations, spec), &BTreeMap::new()).expect_err(name);
             assert!(err.to_string().contains(needle), "{name}: {err}");
+        }
+        let err = parse(
+            &lb(
+                json!({"metallb.io/loadBalancerIPs": "192.0.2.10"}),
+                json!({"loadBalancerIP": "192.0.2.11"}),
+            ),
+            &BTreeMap::new(),
+        )
+        .expect_err("conflict");
+        assert_eq!(err.reason(), "ConflictingRequest");
+    }
+
+    #[test]
+    fn empty_metallb_values_are_absent_as_in_metallb() {
+        // (case, annotations, spec, requested, pool, sharing key, legacy keys flagged)
+        type Case = (
+            &'static str,
+            serde_json::Value,
+            serde_json::Value,
+            Vec<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: [Case; 7] = [
+            (
+                "every metallb.io key empty",
+                json!({"metallb.io/loadBalancerIPs": "", "metallb.io/address-pool": "",
+                       "metallb.io/allow-shared-ip": ""}),
+                json!({}),
+                vec![],
+                None,
+                None,
+                vec![],
+            ),
+            (
+                "legacy keys empty or blank (still flagged)",
+                json!({"metallb.universe.tf/loadBalancerIPs": " ", "metallb.universe.tf/address-pool": "",
+                       "metallb.universe.tf/allow-shared-ip": "  "}),
+                json!({}),
+                vec![],
+                None,
+                None,
+                vec![
+                    "metallb.universe.tf/loadBalancerIPs",
+                    "metallb.universe.tf/address-pool",
+                    "metallb.universe.tf/allow-shared-ip",
+                ],
+            ),
+            (
+                "an empty annotation leaves spec.loadBalancerIP in charge",
+                json!({"metallb.io/loadBalancerIPs": ""}),
+                json!({"loadBalancerIP": "192.0.2.13"}),
+                vec!["192.0.2.13"],
+                None,
+                None,
+                vec![],
+            ),
+            (
+                // MetalLB reads the legacy key only when the current one is missing.
+                "an empty current key hides the legacy one",
+                json!({"metallb.io/address-pool": "", "metallb.universe.tf/address-pool": "lan"}),
+                json!({}),
+                vec![],
+                None,
+                None,
+                vec![],
+            ),
+            (
+                "an empty metallb key does not hide Ferrite's",
+                json!({"metallb.io/address-pool": "", "lb.ferrite.dev/pool": "lan",
+                       "metallb.io/allow-shared-ip": "", "lb.ferrite.dev/allow-shared-ip": "k"}),
+                json!({}),
+                vec![],
+                Some("lan"),
+                Some("k"),
+                vec![],
+            ),
+            (
+                "annotation equal to spec.loadBalancerIP is accepted",
+                json!({"metallb.io/loadBalancerIPs": "192.0.2.10"}),
+                json!({"loadBalancerIP": " 192.0.2.10"}),
+                vec!["192.0.2.10"],
+                None,
+                None,
+                vec![],
+            ),
+            (
+                "empty spec.loadBalancerIP is absent",
+                json!({"metallb.io/loadBalancerIPs": "192.0.2.10"}),
+                json!({"loadBalancerIP": ""}),
+                vec!["192.0.2.10"],
+                None,
+                None,
+                vec![],
+            ),
+        ];
+        for (name, annotations, spec, ips, pool, key, legacy) in cases {
+            let p = parse(&lb(annotations, spec), &BTreeMap::new()).expect(name);
+            let ips: Vec<IpAddr> = ips.iter().map(|s| s.parse().expect("ip")).collect();
+            assert_eq!(p.request.requested, ips, "{name}");
+            assert_eq!(p.request.pool.as_deref(), pool, "{name}");
+            assert_eq!(p.request.sharing_key.as_deref(), key, "{name}");
+            assert_eq!(p.legacy_keys, legacy, "{name}");
         }
     }
 
