@@ -15,6 +15,7 @@
 //! the request when its last byte is sent or the response is dropped.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -317,8 +318,18 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// The request entry point (a hyper service function).
-pub(crate) async fn handle(
+/// A request's future, boxed (see [`handle`]).
+pub(crate) type HandleFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+/// The request entry point (a hyper service function). The request's state (several KB: the
+/// record, the route, the upstream send) lives in a box allocated per request and freed with the
+/// response head: hyper keeps the slot of a connection's service future for the connection's whole
+/// life, so an idle keep-alive connection holds 16 bytes there instead of the largest request state.
+pub(crate) fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) -> HandleFuture {
+    Box::pin(serve(shared, conn, req))
+}
+
+async fn serve(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
     req: Request<Incoming>,
@@ -635,6 +646,10 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // The HTTP/1.1 connection has no task of its own: reading its body is what drives it.
+        if let Some((conn, _, _)) = self.conn.as_mut() {
+            conn.drive(cx);
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
                 self.progressed = true;
@@ -1002,7 +1017,7 @@ async fn forward(
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     // The connection belongs to the tunnel now, never back to the pool.
                     return match downstream_upgrade {
-                        Some(down) => tunnel(shared, down, resp),
+                        Some(down) => tunnel(shared, down, resp, pooled),
                         None => local_response(StatusCode::BAD_GATEWAY, "Bad Gateway: unexpected 101"),
                     };
                 }
@@ -1062,11 +1077,20 @@ fn tunnel(
     shared: &Arc<Shared>,
     downstream: hyper::upgrade::OnUpgrade,
     mut upstream: Response<Incoming>,
+    conn: Option<Pooled>,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut upstream);
     let cancel = shared.cancel.clone();
     let drain = shared.config.drain_timeout;
     shared.tunnels.spawn(async move {
+        // The upstream connection hands its IO over when its state machine, polled to its end
+        // here, sees the 101 through.
+        let upstream_upgrade = async move {
+            if let Some(conn) = conn {
+                conn.finish().await;
+            }
+            upstream_upgrade.await
+        };
         let (down, up) = match tokio::try_join!(downstream, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
