@@ -34,6 +34,8 @@ pub struct App {
     /// Controller, like the speaker, exports none).
     metrics: ReconcileMetrics,
     metrics_registered: std::sync::Once,
+    /// `ferrite_events_*` metrics, registered on the first [`App::events`] (shared by every publisher).
+    event_metrics: std::sync::OnceLock<Option<crate::events::EventMetrics>>,
     /// Address the admin server is bound to.
     pub admin_addr: std::net::SocketAddr,
     args: BaseArgs,
@@ -152,6 +154,7 @@ impl App {
             shutdown,
             metrics,
             metrics_registered: std::sync::Once::new(),
+            event_metrics: std::sync::OnceLock::new(),
             admin_addr,
             args: args.clone(),
             leader_task,
@@ -180,9 +183,20 @@ impl App {
         self.metrics.clone()
     }
 
-    /// Events publisher reporting as `controller`.
+    /// Events publisher reporting as `controller`, with the kit's default limits (see
+    /// [`crate::events`]; change them with [`crate::events::Events::with_limits`]) and counting what
+    /// they suppress in `ferrite_events_suppressed_total`.
     pub fn events(&self, controller: &str) -> crate::events::Events {
-        crate::events::Events::new(self.client.clone(), controller, self.leadership.clone())
+        let events = crate::events::Events::new(self.client.clone(), controller, self.leadership.clone());
+        let metrics = self.event_metrics.get_or_init(|| {
+            crate::events::EventMetrics::register(&self.registry)
+                .map_err(|e| tracing::error!(error = %e, "registering Event metrics"))
+                .ok()
+        });
+        match metrics {
+            Some(m) => events.with_metrics(m.clone()),
+            None => events,
+        }
     }
 
     /// Waits for shutdown, then for the lease to be released.

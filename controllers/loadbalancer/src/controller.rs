@@ -11,8 +11,10 @@
 //! Service writes: `status.loadBalancer` (server-side apply, resourceVersion precondition) carrying
 //! `lb.ferrite.dev/ip-allocated-from-pool` in the same request ([`StatusMetadata`]), then a merge patch of
 //! the metadata only when the annotation still differs or the old `lb.ferrite.dev/announcing-node` is
-//! present. Normal `IPAllocated` Events are within an [`EventBudget`]. Sharing refusals are
-//! `SharingConflict` Events, other failures `AllocationFailed`.
+//! present. Sharing refusals are `SharingConflict` Events, other failures `AllocationFailed`. Events go
+//! through the kit's recorder ([`ferrite_kit::events`]) with [`event_limits`]: Normal `IPAllocated`
+//! Events within a budget, and a Warning said again on a retry or a resync (the same failure, a
+//! deprecated annotation) is the first Event's series, not another write per reconcile.
 //! One [`Allocator`] in memory is the source of truth while this replica leads. It is an index of the
 //! cluster, not of reconciles:
 //!
@@ -45,7 +47,7 @@ use ferrite_api::{
 use ferrite_kit::{
     App, ReasonedError,
     conditions::{self, NewCondition, Status},
-    events::Events,
+    events::{EventLimits, Events, RateLimit},
     kube::{
         Api, Client, Resource, ResourceExt,
         runtime::{
@@ -63,7 +65,7 @@ use k8s_openapi::{
     api::core::v1::{Namespace, Secret, Service},
     jiff::Timestamp,
 };
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntGauge, Opts, Registry};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
@@ -106,7 +108,6 @@ pub struct Metrics {
     addresses: GaugeVec,
     in_use: GaugeVec,
     out_of_pool: IntGauge,
-    events_suppressed: IntCounterVec,
 }
 
 impl Metrics {
@@ -130,22 +131,13 @@ impl Metrics {
             "ferrite_lb_addresses_out_of_pool",
             "Addresses still held by Services that are no longer inside any IPPool (kept, see docs).",
         )?;
-        let events_suppressed = IntCounterVec::new(
-            Opts::new(
-                "ferrite_lb_events_suppressed_total",
-                "Normal Events not published because more came than the Event budget allows (mass creations).",
-            ),
-            &["reason"],
-        )?;
         registry.register(Box::new(addresses.clone()))?;
         registry.register(Box::new(in_use.clone()))?;
         registry.register(Box::new(out_of_pool.clone()))?;
-        registry.register(Box::new(events_suppressed.clone()))?;
         Ok(Self {
             addresses,
             in_use,
             out_of_pool,
-            events_suppressed,
         })
     }
 
@@ -191,24 +183,6 @@ struct State {
     rebuild_losers: BTreeMap<ServiceKey, IpAddr>,
     /// Out-of-pool addresses already warned about.
     warned_out_of_pool: BTreeSet<(ServiceKey, IpAddr)>,
-    /// The allocation failure last published as a Warning Event per Service (reason, message): a Service
-    /// that keeps failing the same way is retried with backoff but told once, not one Event write per
-    /// retry (10,000 Services no pool served made ~70,000 of them in 10 minutes).
-    reported: HashMap<ServiceKey, (&'static str, String)>,
-}
-
-impl State {
-    /// Records that `key` failed with (`reason`, `message`); true when that was not the last failure
-    /// published for it (so it is worth an Event).
-    fn newly_failed(&mut self, key: &ServiceKey, reason: &'static str, message: &str) -> bool {
-        match self.reported.get(key) {
-            Some((r, m)) if *r == reason && m == message => false,
-            _ => {
-                self.reported.insert(key.clone(), (reason, message.to_string()));
-                true
-            }
-        }
-    }
 }
 
 /// Shared by both reconcilers.
@@ -236,8 +210,6 @@ pub struct Context {
     ready: std::sync::atomic::AtomicBool,
     /// Whether the annotation can ride along with the status write.
     status_metadata: StatusMetadata,
-    /// Normal `IPAllocated` Events left to publish (see [`EventBudget`]).
-    event_budget: Mutex<EventBudget>,
 }
 
 impl std::fmt::Debug for Context {
@@ -384,7 +356,9 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
     let (services_dirty, services_dirty_rx) = watch::channel(0u64);
     let ctx = Arc::new(Context {
         client: client.clone(),
-        events: app.events(names::LB_CONTROLLER_REPORTER),
+        events: app
+            .events(names::LB_CONTROLLER_REPORTER)
+            .with_limits(event_limits())?,
         leadership: app.leadership.clone(),
         policy: Classes {
             class: args.lb_class.clone(),
@@ -402,7 +376,6 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         resync: app.run_options().resync,
         ready: std::sync::atomic::AtomicBool::new(false),
         status_metadata: StatusMetadata::default(),
-        event_budget: Mutex::new(EventBudget::new(std::time::Instant::now())),
     });
     // The Services watch feeds the store, then the allocator index (deletes, relists), then the Controller.
     let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
@@ -579,26 +552,6 @@ impl Context {
         Ok(())
     }
 
-    /// Publishes a Normal Event within the [`EventBudget`]; counts it as suppressed otherwise.
-    async fn normal_event(
-        &self,
-        on: &k8s_openapi::api::core::v1::ObjectReference,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let allowed = self
-            .event_budget
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(std::time::Instant::now());
-        if allowed {
-            self.events.normal(on, reason, action, note).await;
-        } else {
-            self.metrics.events_suppressed.with_label_values(&[reason]).inc();
-        }
-    }
-
     /// Gives the allocator the current pools when they changed (or always, with `force`).
     fn refresh_pools(&self, st: &mut State, force: bool) {
         let mut pools: Vec<Arc<IPPool>> = self.pools.state();
@@ -749,7 +702,6 @@ fn release_deleted(st: &mut State, key: &ServiceKey, uid: Option<&str>) -> Relea
     st.rebuild_losers.remove(key);
     st.waiting.remove(key);
     st.warned_out_of_pool.retain(|(k, _)| k != key);
-    st.reported.remove(key);
     let held = st.alloc.assigned(key).is_some();
     let out_of_pool = !st.alloc.out_of_pool_of(key).is_empty();
     st.alloc.release(key);
@@ -859,39 +811,16 @@ impl Context {
     }
 }
 
-/// A token bucket for Normal `IPAllocated` Events: [`EventBudget::BURST`] in a row, then
-/// [`EventBudget::PER_SECOND`]. Every Service gets its Event in ordinary use; in a mass creation (thousands
-/// of Services at once) one Event per Service would be one more API write per Service, each as costly as
-/// the status write, for something the status already says. The surplus is counted in
-/// `ferrite_lb_events_suppressed_total{reason}`. Warning Events are never suppressed.
-#[derive(Debug, Clone)]
-struct EventBudget {
-    tokens: f64,
-    last: std::time::Instant,
-}
-
-impl EventBudget {
-    const BURST: f64 = 100.0;
-    const PER_SECOND: f64 = 5.0;
-
-    fn new(now: std::time::Instant) -> Self {
-        Self {
-            tokens: Self::BURST,
-            last: now,
-        }
-    }
-
-    /// Takes one token at `now`; false when none is left.
-    fn take(&mut self, now: std::time::Instant) -> bool {
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * Self::PER_SECOND;
-        self.tokens = (self.tokens + refill).min(Self::BURST);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+/// The allocator's Event limits: the kit's, with the Normal budget pinned at 100 in a row, then 5 per
+/// second. Every Service gets its `IPAllocated` Event in ordinary use; in a mass creation (thousands of
+/// Services at once) one Event per Service would be one more API write per Service, each as costly as the
+/// status write, for something the status already says. The surplus is counted in
+/// `ferrite_events_suppressed_total{reason="IPAllocated",limit="normal"}`. Warning Events are never
+/// refused by it.
+fn event_limits() -> EventLimits {
+    EventLimits {
+        normal: Some(RateLimit::per_second(100, 5.0)),
+        ..EventLimits::default()
     }
 }
 
@@ -989,7 +918,6 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             st.alloc.release(&key);
             st.uids.remove(&key);
             st.waiting.remove(&key);
-            st.reported.remove(&key);
             if held {
                 if out_of_pool {
                     ctx.refresh_out_of_pool(&mut st);
@@ -1027,13 +955,15 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     let parsed = match service::parse(&svc, &ctx.namespace_labels(&svc)) {
         Ok(p) => p,
         Err(e) => {
-            let message = e.to_string();
-            if ctx.lock().newly_failed(&key, e.reason(), &message) {
-                ctx.events.warning(&oref, e.reason(), "Allocate", message).await;
-            }
+            // Said again on every retry: the recorder folds identical repeats into one Event's series.
+            ctx.events
+                .warning(&oref, e.reason(), "Allocate", e.to_string())
+                .await;
             return Err(e.into());
         }
     };
+    // Said on every reconcile (each write to the Service, each resync); one Event per annotation all the
+    // same: the recorder's key has no resourceVersion and folds the identical repeats into its series.
     for key in &parsed.legacy_keys {
         let new = key.replace("metallb.universe.tf/", "metallb.io/");
         ctx.events
@@ -1060,7 +990,6 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
                 st.uids.insert(key.clone(), uid);
             }
             st.waiting.remove(&key);
-            st.reported.remove(&key);
             st.alloc
                 .out_of_pool_of(&key)
                 .into_iter()
@@ -1119,13 +1048,15 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
                 } else {
                     format!("from pool {}", assignment.pools.join(", "))
                 };
-                ctx.normal_event(
-                    &oref,
-                    "IPAllocated",
-                    "Allocate",
-                    format!("Assigned IP {ips} {from}"),
-                )
-                .await;
+                // Within the Normal Event budget of [`event_limits`].
+                ctx.events
+                    .normal(
+                        &oref,
+                        "IPAllocated",
+                        "Allocate",
+                        format!("Assigned IP {ips} {from}"),
+                    )
+                    .await;
                 tracing::info!(service = %key, ips = %ips, term = %term, "assigned");
                 bump(&ctx.pools_dirty);
             }
@@ -1153,11 +1084,10 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             } else {
                 "AllocationFailed"
             };
-            let message = e.to_string();
-            let news = ctx.lock().newly_failed(&key, reason, &message);
-            if news {
-                ctx.events.warning(&oref, reason, "Allocate", message).await;
-            }
+            // A Service that keeps failing the same way is retried with backoff but told once: the
+            // recorder folds the identical Warning into the first one's series (10,000 Services no pool
+            // served made ~70,000 Event writes in 10 minutes when each retry was one).
+            ctx.events.warning(&oref, reason, "Allocate", e.to_string()).await;
             Err(e.into())
         }
     }
@@ -1583,24 +1513,6 @@ mod tests {
         }
     }
 
-    /// The same failure of a Service is told once; another failure, or the same after a success, again.
-    #[test]
-    fn a_repeated_allocation_failure_is_told_once() {
-        let mut st = State::default();
-        let (a, b) = (ServiceKey::new("ns", "a"), ServiceKey::new("ns", "b"));
-        assert!(st.newly_failed(&a, "AllocationFailed", "no pool"));
-        assert!(!st.newly_failed(&a, "AllocationFailed", "no pool"));
-        assert!(st.newly_failed(&b, "AllocationFailed", "no pool"));
-        assert!(st.newly_failed(&a, "AllocationFailed", "pool p is full"));
-        assert!(st.newly_failed(&a, "SharingConflict", "pool p is full"));
-        // A success (or a release) forgets it: the next failure is news.
-        st.reported.remove(&a);
-        assert!(st.newly_failed(&a, "SharingConflict", "pool p is full"));
-        // A deleted Service forgets it too.
-        release_deleted(&mut st, &b, None);
-        assert!(st.newly_failed(&b, "AllocationFailed", "no pool"));
-    }
-
     /// The status write carries the annotation (and the resourceVersion precondition) only when asked.
     #[test]
     fn status_body_carries_the_annotation_when_given() {
@@ -1631,26 +1543,13 @@ mod tests {
         assert!(!m.may_carry());
     }
 
-    /// BURST Events in a row, then PER_SECOND; tokens never exceed BURST.
+    /// The Normal budget stays lb's (100, then 5/s); the rest is the kit's default.
     #[test]
-    fn event_budget_allows_a_burst_then_a_rate() {
-        let t0 = std::time::Instant::now();
-        let mut b = EventBudget::new(t0);
-        let burst = (0..1000).filter(|_| b.take(t0)).count();
-        assert_eq!(burst, EventBudget::BURST as usize);
-        assert!(!b.take(t0));
-        // One second later: PER_SECOND more.
-        let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(
-            (0..100).filter(|_| b.take(t1)).count(),
-            EventBudget::PER_SECOND as usize
-        );
-        // A long quiet time refills to BURST, not beyond.
-        let t2 = t1 + Duration::from_secs(3600);
-        assert_eq!(
-            (0..1000).filter(|_| b.take(t2)).count(),
-            EventBudget::BURST as usize
-        );
+    fn event_limits_keep_the_ip_allocated_budget() {
+        let l = event_limits();
+        assert_eq!(l.normal, Some(RateLimit::new(100, Duration::from_millis(200))));
+        assert_eq!(l.per_object, EventLimits::default().per_object);
+        assert_eq!(l.validate(), Ok(()));
     }
 
     #[test]
