@@ -14,6 +14,7 @@
 //! finish its in-flight requests (`graceful_shutdown`) and waits up to the drain timeout.
 
 mod access_log;
+mod framing;
 mod handler;
 pub mod metrics;
 pub mod proxy_protocol;
@@ -347,10 +348,12 @@ impl Proxy {
                                 .tls_handshakes
                                 .with_label_values(&[version, alpn])
                                 .inc();
-                            if alpn == "h2" {
+                            // HTTP/2 has no HTTP/1 framing to check.
+                            let h1 = alpn != "h2";
+                            if !h1 {
                                 state.classify("h2");
                             }
-                            serve_connection(shared, builder, info, state, stream, shutdown).await
+                            serve_connection(shared, builder, info, state, stream, h1, shutdown).await
                         }
                         Ok(Err(e)) => {
                             let reason = metrics::tls_error_reason(&e);
@@ -368,7 +371,9 @@ impl Proxy {
                         }
                     }
                 } else {
-                    serve_connection::<TcpStream>(shared, builder, info, state, stream, shutdown).await;
+                    // h2c with prior knowledge is told apart by the scanner (its preface is no
+                    // HTTP/1 request line) and passed through.
+                    serve_connection::<TcpStream>(shared, builder, info, state, stream, true, shutdown).await;
                 }
             });
         }
@@ -410,10 +415,18 @@ async fn serve_connection<I>(
     info: ConnInfo,
     state: Arc<ConnState>,
     io: I,
+    h1: bool,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Request smuggling checks hyper does not make (see framing.rs), below hyper's HTTP/1 parser.
+    let scanner = if h1 {
+        framing::Scanner::new(shared.config.max_header_bytes, shared.config.max_headers)
+    } else {
+        framing::Scanner::passthrough()
+    };
+    let io = framing::FramedIo::new(io, scanner, info.peer);
     let (io, idle) = idle::IdleIo::new(io);
     let svc_shared = shared.clone();
     let conn = Conn::new(info, state);
@@ -424,7 +437,12 @@ async fn serve_connection<I>(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                let reason = metrics::downstream_error_reason(&*e);
+                // A request the framing checks refused is a parse error like hyper's own.
+                let reason = if framing::is_violation(&*e) {
+                    "parse"
+                } else {
+                    metrics::downstream_error_reason(&*e)
+                };
                 let listener = if info.tls { "https" } else { "http" };
                 shared
                     .metrics
