@@ -160,6 +160,25 @@ fn met(ok: bool) -> &'static str {
     if ok { "**met**" } else { "**not met**" }
 }
 
+/// Issue #11's memory goals at 10,000 Services: the controller at most 100 MB, each speaker at most 60 MB.
+const LB_CONTROLLER_RSS_GOAL_KIB: u64 = 100 * 1024;
+const LB_SPEAKER_RSS_GOAL_KIB: u64 = 60 * 1024;
+
+/// The Target cell of the "RSS at N Services" row: each goal with met / not met from `r` (a process
+/// that was not running does not meet its goal).
+fn lb_rss_goal(r: &Rss) -> String {
+    let controller = r.controller.is_some_and(|k| k <= LB_CONTROLLER_RSS_GOAL_KIB);
+    let speakers = !r.speakers.is_empty()
+        && r.speakers
+            .iter()
+            .all(|(_, k)| k.is_some_and(|k| k <= LB_SPEAKER_RSS_GOAL_KIB));
+    format!(
+        "controller ≤ 100 MB: {}; each speaker ≤ 60 MB: {}",
+        met(controller),
+        met(speakers)
+    )
+}
+
 fn speakers(r: &Rss) -> String {
     r.speakers
         .iter()
@@ -627,7 +646,7 @@ fn lb_markdown(w: &mut String, m: &Machine, r: &LbResults) {
     let _ = writeln!(w, "### Results\n");
     let _ = writeln!(
         w,
-        "| Benchmark | Ferrite (measured here) | Target (issue #3) | MetalLB L2 (reported, **not measured here**) |"
+        "| Benchmark | Ferrite (measured here) | Target (issue #11) | MetalLB L2 (reported, **not measured here**) |"
     );
     let _ = writeln!(w, "|---|---|---|---|");
     if !parts.latency {
@@ -822,7 +841,7 @@ fn lb_markdown(w: &mut String, m: &Machine, r: &LbResults) {
     }
     let _ = writeln!(
         w,
-        "| RSS idle: controller; speakers | {}; {} | < 30 MB: {} | not measured here |",
+        "| RSS idle: controller; speakers | {}; {} | < 30 MB (issue #3): {} | not measured here |",
         mb(r.rss_idle.controller),
         speakers(&r.rss_idle),
         met(idle_ok)
@@ -837,10 +856,11 @@ fn lb_markdown(w: &mut String, m: &Machine, r: &LbResults) {
     if parts.alloc {
         let _ = writeln!(
             w,
-            "| RSS at {} Services | {}; {} | – | not measured here |",
+            "| RSS at {} Services | {}; {} | {} | not measured here |",
             a.n,
             mb(r.rss_loaded.controller),
-            speakers(&r.rss_loaded)
+            speakers(&r.rss_loaded),
+            lb_rss_goal(&r.rss_loaded)
         );
     }
     let _ = writeln!(w);
@@ -1250,4 +1270,60 @@ fn dns_markdown(w: &mut String, m: &Machine, d: &DnsResults) {
         "- Only loopback is used; the zone's addresses are in 198.18.0.0/15 (RFC 2544 benchmarking range) and are \
          only written into answers."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lb_rss_goal_cell_says_met_or_not_met_per_goal() {
+        let rss = |controller: Option<u64>, speakers: &[Option<u64>]| Rss {
+            controller,
+            speakers: speakers
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (format!("node-{i}"), *k))
+                .collect(),
+        };
+        // (case, controller KiB, speakers KiB, want)
+        type Case = (&'static str, Option<u64>, Vec<Option<u64>>, &'static str);
+        let cases: [Case; 5] = [
+            (
+                "both met, at the limits",
+                Some(100 * 1024),
+                vec![Some(60 * 1024), Some(55 * 1024)],
+                "controller ≤ 100 MB: **met**; each speaker ≤ 60 MB: **met**",
+            ),
+            (
+                // docs/benchmarks.md at ec5320d: 96.0 MB; 95.1 / 78.6 / 97.2 MB.
+                "the ec5320d run",
+                Some(98_304),
+                vec![Some(97_382), Some(80_486), Some(99_533)],
+                "controller ≤ 100 MB: **met**; each speaker ≤ 60 MB: **not met**",
+            ),
+            (
+                "one speaker over",
+                Some(50 * 1024),
+                vec![Some(59 * 1024), Some(61 * 1024)],
+                "controller ≤ 100 MB: **met**; each speaker ≤ 60 MB: **not met**",
+            ),
+            (
+                "controller over",
+                Some(100 * 1024 + 1),
+                vec![Some(1024)],
+                "controller ≤ 100 MB: **not met**; each speaker ≤ 60 MB: **met**",
+            ),
+            (
+                "nothing running",
+                None,
+                vec![None],
+                "controller ≤ 100 MB: **not met**; each speaker ≤ 60 MB: **not met**",
+            ),
+        ];
+        for (name, controller, speakers, want) in cases {
+            assert_eq!(lb_rss_goal(&rss(controller, &speakers)), want, "{name}");
+        }
+        assert!(lb_rss_goal(&rss(Some(1), &[])).ends_with("speaker ≤ 60 MB: **not met**"));
+    }
 }
