@@ -168,6 +168,34 @@ async fn annotations_choose_pool_and_address_including_metallb_aliases() {
     );
     let note = wait_event(kb, &ns, "legacy", "DeprecatedAnnotation").await;
     assert!(note.contains("metallb.io/loadBalancerIPs"), "{note}");
+    // Said again on every reconcile (the create, the status write, each change below): one Event all the
+    // same, the repeats counted in its series instead of published again.
+    for i in 0..3 {
+        let touch = json!({"metadata": {"labels": {"touched": i.to_string()}}});
+        svcs.patch("legacy", &PatchParams::default(), &Patch::Merge(&touch))
+            .await
+            .expect("labelled");
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(kb.client().await, &ns);
+    let deprecated = || async {
+        let list = events.list(&Default::default()).await.expect("listed");
+        list.items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("DeprecatedAnnotation")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("legacy")
+            })
+            .collect::<Vec<_>>()
+    };
+    let count = eventually(
+        Duration::from_secs(10),
+        "DeprecatedAnnotation repeats in its series",
+        || async { deprecated().await.first()?.series.as_ref().map(|s| s.count) },
+    )
+    .await;
+    assert!(count >= 2, "{count}");
+    let all = deprecated().await;
+    assert_eq!(all.len(), 1, "one Event, not one per reconcile: {all:?}");
 }
 
 #[tokio::test]
