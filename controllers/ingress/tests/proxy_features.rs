@@ -671,7 +671,10 @@ async fn body_limit_upstream_timeout_and_overload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_encoding_probes_are_refused_and_closed() {
     let p = start(|_| {}).await;
-    let probes: [&[u8]; 5] = [
+    let probes: [&[u8]; 8] = [
+        b"POST /a HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /a HTTP/1.0\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -688,10 +691,17 @@ async fn transfer_encoding_probes_are_refused_and_closed() {
         assert!(closed, "connection kept after {}", String::from_utf8_lossy(probe));
         assert_eq!(r.matches("HTTP/1.1").count(), 1, "{r}");
     }
-    // hyper answers these itself: counted as downstream errors.
+    // Refused below the request path (the framing checks, or hyper itself): counted as
+    // downstream parse errors, never as requests.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        p.metric("ferrite_ingress_downstream_errors_total{listener=\"http\",reason=\"parse\"}") >= 2.0,
+        p.metric("ferrite_ingress_downstream_errors_total{listener=\"http\",reason=\"parse\"}")
+            >= probes.len() as f64,
+        "{}",
+        p.scrape()
+    );
+    assert!(
+        !p.scrape().contains("ferrite_ingress_requests_total{"),
         "{}",
         p.scrape()
     );
@@ -1148,5 +1158,54 @@ async fn endpoint_changes_under_load_fail_no_request() {
         total += ok;
     }
     assert!(total >= 100, "load too small: {total}");
+    p.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_over_tls_negotiates_alpn_http_1_0() {
+    let p = start(|_| {}).await;
+    let port = p.https.port();
+    // curl --http1.0 offers only `http/1.0` in ALPN: without it in the server's list, rustls
+    // refuses the handshake (no_application_protocol, curl exit 35).
+    let (code, body, err) = curl(&[
+        "-k",
+        "-v",
+        "--http1.0",
+        "--resolve",
+        &format!("tls.test:{port}:127.0.0.1"),
+        &format!("https://tls.test:{port}/x"),
+    ])
+    .await;
+    assert_eq!(code, 200, "{err}");
+    assert!(body.contains("backend=A"), "{body}");
+    assert!(err.contains("ALPN: offers http/1.0"), "{err}");
+    assert!(err.contains("< HTTP/1.0 200"), "{err}");
+    // The other protocols are still negotiated as before.
+    for (flag, want) in [
+        ("--http1.1", "ALPN: server accepted http/1.1"),
+        ("--http2", "ALPN: server accepted h2"),
+    ] {
+        let (code, _, err) = curl(&[
+            "-k",
+            "-v",
+            flag,
+            "--resolve",
+            &format!("tls.test:{port}:127.0.0.1"),
+            &format!("https://tls.test:{port}/x"),
+        ])
+        .await;
+        assert_eq!(code, 200, "{flag}: {err}");
+        assert!(err.contains(want), "{flag}: {err}");
+    }
+    for alpn in ["http/1.0", "http/1.1", "h2"] {
+        assert_eq!(
+            p.metric(&format!(
+                "ferrite_ingress_tls_handshakes_total{{alpn=\"{alpn}\",version=\"TLSv1.3\"}}"
+            )),
+            1.0,
+            "{}",
+            p.scrape()
+        );
+    }
     p.cancel.cancel();
 }
