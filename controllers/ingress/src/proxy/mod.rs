@@ -2,7 +2,7 @@
 //! [`Snapshot`] the controller swaps atomically.
 //!
 //! ```text
-//!   :80  ── TCP ─────────────────────────┐
+//!   :80  ── TCP ─────────────────────────┐   framing checks (HTTP/1: CL+TE, repeated CL -> 400)
 //!                                         ├─> hyper-util auto (HTTP/1.1 | HTTP/2) ──> handler::handle
 //!   :443 ── TCP ── rustls (SNI -> cert ──┘        header read timeout, header limits      │
 //!                  from the snapshot,                                                     v
