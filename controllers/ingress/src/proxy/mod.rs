@@ -340,6 +340,7 @@ impl Proxy {
                             let alpn = match session.alpn_protocol() {
                                 Some(b"h2") => "h2",
                                 Some(b"http/1.1") => "http/1.1",
+                                Some(b"http/1.0") => "http/1.0",
                                 Some(_) => "other",
                                 None => "none",
                             };

@@ -1,6 +1,8 @@
 //! TLS for the HTTPS listener: rustls on the process's crypto provider (aws-lc-rs), TLS 1.2 and 1.3
-//! only, ALPN `h2` then `http/1.1`, and a certificate resolver that reads the current snapshot on
-//! every handshake, so a new certificate is served from the next handshake on without a restart.
+//! only, ALPN `h2`, `http/1.1`, `http/1.0` (in that order of preference; a client offering only
+//! `http/1.0`, as `curl --http1.0` does, would otherwise fail the handshake), and a certificate
+//! resolver that reads the current snapshot on every handshake, so a new certificate is served from
+//! the next handshake on without a restart.
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub fn server_config(snapshot: Arc<SharedSnapshot>) -> Result<ServerConfig, rust
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SnapshotResolver(snapshot)));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // nginx selects from `h2, http/1.1, http/1.0`; rustls refuses a ClientHello whose ALPN list has
+    // no overlap (`no_application_protocol`), so HTTP/1.0 must be listed for HTTP/1.0 clients.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(config)
 }
