@@ -43,7 +43,8 @@ pub mod annotations {
     /// Written by the allocator: the IPPool the Service's addresses come from (comma separated, in the
     /// order of `status.loadBalancer.ingress`, when two families come from two pools).
     pub const IP_ALLOCATED_FROM_POOL: &str = "lb.ferrite.dev/ip-allocated-from-pool";
-    /// MetalLB's spelling of [`IP_ALLOCATED_FROM_POOL`] (read by `import-metallb` only; never written).
+    /// MetalLB's spelling of [`IP_ALLOCATED_FROM_POOL`]: written by the allocator with the same value
+    /// (a migrated Service's stale MetalLB pool is rewritten), read by `import-metallb`.
     pub const METALLB_IP_ALLOCATED_FROM_POOL: &str = "metallb.io/ip-allocated-from-pool";
 }
 

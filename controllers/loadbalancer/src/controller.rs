@@ -857,13 +857,15 @@ fn status_body(
     status: serde_json::Value,
     pools: Option<&str>,
 ) -> serde_json::Value {
-    use ferrite_api::lb::annotations::IP_ALLOCATED_FROM_POOL;
+    use ferrite_api::lb::annotations::{IP_ALLOCATED_FROM_POOL, METALLB_IP_ALLOCATED_FROM_POOL};
     let mut meta = serde_json::json!({ "name": name });
     if let Some(rv) = resource_version {
         meta["resourceVersion"] = rv.into();
     }
     if let Some(pools) = pools {
-        meta["annotations"] = serde_json::json!({ IP_ALLOCATED_FROM_POOL: pools });
+        // MetalLB's key with the same value, so what reads MetalLB's annotation stays right.
+        meta["annotations"] =
+            serde_json::json!({ IP_ALLOCATED_FROM_POOL: pools, METALLB_IP_ALLOCATED_FROM_POOL: pools });
     }
     serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": meta, "status": status})
 }
@@ -871,14 +873,23 @@ fn status_body(
 /// The merge patch that makes the Service's annotations say `pools` (`None`: no
 /// `ip-allocated-from-pool`) without the old `announcing-node`; `None` when they already do.
 fn annotation_patch(svc: &Service, pools: Option<String>) -> Option<serde_json::Value> {
-    use ferrite_api::lb::annotations::{ANNOUNCING_NODE, IP_ALLOCATED_FROM_POOL};
+    use ferrite_api::lb::annotations::{
+        ANNOUNCING_NODE, IP_ALLOCATED_FROM_POOL, METALLB_IP_ALLOCATED_FROM_POOL,
+    };
     let have = svc.annotations();
     let mut changes = serde_json::Map::new();
-    if have.get(IP_ALLOCATED_FROM_POOL) != pools.as_ref() {
-        changes.insert(
-            IP_ALLOCATED_FROM_POOL.to_string(),
-            pools.map_or(serde_json::Value::Null, serde_json::Value::String),
-        );
+    // Ferrite's key and MetalLB's, with one value: a Service MetalLB allocated before the migration
+    // must not keep naming MetalLB's pool once Ferrite moves it, and tools that read MetalLB's key
+    // keep working; both go when the Service loses its addresses (as MetalLB's clearServiceState).
+    for key in [IP_ALLOCATED_FROM_POOL, METALLB_IP_ALLOCATED_FROM_POOL] {
+        if have.get(key) != pools.as_ref() {
+            changes.insert(
+                key.to_string(),
+                pools
+                    .clone()
+                    .map_or(serde_json::Value::Null, serde_json::Value::String),
+            );
+        }
     }
     if have.contains_key(ANNOUNCING_NODE) {
         changes.insert(ANNOUNCING_NODE.to_string(), serde_json::Value::Null);
@@ -1469,36 +1480,46 @@ mod tests {
         assert_eq!(pools_annotation(&pools(&[None])), None);
         assert_eq!(pools_annotation(&[]), None);
 
+        const F: &str = "lb.ferrite.dev/ip-allocated-from-pool";
+        const M: &str = "metallb.io/ip-allocated-from-pool";
         // (case, annotations now, wanted pools, patch)
         let cases = [
-            (
-                "new",
-                json!({}),
-                Some("lan"),
-                Some(json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan"})),
-            ),
-            (
-                "same",
-                json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan"}),
-                Some("lan"),
-                None,
-            ),
+            ("new", json!({}), Some("lan"), Some(json!({F: "lan", M: "lan"}))),
+            ("same", json!({F: "lan", M: "lan"}), Some("lan"), None),
             (
                 "moved",
-                json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan"}),
+                json!({F: "lan", M: "lan"}),
                 Some("dmz"),
-                Some(json!({"lb.ferrite.dev/ip-allocated-from-pool": "dmz"})),
+                Some(json!({F: "dmz", M: "dmz"})),
+            ),
+            (
+                "migrated from MetalLB: its stale pool is rewritten",
+                json!({M: "metallb-pool"}),
+                Some("lan"),
+                Some(json!({F: "lan", M: "lan"})),
+            ),
+            (
+                "an earlier release wrote only Ferrite's key",
+                json!({F: "lan"}),
+                Some("lan"),
+                Some(json!({M: "lan"})),
             ),
             (
                 "lost its addresses",
-                json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan", "x": "y"}),
+                json!({F: "lan", M: "lan", "x": "y"}),
                 None,
-                Some(json!({"lb.ferrite.dev/ip-allocated-from-pool": null})),
+                Some(json!({F: null, M: null})),
+            ),
+            (
+                "lost its addresses, MetalLB's key only",
+                json!({M: "metallb-pool"}),
+                None,
+                Some(json!({M: null})),
             ),
             ("nothing to remove", json!({"x": "y"}), None, None),
             (
                 "old announcing-node",
-                json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan", "lb.ferrite.dev/announcing-node": "n1"}),
+                json!({F: "lan", M: "lan", "lb.ferrite.dev/announcing-node": "n1"}),
                 Some("lan"),
                 Some(json!({"lb.ferrite.dev/announcing-node": null})),
             ),
@@ -1522,12 +1543,14 @@ mod tests {
             b,
             json!({"apiVersion": "v1", "kind": "Service", "status": st,
                    "metadata": {"name": "web", "resourceVersion": "7",
-                                "annotations": {"lb.ferrite.dev/ip-allocated-from-pool": "lan"}}})
+                                "annotations": {"lb.ferrite.dev/ip-allocated-from-pool": "lan",
+                                                "metallb.io/ip-allocated-from-pool": "lan"}}})
         );
         let b = status_body("web", None, json!({}), None);
         assert_eq!(b["metadata"], json!({"name": "web"}));
         // What the API server returned is what the follow-up patch compares with: nothing left to write.
-        let written = svc(json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan"}));
+        let written = svc(json!({"lb.ferrite.dev/ip-allocated-from-pool": "lan",
+                                 "metallb.io/ip-allocated-from-pool": "lan"}));
         assert_eq!(annotation_patch(&written, Some("lan".into())), None);
     }
 

@@ -804,8 +804,9 @@ async fn local_services_share_only_with_local_services_of_the_same_selector() {
     );
 }
 
-/// The allocator names the pool in lb.ferrite.dev/ip-allocated-from-pool, removes it when the Service
-/// loses its addresses, and strips the announcing-node annotation of earlier releases.
+/// The allocator names the pool in lb.ferrite.dev/ip-allocated-from-pool and, with the same value, in
+/// MetalLB's metallb.io/ip-allocated-from-pool (a stale value MetalLB left is rewritten), removes both
+/// when the Service loses its addresses, and strips the announcing-node annotation of earlier releases.
 #[tokio::test]
 async fn ip_allocated_from_pool_is_written_and_removed() {
     let kb = controller().await;
@@ -819,7 +820,8 @@ async fn ip_allocated_from_pool_is_written_and_removed() {
         &svcs,
         lb_service(
             "web",
-            json!({"lb.ferrite.dev/announcing-node": "old-node"}),
+            json!({"lb.ferrite.dev/announcing-node": "old-node",
+                   "metallb.io/ip-allocated-from-pool": "metallb-pool"}),
             json!([{"port": 80}]),
         ),
     )
@@ -834,7 +836,9 @@ async fn ip_allocated_from_pool_is_written_and_removed() {
                 || async {
                     let s = svcs.get("web").await.ok()?;
                     let a = annotations(&s);
-                    (a.get("lb.ferrite.dev/ip-allocated-from-pool") == want.as_ref()).then_some(s)
+                    (a.get("lb.ferrite.dev/ip-allocated-from-pool") == want.as_ref()
+                        && a.get("metallb.io/ip-allocated-from-pool") == want.as_ref())
+                    .then_some(s)
                 },
             )
             .await
