@@ -555,6 +555,9 @@ struct BodyState {
     seen: AtomicU64,
     /// The size limit was passed (the upstream error becomes a 413).
     over: AtomicBool,
+    /// Reading it from the client failed (invalid chunked framing, the client gone mid-body): the
+    /// upstream error becomes a 400, as in nginx.
+    bad: AtomicBool,
     /// Read to its end: the upstream connection is idle once the response is too.
     done: AtomicBool,
 }
@@ -592,7 +595,10 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                self.state.bad.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => {
                 self.state.done.store(true, Ordering::Relaxed);
                 Poll::Ready(None)
@@ -1059,6 +1065,10 @@ async fn forward(
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return resp;
+                }
+                if state.bad.load(Ordering::Relaxed) {
+                    tracing::debug!(%endpoint, error = %e, "request body refused");
+                    return bad_request("Bad Request: invalid request body");
                 }
                 tracing::debug!(%endpoint, error = %e, "upstream request failed");
                 return local_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
