@@ -128,6 +128,8 @@ impl App {
         } else {
             (Leadership::always(identity), None)
         };
+        let watch_metrics = crate::watch::WatchMetrics::register(&registry)
+            .map_err(|e| crate::Error::Setup(format!("registering watch metrics: {e}")))?;
         if election.is_some() {
             let gauge = prometheus::IntGauge::new(
                 format!("ferrite_{name}_leader"),
@@ -150,7 +152,7 @@ impl App {
             liveness,
             routes,
             leadership,
-            watches: crate::watch::Watches::new(shutdown.clone()),
+            watches: crate::watch::Watches::new(shutdown.clone()).with_metrics(watch_metrics),
             shutdown,
             metrics,
             metrics_registered: std::sync::Once::new(),

@@ -26,10 +26,11 @@
 //! it joined. This module keeps kube's `Store` and `Controller::for_shared_stream` and replaces the
 //! dispatch.
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, future::BoxFuture, stream::BoxStream};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Resource,
+    api::{ListParams, WatchEvent, WatchParams},
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
@@ -43,8 +44,9 @@ use std::{
     fmt::Debug,
     hash::Hash,
     sync::{Arc, Mutex, Weak},
+    time::Duration,
 };
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The annotation `kubectl apply` leaves on objects: a full copy of the applied object.
@@ -294,9 +296,10 @@ where
     K: Watchable + serde::de::DeserializeOwned,
     K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
 {
-    /// Starts watching `api` with `config` (full objects), trimmed by `trim`, until `shutdown`.
+    /// Starts watching `api` with `config` (full objects), trimmed by `trim`, until `shutdown`, with
+    /// the default [`StallCheck`] and no metrics.
     pub fn new(api: Api<K>, config: watcher::Config, trim: Trim, shutdown: CancellationToken) -> Self {
-        Self::from_source(watcher(api, config).default_backoff().boxed(), trim, shutdown)
+        Self::new_with(api, config, trim, None, WatchOptions::default(), shutdown)
     }
 
     /// Like [`SharedWatch::new`], with every object also changed by `transform` before it is cached.
@@ -307,10 +310,42 @@ where
         transform: Transform<K>,
         shutdown: CancellationToken,
     ) -> Self {
-        Self::from_source_transformed(
-            watcher(api, config).default_backoff().boxed(),
+        Self::new_with(
+            api,
+            config,
             trim,
             Some(transform),
+            WatchOptions::default(),
+            shutdown,
+        )
+    }
+
+    /// Like [`SharedWatch::new_transformed`] (no transform when `None`), with `options`: the stall
+    /// check (a probe of the API server when the watch has gone quiet; a restart when it stalled)
+    /// and the metrics it counts restarts in.
+    pub fn new_with(
+        api: Api<K>,
+        config: watcher::Config,
+        trim: Trim,
+        transform: Option<Transform<K>>,
+        options: WatchOptions,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let probe = Arc::new(ApiProbe {
+            api: api.clone(),
+            label_selector: config.label_selector.clone(),
+            field_selector: config.field_selector.clone(),
+        });
+        let make = move || watcher(api.clone(), config.clone()).default_backoff().boxed();
+        Self::start(
+            Source::Restartable {
+                make: Box::new(make),
+                probe,
+                check: options.stall,
+                metrics: options.metrics,
+            },
+            trim,
+            transform,
             shutdown,
         )
     }
@@ -321,9 +356,10 @@ where
     K: Watchable,
     K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
 {
-    /// Runs `source` (a watcher stream) into a shared cache until `shutdown`.
+    /// Runs `source` (a watcher stream) into a shared cache until `shutdown`. A fixed stream cannot be
+    /// restarted, so there is no stall check (see [`SharedWatch::from_restartable`]).
     pub fn from_source(
-        source: futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>,
+        source: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
         trim: Trim,
         shutdown: CancellationToken,
     ) -> Self {
@@ -332,48 +368,52 @@ where
 
     /// Like [`SharedWatch::from_source`], each object trimmed, then changed by `transform` (if any).
     pub fn from_source_transformed(
-        source: futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>,
+        source: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
         trim: Trim,
         transform: Option<Transform<K>>,
         shutdown: CancellationToken,
     ) -> Self {
-        let mut writer: Writer<K> = Writer::default();
+        Self::start(Source::Fixed(source), trim, transform, shutdown)
+    }
+
+    /// Runs the watcher streams `make` builds into a shared cache until `shutdown`, checking with
+    /// `probe` as `options.stall` says that the current stream still delivers: one that stalled is
+    /// dropped and `make` called again (a new watch, which lists first; subscribers get `Deleted`
+    /// for what vanished meanwhile, as after any relist). [`SharedWatch::new_with`] uses the API
+    /// server; tests give fake streams and a fake probe.
+    pub fn from_restartable(
+        make: impl Fn() -> BoxStream<'static, watcher::Result<watcher::Event<K>>> + Send + 'static,
+        probe: Arc<dyn Probe>,
+        trim: Trim,
+        options: WatchOptions,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self::start(
+            Source::Restartable {
+                make: Box::new(make),
+                probe,
+                check: options.stall,
+                metrics: options.metrics,
+            },
+            trim,
+            None,
+            shutdown,
+        )
+    }
+
+    fn start(
+        source: Source<K>,
+        trim: Trim,
+        transform: Option<Transform<K>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let writer: Writer<K> = Writer::default();
         let inner = Arc::new(Inner {
             store: writer.as_reader(),
             subscribers: Mutex::new(Vec::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
         });
-        let task_inner = inner.clone();
-        tokio::spawn(async move {
-            let inner = task_inner;
-            let mut source = source;
-            let plural = K::plural(&K::DynamicType::default()).to_string();
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    ev = source.next() => ev,
-                };
-                match ev {
-                    None => break,
-                    Some(Err(e)) => {
-                        tracing::warn!(watch = %plural, error = %e, "watch failed; retrying with backoff")
-                    }
-                    Some(Ok(mut ev)) => {
-                        trim.event(&mut ev);
-                        if let Some(t) = &transform {
-                            t.event(&mut ev);
-                        }
-                        let before = matches!(ev, watcher::Event::InitDone).then(|| inner.store.state());
-                        writer.apply_watcher_event(&ev);
-                        fan_out(&inner, ev, before);
-                    }
-                }
-            }
-            inner.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-            for q in live(&inner) {
-                q.close();
-            }
-        });
+        tokio::spawn(run(inner.clone(), writer, source, trim, transform, shutdown));
         Self { inner }
     }
 
@@ -447,6 +487,588 @@ where
         .iter()
         .filter_map(Weak::upgrade)
         .collect()
+}
+
+/// When a shared watch checks that it still delivers, and how long it waits (module docs:
+/// "Stalled watches"). The defaults suit every controller; [`Watches::with_stall_check`] changes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StallCheck {
+    /// The first probe, once the watch has delivered no change for this long.
+    pub quiet: Duration,
+    /// Each probe that finds nothing missing doubles the wait before the next, up to this; a change
+    /// delivered brings it back to `quiet`.
+    pub max_quiet: Duration,
+    /// How long changes a probe found may stay missing from the cache (and no change be delivered)
+    /// before the watch counts as stalled and is restarted.
+    pub grace: Duration,
+}
+
+impl Default for StallCheck {
+    fn default() -> Self {
+        Self {
+            quiet: Duration::from_secs(5),
+            max_quiet: Duration::from_secs(60),
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Options of one shared watch beyond what it watches.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// The stall check; `None`: none (the watch then relies on kube-runtime alone).
+    pub stall: Option<StallCheck>,
+    /// Where restarts are counted; `None`: not counted (still logged).
+    pub metrics: Option<WatchMetrics>,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            stall: Some(StallCheck::default()),
+            metrics: None,
+        }
+    }
+}
+
+/// The kit's watch metrics: `ferrite_watch_restarts_total{resource, reason}`, the watches the kit
+/// dropped and started again because they had stalled (`reason="stalled"`: a probe watch saw changes
+/// the watch did not deliver; `reason="diverged"`: the watch was too far behind to probe, and a list
+/// differed from the cache). [`crate::App`] registers them in its registry.
+#[derive(Clone, Debug)]
+pub struct WatchMetrics {
+    restarts: prometheus::IntCounterVec,
+}
+
+impl WatchMetrics {
+    /// The metrics, not registered.
+    pub fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            restarts: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "ferrite_watch_restarts_total",
+                    "Shared watches restarted (a new list and watch) because they stopped delivering, by resource and reason (stalled, diverged).",
+                ),
+                &["resource", "reason"],
+            )?,
+        })
+    }
+
+    /// The metrics, registered in `registry`.
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let m = Self::new()?;
+        registry.register(Box::new(m.restarts.clone()))?;
+        Ok(m)
+    }
+
+    /// Restarts counted for `resource` and `reason`.
+    pub fn restarts(&self, resource: &str, reason: &str) -> u64 {
+        self.restarts.with_label_values(&[resource, reason]).get()
+    }
+
+    fn show(&self, resource: &str) {
+        for r in [REASON_STALLED, REASON_DIVERGED] {
+            self.restarts.with_label_values(&[resource, r]);
+        }
+    }
+
+    fn restarted(&self, resource: &str, reason: &str) {
+        self.restarts.with_label_values(&[resource, reason]).inc();
+    }
+}
+
+const REASON_STALLED: &str = "stalled";
+const REASON_DIVERGED: &str = "diverged";
+
+/// One object as a probe of the API server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// Its name.
+    pub name: String,
+    /// Its namespace (`None`: cluster-scoped).
+    pub namespace: Option<String>,
+    /// Its resourceVersion then (of the delete, for a deleted object).
+    pub resource_version: String,
+    /// Seen deleted.
+    pub deleted: bool,
+}
+
+impl Seen {
+    fn of(meta: &ObjectMeta, deleted: bool) -> Self {
+        Self {
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone(),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+            deleted,
+        }
+    }
+}
+
+/// What a [`Probe`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probed {
+    /// The changes after the resourceVersion probed from (a short watch from it).
+    Changes(Vec<Seen>),
+    /// That resourceVersion was too old to watch from (410 Gone): the collection as listed now (every
+    /// object, none `deleted`) and the list's resourceVersion.
+    Listed {
+        /// The objects.
+        items: Vec<Seen>,
+        /// The list's resourceVersion.
+        resource_version: String,
+    },
+}
+
+/// Asks the API server what changed since a resourceVersion, for the stall check.
+pub trait Probe: Send + Sync + 'static {
+    /// Changes after `since` (the last resourceVersion the watch delivered; `None`: it delivered
+    /// none, so everything there is counts).
+    fn probe(&self, since: Option<String>) -> BoxFuture<'static, Result<Probed, String>>;
+}
+
+/// How long a probe watch reads (the API server replays what it has after the resourceVersion at
+/// once; the watch asks to end after 1 s).
+const PROBE_READ: Duration = Duration::from_secs(2);
+/// A probe stops after this many changes: one missing is enough to know.
+const PROBE_MAX: usize = 500;
+
+/// The probe of [`SharedWatch::new_with`]: a metadata-only watch from the resourceVersion with the
+/// watch's selectors, 1 s long; when that resourceVersion is gone (410), a metadata-only list.
+struct ApiProbe<K> {
+    api: Api<K>,
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+}
+
+impl<K> Probe for ApiProbe<K>
+where
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    fn probe(&self, since: Option<String>) -> BoxFuture<'static, Result<Probed, String>> {
+        let api = self.api.clone();
+        let (labels, fields) = (self.label_selector.clone(), self.field_selector.clone());
+        async move {
+            let wp = WatchParams {
+                label_selector: labels.clone(),
+                field_selector: fields.clone(),
+                timeout: Some(1),
+                bookmarks: false,
+                send_initial_events: false,
+            };
+            let from = since.unwrap_or_else(|| "0".to_string());
+            let stream = match api.watch_metadata(&wp, &from).await {
+                Ok(s) => s,
+                Err(kube::Error::Api(s)) if s.code == 410 => return list_all(&api, labels, fields).await,
+                Err(e) => return Err(format!("probe watch: {e}")),
+            };
+            let mut stream = std::pin::pin!(stream);
+            let mut changes = Vec::new();
+            let deadline = tokio::time::sleep(PROBE_READ);
+            tokio::pin!(deadline);
+            while changes.len() < PROBE_MAX {
+                let item = tokio::select! {
+                    _ = &mut deadline => break,
+                    item = stream.next() => item,
+                };
+                match item {
+                    None => break,
+                    Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
+                        changes.push(Seen::of(&o.metadata, false))
+                    }
+                    Some(Ok(WatchEvent::Deleted(o))) => changes.push(Seen::of(&o.metadata, true)),
+                    Some(Ok(WatchEvent::Bookmark(_))) => {}
+                    Some(Ok(WatchEvent::Error(s))) if s.code == 410 => {
+                        return list_all(&api, labels, fields).await;
+                    }
+                    Some(Ok(WatchEvent::Error(s))) => return Err(format!("probe watch: {}", s.message)),
+                    Some(Err(e)) => return Err(format!("probe watch: {e}")),
+                }
+            }
+            Ok(Probed::Changes(changes))
+        }
+        .boxed()
+    }
+}
+
+async fn list_all<K>(
+    api: &Api<K>,
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+) -> Result<Probed, String>
+where
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned,
+{
+    let mut lp = ListParams {
+        label_selector,
+        field_selector,
+        limit: Some(500),
+        ..ListParams::default()
+    };
+    let mut items = Vec::new();
+    let mut resource_version = None;
+    loop {
+        let page = api
+            .list_metadata(&lp)
+            .await
+            .map_err(|e| format!("probe list: {e}"))?;
+        if resource_version.is_none() {
+            resource_version = page.metadata.resource_version.clone();
+        }
+        items.extend(page.items.iter().map(|o| Seen::of(&o.metadata, false)));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp.continue_token = Some(c),
+            None => break,
+        }
+    }
+    Ok(Probed::Listed {
+        items,
+        resource_version: resource_version.unwrap_or_default(),
+    })
+}
+
+fn rv_number(rv: &str) -> Option<u64> {
+    rv.parse().ok()
+}
+
+/// True when a cached object at `cached` (its resourceVersion; `None`: not cached) reflects `seen`:
+/// the object at that version or a later one, or gone (or come back later) when seen deleted.
+/// resourceVersions are compared as numbers when both are (etcd's are); otherwise only equality
+/// counts.
+fn reflects(cached: Option<&str>, seen: &Seen) -> bool {
+    match cached {
+        None => seen.deleted,
+        Some(c) => match (rv_number(c), rv_number(&seen.resource_version)) {
+            (Some(c), Some(s)) if seen.deleted => c > s,
+            (Some(c), Some(s)) => c >= s,
+            _ => !seen.deleted && c == seen.resource_version,
+        },
+    }
+}
+
+fn cached_rv<K>(store: &Store<K>, seen: &Seen) -> Option<String>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    let mut key = ObjectRef::<K>::new_with(&seen.name, K::DynamicType::default());
+    if let Some(ns) = &seen.namespace {
+        key = key.within(ns);
+    }
+    store.get(&key).and_then(|o| o.meta().resource_version.clone())
+}
+
+/// What the probe saw that the cache does not reflect. `last_rv` is the last resourceVersion the
+/// watch delivered: a list older than it says nothing (the watch is past it).
+fn missing<K>(store: &Store<K>, probed: &Probed, last_rv: Option<&str>) -> Vec<Seen>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    match probed {
+        Probed::Changes(changes) => still_missing(store, changes),
+        Probed::Listed {
+            items,
+            resource_version,
+        } => {
+            if let (Some(l), Some(r)) = (last_rv.and_then(rv_number), rv_number(resource_version))
+                && l >= r
+            {
+                return Vec::new();
+            }
+            let mut out = still_missing(store, items);
+            let listed: std::collections::HashSet<(Option<&str>, &str)> = items
+                .iter()
+                .map(|s| (s.namespace.as_deref(), s.name.as_str()))
+                .collect();
+            for o in store.state() {
+                let m = o.meta();
+                let (ns, name) = (m.namespace.as_deref(), m.name.as_deref().unwrap_or_default());
+                if !listed.contains(&(ns, name)) {
+                    out.push(Seen {
+                        name: name.to_string(),
+                        namespace: ns.map(str::to_string),
+                        resource_version: resource_version.clone(),
+                        deleted: true,
+                    });
+                }
+            }
+            out
+        }
+    }
+}
+
+fn still_missing<K>(store: &Store<K>, seen: &[Seen]) -> Vec<Seen>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    seen.iter()
+        .filter(|s| !reflects(cached_rv(store, s).as_deref(), s))
+        .cloned()
+        .collect()
+}
+
+/// The stall check's state: when to probe, what a probe found, when to give up on the watch. Pure
+/// (time is passed in), so it is tested without an API server.
+#[derive(Debug)]
+struct Detector {
+    check: StallCheck,
+    /// An InitDone was delivered and no relist is under way: the cache should follow the server.
+    synced: bool,
+    /// The wait before the next probe.
+    wait: Duration,
+    next_probe: Instant,
+    /// The highest (or, not numeric, the latest) resourceVersion delivered.
+    last_rv: Option<String>,
+    /// Changes a probe found missing, the reason, and when the watch counts as stalled.
+    suspect: Option<(Vec<Seen>, &'static str, Instant)>,
+}
+
+/// What the detector wants done.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing wrong.
+    Fine,
+    /// Missing changes; check again at the instant.
+    Suspect(Instant),
+    /// Restart the watch, for this reason.
+    Restart(&'static str, usize),
+}
+
+impl Detector {
+    fn new(check: StallCheck, now: Instant) -> Self {
+        Self {
+            check,
+            synced: false,
+            wait: check.quiet,
+            next_probe: now + check.quiet,
+            last_rv: None,
+            suspect: None,
+        }
+    }
+
+    fn note_rv(&mut self, rv: Option<&str>) {
+        let Some(rv) = rv.filter(|r| !r.is_empty()) else {
+            return;
+        };
+        let newer = match (self.last_rv.as_deref().and_then(rv_number), rv_number(rv)) {
+            (Some(old), Some(new)) => new > old,
+            _ => true,
+        };
+        if newer {
+            self.last_rv = Some(rv.to_string());
+        }
+    }
+
+    /// An event from the watch.
+    fn event<K: Resource>(&mut self, ev: &watcher::Event<K>, now: Instant) {
+        match ev {
+            watcher::Event::Init => {
+                self.synced = false;
+                self.suspect = None;
+            }
+            watcher::Event::InitApply(o) => self.note_rv(o.meta().resource_version.as_deref()),
+            watcher::Event::InitDone => {
+                self.synced = true;
+                self.next_probe = now + self.wait;
+            }
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                self.note_rv(o.meta().resource_version.as_deref());
+                self.suspect = None;
+                self.wait = self.check.quiet;
+                self.next_probe = now + self.wait;
+            }
+        }
+    }
+
+    /// When to start the next probe (`None`: not now: not synced, or changes are suspected).
+    fn probe_at(&self) -> Option<Instant> {
+        (self.synced && self.suspect.is_none()).then_some(self.next_probe)
+    }
+
+    fn backoff(&mut self, now: Instant) {
+        self.wait = (self.wait * 2).min(self.check.max_quiet);
+        self.next_probe = now + self.wait;
+    }
+
+    /// A probe's outcome: the changes the cache does not reflect (`Err`: the probe failed).
+    fn probed(&mut self, missing: Result<Vec<Seen>, String>, listed: bool, now: Instant) -> Verdict {
+        match missing {
+            Ok(m) if !m.is_empty() && self.synced => {
+                let at = now + self.check.grace;
+                let reason = if listed { REASON_DIVERGED } else { REASON_STALLED };
+                self.suspect = Some((m, reason, at));
+                Verdict::Suspect(at)
+            }
+            _ => {
+                self.backoff(now);
+                Verdict::Fine
+            }
+        }
+    }
+
+    /// The changes suspected missing, for a second look at the cache.
+    fn suspected(&self) -> Option<(&[Seen], Instant)> {
+        self.suspect.as_ref().map(|(s, _, at)| (s.as_slice(), *at))
+    }
+
+    /// The second look, after the grace: `still` is what the cache still does not reflect.
+    fn recheck(&mut self, still: usize, now: Instant) -> Verdict {
+        let Some((_, reason, _)) = self.suspect.take() else {
+            return Verdict::Fine;
+        };
+        self.backoff(now);
+        if still == 0 {
+            return Verdict::Fine;
+        }
+        // A restart lists again; until then nothing is probed. Repeated restarts wait longer.
+        self.synced = false;
+        Verdict::Restart(reason, still)
+    }
+}
+
+/// Where a shared watch's events come from.
+enum Source<K> {
+    /// One stream, as given (tests; callers with their own stream).
+    Fixed(BoxStream<'static, watcher::Result<watcher::Event<K>>>),
+    /// Streams built on demand, checked for stalls.
+    Restartable {
+        make: Box<dyn Fn() -> BoxStream<'static, watcher::Result<watcher::Event<K>>> + Send>,
+        probe: Arc<dyn Probe>,
+        check: Option<StallCheck>,
+        metrics: Option<WatchMetrics>,
+    },
+}
+
+fn resource_name<K: Resource>() -> String
+where
+    K::DynamicType: Default,
+{
+    let dt = K::DynamicType::default();
+    let (plural, group) = (K::plural(&dt), K::group(&dt));
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
+/// The watch task: events into the cache and the subscribers' queues; the stall check beside it.
+async fn run<K>(
+    inner: Arc<Inner<K>>,
+    mut writer: Writer<K>,
+    source: Source<K>,
+    trim: Trim,
+    transform: Option<Transform<K>>,
+    shutdown: CancellationToken,
+) where
+    K: Watchable,
+    K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin + Send + Sync,
+{
+    let resource = resource_name::<K>();
+    let (mut stream, make, probe, check, metrics) = match source {
+        Source::Fixed(s) => (s, None, None, None, None),
+        Source::Restartable {
+            make,
+            probe,
+            check,
+            metrics,
+        } => {
+            let s = make();
+            (s, Some(make), Some(probe), check, metrics)
+        }
+    };
+    if let Some(m) = &metrics {
+        m.show(&resource);
+    }
+    // No probe without a way to restart.
+    let check = check.filter(|_| make.is_some());
+    let mut det = check.map(|c| Detector::new(c, Instant::now()));
+    let mut probing: Option<BoxFuture<'static, Result<Probed, String>>> = None;
+    let far = || Instant::now() + Duration::from_secs(24 * 3600);
+    loop {
+        let probe_at = det
+            .as_ref()
+            .and_then(|d| d.probe_at())
+            .filter(|_| probing.is_none());
+        let recheck_at = det.as_ref().and_then(|d| d.suspected()).map(|(_, at)| at);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = stream.next() => match ev {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(watch = %resource, error = %e, "watch failed; retrying with backoff")
+                }
+                Some(Ok(mut ev)) => {
+                    if let Some(d) = det.as_mut() {
+                        d.event(&ev, Instant::now());
+                        if matches!(ev, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
+                            // The watch delivers: whatever a probe under way finds is being caught up.
+                            probing = None;
+                        }
+                    }
+                    trim.event(&mut ev);
+                    if let Some(t) = &transform {
+                        t.event(&mut ev);
+                    }
+                    let before = matches!(ev, watcher::Event::InitDone).then(|| inner.store.state());
+                    writer.apply_watcher_event(&ev);
+                    fan_out(&inner, ev, before);
+                }
+            },
+            _ = tokio::time::sleep_until(probe_at.unwrap_or_else(far)), if probe_at.is_some() => {
+                if let (Some(p), Some(d)) = (&probe, &det) {
+                    probing = Some(p.probe(d.last_rv.clone()));
+                }
+            },
+            res = async { probing.as_mut().expect("guarded").await }, if probing.is_some() => {
+                probing = None;
+                if let Some(d) = det.as_mut() {
+                    let listed = matches!(res, Ok(Probed::Listed { .. }));
+                    if let Err(e) = &res {
+                        tracing::debug!(watch = %resource, error = %e, "watch stall probe failed");
+                    }
+                    let m = res.map(|p| missing(&inner.store, &p, d.last_rv.as_deref()));
+                    if let Verdict::Suspect(_) = d.probed(m, listed, Instant::now()) {
+                        tracing::debug!(watch = %resource, "the API server has changes the watch has not delivered; looking again after the grace");
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(recheck_at.unwrap_or_else(far)), if recheck_at.is_some() => {
+                let Some(d) = det.as_mut() else { continue };
+                let still = d
+                    .suspected()
+                    .map(|(s, _)| still_missing(&inner.store, s))
+                    .unwrap_or_default();
+                let quiet_for = d.check.quiet;
+                if let Verdict::Restart(reason, n) = d.recheck(still.len(), Instant::now()) {
+                    let example = still
+                        .first()
+                        .map(|s| format!("{}{}{}", s.namespace.as_deref().unwrap_or(""), if s.namespace.is_some() { "/" } else { "" }, s.name))
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        watch = %resource,
+                        reason,
+                        missing = n,
+                        example = %example,
+                        last_resource_version = d.last_rv.as_deref().unwrap_or(""),
+                        "watch stalled: the API server has changes it did not deliver (quiet for at least {}s); restarting it (list and watch again)",
+                        quiet_for.as_secs()
+                    );
+                    if let Some(m) = &metrics {
+                        m.restarted(&resource, reason);
+                    }
+                    if let Some(make) = &make {
+                        stream = make();
+                    }
+                }
+            },
+        }
+    }
+    inner.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    for q in live(&inner) {
+        q.close();
+    }
 }
 
 /// Queues what `ev` changed for every subscriber, each sharing one `Arc` per object: the cache's
@@ -584,15 +1206,29 @@ type WatchMap = HashMap<(TypeId, String), Box<dyn Any + Send + Sync>>;
 pub struct Watches {
     shutdown: CancellationToken,
     map: Arc<Mutex<WatchMap>>,
+    options: WatchOptions,
 }
 
 impl Watches {
-    /// Watches that stop with `shutdown`.
+    /// Watches that stop with `shutdown`, with the default [`StallCheck`] and no metrics.
     pub fn new(shutdown: CancellationToken) -> Self {
         Self {
             shutdown,
             map: Arc::default(),
+            options: WatchOptions::default(),
         }
+    }
+
+    /// The same, counting restarts in `metrics` (for watches started from now on).
+    pub fn with_metrics(mut self, metrics: WatchMetrics) -> Self {
+        self.options.metrics = Some(metrics);
+        self
+    }
+
+    /// The same, with another stall check (`None`: none) for watches started from now on.
+    pub fn with_stall_check(mut self, check: Option<StallCheck>) -> Self {
+        self.options.stall = check;
+        self
     }
 
     /// Like [`Watches::shared`], each object also changed by `transform` before it is cached: one
@@ -618,7 +1254,14 @@ impl Watches {
         if let Some(w) = map.get(&key).and_then(|b| b.downcast_ref::<SharedWatch<K>>()) {
             return w.clone();
         }
-        let w = SharedWatch::new_transformed(api, config, trim, transform, self.shutdown.clone());
+        let w = SharedWatch::new_with(
+            api,
+            config,
+            trim,
+            Some(transform),
+            self.options.clone(),
+            self.shutdown.clone(),
+        );
         map.insert(key, Box::new(w.clone()));
         w
     }
@@ -638,7 +1281,14 @@ impl Watches {
         if let Some(w) = map.get(&key).and_then(|b| b.downcast_ref::<SharedWatch<K>>()) {
             return w.clone();
         }
-        let w = SharedWatch::new(api, config, trim, self.shutdown.clone());
+        let w = SharedWatch::new_with(
+            api,
+            config,
+            trim,
+            None,
+            self.options.clone(),
+            self.shutdown.clone(),
+        );
         map.insert(key, Box::new(w.clone()));
         w
     }
@@ -903,6 +1553,345 @@ mod tests {
         assert!(Arc::ptr_eq(&d1, &d2), "one last state for all");
         assert_eq!(d1.data.as_ref().map(|d| d.len()), Some(1));
         assert_eq!(d1.metadata.resource_version.as_deref(), Some("3"));
+        stop.cancel();
+    }
+
+    fn seen(name: &str, rv: &str, deleted: bool) -> Seen {
+        Seen {
+            name: name.into(),
+            namespace: Some("ns".into()),
+            resource_version: rv.into(),
+            deleted,
+        }
+    }
+
+    #[test]
+    fn a_cached_object_reflects_what_the_probe_saw_at_that_version_or_later() {
+        // Present on the server at rv 5.
+        assert!(!reflects(None, &seen("a", "5", false)), "not cached");
+        assert!(!reflects(Some("4"), &seen("a", "5", false)), "cached older");
+        assert!(reflects(Some("5"), &seen("a", "5", false)));
+        assert!(reflects(Some("9"), &seen("a", "5", false)), "cached newer");
+        // Deleted on the server at rv 5.
+        assert!(reflects(None, &seen("a", "5", true)), "gone from the cache too");
+        assert!(!reflects(Some("4"), &seen("a", "5", true)), "still cached");
+        assert!(reflects(Some("7"), &seen("a", "5", true)), "created again later");
+        // Not numbers: only equality counts.
+        assert!(reflects(Some("x"), &seen("a", "x", false)));
+        assert!(!reflects(Some("y"), &seen("a", "x", false)));
+        assert!(!reflects(Some("x"), &seen("a", "x", true)));
+    }
+
+    fn test_check() -> StallCheck {
+        StallCheck {
+            quiet: Duration::from_secs(5),
+            max_quiet: Duration::from_secs(30),
+            grace: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn the_detector_probes_only_a_quiet_synced_watch_backs_off_and_restarts_only_after_the_grace() {
+        use watcher::Event as E;
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut d = Detector::new(test_check(), t0);
+        assert_eq!(d.probe_at(), None, "nothing to probe before the first list");
+        d.event(&E::<ConfigMap>::Init, t0);
+        d.event(&E::InitApply(cm("a", "7")), t0);
+        d.event(&E::InitApply(cm("b", "3")), t0);
+        assert_eq!(d.probe_at(), None, "still listing");
+        d.event(&E::<ConfigMap>::InitDone, s(1));
+        assert_eq!(d.probe_at(), Some(s(6)));
+        assert_eq!(
+            d.last_rv.as_deref(),
+            Some("7"),
+            "the highest resourceVersion listed"
+        );
+
+        // Clean probes double the wait, up to max_quiet.
+        assert_eq!(d.probed(Ok(vec![]), false, s(6)), Verdict::Fine);
+        assert_eq!(d.probe_at(), Some(s(16)));
+        assert_eq!(d.probed(Err("unreachable".into()), false, s(16)), Verdict::Fine);
+        assert_eq!(d.probe_at(), Some(s(36)), "a failed probe waits too");
+        assert_eq!(d.probed(Ok(vec![]), false, s(36)), Verdict::Fine);
+        assert_eq!(d.probe_at(), Some(s(66)), "capped at max_quiet");
+        // A change delivered: back to quiet.
+        d.event(&E::Apply(cm("a", "9")), s(70));
+        assert_eq!(d.probe_at(), Some(s(75)));
+        assert_eq!(d.last_rv.as_deref(), Some("9"));
+        d.event(&E::Delete(cm("b", "8")), s(71));
+        assert_eq!(d.last_rv.as_deref(), Some("9"), "never goes back");
+
+        // The probe finds a change missing: suspect, no further probe, look again after the grace.
+        let m = vec![seen("c", "10", false)];
+        assert_eq!(d.probed(Ok(m.clone()), false, s(76)), Verdict::Suspect(s(78)));
+        assert_eq!(d.probe_at(), None);
+        assert_eq!(d.suspected(), Some((m.as_slice(), s(78))));
+        // Caught up by then: fine, and probing resumes.
+        assert_eq!(d.recheck(0, s(78)), Verdict::Fine);
+        assert!(d.probe_at().is_some());
+        // A change delivered during the grace clears the suspicion (the watch is alive).
+        assert_eq!(d.probed(Ok(m.clone()), false, s(90)), Verdict::Suspect(s(92)));
+        d.event(&E::Apply(cm("c", "10")), s(91));
+        assert_eq!(d.suspected(), None);
+        assert_eq!(d.recheck(1, s(92)), Verdict::Fine, "nothing suspected any more");
+        // Still missing after the grace: restart; no probe until the new list is done.
+        assert_eq!(d.probed(Ok(m.clone()), true, s(100)), Verdict::Suspect(s(102)));
+        assert_eq!(d.recheck(1, s(102)), Verdict::Restart(REASON_DIVERGED, 1));
+        assert_eq!(d.probe_at(), None);
+        d.event(&E::<ConfigMap>::Init, s(102));
+        d.event(&E::<ConfigMap>::InitDone, s(103));
+        assert_eq!(d.probe_at(), Some(s(113)), "after a restart the wait has doubled");
+        // A probe result that arrives while a relist is under way is not acted on.
+        d.event(&E::<ConfigMap>::Init, s(120));
+        assert_eq!(d.probed(Ok(m), false, s(121)), Verdict::Fine);
+    }
+
+    #[tokio::test]
+    async fn missing_compares_probe_changes_and_lists_with_the_cache() {
+        use watcher::Event as E;
+        let (tx, rx) = futures::channel::mpsc::unbounded::<watcher::Result<E<ConfigMap>>>();
+        let stop = CancellationToken::new();
+        let w = SharedWatch::from_source(rx.boxed(), Trim::all(), stop.clone());
+        let mut sub = w.subscribe();
+        for e in [
+            E::Init,
+            E::InitApply(cm("a", "5")),
+            E::InitApply(cm("b", "6")),
+            E::InitDone,
+        ] {
+            tx.unbounded_send(Ok(e)).expect("send");
+        }
+        for _ in 0..2 {
+            next(&mut sub).await;
+        }
+        let store = w.store();
+        let changes = Probed::Changes(vec![
+            seen("a", "5", false),
+            seen("b", "8", true),
+            seen("c", "9", false),
+        ]);
+        assert_eq!(
+            missing(&store, &changes, Some("6")),
+            vec![seen("b", "8", true), seen("c", "9", false)]
+        );
+        // A list newer than the watch: a is older in the cache, b is not listed, c is new.
+        let listed = Probed::Listed {
+            items: vec![seen("a", "7", false), seen("c", "9", false)],
+            resource_version: "10".into(),
+        };
+        let mut m = missing(&store, &listed, Some("6"));
+        m.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(
+            m,
+            vec![
+                seen("a", "7", false),
+                seen("b", "10", true),
+                seen("c", "9", false)
+            ]
+        );
+        // The watch delivered past the list: the list says nothing.
+        assert!(missing(&store, &listed, Some("11")).is_empty());
+        // A list that matches the cache: nothing missing.
+        let same = Probed::Listed {
+            items: vec![seen("a", "5", false), seen("b", "6", false)],
+            resource_version: "10".into(),
+        };
+        assert!(missing(&store, &same, Some("6")).is_empty());
+        stop.cancel();
+    }
+
+    /// A probe that answers from a script, counting its calls.
+    struct FakeProbe {
+        answers: Mutex<VecDeque<Result<Probed, String>>>,
+        calls: std::sync::atomic::AtomicUsize,
+        since: Mutex<Vec<Option<String>>>,
+    }
+
+    impl Probe for FakeProbe {
+        fn probe(&self, since: Option<String>) -> BoxFuture<'static, Result<Probed, String>> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.since.lock().expect("lock").push(since);
+            let a = self
+                .answers
+                .lock()
+                .expect("lock")
+                .pop_front()
+                .unwrap_or(Ok(Probed::Changes(vec![])));
+            async move { a }.boxed()
+        }
+    }
+
+    type Feed = futures::channel::mpsc::UnboundedSender<watcher::Result<watcher::Event<ConfigMap>>>;
+
+    /// A restartable source whose streams are fed through the senders it hands out, one per start.
+    fn fake_streams() -> (
+        impl Fn() -> BoxStream<'static, watcher::Result<watcher::Event<ConfigMap>>> + Send + 'static,
+        futures::channel::mpsc::UnboundedReceiver<Feed>,
+    ) {
+        let (started_tx, started_rx) = futures::channel::mpsc::unbounded::<Feed>();
+        let make = move || {
+            let (tx, rx) = futures::channel::mpsc::unbounded();
+            started_tx.unbounded_send(tx).expect("test alive");
+            rx.boxed()
+        };
+        (make, started_rx)
+    }
+
+    async fn next_start(starts: &mut futures::channel::mpsc::UnboundedReceiver<Feed>) -> Feed {
+        tokio::time::timeout(Duration::from_secs(5), starts.next())
+            .await
+            .expect("a start within 5 s")
+            .expect("open")
+    }
+
+    fn fast_check() -> StallCheck {
+        StallCheck {
+            quiet: Duration::from_millis(100),
+            max_quiet: Duration::from_millis(400),
+            grace: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_watch_is_restarted_and_subscribers_see_what_changed_meanwhile() {
+        use watcher::Event as E;
+        let (make, mut starts) = fake_streams();
+        // The stalled watch never delivers b's delete; the probe sees it, twice (before and after
+        // the grace the cache still has b).
+        let probe = Arc::new(FakeProbe {
+            answers: Mutex::new(VecDeque::from([Ok(Probed::Changes(vec![seen("b", "8", true)]))])),
+            calls: Default::default(),
+            since: Mutex::default(),
+        });
+        let registry = prometheus::Registry::new();
+        let metrics = WatchMetrics::register(&registry).expect("metrics");
+        let stop = CancellationToken::new();
+        let w = SharedWatch::from_restartable(
+            make,
+            probe.clone(),
+            Trim::all(),
+            WatchOptions {
+                stall: Some(fast_check()),
+                metrics: Some(metrics.clone()),
+            },
+            stop.clone(),
+        );
+        let mut sub = w.subscribe();
+        let first = next_start(&mut starts).await;
+        for e in [
+            E::Init,
+            E::InitApply(cm("a", "5")),
+            E::InitApply(cm("b", "6")),
+            E::InitDone,
+        ] {
+            first.unbounded_send(Ok(e)).expect("send");
+        }
+        for _ in 0..2 {
+            next(&mut sub).await;
+        }
+        first.unbounded_send(Ok(E::Apply(cm("a", "7")))).expect("send");
+        assert!(
+            matches!(next(&mut sub).await, Change::Applied(o) if o.metadata.resource_version.as_deref() == Some("7"))
+        );
+        assert_eq!(metrics.restarts("configmaps", REASON_STALLED), 0);
+
+        // Quiet from here (the stream stays open: a stalled watch). The kit probes, waits the
+        // grace, and starts a new watch.
+        let second = next_start(&mut starts).await;
+        assert_eq!(metrics.restarts("configmaps", REASON_STALLED), 1);
+        assert_eq!(
+            probe
+                .since
+                .lock()
+                .expect("lock")
+                .first()
+                .cloned()
+                .flatten()
+                .as_deref(),
+            Some("7"),
+            "probed from the last resourceVersion delivered"
+        );
+        for e in [E::Init, E::InitApply(cm("a", "7")), E::InitDone] {
+            second.unbounded_send(Ok(e)).expect("send");
+        }
+        let mut seen_changes = vec![];
+        for _ in 0..2 {
+            match next(&mut sub).await {
+                Change::Applied(o) => seen_changes.push(format!("+{}", o.metadata.name.clone().expect("n"))),
+                Change::Deleted(o) => seen_changes.push(format!("-{}", o.metadata.name.clone().expect("n"))),
+            }
+        }
+        seen_changes.sort();
+        assert_eq!(
+            seen_changes,
+            vec!["+a", "-b"],
+            "b's delete reached the subscriber"
+        );
+        assert!(first.is_closed(), "the stalled stream was dropped");
+
+        // The new watch is healthy: later probes find nothing and nothing restarts.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(probe.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        assert_eq!(metrics.restarts("configmaps", REASON_STALLED), 1);
+        assert!(starts.try_recv().is_err(), "no further start");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_quiet_healthy_watch_is_probed_with_backoff_and_never_restarted() {
+        use watcher::Event as E;
+        let (make, mut starts) = fake_streams();
+        // The probe sees a change the watch delivers within the grace: not a stall.
+        let probe = Arc::new(FakeProbe {
+            answers: Mutex::new(VecDeque::from([Ok(Probed::Changes(vec![seen("c", "9", false)]))])),
+            calls: Default::default(),
+            since: Mutex::default(),
+        });
+        let registry = prometheus::Registry::new();
+        let metrics = WatchMetrics::register(&registry).expect("metrics");
+        let stop = CancellationToken::new();
+        let w = SharedWatch::from_restartable(
+            make,
+            probe.clone(),
+            Trim::all(),
+            WatchOptions {
+                stall: Some(StallCheck {
+                    grace: Duration::from_millis(300),
+                    ..fast_check()
+                }),
+                metrics: Some(metrics.clone()),
+            },
+            stop.clone(),
+        );
+        let mut sub = w.subscribe();
+        let feed = next_start(&mut starts).await;
+        for e in [E::Init, E::InitApply(cm("a", "5")), E::InitDone] {
+            feed.unbounded_send(Ok(e)).expect("send");
+        }
+        next(&mut sub).await;
+        // The first probe (after 100 ms) reports c; c arrives 100 ms later, within the grace.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(probe.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        feed.unbounded_send(Ok(E::Apply(cm("c", "9")))).expect("send");
+        next(&mut sub).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let calls = probe.calls.load(std::sync::atomic::Ordering::SeqCst);
+        // 100 ms after c, then 200, 400, 400, ... : a handful, not one per 100 ms.
+        assert!((3..=6).contains(&calls), "{calls} probes");
+        assert_eq!(metrics.restarts("configmaps", REASON_STALLED), 0);
+        assert!(starts.try_recv().is_err(), "never restarted");
+        let text = {
+            let mut buf = Vec::new();
+            prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf)
+                .expect("encodes");
+            String::from_utf8(buf).expect("utf-8")
+        };
+        assert!(
+            text.contains("ferrite_watch_restarts_total{reason=\"stalled\",resource=\"configmaps\"} 0"),
+            "visible at 0:\n{text}"
+        );
         stop.cancel();
     }
 }
