@@ -1210,3 +1210,89 @@ async fn http_1_0_over_tls_negotiates_alpn_http_1_0() {
     }
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_forwarding_headers_are_overwritten_and_proxy_removed() {
+    let p = start(|_| {}).await;
+    let base = format!("http://{}", p.http);
+    let spoofed = [
+        "-H",
+        "Host: a.test",
+        "-H",
+        "X-Real-IP: 6.6.6.6",
+        "-H",
+        "X-Scheme: https",
+        "-H",
+        "X-Forwarded-Scheme: https",
+        "-H",
+        "Proxy: http://evil.test:3128",
+        "-H",
+        "X-Forwarded-For: 1.2.3.4",
+        "-H",
+        "X-Forwarded-For: 5.6.7.8",
+        "-H",
+        "X-Forwarded-Host: evil.test",
+        "-H",
+        "X-Original-Forwarded-For: 9.9.9.9",
+    ];
+    let (code, body, err) = curl(&[&spoofed[..], &[&format!("{base}/a/h")]].concat()).await;
+    assert_eq!(code, 200, "{err}");
+    let lines: Vec<&str> = body.lines().collect();
+    for want in [
+        "x-real-ip: 127.0.0.1",
+        "x-forwarded-for: 127.0.0.1",
+        "x-scheme: http",
+        "x-forwarded-scheme: http",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: a.test",
+        // The client's own values, as ingress-nginx passes them on.
+        "x-original-forwarded-for: 1.2.3.4, 5.6.7.8",
+        "x-original-forwarded-host: evil.test",
+    ] {
+        assert!(lines.contains(&want), "missing {want:?}:\n{body}");
+    }
+    for gone in [
+        "proxy:",
+        "x-real-ip: 6.6.6.6",
+        "x-original-forwarded-for: 9.9.9.9",
+    ] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(gone)),
+            "{gone:?} passed:\n{body}"
+        );
+    }
+    // Without X-Forwarded-* from the client, a client's X-Original-* is not passed either.
+    let (code, body, _) = curl(&[
+        "-H",
+        "Host: a.test",
+        "-H",
+        "X-Original-Forwarded-For: 9.9.9.9",
+        "-H",
+        "X-Original-Forwarded-Host: evil.test",
+        &format!("{base}/a/h"),
+    ])
+    .await;
+    assert_eq!(code, 200);
+    assert!(!body.contains("x-original-forwarded"), "{body}");
+    // Over TLS the scheme headers say https.
+    let port = p.https.port();
+    let (code, body, err) = curl(&[
+        "-k",
+        "-H",
+        "X-Scheme: http",
+        "--resolve",
+        &format!("tls.test:{port}:127.0.0.1"),
+        &format!("https://tls.test:{port}/x"),
+    ])
+    .await;
+    assert_eq!(code, 200, "{err}");
+    let lines: Vec<&str> = body.lines().collect();
+    for want in [
+        "x-scheme: https",
+        "x-forwarded-scheme: https",
+        "x-real-ip: 127.0.0.1",
+    ] {
+        assert!(lines.contains(&want), "missing {want:?}:\n{body}");
+    }
+    p.cancel.cancel();
+}

@@ -867,6 +867,28 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_SCHEME: HeaderName = HeaderName::from_static("x-forwarded-scheme");
+const X_SCHEME: HeaderName = HeaderName::from_static("x-scheme");
+const X_ORIGINAL_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-original-forwarded-for");
+const X_ORIGINAL_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-original-forwarded-host");
+/// httpoxy (CVE-2016-5385): CGI-style backends turn a `Proxy` request header into `HTTP_PROXY`.
+const PROXY: HeaderName = HeaderName::from_static("proxy");
+
+/// The client's own value of a header, every line joined with ", " (nginx's `$http_x_forwarded_for`).
+fn client_value(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?.clone();
+    let Some(second) = values.next() else {
+        return Some(first);
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(values) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    HeaderValue::from_bytes(&joined).ok()
+}
 
 fn set_forwarded_headers(
     headers: &mut HeaderMap,
@@ -874,8 +896,9 @@ fn set_forwarded_headers(
     host: Option<&HeaderValue>,
     request_id: HeaderValue,
 ) {
-    // The proxy is the edge: what a client claims in X-Forwarded-*/Forwarded is replaced, never
-    // trusted (a client could otherwise choose the address a backend logs or rate-limits).
+    // The proxy is the edge: what a client claims in X-Forwarded-*/Forwarded/X-Real-IP/X-Scheme is
+    // replaced, never trusted (a client could otherwise choose the address a backend logs or
+    // rate-limits).
     let put = |headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>| match value {
         Some(v) => {
             headers.insert(name, v);
@@ -884,7 +907,18 @@ fn set_forwarded_headers(
             headers.remove(name);
         }
     };
+    // What the client sent in X-Forwarded-For/-Host, passed on as ingress-nginx does (under names
+    // a backend does not trust by default); without one, a client's X-Original-* is removed.
+    let original_for = client_value(headers, &X_FORWARDED_FOR);
+    let original_host = client_value(headers, &X_FORWARDED_HOST);
+    put(headers, X_ORIGINAL_FORWARDED_FOR, original_for);
+    put(headers, X_ORIGINAL_FORWARDED_HOST, original_host);
     put(headers, X_FORWARDED_FOR, conn.x_forwarded_for.clone());
+    // ingress-nginx always sets X-Real-IP ($remote_addr) and the scheme under two more names.
+    put(headers, X_REAL_IP, conn.x_forwarded_for.clone());
+    put(headers, X_FORWARDED_SCHEME, Some(conn.x_forwarded_proto.clone()));
+    put(headers, X_SCHEME, Some(conn.x_forwarded_proto.clone()));
+    headers.remove(PROXY);
     put(headers, X_FORWARDED_PROTO, Some(conn.x_forwarded_proto.clone()));
     put(headers, X_FORWARDED_PORT, Some(conn.x_forwarded_port.clone()));
     put(headers, X_FORWARDED_HOST, host.cloned());
