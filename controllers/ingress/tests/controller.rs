@@ -521,17 +521,22 @@ async fn tls_secrets_default_class_and_challenges() {
     create(&secrets, tls_secret("cert", &cert, &key)).await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
     // TLS binds only hosts the Ingress has a rule for: bad.{host} has one.
+    // mismatch.{host} is bound to a certificate for other.test only.
+    let (other_cert, other_cert_key) = self_signed("other", "other.test");
+    create(&secrets, tls_secret("other", &other_cert, &other_cert_key)).await;
     let mut v = ingress_json(
         "tls",
         Some("ferrite"),
         json!([
             rule(&host, "/", "Prefix", "web"),
-            rule(&format!("bad.{host}"), "/", "Prefix", "web")
+            rule(&format!("bad.{host}"), "/", "Prefix", "web"),
+            rule(&format!("mismatch.{host}"), "/", "Prefix", "web")
         ]),
     );
     v["spec"]["tls"] = json!([{"hosts": [&host], "secretName": "cert"},
                               {"hosts": [format!("bad.{host}")], "secretName": "broken"},
-                              {"hosts": [format!("norule.{host}")], "secretName": "cert"}]);
+                              {"hosts": [format!("norule.{host}")], "secretName": "cert"},
+                              {"hosts": [format!("mismatch.{host}")], "secretName": "other"}]);
     create(&ingresses, v).await;
     let addr = ctl.https;
     let h = host.clone();
@@ -546,6 +551,13 @@ async fn tls_secrets_default_class_and_challenges() {
     wait_get(ctl.http, &format!("norule.{host}"), "/", 404, None).await;
     let note = wait_event(kb, &ns, "tls", "InvalidTLS").await;
     assert!(note.contains("binds nothing"), "{note}");
+    // A certificate without the host in its SAN: the default certificate for that host (nginx's
+    // createServers), an Event, and still the redirect.
+    let note = wait_event(kb, &ns, "tls", "CertificateHostMismatch").await;
+    assert!(note.contains("mismatch.") && note.contains("/other"), "{note}");
+    let subject = served_subject(addr, &format!("mismatch.{host}"));
+    assert!(subject.contains("CN=fallback"), "{subject}");
+    wait_get(ctl.http, &format!("mismatch.{host}"), "/", 308, None).await;
 
     // Secret updated: the new certificate from the next handshake on, no restart.
     let (cert2, key2) = self_signed("second", &host);
@@ -565,6 +577,25 @@ async fn tls_secrets_default_class_and_challenges() {
         async move { served_subject(addr, &h).contains("CN=second").then_some(()) }
     })
     .await;
+    // Updated to malformed data (a bad rotation): an Event, and the last good certificate is still
+    // served (ingress-nginx keeps it too); only a delete would drop it.
+    secrets
+        .replace(
+            "cert",
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "cert", "resourceVersion": secrets.get("cert").await.unwrap().metadata.resource_version},
+                "type": "kubernetes.io/tls", "stringData": {"tls.crt": "not a certificate", "tls.key": &key2}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let note = wait_event(kb, &ns, "tls", "InvalidCertificate").await;
+    assert!(note.contains("previous certificate is still served"), "{note}");
+    let subject = served_subject(addr, &host);
+    assert!(
+        subject.contains("CN=second"),
+        "the last good certificate: {subject}"
+    );
 
     // A malformed Secret (key of another certificate): Event, the default certificate for its host.
     wait_event(kb, &ns, "tls", "TLSSecretNotFound").await;
@@ -899,12 +930,13 @@ fn tls_secrets_parse_into_certificates_or_reasons() {
     let (cert, key) = self_signed("x", "x.test");
     let (_, other) = self_signed("y", "y.test");
     match load(&secret(&cert, &key)) {
-        CertState::Loaded { not_after, .. } => {
+        CertState::Loaded(c) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs() as i64;
-            assert!(not_after.expect("notAfter") > now, "valid now");
+            assert!(c.not_after.expect("notAfter") > now, "valid now");
+            assert_eq!(c.names.dns, vec!["x.test".to_string()]);
         }
         other => panic!("{other:?}"),
     }

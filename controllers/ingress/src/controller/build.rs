@@ -6,7 +6,9 @@
 //!        v          ──> Problem on the Ingress; the path stays, with no endpoints (503)
 //!   RouteTable::compile ──> route warnings (invalid host/path/backend, conflicts: on the younger Ingress)
 //!        │ every backend: Service port -> EndpointSlice port (by the Service port's name) -> ready addresses
-//!        │ every TLS Secret: loaded certificate | missing | malformed  (Problem on each referencing Ingress)
+//!        │ every TLS Secret: loaded certificate | missing | malformed (its last good certificate kept)
+//!        │   (Problem on each referencing Ingress); a certificate not valid for a host it is bound
+//!        │   to: that host gets the default certificate (CertificateHostMismatch)
 //!        │ HTTP-01 Challenges of our classes: host + token -> key authorization
 //!        v
 //!   Snapshot + problems + served Ingresses + referenced Secrets
@@ -28,6 +30,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use rustls::sign::CertifiedKey;
 
 use crate::class::{self, ClassDecision};
+use crate::host::HostPattern;
 use crate::proxy::Snapshot;
 use crate::routes::{BackendRef, IngressRef, RouteTable, SecretRef, ServicePort};
 
@@ -39,30 +42,173 @@ pub type SlicesByService = HashMap<(String, String), Vec<Arc<Slice>>>;
 pub struct Problem {
     pub ingress: IngressRef,
     /// Stable Event reason: the route warnings' (`InvalidPath`, `PathConflict`, ...), `ServiceNotFound`,
-    /// `ServicePortNotFound`, `TLSSecretNotFound`, `InvalidCertificate`, `InvalidKey`, `KeyMismatch`.
+    /// `ServicePortNotFound`, `TLSSecretNotFound`, `InvalidCertificate`, `InvalidKey`, `KeyMismatch`,
+    /// `CertificateHostMismatch`.
     pub reason: &'static str,
     pub message: String,
+}
+
+/// A certificate that can be served: the signing certificate, the leaf's notAfter (Unix seconds)
+/// and the names the leaf is valid for.
+#[derive(Clone)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    pub not_after: Option<i64>,
+    pub names: Arc<CertNames>,
+}
+
+impl LoadedCert {
+    /// Reads notAfter and the names from the leaf (the first certificate of the chain).
+    pub fn new(key: Arc<CertifiedKey>) -> Self {
+        let leaf = key
+            .cert
+            .first()
+            .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+            .map(|(_, c)| c);
+        let not_after = leaf.as_ref().map(|c| c.validity().not_after.timestamp());
+        let names = leaf.as_ref().map(CertNames::of).unwrap_or_default();
+        LoadedCert {
+            key,
+            not_after,
+            names: Arc::new(names),
+        }
+    }
+}
+
+impl std::fmt::Debug for LoadedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "notAfter={:?}, names={:?}", self.not_after, self.names)
+    }
+}
+
+/// The DNS names a leaf certificate is valid for, as ingress-nginx checks a certificate against a
+/// host (`createServers`: Go's `VerifyHostname`, then its own `verifyHostname` with the Common Name
+/// fallback): the dNSName Subject Alternative Names, or, when there are none, the subject's CN.
+/// Lowercase, without a trailing dot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    pub dns: Vec<String>,
+    pub common_name: Option<String>,
+}
+
+fn normalize_name(n: &str) -> String {
+    n.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// nginx's (and Go's) `matchHostnames`: same number of labels, each equal, except a first pattern
+/// label `*`, which matches any one label.
+fn match_hostname(pattern: &str, host: &str) -> bool {
+    if pattern.is_empty() || host.is_empty() {
+        return false;
+    }
+    let (mut p, mut h) = (pattern.split('.'), host.split('.'));
+    let mut first = true;
+    loop {
+        match (p.next(), h.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) => {
+                if !(first && a == "*") && a != b {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+        first = false;
+    }
+}
+
+impl CertNames {
+    pub fn of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Self {
+        let dns = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(normalize_name(d)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(normalize_name);
+        CertNames { dns, common_name }
+    }
+
+    /// Whether the certificate is valid for a rule host. A wildcard rule host (`*.example.com`)
+    /// is covered by the same wildcard name only, as in ingress-nginx.
+    pub fn covers(&self, host: &HostPattern) -> bool {
+        let host = normalize_name(&host.to_string());
+        if self.dns.is_empty() {
+            return self
+                .common_name
+                .as_deref()
+                .is_some_and(|cn| match_hostname(cn, &host));
+        }
+        self.dns.iter().any(|d| match_hostname(d, &host))
+    }
 }
 
 /// What the Secret cache knows about one referenced TLS Secret.
 #[derive(Clone)]
 pub enum CertState {
-    /// Loaded: the signing certificate and the leaf's notAfter (Unix seconds).
-    Loaded {
-        key: Arc<CertifiedKey>,
-        not_after: Option<i64>,
+    /// Loaded and servable.
+    Loaded(LoadedCert),
+    /// The Secret exists but its current data cannot serve (reason as
+    /// [`crate::proxy::CertError::reason`], message). `last_good`: the certificate it held before
+    /// this update, still served (ingress-nginx keeps the last good certificate of a Secret updated
+    /// to malformed data; only a delete removes it).
+    Invalid {
+        reason: &'static str,
+        message: String,
+        last_good: Option<LoadedCert>,
     },
-    /// The Secret exists but cannot serve (reason as [`crate::proxy::CertError::reason`], message).
-    Invalid { reason: &'static str, message: String },
     /// The Secret exists and is being read (its data was not kept before it was referenced).
     Loading,
+}
+
+impl CertState {
+    /// The certificate to serve, if any: the loaded one, or an invalid Secret's last good one.
+    pub fn servable(&self) -> Option<&LoadedCert> {
+        match self {
+            CertState::Loaded(c) => Some(c),
+            CertState::Invalid { last_good, .. } => last_good.as_ref(),
+            CertState::Loading => None,
+        }
+    }
+
+    /// The state after an update of the Secret was read into `self`: an invalid update keeps the
+    /// certificate `previous` served.
+    pub fn after(self, previous: Option<&CertState>) -> CertState {
+        match self {
+            CertState::Invalid {
+                reason,
+                message,
+                last_good: None,
+            } => CertState::Invalid {
+                reason,
+                message,
+                last_good: previous.and_then(CertState::servable).cloned(),
+            },
+            other => other,
+        }
+    }
 }
 
 impl std::fmt::Debug for CertState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CertState::Loaded { not_after, .. } => write!(f, "Loaded(notAfter={not_after:?})"),
-            CertState::Invalid { reason, message } => write!(f, "Invalid({reason}: {message})"),
+            CertState::Loaded(c) => write!(f, "Loaded({c:?})"),
+            CertState::Invalid {
+                reason,
+                message,
+                last_good,
+            } => write!(f, "Invalid({reason}: {message}; last good: {last_good:?})"),
             CertState::Loading => f.write_str("Loading"),
         }
     }
@@ -311,21 +457,33 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
     let users = secret_users(&served_objs);
     let mut loaded: Vec<(SecretRef, Arc<CertifiedKey>)> = Vec::new();
     let mut expiry: BTreeMap<SecretRef, i64> = BTreeMap::new();
+    let mut names: HashMap<&SecretRef, Arc<CertNames>> = HashMap::new();
     for secret in &secrets {
-        let problem = match inputs.certificates.get(secret) {
-            Some(CertState::Loaded { key, not_after }) => {
-                loaded.push((secret.clone(), key.clone()));
-                if let Some(t) = not_after {
-                    expiry.insert(secret.clone(), *t);
-                }
-                None
+        let state = inputs.certificates.get(secret);
+        if let Some(c) = state.and_then(CertState::servable) {
+            loaded.push((secret.clone(), c.key.clone()));
+            names.insert(secret, c.names.clone());
+            if let Some(t) = c.not_after {
+                expiry.insert(secret.clone(), t);
             }
-            Some(CertState::Loading) => None,
-            Some(CertState::Invalid { reason, message }) => Some((
+        }
+        let problem = match state {
+            Some(CertState::Loaded(_)) | Some(CertState::Loading) => None,
+            Some(CertState::Invalid {
+                reason,
+                message,
+                last_good,
+            }) => Some((
                 *reason,
-                format!(
-                    "TLS Secret {secret} cannot be served ({message}); its hosts get the default certificate"
-                ),
+                if last_good.is_some() {
+                    format!(
+                        "TLS Secret {secret} cannot be served ({message}); its previous certificate is still served"
+                    )
+                } else {
+                    format!(
+                        "TLS Secret {secret} cannot be served ({message}); its hosts get the default certificate"
+                    )
+                },
             )),
             None => Some((
                 "TLSSecretNotFound",
@@ -344,17 +502,40 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
             }
         }
     }
+    // A certificate that is not valid for a host it is bound to is not served for it: the host gets
+    // the default certificate (and is still redirected), as ingress-nginx's createServers does.
+    let mut mismatched: Vec<HostPattern> = Vec::new();
+    for binding in table.tls_bindings() {
+        let Some(secret) = binding.secret.as_ref() else {
+            continue;
+        };
+        if let Some(n) = names.get(secret)
+            && !n.covers(&binding.host)
+        {
+            mismatched.push(binding.host.clone());
+            problems.push(Problem {
+                ingress: binding.ingress.clone(),
+                reason: "CertificateHostMismatch",
+                message: format!(
+                    "the certificate of TLS Secret {secret} has no Subject Alternative Name (or Common Name) for {}; \
+                     the host gets the default certificate",
+                    binding.host
+                ),
+            });
+        }
+    }
     let mut default_key = inputs.self_signed.clone();
     if let Some(d) = inputs.default_secret {
         secrets.insert(d.clone());
-        match inputs.certificates.get(d) {
-            Some(CertState::Loaded { key, not_after }) => {
-                default_key = key.clone();
-                if let Some(t) = not_after {
-                    expiry.insert(d.clone(), *t);
+        match inputs.certificates.get(d).and_then(CertState::servable) {
+            Some(c) => {
+                default_key = c.key.clone();
+                if let Some(t) = c.not_after {
+                    expiry.insert(d.clone(), t);
                 }
             }
-            other => {
+            None => {
+                let other = inputs.certificates.get(d);
                 tracing::warn!(secret = %d, state = ?other, "the --default-ssl-certificate Secret cannot be served; using the self-signed default")
             }
         }
@@ -367,6 +548,9 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
     }
     for (s, k) in loaded {
         snapshot.set_certificate(s, k);
+    }
+    for host in mismatched {
+        snapshot.serve_default_certificate_for(host);
     }
     for t in inputs.acme {
         if let Some(c) = &t.class
@@ -446,6 +630,20 @@ mod tests {
             self_signed,
             acme: &[],
         })
+    }
+
+    /// A self-signed certificate with subject CN `cn` and dNSName SANs `sans` (none: no SAN
+    /// extension).
+    fn cert(cn: &str, sans: &[&str]) -> Arc<CertifiedKey> {
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let c = params.self_signed(&key).expect("cert");
+        crate::proxy::certified_key_from_pem(c.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .expect("certified key")
     }
 
     fn rule(host: &str, path: &str, svc: &str, port: serde_json::Value) -> serde_json::Value {
@@ -668,16 +866,21 @@ mod tests {
         let certificates: HashMap<_, _> = [
             (
                 r("good"),
-                CertState::Loaded {
-                    key: self_signed.clone(),
+                CertState::Loaded(LoadedCert {
+                    key: cert("a", &["a.test"]),
                     not_after: Some(42),
-                },
+                    names: Arc::new(CertNames {
+                        dns: vec!["a.test".into()],
+                        common_name: None,
+                    }),
+                }),
             ),
             (
                 r("bad"),
                 CertState::Invalid {
                     reason: "KeyMismatch",
                     message: "x".into(),
+                    last_good: None,
                 },
             ),
         ]
@@ -754,5 +957,186 @@ mod tests {
         assert_eq!(built.snapshot.endpoints(&b).len(), 1);
         eprintln!("{N} Ingresses built in {took:?}");
         assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    }
+
+    #[test]
+    fn hostname_matching_is_nginx_s() {
+        let cases = [
+            ("a.test", "a.test", true),
+            ("*.a.test", "x.a.test", true),
+            ("*.a.test", "a.test", false),
+            ("*.a.test", "y.x.a.test", false),
+            ("*.a.test", "*.a.test", true),
+            ("x.a.test", "*.a.test", false),
+            ("a.*.test", "a.b.test", false),
+            ("", "a.test", false),
+            ("a.test", "b.test", false),
+        ];
+        for (pattern, host, want) in cases {
+            assert_eq!(match_hostname(pattern, host), want, "{pattern} vs {host}");
+        }
+        let n = |dns: &[&str], cn: Option<&str>| CertNames {
+            dns: dns.iter().map(|d| d.to_string()).collect(),
+            common_name: cn.map(str::to_string),
+        };
+        let h = |s: &str| HostPattern::parse(s).expect("host");
+        // SANs win over the CN: the CN is only looked at when there is no dNSName SAN.
+        assert!(!n(&["b.test"], Some("a.test")).covers(&h("a.test")));
+        assert!(n(&[], Some("a.test")).covers(&h("a.test")));
+        assert!(n(&[], Some("*.a.test")).covers(&h("x.a.test")));
+        assert!(!n(&[], None).covers(&h("a.test")));
+        assert!(n(&["b.test", "*.a.test"], None).covers(&h("*.a.test")));
+        // Names are read from a certificate lowercased and without a trailing dot.
+        let c = LoadedCert::new(cert("Only.CN.test", &[]));
+        assert_eq!(c.names.dns, Vec::<String>::new());
+        assert_eq!(c.names.common_name.as_deref(), Some("only.cn.test"));
+        let c = LoadedCert::new(cert("ignored", &["A.test", "*.w.test."]));
+        assert_eq!(c.names.dns, vec!["a.test".to_string(), "*.w.test".to_string()]);
+        assert!(c.not_after.is_some());
+    }
+
+    #[test]
+    fn a_certificate_not_valid_for_its_host_serves_the_default_for_that_host() {
+        let classes = vec![class("ferrite", "ferrite.dev/ingress")];
+        let ingresses = vec![ingress(json!({"metadata": {"name": "a", "namespace": "app"},
+            "spec": {"ingressClassName": "ferrite",
+                "tls": [{"hosts": ["a.test", "m.test"], "secretName": "a"},
+                        {"hosts": ["*.w.test", "x.w.test"], "secretName": "w"},
+                        {"hosts": ["cn.test"], "secretName": "cn"}],
+                "rules": [rule("a.test", "/", "web", json!({"number": 80})),
+                          rule("m.test", "/", "web", json!({"number": 80})),
+                          rule("*.w.test", "/", "web", json!({"number": 80})),
+                          rule("x.w.test", "/", "web", json!({"number": 80})),
+                          rule("cn.test", "/", "web", json!({"number": 80}))]}}))];
+        let services: HashMap<_, _> = [service("app", "web", json!([{"port": 80}]))].into();
+        let self_signed = crate::proxy::self_signed_default().expect("cert");
+        let r = |n: &str| SecretRef {
+            namespace: "app".into(),
+            name: n.into(),
+        };
+        let (a, w, cn) = (
+            cert("a", &["a.test"]),
+            cert("w", &["*.w.test"]),
+            cert("cn.test", &[]),
+        );
+        let certificates: HashMap<_, _> = [
+            (r("a"), CertState::Loaded(LoadedCert::new(a.clone()))),
+            (r("w"), CertState::Loaded(LoadedCert::new(w.clone()))),
+            (r("cn"), CertState::Loaded(LoadedCert::new(cn.clone()))),
+        ]
+        .into();
+        let built = build_plain(
+            &classes,
+            &ingresses,
+            &services,
+            &HashMap::new(),
+            &certificates,
+            &self_signed,
+        );
+        let s = &built.snapshot;
+        let served = |sni: &str| s.certificate_for(Some(sni));
+        assert!(Arc::ptr_eq(&served("a.test"), &a));
+        assert!(Arc::ptr_eq(&served("m.test"), &self_signed), "not in the SAN");
+        assert!(
+            Arc::ptr_eq(&served("x.w.test"), &w),
+            "wildcard SAN covers the exact host"
+        );
+        assert!(Arc::ptr_eq(&served("y.w.test"), &w), "the wildcard binding");
+        assert!(Arc::ptr_eq(&served("cn.test"), &cn), "CN fallback without SANs");
+        // Still a TLS host: plain HTTP is redirected, as in ingress-nginx.
+        assert!(s.routes().tls_for("m.test").is_some());
+        let problems: Vec<(&str, &str)> = built
+            .problems
+            .iter()
+            .map(|p| (p.reason, p.message.as_str()))
+            .collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "CertificateHostMismatch");
+        assert!(
+            problems[0].1.contains("app/a") && problems[0].1.contains("m.test"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_update_keeps_serving_the_last_good_certificate() {
+        let good = LoadedCert::new(cert("a", &["a.test"]));
+        let invalid = || CertState::Invalid {
+            reason: "InvalidCertificate",
+            message: "tls.crt is not valid PEM".into(),
+            last_good: None,
+        };
+        // The state transitions of a Secret update.
+        let loaded = CertState::Loaded(good.clone());
+        let after_bad = invalid().after(Some(&loaded));
+        assert!(
+            after_bad
+                .servable()
+                .is_some_and(|c| Arc::ptr_eq(&c.key, &good.key))
+        );
+        let after_second_bad = invalid().after(Some(&after_bad));
+        assert!(
+            after_second_bad
+                .servable()
+                .is_some_and(|c| Arc::ptr_eq(&c.key, &good.key))
+        );
+        assert!(
+            invalid().after(None).servable().is_none(),
+            "nothing served before"
+        );
+        assert!(invalid().after(Some(&CertState::Loading)).servable().is_none());
+        let newer = LoadedCert::new(cert("a2", &["a.test"]));
+        let fixed = CertState::Loaded(newer.clone()).after(Some(&after_bad));
+        assert!(fixed.servable().is_some_and(|c| Arc::ptr_eq(&c.key, &newer.key)));
+
+        let classes = vec![class("ferrite", "ferrite.dev/ingress")];
+        let ingresses = vec![ingress(json!({"metadata": {"name": "a", "namespace": "app"},
+            "spec": {"ingressClassName": "ferrite",
+                "tls": [{"hosts": ["a.test"], "secretName": "a"}],
+                "rules": [rule("a.test", "/", "web", json!({"number": 80}))]}}))];
+        let services: HashMap<_, _> = [service("app", "web", json!([{"port": 80}]))].into();
+        let self_signed = crate::proxy::self_signed_default().expect("cert");
+        let secret = SecretRef {
+            namespace: "app".into(),
+            name: "a".into(),
+        };
+        let certificates: HashMap<_, _> = [(secret.clone(), after_bad)].into();
+        let built = build_plain(
+            &classes,
+            &ingresses,
+            &services,
+            &HashMap::new(),
+            &certificates,
+            &self_signed,
+        );
+        assert!(Arc::ptr_eq(
+            &built.snapshot.certificate_for(Some("a.test")),
+            &good.key
+        ));
+        assert_eq!(built.expiry.get(&secret), good.not_after.as_ref());
+        assert_eq!(built.problems.len(), 1);
+        assert_eq!(built.problems[0].reason, "InvalidCertificate");
+        assert!(
+            built.problems[0]
+                .message
+                .contains("its previous certificate is still served"),
+            "{:?}",
+            built.problems
+        );
+        // Without a last good certificate (or once deleted): the default.
+        let certificates: HashMap<_, _> = [(secret.clone(), invalid())].into();
+        let built = build_plain(
+            &classes,
+            &ingresses,
+            &services,
+            &HashMap::new(),
+            &certificates,
+            &self_signed,
+        );
+        assert!(Arc::ptr_eq(
+            &built.snapshot.certificate_for(Some("a.test")),
+            &self_signed
+        ));
+        assert!(built.problems[0].message.contains("default certificate"));
     }
 }

@@ -8,7 +8,7 @@
 //!     │ referenced (wanted) Secret: tls.crt/tls.key parsed into a rustls key + notAfter, PEM dropped
 //!     v
 //!   certificates(): SecretRef -> Loaded | Invalid | Loading       set_wanted(): newly referenced Secrets
-//!                                                                 the watch already passed: one GET each
+//!     (Invalid after an update keeps the last good certificate)  the watch already passed: one GET each
 //! ```
 //!
 //! Why a type-filtered watch and not per-name GETs or watches: a watch delivers every update (a renewed
@@ -29,7 +29,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::build::CertState;
+use super::build::{CertState, LoadedCert};
 use crate::proxy::certified_key_from_pem;
 use crate::routes::SecretRef;
 
@@ -89,20 +89,15 @@ pub fn load(secret: &Secret) -> CertState {
         return CertState::Invalid {
             reason: "InvalidCertificate",
             message: "the Secret has no tls.crt or no tls.key".into(),
+            last_good: None,
         };
     };
     match certified_key_from_pem(cert, key) {
-        Ok(key) => {
-            let not_after = key.cert.first().and_then(|der| {
-                x509_parser::parse_x509_certificate(der.as_ref())
-                    .ok()
-                    .map(|(_, c)| c.validity().not_after.timestamp())
-            });
-            CertState::Loaded { key, not_after }
-        }
+        Ok(key) => CertState::Loaded(LoadedCert::new(key)),
         Err(e) => CertState::Invalid {
             reason: e.reason(),
             message: e.to_string(),
+            last_good: None,
         },
     }
 }
@@ -200,7 +195,10 @@ impl SecretCache {
         s.seen.insert(key.clone(), rv);
         let wanted = s.wanted.contains(&key);
         if wanted {
-            s.kept.insert(key, load(secret));
+            // An update to malformed data keeps serving the certificate it replaced (nginx's
+            // syncSecret keeps the last good one); a delete drops it.
+            let next = load(secret).after(s.kept.get(&key));
+            s.kept.insert(key, next);
         }
         drop(s);
         if wanted {

@@ -12,7 +12,7 @@
 //! A request holds an `Arc` of the snapshot it started with, so a swap never changes what an
 //! in-flight request or an open tunnel uses; the old snapshot is freed when its last reader ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use crate::host::RequestHost;
+use crate::host::{HostPattern, RequestHost};
 use crate::routes::{BackendRef, RouteTable, SecretRef};
 
 /// The name in the self-signed default certificate's SAN. `.invalid` (RFC 2606) can never be a real
@@ -129,6 +129,8 @@ pub struct Snapshot {
     routes: RouteTable,
     endpoints: HashMap<BackendRef, Arc<[SocketAddr]>>,
     certificates: HashMap<SecretRef, Arc<CertifiedKey>>,
+    /// TLS host patterns whose Secret's certificate is not valid for them: served the default.
+    default_for: HashSet<HostPattern>,
     default_certificate: Arc<CertifiedKey>,
     /// (normalized host, token) -> key authorization.
     acme: HashMap<(String, String), String>,
@@ -154,6 +156,7 @@ impl Snapshot {
             routes,
             endpoints: HashMap::new(),
             certificates: HashMap::new(),
+            default_for: HashSet::new(),
             default_certificate,
             acme: HashMap::new(),
             generation: 0,
@@ -196,6 +199,13 @@ impl Snapshot {
             }
         }
         failed
+    }
+
+    /// Serves the default certificate for the TLS host pattern `host` (a binding of the route table)
+    /// although its Secret is loaded: the controller found the certificate not valid for that host.
+    /// The host still counts as a TLS host (redirected), as in ingress-nginx.
+    pub fn serve_default_certificate_for(&mut self, host: HostPattern) {
+        self.default_for.insert(host);
     }
 
     pub fn set_default_certificate(&mut self, key: Arc<CertifiedKey>) {
@@ -242,9 +252,12 @@ impl Snapshot {
         self.endpoints.get(backend).map(|e| &e[..]).unwrap_or(&[])
     }
 
-    /// The certificate served for an SNI name: the host's Secret when it is loaded, else the default.
+    /// The certificate served for an SNI name: the host's Secret when it is loaded (and valid for the
+    /// host, see [`Snapshot::serve_default_certificate_for`]), else the default.
     pub fn certificate_for(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        sni.and_then(|name| self.routes.tls_secret_for(name))
+        sni.and_then(|name| self.routes.tls_for(name))
+            .filter(|b| self.default_for.is_empty() || !self.default_for.contains(&b.host))
+            .and_then(|b| b.secret.as_ref())
             .and_then(|secret| self.certificates.get(secret))
             .unwrap_or(&self.default_certificate)
             .clone()
