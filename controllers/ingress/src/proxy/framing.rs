@@ -28,7 +28,8 @@
 //! close`, the connection closed, `ferrite_ingress_downstream_errors_total{reason="parse"}`, no
 //! access log line, and nothing sent upstream. An invalid chunk size line (or CR/LF around chunk
 //! data) is passed up as a read error at the point it starts, which fails the request body the
-//! same way hyper's own chunk decoder does.
+//! same way hyper's own chunk decoder does (the request path answers `400` and closes when the
+//! upstream had not answered yet).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -852,6 +853,88 @@ mod tests {
                 String::from_utf8_lossy(&buf)
             );
         }
+    }
+
+    /// A reader giving one piece per read (as many bytes of it as the buffer takes).
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads `pieces` through [`FramedIo`] with a buffer of `cap` bytes until end of file or error.
+    async fn read_through(pieces: &[&[u8]], cap: usize) -> (Vec<u8>, Option<io::Error>) {
+        use tokio::io::AsyncReadExt;
+        let inner = Pieces(pieces.iter().map(|p| p.to_vec()).collect());
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let mut io = FramedIo::new(inner, Scanner::new(LIMIT, 100), peer);
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; cap];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) => return (out, None),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn framed_io_delivers_the_poison_then_end_of_file() {
+        let ok = &b"GET /a HTTP/1.1\r\n\r\n"[..];
+        let refused =
+            &b"POST /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nxGET /c HTTP/1.1\r\n\r\n"[..];
+        let whole = [ok, refused].concat();
+        // In one read: the bytes before the refused head, then the poison.
+        let (out, err) = read_through(&[&whole], 4096).await;
+        assert!(err.is_none());
+        assert_eq!(out, [ok, POISON].concat());
+        // The refused head in pieces (two reads, or a reader's buffer smaller than the head): the
+        // pieces read before it was complete were delivered, then the poison, whole.
+        let (out, err) = read_through(&[ok, &refused[..10], &refused[10..]], 4096).await;
+        assert!(err.is_none());
+        assert_eq!(out, [ok, &refused[..10], POISON].concat());
+        for cap in [1, 3] {
+            let (out, err) = read_through(&[&whole], cap).await;
+            assert!(err.is_none());
+            let middle = &out[ok.len()..out.len() - POISON.len()];
+            assert!(out.starts_with(ok) && out.ends_with(POISON), "buffer of {cap}");
+            assert!(
+                refused.starts_with(middle) && middle.len() < 58,
+                "buffer of {cap}"
+            );
+        }
+        // A valid stream is delivered unchanged, then the reader's own end of file.
+        let (out, err) = read_through(&[ok, ok, b"GET /c HT", b"TP/1.1\r\n\r\n"], 7).await;
+        assert!(err.is_none());
+        assert_eq!(out, [ok, ok, b"GET /c HTTP/1.1\r\n\r\n"].concat());
+    }
+
+    #[tokio::test]
+    async fn framed_io_fails_a_refused_body_where_it_starts() {
+        let head = &b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..];
+        let (out, err) = read_through(&[head, b"5\r\nhello\r\nzz\r\n"], 4096).await;
+        assert_eq!(out, [head, b"5\r\nhello\r\n"].concat());
+        let err = err.expect("a read error");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(is_violation(&err));
+        // At the very start of a read: the error at once (never an empty read, which is EOF).
+        let (out, err) = read_through(&[head, b"zz\r\n"], 4096).await;
+        assert_eq!(out, head);
+        assert!(err.is_some_and(|e| is_violation(&e)));
     }
 
     #[test]
