@@ -1296,3 +1296,48 @@ async fn client_forwarding_headers_are_overwritten_and_proxy_removed() {
     }
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connect_timeout_is_504_and_refused_is_502() {
+    let p = start(|c| c.upstream_connect_timeout = Duration::from_millis(300)).await;
+    // A listener that never accepts, its accept queue (backlog 0: one connection) full: further
+    // SYNs are dropped, so a connect hangs until the timeout.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let blackhole = socket.listen(0).expect("listen");
+    let hole = blackhole.local_addr().expect("addr");
+    let _filler = std::net::TcpStream::connect(hole).expect("fill the accept queue");
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let base = format!("http://{}", p.http);
+    let timeouts = "ferrite_ingress_upstream_timeouts_total{namespace=\"web\",service=\"svc-a\"}";
+    for (generation, endpoint, want) in [(1, hole, 504), (2, refused, 502)] {
+        let mut s = p.snapshot(generation);
+        s.set_endpoints(backend("svc-a"), vec![endpoint]);
+        p.shared.store(s);
+        let started = Instant::now();
+        let (code, body, err) = curl(&["-H", "Host: a.test", &format!("{base}/a/x")]).await;
+        assert_eq!(code, want, "{endpoint}: {body} {err}");
+        if want == 504 {
+            assert!(body.contains("did not accept the connection in time"), "{body}");
+            assert!(started.elapsed() >= Duration::from_millis(300));
+        }
+    }
+    assert_eq!(p.metric(timeouts), 1.0, "{}", p.scrape());
+    // h2c backends too.
+    let mut s = p.snapshot(3);
+    s.set_endpoints(backend("svc-g"), vec![hole]);
+    p.shared.store(s);
+    let (code, _, err) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: g.test",
+        &format!("{base}/x"),
+    ])
+    .await;
+    assert_eq!(code, 504, "{err}");
+    drop(blackhole);
+    p.cancel.cancel();
+}

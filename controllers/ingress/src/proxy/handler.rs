@@ -996,6 +996,9 @@ async fn forward(
     let service = [target.backend.namespace.as_str(), target.backend.service.as_str()];
     let timeout = Some(shared.config.upstream_response_timeout).filter(|t| !t.is_zero());
     let pool = shared.upstreams.http1();
+    // nginx answers with the status of the last try: a connect that timed out is a 504 ("upstream
+    // timed out while connecting"), a refused or unreachable one a 502.
+    let mut last_connect_timed_out = false;
 
     for (i, endpoint) in endpoints.iter().take(attempts).enumerate() {
         if i > 0 {
@@ -1080,6 +1083,7 @@ async fn forward(
                 return Response::from_parts(parts, body.boxed());
             }
             Err(SendError::Connect(e)) => {
+                last_connect_timed_out = is_timeout(&*e);
                 shared.upstreams.eject(*endpoint);
                 shared
                     .metrics
@@ -1109,10 +1113,32 @@ async fn forward(
             }
         }
     }
+    if last_connect_timed_out {
+        shared.metrics.upstream_timeouts.with_label_values(&service).inc();
+        return local_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway Timeout: the upstream did not accept the connection in time",
+        );
+    }
     local_response(
         StatusCode::BAD_GATEWAY,
         "Bad Gateway: no endpoint accepted the connection",
     )
+}
+
+/// Whether an error (or one of its sources) is a timeout: the pool's connect timeout, hyper-util's
+/// (h2c), or the kernel's `ETIMEDOUT`.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Answers 101 downstream and, once both sides have switched, copies bytes both ways. The tunnel
