@@ -314,7 +314,9 @@ async fn routes_by_host_and_path_over_http1_http2_and_tls() {
     .await;
     assert_eq!(code, 200);
     assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
-    assert!(!body.contains("6.6.6.6"), "{body}");
+    assert!(!body.contains("x-forwarded-for: 6.6.6.6"), "{body}");
+    // Passed on under its own name, as ingress-nginx does.
+    assert!(body.contains("x-original-forwarded-for: 6.6.6.6\n"), "{body}");
     assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
     assert!(body.contains("x-forwarded-host: a.test\n"), "{body}");
     assert!(
