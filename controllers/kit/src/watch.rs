@@ -20,6 +20,20 @@
 //! the last object seen. A relist delivers every object, and `Deleted` for those that disappeared
 //! while the watch was down. A subscriber that joins late first gets everything already cached.
 //!
+//! # Stalled watches
+//!
+//! A watch can stop delivering without ending: kube-apiserver 1.20 keeps the response of a Service watch
+//! it force-closed ("Forcing watcher close due to unresponsiveness", a burst that overflowed its
+//! per-watcher buffer) open and empty until the watch's 290 s timeout (its decorated watcher does not
+//! close its channel; kubernetes#102539). So each watch built here ([`SharedWatch::new_with`], every
+//! [`Watches`] watch) has a [`StallCheck`]: once it has delivered no change for `quiet` (5 s), a
+//! [`Probe`] asks the API server what changed after the last resourceVersion it delivered (a 1 s
+//! metadata watch; a metadata list when that resourceVersion is gone). Changes the cache still lacks
+//! after `grace` (2 s), with nothing delivered meanwhile, restart the watch: a new list and watch,
+//! subscribers seeing every object and `Deleted` for what vanished, as after any relist. Counted in
+//! `ferrite_watch_restarts_total{resource,reason}` ([`WatchMetrics`]) and logged. Clean probes back
+//! off to `max_quiet` (60 s). docs/architecture.md ("Stalled watches") has the whole story.
+//!
 //! kube-runtime 5 has shared reflectors too (`reflector::store_shared`, `Controller::for_shared_stream`,
 //! feature `unstable-runtime`); its dispatcher applies backpressure (a full subscriber buffer stops the
 //! watch for everyone), does not deliver deletes, and a late subscriber misses what was listed before
@@ -116,6 +130,9 @@ fn retain_keys(map: &mut Option<std::collections::BTreeMap<String, String>>, kee
 /// controllers only ever see transformed objects. Use it to keep only what a controller decides with
 /// (e.g. a Secret's data replaced by a summary, or dropped for Secrets nothing references); what is
 /// dropped has to be read from the API server when it is needed.
+///
+/// Keep `metadata.name`, `namespace` and `resourceVersion`: the cache is keyed by the first two, and
+/// the stall check ([`StallCheck`]) compares the last with what the API server has.
 ///
 /// The name identifies the transform: [`Watches::shared_transformed`] hands out one watch per kind,
 /// scope, options and transform name, so two different transforms must have different names.
@@ -737,6 +754,8 @@ fn rv_number(rv: &str) -> Option<u64> {
 fn reflects(cached: Option<&str>, seen: &Seen) -> bool {
     match cached {
         None => seen.deleted,
+        // Cached without a resourceVersion (a transform dropped it): present is all that can be told.
+        Some("") => !seen.deleted,
         Some(c) => match (rv_number(c), rv_number(&seen.resource_version)) {
             (Some(c), Some(s)) if seen.deleted => c > s,
             (Some(c), Some(s)) => c >= s,
@@ -754,7 +773,9 @@ where
     if let Some(ns) = &seen.namespace {
         key = key.within(ns);
     }
-    store.get(&key).and_then(|o| o.meta().resource_version.clone())
+    store
+        .get(&key)
+        .map(|o| o.meta().resource_version.clone().unwrap_or_default())
 }
 
 /// What the probe saw that the cache does not reflect. `last_rv` is the last resourceVersion the
@@ -1580,6 +1601,9 @@ mod tests {
         assert!(reflects(Some("x"), &seen("a", "x", false)));
         assert!(!reflects(Some("y"), &seen("a", "x", false)));
         assert!(!reflects(Some("x"), &seen("a", "x", true)));
+        // Cached without a resourceVersion: present reflects any version, but not a delete.
+        assert!(reflects(Some(""), &seen("a", "5", false)));
+        assert!(!reflects(Some(""), &seen("a", "5", true)));
     }
 
     fn test_check() -> StallCheck {
