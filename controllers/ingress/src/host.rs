@@ -143,6 +143,66 @@ pub(crate) fn wildcard_suffix(host: &str) -> Option<&str> {
     (!first.is_empty() && !rest.is_empty()).then_some(rest)
 }
 
+/// Whether a Host header value is `uri-host [ ":" port ]` (RFC 9112 section 3.2, RFC 3986 section
+/// 3.2.2): an IP literal in brackets, or a reg-name / IPv4 address of unreserved characters,
+/// sub-delims and percent-encodings, then an optional port of digits. Like nginx
+/// (`ngx_http_validate_host`), an empty host and `..` are refused too. An HTTP/1 request with an
+/// invalid Host gets 400.
+pub fn valid_host_header(value: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        // IPv6 (hex, ':', '.' for an embedded IPv4) or IPvFuture (`v1.x`: unreserved, sub-delims).
+        if literal.is_empty() || !literal.iter().all(|&b| is_reg_name_byte(b) || b == b':') {
+            return false;
+        }
+        match &rest[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (literal, port),
+            _ => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], &value[i + 1..]),
+            None => (value, &[][..]),
+        }
+    };
+    if !port.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    if value.first() == Some(&b'[') {
+        return true;
+    }
+    let name = host.strip_suffix(b".").unwrap_or(host);
+    if name.is_empty() || name.windows(2).any(|w| w == b"..") {
+        return false;
+    }
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                if !host
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+            }
+            b if is_reg_name_byte(b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// RFC 3986 unreserved and sub-delims characters.
+fn is_reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
+}
+
 /// A request's host (Host header, `:authority` or SNI) normalized for lookup, held in a stack buffer
 /// so that routing a request allocates nothing.
 ///
@@ -195,6 +255,48 @@ impl fmt::Debug for RequestHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_header_values() {
+        for ok in [
+            "a.test",
+            "A.Test.",
+            "a.test:8080",
+            "a.test:",
+            "a_b.test",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "[2001:db8::1]",
+            "[::ffff:10.0.0.1]:80",
+            "xn--bcher-kva.example",
+            "a%2Eb",
+            "localhost",
+        ] {
+            assert!(valid_host_header(ok.as_bytes()), "{ok:?} refused");
+        }
+        for bad in [
+            "",
+            ":80",
+            ".",
+            "a..test",
+            "a.test/evil",
+            "a test",
+            "a.test:8o",
+            "a.test:80:80",
+            "user@a.test",
+            "a\\b",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:x",
+            "a%2",
+            "a%zz",
+            "b\u{fc}cher.example",
+        ] {
+            assert!(!valid_host_header(bad.as_bytes()), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn rule_hosts() {

@@ -1341,3 +1341,68 @@ async fn upstream_connect_timeout_is_504_and_refused_is_502() {
     drop(blackhole);
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_1_without_host_two_hosts_or_an_invalid_host_is_400_and_closed() {
+    let p = start(|_| {}).await;
+    let refused: [&[u8]; 9] = [
+        b"GET /a HTTP/1.1\r\n\r\n",
+        b"GET http://a.test/a HTTP/1.1\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a.test\r\nHost: tls.test\r\n\r\n",
+        b"GET /a HTTP/1.0\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a.test/evil\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a..test\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a.test:8o\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost:\r\n\r\n",
+    ];
+    for probe in refused {
+        let what = String::from_utf8_lossy(probe);
+        let (r, closed) = raw(p.http, probe).await;
+        assert!(r.starts_with("HTTP/1."), "{what}: {r}");
+        assert!(r.contains(" 400 "), "{what}: {r}");
+        assert!(closed, "connection kept after {what}");
+        assert!(!r.contains("backend="), "{what} reached a backend: {r}");
+    }
+    let accepted: [(&[u8], &str); 5] = [
+        (b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\n", "HTTP/1.1 200"),
+        (b"GET /a HTTP/1.1\r\nHost: A.Test.:80\r\n\r\n", "HTTP/1.1 200"),
+        (
+            b"GET http://a.test/a HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "HTTP/1.1 200",
+        ),
+        (b"GET /a HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", "HTTP/1.1 404"),
+        // HTTP/1.0 needs no Host (no rule without a host here: the built-in 404).
+        (b"GET /a HTTP/1.0\r\n\r\n", "HTTP/1.0 404"),
+    ];
+    for (probe, want) in accepted {
+        let what = String::from_utf8_lossy(probe);
+        let mut request = probe.to_vec();
+        // Close after the answer so `raw` returns at once.
+        if request.starts_with(b"GET /a HTTP/1.1") || request.starts_with(b"GET http") {
+            let at = request.len() - 2;
+            request.splice(at..at, b"Connection: close\r\n".iter().copied());
+        }
+        let (r, _) = raw(p.http, &request).await;
+        assert!(r.starts_with(want), "{what}: {r}");
+    }
+    // HTTP/2 carries :authority, not a Host line: unaffected.
+    let tcp = TcpStream::connect(p.http).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("http://a.test/a/h2")
+        .body(boxed(Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        p.metric("ferrite_ingress_requests_total{code=\"4xx\",ingress=\"invalid\",method=\"GET\",namespace=\"\",service=\"invalid\"}"),
+        refused.len() as f64,
+        "{}",
+        p.scrape()
+    );
+    p.cancel.cancel();
+}

@@ -1,7 +1,8 @@
 //! One request, from the downstream connection to the upstream and back:
 //!
 //! ```text
-//!   request ──> overload (503 + Retry-After) ──> framing checks (400) ──> body size by Content-Length (413)
+//!   request ──> overload (503 + Retry-After) ──> framing and Host checks (400)
+//!           ──> body size by Content-Length (413)
 //!           ──> ACME token (plain listener) ──> HTTPS redirect (308) ──> route (404) ──> endpoints (503)
 //!           ──> forwarded headers, hop-by-hop removed ──> upstream HTTP/1.1 or h2c (retry another
 //!               endpoint on connect failure, idempotent only; 502; no response head in time: 504)
@@ -725,6 +726,24 @@ fn framing_error(req: &Request<Incoming>) -> Option<&'static str> {
     None
 }
 
+/// RFC 9112 section 3.2, as nginx: an HTTP/1.1 request without Host, any HTTP/1 request with more
+/// than one Host line or an invalid one (not `host[:port]`) is a 400 (two Hosts are a classic
+/// request-smuggling and cache-poisoning probe: hops would disagree on the host).
+fn host_error(req: &Request<Incoming>) -> Option<&'static str> {
+    let version = req.version();
+    if version != Version::HTTP_11 && version != Version::HTTP_10 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => Some("Bad Request: HTTP/1.1 request without Host"),
+        (None, _) => None,
+        (Some(_), Some(_)) => Some("Bad Request: more than one Host"),
+        (Some(h), None) if !crate::host::valid_host_header(h.as_bytes()) => Some("Bad Request: invalid Host"),
+        (Some(_), None) => None,
+    }
+}
+
 fn labels_for(m: &Match<'_>) -> RouteLabels {
     let (ingress, backend): (&crate::routes::IngressRef, &BackendRef) = match m {
         Match::Route(r) => (&r.ingress, &r.backend),
@@ -745,7 +764,7 @@ async fn route(
     request_id: HeaderValue,
     record: &mut Record,
 ) -> Response<ProxyBody> {
-    if let Some(why) = framing_error(&req) {
+    if let Some(why) = framing_error(&req).or_else(|| host_error(&req)) {
         record.labels = RouteLabels::fixed("invalid");
         return bad_request(why);
     }
