@@ -1406,3 +1406,65 @@ async fn http_1_1_without_host_two_hosts_or_an_invalid_host_is_400_and_closed() 
     );
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_not_an_upstream_timeout_and_a_stalled_one_is_408() {
+    let p = start(|c| {
+        c.upstream_response_timeout = Duration::from_secs(1);
+        c.client_body_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    // Three chunks 700 ms apart (2.1 s of upload, longer than the 1 s response timeout): the
+    // backend reads the whole body, then answers. nginx's proxy_read_timeout starts once the
+    // request is sent; the upload itself is bounded by the client body timeout between pieces.
+    let mut s = TcpStream::connect(p.http).await.expect("connect");
+    s.write_all(b"POST /a/collect HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("head");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        s.write_all(b"5\r\nhello\r\n").await.expect("chunk");
+    }
+    s.write_all(b"0\r\n\r\n").await.expect("end");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .expect("read");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("collected 15"), "{out}");
+
+    // The upstream still gets its timeout once the body is sent: /slow/head waits 3 s.
+    let started = Instant::now();
+    let (code, _, _) = curl(&[
+        "-H",
+        "Host: a.test",
+        "-d",
+        "x=1",
+        &format!("http://{}/slow/head", p.http),
+    ])
+    .await;
+    assert_eq!(code, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A client that stops sending its body: 408 after the client body timeout, connection closed.
+    let started = Instant::now();
+    let (r, closed) = raw(
+        p.http,
+        b"POST /a/collect HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(closed);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    p.cancel.cancel();
+}

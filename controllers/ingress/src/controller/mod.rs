@@ -86,9 +86,13 @@ pub struct ProxyArgs {
     /// Largest request body in bytes (413 beyond); 0: no limit.
     #[arg(long, env = "FERRITE_INGRESS_MAX_BODY_BYTES", default_value_t = 0)]
     pub max_body_bytes: u64,
-    /// Time an upstream has to send its response head (504), and the longest gap in its body; 0: no limit.
+    /// Time an upstream has to send its response head once the request body is sent (504), and the
+    /// longest gap in its body; 0: no limit.
     #[arg(long, env = "FERRITE_INGRESS_UPSTREAM_RESPONSE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
     pub upstream_response_timeout: Duration,
+    /// Longest wait for the next piece of a request body from the client (408 beyond); 0: no limit.
+    #[arg(long, env = "FERRITE_INGRESS_CLIENT_BODY_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub client_body_timeout: Duration,
     /// Most requests in flight at once; beyond, 503 at once (no queue). 0: no limit.
     #[arg(long, env = "FERRITE_INGRESS_MAX_IN_FLIGHT", default_value_t = 10_000)]
     pub max_in_flight: usize,
@@ -188,6 +192,7 @@ impl ControllerArgs {
             drain_timeout: p.drain_timeout,
             max_body_bytes: (p.max_body_bytes > 0).then_some(p.max_body_bytes),
             upstream_response_timeout: p.upstream_response_timeout,
+            client_body_timeout: p.client_body_timeout,
             max_in_flight: p.max_in_flight,
             load_balance: p.load_balance.into(),
             proxy_protocol: p.proxy_protocol,

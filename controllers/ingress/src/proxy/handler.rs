@@ -561,7 +561,53 @@ struct BodyState {
     bad: AtomicBool,
     /// Read to its end: the upstream connection is idle once the response is too.
     done: AtomicBool,
+    /// Told when `done` is set: the upstream response timeout starts then.
+    finished: tokio::sync::Notify,
+    /// Frames read so far (the upload progresses while this grows).
+    frames: AtomicU64,
+    /// The last read of the body is waiting on the client (whose gaps have their own timeout).
+    waiting_client: AtomicBool,
+    /// The client sent nothing of the body for `client_body_timeout`: the error becomes a 408.
+    client_timed_out: AtomicBool,
 }
+
+impl BodyState {
+    fn finish(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.finished.notify_waiters();
+        }
+    }
+
+    /// Resolves when the upstream has sent no response head for `t` counted from the end of the
+    /// request body (nginx's proxy_read_timeout starts once the request is sent), or, while the
+    /// body is still going up, when the upstream took none of it for `t` (proxy_send_timeout).
+    /// A client that is slow to send the body is bounded by `client_body_timeout` instead.
+    async fn response_timeout(&self, t: Duration) {
+        loop {
+            let finished = self.finished.notified();
+            if self.done.load(Ordering::Relaxed) {
+                break;
+            }
+            let seen = self.frames.load(Ordering::Relaxed);
+            tokio::select! {
+                _ = finished => break,
+                _ = tokio::time::sleep(t) => {
+                    if self.frames.load(Ordering::Relaxed) == seen
+                        && !self.waiting_client.load(Ordering::Relaxed)
+                        && !self.done.load(Ordering::Relaxed)
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(t).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing of the request body for {0:?} (client_body_timeout)")]
+struct ClientBodyTimeout(Duration);
 
 /// The downstream request body on its way upstream: bytes counted, the size limit enforced while
 /// it streams (a chunked body has no length to check up front).
@@ -569,6 +615,11 @@ struct RequestBody {
     inner: Incoming,
     state: Arc<BodyState>,
     limit: Option<u64>,
+    /// Longest wait for the next piece of the body from the client (nginx's client_body_timeout).
+    gap: Option<Duration>,
+    /// Armed when a read waits on the client, reset after progress (as in [`UpstreamBody`]).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
 }
 
 impl Body for RequestBody {
@@ -579,7 +630,14 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let waiting = r.is_pending();
+        self.state.waiting_client.store(waiting, Ordering::Relaxed);
+        if !waiting {
+            self.progressed = true;
+            self.state.frames.fetch_add(1, Ordering::Relaxed);
+        }
+        match r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
@@ -592,7 +650,7 @@ impl Body for RequestBody {
                     }
                 }
                 if self.inner.is_end_stream() {
-                    self.state.done.store(true, Ordering::Relaxed);
+                    self.state.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -601,10 +659,30 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
-                self.state.done.store(true, Ordering::Relaxed);
+                self.state.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let Some(t) = self.gap else {
+                    return Poll::Pending;
+                };
+                let deadline = tokio::time::Instant::now() + t;
+                let progressed = std::mem::replace(&mut self.progressed, false);
+                match self.sleep.as_mut() {
+                    Some(sleep) if progressed => sleep.as_mut().reset(deadline),
+                    Some(_) => {}
+                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                if self
+                    .sleep
+                    .as_mut()
+                    .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+                {
+                    self.state.client_timed_out.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyTimeout(t)))));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -999,7 +1077,7 @@ async fn forward(
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
     let state = record.body.clone();
     if body.is_end_stream() {
-        state.done.store(true, Ordering::Relaxed);
+        state.finish();
     }
     let path_and_query = parts.uri.path_and_query().cloned();
     let mut body = Some(
@@ -1007,6 +1085,9 @@ async fn forward(
             inner: body,
             state: state.clone(),
             limit: shared.config.max_body_bytes,
+            gap: Some(shared.config.client_body_timeout).filter(|t| !t.is_zero()),
+            sleep: None,
+            progressed: false,
         }
         .boxed(),
     );
@@ -1063,14 +1144,18 @@ async fn forward(
             }
         };
         let result = match timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
-                Ok(r) => r,
-                Err(_) => {
-                    shared.metrics.upstream_timeouts.with_label_values(&service).inc();
-                    tracing::debug!(%endpoint, "upstream response timed out");
-                    return local_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout");
+            Some(t) => {
+                tokio::pin!(send);
+                tokio::select! {
+                    biased;
+                    r = &mut send => r,
+                    _ = state.response_timeout(t) => {
+                        shared.metrics.upstream_timeouts.with_label_values(&service).inc();
+                        tracing::debug!(%endpoint, "upstream response timed out");
+                        return local_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout");
+                    }
                 }
-            },
+            }
             None => send.await,
         };
         match result {
@@ -1117,6 +1202,13 @@ async fn forward(
                 tracing::debug!(%endpoint, attempt = i + 1, error = %e, "upstream connect failed");
             }
             Err(SendError::Request(e)) => {
+                if state.client_timed_out.load(Ordering::Relaxed) {
+                    tracing::debug!(%endpoint, error = %e, "request body timed out");
+                    let mut resp = local_response(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return resp;
+                }
                 if state.over.load(Ordering::Relaxed) {
                     let mut resp = local_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
                     resp.headers_mut()

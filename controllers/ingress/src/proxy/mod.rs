@@ -85,9 +85,13 @@ pub struct ProxyConfig {
     /// Largest request body in bytes: `413` (by `Content-Length` before reading, or as soon as a
     /// streamed body passes it). `None`: no limit.
     pub max_body_bytes: Option<u64>,
-    /// Time the upstream has to send its response head, and longest gap between two pieces of its
-    /// body: `504` for the head, the response cut for the body. Zero: no limit.
+    /// Time the upstream has to send its response head once the request body was sent (while the
+    /// body goes up: longest time the upstream takes none of it), and longest gap between two
+    /// pieces of its body: `504` for the head, the response cut for the body. Zero: no limit.
     pub upstream_response_timeout: Duration,
+    /// Longest wait for the next piece of a request body from the client (nginx's
+    /// client_body_timeout): `408` and the connection closed. Zero: no limit.
+    pub client_body_timeout: Duration,
     /// Most requests answered at once; beyond, `503` with `Retry-After: 1` at once (no queue).
     /// Zero: no limit.
     pub max_in_flight: usize,
@@ -124,6 +128,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(30),
             max_body_bytes: None,
             upstream_response_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
             max_in_flight: 10_000,
             load_balance: LoadBalance::RoundRobin,
             proxy_protocol: false,
