@@ -4,7 +4,7 @@
 //! rules for which Services may get them (`serviceAllocation`) and where they are announced (`l2`).
 //! Field names follow MetalLB's `IPAddressPool` + `L2Advertisement` so a migration is a rename.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,161 @@ pub mod annotations {
 pub const SERVICE_NAME_LABEL: &str = "lb.ferrite.dev/service-name";
 /// Label on every [`ServiceL2Status`]: the node that announces.
 pub const NODE_LABEL: &str = "lb.ferrite.dev/node";
+
+/// A label selector (`matchLabels`, `matchExpressions`) that keeps the keys it does not define.
+///
+/// With `properties` declared, the API server prunes unknown keys again below a
+/// `x-kubernetes-preserve-unknown-fields` object, so a typo inside a selector (`matchLabel: {zone: a}`)
+/// would be stored as `{}`, which matches everything. This type's schema preserves unknown keys (of the
+/// selector and of each `matchExpressions` item), the value keeps them, and [`Selector::unknown_fields`]
+/// names them so the controller refuses the object. Dereferences to the [`LabelSelector`] it means.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selector {
+    raw: RawSelector,
+    selector: LabelSelector,
+}
+
+/// A label selector: `matchLabels` and `matchExpressions`, ANDed; empty matches everything. Keys it does
+/// not define are kept and refused by the controller, naming them (a typo must not widen the selector).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+struct RawSelector {
+    /// Labels that must all be present with these values (ANDed with `matchExpressions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    match_labels: Option<BTreeMap<String, String>>,
+    /// Requirements that must all hold (ANDed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    match_expressions: Option<Vec<RawRequirement>>,
+    /// Keys this version does not define (see [`Selector`]).
+    #[serde(flatten)]
+    #[schemars(skip)]
+    unknown: BTreeMap<String, serde_json::Value>,
+}
+
+/// One `matchExpressions` item: `key`, `operator` (`In`, `NotIn`, `Exists`, `DoesNotExist`), `values`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+struct RawRequirement {
+    /// The label key the requirement applies to.
+    key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    operator: String,
+    /// For `In` / `NotIn`: the values (non-empty); for `Exists` / `DoesNotExist`: empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    values: Option<Vec<String>>,
+    /// Keys this version does not define (see [`Selector`]).
+    #[serde(flatten)]
+    #[schemars(skip)]
+    unknown: BTreeMap<String, serde_json::Value>,
+}
+
+impl From<RawSelector> for Selector {
+    fn from(raw: RawSelector) -> Self {
+        let selector = LabelSelector {
+            match_labels: raw.match_labels.clone(),
+            match_expressions: raw.match_expressions.as_ref().map(|list| {
+                list.iter()
+                    .map(|r| LabelSelectorRequirement {
+                        key: r.key.clone(),
+                        operator: r.operator.clone(),
+                        values: r.values.clone(),
+                    })
+                    .collect()
+            }),
+        };
+        Selector { raw, selector }
+    }
+}
+
+impl From<LabelSelector> for Selector {
+    fn from(selector: LabelSelector) -> Self {
+        let raw = RawSelector {
+            match_labels: selector.match_labels.clone(),
+            match_expressions: selector.match_expressions.as_ref().map(|list| {
+                list.iter()
+                    .map(|r| RawRequirement {
+                        key: r.key.clone(),
+                        operator: r.operator.clone(),
+                        values: r.values.clone(),
+                        unknown: BTreeMap::new(),
+                    })
+                    .collect()
+            }),
+            unknown: BTreeMap::new(),
+        };
+        Selector { raw, selector }
+    }
+}
+
+impl From<&Selector> for LabelSelector {
+    fn from(s: &Selector) -> Self {
+        s.selector.clone()
+    }
+}
+
+impl std::ops::Deref for Selector {
+    type Target = LabelSelector;
+    fn deref(&self) -> &LabelSelector {
+        &self.selector
+    }
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RawSelector::deserialize(d).map(Selector::from)
+    }
+}
+
+impl Serialize for Selector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+impl JsonSchema for Selector {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Selector".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        RawSelector::json_schema(generator)
+    }
+}
+
+impl Selector {
+    /// The label selector it means (unknown keys aside).
+    pub fn label_selector(&self) -> &LabelSelector {
+        &self.selector
+    }
+
+    /// Paths of the keys this version does not define, under `at` (`spec.nodeSelectors[0]`):
+    /// `spec.nodeSelectors[0].matchLabel`, `spec.nodeSelectors[0].matchExpressions[1].value`.
+    pub fn unknown_fields(&self, at: &str) -> Vec<String> {
+        let mut out: Vec<String> = self.raw.unknown.keys().map(|k| format!("{at}.{k}")).collect();
+        for (i, r) in self.raw.match_expressions.iter().flatten().enumerate() {
+            out.extend(
+                r.unknown
+                    .keys()
+                    .map(|k| format!("{at}.matchExpressions[{i}].{k}")),
+            );
+        }
+        out
+    }
+}
+
+/// The label selectors `list` means (for code that matches with [`LabelSelector`]s).
+pub fn label_selectors(list: &[Selector]) -> Vec<LabelSelector> {
+    list.iter().map(LabelSelector::from).collect()
+}
+
+/// Unknown-field paths of every selector of `list`, the field at `at` (`spec.nodeSelectors`).
+fn unknown_in(list: &[Selector], at: &str) -> Vec<String> {
+    list.iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.unknown_fields(&format!("{at}[{i}]")))
+        .collect()
+}
 
 /// A pool of addresses for `type: LoadBalancer` Services.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -132,11 +287,11 @@ pub struct ServiceAllocation {
     /// Labels of the namespaces whose Services may use this pool: any selector matching is enough
     /// (ORed with each other and with `namespaces`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespace_selectors: Vec<LabelSelector>,
+    pub namespace_selectors: Vec<Selector>,
 
     /// Labels of the Services that may use this pool: any selector matching is enough.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub service_selectors: Vec<LabelSelector>,
+    pub service_selectors: Vec<Selector>,
 
     /// Fields this version does not define (see [`IPPoolSpec::unknown`]); the removed singular
     /// `namespaceSelector` / `serviceSelector` land here.
@@ -157,7 +312,7 @@ pub struct L2Announcement {
 
     /// Nodes that may announce the pool's addresses. Empty means every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_selector: Option<LabelSelector>,
+    pub node_selector: Option<Selector>,
 
     /// Fields this version does not define (see [`IPPoolSpec::unknown`]).
     #[serde(flatten)]
@@ -167,15 +322,39 @@ pub struct L2Announcement {
 
 impl IPPoolSpec {
     /// Paths of every field this version does not define (`spec.x`, `spec.serviceAllocation.y`,
-    /// `spec.l2.z`), sorted.
+    /// `spec.serviceAllocation.serviceSelectors[0].matchLabel`, `spec.l2.z`, `spec.l2.nodeSelector.w`),
+    /// in that order.
     pub fn unknown_fields(&self) -> Vec<String> {
         let mut out: Vec<String> = self.unknown.keys().map(|k| format!("spec.{k}")).collect();
         if let Some(a) = &self.service_allocation {
             out.extend(a.unknown.keys().map(|k| format!("spec.serviceAllocation.{k}")));
+            out.extend(unknown_in(
+                &a.namespace_selectors,
+                "spec.serviceAllocation.namespaceSelectors",
+            ));
+            out.extend(unknown_in(
+                &a.service_selectors,
+                "spec.serviceAllocation.serviceSelectors",
+            ));
         }
         if let Some(l2) = &self.l2 {
             out.extend(l2.unknown.keys().map(|k| format!("spec.l2.{k}")));
+            if let Some(sel) = &l2.node_selector {
+                out.extend(sel.unknown_fields("spec.l2.nodeSelector"));
+            }
         }
+        out
+    }
+}
+
+impl L2AdvertisementSpec {
+    /// Paths of every field this version does not define (`spec.x`,
+    /// `spec.nodeSelectors[0].matchLabel`, `spec.serviceSelectors[1].matchExpressions[0].value`...).
+    pub fn unknown_fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.unknown.keys().map(|k| format!("spec.{k}")).collect();
+        out.extend(unknown_in(&self.ip_pool_selectors, "spec.ipPoolSelectors"));
+        out.extend(unknown_in(&self.node_selectors, "spec.nodeSelectors"));
+        out.extend(unknown_in(&self.service_selectors, "spec.serviceSelectors"));
         out
     }
 }
@@ -242,11 +421,11 @@ pub struct L2AdvertisementSpec {
 
     /// Labels of the IPPools announced (MetalLB's `ipAddressPoolSelectors`), ORed with `ipPools`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ip_pool_selectors: Vec<LabelSelector>,
+    pub ip_pool_selectors: Vec<Selector>,
 
     /// Nodes that may announce (ORed). Empty: every node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub node_selectors: Vec<LabelSelector>,
+    pub node_selectors: Vec<Selector>,
 
     /// Interfaces to answer on: exact names (`eth0`) or whole-name regular expressions written `/regex/`.
     /// Empty: every eligible interface (MetalLB's default exclusions apply).
@@ -258,7 +437,7 @@ pub struct L2AdvertisementSpec {
     /// here Services sharing an address are announced together, and one Service of the group matching is
     /// enough.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub service_selectors: Vec<LabelSelector>,
+    pub service_selectors: Vec<Selector>,
 
     /// Fields this version does not define (MetalLB's `ipAddressPools`, a typo...): kept by the CRD
     /// (`x-kubernetes-preserve-unknown-fields`) so the controller can refuse the advertisement naming
@@ -427,6 +606,113 @@ mod tests {
             v["serviceAllocation"]["namespaceSelector"]["matchLabels"]["a"],
             "b"
         );
+    }
+
+    #[test]
+    fn unknown_keys_inside_selectors_are_kept_and_named_by_path() {
+        let spec: IPPoolSpec = serde_json::from_value(serde_json::json!({
+            "addresses": ["192.0.2.0/28"],
+            "serviceAllocation": {
+                "namespaceSelectors": [{"matchLabels": {"team": "x"}}, {"matchLabel": {"team": "y"}}],
+                "serviceSelectors": [{"matchExpressions": [
+                    {"key": "app", "operator": "In", "values": ["web"]},
+                    {"key": "tier", "operator": "In", "value": ["db"]},
+                ]}],
+            },
+            "l2": {"nodeSelector": {"matchLabels": {"zone": "a"}, "matchExpression": []}},
+        }))
+        .expect("parses");
+        assert_eq!(
+            spec.unknown_fields(),
+            vec![
+                "spec.serviceAllocation.namespaceSelectors[1].matchLabel",
+                "spec.serviceAllocation.serviceSelectors[0].matchExpressions[1].value",
+                "spec.l2.nodeSelector.matchExpression",
+            ]
+        );
+        // The known part is what the selector means; the typo'd one means nothing but is not lost.
+        let a = spec.service_allocation.as_ref().expect("set");
+        assert_eq!(
+            a.namespace_selectors[0]
+                .match_labels
+                .as_ref()
+                .and_then(|m| m.get("team"))
+                .map(String::as_str),
+            Some("x")
+        );
+        assert_eq!(*a.namespace_selectors[1], LabelSelector::default());
+        let exprs = a.service_selectors[0].match_expressions.as_ref().expect("exprs");
+        assert_eq!(exprs[1].key, "tier");
+        assert_eq!(exprs[1].values, None);
+        let v = serde_json::to_value(&spec).expect("serializes");
+        assert_eq!(
+            v["serviceAllocation"]["namespaceSelectors"][1]["matchLabel"]["team"],
+            "y"
+        );
+        assert_eq!(
+            v["serviceAllocation"]["serviceSelectors"][0]["matchExpressions"][1]["value"][0],
+            "db"
+        );
+        assert_eq!(v["l2"]["nodeSelector"]["matchLabels"]["zone"], "a");
+
+        let adv: L2AdvertisementSpec = serde_json::from_value(serde_json::json!({
+            "ipPoolSelectors": [{"matchLabels": {"a": "b"}}],
+            "nodeSelectors": [{"matchLabels": {"a": "b"}}, {"matchLabel": {"zone": "a"}}],
+            "serviceSelectors": [{"matchExpressions": [{"key": "k", "operator": "Exists", "vals": []}]}],
+            "ipAddressPools": ["p"],
+        }))
+        .expect("parses");
+        assert_eq!(
+            adv.unknown_fields(),
+            vec![
+                "spec.ipAddressPools",
+                "spec.nodeSelectors[1].matchLabel",
+                "spec.serviceSelectors[0].matchExpressions[0].vals",
+            ]
+        );
+        let clean: L2AdvertisementSpec =
+            serde_json::from_value(serde_json::json!({"nodeSelectors": [{"matchLabels": {"a": "b"}}]}))
+                .expect("parses");
+        assert!(clean.unknown_fields().is_empty());
+        // A selector built from a LabelSelector has nothing unknown and means the same.
+        let ls = LabelSelector {
+            match_labels: Some(BTreeMap::from([("a".to_string(), "b".to_string())])),
+            match_expressions: None,
+        };
+        let s = Selector::from(ls.clone());
+        assert_eq!(s.label_selector(), &ls);
+        assert!(s.unknown_fields("x").is_empty());
+        assert_eq!(label_selectors(&[s]), vec![ls]);
+    }
+
+    #[test]
+    fn selector_schemas_preserve_unknown_keys_at_every_level() {
+        let pool = serde_json::to_value(&IPPool::crd().spec.versions[0].schema).expect("schema");
+        let spec = &pool["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let alloc = &spec["serviceAllocation"]["properties"];
+        let adv = serde_json::to_value(&L2Advertisement::crd().spec.versions[0].schema).expect("schema");
+        let aspec = &adv["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let selectors = [
+            ("namespaceSelectors", &alloc["namespaceSelectors"]["items"]),
+            ("serviceSelectors", &alloc["serviceSelectors"]["items"]),
+            ("l2.nodeSelector", &spec["l2"]["properties"]["nodeSelector"]),
+            ("ipPoolSelectors", &aspec["ipPoolSelectors"]["items"]),
+            ("nodeSelectors", &aspec["nodeSelectors"]["items"]),
+            ("serviceSelectors (adv)", &aspec["serviceSelectors"]["items"]),
+        ];
+        for (name, sel) in selectors {
+            assert_eq!(sel["x-kubernetes-preserve-unknown-fields"], true, "{name}: {sel}");
+            assert_eq!(sel["type"], "object", "{name}: {sel}");
+            assert!(sel.get("additionalProperties").is_none(), "{name}: {sel}");
+            assert_eq!(sel["properties"]["matchLabels"]["type"], "object", "{name}");
+            let item = &sel["properties"]["matchExpressions"]["items"];
+            assert_eq!(
+                item["x-kubernetes-preserve-unknown-fields"], true,
+                "{name}: {item}"
+            );
+            assert_eq!(item["required"], serde_json::json!(["key", "operator"]), "{name}");
+            assert!(item["properties"].get("unknown").is_none(), "{name}");
+        }
     }
 
     #[test]

@@ -307,8 +307,8 @@ impl PoolConfig {
             pinned: p.spec.service_allocation.is_some(),
             priority: p.priority(),
             namespaces: alloc.namespaces,
-            namespace_selectors: alloc.namespace_selectors,
-            service_selectors: alloc.service_selectors,
+            namespace_selectors: ferrite_api::lb::label_selectors(&alloc.namespace_selectors),
+            service_selectors: ferrite_api::lb::label_selectors(&alloc.service_selectors),
         })
     }
 

@@ -1241,8 +1241,9 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
 /// Why an L2Advertisement cannot be used: (reason, message naming the field and entry).
 pub fn advertisement_problem(adv: &L2Advertisement) -> Option<(&'static str, String)> {
     let spec = &adv.spec;
-    if !spec.unknown.is_empty() {
-        let fields: Vec<String> = spec.unknown.keys().map(|k| format!("spec.{k}")).collect();
+    // Also inside selectors: a typo there would be stored as `{}`, which selects everything.
+    let fields = spec.unknown_fields();
+    if !fields.is_empty() {
         return Some((
             "UnknownField",
             crate::alloc::unknown_fields_message(&fields, "L2Advertisement"),
@@ -1688,6 +1689,27 @@ mod tests {
                 Status::False,
                 "UnknownField",
                 "unknown field spec.interface (not a field of L2Advertisement lb.ferrite.dev/v1alpha1)",
+            ),
+            (
+                "a typo inside a node selector (stored as {} it would select every node)",
+                json!({"nodeSelectors": [{"matchLabel": {"zone": "a"}}]}),
+                Status::False,
+                "UnknownField",
+                "unknown field spec.nodeSelectors[0].matchLabel",
+            ),
+            (
+                "a typo inside a pool selector's expression",
+                json!({"ipPoolSelectors": [{"matchExpressions": [{"key": "zone", "operator": "In", "value": ["a"]}]}]}),
+                Status::False,
+                "UnknownField",
+                "unknown field spec.ipPoolSelectors[0].matchExpressions[0].value",
+            ),
+            (
+                "a typo inside a service selector",
+                json!({"serviceSelectors": [{"matchLabels": {"a": "b"}, "matchlabels": {}}]}),
+                Status::False,
+                "UnknownField",
+                "unknown field spec.serviceSelectors[0].matchlabels",
             ),
         ];
         for (name, spec, status, reason, needle) in cases {

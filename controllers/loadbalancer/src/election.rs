@@ -278,7 +278,7 @@ impl fmt::Display for AdvertisementError {
     }
 }
 
-fn validate_all(field: &str, sels: &[LabelSelector]) -> Result<(), String> {
+fn validate_all(field: &str, sels: &[ferrite_api::lb::Selector]) -> Result<(), String> {
     for (i, sel) in sels.iter().enumerate() {
         selector::validate(sel).map_err(|e| format!("{field}[{i}]: {e}"))?;
     }
@@ -292,6 +292,11 @@ pub fn parse_advertisement(ad: &L2Advertisement) -> Result<ParsedAdvertisement, 
     let source = AdvertisementSource::L2Advertisement(name);
     let spec = &ad.spec;
     let check = || -> Result<(), String> {
+        // Unknown fields (a typo inside a selector stored as `{}` would otherwise select everything).
+        let unknown = spec.unknown_fields();
+        if !unknown.is_empty() {
+            return Err(crate::alloc::unknown_fields_message(&unknown, "L2Advertisement"));
+        }
         validate_all("ipPoolSelectors", &spec.ip_pool_selectors)?;
         validate_all("nodeSelectors", &spec.node_selectors)?;
         validate_all("serviceSelectors", &spec.service_selectors)?;
@@ -304,11 +309,11 @@ pub fn parse_advertisement(ad: &L2Advertisement) -> Result<ParsedAdvertisement, 
     })?;
     Ok(ParsedAdvertisement {
         ip_pools: spec.ip_pools.clone(),
-        ip_pool_selectors: spec.ip_pool_selectors.clone(),
+        ip_pool_selectors: ferrite_api::lb::label_selectors(&spec.ip_pool_selectors),
         advertisement: Advertisement {
             source,
-            node_selectors: spec.node_selectors.clone(),
-            service_selectors: spec.service_selectors.clone(),
+            node_selectors: ferrite_api::lb::label_selectors(&spec.node_selectors),
+            service_selectors: ferrite_api::lb::label_selectors(&spec.service_selectors),
             interfaces: spec.interfaces.clone(),
         },
     })
@@ -343,6 +348,15 @@ pub fn inline_advertisement(pool: &IPPool) -> Option<Result<Advertisement, Adver
     let l2 = pool.spec.l2.as_ref()?;
     let source = AdvertisementSource::InlineL2(pool.metadata.name.clone().unwrap_or_default());
     let check = || -> Result<(), String> {
+        let unknown: Vec<String> = pool
+            .spec
+            .unknown_fields()
+            .into_iter()
+            .filter(|f| f.starts_with("spec.l2."))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(crate::alloc::unknown_fields_message(&unknown, "IPPool"));
+        }
         if let Some(sel) = &l2.node_selector {
             selector::validate(sel).map_err(|e| format!("l2.nodeSelector: {e}"))?;
         }
@@ -353,7 +367,7 @@ pub fn inline_advertisement(pool: &IPPool) -> Option<Result<Advertisement, Adver
         check()
             .map(|()| Advertisement {
                 source: source.clone(),
-                node_selectors: l2.node_selector.iter().cloned().collect(),
+                node_selectors: l2.node_selector.iter().map(LabelSelector::from).collect(),
                 service_selectors: vec![],
                 interfaces: l2.interfaces.clone(),
             })
@@ -971,6 +985,42 @@ mod tests {
         assert!(ads.is_empty());
         let err = err.expect("inline error").to_string();
         assert!(err.starts_with("IPPool lan (spec.l2): l2.interfaces"), "{err}");
+    }
+
+    /// A typo inside a selector is stored by the CRD (preserve-unknown-fields) and makes the speakers
+    /// ignore the advertisement, as the controller refuses it: read as `{}` it would select everything.
+    #[test]
+    fn unknown_fields_make_an_advertisement_ignored() {
+        for (spec, field) in [
+            (
+                serde_json::json!({"nodeSelectors": [{"matchLabel": {"zone": "a"}}]}),
+                "spec.nodeSelectors[0].matchLabel",
+            ),
+            (
+                serde_json::json!({"serviceSelectors": [{"matchExpressions": [{"key": "a", "operator": "Exists", "valus": []}]}]}),
+                "spec.serviceSelectors[0].matchExpressions[0].valus",
+            ),
+            (
+                serde_json::json!({"ipPoolSelectors": [{"matchLabel": {}}]}),
+                "spec.ipPoolSelectors[0].matchLabel",
+            ),
+            (serde_json::json!({"interface": ["eth0"]}), "spec.interface"),
+        ] {
+            let e = parse_advertisement(&l2adv("typo", spec)).expect_err(field);
+            assert!(e.to_string().contains(&format!("unknown field {field}")), "{e}");
+        }
+        let p = pool(
+            "lan",
+            serde_json::json!({}),
+            Some(serde_json::json!({"nodeSelector": {"matchLabel": {"zone": "a"}}})),
+        );
+        let (ads, err) = pool_advertisements(&p, &[]);
+        assert!(ads.is_empty());
+        let err = err.expect("inline error").to_string();
+        assert!(
+            err.contains("unknown field spec.l2.nodeSelector.matchLabel"),
+            "{err}"
+        );
     }
 
     fn ad(

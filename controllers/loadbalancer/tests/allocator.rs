@@ -722,6 +722,73 @@ async fn unknown_fields_are_refused_naming_each_field() {
         c.message
     );
     wait_event(kb, "default", &l2, "InvalidInterface").await;
+
+    // Typos inside selectors are kept too (the selector schemas preserve unknown keys; pruned, each
+    // would be `{}`, which matches everything) and refused naming the path.
+    let nested = format!("{ns}-nested");
+    let created = create(
+        &pools,
+        pool(
+            &nested,
+            &ns,
+            &["203.0.113.48/29"],
+            json!({"serviceAllocation": {
+                       "namespaces": [ns],
+                       "namespaceSelectors": [{"matchLabel": {"team": "a"}}],
+                       "serviceSelectors": [{"matchExpressions": [{"key": "app", "operator": "In", "value": ["web"]}]}]},
+                   "l2": {"nodeSelector": {"matchLabels": {"zone": "a"}, "matchlabels": {"zone": "b"}}}}),
+        ),
+    )
+    .await;
+    let want = [
+        "spec.serviceAllocation.namespaceSelectors[0].matchLabel",
+        "spec.serviceAllocation.serviceSelectors[0].matchExpressions[0].value",
+        "spec.l2.nodeSelector.matchlabels",
+    ];
+    assert_eq!(created.spec.unknown_fields(), want);
+    let c = wait_pool_condition(&pools, &nested, "Ready", "False", Some("UnknownField")).await;
+    for field in want {
+        assert!(
+            c.message.contains(&format!("unknown field {field}")),
+            "{field}: {}",
+            c.message
+        );
+    }
+    let advs: Api<L2Advertisement> = Api::all(client.clone());
+    let adv = format!("{ns}-nested-adv");
+    let created = create(
+        &advs,
+        json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "L2Advertisement", "metadata": {"name": adv},
+               "spec": {"ipPools": [nested],
+                        "ipPoolSelectors": [{"matchExpressions": [{"key": "a", "operator": "Exists", "vals": []}]}],
+                        "nodeSelectors": [{"matchLabels": {"zone": "a"}}, {"matchLabel": {"zone": "b"}}],
+                        "serviceSelectors": [{"matchLabelz": {"app": "web"}}]}}),
+    )
+    .await;
+    let want = [
+        "spec.ipPoolSelectors[0].matchExpressions[0].vals",
+        "spec.nodeSelectors[1].matchLabel",
+        "spec.serviceSelectors[0].matchLabelz",
+    ];
+    assert_eq!(created.spec.unknown_fields(), want);
+    let c = eventually(
+        Duration::from_secs(10),
+        "Ready=False UnknownField on the advertisement",
+        || async {
+            let a = advs.get(&adv).await.ok()?;
+            let c = a.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+            (c.status == "False" && c.reason == "UnknownField").then_some(c)
+        },
+    )
+    .await;
+    for field in want {
+        assert!(
+            c.message.contains(&format!("unknown field {field}")),
+            "{field}: {}",
+            c.message
+        );
+    }
+    wait_event(kb, "default", &adv, "UnknownField").await;
 }
 
 /// MetalLB's sharing rule (equal backend keys: a Local Service's spec.selector, empty for Cluster): a
