@@ -210,6 +210,8 @@ pub struct Context {
     ready: std::sync::atomic::AtomicBool,
     /// Whether the annotation can ride along with the status write.
     status_metadata: StatusMetadata,
+    /// The L2Advertisements, set once listed (before that no pool is told it is not announced).
+    adverts: std::sync::OnceLock<Store<L2Advertisement>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -376,6 +378,7 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         resync: app.run_options().resync,
         ready: std::sync::atomic::AtomicBool::new(false),
         status_metadata: StatusMetadata::default(),
+        adverts: std::sync::OnceLock::new(),
     });
     // The Services watch feeds the store, then the allocator index (deletes, relists), then the Controller.
     let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
@@ -426,6 +429,17 @@ pub async fn run(app: App, args: ControllerArgs) -> anyhow::Result<()> {
         watcher::Config::default(),
     );
     let adverts = adverts_ctl.store();
+    {
+        // The pools' Announced condition reads the advertisements once they are listed.
+        let ctx = ctx.clone();
+        let adverts = adverts.clone();
+        tokio::spawn(async move {
+            if ferrite_kit::admin::wait_synced(&adverts).await {
+                let _ = ctx.adverts.set(adverts);
+                bump(&ctx.pools_dirty);
+            }
+        });
+    }
     let adverts_ctl = adverts_ctl.watches(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
@@ -1204,6 +1218,26 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
             );
         }
     }
+    // Announced: whether anything announces the pool's addresses (an allocate-only pool is legal, as in
+    // MetalLB, but earlier releases announced an l2-less pool everywhere: say so, once per state).
+    let was_announced = conditions_status(pool.status.as_ref(), "Announced");
+    let announced = ctx
+        .adverts
+        .get()
+        .map(|store| announced_condition(&pool, &store.state()));
+    if let Some((a_status, a_reason, a_message)) = &announced {
+        conditions::set(
+            &mut status.conditions,
+            NewCondition {
+                type_: "Announced",
+                status: *a_status,
+                reason: a_reason,
+                message: a_message.clone(),
+            },
+            generation,
+            now,
+        );
+    }
     let stats = stats.unwrap_or_default();
     let sat = |v: u128| i64::try_from(v).unwrap_or(i64::MAX);
     status.total_ipv4 = sat(stats.total_v4);
@@ -1234,8 +1268,72 @@ async fn reconcile_pool(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, 
                 .warning(&pool.object_ref(&()), e.reason(), "Validate", e.to_string())
                 .await;
         }
+        if let Some((Status::False, reason, message)) = &announced
+            && was_announced.as_deref() != Some("False")
+        {
+            ctx.events
+                .warning(
+                    &pool.object_ref(&()),
+                    reason,
+                    "Validate",
+                    format!("IPPool \"{name}\": {message}"),
+                )
+                .await;
+        }
     }
     Ok(Action::requeue(ctx.resync))
+}
+
+/// The status ("True"/"False") of the condition `type_` in a pool's status.
+fn conditions_status(status: Option<&ferrite_api::lb::IPPoolStatus>, type_: &str) -> Option<String> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+/// The pool's `Announced` condition: True when it has an `l2` block or a valid L2Advertisement selects
+/// it (naming them); False, reason `NoAdvertisement`, when nothing does: allocate-only (MetalLB's rule;
+/// earlier Ferrite releases announced such a pool from every node).
+pub fn announced_condition(
+    pool: &IPPool,
+    adverts: &[Arc<L2Advertisement>],
+) -> (Status, &'static str, String) {
+    let name = pool.name_any();
+    let mut by: Vec<String> = adverts
+        .iter()
+        .filter(|a| advertisement_problem(a).is_none())
+        .filter(|a| {
+            let spec = &a.spec;
+            (spec.ip_pools.is_empty() && spec.ip_pool_selectors.is_empty())
+                || spec.ip_pools.contains(&name)
+                || spec
+                    .ip_pool_selectors
+                    .iter()
+                    .any(|sel| ferrite_kit::selector::matches(sel, pool.labels()).unwrap_or(false))
+        })
+        .map(|a| format!("L2Advertisement {}", a.name_any()))
+        .collect();
+    by.sort();
+    if pool.spec.l2.is_some() {
+        by.insert(0, "its l2 block".to_string());
+    }
+    if by.is_empty() {
+        (
+            Status::False,
+            "NoAdvertisement",
+            "no L2Advertisement selects this pool and it has no l2 block: allocate-only (its addresses are \
+             handed out but not announced; earlier Ferrite releases announced such a pool from every node)"
+                .to_string(),
+        )
+    } else {
+        (
+            Status::True,
+            "Announced",
+            format!("announced by {}", by.join(", ")),
+        )
+    }
 }
 
 /// Why an L2Advertisement cannot be used: (reason, message naming the field and entry).
@@ -1362,6 +1460,8 @@ async fn reconcile_advertisement(adv: Arc<L2Advertisement>, ctx: Arc<Context>) -
                 .await;
         }
     }
+    // Which pools are announced may have changed (their Announced condition).
+    bump(&ctx.pools_dirty);
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -1602,6 +1702,92 @@ mod tests {
                                           "spec": {"addresses": ["192.0.2.0/30"]}}))
             .expect("IPPool"),
         )
+    }
+
+    #[test]
+    fn a_pool_is_announced_by_its_l2_block_or_a_valid_advertisement() {
+        let lan = ippool("lan", json!({"zone": "a"}));
+        let mut inline = (*ippool("inline", json!({}))).clone();
+        inline.spec.l2 = Some(Default::default());
+        let ads = |specs: &[(&str, serde_json::Value)]| -> Vec<Arc<L2Advertisement>> {
+            specs
+                .iter()
+                .map(|(n, spec)| {
+                    let mut a = adv(spec.clone());
+                    a.metadata.name = Some(n.to_string());
+                    Arc::new(a)
+                })
+                .collect()
+        };
+        // (case, pool, advertisements, status, reason, message contains)
+        let cases = [
+            (
+                "nothing",
+                lan.clone(),
+                ads(&[]),
+                Status::False,
+                "NoAdvertisement",
+                "allocate-only",
+            ),
+            (
+                "another pool only",
+                lan.clone(),
+                ads(&[("x", json!({"ipPools": ["dmz"]}))]),
+                Status::False,
+                "NoAdvertisement",
+                "no L2Advertisement selects this pool and it has no l2 block",
+            ),
+            (
+                "an invalid advertisement does not count",
+                lan.clone(),
+                ads(&[("bad", json!({"ipPools": ["lan"], "interfaces": ["/eth[/"]}))]),
+                Status::False,
+                "NoAdvertisement",
+                "allocate-only",
+            ),
+            (
+                "by name and by label, sorted",
+                lan.clone(),
+                ads(&[
+                    ("z", json!({"ipPools": ["lan"]})),
+                    ("a", json!({"ipPoolSelectors": [{"matchLabels": {"zone": "a"}}]})),
+                ]),
+                Status::True,
+                "Announced",
+                "announced by L2Advertisement a, L2Advertisement z",
+            ),
+            (
+                "an advertisement of every pool",
+                lan.clone(),
+                ads(&[("all", json!({}))]),
+                Status::True,
+                "Announced",
+                "announced by L2Advertisement all",
+            ),
+            (
+                "inline l2",
+                Arc::new(inline),
+                ads(&[]),
+                Status::True,
+                "Announced",
+                "announced by its l2 block",
+            ),
+        ];
+        for (name, pool, adverts, status, reason, needle) in cases {
+            let (s, r, m) = announced_condition(&pool, &adverts);
+            assert_eq!((s, r), (status, reason), "{name}: {m}");
+            assert!(m.contains(needle), "{name}: {m}");
+        }
+        let st: ferrite_api::lb::IPPoolStatus = serde_json::from_value(json!({"conditions": [
+            {"type": "Announced", "status": "False", "reason": "NoAdvertisement", "message": "m",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
+        .expect("status");
+        assert_eq!(
+            conditions_status(Some(&st), "Announced").as_deref(),
+            Some("False")
+        );
+        assert_eq!(conditions_status(Some(&st), "Ready"), None);
+        assert_eq!(conditions_status(None, "Announced"), None);
     }
 
     #[test]

@@ -5,28 +5,18 @@
 //! backends, keyed by `ip:port`, which is also one pool per endpoint.
 //!
 //! ```text
-//!   request ──checkout(endpoint)──> idle connection (newest first; closed or idle too long: dropped)
-//!              └─ none: TCP connect (connect timeout, TCP_NODELAY) + HTTP/1.1 handshake
-//!           ──send──> response head ──> body streamed downstream ──last byte──> connection back idle
+//!   request ──checkout(endpoint)──> idle sender (newest first; closed or idle too long: dropped)
+//!              └─ none: TCP connect (connect timeout, TCP_NODELAY) + HTTP/1.1 handshake, the
+//!                 connection driven by its own task (upgrades kept: WebSocket)
+//!           ──send──> response head ──> body streamed downstream ──last byte──> sender back idle
 //!   a pooled connection the upstream closed before our request went out: one new connection, the
 //!   same request (it was never sent)
 //! ```
-//!
-//! An HTTP/1.1 connection has no task of its own: its state machine (hyper's dispatcher, which
-//! writes the request, reads the response and feeds the body) is polled by the request that uses
-//! it — inside `send` until the response head, then by the response body on its way downstream —
-//! so a request and its response never cross tasks (no channel hop to another task, no second
-//! wake-up per read). Idle in the pool nobody polls it; [`Pool::reap`] polls each idle connection
-//! once (noticing an upstream that closed it) and a checkout polls it before use. A 101 response
-//! hands the connection to the tunnel's task, which polls it until the upgrade completes.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -277,9 +267,9 @@ impl Upstreams {
     }
 }
 
-/// HTTP/1.1 keep-alive connections per endpoint: idle connections kept until reused (newest
-/// first) or older than the idle timeout. A connection is driven by the request using it (see the
-/// module docs); [`Pool::reap`] drops connections idle too long or closed by the upstream.
+/// HTTP/1.1 keep-alive connections per endpoint: idle senders kept until reused (newest first) or
+/// older than the idle timeout. Each connection is driven by its own task, which ends when the
+/// upstream closes it or its last sender is dropped; [`Pool::reap`] drops senders idle too long.
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
     connect_timeout: Duration,
@@ -287,74 +277,15 @@ pub struct Pool {
 }
 
 struct IdleConn {
-    conn: UpstreamConn,
+    tx: http1::SendRequest<ProxyBody>,
     since: Instant,
 }
 
-/// hyper's connection future (with upgrades): unnameable, so boxed once per connection.
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
-
-/// One upstream HTTP/1.1 connection: the sender and the connection's state machine, polled by
-/// whoever holds it ([`UpstreamConn::drive`]).
-pub struct UpstreamConn {
+/// A connection in use: handed back with [`Pool::put`] once its response is complete.
+pub struct Pooled {
     tx: http1::SendRequest<ProxyBody>,
-    /// `None` once the connection ended (closed by either side, or failed): dropping the driver
-    /// fails a request still waiting on it, with the request given back when it was never written.
-    driver: Option<Driver>,
     endpoint: SocketAddr,
 }
-
-impl UpstreamConn {
-    /// Lets the connection make progress (write the request, read the response and its body,
-    /// notice a close); registers `cx` for its next event.
-    pub fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(driver) = self.driver.as_mut()
-            && let Poll::Ready(r) = driver.as_mut().poll(cx)
-        {
-            if let Err(e) = r {
-                tracing::debug!(endpoint = %self.endpoint, error = %e, "upstream connection ended with an error");
-            }
-            self.driver = None;
-        }
-    }
-
-    /// Polls the connection once without a task to wake (the reaper, a checkout's first look): an
-    /// upstream's close already received is noticed.
-    fn drive_now(&mut self) {
-        self.drive(&mut Context::from_waker(std::task::Waker::noop()));
-    }
-
-    fn is_closed(&self) -> bool {
-        self.driver.is_none() || self.tx.is_closed()
-    }
-
-    /// Polls the connection until it ends: a 101's upgrade completes then (the tunnel's task).
-    pub async fn finish(mut self) {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            if self.driver.is_none() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
-    }
-
-    /// Waits for `fut` (a request on this connection) while driving the connection.
-    async fn with<F: Future>(&mut self, fut: F) -> F::Output {
-        let mut fut = std::pin::pin!(fut);
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            fut.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
-/// A connection in use: handed back with [`Pool::put`] once its response is complete; its
-/// response body polls it ([`UpstreamConn::drive`]) while streaming.
-pub type Pooled = UpstreamConn;
 
 /// Why a request could not be sent upstream.
 #[derive(Debug)]
@@ -375,16 +306,12 @@ impl std::fmt::Display for SendError {
 }
 
 impl Pool {
-    fn checkout(&self, endpoint: SocketAddr) -> Option<UpstreamConn> {
+    fn checkout(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&endpoint)?;
-        while let Some(mut c) = list.pop() {
-            if c.since.elapsed() >= self.idle_timeout {
-                continue;
-            }
-            c.conn.drive_now();
-            if !c.conn.is_closed() {
-                return Some(c.conn);
+        while let Some(c) = list.pop() {
+            if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.tx);
             }
         }
         None
@@ -393,12 +320,12 @@ impl Pool {
     /// Hands a connection back once its response body was read to the end (else it is dropped,
     /// which closes it).
     pub fn put(&self, conn: Pooled) {
-        if conn.is_closed() || self.idle_timeout.is_zero() {
+        if conn.tx.is_closed() || self.idle_timeout.is_zero() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.entry(conn.endpoint).or_default().push(IdleConn {
-            conn,
+            tx: conn.tx,
             since: Instant::now(),
         });
     }
@@ -409,23 +336,17 @@ impl Pool {
         idle.get(&endpoint).map_or(0, Vec::len)
     }
 
-    /// Drops connections idle longer than the idle timeout (they close) or closed by the upstream
-    /// (each idle one is polled once to notice), and endpoints without any.
+    /// Drops senders idle longer than the idle timeout (their connections close) and endpoints
+    /// without any.
     pub fn reap(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain_mut(|c| {
-                if c.since.elapsed() >= self.idle_timeout {
-                    return false;
-                }
-                c.conn.drive_now();
-                !c.conn.is_closed()
-            });
+            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout);
             !list.is_empty()
         });
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<UpstreamConn, SendError> {
+    async fn connect(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<ProxyBody>, SendError> {
         let stream = match tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(endpoint),
@@ -446,11 +367,12 @@ impl Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Request(Box::new(e)))?;
-        Ok(UpstreamConn {
-            tx,
-            driver: Some(Box::pin(conn.with_upgrades())),
-            endpoint,
-        })
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
     }
 
     /// Sends `req` (origin-form target, Host set) to `endpoint` on an idle connection or a new one.
@@ -464,28 +386,23 @@ impl Pool {
         let mut pooled = self.checkout(endpoint);
         loop {
             let reused = pooled.is_some();
-            let mut conn = match pooled.take() {
-                Some(c) => c,
+            let mut tx = match pooled.take() {
+                Some(tx) => tx,
                 None => self.connect(endpoint).await?,
             };
             // A returned connection is normally ready at once; one that is not within the connect
             // timeout is dropped rather than waited on.
-            if reused {
-                let ready = std::future::poll_fn(|cx| {
-                    conn.drive(cx);
-                    conn.tx.poll_ready(cx)
-                });
-                if !matches!(
-                    tokio::time::timeout(self.connect_timeout, ready).await,
+            if reused
+                && !matches!(
+                    tokio::time::timeout(self.connect_timeout, tx.ready()).await,
                     Ok(Ok(()))
-                ) {
-                    pooled = self.checkout(endpoint);
-                    continue;
-                }
+                )
+            {
+                pooled = self.checkout(endpoint);
+                continue;
             }
-            let sent = conn.tx.try_send_request(req);
-            match conn.with(sent).await {
-                Ok(resp) => return Ok((resp, conn)),
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Pooled { tx, endpoint })),
                 Err(mut e) => match e.take_message() {
                     // Never written: the upstream had closed the pooled connection.
                     Some(r) if reused => {
@@ -653,14 +570,9 @@ mod tests {
         let mut req = Request::new(body);
         req.headers_mut()
             .insert(hyper::header::HOST, hyper::header::HeaderValue::from_static("t"));
-        let (resp, mut conn) = pool.send(endpoint, req).await.map_err(|e| e.to_string())?;
+        let (resp, conn) = pool.send(endpoint, req).await.map_err(|e| e.to_string())?;
         let (_, body) = resp.into_parts();
-        // The connection has no task of its own: reading the body drives it.
-        let bytes = conn
-            .with(body.collect())
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         assert_eq!(&bytes[..], b"ok");
         pool.put(conn);
         Ok(())
