@@ -731,10 +731,6 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // The HTTP/1.1 connection has no task of its own: reading its body is what drives it.
-        if let Some((conn, _, _)) = self.conn.as_mut() {
-            conn.drive(cx);
-        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
                 self.progressed = true;
@@ -1164,7 +1160,7 @@ async fn forward(
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     // The connection belongs to the tunnel now, never back to the pool.
                     return match downstream_upgrade {
-                        Some(down) => tunnel(shared, down, resp, pooled),
+                        Some(down) => tunnel(shared, down, resp),
                         None => local_response(StatusCode::BAD_GATEWAY, "Bad Gateway: unexpected 101"),
                     };
                 }
@@ -1258,20 +1254,11 @@ fn tunnel(
     shared: &Arc<Shared>,
     downstream: hyper::upgrade::OnUpgrade,
     mut upstream: Response<Incoming>,
-    conn: Option<Pooled>,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut upstream);
     let cancel = shared.cancel.clone();
     let drain = shared.config.drain_timeout;
     shared.tunnels.spawn(async move {
-        // The upstream connection hands its IO over when its state machine, polled to its end
-        // here, sees the 101 through.
-        let upstream_upgrade = async move {
-            if let Some(conn) = conn {
-                conn.finish().await;
-            }
-            upstream_upgrade.await
-        };
         let (down, up) = match tokio::try_join!(downstream, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
