@@ -100,6 +100,19 @@ fn defaults_render_the_class_a_least_privilege_deployment_and_its_load_balancer(
         env_of(deploy, "FERRITE_INGRESS_HTTPS_REDIRECT_PORT").as_deref(),
         Some("443")
     );
+    // Backends see the Service ports clients reach (X-Forwarded-Port), not 8080/8443.
+    assert_eq!(
+        env_of(deploy, "FERRITE_INGRESS_PUBLIC_HTTP_PORT").as_deref(),
+        Some("80")
+    );
+    assert_eq!(
+        env_of(deploy, "FERRITE_INGRESS_PUBLIC_HTTPS_PORT").as_deref(),
+        Some("443")
+    );
+    assert_eq!(
+        env_of(deploy, "FERRITE_INGRESS_CLIENT_BODY_TIMEOUT").as_deref(),
+        Some("60s")
+    );
     assert_eq!(
         env_of(deploy, "FERRITE_LEASE_NAME").as_deref(),
         Some("ferrite-ingress-controller")

@@ -1468,3 +1468,34 @@ async fn a_slow_upload_is_not_an_upstream_timeout_and_a_stalled_one_is_408() {
     );
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_port_is_the_public_port() {
+    // The chart's pods listen on 8080/8443 behind Service ports 80/443: backends must see the port
+    // the client reached (ingress-nginx's $pass_port), not the container's.
+    let p = start(|c| {
+        c.public_http_port = Some(80);
+        c.public_https_port = Some(443);
+    })
+    .await;
+    let (code, body, _) = curl(&["-H", "Host: a.test", &format!("http://{}/a/x", p.http)]).await;
+    assert_eq!(code, 200);
+    assert!(body.lines().any(|l| l == "x-forwarded-port: 80"), "{body}");
+    let port = p.https.port();
+    let (code, body, err) = curl(&[
+        "-k",
+        "--resolve",
+        &format!("tls.test:{port}:127.0.0.1"),
+        &format!("https://tls.test:{port}/x"),
+    ])
+    .await;
+    assert_eq!(code, 200, "{err}");
+    assert!(body.lines().any(|l| l == "x-forwarded-port: 443"), "{body}");
+    p.cancel.cancel();
+    // Unset: the listener's own port.
+    let p = start(|_| {}).await;
+    let (_, body, _) = curl(&["-H", "Host: a.test", &format!("http://{}/a/x", p.http)]).await;
+    let want = format!("x-forwarded-port: {}", p.http.port());
+    assert!(body.lines().any(|l| l == want), "{body}");
+    p.cancel.cancel();
+}

@@ -59,6 +59,13 @@ pub struct ProxyArgs {
     /// The port written into HTTPS redirects (the port clients reach the TLS listener on; 443 is left out).
     #[arg(long, env = "FERRITE_INGRESS_HTTPS_REDIRECT_PORT", default_value_t = 443)]
     pub https_redirect_port: u16,
+    /// The port clients reach the plain listener on (the Service port in front of the pod), sent to
+    /// backends as X-Forwarded-Port; unset: the listener's own port.
+    #[arg(long, env = "FERRITE_INGRESS_PUBLIC_HTTP_PORT")]
+    pub public_http_port: Option<u16>,
+    /// The port clients reach the TLS listener on, for X-Forwarded-Port; unset: the listener's own.
+    #[arg(long, env = "FERRITE_INGRESS_PUBLIC_HTTPS_PORT")]
+    pub public_https_port: Option<u16>,
     /// Time a client has to send a complete request head (and to finish the TLS handshake).
     #[arg(long, env = "FERRITE_INGRESS_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub header_read_timeout: Duration,
@@ -182,6 +189,8 @@ impl ControllerArgs {
             https_addr: self.https_listen,
             redirect_to_https: p.https_redirect,
             https_redirect_port: p.https_redirect_port,
+            public_http_port: p.public_http_port,
+            public_https_port: p.public_https_port,
             header_read_timeout: p.header_read_timeout,
             idle_timeout: p.idle_timeout,
             upstream_connect_timeout: p.upstream_connect_timeout,

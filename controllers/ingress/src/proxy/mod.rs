@@ -67,6 +67,11 @@ pub struct ProxyConfig {
     /// The port written into redirects (the port clients reach the TLS listener on, e.g. behind a
     /// load balancer); 443 is left out of the Location.
     pub https_redirect_port: u16,
+    /// The port clients reach the plain listener on (the Service or host port in front of it), sent
+    /// as `X-Forwarded-Port`; `None`: the listener's own port. A PROXY header's destination wins.
+    pub public_http_port: Option<u16>,
+    /// The same for the TLS listener.
+    pub public_https_port: Option<u16>,
     /// Time a client has to send a complete request head (slowloris), also the TLS handshake limit.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
@@ -118,6 +123,8 @@ impl Default for ProxyConfig {
             https_addr: SocketAddr::from(([0, 0, 0, 0], 443)),
             redirect_to_https: true,
             https_redirect_port: 443,
+            public_http_port: None,
+            public_https_port: None,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(5),
@@ -300,6 +307,17 @@ impl Proxy {
                 let state = ConnState::new(listener, &shared.metrics);
                 let mut stream = stream;
                 let timeout = shared.config.header_read_timeout;
+                // X-Forwarded-Port is the port the client reached: the PROXY header's destination,
+                // else the listener's public port (the Service port in front), else its own.
+                let public = if tls {
+                    shared.config.public_https_port
+                } else {
+                    shared.config.public_http_port
+                };
+                let reached = |local: SocketAddr| match public {
+                    Some(port) => SocketAddr::new(local.ip(), port),
+                    None => local,
+                };
                 // With the PROXY protocol the client and the address it connected to (the load
                 // balancer's, whose port goes into X-Forwarded-Port) come from the header.
                 let (peer, local) = if shared.config.proxy_protocol {
@@ -308,7 +326,7 @@ impl Proxy {
                         Ok(Ok(proxy_protocol::ProxyHeader::Proxied { source, destination })) => {
                             (source, destination)
                         }
-                        Ok(Ok(proxy_protocol::ProxyHeader::Local)) => (peer, local),
+                        Ok(Ok(proxy_protocol::ProxyHeader::Local)) => (peer, reached(local)),
                         Ok(Err(e)) => {
                             shared
                                 .metrics
@@ -329,7 +347,7 @@ impl Proxy {
                         }
                     }
                 } else {
-                    (peer, local)
+                    (peer, reached(local))
                 };
                 let info = ConnInfo { peer, local, tls };
                 if tls {
