@@ -1499,3 +1499,37 @@ async fn x_forwarded_port_is_the_public_port() {
     assert!(body.lines().any(|l| l == want), "{body}");
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_fields_are_joined_for_an_http1_upstream() {
+    let p = start(|_| {}).await;
+    let tcp = TcpStream::connect(p.http).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2");
+    tokio::spawn(conn);
+    // Browsers send every cookie as its own HPACK field (RFC 9113 section 8.2.3).
+    let req = Request::builder()
+        .uri("http://a.test/a/cookies")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .body(boxed(Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    let cookies: Vec<&str> = body.lines().filter(|l| l.starts_with("cookie:")).collect();
+    assert_eq!(cookies, vec!["cookie: a=1; b=2; c=3"], "{body}");
+    // One field stays as it is; HTTP/1.1 clients' lines are not touched either.
+    let req = Request::builder()
+        .uri("http://a.test/a/cookies")
+        .header("cookie", "only=1")
+        .body(boxed(Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("h2 request");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("cookie: only=1\n"));
+    p.cancel.cancel();
+}

@@ -800,6 +800,24 @@ fn framing_error(req: &Request<Incoming>) -> Option<&'static str> {
     None
 }
 
+/// RFC 9113 section 8.2.3: an HTTP/2 client may split `cookie` into one field per cookie (browsers
+/// do, for HPACK); before an HTTP/1.1 hop they MUST be joined into one with "; " (as nginx does).
+/// Many HTTP/1.1 servers read only the first `Cookie` line. Nothing is done for one field.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// RFC 9112 section 3.2, as nginx: an HTTP/1.1 request without Host, any HTTP/1 request with more
 /// than one Host line or an invalid one (not `host[:port]`) is a 400 (two Hosts are a classic
 /// request-smuggling and cache-poisoning probe: hops would disagree on the host).
@@ -1063,6 +1081,9 @@ async fn forward(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     set_forwarded_headers(&mut parts.headers, conn, host.as_ref(), request_id);
+    if parts.version == Version::HTTP_2 && !h2c {
+        join_cookies(&mut parts.headers);
+    }
     // HTTP/1.1 upstream needs a Host; a client without one (HTTP/1.0) gets the empty value RFC 9112
     // section 3.2 prescribes for a target without authority.
     parts
