@@ -47,9 +47,11 @@
 //!   and no requested IP, an address already used by the same key in a candidate pool is preferred (if the
 //!   rules allow) over a free one, so `allow-shared-ip` alone is enough to put a TCP and a UDP Service on
 //!   one address.
-//! - **Dual-stack**: one address per family in [`Request::families`]. With `dual_stack_required`
-//!   (RequireDualStack) every family must be served or the assignment fails; otherwise (PreferDualStack) the
-//!   families that can be served are, and it fails only if none can.
+//! - **Dual-stack**: one address per family in [`Request::families`], both from ONE pool that offers both
+//!   (MetalLB's rule) unless a pool is named or addresses are requested. With `dual_stack_required`
+//!   (RequireDualStack) every family must be served or the assignment fails ([`AllocError::NoDualStackPool`]
+//!   without such a pool); otherwise (PreferDualStack) without such a pool only the primary family is
+//!   served, and a Service holding one address keeps just that one.
 //! - **Restart**: [`Allocator::rebuild`] adopts the addresses in each Service's status, oldest Service first
 //!   (creation time, then namespace/name), before anything is assigned. When two Services claim one address
 //!   the older keeps it and the newer gets [`AllocError::IpInUse`]; the controller then calls `assign` for it,
@@ -526,6 +528,12 @@ pub enum AllocError {
         /// Which criterion failed.
         why: String,
     },
+    /// A dual-stack Service (RequireDualStack, no named pool, nothing requested) and no auto-assign pool
+    /// that allows it has a free address of both families (MetalLB takes both from one pool).
+    #[error(
+        "no IPPool with free IPv4 and IPv6 addresses serves this Service: both addresses of a dual-stack Service come from one pool (as in MetalLB); add both families to a pool, or name a pool"
+    )]
+    NoDualStackPool,
     /// No auto-assign pool that allows the Service has addresses of the family.
     #[error(
         "no IPPool with {family} addresses serves this Service (check autoAssign and serviceAllocation, or name a pool)"
@@ -631,6 +639,7 @@ impl AllocError {
             AllocError::UnknownPool { .. } => "UnknownPool",
             AllocError::PoolNotAllowed { .. } => "PoolNotAllowed",
             AllocError::NoMatchingPool { .. } => "NoMatchingPool",
+            AllocError::NoDualStackPool => "NoDualStackPool",
             AllocError::SharingConflict { .. } => "SharingConflict",
             AllocError::SharingKeyMismatch { .. } => "SharingKeyMismatch",
             AllocError::SharingTrafficPolicy { .. } => "SharingTrafficPolicy",
@@ -817,19 +826,64 @@ impl Allocator {
 
         let held = self.services.get(&req.key);
         let existing: &[IpAddr] = held.map_or(&req.current, |h| &h.ips);
+        let mut needed = needed;
+        let mut kept: Vec<Option<IpAddr>> = needed
+            .iter()
+            .map(|&f| {
+                existing.iter().copied().find(|ip| {
+                    Family::of(*ip) == f
+                        && self.fits_request(*ip, req, held.is_some())
+                        && self.check_share(*ip, req).is_ok()
+                })
+            })
+            .collect();
+        // MetalLB's dual-stack rule (no named pool, nothing requested): both families from ONE pool that
+        // offers both; PreferDualStack without such a pool gets its primary family only, and a
+        // PreferDualStack Service that holds one address keeps just that one (idempotent: a second look
+        // does not add what the first refused); RequireDualStack missing a family takes it from the
+        // held address's pool. Addresses already held (two pools, from an earlier release) are kept.
+        let mut only: Option<usize> = None;
+        if req.pool.is_none() && req.requested.is_empty() && needed.len() == 2 {
+            match (kept[0], kept[1]) {
+                (Some(_), Some(_)) => {}
+                (None, None) => match self.dual_stack_pool(req) {
+                    Some(i) => only = Some(i),
+                    None if req.dual_stack_required => return Err(AllocError::NoDualStackPool),
+                    None => {
+                        needed.truncate(1);
+                        kept.truncate(1);
+                    }
+                },
+                (Some(ip), None) | (None, Some(ip)) if !req.dual_stack_required => {
+                    needed = vec![Family::of(ip)];
+                    kept = vec![Some(ip)];
+                }
+                (Some(ip), None) | (None, Some(ip)) => {
+                    let missing = if Family::of(ip) == Family::V4 {
+                        Family::V6
+                    } else {
+                        Family::V4
+                    };
+                    match self
+                        .pools
+                        .iter()
+                        .position(|p| p.cfg.offers(ip))
+                        .filter(|&i| self.pools[i].usable[fidx(missing)] > 0)
+                    {
+                        Some(i) => only = Some(i),
+                        None => return Err(AllocError::NoDualStackPool),
+                    }
+                }
+            }
+        }
         let mut plan: Vec<Planned> = Vec::new();
         let mut errors: Vec<AllocError> = Vec::new();
-        for &f in &needed {
-            let keep = existing.iter().copied().find(|ip| {
-                Family::of(*ip) == f
-                    && self.fits_request(*ip, req, held.is_some())
-                    && self.check_share(*ip, req).is_ok()
-            });
+        for (&f, keep) in needed.iter().zip(kept) {
             let got = match keep {
                 Some(ip) => Ok((ip, None)),
                 None => match req.requested_of(f) {
                     Some(ip) => self.check_requested(ip, req).map(|()| (ip, None)),
-                    None => self.pick(f, req),
+                    None => self.pick(f, req, only),
                 },
             };
             match got {
@@ -1087,7 +1141,18 @@ impl Allocator {
     }
 
     /// A new address of family `f` for a Service that requested none.
-    fn pick(&self, f: Family, req: &Request) -> Result<Planned, AllocError> {
+    /// The first auto-assign pool (in pool order) that allows `req` and has a free address of each
+    /// family: where a dual-stack Service takes both (MetalLB's rule).
+    fn dual_stack_pool(&self, req: &Request) -> Option<usize> {
+        (0..self.pools.len()).find(|&i| {
+            let p = &self.pools[i];
+            p.cfg.auto_assign && Family::ALL.iter().all(|f| p.free(*f) > 0) && p.cfg.allows(req).is_ok()
+        })
+    }
+
+    /// A free address of family `f` for `req`: from its named pool, else from the auto-assign pools
+    /// (only pool `only` when given).
+    fn pick(&self, f: Family, req: &Request, only: Option<usize>) -> Result<Planned, AllocError> {
         let candidates: Vec<usize> = match &req.pool {
             Some(name) => {
                 let p = self.named_pool(name)?;
@@ -1110,7 +1175,10 @@ impl Allocator {
             None => (0..self.pools.len())
                 .filter(|&i| {
                     let p = &self.pools[i];
-                    p.cfg.auto_assign && p.usable[fidx(f)] > 0 && p.cfg.allows(req).is_ok()
+                    only.is_none_or(|o| o == i)
+                        && p.cfg.auto_assign
+                        && p.usable[fidx(f)] > 0
+                        && p.cfg.allows(req).is_ok()
                 })
                 .collect(),
         };
@@ -1835,11 +1903,32 @@ mod tests {
                 want: Ok(&["192.0.2.1"]),
             },
             Case {
-                name: "dual-stack required, both families",
+                // MetalLB: both families from one pool; two single-family pools are not enough.
+                name: "dual-stack required, two single-family pools",
                 pools: vec![v4(), v6()],
                 before: vec![],
                 req: svc("s").fam(&[V4, V6], true),
-                want: Ok(&["192.0.2.0", "2001:db8::"]),
+                want: Err("NoDualStackPool"),
+            },
+            Case {
+                // MetalLB's doc example (ipv4-pool, ipv6-pool, no dual-stack pool): the first family only.
+                name: "dual-stack preferred, two single-family pools",
+                pools: vec![v4(), v6()],
+                before: vec![],
+                req: svc("s").fam(&[V6, V4], false),
+                want: Ok(&["2001:db8::"]),
+            },
+            Case {
+                // ... and with the dualstack-pool: both from it.
+                name: "dual-stack preferred, a dual-stack pool beside single-family ones",
+                pools: vec![
+                    v4(),
+                    v6(),
+                    pool("z-mixed", &["198.51.100.0/30", "2001:db8:1::/126"]),
+                ],
+                before: vec![],
+                req: svc("s").fam(&[V6, V4], false),
+                want: Ok(&["2001:db8:1::", "198.51.100.0"]),
             },
             Case {
                 name: "dual-stack from one mixed pool",
@@ -1853,7 +1942,7 @@ mod tests {
                 pools: vec![v4()],
                 before: vec![],
                 req: svc("s").fam(&[V4, V6], true),
-                want: Err("NoMatchingPool"),
+                want: Err("NoDualStackPool"),
             },
             Case {
                 name: "dual-stack preferred, no IPv6 pool",
@@ -1863,11 +1952,20 @@ mod tests {
                 want: Ok(&["192.0.2.0"]),
             },
             Case {
+                // No dual-stack pool: the primary family only, and its pool is full.
                 name: "dual-stack preferred, IPv4 pool full",
                 pools: vec![pool("one", &["192.0.2.9/32"]), v6()],
                 before: vec![svc("a")],
                 req: svc("s").fam(&[V4, V6], false),
-                want: Ok(&["2001:db8::"]),
+                want: Err("PoolExhausted"),
+            },
+            Case {
+                // The mixed pool's IPv4 is taken: it no longer offers both, so the primary family only.
+                name: "dual-stack preferred, the mixed pool's IPv4 full",
+                pools: vec![pool("mixed", &["192.0.2.9/32", "2001:db8::/126"]), v4()],
+                before: vec![svc("a").in_pool("mixed")],
+                req: svc("s").fam(&[V4, V6], false),
+                want: Ok(&["192.0.2.0"]),
             },
             Case {
                 name: "dual-stack preferred, nothing at all",
@@ -2690,6 +2788,36 @@ mod tests {
         check_invariants(&a);
     }
 
+    /// MetalLB's dual-stack rule for a Service that already holds one address: PreferDualStack keeps just
+    /// it; RequireDualStack takes the missing family from that address's pool, or fails.
+    #[test]
+    fn a_held_single_address_and_dual_stack() {
+        let mut a = Allocator::new();
+        a.set_pools(vec![
+            pool("mixed", &["192.0.2.0/30", "2001:db8::/126"]),
+            pool("v6", &["2001:db8:1::/126"]),
+        ]);
+        let one = a.assign(&svc("s")).unwrap();
+        assert_eq!(one.ips, ips(&["192.0.2.0"]));
+        let got = a.assign(&svc("s").fam(&[V4, V6], false)).unwrap();
+        assert_eq!((got.ips, got.changed), (ips(&["192.0.2.0"]), false));
+        let got = a.assign(&svc("s").fam(&[V4, V6], true)).unwrap();
+        assert_eq!(got.ips, ips(&["192.0.2.0", "2001:db8::"]));
+        assert_eq!(got.pools, vec!["mixed".to_string()]);
+
+        let mut a = Allocator::new();
+        a.set_pools(vec![
+            pool("v4", &["192.0.2.0/30"]),
+            pool("v6", &["2001:db8::/126"]),
+        ]);
+        a.assign(&svc("s")).unwrap();
+        assert_eq!(
+            a.assign(&svc("s").fam(&[V4, V6], true)).unwrap_err().reason(),
+            "NoDualStackPool"
+        );
+        check_invariants(&a);
+    }
+
     #[test]
     fn assignment_names_the_pool_of_each_address() {
         let mut a = Allocator::new();
@@ -2697,9 +2825,15 @@ mod tests {
             pool("v4", &["192.0.2.0/30"]),
             pool("v6", &["2001:db8::/126"]),
         ]);
-        let got = a.assign(&svc("s").fam(&[V6, V4], true)).unwrap();
+        // Two pools only for requested addresses (MetalLB's rule takes fresh ones from one pool); once held,
+        // they are kept without the request.
+        let got = a
+            .assign(&svc("s").fam(&[V6, V4], true).want(&["2001:db8::", "192.0.2.0"]))
+            .unwrap();
         assert_eq!(got.ips, ips(&["2001:db8::", "192.0.2.0"]));
         assert_eq!(got.pool_of, vec![Some("v6".to_string()), Some("v4".to_string())]);
+        let got = a.assign(&svc("s").fam(&[V6, V4], true)).unwrap();
+        assert!(!got.changed);
         assert_eq!(got.pools, vec!["v4".to_string(), "v6".to_string()]);
         // The pool shrinks away from the address: it is kept, in no pool.
         a.set_pools(vec![
