@@ -309,6 +309,9 @@ pub struct Load {
     /// Latency percentiles (s), when the tool gave them.
     pub p50: Option<f64>,
     pub p99: Option<f64>,
+    /// CPU time (user + system, s) the measured process tree used during the run: CPU per request
+    /// stays comparable on a busy machine, where requests per second do not.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Load {
@@ -597,6 +600,44 @@ fn tree(pid: u32) -> Vec<u32> {
         i += 1;
     }
     out
+}
+
+/// CPU time (user + system, s) of `pid` and its descendants, from `/proc/<pid>/stat` (clock ticks
+/// of USER_HZ = 100, the value Linux fixes for userspace).
+pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
+    let ticks: Vec<u64> = tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // Fields after the command (which may hold spaces) start after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the command.
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .collect();
+    (!ticks.is_empty()).then(|| ticks.iter().sum::<u64>() as f64 / 100.0)
+}
+
+/// Runs `run` and records the CPU time the process tree of `pid` used meanwhile.
+async fn with_cpu(pid: Option<u32>, run: impl std::future::Future<Output = Result<Load>>) -> Result<Load> {
+    let before = pid.and_then(tree_cpu_seconds);
+    let mut load = run.await?;
+    let after = pid.and_then(tree_cpu_seconds);
+    load.cpu_seconds = before.zip(after).map(|(b, a)| (a - b).max(0.0));
+    Ok(load)
+}
+
+/// Microseconds of CPU per request of a run, when measured.
+fn cpu_per_request(l: Option<&Load>) -> String {
+    match l {
+        Some(Load {
+            cpu_seconds: Some(c),
+            requests,
+            ..
+        }) if *requests > 0 => format!("{:.0}", c * 1e6 / *requests as f64),
+        _ => "–".into(),
+    }
 }
 
 /// VmRSS (kB) of `pid` and its descendants (nginx: master + workers).
@@ -1825,16 +1866,27 @@ async fn measure(
     each!(
         plain,
         "HTTP/1.1 keep-alive",
-        |t| wrk(pinned, &plain(t), s.connections, s.duration, false),
+        |t| with_cpu(
+            t.proc.program_pid(),
+            wrk(pinned, &plain(t), s.connections, s.duration, false)
+        ),
         plain
     );
     each!(
         tls,
         "HTTP/1.1 keep-alive over TLS",
-        |t| wrk(pinned, &tls(t), s.connections, s.duration, false),
+        |t| with_cpu(
+            t.proc.program_pid(),
+            wrk(pinned, &tls(t), s.connections, s.duration, false)
+        ),
         tls
     );
-    each!(h2, "HTTP/2 over TLS", |t| h2load(pinned, &tls(t), s.duration), h2);
+    each!(
+        h2,
+        "HTTP/2 over TLS",
+        |t| with_cpu(t.proc.program_pid(), h2load(pinned, &tls(t), s.duration)),
+        h2
+    );
     each!(
         handshakes,
         "new TLS connection per request",
@@ -2063,6 +2115,18 @@ pub fn markdown(w: &mut String, commit: &str, r: &IngressResults) {
         let backend = by(rows, "backend alone").and_then(|r| pick(r)).map(|l| l.rps);
         line(w, label, &|r| rate_cell(r, *pick, nginx, backend));
     }
+    line(
+        w,
+        "CPU per request, µs (plain / TLS / HTTP/2; the measured process tree's user + system time)",
+        &|r| {
+            format!(
+                "{} / {} / {}",
+                cpu_per_request(r.plain.as_ref()),
+                cpu_per_request(r.tls.as_ref()),
+                cpu_per_request(r.h2.as_ref())
+            )
+        },
+    );
     line(
         w,
         "latency at saturation p50 / p99 (wrk keep-alive, plain)",
@@ -2489,6 +2553,29 @@ time for request:      332us     21.24ms      2.30ms      2.18ms    89.44%
         let c = caddy_conf(1001, 1002, 1003, cert, key);
         assert!(c.contains("http://:1001 {\n  bind 127.0.0.1") && c.contains("tls /c.pem /k.pem"));
         assert!(c.contains("reverse_proxy 127.0.0.1:1003") && c.contains("protocols h1 h2"));
+    }
+
+    #[test]
+    fn cpu_time_of_a_process_tree_and_per_request() {
+        let me = std::process::id();
+        let before = tree_cpu_seconds(me).expect("own /proc/<pid>/stat");
+        // Burn a little CPU so the count can only grow.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i ^ (x >> 3));
+        }
+        assert!(x != 1);
+        let after = tree_cpu_seconds(me).expect("own /proc/<pid>/stat");
+        assert!(after >= before, "{before} -> {after}");
+        assert_eq!(tree_cpu_seconds(u32::MAX), None, "no such process");
+        let load = Load {
+            requests: 20_000,
+            cpu_seconds: Some(1.0),
+            ..Default::default()
+        };
+        assert_eq!(cpu_per_request(Some(&load)), "50");
+        assert_eq!(cpu_per_request(Some(&Load::default())), "–");
+        assert_eq!(cpu_per_request(None), "–");
     }
 
     #[test]
