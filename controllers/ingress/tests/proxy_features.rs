@@ -1533,3 +1533,70 @@ async fn http2_cookie_fields_are_joined_for_an_http1_upstream() {
     assert!(String::from_utf8_lossy(&body).contains("cookie: only=1\n"));
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_connection_outlives_ten_seconds_with_the_defaults() {
+    // hyper (1.6+) times the next request head from the moment a keep-alive connection goes idle:
+    // with the old 10 s header read timeout, every idle HTTP/1.1 connection closed at 10 s instead
+    // of the 60 s idle timeout. The default is nginx's 60 s client_header_timeout now.
+    assert_eq!(
+        ProxyConfig::default().header_read_timeout,
+        Duration::from_secs(60)
+    );
+    let p = start(|_| {}).await;
+    let tcp = TcpStream::connect(p.http).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("http1");
+    let driver = tokio::spawn(conn);
+    for i in 0..2 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(11)).await;
+        }
+        let req = Request::builder()
+            .uri("/a/idle")
+            .header("host", "a.test")
+            .body(boxed(Bytes::new()))
+            .expect("request");
+        let resp = send
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.expect("body");
+    }
+    assert!(!driver.is_finished(), "the connection is still open");
+    assert_eq!(
+        p.metric("ferrite_ingress_downstream_errors_total{listener=\"http\",reason=\"timeout\"}"),
+        0.0
+    );
+    p.cancel.cancel();
+    // What the old default did, scaled down: a header read timeout below the idle timeout closes
+    // an idle HTTP/1.1 connection at the header read timeout (documented: min of both).
+    let p = start(|c| {
+        c.header_read_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let tcp = TcpStream::connect(p.http).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("http1");
+    let driver = tokio::spawn(conn);
+    let req = || {
+        Request::builder()
+            .uri("/a/idle")
+            .header("host", "a.test")
+            .body(boxed(Bytes::new()))
+            .expect("request")
+    };
+    let resp = send.send_request(req()).await.expect("first request");
+    resp.into_body().collect().await.expect("body");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        driver.is_finished(),
+        "closed by the header read timeout, not the idle timeout"
+    );
+    assert!(send.send_request(req()).await.is_err());
+    p.cancel.cancel();
+}

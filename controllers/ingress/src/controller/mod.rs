@@ -67,7 +67,9 @@ pub struct ProxyArgs {
     #[arg(long, env = "FERRITE_INGRESS_PUBLIC_HTTPS_PORT")]
     pub public_https_port: Option<u16>,
     /// Time a client has to send a complete request head (and to finish the TLS handshake).
-    #[arg(long, env = "FERRITE_INGRESS_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    /// Also the longest idle time of an HTTP/1.1 keep-alive connection (hyper times the next head
+    /// from the moment the connection goes idle), so keep it at least --idle-timeout.
+    #[arg(long, env = "FERRITE_INGRESS_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
     pub header_read_timeout: Duration,
     /// A client connection with no request in flight for this long is closed.
     #[arg(long, env = "FERRITE_INGRESS_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]

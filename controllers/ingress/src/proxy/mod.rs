@@ -125,7 +125,10 @@ impl Default for ProxyConfig {
             https_redirect_port: 443,
             public_http_port: None,
             public_https_port: None,
-            header_read_timeout: Duration::from_secs(10),
+            // nginx's client_header_timeout. hyper (>= 1.6) also arms this timer on an idle HTTP/1.1
+            // keep-alive connection, so it bounds idle connections too: below `idle_timeout` it
+            // would close them early.
+            header_read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_idle_timeout: Duration::from_secs(60),
