@@ -1036,3 +1036,44 @@ async fn advertisements_get_a_ready_condition_and_events() {
     create(&advs, bad).await;
     ready("False", "InvalidInterface").await;
 }
+
+/// A pool without `l2` that no L2Advertisement selects is allocate-only: the controller says so in its
+/// Announced condition (False, NoAdvertisement) with one Warning Event; an advertisement naming it makes
+/// it Announced=True, naming the advertisement; one with an `l2` block is announced by it.
+#[tokio::test]
+async fn an_allocate_only_pool_is_told_it_is_not_announced() {
+    let kb = controller().await;
+    let ns = kb.namespace("announced").await;
+    let client = kb.client().await;
+    let pools: Api<IPPool> = Api::all(client.clone());
+    let name = format!("{ns}-quiet");
+    create(&pools, pool(&name, &ns, &["203.0.113.72/29"], json!({}))).await;
+    let c = wait_pool_condition(&pools, &name, "Announced", "False", Some("NoAdvertisement")).await;
+    assert!(c.message.contains("allocate-only"), "{}", c.message);
+    let note = wait_event(kb, "default", &name, "NoAdvertisement").await;
+    assert!(note.contains("no L2Advertisement selects this pool"), "{note}");
+
+    let advs: Api<L2Advertisement> = Api::all(client.clone());
+    let adv = format!("{ns}-adv");
+    create(
+        &advs,
+        json!({"apiVersion": "lb.ferrite.dev/v1alpha1", "kind": "L2Advertisement", "metadata": {"name": adv},
+               "spec": {"ipPools": [name]}}),
+    )
+    .await;
+    let c = wait_pool_condition(&pools, &name, "Announced", "True", Some("Announced")).await;
+    assert!(
+        c.message.contains(&format!("L2Advertisement {adv}")),
+        "{}",
+        c.message
+    );
+
+    let inline = format!("{ns}-inline");
+    create(
+        &pools,
+        pool(&inline, &ns, &["203.0.113.80/29"], json!({"l2": {}})),
+    )
+    .await;
+    let c = wait_pool_condition(&pools, &inline, "Announced", "True", Some("Announced")).await;
+    assert!(c.message.contains("its l2 block"), "{}", c.message);
+}
