@@ -1600,3 +1600,39 @@ async fn an_idle_http1_connection_outlives_ten_seconds_with_the_defaults() {
     assert!(send.send_request(req()).await.is_err());
     p.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_is_retried_after_a_connect_failure() {
+    let p = start(|_| {}).await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut s = p.snapshot(1);
+    s.set_endpoints(backend("svc-a"), vec![refused, p.a]);
+    p.shared.store(s);
+    // Whichever endpoint round-robin starts with, every request with a body reaches the backend:
+    // nothing was sent to the refusing one (nginx passes it on whatever the method).
+    for (i, method) in ["POST", "PUT", "POST", "PATCH"].into_iter().enumerate() {
+        let (code, body, err) = curl(&[
+            "-X",
+            method,
+            "-H",
+            "Host: a.test",
+            "--data-binary",
+            &format!("payload-{i}"),
+            &format!("http://{}/a/up", p.http),
+        ])
+        .await;
+        assert_eq!(code, 200, "{method}: {body} {err}");
+        if method == "POST" {
+            assert_eq!(body, format!("payload-{i}"), "the body arrived whole");
+        }
+    }
+    assert!(
+        p.metric("ferrite_ingress_upstream_retries_total{namespace=\"web\",service=\"svc-a\"}") >= 1.0,
+        "{}",
+        p.scrape()
+    );
+    p.cancel.cancel();
+}

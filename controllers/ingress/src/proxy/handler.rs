@@ -1090,8 +1090,11 @@ async fn forward(
         .headers
         .insert(header::HOST, host.unwrap_or_else(|| HeaderValue::from_static("")));
     // A body-less idempotent request can be sent again as is; anything else has been (partly)
-    // consumed by the first attempt.
+    // consumed by the first attempt. Over HTTP/1.1 any other request gets its connection before
+    // its body is handed over, so a connect failure (nothing sent) still tries the next endpoint,
+    // as nginx does whatever the method (with one endpoint there is nothing to retry).
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
+    let preconnect = !h2c && !retryable && target.endpoints.len() > 1;
     let state = record.body.clone();
     if body.is_end_stream() {
         state.finish();
@@ -1109,7 +1112,11 @@ async fn forward(
         .boxed(),
     );
     let endpoints = target.endpoints;
-    let attempts = if retryable { endpoints.len().min(3) } else { 1 };
+    let attempts = if retryable || preconnect {
+        endpoints.len().min(3)
+    } else {
+        1
+    };
     let service = [target.backend.namespace.as_str(), target.backend.service.as_str()];
     let timeout = Some(shared.config.upstream_response_timeout).filter(|t| !t.is_zero());
     let pool = shared.upstreams.http1();
@@ -1121,6 +1128,21 @@ async fn forward(
         if i > 0 {
             shared.metrics.upstream_retries.with_label_values(&service).inc();
         }
+        let ready = if preconnect {
+            match pool.connection(*endpoint).await {
+                Ok(r) => Some(r),
+                Err(SendError::Connect(e)) => {
+                    last_connect_timed_out = connect_failed(shared, *endpoint, &service, i, &*e);
+                    continue;
+                }
+                Err(SendError::Request(e)) => {
+                    tracing::debug!(%endpoint, error = %e, "upstream handshake failed");
+                    return local_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
+                }
+            }
+        } else {
+            None
+        };
         // HTTP/1.1 connections are to the endpoint already: the target is origin-form. The h2c
         // client picks its connection by the absolute URI's authority.
         let uri = match (&path_and_query, h2c) {
@@ -1138,8 +1160,9 @@ async fn forward(
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
-        // The last attempt takes the headers; earlier ones (retries are possible) copy them.
-        *upstream.headers_mut() = if i + 1 < attempts {
+        // The last attempt takes the headers; earlier ones (retries are possible) copy them. A
+        // request with a connection already is sent on it (no retry after that).
+        *upstream.headers_mut() = if i + 1 < attempts && ready.is_none() {
             parts.headers.clone()
         } else {
             std::mem::take(&mut parts.headers)
@@ -1155,9 +1178,11 @@ async fn forward(
                     Err(e) => Err(SendError::Request(Box::new(e))),
                 }
             } else {
-                pool.send(*endpoint, upstream)
-                    .await
-                    .map(|(resp, pooled)| (resp, Some(pooled)))
+                match ready {
+                    Some(r) => pool.send_on(*endpoint, r, upstream).await,
+                    None => pool.send(*endpoint, upstream).await,
+                }
+                .map(|(resp, pooled)| (resp, Some(pooled)))
             }
         };
         let result = match timeout {
@@ -1204,19 +1229,7 @@ async fn forward(
                 return Response::from_parts(parts, body.boxed());
             }
             Err(SendError::Connect(e)) => {
-                last_connect_timed_out = is_timeout(&*e);
-                shared.upstreams.eject(*endpoint);
-                shared
-                    .metrics
-                    .upstream_connect_errors
-                    .with_label_values(&service)
-                    .inc();
-                shared
-                    .metrics
-                    .upstream_ejections
-                    .with_label_values(&service)
-                    .inc();
-                tracing::debug!(%endpoint, attempt = i + 1, error = %e, "upstream connect failed");
+                last_connect_timed_out = connect_failed(shared, *endpoint, &service, i, &*e);
             }
             Err(SendError::Request(e)) => {
                 if state.client_timed_out.load(Ordering::Relaxed) {
@@ -1252,6 +1265,25 @@ async fn forward(
         StatusCode::BAD_GATEWAY,
         "Bad Gateway: no endpoint accepted the connection",
     )
+}
+
+/// A connect failure: the endpoint ejected, counted; whether it was a timeout.
+fn connect_failed(
+    shared: &Shared,
+    endpoint: SocketAddr,
+    service: &[&str; 2],
+    attempt: usize,
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
+    shared.upstreams.eject(endpoint);
+    shared
+        .metrics
+        .upstream_connect_errors
+        .with_label_values(service)
+        .inc();
+    shared.metrics.upstream_ejections.with_label_values(service).inc();
+    tracing::debug!(%endpoint, attempt = attempt + 1, error = %e, "upstream connect failed");
+    is_timeout(e)
 }
 
 /// Whether an error (or one of its sources) is a timeout: the pool's connect timeout, hyper-util's

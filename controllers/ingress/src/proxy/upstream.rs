@@ -375,6 +375,19 @@ impl Pool {
         Ok(tx)
     }
 
+    /// A connection for one request to `endpoint`, obtained before the request is built: an idle
+    /// pooled one, else a new one. A connect error means nothing was sent, so any request (one
+    /// with a body too) can go to another endpoint.
+    pub async fn connection(&self, endpoint: SocketAddr) -> Result<Ready, SendError> {
+        Ok(match self.checkout(endpoint) {
+            Some(tx) => Ready { tx, reused: true },
+            None => Ready {
+                tx: self.connect(endpoint).await?,
+                reused: false,
+            },
+        })
+    }
+
     /// Sends `req` (origin-form target, Host set) to `endpoint` on an idle connection or a new one.
     /// A pooled connection that turns out closed before the request went out is replaced by a new
     /// one, with the same request.
@@ -414,6 +427,47 @@ impl Pool {
             }
         }
     }
+
+    /// [`Pool::send`] on a connection from [`Pool::connection`].
+    pub async fn send_on(
+        &self,
+        endpoint: SocketAddr,
+        ready: Ready,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        let mut next = Some(ready);
+        loop {
+            let Ready { mut tx, reused } = match next.take() {
+                Some(r) => r,
+                None => self.connection(endpoint).await?,
+            };
+            // A returned connection is normally ready at once; one that is not within the connect
+            // timeout is dropped rather than waited on.
+            if reused
+                && !matches!(
+                    tokio::time::timeout(self.connect_timeout, tx.ready()).await,
+                    Ok(Ok(()))
+                )
+            {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Pooled { tx, endpoint })),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the upstream had closed the pooled connection.
+                    Some(r) if reused => req = r,
+                    _ => return Err(SendError::Request(Box::new(e.into_error()))),
+                },
+            }
+        }
+    }
+}
+
+/// A connection ready to take one request ([`Pool::connection`]).
+pub struct Ready {
+    tx: http1::SendRequest<ProxyBody>,
+    /// From the pool (may turn out closed; then another is used).
+    reused: bool,
 }
 
 #[cfg(test)]
