@@ -707,11 +707,13 @@ async fn transfer_encoding_probes_are_refused_and_closed() {
     );
     // Chunk-size tricks (an oversized chunk size, a chunk extension with a bare LF, no CRLF after
     // the data): the body fails where it goes wrong, the request is answered 400 and the
-    // connection closed; what follows is never read as a request.
+    // connection closed; what follows is never read as a request. The backend (/a/collect) reads
+    // the whole body before it answers, as nginx's request buffering does: one that answered first
+    // would race the body's failure (its 200 may already be on the way).
     for probe in [
-        &b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\nx\r\n0\r\n\r\n"[..],
-        b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n",
-        b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloGET /b HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        &b"POST /a/collect HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\nx\r\n0\r\n\r\n"[..],
+        b"POST /a/collect HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n",
+        b"POST /a/collect HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloGET /b HTTP/1.1\r\nHost: a.test\r\n\r\n",
     ] {
         let (r, closed) = raw(p.http, probe).await;
         let what = String::from_utf8_lossy(probe);
