@@ -874,6 +874,27 @@ async fn local_services_share_only_with_local_services_of_the_same_selector() {
 /// The allocator names the pool in lb.ferrite.dev/ip-allocated-from-pool and, with the same value, in
 /// MetalLB's metallb.io/ip-allocated-from-pool (a stale value MetalLB left is rewritten), removes both
 /// when the Service loses its addresses, and strips the announcing-node annotation of earlier releases.
+/// Sets the Service's type, retrying the API server's 409: kube-apiserver 1.20 can answer a merge
+/// patch of a Service with a conflict when the controller writes the same Service at that moment.
+async fn patch_type(svcs: &Api<Service>, to: &str) {
+    for attempt in 0.. {
+        match svcs
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"type": to}})),
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 10 => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("patch type {to}: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn ip_allocated_from_pool_is_written_and_removed() {
     let kb = controller().await;
@@ -924,13 +945,7 @@ async fn ip_allocated_from_pool_is_written_and_removed() {
     );
 
     // No longer a LoadBalancer: address and annotation go.
-    svcs.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
-    )
-    .await
-    .expect("patched");
+    patch_type(&svcs, "ClusterIP").await;
     let s = wait_annotation(None).await;
     eventually(Duration::from_secs(10), "status cleared", || async {
         ips(&svcs.get("web").await.ok()?).is_empty().then_some(())
@@ -938,13 +953,7 @@ async fn ip_allocated_from_pool_is_written_and_removed() {
     .await;
     drop(s);
     // A LoadBalancer again: back.
-    svcs.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"type": "LoadBalancer"}})),
-    )
-    .await
-    .expect("patched");
+    patch_type(&svcs, "LoadBalancer").await;
     wait_annotation(Some(pool_name.clone())).await;
 
     // Delete and recreate under the same name: annotated again.
