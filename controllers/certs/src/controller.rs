@@ -1918,6 +1918,16 @@ async fn pending_key(run: &mut CertRun<'_>, d: &Desired) -> Result<PrivateKey, I
     Ok(key)
 }
 
+/// True when resuming a recorded order failed for a reason that says nothing about the order
+/// (the CA unreachable or rate limiting, `badNonce`): the order may well still be there.
+fn resume_error_is_transient(e: &acme::AcmeError) -> bool {
+    match e {
+        acme::AcmeError::Unreachable(_) | acme::AcmeError::RateLimited { .. } => true,
+        acme::AcmeError::Rejected(m) => m.starts_with("badNonce"),
+        _ => false,
+    }
+}
+
 /// Issues through an ACME issuer: one order at a time per Certificate, recorded in its status
 /// (URL, server, spec hash) before it is driven, so a restart resumes it.
 async fn acme_sign(
@@ -1961,6 +1971,10 @@ async fn acme_sign(
                     resumed = Some(order);
                 }
             }
+            // The CA could not be asked (unreachable, rate limited, a nonce refused past
+            // instant-acme's retries): try again later rather than place a second order for the
+            // same request, which a new leader resuming its predecessor's orders must not do.
+            Err(e) if resume_error_is_transient(&e) => return Err(e.into()),
             Err(e) => {
                 tracing::info!(order = %o.url, error = %e.message(), "the recorded order cannot be resumed; placing a new one")
             }
@@ -2341,6 +2355,28 @@ mod tests {
             d.names.ip_addresses,
             vec!["192.0.2.1".parse::<IpAddr>().expect("ip")]
         );
+    }
+
+    #[test]
+    fn only_a_failure_that_says_nothing_about_the_order_keeps_it() {
+        use acme::AcmeError as E;
+        assert!(resume_error_is_transient(&E::Unreachable(
+            "connection refused".into()
+        )));
+        assert!(resume_error_is_transient(&E::RateLimited {
+            retry_after: None,
+            message: "rateLimited: slow down".into()
+        }));
+        assert!(resume_error_is_transient(&E::Rejected(
+            "badNonce: JWS has an invalid anti-replay nonce".into()
+        )));
+        assert!(!resume_error_is_transient(&E::Rejected(
+            "malformed: order not found".into()
+        )));
+        assert!(!resume_error_is_transient(&E::Unauthorized(
+            "unauthorized: not your order".into()
+        )));
+        assert!(!resume_error_is_transient(&E::OrderInvalid("expired".into())));
     }
 
     #[test]
